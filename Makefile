@@ -1,0 +1,143 @@
+# tessera: one entry point for build, test, demo, bench and gpu-check.
+#
+#   make              engine library and every program into build/
+#   make test         install missing packages, build, run the whole GoogleTest suite
+#   make CUDA=0 test  the same, CPU-only engine
+#   make gpu-check    on a GPU machine: suite + compute-sanitizer + one summary table
+#   make deps         install what is missing (Debian/Ubuntu packages)
+#
+# Switches: CUDA=0|1 (default: 1 when nvcc is found), CUDA_HOME, CUDA_ARCHS (nvcc -gencode
+# list), DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan, forces CUDA=0), DEPS_PREFIX (a folder
+# where Debian packages were unpacked with dpkg -x, for machines without a package registry).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC := $(CUDA_HOME)/bin/nvcc
+ifeq ($(origin CUDA), undefined)
+  CUDA := $(if $(wildcard $(NVCC)),1,0)
+endif
+SANITIZE ?= 0
+DEBUG ?= 0
+ifeq ($(SANITIZE),1)
+  CUDA := 0
+endif
+CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+              -gencode arch=compute_90,code=compute_90
+DEPS_PREFIX ?=
+ARCH_FLAGS ?= -march=native
+
+CONFIG := $(if $(filter 1,$(CUDA)),cuda,cpu)$(if $(filter 1,$(DEBUG)),-debug,)$(if $(filter 1,$(SANITIZE)),-asan,)
+BUILD := build
+OBJ := $(BUILD)/obj/$(CONFIG)
+
+# ---- dependencies ----------------------------------------------------------------------
+BLAS_INC := $(DEPS_PREFIX)/usr/include/x86_64-linux-gnu/openblas-openmp
+BLAS_LIB := $(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu/openblas-openmp
+SYS_LIB := $(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu
+GTEST_DIR ?= $(if $(DEPS_PREFIX),$(BUILD)/gtest,)
+
+INCLUDES := -I. -I$(BLAS_INC) $(if $(DEPS_PREFIX),-I$(DEPS_PREFIX)/usr/include,) \
+            $(if $(GTEST_DIR),-I$(DEPS_PREFIX)/usr/src/googletest/googletest/include,)
+OPT := $(if $(filter 1,$(DEBUG)),-O0 -g,-O3 $(ARCH_FLAGS) -g1)
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
+SAN := $(if $(filter 1,$(SANITIZE)),$(ASAN_FLAGS),)
+CXXFLAGS := -std=c++17 $(OPT) $(SAN) -fopenmp -Wall -Wextra -Werror -MMD -MP $(INCLUDES) \
+            -DTESSERA_CUDA=$(CUDA)
+SYS_RPATH := -Wl,-rpath,$(SYS_LIB)
+LDLIBS := -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas \
+          -L$(SYS_LIB) $(if $(DEPS_PREFIX),$(SYS_RPATH),) -lstb -lz -lpthread
+ifeq ($(CUDA),1)
+  NVCCFLAGS := -std=c++17 $(if $(filter 1,$(DEBUG)),-O0 -g -G,-O3 -lineinfo) $(CUDA_ARCHS) \
+               --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall,-Wextra,-Werror -MMD -MP \
+               $(INCLUDES) -DTESSERA_CUDA=1
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcurand -lcudart
+  CXXFLAGS += -I$(CUDA_HOME)/include
+endif
+LDFLAGS := -fopenmp $(SAN)
+
+# ---- sources ---------------------------------------------------------------------------
+LIB_DIRS := kernels/cpu engine models data apps/common
+LIB_CPP := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
+LIB_CU := $(if $(filter 1,$(CUDA)),$(wildcard kernels/cuda/*.cu),)
+APP_MAINS := $(wildcard apps/*.cpp)
+APPS := $(patsubst apps/%.cpp,$(BUILD)/%,$(APP_MAINS))
+TEST_CPP := $(wildcard tests/*.cpp)
+TEST_CU := $(if $(filter 1,$(CUDA)),$(wildcard tests/*.cu),)
+
+LIB_OBJS := $(patsubst %,$(OBJ)/%.o,$(LIB_CPP) $(LIB_CU))
+TEST_OBJS := $(patsubst %,$(OBJ)/%.o,$(TEST_CPP) $(TEST_CU))
+LIB := $(OBJ)/libtessera.a
+TEST_BIN := $(BUILD)/tessera_tests
+STAMP := $(BUILD)/.config-$(CONFIG)
+
+ifeq ($(GTEST_DIR),)
+  GTEST_LIBS := -lgtest
+else
+  GTEST_LIBS := $(GTEST_DIR)/libgtest.a
+endif
+
+# ---- rules -----------------------------------------------------------------------------
+.PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle
+
+all: checklist $(APPS) $(TEST_BIN)
+
+# Binaries are shared by all configurations: relink when the configuration changes.
+$(STAMP):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/.config-* && touch $@
+
+$(OBJ)/%.cpp.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(OBJ)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%: $(OBJ)/apps/%.cpp.o $(LIB) $(STAMP)
+	$(CXX) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(TEST_BIN): $(TEST_OBJS) $(LIB) $(STAMP) $(if $(GTEST_DIR),$(GTEST_DIR)/libgtest.a,)
+	$(CXX) $(LDFLAGS) $(TEST_OBJS) $(LIB) $(GTEST_LIBS) $(LDLIBS) -o $@
+
+# GoogleTest from the googletest package's sources (machines without libgtest-dev).
+$(BUILD)/gtest/libgtest.a:
+	@mkdir -p $(BUILD)/gtest
+	$(CXX) -std=c++17 -O2 -I$(DEPS_PREFIX)/usr/src/googletest/googletest/include \
+	  -I$(DEPS_PREFIX)/usr/src/googletest/googletest -c \
+	  $(DEPS_PREFIX)/usr/src/googletest/googletest/src/gtest-all.cc -o $(BUILD)/gtest/gtest-all.o
+	ar rcs $@ $(BUILD)/gtest/gtest-all.o
+
+test: deps all
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(TEST_BIN) --gtest_brief=1
+
+# ---- dependencies: install what is missing ---------------------------------------------
+DEB_PACKAGES := g++ make googletest libgtest-dev libopenblas-openmp-dev libstb-dev zlib1g-dev \
+                nlohmann-json3-dev dataset-fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+deps:
+	@if [ -n "$(DEPS_PREFIX)" ]; then echo "deps: using packages unpacked under $(DEPS_PREFIX)"; exit 0; fi; \
+	missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	else echo "deps: all present"; fi
+
+# One line saying what this build found.
+have = $(if $(wildcard $(1)),yes,no)
+checklist:
+	@echo "tessera build [$(CONFIG)]: nvcc=$(call have,$(NVCC)) cudnn=$(call have,$(CUDA_HOME)/include/cudnn.h)\
+	 cublas=$(call have,$(CUDA_HOME)/include/cublas_v2.h) curand=$(call have,$(CUDA_HOME)/include/curand.h)\
+	 openblas=$(call have,$(BLAS_INC)/cblas.h) openmp=yes stb=$(call have,$(DEPS_PREFIX)/usr/include/stb/stb_image.h)\
+	 gtest=$(call have,$(DEPS_PREFIX)/usr/include/gtest/gtest.h $(DEPS_PREFIX)/usr/src/googletest)\
+	 zlib=$(call have,$(DEPS_PREFIX)/usr/include/zlib.h) cuda-backend=$(CUDA)"
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(patsubst apps/%.cpp,$(OBJ)/apps/%.cpp.d,$(APP_MAINS))

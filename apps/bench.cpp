@@ -1,0 +1,38 @@
+// build/bench: micro- and macro-benchmarks with results as one JSON line at the end.
+//   bench train-step      forward + backward + SGD step of a backbone (apps/common/bench_train_step.cpp)
+//   bench teacher-update  the fused TMA / SE / STS update over a parameter arena (bench_teacher_update.cpp)
+//   bench augment         the augmentation pipeline, images/s (bench_augment.cpp)
+#include <cstdio>
+#include <cstring>
+#include <exception>
+
+#include "apps/common/bench.h"
+#include "engine/check.h"
+
+int main(int argc, char** argv) {
+  struct Command {
+    const char* name;
+    int (*run)(int, char**);
+  };
+  const Command commands[] = {
+      {"train-step", tessera::bench_train_step},
+      {"teacher-update", tessera::bench_teacher_update},
+      {"augment", tessera::bench_augment},
+  };
+  if (argc >= 2) {
+    for (const Command& c : commands) {
+      if (std::strcmp(argv[1], c.name) != 0) continue;
+      try {
+        return c.run(argc - 1, argv + 1);
+      } catch (const tessera::UsageError& e) {
+        std::fprintf(stderr, "bench %s: %s\n", c.name, e.what());
+        return 2;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench %s: %s\n", c.name, e.what());
+        return 1;
+      }
+    }
+  }
+  std::fprintf(stderr, "usage: bench train-step|teacher-update|augment [flags] (each takes --help)\n");
+  return 2;
+}

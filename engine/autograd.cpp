@@ -1,0 +1,63 @@
+#include "engine/autograd.h"
+
+#include "engine/check.h"
+
+namespace tessera {
+
+Graph::Graph(Workspace& ws) : ws_(ws) {}
+
+Var* Graph::param(const Tensor& value, const Tensor& grad, const char* name) {
+  TS_CHECK(value.device == device(), "parameter '", name, "' is on ", device_name(value.device),
+           ", the graph on ", device_name(device()));
+  vars_.push_back(Var{value, grad, grad.defined(), name});
+  return &vars_.back();
+}
+
+Var* Graph::input(const Tensor& value, const char* name) {
+  TS_CHECK(value.device == device(), "input '", name, "' is on ", device_name(value.device),
+           ", the graph on ", device_name(device()));
+  vars_.push_back(Var{value, Tensor(), false, name});
+  return &vars_.back();
+}
+
+Var* Graph::make(Shape shape, std::initializer_list<const Var*> from, DType dtype) {
+  bool needs = false;
+  if (grad_enabled_)
+    for (const Var* v : from) needs = needs || (v && v->requires_grad);
+  vars_.push_back(Var{ws_.alloc(shape, dtype), Tensor(), needs, ""});
+  return &vars_.back();
+}
+
+Tensor Graph::grad(Var* v) {
+  if (!v->grad.defined()) {
+    v->grad = ws_.alloc(v->value.shape, DType::F32);
+    fill_zero(v->grad);
+  }
+  return v->grad;
+}
+
+void Graph::record(const char* op, const char* layer, std::function<void()> backward) {
+  tape_.push_back(Node{op, layer, std::move(backward)});
+}
+
+void Graph::backward(Var* loss) {
+  TS_CHECK(loss->value.numel() == 1, "backward needs a scalar loss, found shape ", loss->value.shape.str());
+  TS_CHECK(loss->requires_grad, "backward: the loss does not depend on anything that needs a gradient");
+  fill_value(grad(loss), 1.0f);
+  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) it->backward();
+  tape_.clear();
+}
+
+void Graph::backward(Var* out, const Tensor& seed) {
+  check_same_shape("backward seed", out->value, seed);
+  copy(grad(out), seed);
+  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) it->backward();
+  tape_.clear();
+}
+
+void Graph::clear() {
+  tape_.clear();
+  vars_.clear();
+}
+
+}  // namespace tessera

@@ -1,0 +1,91 @@
+// Define-by-run reverse-mode autograd.
+//
+// A Graph is one step's computation. Every op (engine/ops.h) computes its output at once
+// with a kernel, and, when gradients are enabled and an input needs one, appends a Node to
+// the tape holding a closure that knows how to push the output's gradient to its inputs.
+// backward(loss) seeds d(loss) = 1 and runs the closures in reverse order.
+//
+// Gradients accumulate: every backward kernel adds (+=) into its input's gradient buffer,
+// because one tensor can feed several ops (a residual branch, the two BYOL views) and the
+// contributions must sum. Activation gradients are allocated from the workspace on first
+// use and zeroed then; parameter gradients live in the model's gradient arena, zeroed once
+// per step by the training loop.
+//
+// Under a NoGradScope (teacher forwards, evaluation) ops record nothing and outputs need no
+// gradient, so they cost only their forward.
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+#include "engine/workspace.h"
+
+namespace tessera {
+
+struct Var {
+  Tensor value;
+  Tensor grad;                 // undefined until needed
+  bool requires_grad = false;
+  const char* name = "";       // layer name for profiles and errors ("layer1.0.conv1")
+};
+
+class Graph {
+ public:
+  explicit Graph(Workspace& ws);
+
+  Device device() const { return ws_.device(); }
+  Workspace& workspace() { return ws_; }
+  bool grad_enabled() const { return grad_enabled_; }
+
+  // Leaves. A parameter's gradient buffer is given (a slot of the gradient arena).
+  Var* param(const Tensor& value, const Tensor& grad, const char* name = "");
+  Var* input(const Tensor& value, const char* name = "");
+  // A new intermediate from the workspace; it needs a gradient when any of `from` does and
+  // gradients are enabled.
+  Var* make(Shape shape, std::initializer_list<const Var*> from, DType dtype = DType::F32);
+
+  // The gradient buffer of v, allocated from the workspace and zeroed on first use.
+  Tensor grad(Var* v);
+
+  // Appends a backward closure. Ops call this only when their output requires_grad.
+  void record(const char* op, const char* layer, std::function<void()> backward);
+
+  // Runs the tape in reverse from a scalar loss (shape (1)). Then the tape is cleared.
+  void backward(Var* loss);
+  // The same from any output with a given seed gradient d(out) (gradient checks use it).
+  void backward(Var* out, const Tensor& seed);
+
+  // Drops the tape and the Vars (start of a step; the caller resets the workspace).
+  void clear();
+  size_t tape_size() const { return tape_.size(); }
+
+ private:
+  friend class NoGradScope;
+  struct Node {
+    const char* op;
+    const char* layer;
+    std::function<void()> backward;
+  };
+  Workspace& ws_;
+  std::deque<Var> vars_;  // deque: pointers stay valid as it grows
+  std::vector<Node> tape_;
+  bool grad_enabled_ = true;
+};
+
+// RAII: gradients off in this scope for one graph (restored on exit).
+class NoGradScope {
+ public:
+  explicit NoGradScope(Graph& g) : g_(g), saved_(g.grad_enabled_) { g_.grad_enabled_ = false; }
+  ~NoGradScope() { g_.grad_enabled_ = saved_; }
+  NoGradScope(const NoGradScope&) = delete;
+  NoGradScope& operator=(const NoGradScope&) = delete;
+
+ private:
+  Graph& g_;
+  bool saved_;
+};
+
+}  // namespace tessera

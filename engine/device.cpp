@@ -1,0 +1,106 @@
+#include "engine/device.h"
+
+#include <omp.h>
+
+#include "engine/check.h"
+
+#if TESSERA_CUDA
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/runtime.h"
+#endif
+
+namespace tessera {
+
+bool cuda_built() { return TESSERA_CUDA != 0; }
+
+int cuda_device_count() {
+#if TESSERA_CUDA
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+#else
+  return 0;
+#endif
+}
+
+std::string cuda_unavailable_reason() {
+#if TESSERA_CUDA
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return cat("no CUDA device: ", cudaGetErrorString(e));
+  }
+  return n == 0 ? "no CUDA device found" : "";
+#else
+  return "this binary was built without CUDA (make CUDA=0)";
+#endif
+}
+
+void init_cuda() {
+#if TESSERA_CUDA
+  auto& rt = kernels::cuda::runtime();
+  if (rt.stream) return;
+  CUDA_CHECK(cudaSetDevice(0));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&rt.stream, cudaStreamNonBlocking));
+  CUBLAS_CHECK(cublasCreate(&rt.cublas));
+  CUBLAS_CHECK(cublasSetStream(rt.cublas, rt.stream));
+  CUDNN_CHECK(cudnnCreate(&rt.cudnn));
+  CUDNN_CHECK(cudnnSetStream(rt.cudnn, rt.stream));
+  CUDA_CHECK(cudaDeviceGetAttribute(&rt.sm_count, cudaDevAttrMultiProcessorCount, 0));
+#else
+  no_cuda("init_cuda");
+#endif
+}
+
+Device select_device(const std::string& flag, std::string* note) {
+  std::string why = cuda_unavailable_reason();
+  if (flag == "cpu") {
+    if (note) *note = cat("device: ", device_description(Device::CPU));
+    return Device::CPU;
+  }
+  if (flag == "cuda") {
+    if (!why.empty()) throw Error(cat("--device cuda: ", why));
+    init_cuda();
+    if (note) *note = cat("device: ", device_description(Device::CUDA));
+    return Device::CUDA;
+  }
+  if (flag == "auto") {
+    if (why.empty()) {
+      init_cuda();
+      if (note) *note = cat("device: ", device_description(Device::CUDA), " (--device auto)");
+      return Device::CUDA;
+    }
+    if (note) *note = cat("device: ", device_description(Device::CPU), " (--device auto: ", why, ")");
+    return Device::CPU;
+  }
+  throw UsageError(cat("--device: expected auto, cpu or cuda, found '", flag, "'"));
+}
+
+std::string device_description(Device d) {
+  if (d == Device::CPU) return cat("cpu (", omp_get_max_threads(), " threads)");
+#if TESSERA_CUDA
+  cudaDeviceProp p{};
+  CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  return cat("cuda ", p.name, " (sm_", p.major, p.minor, ", ",
+             p.totalGlobalMem / (1024 * 1024 * 1024), " GiB)");
+#else
+  return "cuda (not built)";
+#endif
+}
+
+void synchronize(Device d) {
+  if (d == Device::CPU) return;
+#if TESSERA_CUDA
+  CUDA_CHECK(cudaStreamSynchronize(kernels::cuda::runtime().stream));
+#endif
+}
+
+void no_cuda(const char* op) {
+  throw Error(cat(op, ": a CUDA tensor reached a binary built without CUDA (make CUDA=0)"));
+}
+
+}  // namespace tessera

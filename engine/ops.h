@@ -1,0 +1,80 @@
+// The engine's differentiable ops. Each takes its inputs as Vars of one Graph, computes the
+// forward with a kernel on the inputs' device (kernels/*.h), and records its backward on the
+// tape when the output needs a gradient. Shapes are checked here, in the launcher, with
+// messages that name both shapes; kernels assume valid input.
+//
+// Conventions: images are NCHW float32; labels are int32; a "loss" is a Var of shape (1).
+// `layer` names the module for profiles ("layer1.0.conv1"); ops take it from Var::name of
+// the weight where there is one.
+#pragma once
+
+#include "engine/autograd.h"
+#include "engine/tensor.h"
+
+namespace tessera::ops {
+
+// ---- element-wise and linear (engine/ops_basic.cpp) ----------------------------------
+
+// y = x w^T + b.  x (N, IN), w (OUT, IN), b (OUT) or nullptr -> y (N, OUT)
+Var* linear(Graph& g, Var* x, Var* w, Var* b);
+// y = a + b, same shape (residual connections)
+Var* add(Graph& g, Var* a, Var* b);
+// y = s * x
+Var* scale(Graph& g, Var* x, float s);
+Var* relu(Graph& g, Var* x);
+Var* leaky_relu(Graph& g, Var* x, float slope);
+// (N, C, H, W) or (N, D) -> (N, C*H*W); a view, no copy
+Var* flatten(Graph& g, Var* x);
+// scalar reductions -> (1)
+Var* sum(Graph& g, Var* x);
+Var* mean(Graph& g, Var* x);
+
+// ---- normalisation (engine/ops_norm.cpp) ------------------------------------------------
+
+// Running statistics of one BatchNorm layer: slots of the model's buffer arena.
+struct BatchNormBuffers {
+  Tensor running_mean;  // (C)
+  Tensor running_var;   // (C), unbiased batch variance folded in, as PyTorch does
+  Tensor num_batches;   // (1), incremented in train mode
+};
+struct BatchNormOptions {
+  bool train = true;       // batch statistics + running update; false: running statistics
+  float momentum = 0.1f;   // PyTorch convention: running = (1 - momentum) running + momentum batch
+  float eps = 1e-5f;
+};
+// x (N, C) -> (N, C); gamma, beta (C)
+Var* batch_norm1d(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf,
+                  const BatchNormOptions& opt);
+// x (N, C, H, W) -> (N, C, H, W); statistics over N, H, W
+Var* batch_norm2d(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf,
+                  const BatchNormOptions& opt);
+// Row-wise y_i = x_i / max(||x_i||, eps).  x (N, D) -> (N, D)
+Var* l2_normalize(Graph& g, Var* x, float eps = 1e-12f);
+
+// ---- losses (engine/ops_loss.cpp) -----------------------------------------------------
+
+// BYOL regression loss: mean over rows of 2 - 2 cos(p_i, z_i).  p, z (N, D) -> (1).
+// Gradients flow to whichever input requires one (the teacher's z never does).
+Var* byol_loss(Graph& g, Var* p, Var* z);
+// Mean softmax cross-entropy with hard labels.  logits (N, K), labels (N) int32 -> (1)
+Var* cross_entropy(Graph& g, Var* logits, const Tensor& labels);
+// Mean cross-entropy against soft targets (rows summing to 1).  targets (N, K) -> (1)
+Var* cross_entropy_soft(Graph& g, Var* logits, const Tensor& targets);
+// FixMatch's unlabeled loss: (1/N) sum_i weight_i * CE(logits_i, labels_i).
+// labels (N) int32, weight (N) float (the confidence mask) -> (1)
+Var* cross_entropy_weighted(Graph& g, Var* logits, const Tensor& labels, const Tensor& weight);
+
+// No-grad: argmax (N) int32 and max softmax probability (N) of each row of logits (N, K).
+void argmax_max_prob(const Tensor& logits, const Tensor& argmax, const Tensor& max_prob);
+
+// ---- convolution and pooling (engine/ops_conv.cpp) ----------------------------------------
+
+// x (N, C, H, W), w (O, C, KH, KW), b (O) or nullptr -> (N, O, HO, WO),
+// HO = (H + 2 pad - KH) / stride + 1
+Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad);
+// (N, C, H, W) -> (N, C, HO, WO); padding never wins the max
+Var* max_pool2d(Graph& g, Var* x, int kernel = 3, int stride = 2, int pad = 1);
+// (N, C, H, W) -> (N, C)
+Var* global_avg_pool(Graph& g, Var* x);
+
+}  // namespace tessera::ops

@@ -1,0 +1,47 @@
+// CUDA twin of kernels/elementwise.h: grid-stride loops, one element per thread step.
+#include "kernels/common/activation.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/runtime.h"
+#include "kernels/elementwise.h"
+
+namespace kernels::cuda {
+
+namespace {
+
+__global__ void fill_kernel(float* x, int64_t n, float value) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = value;
+}
+
+__global__ void leaky_relu_forward_kernel(const float* x, float* y, int64_t n, float slope) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = leaky_relu(x[i], slope);
+}
+
+__global__ void leaky_relu_backward_kernel(const float* x, const float* dy, float* dx, int64_t n,
+                                           float slope) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dx[i] += dy[i] * leaky_relu_grad(x[i], slope);
+}
+
+}  // namespace
+
+void fill(float* x, int64_t n, float value) {
+  if (n == 0) return;
+  fill_kernel<<<grid_for(n), 256, 0, runtime().stream>>>(x, n, value);
+  KERNEL_LAUNCH_CHECK();
+}
+
+void leaky_relu_forward(const float* x, float* y, int64_t n, float slope) {
+  if (n == 0) return;
+  leaky_relu_forward_kernel<<<grid_for(n), 256, 0, runtime().stream>>>(x, y, n, slope);
+  KERNEL_LAUNCH_CHECK();
+}
+
+void leaky_relu_backward(const float* x, const float* dy, float* dx, int64_t n, float slope) {
+  if (n == 0) return;
+  leaky_relu_backward_kernel<<<grid_for(n), 256, 0, runtime().stream>>>(x, dy, dx, n, slope);
+  KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace kernels::cuda

@@ -1,0 +1,24 @@
+// Element-wise kernels: fill, relu, leaky_relu and their backward passes.
+// Each is one read and one write per element (8 bytes/element forward, 12 backward:
+// read x and dy, accumulate into dx), so they run at memory bandwidth on both backends.
+// The per-element math is in kernels/common/activation.h, shared by both backends.
+// Tests: tests/ops_basic_test.cpp (gradient checks; CUDA vs CPU where a GPU exists).
+#pragma once
+
+#include <cstdint>
+
+#define TS_ELEMENTWISE_KERNELS                                                        \
+  /* x[i] = value.  x (n) */                                                          \
+  void fill(float* x, int64_t n, float value);                                        \
+  /* y = max(x, 0) and y = x >= 0 ? x : slope * x (slope = 0 gives relu). x, y (n) */ \
+  void leaky_relu_forward(const float* x, float* y, int64_t n, float slope);          \
+  /* dx += dy * (x >= 0 ? 1 : slope).  x, dy, dx (n) */                               \
+  void leaky_relu_backward(const float* x, const float* dy, float* dx, int64_t n, float slope);
+
+namespace kernels::cpu {
+TS_ELEMENTWISE_KERNELS
+}
+namespace kernels::cuda {
+TS_ELEMENTWISE_KERNELS
+}
+#undef TS_ELEMENTWISE_KERNELS

@@ -1,0 +1,62 @@
+// Test entry point: registers one gradient-check test and one CUDA-comparison test per op
+// case (tests/op_case.h), runs GoogleTest, and ends with one plain summary line
+// "N passed, N failed, N skipped" that CI reads. Exit code is non-zero on any failure.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "tests/op_case.h"
+
+namespace {
+
+using tessera::testing::OpCase;
+
+class GradCheck : public ::testing::Test {
+ public:
+  explicit GradCheck(const OpCase* c) : c_(c) {}
+  void TestBody() override {
+    const std::string report = tessera::testing::run_gradient_check(*c_);
+    EXPECT_TRUE(report.empty()) << "gradient check of " << c_->name << " failed:\n" << report;
+  }
+
+ private:
+  const OpCase* c_;
+};
+
+class CudaVsCpu : public ::testing::Test {
+ public:
+  explicit CudaVsCpu(const OpCase* c) : c_(c) {}
+  void TestBody() override {
+    std::string reason;
+    if (!tessera::testing::cuda_testable(&reason)) GTEST_SKIP() << "CUDA comparison not run: " << reason;
+    const std::string report = tessera::testing::run_cuda_comparison(*c_);
+    EXPECT_TRUE(report.empty()) << "CUDA vs CPU of " << c_->name << " differ:\n" << report;
+  }
+
+ private:
+  const OpCase* c_;
+};
+
+void register_op_cases() {
+  for (const OpCase& c : tessera::testing::op_cases()) {
+    const OpCase* p = &c;
+    if (c.differentiable) {
+      ::testing::RegisterTest("BackendOpsGrad", c.name.c_str(), nullptr, nullptr, __FILE__, __LINE__,
+                              [p]() -> ::testing::Test* { return new GradCheck(p); });
+    }
+    ::testing::RegisterTest("BackendOpsCuda", c.name.c_str(), nullptr, nullptr, __FILE__, __LINE__,
+                            [p]() -> ::testing::Test* { return new CudaVsCpu(p); });
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  register_op_cases();
+  const int rc = RUN_ALL_TESTS();
+  const auto* u = ::testing::UnitTest::GetInstance();
+  std::printf("\n%d passed, %d failed, %d skipped\n", u->successful_test_count(), u->failed_test_count(),
+              u->skipped_test_count());
+  return rc;
+}
