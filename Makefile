@@ -80,6 +80,7 @@ endif
 
 # ---- rules -----------------------------------------------------------------------------
 .PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle
+.SECONDARY:
 
 all: checklist $(APPS) $(TEST_BIN)
 
@@ -136,6 +137,18 @@ checklist:
 	 openblas=$(call have,$(BLAS_INC)/cblas.h) openmp=yes stb=$(call have,$(DEPS_PREFIX)/usr/include/stb/stb_image.h)\
 	 gtest=$(call have,$(DEPS_PREFIX)/usr/include/gtest/gtest.h $(DEPS_PREFIX)/usr/src/googletest)\
 	 zlib=$(call have,$(DEPS_PREFIX)/usr/include/zlib.h) cuda-backend=$(CUDA)"
+
+# ---- GPU machines ----------------------------------------------------------------------
+# gpu-bundle: on a machine with Debian's registry, fetch the packages a GPU machine without
+# one needs (it has the CUDA toolkit); the device call carries .gpu-bundle/ and runs gpu-check.
+GPU_BUNDLE_PACKAGES := libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libstb0 libstb-dev \
+                       zlib1g-dev nlohmann-json3-dev googletest libgtest-dev dataset-fashion-mnist
+gpu-bundle:
+	@mkdir -p .gpu-bundle && cd .gpu-bundle && rm -f *.deb && apt-get download $(GPU_BUNDLE_PACKAGES) 2>/dev/null
+	@du -sh .gpu-bundle
+
+gpu-check:
+	@tests/gpu-check.sh
 
 clean:
 	rm -rf $(BUILD)
