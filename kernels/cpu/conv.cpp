@@ -16,7 +16,10 @@
 // are KH*KW times the size of x, and rebuilding them costs one pass over memory.
 #include <cblas.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "kernels/conv.h"
@@ -54,75 +57,150 @@ void valid_columns(const Conv2dShape& s, int64_t v, int64_t* lo, int64_t* hi) {
   *hi = std::clamp(end, *lo, s.wo);
 }
 
-// cols (K, nb*P): row k = (c, u, v), column i*P + (i_out*WO + j_out) for image i of the chunk.
-// x points at the chunk's first image.
-void im2col(const Conv2dShape& s, const float* x, int64_t nb, float* cols) {
-  const int64_t K = rows_of(s), P = pixels_of(s), L = nb * P;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t i = 0; i < nb; ++i) {
-      const int64_t c = k / (s.kh * s.kw), u = (k / s.kw) % s.kh, v = k % s.kw;
-      const float* plane = x + (i * s.c + c) * s.h * s.w;
-      float* out = cols + k * L + i * P;
+// Row k = (c, u, v) of one image's columns: out[i*WO + j] = x[c, i*stride - pad + u,
+// j*stride - pad + v], zero outside the image. Sequential; callers parallelise over rows or images.
+void im2col_row(const Conv2dShape& s, const float* image, int64_t k, float* out) {
+  const int64_t c = k / (s.kh * s.kw), u = (k / s.kw) % s.kh, v = k % s.kw;
+  const float* plane = image + c * s.h * s.w;
+  int64_t lo, hi;
+  valid_columns(s, v, &lo, &hi);
+  for (int64_t r = 0; r < s.ho; ++r, out += s.wo) {
+    const int64_t hi_row = r * s.stride - s.pad + u;
+    if (hi_row < 0 || hi_row >= s.h) {
+      std::memset(out, 0, sizeof(float) * static_cast<size_t>(s.wo));
+      continue;
+    }
+    const float* in = plane + hi_row * s.w - s.pad + v;
+    for (int64_t j = 0; j < lo; ++j) out[j] = 0.0f;
+    if (s.stride == 1) {
+      std::memcpy(out + lo, in + lo, sizeof(float) * static_cast<size_t>(hi - lo));
+    } else {
+      for (int64_t j = lo; j < hi; ++j) out[j] = in[j * s.stride];
+    }
+    for (int64_t j = hi; j < s.wo; ++j) out[j] = 0.0f;
+  }
+}
+
+// plane (H, W) of channel c += col2im of that channel's KH*KW rows of columns (row stride ld):
+// the adjoint of im2col_row. Sequential; one caller thread owns each plane.
+void col2im_plane(const Conv2dShape& s, const float* cols, int64_t ld, int64_t c, float* plane) {
+  for (int64_t u = 0; u < s.kh; ++u) {
+    for (int64_t v = 0; v < s.kw; ++v) {
+      const float* in = cols + ((c * s.kh + u) * s.kw + v) * ld;
       int64_t lo, hi;
       valid_columns(s, v, &lo, &hi);
-      for (int64_t r = 0; r < s.ho; ++r, out += s.wo) {
+      for (int64_t r = 0; r < s.ho; ++r, in += s.wo) {
         const int64_t hi_row = r * s.stride - s.pad + u;
-        if (hi_row < 0 || hi_row >= s.h) {
-          std::memset(out, 0, sizeof(float) * static_cast<size_t>(s.wo));
-          continue;
-        }
-        const float* in = plane + hi_row * s.w - s.pad + v;
-        for (int64_t j = 0; j < lo; ++j) out[j] = 0.0f;
+        if (hi_row < 0 || hi_row >= s.h) continue;
+        float* out = plane + hi_row * s.w - s.pad + v;
         if (s.stride == 1) {
-          std::memcpy(out + lo, in + lo, sizeof(float) * static_cast<size_t>(hi - lo));
+#pragma omp simd
+          for (int64_t j = lo; j < hi; ++j) out[j] += in[j];
         } else {
-          for (int64_t j = lo; j < hi; ++j) out[j] = in[j * s.stride];
+          for (int64_t j = lo; j < hi; ++j) out[j * s.stride] += in[j];
         }
-        for (int64_t j = hi; j < s.wo; ++j) out[j] = 0.0f;
       }
     }
   }
 }
 
-// dx += col2im(cols): the adjoint of im2col. Parallel over (image, channel) planes of dx, so
-// no two threads add into the same element.
+// cols (K, nb*P): row k, column i*P + p for image i of the chunk starting at x.
+void im2col(const Conv2dShape& s, const float* x, int64_t nb, float* cols) {
+  const int64_t K = rows_of(s), P = pixels_of(s), L = nb * P;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t i = 0; i < nb; ++i) im2col_row(s, x + i * s.c * s.h * s.w, k, cols + k * L + i * P);
+}
+
+// dx (the chunk's images) += col2im(cols), parallel over (image, channel) planes.
 void col2im_add(const Conv2dShape& s, const float* cols, int64_t nb, float* dx) {
   const int64_t P = pixels_of(s), L = nb * P;
 #pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t i = 0; i < nb; ++i) {
-    for (int64_t c = 0; c < s.c; ++c) {
-      float* plane = dx + (i * s.c + c) * s.h * s.w;
-      for (int64_t u = 0; u < s.kh; ++u) {
-        for (int64_t v = 0; v < s.kw; ++v) {
-          const float* in = cols + ((c * s.kh + u) * s.kw + v) * L + i * P;
-          int64_t lo, hi;
-          valid_columns(s, v, &lo, &hi);
-          for (int64_t r = 0; r < s.ho; ++r, in += s.wo) {
-            const int64_t hi_row = r * s.stride - s.pad + u;
-            if (hi_row < 0 || hi_row >= s.h) continue;
-            float* out = plane + hi_row * s.w - s.pad + v;
-            if (s.stride == 1) {
+  for (int64_t i = 0; i < nb; ++i)
+    for (int64_t c = 0; c < s.c; ++c) col2im_plane(s, cols + i * P, L, c, dx + (i * s.c + c) * s.h * s.w);
+}
+
+// ---- images in parallel, one sequential GEMM each (wide images) ---------------------------
+// Scratch per thread: one image's columns (K, P) and a private filter gradient (O, K).
+
+size_t per_image_floats(const Conv2dShape& s) { return static_cast<size_t>(rows_of(s) * pixels_of(s) + s.o * rows_of(s)); }
+
+void forward_per_image(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, float* ws) {
+  const int64_t K = rows_of(s), P = pixels_of(s);
+  const int threads = omp_get_max_threads();
+#pragma omp parallel num_threads(threads)
+  {
+    float* cols = ws + static_cast<size_t>(omp_get_thread_num()) * per_image_floats(s);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < s.n; ++n) {
+      for (int64_t k = 0; k < K; ++k) im2col_row(s, x + n * s.c * s.h * s.w, k, cols + k * P);
+      float* out = y + n * s.o * P;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(s.o), static_cast<int>(P),
+                  static_cast<int>(K), 1.0f, w, static_cast<int>(K), cols, static_cast<int>(P), 0.0f, out,
+                  static_cast<int>(P));
+      if (b)
+        for (int64_t o = 0; o < s.o; ++o)
 #pragma omp simd
-              for (int64_t j = lo; j < hi; ++j) out[j] += in[j];
-            } else {
-              for (int64_t j = lo; j < hi; ++j) out[j * s.stride] += in[j];
-            }
-          }
-        }
+          for (int64_t p = 0; p < P; ++p) out[o * P + p] += b[o];
+    }
+  }
+}
+
+void backward_per_image(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                        float* ws) {
+  const int64_t K = rows_of(s), P = pixels_of(s);
+  const int threads = omp_get_max_threads();
+#pragma omp parallel num_threads(threads)
+  {
+    float* cols = ws + static_cast<size_t>(omp_get_thread_num()) * per_image_floats(s);
+    float* dw_own = cols + K * P;
+    if (dw) std::memset(dw_own, 0, sizeof(float) * static_cast<size_t>(s.o * K));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float* g = dy + n * s.o * P;
+      if (dw) {
+        for (int64_t k = 0; k < K; ++k) im2col_row(s, x + n * s.c * s.h * s.w, k, cols + k * P);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(s.o), static_cast<int>(K),
+                    static_cast<int>(P), 1.0f, g, static_cast<int>(P), cols, static_cast<int>(P), 1.0f, dw_own,
+                    static_cast<int>(K));
+      }
+      if (dx) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(K), static_cast<int>(P),
+                    static_cast<int>(s.o), 1.0f, w, static_cast<int>(K), g, static_cast<int>(P), 0.0f, cols,
+                    static_cast<int>(P));
+        for (int64_t c = 0; c < s.c; ++c) col2im_plane(s, cols, P, c, dx + (n * s.c + c) * s.h * s.w);
       }
     }
   }
+  if (!dw) return;
+  // Sum the private filter gradients in thread order, so the result does not depend on timing.
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < s.o * K; ++i) {
+    float total = 0;
+    for (int t = 0; t < threads; ++t) total += ws[static_cast<size_t>(t) * per_image_floats(s) + static_cast<size_t>(K * P + i)];
+    dw[i] += total;
+  }
+}
+
+bool use_per_image(const Conv2dShape& /*s*/) {
+  const char* e = std::getenv("TS_CONV_PATH");
+  if (e) return e[0] == 'i';
+  return false;
 }
 
 }  // namespace
 
 void conv2d_workspace_size(const Conv2dShape& s, size_t* bytes) {
+  if (use_per_image(s)) {
+    *bytes = static_cast<size_t>(omp_get_max_threads()) * per_image_floats(s) * sizeof(float);
+    return;
+  }
   *bytes = static_cast<size_t>(chunk_images(s) * (rows_of(s) + s.o) * pixels_of(s)) * sizeof(float);
 }
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     void* workspace, size_t /*workspace_bytes*/) {
+  if (use_per_image(s)) return forward_per_image(s, x, w, b, y, static_cast<float*>(workspace));
   const int64_t K = rows_of(s), P = pixels_of(s), nb_max = chunk_images(s);
   float* cols = static_cast<float*>(workspace);
   float* out = cols + nb_max * K * P;  // (O, nb*P)
@@ -164,6 +242,7 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
     }
   }
   if (!dx && !dw) return;
+  if (use_per_image(s)) return backward_per_image(s, x, w, dy, dx, dw, static_cast<float*>(workspace));
   float* cols = static_cast<float*>(workspace);
   float* grad = cols + nb_max * K * P;  // dY of the chunk, (O, nb*P)
   for (int64_t n0 = 0; n0 < s.n; n0 += nb_max) {
