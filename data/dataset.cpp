@@ -176,8 +176,10 @@ std::vector<uint8_t> read_maybe_gzip(const std::string& path, const std::string&
     bytes.insert(bytes.end(), chunk.data(), chunk.data() + got);
   int code = Z_OK;
   const std::string message = got < 0 ? gzerror(f, &code) : "";
-  gzclose(f);
+  // gzclose reports Z_BUF_ERROR when the input ended inside a gzip stream: a cut-short file.
+  const int closed = gzclose(f);
   if (got < 0) bad_file(path, cat(what, " (a complete gzip stream)"), cat("a damaged stream: ", message));
+  if (closed == Z_BUF_ERROR) bad_file(path, cat(what, " (a complete gzip stream)"), "a stream cut short (truncated)");
   return bytes;
 }
 
