@@ -2,7 +2,7 @@
 // layer shapes, batch 64, to set against bench/torch_conv_layers.py. Standalone (not part of
 // the build); compile and run with the commands in bench/RESULTS.md.
 #include <algorithm>
-#include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <vector>
 
@@ -15,6 +15,15 @@ struct Layer {
   int count;  // how many convs of this shape one resnet18 forward runs
   int64_t c, o, h, k, stride;
 };
+
+// Process CPU time (all threads), not wall time: on cores shared with other jobs it counts
+// only the time this process ran, so it stays comparable when the machine is busy. With one
+// thread it is the kernel's own cost; with two it adds any time a thread spent waiting.
+double now_ms() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
 
 double best_ms(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -48,15 +57,15 @@ int main() {
     std::vector<float> ws(bytes / sizeof(float) + 1);
     std::vector<double> tf, tb;
     for (int r = 0; r < 8; ++r) {
-      auto t0 = std::chrono::steady_clock::now();
+      const double t0 = now_ms();
       kernels::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data(), ws.data(), bytes);
-      auto t1 = std::chrono::steady_clock::now();
+      const double t1 = now_ms();
       kernels::cpu::conv2d_backward(s, x.data(), w.data(), y.data(), l.c == 3 ? nullptr : dx.data(), dw.data(),
                                     nullptr, ws.data(), bytes);
-      auto t2 = std::chrono::steady_clock::now();
+      const double t2 = now_ms();
       if (r == 0) continue;  // warm-up
-      tf.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-      tb.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+      tf.push_back(t1 - t0);
+      tb.push_back(t2 - t1);
     }
     const double f = best_ms(tf), b = best_ms(tb);
     total_f += f * l.count;
