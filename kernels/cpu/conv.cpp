@@ -157,9 +157,11 @@ void forward_per_image(const Conv2dShape& s, const float* x, const float* w, con
 void backward_per_image(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
                         float* ws) {
   const int K = static_cast<int>(rows_of(s)), P = static_cast<int>(pixels_of(s)), O = static_cast<int>(s.o);
-  const int threads = omp_get_max_threads();
-#pragma omp parallel num_threads(threads)
+  int team = 1;  // threads that actually ran (fewer than the maximum under OMP_DYNAMIC)
+#pragma omp parallel
   {
+#pragma omp single
+    team = omp_get_num_threads();
     float* scratch = ws + static_cast<size_t>(omp_get_thread_num()) * per_thread_floats(s);
     float* dw_own = scratch + K * P;
     if (dw) std::memset(dw_own, 0, sizeof(float) * static_cast<size_t>(O * K));
@@ -185,7 +187,7 @@ void backward_per_image(const Conv2dShape& s, const float* x, const float* w, co
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < O * K; ++i) {
     float total = 0;
-    for (int t = 0; t < threads; ++t) total += ws[static_cast<size_t>(t) * per_thread_floats(s) + K * P + i];
+    for (int t = 0; t < team; ++t) total += ws[static_cast<size_t>(t) * per_thread_floats(s) + K * P + i];
     dw[i] += total;
   }
 }
