@@ -1,5 +1,6 @@
 #include "models/model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/check.h"
@@ -129,6 +130,43 @@ Var* Model::forward(Graph& g, Var* x, bool train) {
 
 // ---- initialisation --------------------------------------------------------------------------
 
+namespace {
+
+// Draws are a pure function of (seed, slot, element): slot i reads Philox subsequence
+// (kStreamInit, i), so adding a layer never shifts another's weights, and element j uses the
+// uniforms at offsets 2j, 2j + 1 (normal) or j (uniform), so chunks fill in parallel.
+constexpr int64_t kInitChunk = 4096;  // elements; even, so normal pairs never straddle chunks
+
+void fill_normal(float* p, int64_t n, double std, uint64_t seed, size_t slot) {
+  const int64_t chunks = (n + kInitChunk - 1) / kInitChunk;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kInitChunk, end = std::min(n, begin + kInitChunk);
+    kernels::PhiloxState rng(seed, kernels::philox_subsequence(kernels::kStreamInit, slot),
+                             static_cast<uint64_t>(2 * begin));
+    for (int64_t j = begin; j < end; j += 2) {
+      // Box-Muller: two uniforms in (0, 1] give two independent normals; log(u1) is finite.
+      const double u1 = rng.uniform(), u2 = rng.uniform();
+      const double r = std * std::sqrt(-2.0 * std::log(u1));
+      p[j] = static_cast<float>(r * std::cos(2.0 * M_PI * u2));
+      if (j + 1 < end) p[j + 1] = static_cast<float>(r * std::sin(2.0 * M_PI * u2));
+    }
+  }
+}
+
+void fill_uniform(float* p, int64_t n, double bound, uint64_t seed, size_t slot) {
+  const int64_t chunks = (n + kInitChunk - 1) / kInitChunk;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kInitChunk, end = std::min(n, begin + kInitChunk);
+    kernels::PhiloxState rng(seed, kernels::philox_subsequence(kernels::kStreamInit, slot),
+                             static_cast<uint64_t>(begin));
+    for (int64_t j = begin; j < end; ++j) p[j] = static_cast<float>(bound * (2.0 * rng.uniform() - 1.0));
+  }
+}
+
+}  // namespace
+
 void Model::init(uint64_t seed) {
   std::vector<float> host(static_cast<size_t>(param_table_.arena_numel()), 0.0f);
   for (size_t i = 0; i < param_table_.size(); ++i) {
@@ -139,28 +177,19 @@ void Model::init(uint64_t seed) {
     const double area = w.shape.ndim == 4 ? static_cast<double>(w.shape[2] * w.shape[3]) : 1.0;
     const double fan_out = static_cast<double>(w.shape[0]) * area;
     const double fan_in = w.shape.ndim >= 2 ? static_cast<double>(w.shape[1]) * area : 1.0;
-    // One Philox subsequence per slot, so adding a layer never shifts another's weights.
-    kernels::PhiloxState rng(seed, kernels::philox_subsequence(kernels::kStreamInit, i), 0);
     float* p = host.data() + s.offset;
-    const auto normal = [&rng](double std) {
-      // Box-Muller on two uniforms in (0, 1]; log(u1) is finite because u1 > 0.
-      const double u1 = rng.uniform(), u2 = rng.uniform();
-      return static_cast<float>(std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
-    };
     switch (init_[i]) {
       case Init::KaimingNormalFanOut:  // gain sqrt(2): relu, and leaky_relu with torch's default a = 0
-        for (int64_t j = 0; j < s.numel; ++j) p[j] = normal(std::sqrt(2.0 / fan_out));
+        fill_normal(p, s.numel, std::sqrt(2.0 / fan_out), seed, i);
         break;
       case Init::XavierNormal:
-        for (int64_t j = 0; j < s.numel; ++j) p[j] = normal(std::sqrt(2.0 / (fan_in + fan_out)));
+        fill_normal(p, s.numel, std::sqrt(2.0 / (fan_in + fan_out)), seed, i);
         break;
-      case Init::TorchLinearDefault: {  // kaiming_uniform(a = sqrt 5) reduces to this bound
-        const double bound = 1.0 / std::sqrt(fan_in);
-        for (int64_t j = 0; j < s.numel; ++j) p[j] = static_cast<float>(bound * (2.0 * rng.uniform() - 1.0));
+      case Init::TorchLinearDefault:  // kaiming_uniform(a = sqrt 5) reduces to this bound
+        fill_uniform(p, s.numel, 1.0 / std::sqrt(fan_in), seed, i);
         break;
-      }
       case Init::Ones:
-        for (int64_t j = 0; j < s.numel; ++j) p[j] = 1.0f;
+        std::fill(p, p + s.numel, 1.0f);
         break;
       case Init::Zeros:
         break;
@@ -178,7 +207,7 @@ void Model::init(uint64_t seed) {
 
 // ---- factory -------------------------------------------------------------------------------
 
-std::unique_ptr<Model> make_model(const ModelSpec& spec, Device device) {
+std::unique_ptr<Model> make_model(const ModelSpec& spec, Device device, bool initialise) {
   const std::string problem = spec.problem();
   if (!problem.empty()) throw Error(cat("cannot build model: ", problem));
   std::unique_ptr<Model> m;
@@ -189,7 +218,7 @@ std::unique_ptr<Model> make_model(const ModelSpec& spec, Device device) {
   else
     m = build_wide_resnet(spec);
   m->allocate(device);
-  m->init(0);
+  if (initialise) m->init(0);
   return m;
 }
 
@@ -224,7 +253,7 @@ void load_model(const SafetensorsFile& f, Model& m, const std::string& prefix, b
 
 std::unique_ptr<Model> load_model(const SafetensorsFile& f, Device device, const std::string& prefix,
                                   bool allow_unexpected) {
-  std::unique_ptr<Model> m = make_model(model_spec_from(f, prefix), device);
+  std::unique_ptr<Model> m = make_model(model_spec_from(f, prefix), device, /*initialise=*/false);
   load_model(f, *m, prefix, allow_unexpected);
   return m;
 }

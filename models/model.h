@@ -89,7 +89,7 @@ class Model {
 
  protected:
   explicit Model(ModelSpec spec) : spec_(std::move(spec)) {}
-  friend std::unique_ptr<Model> make_model(const ModelSpec&, Device);
+  friend std::unique_ptr<Model> make_model(const ModelSpec&, Device, bool);
 
   // How init() draws a parameter (the references' choices, named after torch.nn.init).
   enum class Init {
@@ -126,9 +126,10 @@ class Model {
   bool has_fc_ = false;
 };
 
-// Builds, allocates and initialises (seed 0; call init(seed) for another) a model.
+// Builds and allocates a model, and initialises it with seed 0 (call init(seed) for another)
+// unless `initialise` is false (arenas left zero, e.g. before loading a checkpoint).
 // Error when the spec has a problem().
-std::unique_ptr<Model> make_model(const ModelSpec& spec, Device device);
+std::unique_ptr<Model> make_model(const ModelSpec& spec, Device device, bool initialise = true);
 
 // ---- checkpoints -----------------------------------------------------------------------
 // A model in a safetensors file: its parameters and buffers under prefix + PyTorch name, and
