@@ -123,10 +123,9 @@ Var* Model::apply(Graph& g, const Linear& l, Var* x) {
   return ops::linear(g, x, param(g, l.weight), l.bias >= 0 ? param(g, l.bias) : nullptr);
 }
 
-Var* Model::forward(Graph& g, Var* x, bool train) {
-  Var* f = features(g, x, train);
-  return has_fc_ ? apply(g, fc_, f) : f;
-}
+Var* Model::classify(Graph& g, Var* f) { return has_fc_ ? apply(g, fc_, f) : f; }
+
+Var* Model::forward(Graph& g, Var* x, bool train) { return classify(g, features(g, x, train)); }
 
 // ---- initialisation --------------------------------------------------------------------------
 

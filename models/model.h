@@ -82,6 +82,8 @@ class Model {
   virtual Var* features(Graph& g, Var* x, bool train) = 0;
   // Logits (N, num_classes) when the model has a classifier, else features().
   Var* forward(Graph& g, Var* x, bool train);
+  // The classifier alone: features (N, D) -> logits (N, num_classes); identity without one.
+  Var* classify(Graph& g, Var* features);
 
   // Draws every parameter as the reference implementation initialises it and resets the
   // buffers (running_mean 0, running_var 1, num_batches_tracked 0).
