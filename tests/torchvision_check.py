@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Checks a tessera checkpoint against PyTorch.
 
-usage: torchvision_check.py MODEL.safetensors IO.safetensors [--tol 1e-4]
+usage: torchvision_check.py MODEL.safetensors IO.safetensors [MODEL IO ...] [--tol 1e-4]
 
 MODEL holds a model saved by tessera (PyTorch names, metadata "model" = its spec as JSON).
 IO holds "input" (N, C, H, W) and "output": what tessera computed from that input in eval
@@ -11,16 +11,22 @@ The script builds the matching PyTorch model - torchvision's resnet18/34/50 (con
 and maxpool removed for the cifar stem or one input channel, fc replaced by Identity without
 a classifier), or a WideResNet written here to the FixMatch PyTorch port's structure and
 names - loads MODEL with load_state_dict(strict=True), runs IO's input in eval mode and
-compares: max |tessera - torch| <= tol * max |torch|. Prints one summary line; exit 0 on
-agreement, 1 otherwise. Reads safetensors with json + struct (no safetensors package needed).
+compares: max |tessera - torch| <= tol * max |torch|. Prints one line per pair; exit 0 when
+all agree, 1 otherwise, 77 (and a line saying why) when torch or torchvision cannot be
+imported. Reads safetensors with json + struct (no safetensors package needed).
 """
 import json
 import struct
 import sys
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torchvision
+except ImportError as e:
+    print(f"SKIP: {sys.executable} cannot import torch / torchvision ({e})")
+    sys.exit(77)
 
 DTYPES = {"F32": torch.float32, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
 
@@ -100,7 +106,6 @@ def build(spec):
     if arch.startswith("wrn-"):
         _, depth, k = arch.split("-")
         return WideResNet(int(depth), int(k), spec["in_channels"], spec["num_classes"])
-    import torchvision
     if spec["width"] != 64:
         raise SystemExit(f"torchvision's {arch} has base width 64; this checkpoint has {spec['width']}")
     m = getattr(torchvision.models, arch)(num_classes=max(spec["num_classes"], 1))
@@ -114,19 +119,9 @@ def build(spec):
     return m
 
 
-def main():
-    args = sys.argv[1:]
-    tol = 1e-4
-    if "--tol" in args:
-        i = args.index("--tol")
-        tol = float(args[i + 1])
-        del args[i:i + 2]
-    if len(args) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    torch.set_num_threads(1)
-    state, meta = read_safetensors(args[0])
-    io, _ = read_safetensors(args[1])
+def check(model_path, io_path, tol):
+    state, meta = read_safetensors(model_path)
+    io, _ = read_safetensors(io_path)
     spec = json.loads(meta["model"])
     model = build(spec)
     model.load_state_dict(state, strict=True)
@@ -136,14 +131,29 @@ def main():
     ours = io["output"]
     if ref.shape != ours.shape:
         print(f"FAIL {spec['arch']}: torch output {tuple(ref.shape)}, tessera {tuple(ours.shape)}")
-        return 1
+        return False
     diff = (ours - ref).abs().max().item()
     scale = ref.abs().max().item()
     ok = diff <= tol * scale
     print(f"{'OK' if ok else 'FAIL'} {spec['arch']} stem={spec['stem']} in={spec['in_channels']} "
           f"classes={spec['num_classes']} input={tuple(io['input'].shape)}: strict load ok, "
           f"max|diff|={diff:.3e}, max|torch|={scale:.3e}, relative={diff / max(scale, 1e-30):.3e} (tol {tol:g})")
-    return 0 if ok else 1
+    return ok
+
+
+def main():
+    args = sys.argv[1:]
+    tol = 1e-4
+    if "--tol" in args:
+        i = args.index("--tol")
+        tol = float(args[i + 1])
+        del args[i:i + 2]
+    if not args or len(args) % 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    results = [check(args[i], args[i + 1], tol) for i in range(0, len(args), 2)]
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":
