@@ -33,8 +33,9 @@ void update_chunk_by_element(const ArenaChunk& c, const float* student, float* t
                              const TeacherRule& rule) {
   const uint64_t subsequence = philox_subsequence(kStreamTeacher, rule.step);
   for (int64_t g = c.begin; g < c.end; g += 4) {
-    PhiloxState state(rule.seed, subsequence, static_cast<uint64_t>(g));
-    const Philox4 w = state.next4();
+    // Positioned at offset g (a multiple of 4), the state's current block is block g / 4;
+    // next4() would compute a second block for nothing.
+    const Philox4 w = PhiloxState(rule.seed, subsequence, static_cast<uint64_t>(g)).output;
     const uint32_t words[4] = {w.x, w.y, w.z, w.w};
     const int64_t n = std::min<int64_t>(4, c.end - g);
     for (int64_t j = 0; j < n; ++j)
