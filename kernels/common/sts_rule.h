@@ -70,13 +70,14 @@ TS_HD bool sts_keep(float u, float preserve_prob) { return u < preserve_prob; }
 
 // teacher' = m * teacher + (1 - m) * student, rounded the same way on every compiler.
 //
-// Why fmaf: left to themselves, nvcc contracts `m * t + (1 - m) * s` into an FMA (it does by
-// default, -fmad=true) while g++ in ISO C++ mode does not (-ffp-contract=off), so the two
-// backends would round differently in the last bit. Spelling the FMA out fixes the rounding:
-// (1 - m) and (1 - m) * s are single IEEE operations with one rounding each (nothing there a
-// compiler may fuse), and fmaf(m, t, x) is one correctly rounded fused operation on both
-// sides (the GPU instruction, and the x86 FMA instruction or glibc's exact software fmaf on
-// the host). Hence CPU and GPU teachers are bit-identical.
+// Why fmaf: whether `m * t + (1 - m) * s` becomes one fused multiply-add or a multiply and an
+// add, and which of the two products gets fused, is the compiler's choice: nvcc fuses by
+// default (-fmad=true); g++ fuses under its C++ default -ffp-contract=fast when the target has
+// FMA (-march=native) and not otherwise. The last bit would depend on compiler and flags.
+// Spelling the FMA out removes the choice: (1 - m) and (1 - m) * s are single IEEE operations
+// with one rounding each (a subtraction and a product: nothing there can be fused), and
+// fmaf(m, t, x) is one correctly rounded operation everywhere (the GPU's FFMA, the x86 FMA
+// instruction, or glibc's exact software fmaf). Hence CPU and GPU teachers are bit-identical.
 //
 // m == 0 (Spatial Ensemble, copy) returns the student value itself, not 0 * t + s: a copy
 // must not turn an inf or NaN left in the old teacher into NaN, nor change the sign of a zero.
