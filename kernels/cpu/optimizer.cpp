@@ -52,7 +52,7 @@ void adamw_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t nu
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t k = 0; k < num_chunks; ++k) {
     const ArenaChunk c = chunks[k];
-    const float decay = 1.0f - p.lr * slots[c.slot].weight_decay;
+    const float decay = fmaf(-p.lr, slots[c.slot].weight_decay, 1.0f);  // 1 - lr * wd, fused on both backends
     for (int64_t i = c.begin; i < c.end; ++i)
       adamw_element(w[i], m[i], v[i], g[i], decay, p.beta1, p.beta2, p.eps, p.step_size, p.bias_correction2_sqrt);
   }

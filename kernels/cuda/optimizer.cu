@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kThreads)
     adamw_kernel(const OptimizerSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks, float* __restrict__ w,
                  const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v, AdamWParams p) {
   const ArenaChunk c = chunks[blockIdx.x];
-  const float decay = 1.0f - p.lr * slots[c.slot].weight_decay;
+  const float decay = fmaf(-p.lr, slots[c.slot].weight_decay, 1.0f);  // 1 - lr * wd, fused on both backends
   for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
     adamw_element(w[i], m[i], v[i], g[i], decay, p.beta1, p.beta2, p.eps, p.step_size, p.bias_correction2_sqrt);
 }
