@@ -174,10 +174,8 @@ TS_HD void histogram_remap(Team& t, float* img, int C, int n, bool equalize, Aug
         run += count;
       }
     } else {
-      const float scale = hi > lo ? 255.0f / static_cast<float>(hi - lo) : 1.0f;
-      const float offset = hi > lo ? -static_cast<float>(lo) * scale : 0.0f;
-      for (int v = 0; v < 256; ++v)
-        h[v] = clampi(static_cast<int>(floorf(static_cast<float>(v) * scale + offset)), 0, 255);
+      // (v - lo) * 255 / (hi - lo), truncated: lo -> 0 and hi -> 255 exactly.
+      for (int v = 0; v < 256; ++v) h[v] = hi > lo ? clampi((v - lo) * 255 / (hi - lo), 0, 255) : v;
     }
   }
   t.sync();
