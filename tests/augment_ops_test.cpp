@@ -20,6 +20,11 @@ struct OneWorker {
   void sync() {}
   void add(int32_t* counter, int32_t v) { *counter += v; }
   long long sum(long long v, unsigned long long*) { return v; }
+  template <class F>
+  void grid(int rows, int cols, F f) {
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c) f(r, c);
+  }
 };
 
 AugmentParams no_params() {

@@ -6,7 +6,13 @@
 //     void sync();                                     // all workers reach this point
 //     void add(int32_t* counter, int32_t v);           // atomic += (histograms)
 //     long long sum(long long v, unsigned long long* slot);  // all-reduce sum, same on all
-//   };
+//     template <class F> void grid(int rows, int cols, F f);  // f(r, c) for every cell, split
+//   };                                                        // over the workers
+//
+// grid() exists because the obvious loop over a flat index needs integer divisions per pixel
+// to recover (channel, row, column), which dominated the CPU time; the CPU team runs nested
+// loops instead, the CUDA team a strided flat loop with one division. The result of each cell
+// depends only on its coordinates, so the iteration order does not change any value.
 //
 // The CPU uses a one-worker team per image (kernels/cpu/augment.cpp), CUDA a thread block
 // (kernels/cuda/augment.cu). Every stage reads and writes the image's own slice of the output
@@ -37,22 +43,22 @@ TS_HD void load_view(Team& t, const AugmentSpec& s, const AugmentParams& p, cons
     // Random resized crop (bilinear, half-pixel centres) then horizontal flip.
     const float scale_y = static_cast<float>(p.crop_h) / static_cast<float>(H);
     const float scale_x = static_cast<float>(p.crop_w) / static_cast<float>(W);
-    for (int i = t.rank; i < C * n; i += t.size) {
-      const int c = i / n, y = (i % n) / W, x = i % W;
+    t.grid(C * H, W, [&](int r, int x) {
+      const int c = r / H, y = r - c * H;
       const int xs = p.flip ? W - 1 - x : x;
       const float sy = (static_cast<float>(y) + 0.5f) * scale_y - 0.5f;
       const float sx = (static_cast<float>(xs) + 0.5f) * scale_x - 0.5f;
-      img[i] = sample_region_u8(src + c * in_n, s.in_w, p.crop_y, p.crop_x, p.crop_h, p.crop_w, sy, sx);
-    }
+      img[r * W + x] = sample_region_u8(src + c * in_n, s.in_w, p.crop_y, p.crop_x, p.crop_h, p.crop_w, sy, sx);
+    });
   } else if (s.recipe == kRecipeFixmatchWeak || s.recipe == kRecipeFixmatchStrong) {
     // Flip, then a crop at (shift_y, shift_x) of the image reflect-padded by `pad`.
-    for (int i = t.rank; i < C * n; i += t.size) {
-      const int c = i / n, y = (i % n) / W, x = i % W;
+    t.grid(C * H, W, [&](int r, int x) {
+      const int c = r / H, y = r - c * H;
       const int py = reflect_index(y + p.shift_y - s.pad, H);
       const int px = reflect_index(x + p.shift_x - s.pad, W);
       const int sx = p.flip ? W - 1 - px : px;
-      img[i] = from_level(src[c * in_n + py * s.in_w + sx]);
-    }
+      img[r * W + x] = from_level(src[c * in_n + py * s.in_w + sx]);
+    });
   } else {
     for (int i = t.rank; i < C * n; i += t.size) img[i] = from_level(src[i]);
   }
@@ -134,20 +140,19 @@ TS_HD void gaussian_blur(Team& t, float* img, float* tmp, int C, int H, int W, f
                          AugmentShared& sh) {
   if (t.rank == 0) gaussian_weights(sigma, radius, sh.taps);
   t.sync();
-  const int n = H * W;
-  for (int i = t.rank; i < C * n; i += t.size) {
-    const int row = i / W, x = i % W;
+  const float* taps = sh.taps;
+  t.grid(C * H, W, [&](int r, int x) {
     float acc = 0.0f;
-    for (int k = -radius; k <= radius; ++k) acc += sh.taps[k + radius] * img[row * W + reflect_index(x + k, W)];
-    tmp[i] = acc;
-  }
+    for (int k = -radius; k <= radius; ++k) acc += taps[k + radius] * img[r * W + reflect_index(x + k, W)];
+    tmp[r * W + x] = acc;
+  });
   t.sync();
-  for (int i = t.rank; i < C * n; i += t.size) {
-    const int c = i / n, y = (i % n) / W, x = i % W;
+  t.grid(C * H, W, [&](int r, int x) {
+    const int c = r / H, y = r - c * H;
     float acc = 0.0f;
-    for (int k = -radius; k <= radius; ++k) acc += sh.taps[k + radius] * tmp[c * n + reflect_index(y + k, H) * W + x];
-    img[i] = acc;
-  }
+    for (int k = -radius; k <= radius; ++k) acc += taps[k + radius] * tmp[(c * H + reflect_index(y + k, H)) * W + x];
+    img[r * W + x] = acc;
+  });
   t.sync();
 }
 
@@ -157,7 +162,8 @@ template <class Team>
 TS_HD void histogram_remap(Team& t, float* img, int C, int n, bool equalize, AugmentShared& sh) {
   for (int i = t.rank; i < C * 256; i += t.size) sh.table[i] = 0;
   t.sync();
-  for (int i = t.rank; i < C * n; i += t.size) t.add(&sh.table[(i / n) * 256 + to_level(img[i])], 1);
+  int32_t* table = sh.table;
+  t.grid(C, n, [&](int c, int i) { t.add(&table[c * 256 + to_level(img[c * n + i])], 1); });
   t.sync();
   for (int c = t.rank; c < C; c += t.size) {
     int32_t* h = sh.table + c * 256;
@@ -179,7 +185,7 @@ TS_HD void histogram_remap(Team& t, float* img, int C, int n, bool equalize, Aug
     }
   }
   t.sync();
-  for (int i = t.rank; i < C * n; i += t.size) img[i] = from_level(sh.table[(i / n) * 256 + to_level(img[i])]);
+  t.grid(C, n, [&](int c, int i) { img[c * n + i] = from_level(table[c * 256 + to_level(img[c * n + i])]); });
   t.sync();
 }
 
@@ -190,16 +196,16 @@ TS_HD void adjust_sharpness(Team& t, float* img, float* tmp, int C, int H, int W
   const int n = H * W;
   for (int i = t.rank; i < C * n; i += t.size) tmp[i] = img[i];
   t.sync();
-  for (int i = t.rank; i < C * n; i += t.size) {
-    const int c = i / n, y = (i % n) / W, x = i % W;
-    if (y == 0 || x == 0 || y == H - 1 || x == W - 1) continue;
+  t.grid(C * H, W, [&](int r, int x) {
+    const int c = r / H, y = r - c * H;
+    if (y == 0 || x == 0 || y == H - 1 || x == W - 1) return;
     const float* q = tmp + c * n;
     float acc = 0.0f;
     for (int dy = -1; dy <= 1; ++dy)
       for (int dx = -1; dx <= 1; ++dx) acc += q[(y + dy) * W + x + dx];
     const float smooth = (acc + 4.0f * q[y * W + x]) / 13.0f;
-    img[i] = blend(q[y * W + x], smooth, factor);
-  }
+    img[r * W + x] = blend(q[y * W + x], smooth, factor);
+  });
   t.sync();
 }
 
@@ -213,13 +219,13 @@ TS_HD void apply_affine(Team& t, float* img, float* tmp, int C, int H, int W, fl
   for (int i = t.rank; i < C * n; i += t.size) tmp[i] = img[i];
   t.sync();
   const float cx = 0.5f * static_cast<float>(W), cy = 0.5f * static_cast<float>(H);
-  for (int i = t.rank; i < C * n; i += t.size) {
-    const int c = i / n, y = (i % n) / W, x = i % W;
+  t.grid(C * H, W, [&](int r, int x) {
+    const int c = r / H, y = r - c * H;
     const float u = static_cast<float>(x) + 0.5f - cx, v = static_cast<float>(y) + 0.5f - cy;
     const float sx = a * u + b * v + cx - 0.5f + tx;
     const float sy = d * u + e * v + cy - 0.5f + ty;
-    img[i] = sample_fill(tmp + c * n, H, W, sy, sx, 0.5f);
-  }
+    img[r * W + x] = sample_fill(tmp + c * n, H, W, sy, sx, 0.5f);
+  });
   t.sync();
 }
 
@@ -262,10 +268,10 @@ template <class Team>
 TS_HD void apply_cutout(Team& t, const AugmentParams& p, float* img, int C, int H, int W) {
   const int bh = p.cut_y1 - p.cut_y0, bw = p.cut_x1 - p.cut_x0;
   if (bh <= 0 || bw <= 0) return;
-  for (int i = t.rank; i < C * bh * bw; i += t.size) {
-    const int c = i / (bh * bw), y = p.cut_y0 + (i % (bh * bw)) / bw, x = p.cut_x0 + i % bw;
-    img[(c * H + y) * W + x] = 0.5f;
-  }
+  t.grid(C * bh, bw, [&](int r, int x) {
+    const int c = r / bh, y = p.cut_y0 + r - c * bh;
+    img[(c * H + y) * W + p.cut_x0 + x] = 0.5f;
+  });
   t.sync();
 }
 
@@ -300,7 +306,7 @@ TS_HD void augment_image(Team& t, const AugmentSpec& s, const uint8_t* src, int6
       if (p.ra_apply[k]) apply_randaugment(t, s, p.ra_op[k], p.ra_level[k], img, tmp, sh);
     apply_cutout(t, p, img, C, H, W);
   }
-  for (int i = t.rank; i < C * n; i += t.size) img[i] = (img[i] - s.mean[i / n]) / s.std[i / n];
+  t.grid(C, n, [&](int c, int i) { img[c * n + i] = (img[c * n + i] - s.mean[c]) / s.std[c]; });
   t.sync();
 }
 

@@ -30,6 +30,13 @@ struct BlockTeam {
     __syncthreads();
     return total;
   }
+  template <class F>
+  __device__ void grid(int rows, int cols, F f) {
+    for (int i = rank; i < rows * cols; i += size) {
+      const int r = i / cols;
+      f(r, i - r * cols);
+    }
+  }
 };
 
 __global__ void augment_kernel(const uint8_t* images, const int32_t* rows, const int32_t* keys,
