@@ -5,7 +5,7 @@
 #include "engine/check.h"
 #include "kernels/common/philox.h"
 
-namespace tessera {
+namespace tessera::data {
 
 std::vector<uint8_t> synthetic_images(int64_t n, int channels, int height, int width, uint64_t seed) {
   TS_CHECK(channels == 1 || channels == 3, "synthetic images: expected 1 or 3 channels, found ", channels);
@@ -54,4 +54,16 @@ std::vector<uint8_t> synthetic_images(int64_t n, int channels, int height, int w
   return out;
 }
 
-}  // namespace tessera
+Dataset synthetic_dataset(int64_t n, int channels, int height, int width, uint64_t seed) {
+  Dataset d;
+  d.name = "synthetic";
+  d.size = n;
+  d.channels = channels;
+  d.height = height;
+  d.width = width;
+  d.images = synthetic_images(n, channels, height, width, seed);
+  channel_stats(d, &d.mean, &d.std);
+  return d;
+}
+
+}  // namespace tessera::data

@@ -6,9 +6,14 @@
 #include <cstdint>
 #include <vector>
 
-namespace tessera {
+#include "data/dataset.h"
+
+namespace tessera::data {
 
 // n images as uint8 (n, channels, height, width); channels 1 (grey) or 3 (RGB).
 std::vector<uint8_t> synthetic_images(int64_t n, int channels, int height, int width, uint64_t seed);
 
-}  // namespace tessera
+// The same as an unlabeled Dataset named "synthetic", with its channel mean / std.
+Dataset synthetic_dataset(int64_t n, int channels, int height, int width, uint64_t seed);
+
+}  // namespace tessera::data

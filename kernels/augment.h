@@ -43,11 +43,11 @@ inline std::string augment_spec_problem(const AugmentSpec& s) {
 
 }  // namespace kernels
 
-#define TS_AUGMENT_KERNELS                                                                  \
-  /* out[i] = the view of images[rows ? rows[i] : i] whose parameters are keyed by keys[i] \
-     (the dataset index). images (M, C, in_h, in_w) u8; rows, keys (n) i32 on the same    \
-     device; out, scratch (n, C, out_h, out_w) f32. */                                    \
-  void augment(const uint8_t* images, const int32_t* rows, const int32_t* keys, int64_t n, \
+#define TS_AUGMENT_KERNELS                                                                     \
+  /* out[i] = view spec.view of images[indices[i]], parameters keyed by (spec.seed, epochs[i], \
+     indices[i], spec.view). images (M, C, in_h, in_w) u8; indices, epochs (n) i64, on the   \
+     same device, indices in [0, M) (the caller checks); out, scratch (n, C, out_h, out_w). */ \
+  void augment(const uint8_t* images, const int64_t* indices, const int64_t* epochs, int64_t n, \
                const AugmentSpec& spec, float* out, float* scratch);
 
 namespace kernels::cpu {

@@ -70,34 +70,41 @@ Flags parse(int argc, char** argv) {
 
 int bench_augment(int argc, char** argv) {
   const Flags f = parse(argc, argv);
-  const Recipe recipe = parse_recipe(f.recipe);
+  const data::Recipe recipe = data::parse_recipe(f.recipe);
   std::string note;
   const Device dev = select_device(f.device, &note);
   std::printf("%s\n", note.c_str());
 
   const int pool = 4096, C = f.channels, S = f.size;
-  const std::vector<uint8_t> host = synthetic_images(pool, C, S, S, f.seed);
+  const std::vector<uint8_t> host = data::synthetic_images(pool, C, S, S, f.seed);
   OwnedTensor images(dev, Shape{pool, C, S, S}, DType::U8);
   copy_from_host(images.t, host.data(), host.size());
-  const float mean[3] = {0.5f, 0.5f, 0.5f}, std[3] = {0.25f, 0.25f, 0.25f};
-  const AugmentPipeline pipeline(recipe, C, S, S, mean, std, f.seed);
+  const std::vector<float> mean(C, 0.5f), std(C, 0.25f);
+  const data::AugmentPipeline pipeline(recipe, C, S, S, mean, std);
   const int views = pipeline.views();
 
-  // Batches of random indices, uploaded once (the loader uploads each step's indices).
+  // Batches of random indices and their epochs (int64, as the loader hands them over),
+  // uploaded once: the loader uploads each step's, a few KiB.
   const int batches = 16;
-  std::vector<int32_t> idx(static_cast<size_t>(batches) * f.batch);
+  const int64_t B = f.batch;
+  std::vector<int64_t> keys(static_cast<size_t>(2 * batches * B));
   kernels::PhiloxState rng(f.seed, kernels::philox_subsequence(kernels::kStreamTest, 7), 0);
-  for (int32_t& v : idx) v = static_cast<int32_t>(rng.next_u32() % pool);
-  OwnedTensor indices(dev, Shape{batches * int64_t{f.batch}}, DType::I32);
-  from_host(indices.t, idx);
+  for (int k = 0; k < batches; ++k)
+    for (int64_t i = 0; i < B; ++i) {
+      keys[static_cast<size_t>(2 * k * B + i)] = rng.next_u32() % pool;  // indices
+      keys[static_cast<size_t>((2 * k + 1) * B + i)] = k;                // epochs
+    }
+  Buffer key_buffer(dev, keys.size() * 8);
+  copy_from_host(key_buffer.view(Shape{static_cast<int64_t>(keys.size()) * 2}, DType::I32), keys.data(), keys.size() * 8);
+  const Shape vs = pipeline.view_shape();
   std::vector<OwnedTensor> outs;
-  for (int v = 0; v < views; ++v) outs.emplace_back(dev, pipeline.output_shape(f.batch));
-  Workspace ws(dev, 0);
+  for (int v = 0; v < views; ++v) outs.emplace_back(dev, Shape{B, vs[0], vs[1], vs[2]});
+  OwnedTensor scratch(dev, Shape{B, vs[0], vs[1], vs[2]});
 
   auto step = [&](int64_t k) {
-    ws.reset();
-    const Tensor rows(static_cast<int32_t*>(indices.t.ptr) + (k % batches) * f.batch, Shape{f.batch}, DType::I32, dev);
-    for (int v = 0; v < views; ++v) pipeline.run(v, static_cast<uint64_t>(k), images.t, rows, rows, outs[v].t, ws);
+    const int64_t* idx = static_cast<const int64_t*>(key_buffer.data()) + 2 * (k % batches) * B;
+    for (int v = 0; v < views; ++v)
+      pipeline.run(dev, images.t.u8(), pool, idx, idx + B, B, v, f.seed, outs[v].t.f32(), scratch.t.f32());
   };
   step(0);  // warm-up: workspace growth, first-touch, CUDA module load
   synchronize(dev);
@@ -118,13 +125,13 @@ int bench_augment(int argc, char** argv) {
   const char* unit = views == 2 ? "pairs" : "images";
   std::printf("augment %s on %s: %dx%dx%d images, batch %d, %lld batches in %.2f s (%.2f CPU-s): %.2f ms/batch, "
               "%.0f %s/s, %.0f %s per CPU-second\n",
-              recipe_name(recipe), device_description(dev).c_str(), C, S, S, f.batch, static_cast<long long>(steps),
+              data::recipe_name(recipe), device_description(dev).c_str(), C, S, S, f.batch, static_cast<long long>(steps),
               elapsed, cpu_s, ms, per_s, unit, per_cpu_s, unit);
   std::printf(
       "{\"bench\": \"augment\", \"recipe\": \"%s\", \"device\": \"%s\", \"batch\": %d, \"size\": %d, \"channels\": %d, "
       "\"views\": %d, \"ms_per_batch\": %.4f, \"%s_per_s\": %.1f, \"views_per_s\": %.1f, \"cpu_seconds\": %.3f, "
       "\"%s_per_cpu_s\": %.1f}\n",
-      recipe_name(recipe), device_description(dev).c_str(), f.batch, S, C, views, ms, unit, per_s, per_s * views, cpu_s,
+      data::recipe_name(recipe), device_description(dev).c_str(), f.batch, S, C, views, ms, unit, per_s, per_s * views, cpu_s,
       unit, per_cpu_s);
   return 0;
 }

@@ -58,8 +58,7 @@ struct AugmentSpec {
   float mean[3] = {0.f, 0.f, 0.f};
   float std[3] = {1.f, 1.f, 1.f};
   uint64_t seed = 0;
-  uint64_t epoch = 0;  // or step: anything that should change the draws
-  int32_t view = 0;    // < kAugmentMaxViews
+  int32_t view = 0;  // < kAugmentMaxViews
   // BYOL (probabilities are this view's).
   float scale_lo = 0.08f, scale_hi = 1.0f;                    // crop area / image area
   float log_ratio_lo = -0.28768207f, log_ratio_hi = 0.28768207f;  // log(3/4), log(4/3)
@@ -264,10 +263,11 @@ TS_HD int draw_below(float u, int n) {
 }
 TS_HD float draw_range(float u, float lo, float hi) { return lo + (hi - lo) * u; }
 
-TS_HD AugmentParams draw_augment_params(const AugmentSpec& s, int64_t key) {
+// The parameters of image `key` (its dataset index) drawn in `epoch` (or step), for s.view.
+TS_HD AugmentParams draw_augment_params(const AugmentSpec& s, int64_t epoch, int64_t key) {
   const uint64_t offset =
       (static_cast<uint64_t>(key) * kAugmentMaxViews + static_cast<uint64_t>(s.view)) * kAugmentDrawsPerView;
-  PhiloxState rng(s.seed, philox_subsequence(kStreamAugment, s.epoch), offset);
+  PhiloxState rng(s.seed, philox_subsequence(kStreamAugment, static_cast<uint64_t>(epoch)), offset);
   AugmentParams p = {};
   p.cut_y0 = p.cut_y1 = p.cut_x0 = p.cut_x1 = 0;
   if (s.recipe == kRecipeByol) {

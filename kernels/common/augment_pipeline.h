@@ -277,12 +277,12 @@ TS_HD void apply_cutout(Team& t, const AugmentParams& p, float* img, int C, int 
 
 // ---- the whole view ------------------------------------------------------------------------
 
-// src (C, in_h, in_w) uint8 -> img (C, out_h, out_w) normalised floats; tmp: scratch of the
-// same size as img.
+// src (C, in_h, in_w) uint8 -> img (C, out_h, out_w) normalised floats, with the parameters
+// of image `key` in `epoch`; tmp: scratch of the same size as img.
 template <class Team>
-TS_HD void augment_image(Team& t, const AugmentSpec& s, const uint8_t* src, int64_t key, float* img,
-                         float* tmp, AugmentShared& sh) {
-  if (t.rank == 0) sh.params = draw_augment_params(s, key);
+TS_HD void augment_image(Team& t, const AugmentSpec& s, const uint8_t* src, int64_t epoch, int64_t key,
+                         float* img, float* tmp, AugmentShared& sh) {
+  if (t.rank == 0) sh.params = draw_augment_params(s, epoch, key);
   t.sync();
   const AugmentParams& p = sh.params;
   const int C = s.channels, H = s.out_h, W = s.out_w, n = H * W;

@@ -26,7 +26,7 @@ struct SerialTeam {
 
 }  // namespace
 
-void augment(const uint8_t* images, const int32_t* rows, const int32_t* keys, int64_t n,
+void augment(const uint8_t* images, const int64_t* indices, const int64_t* epochs, int64_t n,
              const AugmentSpec& spec, float* out, float* scratch) {
   const std::string problem = augment_spec_problem(spec);
   if (!problem.empty()) throw std::invalid_argument("augment: " + problem);
@@ -36,9 +36,8 @@ void augment(const uint8_t* images, const int32_t* rows, const int32_t* keys, in
   for (int64_t i = 0; i < n; ++i) {
     SerialTeam team;
     AugmentShared shared;
-    const int64_t row = rows ? rows[i] : i;
-    augment_image(team, spec, images + row * in_size, keys[i], out + i * out_size, scratch + i * out_size,
-                  shared);
+    augment_image(team, spec, images + indices[i] * in_size, epochs[i], indices[i], out + i * out_size,
+                  scratch + i * out_size, shared);
   }
 }
 

@@ -39,27 +39,26 @@ struct BlockTeam {
   }
 };
 
-__global__ void augment_kernel(const uint8_t* images, const int32_t* rows, const int32_t* keys,
+__global__ void augment_kernel(const uint8_t* images, const int64_t* indices, const int64_t* epochs,
                                AugmentSpec spec, float* out, float* scratch) {
   __shared__ AugmentShared shared;
   const int64_t i = blockIdx.x;
   const int64_t in_size = int64_t{spec.channels} * spec.in_h * spec.in_w;
   const int64_t out_size = int64_t{spec.channels} * spec.out_h * spec.out_w;
-  const int64_t row = rows ? rows[i] : i;
   BlockTeam team{static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x)};
-  augment_image(team, spec, images + row * in_size, keys[i], out + i * out_size, scratch + i * out_size,
-                shared);
+  augment_image(team, spec, images + indices[i] * in_size, epochs[i], indices[i], out + i * out_size,
+                scratch + i * out_size, shared);
 }
 
 }  // namespace
 
-void augment(const uint8_t* images, const int32_t* rows, const int32_t* keys, int64_t n,
+void augment(const uint8_t* images, const int64_t* indices, const int64_t* epochs, int64_t n,
              const AugmentSpec& spec, float* out, float* scratch) {
   const std::string problem = augment_spec_problem(spec);
   if (!problem.empty()) throw std::invalid_argument("augment: " + problem);
   if (n == 0) return;
   if (n > 0x7FFFFFFF) throw std::invalid_argument("augment: batch larger than the grid limit 2^31 - 1");
-  augment_kernel<<<static_cast<unsigned>(n), kThreads, 0, runtime().stream>>>(images, rows, keys, spec, out,
+  augment_kernel<<<static_cast<unsigned>(n), kThreads, 0, runtime().stream>>>(images, indices, epochs, spec, out,
                                                                               scratch);
   KERNEL_LAUNCH_CHECK();
 }
