@@ -30,6 +30,11 @@
 #include "kernels/common/hd.h"
 #include "kernels/common/philox.h"
 
+// Every function here has internal linkage (static): the CPU backend compiles them without
+// FMA contraction, and a test or tool that includes this header with the default flags must
+// not be able to lend the linker its contracted copy of the same inline function.
+#define TS_AUGMENT_FN static TS_HD
+
 namespace kernels {
 
 enum AugmentRecipe : int32_t {
@@ -98,14 +103,14 @@ struct AugmentParams {
 
 // min / max as comparisons: glibc's fminf / fmaxf are out-of-line calls (NaN rules) that cost
 // a third of the CPU time; no NaN reaches these.
-TS_HD float ts_min(float a, float b) { return a < b ? a : b; }
-TS_HD float ts_max(float a, float b) { return a > b ? a : b; }
-TS_HD float clamp01(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
-TS_HD int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
+TS_AUGMENT_FN float ts_min(float a, float b) { return a < b ? a : b; }
+TS_AUGMENT_FN float ts_max(float a, float b) { return a > b ? a : b; }
+TS_AUGMENT_FN float clamp01(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+TS_AUGMENT_FN int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
 // exp(x) for x <= 80 from + * and ldexpf: x = k ln2 + r, |r| <= ln2 / 2 (Cody-Waite split
 // of ln2, k * hi exact), Taylor to r^8 (truncation < 1e-10). Below -87 the result is 0.
-TS_HD float ts_expf(float x) {
+TS_AUGMENT_FN float ts_expf(float x) {
   if (x < -87.0f) return 0.0f;
   const float k = floorf(x * 1.44269504f + 0.5f);
   const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;  // ln2 = hi - lo
@@ -122,7 +127,7 @@ TS_HD float ts_expf(float x) {
 }
 
 // sin and cos for |x| <= pi / 2 by Taylor series to x^15 / x^14 (error < 1e-9).
-TS_HD float ts_sinf(float x) {
+TS_AUGMENT_FN float ts_sinf(float x) {
   const float x2 = x * x;
   float p = -1.0f / 1307674368000.0f;
   p = p * x2 + 1.0f / 6227020800.0f;
@@ -134,7 +139,7 @@ TS_HD float ts_sinf(float x) {
   p = p * x2 + 1.0f;
   return p * x;
 }
-TS_HD float ts_cosf(float x) {
+TS_AUGMENT_FN float ts_cosf(float x) {
   const float x2 = x * x;
   float p = -1.0f / 87178291200.0f;
   p = p * x2 + 1.0f / 479001600.0f;
@@ -148,11 +153,11 @@ TS_HD float ts_cosf(float x) {
 }
 
 // [0, 1] float -> nearest uint8 level, and back.
-TS_HD int to_level(float x) { return static_cast<int>(floorf(clamp01(x) * 255.0f + 0.5f)); }
-TS_HD float from_level(int q) { return static_cast<float>(q) / 255.0f; }
+TS_AUGMENT_FN int to_level(float x) { return static_cast<int>(floorf(clamp01(x) * 255.0f + 0.5f)); }
+TS_AUGMENT_FN float from_level(int q) { return static_cast<float>(q) / 255.0f; }
 
 // Reflect an index into [0, n) without repeating the edge (PyTorch's "reflect"); |overhang| < n.
-TS_HD int reflect_index(int i, int n) {
+TS_AUGMENT_FN int reflect_index(int i, int n) {
   if (i < 0) return -i;
   if (i >= n) return 2 * (n - 1) - i;
   return i;
@@ -163,21 +168,21 @@ TS_HD int reflect_index(int i, int n) {
 // torchvision's blend: ratio * a + (1 - ratio) * b, clamped. Every enhance op is one blend
 // towards a "degenerate" image: black (brightness), the mean grey (contrast), the grey image
 // (saturation / PIL Color), a smoothed image (sharpness).
-TS_HD float blend(float a, float b, float ratio) { return clamp01(ratio * a + (1.0f - ratio) * b); }
+TS_AUGMENT_FN float blend(float a, float b, float ratio) { return clamp01(ratio * a + (1.0f - ratio) * b); }
 
 // ITU-R 601 luma, torchvision's rgb_to_grayscale weights.
-TS_HD float luma(float r, float g, float b) { return 0.2989f * r + 0.587f * g + 0.114f * b; }
+TS_AUGMENT_FN float luma(float r, float g, float b) { return 0.2989f * r + 0.587f * g + 0.114f * b; }
 
-TS_HD float solarize(float x, float threshold) { return x >= threshold ? 1.0f - x : x; }
+TS_AUGMENT_FN float solarize(float x, float threshold) { return x >= threshold ? 1.0f - x : x; }
 
 // Keep the top `bits` bits of the uint8 level.
-TS_HD float posterize(float x, int bits) {
+TS_AUGMENT_FN float posterize(float x, int bits) {
   const int mask = ~((1 << (8 - bits)) - 1) & 0xFF;
   return from_level(to_level(x) & mask);
 }
 
 // Hue rotation through HSV (torchvision's _rgb2hsv / _hsv2rgb); shift in turns (-0.5, 0.5).
-TS_HD void shift_hue(float* r, float* g, float* b, float shift) {
+TS_AUGMENT_FN void shift_hue(float* r, float* g, float* b, float shift) {
   const float maxc = ts_max(*r, ts_max(*g, *b));
   const float minc = ts_min(*r, ts_min(*g, *b));
   const float cr = maxc - minc;
@@ -213,7 +218,7 @@ TS_HD void shift_hue(float* r, float* g, float* b, float shift) {
 // Bilinear sample of a uint8 plane region [y0, y0 + h) x [x0, x0 + w) at continuous pixel
 // coordinates (sy, sx) relative to the region, edges clamped (PyTorch's upsample_bilinear2d).
 // Returns [0, 1].
-TS_HD float sample_region_u8(const uint8_t* plane, int stride, int y0, int x0, int h, int w,
+TS_AUGMENT_FN float sample_region_u8(const uint8_t* plane, int stride, int y0, int x0, int h, int w,
                              float sy, float sx) {
   sy = ts_max(sy, 0.0f);
   sx = ts_max(sx, 0.0f);
@@ -228,7 +233,7 @@ TS_HD float sample_region_u8(const uint8_t* plane, int stride, int y0, int x0, i
 
 // Bilinear sample of a float plane (h, w) at continuous pixel coordinates; neighbours outside
 // the plane read `fill` (affine RandAugment ops fill the uncovered area with grey).
-TS_HD float sample_fill(const float* plane, int h, int w, float sy, float sx, float fill) {
+TS_AUGMENT_FN float sample_fill(const float* plane, int h, int w, float sy, float sx, float fill) {
   const float fy = floorf(sy), fx = floorf(sx);
   const int iy = static_cast<int>(fy), ix = static_cast<int>(fx);
   const float ly = sy - fy, lx = sx - fx;
@@ -243,7 +248,7 @@ TS_HD float sample_fill(const float* plane, int h, int w, float sy, float sx, fl
 }
 
 // Normalised Gaussian taps w[0..2r] for offsets -r..r (torchvision normalises the kernel).
-TS_HD void gaussian_weights(float sigma, int radius, float* w) {
+TS_AUGMENT_FN void gaussian_weights(float sigma, int radius, float* w) {
   const float inv = -1.0f / (2.0f * sigma * sigma);
   float total = 0.0f;
   for (int k = -radius; k <= radius; ++k) {
@@ -257,14 +262,14 @@ TS_HD void gaussian_weights(float sigma, int radius, float* w) {
 // ---- per-image parameter draw --------------------------------------------------------------
 
 // Integer in [0, n) from a uniform in (0, 1].
-TS_HD int draw_below(float u, int n) {
+TS_AUGMENT_FN int draw_below(float u, int n) {
   const int k = static_cast<int>(u * static_cast<float>(n));
   return k < n ? k : n - 1;
 }
-TS_HD float draw_range(float u, float lo, float hi) { return lo + (hi - lo) * u; }
+TS_AUGMENT_FN float draw_range(float u, float lo, float hi) { return lo + (hi - lo) * u; }
 
 // The parameters of image `key` (its dataset index) drawn in `epoch` (or step), for s.view.
-TS_HD AugmentParams draw_augment_params(const AugmentSpec& s, int64_t epoch, int64_t key) {
+TS_AUGMENT_FN AugmentParams draw_augment_params(const AugmentSpec& s, int64_t epoch, int64_t key) {
   const uint64_t offset =
       (static_cast<uint64_t>(key) * kAugmentMaxViews + static_cast<uint64_t>(s.view)) * kAugmentDrawsPerView;
   PhiloxState rng(s.seed, philox_subsequence(kStreamAugment, static_cast<uint64_t>(epoch)), offset);

@@ -36,7 +36,7 @@ struct AugmentShared {
 // ---- geometry: uint8 source -> float [0, 1] view ----------------------------------------
 
 template <class Team>
-TS_HD void load_view(Team& t, const AugmentSpec& s, const AugmentParams& p, const uint8_t* src,
+TS_AUGMENT_FN void load_view(Team& t, const AugmentSpec& s, const AugmentParams& p, const uint8_t* src,
                      float* img) {
   const int C = s.channels, H = s.out_h, W = s.out_w, n = H * W, in_n = s.in_h * s.in_w;
   if (s.recipe == kRecipeByol) {
@@ -70,7 +70,7 @@ TS_HD void load_view(Team& t, const AugmentSpec& s, const AugmentParams& p, cons
 // Mean grey level of the image: luma for 3 channels, the channel for 1. The sum runs over
 // 16.16 fixed-point values so it is exact in any order (CPU loop or CUDA block).
 template <class Team>
-TS_HD float mean_grey(Team& t, const float* img, int C, int n, AugmentShared& sh) {
+TS_AUGMENT_FN float mean_grey(Team& t, const float* img, int C, int n, AugmentShared& sh) {
   long long local = 0;
   for (int i = t.rank; i < n; i += t.size) {
     const float g = C == 3 ? luma(img[i], img[n + i], img[2 * n + i]) : img[i];
@@ -81,13 +81,13 @@ TS_HD float mean_grey(Team& t, const float* img, int C, int n, AugmentShared& sh
 }
 
 template <class Team>
-TS_HD void adjust_brightness(Team& t, float* img, int count, float factor) {
+TS_AUGMENT_FN void adjust_brightness(Team& t, float* img, int count, float factor) {
   for (int i = t.rank; i < count; i += t.size) img[i] = clamp01(factor * img[i]);
   t.sync();
 }
 
 template <class Team>
-TS_HD void adjust_contrast(Team& t, float* img, int C, int n, float factor, AugmentShared& sh) {
+TS_AUGMENT_FN void adjust_contrast(Team& t, float* img, int C, int n, float factor, AugmentShared& sh) {
   const float mean = mean_grey(t, img, C, n, sh);
   for (int i = t.rank; i < C * n; i += t.size) img[i] = blend(img[i], mean, factor);
   t.sync();
@@ -95,7 +95,7 @@ TS_HD void adjust_contrast(Team& t, float* img, int C, int n, float factor, Augm
 
 // Saturation / PIL "Color": blend with the grey image. A no-op on one channel.
 template <class Team>
-TS_HD void adjust_saturation(Team& t, float* img, int C, int n, float factor) {
+TS_AUGMENT_FN void adjust_saturation(Team& t, float* img, int C, int n, float factor) {
   if (C != 3) return;
   for (int i = t.rank; i < n; i += t.size) {
     const float g = luma(img[i], img[n + i], img[2 * n + i]);
@@ -105,14 +105,14 @@ TS_HD void adjust_saturation(Team& t, float* img, int C, int n, float factor) {
 }
 
 template <class Team>
-TS_HD void adjust_hue(Team& t, float* img, int C, int n, float shift) {
+TS_AUGMENT_FN void adjust_hue(Team& t, float* img, int C, int n, float shift) {
   if (C != 3) return;
   for (int i = t.rank; i < n; i += t.size) shift_hue(&img[i], &img[n + i], &img[2 * n + i], shift);
   t.sync();
 }
 
 template <class Team>
-TS_HD void to_grayscale(Team& t, float* img, int C, int n) {
+TS_AUGMENT_FN void to_grayscale(Team& t, float* img, int C, int n) {
   if (C != 3) return;
   for (int i = t.rank; i < n; i += t.size) {
     const float g = luma(img[i], img[n + i], img[2 * n + i]);
@@ -122,13 +122,13 @@ TS_HD void to_grayscale(Team& t, float* img, int C, int n) {
 }
 
 template <class Team>
-TS_HD void apply_solarize(Team& t, float* img, int count, float threshold) {
+TS_AUGMENT_FN void apply_solarize(Team& t, float* img, int count, float threshold) {
   for (int i = t.rank; i < count; i += t.size) img[i] = solarize(img[i], threshold);
   t.sync();
 }
 
 template <class Team>
-TS_HD void apply_posterize(Team& t, float* img, int count, int bits) {
+TS_AUGMENT_FN void apply_posterize(Team& t, float* img, int count, int bits) {
   for (int i = t.rank; i < count; i += t.size) img[i] = posterize(img[i], bits);
   t.sync();
 }
@@ -136,7 +136,7 @@ TS_HD void apply_posterize(Team& t, float* img, int count, int bits) {
 // Separable Gaussian blur with reflect padding (torchvision's gaussian_blur): rows into
 // scratch, then columns back. radius < min(H, W) (checked by the launchers).
 template <class Team>
-TS_HD void gaussian_blur(Team& t, float* img, float* tmp, int C, int H, int W, float sigma, int radius,
+TS_AUGMENT_FN void gaussian_blur(Team& t, float* img, float* tmp, int C, int H, int W, float sigma, int radius,
                          AugmentShared& sh) {
   if (t.rank == 0) gaussian_weights(sigma, radius, sh.taps);
   t.sync();
@@ -159,7 +159,7 @@ TS_HD void gaussian_blur(Team& t, float* img, float* tmp, int C, int H, int W, f
 // Equalize (PIL ImageOps.equalize) or autocontrast (PIL ImageOps.autocontrast, no cutoff):
 // a per-channel histogram of uint8 levels, a lookup table built from it, applied.
 template <class Team>
-TS_HD void histogram_remap(Team& t, float* img, int C, int n, bool equalize, AugmentShared& sh) {
+TS_AUGMENT_FN void histogram_remap(Team& t, float* img, int C, int n, bool equalize, AugmentShared& sh) {
   for (int i = t.rank; i < C * 256; i += t.size) sh.table[i] = 0;
   t.sync();
   int32_t* table = sh.table;
@@ -192,7 +192,7 @@ TS_HD void histogram_remap(Team& t, float* img, int C, int n, bool equalize, Aug
 // PIL ImageEnhance.Sharpness: blend with the image smoothed by [[1,1,1],[1,5,1],[1,1,1]] / 13;
 // border pixels keep their value, as in PIL.
 template <class Team>
-TS_HD void adjust_sharpness(Team& t, float* img, float* tmp, int C, int H, int W, float factor) {
+TS_AUGMENT_FN void adjust_sharpness(Team& t, float* img, float* tmp, int C, int H, int W, float factor) {
   const int n = H * W;
   for (int i = t.rank; i < C * n; i += t.size) tmp[i] = img[i];
   t.sync();
@@ -213,7 +213,7 @@ TS_HD void adjust_sharpness(Team& t, float* img, float* tmp, int C, int H, int W
 // (a x' + b y' + cx - 0.5 + tx, d x' + e y' + cy - 0.5 + ty), x' = x + 0.5 - cx etc.
 // Uncovered area reads grey 0.5.
 template <class Team>
-TS_HD void apply_affine(Team& t, float* img, float* tmp, int C, int H, int W, float a, float b, float d,
+TS_AUGMENT_FN void apply_affine(Team& t, float* img, float* tmp, int C, int H, int W, float a, float b, float d,
                         float e, float tx, float ty) {
   const int n = H * W;
   for (int i = t.rank; i < C * n; i += t.size) tmp[i] = img[i];
@@ -232,7 +232,7 @@ TS_HD void apply_affine(Team& t, float* img, float* tmp, int C, int H, int W, fl
 // One RandAugment op at signed level in [-1, 1] (|level| = magnitude / levels). Factor ops
 // use 0.05 + 0.9 |level| (FixMatch's range 0.05..0.95); geometric ops use the sign.
 template <class Team>
-TS_HD void apply_randaugment(Team& t, const AugmentSpec& s, int op, float level, float* img, float* tmp,
+TS_AUGMENT_FN void apply_randaugment(Team& t, const AugmentSpec& s, int op, float level, float* img, float* tmp,
                              AugmentShared& sh) {
   const int C = s.channels, H = s.out_h, W = s.out_w, n = H * W;
   const float mag = fabsf(level);
@@ -265,7 +265,7 @@ TS_HD void apply_randaugment(Team& t, const AugmentSpec& s, int op, float level,
 }
 
 template <class Team>
-TS_HD void apply_cutout(Team& t, const AugmentParams& p, float* img, int C, int H, int W) {
+TS_AUGMENT_FN void apply_cutout(Team& t, const AugmentParams& p, float* img, int C, int H, int W) {
   const int bh = p.cut_y1 - p.cut_y0, bw = p.cut_x1 - p.cut_x0;
   if (bh <= 0 || bw <= 0) return;
   t.grid(C * bh, bw, [&](int r, int x) {
@@ -280,7 +280,7 @@ TS_HD void apply_cutout(Team& t, const AugmentParams& p, float* img, int C, int 
 // src (C, in_h, in_w) uint8 -> img (C, out_h, out_w) normalised floats, with the parameters
 // of image `key` in `epoch`; tmp: scratch of the same size as img.
 template <class Team>
-TS_HD void augment_image(Team& t, const AugmentSpec& s, const uint8_t* src, int64_t epoch, int64_t key,
+TS_AUGMENT_FN void augment_image(Team& t, const AugmentSpec& s, const uint8_t* src, int64_t epoch, int64_t key,
                          float* img, float* tmp, AugmentShared& sh) {
   if (t.rank == 0) sh.params = draw_augment_params(s, epoch, key);
   t.sync();
