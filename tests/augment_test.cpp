@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/augment.h"
+#include "data/loader.h"
 #include "data/synthetic_images.h"
 #include "data/transform.h"
 #include "engine/check.h"
@@ -280,6 +281,54 @@ TEST(Augment, TransformFollowsTheRequest) {
   EXPECT_FALSE(std::equal(got.begin(), got.begin() + 432, got.begin() + 864));
   OwnedTensor wrong(Device::CPU, Shape{2, 3, 12, 12});
   EXPECT_THROW(t.apply(r, wrong.t), tessera::Error);
+}
+
+// Plugged into the loader: both BYOL views of a batch are the pipeline's views of the
+// batch's indices in the batch's epochs with the loader's seed; one transform serves both.
+TEST(Augment, ByolLoaderDeliversThePipelineViews) {
+  const tessera::data::Dataset d = tessera::data::synthetic_dataset(24, 3, 16, 16, 8);
+  AugmentOptions o;
+  o.out_size = 12;
+  AugmentTransform t(Recipe::Byol, d, Device::CPU, o);
+  auto loader = tessera::data::make_byol_loader(d, 8, t, t, /*seed=*/77, Device::CPU);
+  for (int step = 0; step < 4; ++step) {  // crosses an epoch boundary (3 batches per epoch)
+    const tessera::data::Batch& b = loader->next();
+    ASSERT_EQ(b.views.size(), 2u);
+    ASSERT_EQ(b.views[0].shape, (Shape{8, 3, 12, 12}));
+    for (int view = 0; view < 2; ++view) {
+      const std::vector<float> got = tessera::to_host_f32(b.views[static_cast<size_t>(view)]);
+      for (int i = 0; i < 8; ++i) {
+        const std::vector<float> want = run_view(t.pipeline(), Device::CPU, d.images, 3, 16, 16, {b.indices[0][i]},
+                                                 view, b.epochs[0][i], 77);
+        ASSERT_TRUE(std::equal(want.begin(), want.end(), got.begin() + i * 432)) << "step " << step << " view " << view;
+      }
+    }
+  }
+}
+
+// The CUDA transform (its own device copy of the dataset) against the CPU one.
+TEST(AugmentCuda, TransformMatchesTheCpuTransform) {
+  std::string reason;
+  if (!tessera::testing::cuda_testable(&reason)) GTEST_SKIP() << "CUDA comparison not run: " << reason;
+  const tessera::data::Dataset d = tessera::data::synthetic_dataset(40, 3, 32, 32, 6);
+  const std::vector<int64_t> indices = {3, 39, 0, 3, 17}, epochs = {1, 1, 1, 2, 2};
+  const Buffer idx = upload_i64(Device::CUDA, indices), ep = upload_i64(Device::CUDA, epochs);
+  for (Recipe r : {Recipe::Byol, Recipe::FixmatchStrong}) {
+    AugmentTransform cpu(r, d, Device::CPU), gpu(r, d, Device::CUDA);
+    tessera::data::ViewRequest q;
+    q.dataset = &d;
+    q.count = 5;
+    q.indices = indices.data();
+    q.epochs = epochs.data();
+    q.indices_device = static_cast<const int64_t*>(idx.data());
+    q.epochs_device = static_cast<const int64_t*>(ep.data());
+    q.seed = 3;
+    q.view = 1;
+    OwnedTensor a(Device::CPU, Shape{5, 3, 32, 32}), b(Device::CUDA, Shape{5, 3, 32, 32});
+    cpu.apply(q, a.t);
+    gpu.apply(q, b.t);
+    EXPECT_EQ(tessera::to_host_f32(a.t), tessera::to_host_f32(b.t)) << recipe_name(r);
+  }
 }
 
 TEST(AugmentCuda, MatchesTheCpuExactly) {
