@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/cost.h"
+
 #define TS_ELEMENTWISE_KERNELS                                                        \
   /* x[i] = value.  x (n) */                                                          \
   void fill(float* x, int64_t n, float value);                                        \
@@ -22,3 +24,11 @@ namespace kernels::cuda {
 TS_ELEMENTWISE_KERNELS
 }
 #undef TS_ELEMENTWISE_KERNELS
+
+namespace kernels {
+TS_KERNEL_COST(fill, float*, int64_t n, float) { return {4.0 * n, 0.0}; }
+TS_KERNEL_COST(leaky_relu_forward, const float*, float*, int64_t n, float) { return {8.0 * n, 1.0 * n}; }
+TS_KERNEL_COST(leaky_relu_backward, const float*, const float*, float*, int64_t n, float) {
+  return {16.0 * n, 2.0 * n};  // read x, dy, dx; write dx
+}
+}  // namespace kernels
