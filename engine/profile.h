@@ -73,8 +73,10 @@ class KernelScope {
 };
 
 // The body of TS_DISPATCH: `cpu` and `cuda` call the kernel of that backend with `args`.
+// Arguments are taken by value (kernels take pointers and sizes), so a constexpr local passed
+// from inside a lambda needs no capture, as with a direct call.
 template <uint64_t Id, class Cpu, class Cuda, class... Args>
-inline void dispatch(Device device, const char* kernel, Cpu cpu, Cuda cuda, Args&&... args) {
+inline void dispatch(Device device, const char* kernel, Cpu cpu, Cuda cuda, Args... args) {
   if (detail::g_hooks.load(std::memory_order_relaxed) == 0) {
     if (device == Device::CUDA) cuda(args...);
     else cpu(args...);
