@@ -83,6 +83,15 @@ thread_local bool t_owner = false;  // this thread runs the steps of the open wi
 thread_local const char* t_layer = "";
 thread_local const char* t_phase = "";
 
+// "layer1.0.conv1.weight" -> "layer1.0.conv1": ops label kernels with their weight's name.
+std::string layer_display_name(const char* layer) {
+  std::string s(layer);
+  const std::string suffix = ".weight";
+  if (s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0)
+    s.resize(s.size() - suffix.size());
+  return s;
+}
+
 double host_now_ms() {
   using clock = std::chrono::steady_clock;
   return std::chrono::duration<double, std::milli>(clock::now().time_since_epoch()).count();
@@ -140,7 +149,7 @@ void KernelScope::start(const char* kernel) {
   const unsigned hooks = detail::g_hooks.load(std::memory_order_relaxed);
   if (hooks & detail::kNvtx) {
     char name[192];
-    if (t_layer[0]) std::snprintf(name, sizeof name, "%s/%s", kernel, t_layer);
+    if (t_layer[0]) std::snprintf(name, sizeof name, "%s/%s", kernel, layer_display_name(t_layer).c_str());
     else std::snprintf(name, sizeof name, "%s", kernel);
     nvtx_push(name);
     nvtx_ = true;
@@ -177,7 +186,10 @@ void KernelScope::finish() {
 
 const char* current_layer() { return t_layer; }
 
-LayerScope::LayerScope(const char* layer) : saved_(t_layer) { t_layer = layer ? layer : ""; }
+LayerScope::LayerScope(const char* layer, Mode mode) : saved_(t_layer) {
+  if (mode == kOverride || t_layer[0] == '\0') t_layer = layer ? layer : "";
+}
+
 LayerScope::~LayerScope() { t_layer = saved_; }
 
 PhaseScope::PhaseScope(const char* phase) : saved_(t_phase) {
@@ -321,7 +333,7 @@ void Profiler::close_window() {
   std::map<std::tuple<std::string, std::string, std::string, int>, size_t> row_of;
   for (const KernelRecord& k : r.kernels) {
     if (k.stop < 0) continue;
-    const auto key = std::make_tuple(std::string(k.phase), std::string(k.kernel), std::string(k.layer),
+    const auto key = std::make_tuple(std::string(k.phase), std::string(k.kernel), layer_display_name(k.layer),
                                      static_cast<int>(k.device));
     auto it = row_of.find(key);
     if (it == row_of.end()) {
@@ -329,7 +341,7 @@ void Profiler::close_window() {
       Report::Row row;
       row.phase = k.phase;
       row.kernel = k.kernel;
-      row.layer = k.layer;
+      row.layer = std::get<2>(key);
       row.device = k.device;
       rep->rows.push_back(row);
     }

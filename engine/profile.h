@@ -95,10 +95,13 @@ inline void dispatch(Device device, const char* kernel, Cpu cpu, Cuda cuda, Args
 const char* current_layer();
 
 // RAII: dispatches in this scope are labelled `layer` (restored on exit). Cheap enough for
-// every op: two thread-local stores.
+// every op: two thread-local stores. An op labels its kernels with its weight's name
+// (`LayerScope(w->name, LayerScope::kIfUnset)`) unless the model already named the layer; a
+// trailing ".weight" is dropped when names are shown ("layer1.0.conv1").
 class LayerScope {
  public:
-  explicit LayerScope(const char* layer);
+  enum Mode { kOverride, kIfUnset };
+  explicit LayerScope(const char* layer, Mode mode = kOverride);
   ~LayerScope();
   LayerScope(const LayerScope&) = delete;
   LayerScope& operator=(const LayerScope&) = delete;

@@ -2,6 +2,7 @@
 // table accounts for the whole measured step, labels reach the rows, costs give rates.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -137,6 +138,39 @@ TEST(Profile, TableAccountsForTheMeasuredStepTime) {
   ASSERT_EQ(r.phases.size(), 2u);
   EXPECT_EQ(r.phases[0].name, "student_forward");
   EXPECT_EQ(r.phases[1].name, "backward");
+}
+
+TEST(Profile, OpsLabelKernelsWithTheirWeightUnlessTheModelDid) {
+  Workspace ws(Device::CPU);
+  OwnedTensor x(Device::CPU, Shape{4, 8}), w(Device::CPU, Shape{3, 8}), dw(Device::CPU, Shape{3, 8}),
+      seed(Device::CPU, Shape{4, 3});
+  fill_value(x, 1.0f);
+  fill_value(w, 0.5f);
+  fill_value(seed, 1.0f);
+  fill_zero(dw);
+  Profiler prof(StepWindow::parse("0:1"), Device::CPU, "", /*print=*/false);
+  prof.begin_step(0);
+  {
+    Graph g(ws);
+    Var* xv = g.input(x, "images");
+    Var* wv = g.param(w, dw, "fc.weight");
+    Var* y = ops::linear(g, xv, wv, nullptr);
+    {
+      LayerScope layer("head");
+      ops::linear(g, xv, wv, nullptr);
+    }
+    g.backward(y, seed);
+  }
+  prof.end_step(0);
+  ASSERT_TRUE(prof.window_done());
+  std::vector<std::string> labels;
+  for (const auto& row : prof.report()->rows)
+    if (row.kernel == "linear_forward" || row.kernel == "linear_backward_weight")
+      labels.push_back(row.kernel + "/" + row.layer);
+  std::sort(labels.begin(), labels.end());
+  const std::vector<std::string> expected = {"linear_backward_weight/fc", "linear_backward_weight/head",
+                                             "linear_forward/fc", "linear_forward/head"};
+  EXPECT_EQ(labels, expected) << prof.report()->table();
 }
 
 TEST(Profile, WritesProfileJson) {
