@@ -1,14 +1,83 @@
-// Element-wise and linear ops: the pattern every op follows.
+// Element-wise, linear and reduction ops: the pattern every op follows.
 //   1. check shapes and devices (messages name both shapes),
 //   2. allocate the output from the graph's workspace and run the forward kernel,
-//   3. if the output needs a gradient, record a closure that accumulates into the inputs'
-//      gradients with the backward kernels.
+//   3. if the output needs a gradient, record a closure that accumulates into the gradients
+//      of the inputs that need one, with the backward kernels.
+// l2_normalize is declared with the normalisation ops in engine/ops.h but lives here: it is a
+// row reduction with no running state, like the ops below.
+#include <climits>
+
 #include "engine/check.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "kernels/elementwise.h"
+#include "kernels/l2_normalize.h"
+#include "kernels/linear.h"
+#include "kernels/reduce.h"
 
 namespace tessera::ops {
+
+namespace {
+// BLAS and the row kernels index with int; every dimension a model has is far below this.
+constexpr int64_t kMaxDim = INT_MAX;
+}  // namespace
+
+Var* linear(Graph& g, Var* x, Var* w, Var* b) {
+  const Shape &xs = x->value.shape, &ws = w->value.shape;
+  TS_CHECK(xs.ndim == 2 && ws.ndim == 2, "linear: expected x (N, IN) and w (OUT, IN), found x ", xs.str(),
+           " and w ", ws.str());
+  TS_CHECK(xs[1] == ws[1], "linear: x ", xs.str(), " and w ", ws.str(), " disagree on IN (", xs[1], " vs ", ws[1],
+           ")");
+  const int64_t n = xs[0], in = xs[1], out = ws[0];
+  TS_CHECK(n > 0 && in > 0 && out > 0 && n <= kMaxDim && in <= kMaxDim && out <= kMaxDim,
+           "linear: x ", xs.str(), " and w ", ws.str(), " need sizes in [1, 2^31)");
+  if (b) {
+    TS_CHECK(b->value.shape == Shape{out}, "linear: bias ", b->value.shape.str(), " does not match w ", ws.str(),
+             ", expected (", out, ")");
+  }
+  Var* y = g.make(Shape{n, out}, {x, w, b});
+  TS_DISPATCH(g.device(), linear_forward, x->value.f32(), w->value.f32(), b ? b->value.f32() : nullptr,
+              y->value.f32(), n, in, out);
+  if (y->requires_grad) {
+    g.record("linear", w->name, [&g, x, w, b, y, n, in, out] {
+      const float* dy = g.grad(y).f32();
+      if (x->requires_grad)
+        TS_DISPATCH(g.device(), linear_backward_input, dy, w->value.f32(), g.grad(x).f32(), n, in, out);
+      if (w->requires_grad)
+        TS_DISPATCH(g.device(), linear_backward_weight, dy, x->value.f32(), g.grad(w).f32(), n, in, out);
+      if (b && b->requires_grad) TS_DISPATCH(g.device(), linear_backward_bias, dy, g.grad(b).f32(), n, out);
+    });
+  }
+  return y;
+}
+
+Var* add(Graph& g, Var* a, Var* b) {
+  TS_CHECK(a->value.shape == b->value.shape, "add: shapes differ, a ", a->value.shape.str(), " and b ",
+           b->value.shape.str());
+  Var* y = g.make(a->value.shape, {a, b});
+  const int64_t n = a->value.numel();
+  TS_DISPATCH(g.device(), add_forward, a->value.f32(), b->value.f32(), y->value.f32(), n);
+  if (y->requires_grad) {
+    g.record("add", a->name, [&g, a, b, y, n] {
+      // a and b may be the same Var (x + x): both contributions accumulate into its gradient.
+      if (a->requires_grad) TS_DISPATCH(g.device(), scale_accumulate, g.grad(y).f32(), g.grad(a).f32(), n, 1.0f);
+      if (b->requires_grad) TS_DISPATCH(g.device(), scale_accumulate, g.grad(y).f32(), g.grad(b).f32(), n, 1.0f);
+    });
+  }
+  return y;
+}
+
+Var* scale(Graph& g, Var* x, float s) {
+  Var* y = g.make(x->value.shape, {x});
+  const int64_t n = x->value.numel();
+  TS_DISPATCH(g.device(), scale_forward, x->value.f32(), y->value.f32(), n, s);
+  if (y->requires_grad) {
+    g.record("scale", x->name, [&g, x, y, n, s] {
+      TS_DISPATCH(g.device(), scale_accumulate, g.grad(y).f32(), g.grad(x).f32(), n, s);
+    });
+  }
+  return y;
+}
 
 Var* leaky_relu(Graph& g, Var* x, float slope) {
   Var* y = g.make(x->value.shape, {x});
@@ -24,5 +93,58 @@ Var* leaky_relu(Graph& g, Var* x, float slope) {
 }
 
 Var* relu(Graph& g, Var* x) { return leaky_relu(g, x, 0.0f); }
+
+Var* flatten(Graph& g, Var* x) {
+  const Shape& xs = x->value.shape;
+  TS_CHECK(xs.ndim >= 2, "flatten: expected (N, ...) with at least 2 dims, found ", xs.str());
+  const Shape flat{xs[0], xs.numel() / xs[0]};
+  // A view: the output shares x's memory, and its gradient is x's gradient buffer seen
+  // with the flat shape, so whatever the consumers accumulate lands in x's gradient
+  // directly. Nothing to record on the tape.
+  Var* y = g.input(x->value.reshape(flat), x->name);
+  if (g.grad_enabled() && x->requires_grad) {
+    y->requires_grad = true;
+    y->grad = g.grad(x).reshape(flat);
+  }
+  return y;
+}
+
+namespace {
+// y = scale * sum(x), the shared body of sum and mean.
+Var* scaled_sum(Graph& g, Var* x, float s, const char* op) {
+  const int64_t n = x->value.numel();
+  TS_CHECK(n > 0, op, ": empty input ", x->value.shape.str());
+  Var* y = g.make(Shape{1}, {x});
+  TS_DISPATCH(g.device(), sum_forward, x->value.f32(), y->value.f32(), n, s);
+  if (y->requires_grad) {
+    g.record(op, x->name, [&g, x, y, n, s] {
+      TS_DISPATCH(g.device(), sum_backward, g.grad(y).f32(), g.grad(x).f32(), n, s);
+    });
+  }
+  return y;
+}
+}  // namespace
+
+Var* sum(Graph& g, Var* x) { return scaled_sum(g, x, 1.0f, "sum"); }
+
+Var* mean(Graph& g, Var* x) {
+  return scaled_sum(g, x, 1.0f / static_cast<float>(x->value.numel()), "mean");
+}
+
+Var* l2_normalize(Graph& g, Var* x, float eps) {
+  const Shape& xs = x->value.shape;
+  TS_CHECK(xs.ndim == 2 && xs[0] > 0 && xs[1] > 0, "l2_normalize: expected x (N, D), found ", xs.str());
+  const int64_t n = xs[0], d = xs[1];
+  Var* y = g.make(xs, {x});
+  Tensor norm = g.workspace().alloc(Shape{n});
+  TS_DISPATCH(g.device(), l2_normalize_forward, x->value.f32(), y->value.f32(), norm.f32(), n, d, eps);
+  if (y->requires_grad) {
+    g.record("l2_normalize", x->name, [&g, x, y, norm, n, d, eps] {
+      TS_DISPATCH(g.device(), l2_normalize_backward, y->value.f32(), norm.f32(), g.grad(y).f32(), g.grad(x).f32(),
+                  n, d, eps);
+    });
+  }
+  return y;
+}
 
 }  // namespace tessera::ops

@@ -1,6 +1,7 @@
-// Element-wise kernels: fill, relu, leaky_relu and their backward passes.
-// Each is one read and one write per element (8 bytes/element forward, 12 backward:
-// read x and dy, accumulate into dx), so they run at memory bandwidth on both backends.
+// Element-wise kernels: fill, add, scale, relu, leaky_relu and their backward passes.
+// Each is a few reads and one write per element (fill 4 bytes/element, scale and relu 8,
+// add and the accumulating backward passes 12: read two operands, write one), at most 2 FLOPs
+// an element, so they run at memory bandwidth on both backends.
 // The per-element math is in kernels/common/activation.h, shared by both backends.
 // Tests: tests/ops_basic_test.cpp (gradient checks; CUDA vs CPU where a GPU exists).
 #pragma once
@@ -10,6 +11,12 @@
 #define TS_ELEMENTWISE_KERNELS                                                        \
   /* x[i] = value.  x (n) */                                                          \
   void fill(float* x, int64_t n, float value);                                        \
+  /* y = a + b.  a, b, y (n) */                                                       \
+  void add_forward(const float* a, const float* b, float* y, int64_t n);              \
+  /* y = s * x.  x, y (n) */                                                          \
+  void scale_forward(const float* x, float* y, int64_t n, float s);                   \
+  /* dx += s * dy: the backward of add (s = 1) and scale.  dy, dx (n) */              \
+  void scale_accumulate(const float* dy, float* dx, int64_t n, float s);              \
   /* y = max(x, 0) and y = x >= 0 ? x : slope * x (slope = 0 gives relu). x, y (n) */ \
   void leaky_relu_forward(const float* x, float* y, int64_t n, float slope);          \
   /* dx += dy * (x >= 0 ? 1 : slope).  x, dy, dx (n) */                               \

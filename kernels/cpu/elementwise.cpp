@@ -10,6 +10,21 @@ void fill(float* x, int64_t n, float value) {
   for (int64_t i = 0; i < n; ++i) x[i] = value;
 }
 
+void add_forward(const float* a, const float* b, float* y, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+}
+
+void scale_forward(const float* x, float* y, int64_t n, float s) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = s * x[i];
+}
+
+void scale_accumulate(const float* dy, float* dx, int64_t n, float s) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) dx[i] += s * dy[i];
+}
+
 void leaky_relu_forward(const float* x, float* y, int64_t n, float slope) {
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) y[i] = leaky_relu(x[i], slope);

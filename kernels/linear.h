@@ -1,0 +1,34 @@
+// Fully connected layer: y = x w^T + b, and its backward passes.
+//   forward          2 N IN OUT FLOPs (one GEMM) + N OUT for the bias; reads x, w, b, writes y.
+//   backward_input   dx += dy w:    2 N IN OUT FLOPs (one GEMM, beta = 1).
+//   backward_weight  dw += dy^T x:  2 N IN OUT FLOPs (one GEMM, beta = 1).
+//   backward_bias    db += column sums of dy: N OUT FLOPs, 4 N OUT bytes read.
+// The GEMMs go to OpenBLAS (cblas_sgemm) on the CPU and cuBLAS (cublasSgemm, FP32 math) on
+// CUDA; the bias kernels are hand-written. Gradients accumulate (+=, GEMM beta = 1) because a
+// weight can be used twice in one step (the two BYOL views through one projector).
+// Tests: tests/ops_linear_test.cpp (gradient checks of every input, N = 1, large IN; CUDA vs
+// CPU where a GPU exists), tests/autograd_test.cpp (an MLP against hand-derived gradients).
+#pragma once
+
+#include <cstdint>
+
+#define TS_LINEAR_KERNELS                                                                      \
+  /* y = x w^T + b.  x (n, in), w (out, in), b (out) or nullptr, y (n, out) */                 \
+  void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t n,     \
+                      int64_t in, int64_t out);                                                \
+  /* dx += dy w.  dy (n, out), w (out, in), dx (n, in) */                                      \
+  void linear_backward_input(const float* dy, const float* w, float* dx, int64_t n, int64_t in, \
+                             int64_t out);                                                     \
+  /* dw += dy^T x.  dy (n, out), x (n, in), dw (out, in) */                                    \
+  void linear_backward_weight(const float* dy, const float* x, float* dw, int64_t n,           \
+                              int64_t in, int64_t out);                                        \
+  /* db[o] += sum_i dy[i, o].  dy (n, out), db (out) */                                        \
+  void linear_backward_bias(const float* dy, float* db, int64_t n, int64_t out);
+
+namespace kernels::cpu {
+TS_LINEAR_KERNELS
+}
+namespace kernels::cuda {
+TS_LINEAR_KERNELS
+}
+#undef TS_LINEAR_KERNELS

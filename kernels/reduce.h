@@ -1,0 +1,26 @@
+// Whole-tensor reductions: y = scale * sum(x) (sum, mean, and the batch mean of every loss)
+// and its backward, a broadcast of the scalar gradient.
+//   sum_forward     4 n bytes read, n FLOPs.
+//   sum_backward    8 n bytes (read and write dx), n FLOPs; dy is read on the device, so
+//                   no host sync is needed to learn the loss gradient.
+// The CUDA sum runs in one block with a fixed reduction order, so it is deterministic run to
+// run; it is meant for the small vectors it sees (per-row losses, test tensors), not for
+// whole activations. The CPU reference accumulates in double.
+// Tests: tests/ops_reduce_test.cpp (sum / mean gradient checks, CUDA vs CPU where a GPU exists).
+#pragma once
+
+#include <cstdint>
+
+#define TS_REDUCE_KERNELS                                                      \
+  /* y[0] = scale * sum_i x[i].  x (n), y (1) */                               \
+  void sum_forward(const float* x, float* y, int64_t n, float scale);          \
+  /* dx[i] += scale * dy[0].  dy (1), dx (n) */                                \
+  void sum_backward(const float* dy, float* dx, int64_t n, float scale);
+
+namespace kernels::cpu {
+TS_REDUCE_KERNELS
+}
+namespace kernels::cuda {
+TS_REDUCE_KERNELS
+}
+#undef TS_REDUCE_KERNELS
