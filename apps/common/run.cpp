@@ -36,12 +36,19 @@ void resolve_run_paths(RunOptions& r, const std::string& program) {
   r.out = cat("runs/", program, "-", stamp);
 }
 
-bool changeable_on_resume(const std::string& flag) {
-  static const char* const kFree[] = {"config", "device", "out", "resume", "save-every", "log-every",
-                                      "threads", "eval-only", "knn-every", "eval-baseline", "eval-train-limit"};
-  for (const char* f : kFree)
+bool per_invocation(const std::string& flag) {
+  static const char* const kOnce[] = {"config", "out", "resume", "stop-after", "eval-only"};
+  for (const char* f : kOnce)
     if (flag == f) return true;
   return false;
+}
+
+bool changeable_on_resume(const std::string& flag) {
+  static const char* const kFree[] = {"device", "save-every", "log-every", "threads", "knn-every",
+                                      "eval-baseline", "eval-train-limit", "probe-epochs", "eval-batch"};
+  for (const char* f : kFree)
+    if (flag == f) return true;
+  return per_invocation(flag);
 }
 
 bool path_exists(const std::string& path) {

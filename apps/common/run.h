@@ -42,6 +42,9 @@ void resolve_run_paths(RunOptions& r, const std::string& program);
 // Options whose value may differ between a run and its resumption (they do not change the
 // computation): everything else must match the checkpoint's configuration.
 bool changeable_on_resume(const std::string& flag);
+// Options that belong to one invocation (--stop-after, --eval-only, --out, ...): a resumed run
+// does not take them from the checkpoint's configuration.
+bool per_invocation(const std::string& flag);
 
 // Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 void write_file_atomic(const std::string& path, const std::string& bytes);
