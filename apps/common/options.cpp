@@ -25,6 +25,10 @@ std::string trim(const std::string& s) {
 // float, so 0.7f prints as 0.7 rather than 0.699999988.
 std::string format_number(double v, bool as_float = false) {
   char buf[64];
+  if (v == std::floor(v) && std::fabs(v) < 1e15) {  // whole numbers as integers: 10, not 1e+01
+    std::snprintf(buf, sizeof buf, "%.0f", v);
+    return buf;
+  }
   for (int precision = 1; precision <= 17; ++precision) {
     std::snprintf(buf, sizeof buf, "%.*g", precision, v);
     const double back = std::strtod(buf, nullptr);
