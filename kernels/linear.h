@@ -6,7 +6,7 @@
 // The GEMMs go to OpenBLAS (cblas_sgemm) on the CPU and cuBLAS (cublasSgemm, FP32 math) on
 // CUDA; the bias kernels are hand-written. Gradients accumulate (+=, GEMM beta = 1) because a
 // weight can be used twice in one step (the two BYOL views through one projector).
-// Tests: tests/ops_linear_test.cpp (gradient checks of every input, N = 1, large IN; CUDA vs
+// Tests: tests/ops_basic_test.cpp (gradient checks of every input, N = 1, large IN; CUDA vs
 // CPU where a GPU exists), tests/autograd_test.cpp (an MLP against hand-derived gradients).
 #pragma once
 

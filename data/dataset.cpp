@@ -1,0 +1,186 @@
+// The `--data` spec, the choice of reader, per-dataset normalisation constants and the file
+// helpers every reader shares.
+#include "data/dataset.h"
+
+#include <sys/stat.h>
+#include <zlib.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "data/readers.h"
+#include "engine/check.h"
+
+namespace tessera::data {
+
+const char* const kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+const char* split_name(Split s) {
+  switch (s) {
+    case Split::Train: return "train";
+    case Split::Test: return "test";
+    case Split::Unlabeled: return "unlabeled";
+  }
+  return "?";
+}
+
+Tensor Dataset::images_view() const {
+  return Tensor(const_cast<uint8_t*>(images.data()), Shape{size, channels, height, width}, DType::U8,
+                Device::CPU);
+}
+
+std::vector<int64_t> Dataset::class_counts() const {
+  std::vector<int64_t> counts(static_cast<size_t>(num_classes), 0);
+  for (int32_t y : labels) counts[static_cast<size_t>(y)]++;
+  return counts;
+}
+
+// ---- the spec --------------------------------------------------------------------------
+
+namespace {
+
+const char* const kKinds[] = {"fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "folder"};
+
+// Normalisation constants of the named datasets: per-channel mean and std of the training
+// images' pixels / 255 (the values the field uses; fashion-mnist's recomputed from the
+// Debian package's files by a test). A folder's constants are measured on the images loaded.
+struct KnownStats {
+  const char* kind;
+  std::vector<float> mean, std;
+};
+const KnownStats kKnownStats[] = {
+    {"fashion-mnist", {0.2860f}, {0.3530f}},
+    {"mnist", {0.1307f}, {0.3081f}},
+    {"cifar10", {0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f}},
+    {"cifar100", {0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f}},
+    {"stl10", {0.4467f, 0.4398f, 0.4066f}, {0.2603f, 0.2566f, 0.2713f}},
+};
+
+}  // namespace
+
+DataSpec parse_data_spec(const std::string& spec) {
+  DataSpec s;
+  const size_t colon = spec.find(':');
+  s.kind = spec.substr(0, colon);
+  if (colon != std::string::npos) s.path = spec.substr(colon + 1);
+  bool known = false;
+  for (const char* k : kKinds) known = known || s.kind == k;
+  if (!known)
+    throw UsageError(cat("--data: expected KIND[:PATH] with KIND one of fashion-mnist, mnist, cifar10, "
+                         "cifar100, stl10, folder; found '", spec, "'"));
+  if (colon != std::string::npos && s.path.empty())
+    throw UsageError(cat("--data: expected a path after '", s.kind, ":', found nothing"));
+  if (s.path.empty() && s.kind != "fashion-mnist")
+    throw UsageError(cat("--data: expected ", s.kind, ":PATH (only fashion-mnist has a default path), found '",
+                         spec, "'"));
+  return s;
+}
+
+void channel_stats(const Dataset& d, std::vector<float>* mean, std::vector<float>* std) {
+  mean->assign(static_cast<size_t>(d.channels), 0.0f);
+  std->assign(static_cast<size_t>(d.channels), 1.0f);
+  const int64_t plane = int64_t{d.height} * d.width;
+  for (int c = 0; c < d.channels; ++c) {
+    // Integer sums are exact; a 100,000-image STL-10 plane sum fits easily in 64 bits.
+    uint64_t sum = 0, sum_sq = 0;
+    for (int64_t i = 0; i < d.size; ++i) {
+      const uint8_t* p = d.image(i) + c * plane;
+      for (int64_t k = 0; k < plane; ++k) {
+        sum += p[k];
+        sum_sq += uint64_t{p[k]} * p[k];
+      }
+    }
+    const double n = static_cast<double>(d.size * plane);
+    if (n == 0) continue;
+    const double m = static_cast<double>(sum) / n;
+    const double var = static_cast<double>(sum_sq) / n - m * m;
+    (*mean)[static_cast<size_t>(c)] = static_cast<float>(m / 255.0);
+    // A constant channel would divide by zero; 1 keeps it finite and centred.
+    (*std)[static_cast<size_t>(c)] = var > 0 ? static_cast<float>(std::sqrt(var) / 255.0) : 1.0f;
+  }
+}
+
+Dataset load_dataset(const DataSpec& spec, Split split, const DataOptions& options) {
+  Dataset d;
+  if (spec.kind == "fashion-mnist" || spec.kind == "mnist") {
+    d = read_idx(spec.path.empty() ? kFashionMnistDir : spec.path, split, spec.kind);
+  } else if (spec.kind == "cifar10") {
+    d = read_cifar(spec.path, split, 10);
+  } else if (spec.kind == "cifar100") {
+    d = read_cifar(spec.path, split, 100);
+  } else if (spec.kind == "stl10") {
+    d = read_stl10(spec.path, split);
+  } else if (spec.kind == "folder") {
+    d = read_folder(spec.path, split, options);
+  } else {
+    throw UsageError(cat("--data: unknown kind '", spec.kind, "'"));
+  }
+  d.name = cat(spec.kind, "/", split_name(split));
+  if (d.class_names.empty())
+    for (int c = 0; c < d.num_classes; ++c) d.class_names.push_back(std::to_string(c));
+  for (const KnownStats& k : kKnownStats) {
+    if (spec.kind == k.kind && static_cast<int>(k.mean.size()) == d.channels) {
+      d.mean = k.mean;
+      d.std = k.std;
+    }
+  }
+  if (d.mean.empty()) channel_stats(d, &d.mean, &d.std);
+  return d;
+}
+
+// ---- file helpers ----------------------------------------------------------------------
+
+void bad_file(const std::string& path, const std::string& expected, const std::string& found) {
+  throw Error(cat(path, ": expected ", expected, ", found ", found));
+}
+
+bool file_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool dir_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string join_path(const std::string& dir, const std::string& name) {
+  if (dir.empty() || dir.back() == '/') return dir + name;
+  return dir + "/" + name;
+}
+
+std::vector<uint8_t> read_file(const std::string& path, const std::string& what) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) bad_file(path, what, cat("no readable file (", std::strerror(errno), ")"));
+  std::vector<uint8_t> bytes;
+  uint8_t chunk[1 << 16];
+  size_t got;
+  while ((got = std::fread(chunk, 1, sizeof chunk, f)) > 0) bytes.insert(bytes.end(), chunk, chunk + got);
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) bad_file(path, what, "a read error");
+  return bytes;
+}
+
+std::vector<uint8_t> read_maybe_gzip(const std::string& path, const std::string& what) {
+  if (!file_exists(path)) bad_file(path, what, "no such file");
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) bad_file(path, what, cat("no readable file (", std::strerror(errno), ")"));
+  gzbuffer(f, 1 << 17);
+  std::vector<uint8_t> bytes;
+  std::vector<uint8_t> chunk(1 << 20);
+  int got;
+  while ((got = gzread(f, chunk.data(), static_cast<unsigned>(chunk.size()))) > 0)
+    bytes.insert(bytes.end(), chunk.data(), chunk.data() + got);
+  int code = Z_OK;
+  const std::string message = got < 0 ? gzerror(f, &code) : "";
+  // gzclose reports Z_BUF_ERROR when the input ended inside a gzip stream: a cut-short file.
+  const int closed = gzclose(f);
+  if (got < 0) bad_file(path, cat(what, " (a complete gzip stream)"), cat("a damaged stream: ", message));
+  if (closed == Z_BUF_ERROR) bad_file(path, cat(what, " (a complete gzip stream)"), "a stream cut short (truncated)");
+  return bytes;
+}
+
+}  // namespace tessera::data

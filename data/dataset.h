@@ -1,0 +1,68 @@
+// Datasets: images held as uint8 (N, C, H, W) in host memory, labels as int32 (or none), and
+// the per-channel mean / std that normalisation uses. Every reader is selected by the
+// `--data KIND[:PATH]` spec of every program:
+//
+//   fashion-mnist[:DIR]  IDX files (gzip or raw); no DIR reads the Debian package's copy
+//   mnist:DIR            IDX files (gzip or raw)
+//   cifar10:DIR          data_batch_1..5.bin, test_batch.bin (DIR or DIR/cifar-10-batches-bin)
+//   cifar100:DIR         train.bin, test.bin, coarse + fine labels, fine used (or DIR/cifar-100-binary)
+//   stl10:DIR            train_X/y.bin, test_X/y.bin, unlabeled_X.bin (or DIR/stl10_binary)
+//   folder:DIR           DIR/<class>/*.png|jpg|jpeg|bmp, or DIR/train/<class>/..., DIR/test/<class>/...
+//
+// A file that is missing, has the wrong magic number, is truncated, holds a label out of range,
+// disagrees with its partner on the image count or holds an undecodable image is an Error with
+// one line: the file, what was expected, what was found.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace tessera::data {
+
+enum class Split {
+  Train,
+  Test,
+  Unlabeled,  // stl10: unlabeled_X.bin; folder: DIR/unlabeled (or every image under DIR)
+};
+const char* split_name(Split s);
+
+struct Dataset {
+  std::string name;              // "fashion-mnist/train"
+  int64_t size = 0;              // N
+  int channels = 0, height = 0, width = 0;
+  int num_classes = 0;           // classes of the task, also for an unlabeled split
+  std::vector<uint8_t> images;   // (N, C, H, W)
+  std::vector<int32_t> labels;   // (N) in [0, num_classes), empty when unlabeled
+  std::vector<float> mean, std;  // per channel, in units of pixel / 255
+  std::vector<std::string> class_names;  // folder: the sub-folder names; else "0", "1", ...
+
+  bool labeled() const { return !labels.empty(); }
+  int64_t image_bytes() const { return int64_t{channels} * height * width; }
+  const uint8_t* image(int64_t i) const { return images.data() + i * image_bytes(); }
+  Tensor images_view() const;  // u8 (N, C, H, W) on the CPU, a view of `images`
+  std::vector<int64_t> class_counts() const;  // images per class (labeled datasets)
+};
+
+// `--data KIND[:PATH]`, parsed. A bad spec is a UsageError naming the flag.
+struct DataSpec {
+  std::string kind;
+  std::string path;  // empty: the kind's default (only fashion-mnist has one)
+};
+DataSpec parse_data_spec(const std::string& spec);
+
+struct DataOptions {
+  int image_size = 32;  // folder: images are resized (shorter side) and centre-cropped to this
+  int channels = 3;     // folder: 1 (grey) or 3 (RGB)
+};
+
+extern const char* const kFashionMnistDir;  // /usr/share/datasets/fashion-mnist
+
+Dataset load_dataset(const DataSpec& spec, Split split, const DataOptions& options = {});
+
+// Per-channel mean and std of a dataset's pixels (in pixel / 255), over every image.
+void channel_stats(const Dataset& d, std::vector<float>* mean, std::vector<float>* std);
+
+}  // namespace tessera::data

@@ -1,0 +1,442 @@
+// The loader's machinery: a ring of staging slots filled in batch order by one background
+// thread and drained in the same order by next().
+//
+//   producer (thread)                          consumer (next(), the training thread)
+//   wait for slot k % K to be free             free the slot of the previous batch
+//   wait for the slot's last upload (event)    wait for slot k % K to be ready  <- data wait
+//   sample indices, run CPU transforms,        CPU run: hand out the slot's tensors
+//   gather labels into the slot; mark ready    CUDA run: async copies + CUDA transforms on the
+//                                              engine stream, record the slot's event, free it
+//
+// Slot k % K only ever holds batch k, and batch k's contents depend only on the positions
+// the producer reached by drawing batches 0..k-1 in order, so timing never changes a batch.
+#include "data/loader.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/check.h"
+#include "engine/device.h"
+
+#if TESSERA_CUDA
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/runtime.h"
+#endif
+
+namespace tessera::data {
+
+namespace {
+
+// Host staging: pinned (page-locked) for GPU runs, so cudaMemcpyAsync is a real asynchronous
+// DMA instead of a staged synchronous copy; 64-byte aligned plain memory on the CPU.
+class HostMemory {
+ public:
+  HostMemory(size_t bytes, bool pinned) : pinned_(pinned) {
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    if (pinned_) {
+#if TESSERA_CUDA
+      CUDA_CHECK(cudaHostAlloc(&ptr_, rounded, cudaHostAllocDefault));
+#endif
+    } else {
+      ptr_ = std::aligned_alloc(64, rounded);
+      if (!ptr_) throw Error(cat("loader: out of host memory allocating ", rounded, " bytes of staging"));
+    }
+  }
+  ~HostMemory() {
+    if (!ptr_) return;
+#if TESSERA_CUDA
+    if (pinned_) {
+      cudaFreeHost(ptr_);  // no check: destructors must not throw
+      return;
+    }
+#endif
+    std::free(ptr_);
+  }
+  HostMemory(const HostMemory&) = delete;
+  HostMemory& operator=(const HostMemory&) = delete;
+  char* data() const { return static_cast<char*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  bool pinned_;
+};
+
+// Carves 64-byte aligned pieces out of one allocation: first measuring, then for real.
+struct Layout {
+  size_t bytes = 0;
+  size_t take(size_t n) {
+    const size_t at = bytes;
+    bytes += (n + 63) / 64 * 64;
+    return at;
+  }
+};
+
+void upload_async(void* device_dst, const void* host_src, size_t bytes) {
+#if TESSERA_CUDA
+  CUDA_CHECK(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, kernels::cuda::runtime().stream));
+#else
+  (void)device_dst, (void)host_src, (void)bytes;
+  no_cuda("loader upload");
+#endif
+}
+
+// Marks the point on the engine stream after which a slot's staging may be rewritten.
+class UploadEvent {
+ public:
+  explicit UploadEvent(bool used) {
+#if TESSERA_CUDA
+    if (used) CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+#else
+    (void)used;
+#endif
+  }
+  ~UploadEvent() {
+#if TESSERA_CUDA
+    if (event_) cudaEventDestroy(event_);
+#endif
+  }
+  UploadEvent(const UploadEvent&) = delete;
+  UploadEvent& operator=(const UploadEvent&) = delete;
+  void record() {
+#if TESSERA_CUDA
+    CUDA_CHECK(cudaEventRecord(event_, kernels::cuda::runtime().stream));
+    pending_ = true;
+#endif
+  }
+  void wait() {
+#if TESSERA_CUDA
+    if (pending_) CUDA_CHECK(cudaEventSynchronize(event_));
+    pending_ = false;
+#endif
+  }
+
+ private:
+#if TESSERA_CUDA
+  cudaEvent_t event_ = nullptr;
+  bool pending_ = false;
+#endif
+};
+
+}  // namespace
+
+// ---- LoaderPosition --------------------------------------------------------------------
+
+std::vector<int64_t> LoaderPosition::pack() const {
+  std::vector<int64_t> v{batches};
+  for (const SamplerPosition& p : streams) {
+    v.push_back(p.epoch);
+    v.push_back(p.index);
+  }
+  return v;
+}
+
+LoaderPosition LoaderPosition::unpack(const std::vector<int64_t>& v) {
+  if (v.empty() || v.size() % 2 != 1 || v[0] < 0)
+    throw Error(cat("loader position: expected [batches, epoch, index, ...] (an odd count >= 1), found ", v.size(),
+                    " values"));
+  LoaderPosition p;
+  p.batches = v[0];
+  for (size_t i = 1; i < v.size(); i += 2) {
+    if (v[i] < 0 || v[i + 1] < 0) throw Error(cat("loader position: expected non-negative values, found ", v[i], ", ", v[i + 1]));
+    p.streams.push_back(SamplerPosition{v[i], v[i + 1]});
+  }
+  return p;
+}
+
+// ---- Loader ----------------------------------------------------------------------------
+
+struct Loader::Slot {
+  std::unique_ptr<HostMemory> staging;
+  std::vector<Tensor> views;             // per view: host f32, undefined for CUDA transforms
+  std::vector<Tensor> labels;            // per stream: host i32, undefined without labels
+  std::vector<int64_t*> indices, epochs; // per stream: (B) in staging
+  LoaderPosition after;                  // positions once this batch is drawn
+  bool ready = false;
+  UploadEvent uploaded;
+  explicit Slot(bool cuda) : uploaded(cuda) {}
+};
+
+namespace {
+// Samplers are built (and their arguments checked) in the constructor, used by the thread.
+std::vector<IndexStream> make_samplers(const LoaderConfig& c) {
+  std::vector<IndexStream> s;
+  for (const LoaderStream& st : c.streams) s.emplace_back(st.pool, st.batch, c.seed, st.purpose, st.shuffle, st.drop_last);
+  return s;
+}
+}  // namespace
+
+Loader::Loader(LoaderConfig config, LoaderPosition start) : config_(std::move(config)), start_(std::move(start)) {
+  const bool cuda = config_.device == Device::CUDA;
+#if !TESSERA_CUDA
+  if (cuda) no_cuda("Loader");
+#endif
+  if (config_.streams.empty() || config_.views.empty()) throw Error("loader: expected at least one stream and one view");
+  if (config_.prefetch < 1) throw Error(cat("loader: expected prefetch >= 1, found ", config_.prefetch));
+  if (start_.streams.empty()) start_.streams.assign(config_.streams.size(), SamplerPosition{});
+  if (start_.streams.size() != config_.streams.size())
+    throw Error(cat("loader: a saved position for ", start_.streams.size(), " streams, expected ",
+                    config_.streams.size(), " (a checkpoint of another kind of run?)"));
+  for (const LoaderStream& s : config_.streams) {
+    if (!s.dataset) throw Error("loader: a stream without a dataset");
+    if (s.labels && !s.dataset->labeled()) throw Error(cat("loader: labels asked of ", s.dataset->name, ", which has none"));
+    for (int64_t i : s.pool)
+      if (i < 0 || i >= s.dataset->size)
+        throw Error(cat("loader: expected pool indices in [0, ", s.dataset->size, ") of ", s.dataset->name, ", found ", i));
+  }
+  for (const LoaderView& v : config_.views) {
+    if (v.stream < 0 || v.stream >= static_cast<int>(config_.streams.size()) || !v.transform)
+      throw Error(cat("loader: a view of stream ", v.stream, " of ", config_.streams.size(), ", or without a transform"));
+    if (v.transform->device() == Device::CUDA && !cuda)
+      throw Error("loader: a CUDA transform needs a loader on the CUDA device");
+  }
+  samplers_ = make_samplers(config_);
+
+  // Staging layout of one slot, then K = prefetch + 1 slots: one in the caller's hands, the
+  // rest filled ahead.
+  Layout layout;
+  std::vector<size_t> view_at, label_at, index_at, epoch_at;
+  for (const LoaderView& v : config_.views) {
+    const LoaderStream& s = config_.streams[static_cast<size_t>(v.stream)];
+    const Shape vs = v.transform->view_shape(*s.dataset);
+    view_at.push_back(v.transform->device() == Device::CPU ? layout.take(size_t(s.batch * vs.numel()) * 4) : 0);
+  }
+  for (const LoaderStream& s : config_.streams) {
+    label_at.push_back(layout.take(size_t(s.batch) * 4));
+    index_at.push_back(layout.take(size_t(s.batch) * 8));
+    epoch_at.push_back(layout.take(size_t(s.batch) * 8));
+  }
+  for (int k = 0; k <= config_.prefetch; ++k) {
+    auto slot = std::make_unique<Slot>(cuda);
+    slot->staging = std::make_unique<HostMemory>(layout.bytes, cuda);
+    char* base = slot->staging->data();
+    for (size_t v = 0; v < config_.views.size(); ++v) {
+      const LoaderView& lv = config_.views[v];
+      const LoaderStream& s = config_.streams[static_cast<size_t>(lv.stream)];
+      const Shape vs = lv.transform->view_shape(*s.dataset);
+      slot->views.push_back(lv.transform->device() == Device::CPU
+                                ? Tensor(base + view_at[v], Shape{s.batch, vs[0], vs[1], vs[2]}, DType::F32, Device::CPU)
+                                : Tensor());
+    }
+    for (size_t i = 0; i < config_.streams.size(); ++i) {
+      const LoaderStream& s = config_.streams[i];
+      slot->labels.push_back(s.labels ? Tensor(base + label_at[i], Shape{s.batch}, DType::I32, Device::CPU) : Tensor());
+      slot->indices.push_back(reinterpret_cast<int64_t*>(base + index_at[i]));
+      slot->epochs.push_back(reinterpret_cast<int64_t*>(base + epoch_at[i]));
+    }
+    slots_.push_back(std::move(slot));
+  }
+
+  // CUDA runs: one device copy of the batch, rewritten in stream order by each next().
+  if (cuda) {
+    int64_t keys = 0;
+    for (const LoaderStream& s : config_.streams) keys += 2 * s.batch;
+    device_keys_ = Buffer(Device::CUDA, size_t(keys) * 8);
+    for (size_t v = 0; v < config_.views.size(); ++v) {
+      const LoaderView& lv = config_.views[v];
+      const LoaderStream& s = config_.streams[static_cast<size_t>(lv.stream)];
+      const Shape vs = lv.transform->view_shape(*s.dataset);
+      device_views_.emplace_back(Device::CUDA, Shape{s.batch, vs[0], vs[1], vs[2]});
+    }
+    for (const LoaderStream& s : config_.streams)
+      device_labels_.emplace_back(Device::CUDA, s.labels ? Shape{s.batch} : Shape{0}, DType::I32);
+  }
+
+  batch_.views.resize(config_.views.size());
+  batch_.labels.resize(config_.streams.size());
+  batch_.indices.resize(config_.streams.size());
+  batch_.epochs.resize(config_.streams.size());
+  position_ = start_;
+  delivered_ = start_.batches;
+  thread_ = std::thread([this] { produce(); });
+}
+
+Loader::~Loader() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  changed_.notify_all();
+  thread_.join();
+}
+
+int64_t Loader::batches_per_epoch() const { return samplers_[0].batches_per_epoch(); }
+
+LoaderPosition Loader::position() const { return position_; }
+
+void Loader::fill(Slot& slot, std::vector<SamplerPosition>* positions) {
+  for (size_t s = 0; s < config_.streams.size(); ++s)
+    samplers_[s].next_batch(&(*positions)[s], slot.indices[s], slot.epochs[s]);
+  for (size_t v = 0; v < config_.views.size(); ++v) {
+    const LoaderView& lv = config_.views[v];
+    if (lv.transform->device() != Device::CPU) continue;
+    const LoaderStream& s = config_.streams[static_cast<size_t>(lv.stream)];
+    ViewRequest r;
+    r.dataset = s.dataset;
+    r.count = s.batch;
+    r.indices = slot.indices[static_cast<size_t>(lv.stream)];
+    r.epochs = slot.epochs[static_cast<size_t>(lv.stream)];
+    r.seed = config_.seed;
+    r.view = lv.view;
+    lv.transform->apply(r, slot.views[v]);
+  }
+  for (size_t s = 0; s < config_.streams.size(); ++s) {
+    if (!config_.streams[s].labels) continue;
+    int32_t* y = slot.labels[s].i32();
+    for (int64_t b = 0; b < config_.streams[s].batch; ++b)
+      y[b] = config_.streams[s].dataset->labels[static_cast<size_t>(slot.indices[s][b])];
+  }
+}
+
+void Loader::produce() {
+  std::vector<SamplerPosition> positions = start_.streams;
+  const size_t k_slots = slots_.size();
+  for (int64_t k = start_.batches;; ++k) {
+    Slot& slot = *slots_[static_cast<size_t>(k) % k_slots];
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      changed_.wait(lock, [&] { return stop_ || !slot.ready; });
+      if (stop_) return;
+    }
+    try {
+      slot.uploaded.wait();  // the engine stream has finished reading this slot's staging
+      fill(slot, &positions);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      failure_ = std::current_exception();
+      changed_.notify_all();
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      slot.after = LoaderPosition{positions, k + 1};
+      slot.ready = true;
+    }
+    changed_.notify_all();
+  }
+}
+
+const Batch& Loader::next() {
+  const size_t k_slots = slots_.size();
+  const size_t index = static_cast<size_t>(delivered_) % k_slots;
+  Slot& slot = *slots_[index];
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (held_ >= 0) slots_[static_cast<size_t>(held_)]->ready = false;  // hand the last slot back
+    held_ = -1;
+    changed_.notify_all();
+    const auto t0 = std::chrono::steady_clock::now();
+    changed_.wait(lock, [&] { return slot.ready || failure_; });
+    wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!slot.ready && failure_) std::rethrow_exception(failure_);
+  }
+
+  for (size_t s = 0; s < config_.streams.size(); ++s) {
+    const int64_t b = config_.streams[s].batch;
+    batch_.indices[s].assign(slot.indices[s], slot.indices[s] + b);
+    batch_.epochs[s].assign(slot.epochs[s], slot.epochs[s] + b);
+  }
+  batch_.number = delivered_;
+
+  if (config_.device == Device::CPU) {
+    for (size_t v = 0; v < config_.views.size(); ++v) batch_.views[v] = slot.views[v];
+    for (size_t s = 0; s < config_.streams.size(); ++s) batch_.labels[s] = slot.labels[s];
+    held_ = static_cast<int>(index);  // the caller reads the staging itself until next()
+  } else {
+    // Keys first (CUDA transforms read them), then the host views and labels, all queued on
+    // the engine stream behind the previous step's work, which is done with the last batch.
+    std::vector<const int64_t*> keys_device;
+    char* keys = static_cast<char*>(device_keys_.data());
+    for (size_t s = 0; s < config_.streams.size(); ++s) {
+      const size_t b = size_t(config_.streams[s].batch);
+      upload_async(keys, slot.indices[s], b * 8);
+      upload_async(keys + b * 8, slot.epochs[s], b * 8);
+      keys_device.push_back(reinterpret_cast<const int64_t*>(keys));
+      keys += 2 * b * 8;
+    }
+    for (size_t v = 0; v < config_.views.size(); ++v) {
+      const LoaderView& lv = config_.views[v];
+      const size_t s = static_cast<size_t>(lv.stream);
+      const Tensor& out = device_views_[v].t;
+      if (lv.transform->device() == Device::CPU) {
+        upload_async(out.ptr, slot.views[v].ptr, out.bytes());
+      } else {
+        ViewRequest r;
+        r.dataset = config_.streams[s].dataset;
+        r.count = config_.streams[s].batch;
+        r.indices = batch_.indices[s].data();
+        r.epochs = batch_.epochs[s].data();
+        r.indices_device = keys_device[s];
+        r.epochs_device = keys_device[s] + r.count;
+        r.seed = config_.seed;
+        r.view = lv.view;
+        lv.transform->apply(r, out);
+      }
+      batch_.views[v] = out;
+    }
+    for (size_t s = 0; s < config_.streams.size(); ++s) {
+      batch_.labels[s] = config_.streams[s].labels ? device_labels_[s].t : Tensor();
+      if (config_.streams[s].labels) upload_async(batch_.labels[s].ptr, slot.labels[s].ptr, batch_.labels[s].bytes());
+    }
+    slot.uploaded.record();
+    std::lock_guard<std::mutex> lock(mutex_);
+    slot.ready = false;  // the producer may refill it once the event has passed
+    changed_.notify_all();
+  }
+  position_ = slot.after;
+  delivered_++;
+  return batch_;
+}
+
+// ---- the two recipes and evaluation ----------------------------------------------------
+
+std::unique_ptr<Loader> make_byol_loader(const Dataset& d, int64_t batch, Transform& view1, Transform& view2,
+                                         uint64_t seed, Device device, LoaderPosition start) {
+  LoaderConfig c;
+  c.streams.push_back(LoaderStream{&d, all_indices(d.size), batch, SamplerPurpose::Main, true, true, false});
+  c.views = {LoaderView{0, &view1, 0}, LoaderView{0, &view2, 1}};
+  c.seed = seed;
+  c.device = device;
+  return std::make_unique<Loader>(std::move(c), std::move(start));
+}
+
+std::unique_ptr<Loader> make_fixmatch_loader(const Dataset& labeled, const std::vector<int64_t>& subset,
+                                             const Dataset& unlabeled, int64_t batch, int64_t mu,
+                                             Transform& weak, Transform& strong, uint64_t seed, Device device,
+                                             LoaderPosition start) {
+  LoaderConfig c;
+  // Batches run across epoch boundaries: 40 labels still fill a labeled batch of 64.
+  c.streams.push_back(LoaderStream{&labeled, subset, batch, SamplerPurpose::Main, true, false, true});
+  c.streams.push_back(
+      LoaderStream{&unlabeled, all_indices(unlabeled.size), batch * mu, SamplerPurpose::Unlabeled, true, false, false});
+  // The labeled batch's weak view is view 2, so it never repeats an unlabeled weak view.
+  c.views = {LoaderView{0, &weak, 2}, LoaderView{1, &weak, 0}, LoaderView{1, &strong, 1}};
+  c.seed = seed;
+  c.device = device;
+  return std::make_unique<Loader>(std::move(c), std::move(start));
+}
+
+void for_each_batch(const Dataset& d, int64_t batch, Transform& transform, Device device,
+                    const std::function<void(const Tensor& images, const Tensor& labels, int64_t first)>& fn) {
+  LoaderConfig c;
+  c.streams.push_back(LoaderStream{&d, all_indices(d.size), std::min(batch, d.size), SamplerPurpose::Main, false,
+                                   false, d.labeled()});
+  c.views = {LoaderView{0, &transform, 0}};
+  c.device = device;
+  c.prefetch = 1;
+  // An in-order stream of whole batches; the last batch's tail wraps into the next pass and is
+  // cut off here, so every image is seen exactly once.
+  Loader loader(std::move(c));
+  for (int64_t first = 0; first < d.size; first += batch) {
+    const Batch& b = loader.next();
+    const int64_t n = std::min(batch, d.size - first);
+    const Tensor& x = b.views[0];
+    const Tensor images(x.ptr, Shape{n, x.shape[1], x.shape[2], x.shape[3]}, DType::F32, x.device);
+    const Tensor labels = b.labels[0].defined() ? Tensor(b.labels[0].ptr, Shape{n}, DType::I32, b.labels[0].device)
+                                                : Tensor();
+    fn(images, labels, first);
+  }
+}
+
+}  // namespace tessera::data

@@ -1,0 +1,135 @@
+// The batch loader: samples indices (data/sampler.h), turns images into float views through
+// Transforms (data/transform.h) and hands the training loop ready batches on its device.
+//
+// A background thread prepares up to `prefetch` batches ahead in host staging memory (pinned
+// with cudaHostAlloc for GPU runs, so uploads are true asynchronous DMA); next() uploads the
+// next one on the engine stream, so loading overlaps compute. The time next() spends waiting
+// for the thread is summed in wait_seconds(): the programs log it as the data-wait share.
+//
+// Deterministic: batch k depends only on the seed and the stream positions, never on thread
+// timing (the thread prepares batches strictly in order). position() after batch k, given to
+// a new Loader, continues with batch k + 1 exactly as the uninterrupted run would have.
+//
+//   auto loader = make_byol_loader(train, 256, view1, view2, seed, device, saved_position);
+//   for (...) {
+//     const Batch& b = loader->next();   // b.views[0], b.views[1]: f32 (256, C, H, W)
+//     ...step...
+//     checkpoint.loader = loader->position();
+//   }
+#pragma once
+
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "data/sampler.h"
+#include "data/transform.h"
+#include "engine/tensor.h"
+
+namespace tessera::data {
+
+// One sampled stream: its own pool, batch size, shuffle and position.
+struct LoaderStream {
+  const Dataset* dataset = nullptr;
+  std::vector<int64_t> pool;  // dataset indices to draw from (all_indices, or a labeled subset)
+  int64_t batch = 0;
+  SamplerPurpose purpose = SamplerPurpose::Main;
+  bool shuffle = true;
+  bool drop_last = true;  // epochs line up with batches (see IndexStream)
+  bool labels = false;    // deliver this stream's labels
+};
+
+// One output view: images of stream `stream` through `transform` (not owned), as view number
+// `view` of each sample (ViewRequest::view).
+struct LoaderView {
+  int stream = 0;
+  Transform* transform = nullptr;
+  int view = 0;
+};
+
+struct LoaderConfig {
+  std::vector<LoaderStream> streams;
+  std::vector<LoaderView> views;
+  uint64_t seed = 0;
+  Device device = Device::CPU;  // where the batch tensors live
+  int prefetch = 2;             // batches prepared ahead of the one in use (>= 1)
+};
+
+// The resumable state of a loader: one position per stream and the batches delivered.
+struct LoaderPosition {
+  std::vector<SamplerPosition> streams;
+  int64_t batches = 0;
+  // As int64 values [batches, epoch0, index0, epoch1, index1, ...], for a checkpoint tensor.
+  std::vector<int64_t> pack() const;
+  static LoaderPosition unpack(const std::vector<int64_t>& v);  // an Error when malformed
+  bool operator==(const LoaderPosition& o) const { return streams == o.streams && batches == o.batches; }
+};
+
+struct Batch {
+  std::vector<Tensor> views;                  // per LoaderView: f32 (B_stream, C, H, W) on the device
+  std::vector<Tensor> labels;                 // per stream: i32 (B_stream) on the device, or undefined
+  std::vector<std::vector<int64_t>> indices;  // per stream: the dataset indices, host
+  std::vector<std::vector<int64_t>> epochs;   // per stream: the epoch of each sample, host
+  int64_t number = 0;                         // batches delivered before this one
+};
+
+class Loader {
+ public:
+  explicit Loader(LoaderConfig config, LoaderPosition start = {});
+  ~Loader();
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  // The next batch. Its tensors stay valid until the next call; on CUDA they are written in
+  // engine-stream order, so work queued on them before the next call sees this batch.
+  const Batch& next();
+  // Where the next batch starts: what a checkpoint saves after the step that used next().
+  LoaderPosition position() const;
+  double wait_seconds() const { return wait_seconds_; }
+  int64_t batches_per_epoch() const;  // of stream 0
+
+ private:
+  struct Slot;
+  void produce();
+  void fill(Slot& slot, std::vector<SamplerPosition>* positions);
+
+  LoaderConfig config_;
+  LoaderPosition start_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<IndexStream> samplers_;                      // used by the thread only
+  std::vector<OwnedTensor> device_views_, device_labels_;  // CUDA runs: the one uploaded batch
+  Buffer device_keys_;  // CUDA runs: per stream, the batch's indices then epochs (int64)
+  Batch batch_;
+  LoaderPosition position_;  // after the last batch next() returned
+  int64_t delivered_ = 0;
+  int held_ = -1;            // slot the caller's batch lives in
+  double wait_seconds_ = 0;
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool stop_ = false;
+  std::exception_ptr failure_;
+  std::thread thread_;
+};
+
+std::unique_ptr<Loader> make_byol_loader(const Dataset& d, int64_t batch, Transform& view1, Transform& view2,
+                                         uint64_t seed, Device device, LoaderPosition start = {});
+
+// FixMatch: views[0] labeled (B), labels[0]; views[1] unlabeled weak (mu B), views[2] strong.
+// The unlabeled stream draws from all of `unlabeled` (labels, if any, ignored).
+std::unique_ptr<Loader> make_fixmatch_loader(const Dataset& labeled, const std::vector<int64_t>& subset,
+                                             const Dataset& unlabeled, int64_t batch, int64_t mu,
+                                             Transform& weak, Transform& strong, uint64_t seed, Device device,
+                                             LoaderPosition start = {});
+
+// Evaluation: the whole dataset in order, synchronously, in batches of `batch` (the last one
+// smaller): fn(images f32 (b, C, H, W) on device, labels i32 (b) on device or undefined,
+// first dataset index of the batch).
+void for_each_batch(const Dataset& d, int64_t batch, Transform& transform, Device device,
+                    const std::function<void(const Tensor& images, const Tensor& labels, int64_t first)>& fn);
+
+}  // namespace tessera::data

@@ -1,0 +1,129 @@
+// An image folder: one sub-folder per class, PNG / JPEG / BMP files decoded by stb_image.
+//
+//   DIR/<class>/*.png                       the train split (no test split)
+//   DIR/train/<class>/*, DIR/test/<class>/* both splits; classes are train's sub-folders
+//   DIR/unlabeled/*  (or, without it, every image under DIR's class folders and DIR itself)
+//                                           the unlabeled split, for self-supervised runs
+//
+// Classes are numbered in sorted sub-folder order. Each image is centre-cropped to a square
+// and resized to DataOptions::image_size with stb_image_resize's triangle filter (bilinear
+// when enlarging, area-weighted when shrinking, so small outputs do not alias), giving
+// torchvision's Resize(S) + CenterCrop(S) framing. Files with other extensions are ignored.
+#include <stb/stb_image.h>
+#include <stb/stb_image_resize.h>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+
+#include "data/readers.h"
+#include "engine/check.h"
+
+namespace tessera::data {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool is_image_file(const fs::path& p) {
+  std::string ext = p.extension().string();
+  for (char& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
+}
+
+std::vector<std::string> sorted_entries(const std::string& dir, bool directories) {
+  std::vector<std::string> out;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    if (directories ? e.is_directory() : (e.is_regular_file() && is_image_file(e.path())))
+      out.push_back(e.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Decodes one file into (C, S, S) at `out`. Returns "" or the one-line error.
+std::string decode(const std::string& path, int channels, int side, uint8_t* out) {
+  int w = 0, h = 0, file_channels = 0;
+  uint8_t* pixels = stbi_load(path.c_str(), &w, &h, &file_channels, channels);
+  if (!pixels)
+    return cat(path, ": expected a PNG, JPEG or BMP image, found undecodable data (",
+               stbi_failure_reason() ? stbi_failure_reason() : "unknown", ")");
+  const int crop = std::min(w, h);
+  const int x0 = (w - crop) / 2, y0 = (h - crop) / 2;
+  std::vector<uint8_t> resized(static_cast<size_t>(side) * side * channels);
+  const int ok = stbir_resize_uint8_generic(pixels + (int64_t{y0} * w + x0) * channels, crop, crop,
+                                            w * channels, resized.data(), side, side, side * channels, channels,
+                                            STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_CLAMP, STBIR_FILTER_TRIANGLE,
+                                            STBIR_COLORSPACE_LINEAR, nullptr);
+  stbi_image_free(pixels);
+  if (!ok) return cat(path, ": expected an image stb_image_resize can scale, found ", w, "x", h);
+  // Interleaved (H, W, C) -> planar (C, H, W).
+  const int64_t plane = int64_t{side} * side;
+  for (int64_t k = 0; k < plane; ++k)
+    for (int c = 0; c < channels; ++c) out[c * plane + k] = resized[static_cast<size_t>(k * channels + c)];
+  return "";
+}
+
+}  // namespace
+
+Dataset read_folder(const std::string& path, Split split, const DataOptions& options) {
+  if (options.channels != 1 && options.channels != 3)
+    throw Error(cat("folder ", path, ": expected 1 or 3 channels, found ", options.channels));
+  if (options.image_size < 1) throw Error(cat("folder ", path, ": expected an image size >= 1, found ", options.image_size));
+  if (!dir_exists(path)) bad_file(path, "an image folder", "no such folder");
+
+  const bool has_splits = dir_exists(join_path(path, "train")) || dir_exists(join_path(path, "test"));
+  const std::string train_root = has_splits ? join_path(path, "train") : path;
+  const std::vector<std::string> classes =
+      dir_exists(train_root) ? sorted_entries(train_root, true) : std::vector<std::string>{};
+
+  // (file, label) pairs in a fixed order: class by class, files sorted by name.
+  std::vector<std::pair<std::string, int32_t>> files;
+  if (split == Split::Unlabeled) {
+    std::string root = join_path(path, "unlabeled");
+    if (!dir_exists(root)) root = train_root;
+    if (!dir_exists(root)) bad_file(root, "a folder of unlabeled images", "no such folder");
+    for (const std::string& f : sorted_entries(root, false)) files.push_back({join_path(root, f), -1});
+    for (const std::string& sub : sorted_entries(root, true))
+      for (const std::string& f : sorted_entries(join_path(root, sub), false))
+        files.push_back({join_path(join_path(root, sub), f), -1});
+  } else {
+    const std::string root = split == Split::Train ? train_root : join_path(path, "test");
+    if (!dir_exists(root))
+      bad_file(root, cat("a ", split_name(split), " folder with one sub-folder per class"), "no such folder");
+    if (classes.empty()) bad_file(train_root, "one sub-folder per class", "no sub-folders");
+    for (const std::string& sub : sorted_entries(root, true)) {
+      const auto it = std::find(classes.begin(), classes.end(), sub);
+      if (it == classes.end())
+        bad_file(join_path(root, sub), cat("a class of ", train_root), "a class the train split does not have");
+      const std::vector<std::string> names = sorted_entries(join_path(root, sub), false);
+      if (names.empty()) bad_file(join_path(root, sub), "at least one .png, .jpg, .jpeg or .bmp image", "none");
+      for (const std::string& f : names)
+        files.push_back({join_path(join_path(root, sub), f), static_cast<int32_t>(it - classes.begin())});
+    }
+  }
+  if (files.empty()) bad_file(path, cat("images for the ", split_name(split), " split"), "none");
+
+  Dataset d;
+  d.size = static_cast<int64_t>(files.size());
+  d.channels = options.channels;
+  d.height = d.width = options.image_size;
+  d.num_classes = static_cast<int>(classes.size());
+  d.class_names = classes;
+  d.images.resize(static_cast<size_t>(d.size * d.image_bytes()));
+  if (split != Split::Unlabeled)
+    for (const auto& f : files) d.labels.push_back(f.second);
+
+  // Decoding dominates; images are independent. Errors are collected and the first one (in
+  // file order, so the message does not depend on thread timing) is thrown after the loop.
+  std::vector<std::string> errors(files.size());
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t i = 0; i < d.size; ++i)
+    errors[static_cast<size_t>(i)] = decode(files[static_cast<size_t>(i)].first, d.channels, d.width,
+                                            d.images.data() + i * d.image_bytes());
+  for (const std::string& e : errors)
+    if (!e.empty()) throw Error(e);
+  return d;
+}
+
+}  // namespace tessera::data

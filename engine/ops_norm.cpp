@@ -1,0 +1,88 @@
+// Batch normalisation ops (declared in engine/ops.h); l2_normalize lives with the losses.
+// Train mode normalises with the batch statistics and folds them into the running ones
+// (PyTorch's momentum convention, unbiased variance, num_batches += 1), whether or not
+// gradients are recorded: a teacher's no-grad forward in train mode updates its own running
+// statistics, as the official STS code does. Eval mode normalises with the running statistics.
+#include "engine/check.h"
+#include "engine/dispatch.h"
+#include "engine/ops.h"
+#include "kernels/batch_norm.h"
+
+namespace tessera::ops {
+namespace {
+
+const char* layer_of(const Var* v) { return v->name && v->name[0] ? v->name : "batch_norm"; }
+
+// x viewed as (N, C, HW).
+Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf, const BatchNormOptions& opt,
+                int64_t n, int64_t c, int64_t hw) {
+  const char* layer = layer_of(gamma);
+  const Shape channel{c};
+  TS_CHECK(gamma->value.shape == channel && beta->value.shape == channel, layer, ": batch_norm of ", c,
+           " channels needs gamma and beta (", c, "), found ", gamma->value.shape.str(), " and ",
+           beta->value.shape.str());
+  TS_CHECK(buf.running_mean.shape == channel && buf.running_var.shape == channel, layer, ": batch_norm of ", c,
+           " channels needs running_mean and running_var (", c, "), found ", buf.running_mean.shape.str(), " and ",
+           buf.running_var.shape.str());
+  TS_CHECK(buf.num_batches.numel() == 1, layer, ": batch_norm num_batches should be (1), found ",
+           buf.num_batches.shape.str());
+  const Tensor* others[] = {&gamma->value, &beta->value, &buf.running_mean, &buf.running_var, &buf.num_batches};
+  for (const Tensor* t : others) check_same_device("batch_norm", x->value, *t);
+  TS_CHECK(opt.eps > 0 && opt.momentum >= 0 && opt.momentum <= 1, layer,
+           ": batch_norm needs eps > 0 and 0 <= momentum <= 1, found eps ", opt.eps, ", momentum ", opt.momentum);
+  TS_CHECK(!opt.train || n * hw > 1, layer, ": batch_norm in train mode needs more than one value per channel, ",
+           "found input ", x->value.shape.str());
+
+  Var* y = g.make(x->value.shape, {x, gamma, beta});
+  const float eps = opt.eps;
+  if (opt.train) {
+    Tensor saved = g.workspace().alloc(Shape{2, c});  // batch mean and inverse std, for the backward
+    float* save_mean = saved.f32();
+    float* save_invstd = saved.f32() + c;
+    TS_DISPATCH(g.device(), batch_norm_forward_train, x->value.f32(), gamma->value.f32(), beta->value.f32(),
+                y->value.f32(), buf.running_mean.f32(), buf.running_var.f32(), buf.num_batches.f32(), save_mean,
+                save_invstd, n, c, hw, opt.momentum, eps);
+    if (y->requires_grad) {
+      g.record("batch_norm", layer, [&g, x, gamma, beta, y, save_mean, save_invstd, n, c, hw, eps] {
+        // The kernels write all three gradients; an input that needs none gets scratch.
+        float* dx = x->requires_grad ? g.grad(x).f32() : g.workspace().alloc(x->value.shape).f32();
+        float* dgamma = gamma->requires_grad ? g.grad(gamma).f32() : g.workspace().alloc(Shape{c}).f32();
+        float* dbeta = beta->requires_grad ? g.grad(beta).f32() : g.workspace().alloc(Shape{c}).f32();
+        TS_DISPATCH(g.device(), batch_norm_backward_train, x->value.f32(), g.grad(y).f32(), gamma->value.f32(),
+                    save_mean, save_invstd, dx, dgamma, dbeta, n, c, hw, eps);
+      });
+    }
+  } else {
+    const Tensor mean = buf.running_mean, var = buf.running_var;
+    TS_DISPATCH(g.device(), batch_norm_forward_eval, x->value.f32(), gamma->value.f32(), beta->value.f32(),
+                mean.f32(), var.f32(), y->value.f32(), n, c, hw, eps);
+    if (y->requires_grad) {
+      g.record("batch_norm", layer, [&g, x, gamma, beta, y, mean, var, n, c, hw, eps] {
+        float* dx = x->requires_grad ? g.grad(x).f32() : g.workspace().alloc(x->value.shape).f32();
+        float* dgamma = gamma->requires_grad ? g.grad(gamma).f32() : g.workspace().alloc(Shape{c}).f32();
+        float* dbeta = beta->requires_grad ? g.grad(beta).f32() : g.workspace().alloc(Shape{c}).f32();
+        TS_DISPATCH(g.device(), batch_norm_backward_eval, x->value.f32(), g.grad(y).f32(), gamma->value.f32(),
+                    mean.f32(), var.f32(), dx, dgamma, dbeta, n, c, hw, eps);
+      });
+    }
+  }
+  return y;
+}
+
+}  // namespace
+
+Var* batch_norm1d(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf,
+                  const BatchNormOptions& opt) {
+  const Shape& xs = x->value.shape;
+  TS_CHECK(xs.ndim == 2, layer_of(gamma), ": batch_norm1d expects x (N, C), found ", xs.str());
+  return batch_norm(g, x, gamma, beta, buf, opt, xs[0], xs[1], 1);
+}
+
+Var* batch_norm2d(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf,
+                  const BatchNormOptions& opt) {
+  const Shape& xs = x->value.shape;
+  TS_CHECK(xs.ndim == 4, layer_of(gamma), ": batch_norm2d expects x (N, C, H, W), found ", xs.str());
+  return batch_norm(g, x, gamma, beta, buf, opt, xs[0], xs[1], xs[2] * xs[3]);
+}
+
+}  // namespace tessera::ops

@@ -1,0 +1,55 @@
+// 2-D convolution (cross-correlation, as every framework computes it), NCHW float32.
+//
+//   y[n,o,i,j] = b[o] + sum_{c,u,v} w[o,c,u,v] * x[n, c, i*stride - pad + u, j*stride - pad + v]
+//
+// with zero padding. FLOPs: 2 N O HO WO C KH KW for the forward, the same again for each of the
+// data and filter gradients. Bytes: x, w and y once each (plus, on the CPU, the im2col columns:
+// C KH KW HO WO floats per image written and read again).
+// CPU: im2col + OpenBLAS sgemm over a chunk of images at once (kernels/cpu/conv.cpp says why).
+// CUDA: cuDNN, one algorithm per shape chosen once and cached (kernels/cuda/conv.cu).
+// Scratch memory comes from the caller: conv2d_workspace_size() says how many bytes the forward
+// and the backward of a shape need (the larger of the two); the caller passes at least that.
+// Tests: tests/ops_conv_test.cpp (gradient checks; CUDA vs CPU where a GPU exists).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kernels {
+
+// The shape of one convolution. Plain sizes, so both backends and the engine share it.
+struct Conv2dShape {
+  int64_t n = 0, c = 0, h = 0, w = 0;  // input (N, C, H, W)
+  int64_t o = 0, kh = 0, kw = 0;       // weight (O, C, KH, KW)
+  int64_t stride = 1, pad = 0;
+  int64_t ho = 0, wo = 0;              // output (N, O, HO, WO), HO = (H + 2 pad - KH) / stride + 1
+
+  bool operator==(const Conv2dShape& s) const {
+    return n == s.n && c == s.c && h == s.h && w == s.w && o == s.o && kh == s.kh && kw == s.kw &&
+           stride == s.stride && pad == s.pad && ho == s.ho && wo == s.wo;
+  }
+};
+
+}  // namespace kernels
+
+#define TS_CONV_KERNELS                                                                          \
+  /* Bytes of scratch the forward and the backward of this shape need (CUDA: also picks and */  \
+  /* caches the cuDNN algorithms of the shape, so the first call per shape costs a query). */   \
+  void conv2d_workspace_size(const ::kernels::Conv2dShape& s, size_t* bytes);                  \
+  /* y = conv(x, w) + b (overwrites y).  x (N, C, H, W), w (O, C, KH, KW), b (O) or nullptr, */ \
+  /* y (N, O, HO, WO) */                                                                        \
+  void conv2d_forward(const ::kernels::Conv2dShape& s, const float* x, const float* w,          \
+                      const float* b, float* y, void* workspace, size_t workspace_bytes);       \
+  /* Gradients, accumulated (+=) into each of dx (N, C, H, W), dw (O, C, KH, KW), db (O) */     \
+  /* that is not nullptr.  x, w as in the forward, dy (N, O, HO, WO) */                         \
+  void conv2d_backward(const ::kernels::Conv2dShape& s, const float* x, const float* w,         \
+                       const float* dy, float* dx, float* dw, float* db, void* workspace,       \
+                       size_t workspace_bytes);
+
+namespace kernels::cpu {
+TS_CONV_KERNELS
+}
+namespace kernels::cuda {
+TS_CONV_KERNELS
+}
+#undef TS_CONV_KERNELS

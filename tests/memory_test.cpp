@@ -1,0 +1,192 @@
+// Workspace (per-step bump allocator) and arena (parameter tables, canaries) behaviour.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "engine/arena.h"
+#include "engine/check.h"
+#include "engine/ops.h"
+
+namespace tessera {
+namespace {
+
+// ---- workspace -----------------------------------------------------------------------
+
+TEST(Workspace, ResetHandsOutTheSameAddresses) {
+  Workspace ws(Device::CPU, 1 << 16);
+  void* a = ws.alloc(Shape{100}).ptr;
+  void* b = ws.alloc(Shape{3, 7}).ptr;
+  EXPECT_NE(a, b);
+  // Offsets are rounded to kAlignBytes; the block itself is 64-byte aligned on the CPU
+  // (Buffer's aligned_alloc) and 256-byte aligned by cudaMalloc.
+  const uintptr_t pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  EXPECT_EQ((pb - pa) % Workspace::kAlignBytes, 0u);
+  EXPECT_EQ(pb % 64, 0u);
+  ws.reset();
+  EXPECT_EQ(ws.used(), 0u);
+  EXPECT_EQ(ws.alloc(Shape{100}).ptr, a);
+  EXPECT_EQ(ws.alloc(Shape{3, 7}).ptr, b);
+  EXPECT_EQ(ws.spills(), 0);
+}
+
+TEST(Workspace, HighWaterMarkIsTheLargestStep) {
+  Workspace ws(Device::CPU, 1 << 16);
+  ws.alloc(Shape{1000});  // 4000 bytes -> 4096 after alignment
+  ws.alloc(Shape{10});    // 40 -> 256
+  EXPECT_EQ(ws.used(), 4096u + 256u);
+  EXPECT_EQ(ws.high_water(), 4096u + 256u);
+  ws.reset();
+  ws.alloc(Shape{10});
+  EXPECT_EQ(ws.used(), 256u);
+  EXPECT_EQ(ws.high_water(), 4096u + 256u);  // a smaller step leaves the mark where it was
+}
+
+TEST(Workspace, SpillsThenGrowsOnReset) {
+  Workspace ws(Device::CPU, 1024);
+  float* inside = ws.alloc(Shape{128}).f32();   // 512 bytes: fits
+  float* spilled = ws.alloc(Shape{1024}).f32(); // 4096 bytes: does not fit
+  EXPECT_EQ(ws.spills(), 1);
+  spilled[1023] = 1.0f;  // the spill block is real, usable memory
+  inside[127] = 2.0f;
+  EXPECT_EQ(ws.capacity(), 1024u);  // never grows inside a step
+  ws.reset();
+  EXPECT_GE(ws.capacity(), ws.high_water());
+  EXPECT_EQ(ws.spills(), 0);
+  ws.alloc(Shape{128});
+  ws.alloc(Shape{1024});
+  EXPECT_EQ(ws.spills(), 0);
+}
+
+// A training-like step (MLP forward and backward) run three times on one workspace that
+// starts empty: the first step spills, later ones allocate nothing and reuse the addresses.
+TEST(Workspace, SecondIdenticalStepHasNoSpills) {
+  OwnedTensor x(Device::CPU, Shape{8, 6}), w1(Device::CPU, Shape{16, 6}), w2(Device::CPU, Shape{4, 16}),
+      dw1(Device::CPU, Shape{16, 6}), dw2(Device::CPU, Shape{4, 16}), labels(Device::CPU, Shape{8}, DType::I32);
+  for (const Tensor& t : {x.t, w1.t, w2.t}) fill_value(t, 0.1f);
+  from_host(labels.t, std::vector<int32_t>{0, 1, 2, 3, 0, 1, 2, 3});
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  auto step = [&] {
+    g.clear();
+    ws.reset();
+    fill_zero(dw1.t);
+    fill_zero(dw2.t);
+    Var* h = ops::relu(g, ops::linear(g, g.input(x.t), g.param(w1.t, dw1.t), nullptr));
+    Var* loss = ops::cross_entropy(g, ops::linear(g, h, g.param(w2.t, dw2.t), nullptr), labels.t);
+    g.backward(loss);
+    return loss->value.ptr;
+  };
+  step();
+  EXPECT_GT(ws.spills(), 0);
+  void* second = step();
+  EXPECT_EQ(ws.spills(), 0);
+  const size_t used = ws.used();
+  EXPECT_EQ(step(), second);
+  EXPECT_EQ(ws.spills(), 0);
+  EXPECT_EQ(ws.used(), used);
+}
+
+// ---- parameter table and arena -------------------------------------------------------
+
+ParamTable small_net() {
+  ParamTable t;
+  t.add("conv1.weight", Shape{8, 3, 3, 3}, ParamKind::ConvWeight);
+  t.add("bn1.weight", Shape{8}, ParamKind::BnWeight);
+  t.add("bn1.bias", Shape{8}, ParamKind::BnBias);
+  t.add("fc.weight", Shape{10, 8}, ParamKind::LinearWeight);
+  t.add("fc.bias", Shape{10}, ParamKind::Bias);
+  return t;
+}
+
+TEST(ParamTable, OffsetsAreAlignedWithAGapAfterEverySlot) {
+  const ParamTable t = small_net();
+  ASSERT_EQ(t.size(), 5u);
+  EXPECT_EQ(t[0].offset, 0);
+  for (size_t i = 0; i < t.size(); ++i) {
+    EXPECT_EQ(t[i].offset % ParamTable::kAlign, 0) << t[i].name;
+    EXPECT_EQ(t[i].numel, t[i].shape.numel());
+    const int64_t next = i + 1 < t.size() ? t[i + 1].offset : t.arena_numel();
+    EXPECT_GT(next, t[i].offset + t[i].numel) << "no canary gap after " << t[i].name;
+  }
+  EXPECT_EQ(t[1].offset, 224);  // 216 conv weights, rounded up past a gap to 16-float blocks
+  EXPECT_EQ(t.total_numel(), 216 + 8 + 8 + 80 + 10);
+  EXPECT_EQ(t.find("fc.bias"), 4);
+  EXPECT_EQ(t.find("fc.nothing"), -1);
+  EXPECT_THROW(ParamTable(t).add("fc.bias", Shape{10}, ParamKind::Bias), Error);
+}
+
+TEST(ParamTable, ChannelFragmentsGroupAWeightWithItsVectors) {
+  ParamTable t = small_net();
+  t.add("orphan", Shape{5}, ParamKind::Bias);  // no multi-dim slot with 5 channels: its own ids
+  EXPECT_EQ(t[0].channels, 8);
+  EXPECT_EQ(t[0].channel_fragment_base, 0);
+  EXPECT_EQ(t[1].channel_fragment_base, 0);  // bn1 shares conv1's channels
+  EXPECT_EQ(t[2].channel_fragment_base, 0);
+  EXPECT_EQ(t[3].channel_fragment_base, 8);  // fc gets new ids
+  EXPECT_EQ(t[4].channel_fragment_base, 8);  // and its bias shares them
+  EXPECT_EQ(t[5].channel_fragment_base, 18);
+  EXPECT_EQ(t.channel_fragments(), 23);
+}
+
+TEST(ParamTable, SlotOfFindsOwnersAndGaps) {
+  const ParamTable t = small_net();
+  EXPECT_EQ(t.slot_of(0), 0);
+  EXPECT_EQ(t.slot_of(215), 0);
+  EXPECT_EQ(t.slot_of(216), -1);  // the gap after conv1.weight
+  EXPECT_EQ(t.slot_of(t[1].offset), 1);
+  EXPECT_EQ(t.slot_of(t[4].offset + 9), 4);
+  EXPECT_EQ(t.slot_of(t[4].offset + 10), -1);
+  EXPECT_EQ(t.slot_of(-1), -1);
+  EXPECT_EQ(t.slot_of(t.arena_numel()), -1);
+}
+
+TEST(ParamTable, SameLayout) {
+  const ParamTable a = small_net(), b = small_net();
+  EXPECT_TRUE(a.same_layout(b));
+  ParamTable c = small_net();
+  c.add("extra", Shape{3}, ParamKind::Bias);
+  EXPECT_FALSE(a.same_layout(c));
+}
+
+// Linear forward and backward on arena slots must stay inside them.
+TEST(Arena, CanariesSurviveOpsOnSlots) {
+  ParamTable t;
+  t.add("fc1.weight", Shape{7, 5}, ParamKind::LinearWeight);
+  t.add("fc1.bias", Shape{7}, ParamKind::Bias);
+  t.add("fc2.weight", Shape{3, 7}, ParamKind::LinearWeight);
+  t.add("fc2.bias", Shape{3}, ParamKind::Bias);
+  Arena params(t, Device::CPU), grads(t, Device::CPU);
+  for (size_t i = 0; i < t.size(); ++i) fill_value(params.slot(i), 0.05f * static_cast<float>(i + 1));
+  params.write_canaries();
+  grads.write_canaries();
+  ASSERT_TRUE(params.broken_canaries().empty());
+
+  OwnedTensor x(Device::CPU, Shape{4, 5}), labels(Device::CPU, Shape{4}, DType::I32);
+  fill_value(x.t, 0.3f);
+  from_host(labels.t, std::vector<int32_t>{0, 1, 2, 1});
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  auto p = [&](const char* name) { return g.param(params.slot(name), grads.slot(name), name); };
+  Var* h = ops::relu(g, ops::linear(g, g.input(x.t), p("fc1.weight"), p("fc1.bias")));
+  g.backward(ops::cross_entropy(g, ops::linear(g, h, p("fc2.weight"), p("fc2.bias")), labels.t));
+
+  EXPECT_NE(to_host_f32(grads.slot("fc2.bias"))[0], 0.0f);  // the ops did write the slots
+  EXPECT_TRUE(params.broken_canaries().empty());
+  const std::vector<std::string> broken = grads.broken_canaries();
+  EXPECT_TRUE(broken.empty()) << broken.front();
+}
+
+TEST(Arena, BrokenCanaryIsReportedWithItsSlot) {
+  const ParamTable t = small_net();
+  Arena a(t, Device::CPU);
+  a.write_canaries();
+  Tensor bn = a.slot("bn1.weight");
+  bn.f32()[bn.numel()] = 0.0f;  // one element past the slot
+  const std::vector<std::string> broken = a.broken_canaries();
+  ASSERT_EQ(broken.size(), 1u);
+  EXPECT_NE(broken[0].find("bn1.weight"), std::string::npos) << broken[0];
+}
+
+}  // namespace
+}  // namespace tessera

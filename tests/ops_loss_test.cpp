@@ -1,0 +1,180 @@
+// Backend-ops cases for the losses (engine/ops_loss.cpp), plus the checks a gradient check
+// cannot make: numerical stability with huge logits, bad labels, argmax ties, shape errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine/check.h"
+#include "engine/ops.h"
+#include "tests/op_case.h"
+
+namespace tessera::testing {
+
+namespace {
+
+InputSpec logits(Shape s) { return InputSpec{s, InputSpec::Uniform, true, -3, 3, 0, 0.0f}; }
+InputSpec labels(int64_t n, int classes) {
+  return InputSpec{Shape{n}, InputSpec::Labels, false, 0, 0, classes, 0.0f};
+}
+InputSpec constant(Shape s, InputSpec::Fill fill, float lo = 0, float hi = 1) {
+  return InputSpec{s, fill, false, lo, hi, 0, 0.0f};
+}
+
+OpCase make_case(const char* name, std::vector<InputSpec> inputs, std::function<Var*(CaseContext&)> build) {
+  OpCase c;
+  c.name = name;
+  c.inputs = std::move(inputs);
+  c.build = std::move(build);
+  return c;
+}
+
+// The argmax / max-prob op as a comparable case: max_prob is the output, the argmax indices
+// are an extra output (as f32, which the comparison reads).
+Var* argmax_case(CaseContext& k) {
+  const Tensor& x = k.in[0]->value;
+  const int64_t n = x.shape[0];
+  Tensor argmax = k.g.workspace().alloc(Shape{n}, DType::I32);
+  Tensor max_prob = k.g.workspace().alloc(Shape{n});
+  ops::argmax_max_prob(x, argmax, max_prob);
+  const std::vector<int32_t> idx = to_host_i32(argmax);
+  from_host(k.buffer(Shape{n}, 0.0f), std::vector<float>(idx.begin(), idx.end()));
+  return k.g.input(max_prob);
+}
+
+}  // namespace
+
+TS_OP_CASES(loss_cases) {
+  auto byol = [](CaseContext& k) { return ops::byol_loss(k.g, k.in[0], k.in[1]); };
+  auto ce = [](CaseContext& k) { return ops::cross_entropy(k.g, k.in[0], k.in[1]->value); };
+  auto ce_soft = [](CaseContext& k) { return ops::cross_entropy_soft(k.g, k.in[0], k.in[1]->value); };
+  auto ce_weighted = [](CaseContext& k) {
+    return ops::cross_entropy_weighted(k.g, k.in[0], k.in[1]->value, k.in[2]->value);
+  };
+  std::vector<OpCase> cases = {
+      // The teacher's z needs no gradient (BYOL's usual call), then both, then one row.
+      make_case("byol_loss_student_only", {logits({4, 32}), constant({4, 32}, InputSpec::Uniform, -1, 1)}, byol),
+      make_case("byol_loss_both", {logits({3, 17}), logits({3, 17})}, byol),
+      make_case("byol_loss_n1_d100", {logits({1, 100}), logits({1, 100})}, byol),
+      make_case("cross_entropy", {logits({4, 10}), labels(4, 10)}, ce),
+      make_case("cross_entropy_n1", {logits({1, 3}), labels(1, 3)}, ce),
+      make_case("cross_entropy_k1000", {logits({3, 1000}), labels(3, 1000)}, ce),
+      make_case("cross_entropy_soft", {logits({5, 10}), constant({5, 10}, InputSpec::SoftTargets)}, ce_soft),
+      make_case("cross_entropy_soft_odd", {logits({2, 37}), constant({2, 37}, InputSpec::SoftTargets)}, ce_soft),
+      // FixMatch's confidence mask (0 / 1), and general per-sample weights.
+      make_case("cross_entropy_masked", {logits({6, 10}), labels(6, 10), constant({6}, InputSpec::Mask)}, ce_weighted),
+      make_case("cross_entropy_weighted",
+                {logits({3, 5}), labels(3, 5), constant({3}, InputSpec::Uniform, 0, 2)}, ce_weighted),
+  };
+  for (Shape s : {Shape{7, 10}, Shape{2, 1000}}) {
+    OpCase c = make_case(s[1] == 10 ? "argmax_max_prob" : "argmax_max_prob_k1000", {logits(s)}, argmax_case);
+    c.differentiable = false;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+// ---- what a gradient check cannot see -------------------------------------------------
+
+class LossTest : public ::testing::Test {
+ protected:
+  Workspace ws{Device::CPU};
+  Graph g{ws};
+  std::vector<OwnedTensor> owned;
+  Tensor f32(Shape s, std::vector<float> v) {
+    owned.emplace_back(Device::CPU, s);
+    from_host(owned.back().t, v);
+    return owned.back().t;
+  }
+  Tensor i32(std::vector<int32_t> v) {
+    owned.emplace_back(Device::CPU, Shape{static_cast<int64_t>(v.size())}, DType::I32);
+    from_host(owned.back().t, v);
+    return owned.back().t;
+  }
+  Var* param(Shape s, std::vector<float> v) {
+    Tensor value = f32(s, v);
+    owned.emplace_back(Device::CPU, s);
+    fill_zero(owned.back().t);
+    return g.param(value, owned.back().t, "logits");
+  }
+  static float scalar(const Var* v) { return to_host_f32(v->value)[0]; }
+};
+
+// Max subtraction: logits of +-1000 must give exact, finite losses and gradients.
+TEST_F(LossTest, CrossEntropyStableForHugeLogits) {
+  Var* x = param({2, 3}, {1000, 0, -1000, 1000, 0, -1000});
+  Var* loss = ops::cross_entropy(g, x, i32({0, 1}));
+  EXPECT_FLOAT_EQ(scalar(loss), 500.0f);  // (0 + 1000) / 2
+  g.backward(loss);
+  const std::vector<float> dx = to_host_f32(x->grad);
+  const std::vector<float> want{0, 0, 0, 0.5f, -0.5f, 0};
+  for (size_t i = 0; i < dx.size(); ++i) EXPECT_NEAR(dx[i], want[i], 1e-6f) << i;
+}
+
+TEST_F(LossTest, CrossEntropyMatchesLogSoftmax) {
+  Var* x = param({1, 3}, {1, 2, 3});
+  const double lse = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0));
+  EXPECT_NEAR(scalar(ops::cross_entropy(g, x, i32({0}))), lse - 1.0, 1e-6);
+  EXPECT_NEAR(scalar(ops::cross_entropy_soft(g, x, f32({1, 3}, {0.5f, 0.5f, 0}))), lse - 1.5, 1e-6);
+  EXPECT_NEAR(scalar(ops::cross_entropy_weighted(g, x, i32({2}), f32({1}, {0.25f}))), 0.25 * (lse - 3.0), 1e-6);
+}
+
+// FixMatch divides by the whole batch, not by the number of confident samples.
+TEST_F(LossTest, WeightedCrossEntropyAveragesOverAllRows) {
+  Var* x = param({2, 2}, {0, 0, 5, -5});
+  Var* loss = ops::cross_entropy_weighted(g, x, i32({0, 1}), f32({2}, {1, 0}));
+  EXPECT_NEAR(scalar(loss), 0.5 * std::log(2.0), 1e-6);
+  g.backward(loss);
+  const std::vector<float> dx = to_host_f32(x->grad);
+  EXPECT_NEAR(dx[0], -0.25f, 1e-6f);
+  EXPECT_NEAR(dx[1], 0.25f, 1e-6f);
+  EXPECT_EQ(dx[2], 0.0f);  // masked row: no gradient at all
+  EXPECT_EQ(dx[3], 0.0f);
+}
+
+TEST_F(LossTest, BadLabelGivesNaNNotACrash) {
+  Var* x = param({2, 3}, {0, 0, 0, 0, 0, 0});
+  EXPECT_TRUE(std::isnan(scalar(ops::cross_entropy(g, x, i32({1, 3})))));
+  EXPECT_TRUE(std::isnan(scalar(ops::cross_entropy(g, x, i32({-1, 0})))));
+}
+
+TEST_F(LossTest, ByolLossOfAlignedAndOppositeRows) {
+  Var* p = param({2, 2}, {1, 1, 3, 0});
+  Var* z = g.input(f32({2, 2}, {2, 2, -1, 0}));
+  EXPECT_NEAR(scalar(ops::byol_loss(g, p, z)), (0.0 + 4.0) / 2, 1e-6);  // cos = 1 and cos = -1
+}
+
+TEST_F(LossTest, ArgmaxTakesFirstMaximumAndItsProbability) {
+  Tensor x = f32({3, 4}, {0, 2, 2, 1, -5, -5, -5, -5, 0, 0, 0, 7});
+  Tensor idx = i32({9, 9, 9});
+  Tensor prob = f32({3}, {0, 0, 0});
+  ops::argmax_max_prob(x, idx, prob);
+  EXPECT_EQ(to_host_i32(idx), (std::vector<int32_t>{1, 0, 3}));
+  const std::vector<float> p = to_host_f32(prob);
+  const double e = std::exp(1.0);
+  EXPECT_NEAR(p[0], e * e / (1 + 2 * e * e + e), 1e-6);
+  EXPECT_NEAR(p[1], 0.25, 1e-6);
+  EXPECT_NEAR(p[2], 1.0 / (3 * std::exp(-7.0) + 1), 1e-6);
+}
+
+TEST_F(LossTest, ShapeErrorsNameBothShapes) {
+  Var* x = param({4, 10}, std::vector<float>(40, 0.0f));
+  auto expect_naming = [](auto op, std::initializer_list<const char*> parts) {
+    try {
+      op();
+      ADD_FAILURE() << "expected a tessera::Error";
+    } catch (const Error& e) {
+      for (const char* s : parts) EXPECT_NE(std::string(e.what()).find(s), std::string::npos) << e.what();
+    }
+  };
+  EXPECT_THROW(ops::cross_entropy(g, x, i32({0, 1, 2, 3, 4})), Error);
+  expect_naming([&] { ops::cross_entropy(g, x, i32({0, 1, 2, 3, 4})); }, {"labels", "(5)", "(4, 10)"});
+  expect_naming([&] { ops::cross_entropy_soft(g, x, f32({4, 9}, std::vector<float>(36, 0.0f))); },
+                {"targets", "(4, 9)", "(4, 10)"});
+  expect_naming([&] { ops::cross_entropy_weighted(g, x, i32({0, 1, 2, 3}), f32({3}, {1, 1, 1})); },
+                {"weight", "(3)", "(4, 10)"});
+  Var* z = g.input(f32({4, 9}, std::vector<float>(36, 0.0f)));
+  expect_naming([&] { ops::byol_loss(g, x, z); }, {"byol_loss", "(4, 10)", "(4, 9)"});
+  expect_naming([&] { ops::cross_entropy(g, x, f32({4}, {0, 0, 0, 0})); }, {"labels", "i32", "f32"});
+}
+
+}  // namespace tessera::testing

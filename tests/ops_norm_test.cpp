@@ -1,0 +1,131 @@
+// Backend-ops cases for batch_norm1d / batch_norm2d (engine/ops_norm.cpp), train and eval.
+// The running statistics and the batch counter are case buffers, so the CUDA comparison
+// checks them too. Plain tests pin the running-statistics update to its formula.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "engine/check.h"
+#include "engine/ops.h"
+#include "tests/op_case.h"
+
+namespace tessera::testing {
+namespace {
+
+OpCase bn_case(const char* name, Shape x, bool train, float momentum, float running_mean, float running_var) {
+  OpCase c;
+  c.name = name;
+  const int64_t ch = x[1];
+  c.inputs = {InputSpec{x}, InputSpec{Shape{ch}, InputSpec::Uniform, true, 0.5f, 1.5f},
+              InputSpec{Shape{ch}}};
+  c.build = [x, ch, train, momentum, running_mean, running_var](CaseContext& k) {
+    ops::BatchNormBuffers buf{k.buffer(Shape{ch}, running_mean), k.buffer(Shape{ch}, running_var),
+                              k.buffer(Shape{1}, 0.0f)};
+    ops::BatchNormOptions opt;
+    opt.train = train;
+    opt.momentum = momentum;
+    return x.ndim == 2 ? ops::batch_norm1d(k.g, k.in[0], k.in[1], k.in[2], buf, opt)
+                       : ops::batch_norm2d(k.g, k.in[0], k.in[1], k.in[2], buf, opt);
+  };
+  return c;
+}
+
+}  // namespace
+
+TS_OP_CASES(norm_cases) {
+  return {
+      bn_case("batch_norm2d_train", Shape{4, 3, 5, 5}, true, 0.1f, 0.2f, 0.8f),
+      bn_case("batch_norm2d_train_momentum_0_001", Shape{3, 2, 3, 7}, true, 0.001f, -0.3f, 1.5f),
+      bn_case("batch_norm2d_eval", Shape{4, 3, 5, 5}, false, 0.1f, 0.1f, 0.7f),
+      bn_case("batch_norm1d_train", Shape{8, 5}, true, 0.1f, 0.0f, 1.0f),
+      bn_case("batch_norm1d_eval", Shape{6, 4}, false, 0.1f, -0.2f, 1.3f),
+  };
+}
+
+namespace {
+
+struct BnRun {
+  Workspace ws{Device::CPU};
+  Graph g{ws};
+  OwnedTensor x, gamma, beta, mean, var, count;
+  std::vector<float> xs;
+  BnRun(int64_t n, int64_t c, int64_t hw)
+      : x(Device::CPU, Shape{n, c, 1, hw}), gamma(Device::CPU, Shape{c}), beta(Device::CPU, Shape{c}),
+        mean(Device::CPU, Shape{c}), var(Device::CPU, Shape{c}), count(Device::CPU, Shape{1}) {
+    xs.resize(static_cast<size_t>(n * c * hw));
+    for (size_t i = 0; i < xs.size(); ++i) xs[i] = std::sin(0.37f * static_cast<float>(i)) * 2.0f + 0.5f;
+    from_host(x.t, xs);
+    fill_value(gamma.t, 1.0f);
+    fill_zero(beta.t);
+    fill_value(mean.t, 0.5f);
+    fill_value(var.t, 2.0f);
+    fill_zero(count.t);
+  }
+  Var* run(bool train, float momentum) {
+    ops::BatchNormOptions opt;
+    opt.train = train;
+    opt.momentum = momentum;
+    return ops::batch_norm2d(g, g.input(x.t), g.input(gamma.t), g.input(beta.t), {mean.t, var.t, count.t}, opt);
+  }
+};
+
+}  // namespace
+
+TEST(BatchNorm, TrainUpdatesRunningStatisticsWithUnbiasedVariance) {
+  const int64_t n = 3, c = 2, hw = 5;
+  BnRun r(n, c, hw);
+  {
+    NoGradScope no_grad(r.g);  // a teacher's forward: no tape, running statistics still move
+    r.run(true, 0.1f);
+  }
+  const std::vector<float> mean = to_host_f32(r.mean.t), var = to_host_f32(r.var.t);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    double s = 0, ss = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t p = 0; p < hw; ++p) s += r.xs[static_cast<size_t>((i * c + ch) * hw + p)];
+    const double m = static_cast<double>(n * hw), batch_mean = s / m;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t p = 0; p < hw; ++p) {
+        const double d = r.xs[static_cast<size_t>((i * c + ch) * hw + p)] - batch_mean;
+        ss += d * d;
+      }
+    EXPECT_NEAR(mean[static_cast<size_t>(ch)], 0.9 * 0.5 + 0.1 * batch_mean, 1e-6);
+    EXPECT_NEAR(var[static_cast<size_t>(ch)], 0.9 * 2.0 + 0.1 * ss / (m - 1), 1e-6);
+  }
+  EXPECT_EQ(to_host_f32(r.count.t)[0], 1.0f);
+  r.run(true, 0.1f);
+  EXPECT_EQ(to_host_f32(r.count.t)[0], 2.0f);
+}
+
+TEST(BatchNorm, EvalUsesRunningStatisticsAndLeavesThemAlone) {
+  BnRun r(2, 2, 3);
+  Var* y = r.run(false, 0.1f);
+  const std::vector<float> out = to_host_f32(y->value);
+  for (size_t i = 0; i < out.size(); ++i)
+    EXPECT_NEAR(out[i], (r.xs[i] - 0.5) / std::sqrt(2.0 + 1e-5), 1e-6);
+  EXPECT_EQ(to_host_f32(r.mean.t)[0], 0.5f);
+  EXPECT_EQ(to_host_f32(r.var.t)[1], 2.0f);
+  EXPECT_EQ(to_host_f32(r.count.t)[0], 0.0f);
+}
+
+TEST(BatchNorm, ErrorsNameTheLayerAndShapes) {
+  BnRun r(1, 2, 1);  // one value per channel
+  EXPECT_THROW(r.run(true, 0.1f), Error);
+  OwnedTensor wrong(Device::CPU, Shape{3});
+  ops::BatchNormOptions opt;
+  try {
+    ops::batch_norm2d(r.g, r.g.input(r.x.t), r.g.input(wrong.t, "bn1.weight"), r.g.input(r.beta.t),
+                      {r.mean.t, r.var.t, r.count.t}, opt);
+    FAIL() << "gamma of the wrong size accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("bn1.weight"), std::string::npos) << m;
+    EXPECT_NE(m.find("(3)"), std::string::npos) << m;
+  }
+  EXPECT_THROW(ops::batch_norm1d(r.g, r.g.input(r.x.t), r.g.input(r.gamma.t), r.g.input(r.beta.t),
+                                 {r.mean.t, r.var.t, r.count.t}, opt),
+               Error);  // 4-D input to the 1-d op
+}
+
+}  // namespace tessera::testing
