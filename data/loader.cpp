@@ -92,9 +92,14 @@ class UploadEvent {
     (void)used;
 #endif
   }
+  // Waits for the last upload (unchecked: destructors must not throw), so the staging this
+  // event guards is never freed under a DMA still in flight.
   ~UploadEvent() {
 #if TESSERA_CUDA
-    if (event_) cudaEventDestroy(event_);
+    if (event_) {
+      if (pending_) cudaEventSynchronize(event_);
+      cudaEventDestroy(event_);
+    }
 #endif
   }
   UploadEvent(const UploadEvent&) = delete;
@@ -154,7 +159,7 @@ struct Loader::Slot {
   std::vector<int64_t*> indices, epochs; // per stream: (B) in staging
   LoaderPosition after;                  // positions once this batch is drawn
   bool ready = false;
-  UploadEvent uploaded;
+  UploadEvent uploaded;  // declared after staging, so destroyed (and waited for) before it
   explicit Slot(bool cuda) : uploaded(cuda) {}
 };
 

@@ -1,0 +1,70 @@
+// Fused optimizers over a parameter arena: SGD (momentum, Nesterov, weight decay, as
+// torch.optim.SGD), LARS (as solo-learn's, the BYOL recipe) and AdamW (as torch.optim.AdamW).
+// One kernel launch per step over the whole arena (two for LARS: per-tensor norms, then the
+// update). State arenas (momentum; AdamW's two moments) share the parameter table, so element
+// i of every arena is the same parameter.
+//
+// Exclusions: with exclude_bias_and_norm (the default), tensors that are not conv or linear
+// weights (biases, BN gamma and beta, read from the ParamTable kinds) get no weight decay and,
+// for LARS, no trust-ratio adaptation, as in BYOL / solo-learn and the FixMatch ports.
+// The learning rate is passed to every step (engine/schedule.h computes it), so the schedule
+// stays outside the optimizer and a resumed run only needs the step count.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/arena.h"
+#include "engine/slot_tables.h"
+#include "kernels/common/optimizer_rules.h"
+
+namespace tessera {
+
+enum class OptimizerKind { Sgd, Lars, AdamW };
+OptimizerKind parse_optimizer(const std::string& s);  // "sgd|lars|adamw"; UsageError otherwise
+const char* optimizer_name(OptimizerKind k);
+
+struct OptimizerConfig {
+  OptimizerKind kind = OptimizerKind::Sgd;
+  float momentum = 0.9f;             // SGD, LARS
+  bool nesterov = false;             // SGD, LARS
+  float weight_decay = 0.0f;
+  bool exclude_bias_and_norm = true;
+  float eta = 0.02f;                 // LARS trust coefficient (solo-learn's BYOL CIFAR value)
+  float lars_eps = 1e-8f;
+  float beta1 = 0.9f, beta2 = 0.999f, adam_eps = 1e-8f;  // AdamW
+};
+
+class Optimizer {
+ public:
+  Optimizer(const ParamTable& table, Device device, OptimizerConfig config);
+
+  // One step with learning rate lr: params -= lr * (direction from grads and state).
+  void step(Arena& params, const Arena& grads, float lr);
+
+  const OptimizerConfig& config() const { return config_; }
+  bool excluded(size_t slot) const;  // from weight decay and adaptation
+  int64_t steps() const { return steps_; }  // steps taken (AdamW's bias-correction t)
+
+  // For checkpoints: the state arenas by name ("momentum_buffer"; "exp_avg", "exp_avg_sq",
+  // PyTorch's names), and the step count as strings under "optimizer.".
+  std::vector<std::pair<std::string, Arena*>> state_arenas();
+  std::map<std::string, std::string> state_strings() const;
+  void restore_state_strings(const std::map<std::string, std::string>& kv);  // Error naming a bad key
+
+ private:
+  const ParamTable& table_;
+  Device device_;
+  OptimizerConfig config_;
+  int64_t steps_ = 0;
+  DeviceTable<kernels::OptimizerSlot> slots_;
+  DeviceTable<kernels::ArenaChunk> chunks_;
+  std::vector<std::unique_ptr<Arena>> state_;  // momentum, or exp_avg and exp_avg_sq
+  Buffer lars_partials_;                       // (chunks, 2), allocated once
+};
+
+}  // namespace tessera

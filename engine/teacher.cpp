@@ -1,0 +1,265 @@
+#include "engine/teacher.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+#include "engine/check.h"
+#include "engine/dispatch.h"
+#include "kernels/common/philox.h"
+#include "kernels/teacher_update.h"
+
+namespace tessera {
+
+namespace {
+
+template <typename E, size_t N>
+E parse_choice(const std::string& s, const char* flag, const char* const (&names)[N]) {
+  std::string options;
+  for (size_t i = 0; i < N; ++i) {
+    if (s == names[i]) return static_cast<E>(i);
+    options += (i ? "|" : "") + std::string(names[i]);
+  }
+  throw UsageError(cat(flag, ": expected ", options, ", found '", s, "'"));
+}
+
+const char* const kModeNames[] = {"none", "tma", "se", "sts", "copy"};
+const char* const kGranularityNames[] = {"tensor", "channel", "element"};
+const char* const kScheduleNames[] = {"constant", "cosine"};
+const char* const kBnNames[] = {"own", "copy", "ema"};
+
+constexpr int64_t kChunk = 4096;  // kernels::cpu::kTeacherChunk and its CUDA twin
+static_assert(kChunk == kernels::cpu::kTeacherChunk, "one chunk size for both backends");
+
+}  // namespace
+
+SmoothingMode parse_smoothing_mode(const std::string& s) {
+  return parse_choice<SmoothingMode>(s, "--smoothing", kModeNames);
+}
+Granularity parse_granularity(const std::string& s) {
+  return parse_choice<Granularity>(s, "--granularity", kGranularityNames);
+}
+MomentumSchedule parse_momentum_schedule(const std::string& s) {
+  return parse_choice<MomentumSchedule>(s, "--momentum-schedule", kScheduleNames);
+}
+BnBufferPolicy parse_bn_buffer_policy(const std::string& s) {
+  return parse_choice<BnBufferPolicy>(s, "--teacher-bn", kBnNames);
+}
+const char* smoothing_mode_name(SmoothingMode m) { return kModeNames[static_cast<int>(m)]; }
+const char* granularity_name(Granularity g) { return kGranularityNames[static_cast<int>(g)]; }
+const char* momentum_schedule_name(MomentumSchedule s) { return kScheduleNames[static_cast<int>(s)]; }
+const char* bn_buffer_policy_name(BnBufferPolicy b) { return kBnNames[static_cast<int>(b)]; }
+
+// ---- state as strings --------------------------------------------------------------------
+
+std::map<std::string, std::string> TeacherState::to_strings() const {
+  char p[32], m[32];
+  // %.9g round-trips every float exactly.
+  std::snprintf(p, sizeof p, "%.9g", static_cast<double>(config.preserve_prob));
+  std::snprintf(m, sizeof m, "%.9g", static_cast<double>(config.momentum));
+  return {{"teacher.mode", smoothing_mode_name(config.mode)},
+          {"teacher.granularity", granularity_name(config.granularity)},
+          {"teacher.preserve_prob", p},
+          {"teacher.momentum", m},
+          {"teacher.momentum_schedule", momentum_schedule_name(config.schedule)},
+          {"teacher.total_steps", std::to_string(config.total_steps)},
+          {"teacher.bn_buffers", bn_buffer_policy_name(config.bn_buffers)},
+          {"teacher.seed", std::to_string(config.seed)},
+          {"teacher.step", std::to_string(step)}};
+}
+
+TeacherState TeacherState::from_strings(const std::map<std::string, std::string>& kv) {
+  auto get = [&](const char* key) -> const std::string& {
+    auto it = kv.find(key);
+    if (it == kv.end()) throw Error(cat("teacher state: key '", key, "' missing"));
+    return it->second;
+  };
+  auto number = [&](const char* key, bool is_float) {
+    const std::string& v = get(key);
+    char* end = nullptr;
+    errno = 0;
+    const double d = is_float ? std::strtod(v.c_str(), &end) : 0.0;
+    const unsigned long long u = is_float ? 0 : std::strtoull(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || errno != 0 || (!is_float && v[0] == '-'))
+      throw Error(cat("teacher state: key '", key, "' expected a number, found '", v, "'"));
+    return std::make_pair(d, u);
+  };
+  auto choice = [&](auto parse, const char* key) {
+    try {
+      return parse(get(key));
+    } catch (const UsageError& e) {
+      throw Error(cat("teacher state: key '", key, "': ", e.what()));
+    }
+  };
+  TeacherState s;
+  s.config.mode = choice(parse_smoothing_mode, "teacher.mode");
+  s.config.granularity = choice(parse_granularity, "teacher.granularity");
+  s.config.schedule = choice(parse_momentum_schedule, "teacher.momentum_schedule");
+  s.config.bn_buffers = choice(parse_bn_buffer_policy, "teacher.bn_buffers");
+  s.config.preserve_prob = static_cast<float>(number("teacher.preserve_prob", true).first);
+  s.config.momentum = static_cast<float>(number("teacher.momentum", true).first);
+  s.config.total_steps = static_cast<int64_t>(number("teacher.total_steps", false).second);
+  s.config.seed = static_cast<uint64_t>(number("teacher.seed", false).second);
+  s.step = static_cast<int64_t>(number("teacher.step", false).second);
+  return s;
+}
+
+// ---- the smoother ------------------------------------------------------------------------
+
+std::vector<kernels::TeacherSlot> teacher_slots(const ParamTable& table) {
+  std::vector<kernels::TeacherSlot> rows;
+  for (size_t i = 0; i < table.size(); ++i) {
+    const Slot& s = table[i];
+    kernels::TeacherSlot t;
+    t.offset = s.offset;
+    t.numel = s.numel;
+    t.row_numel = s.numel / s.channels;
+    t.channel_fragment_base = s.channel_fragment_base;
+    t.index = static_cast<int32_t>(i);
+    rows.push_back(t);
+  }
+  return rows;
+}
+
+TeacherSmoother::TeacherSmoother(const ParamTable& params, const ParamTable& buffers, Device device,
+                                 TeacherConfig config)
+    : params_(params),
+      buffers_(buffers),
+      device_(device),
+      param_slots_(teacher_slots(params), device),
+      buffer_slots_(teacher_slots(buffers), device),
+      param_chunks_(arena_chunks(params, kChunk), device),
+      buffer_chunks_(arena_chunks(buffers, kChunk), device) {
+  const TeacherConfig& c = config;
+  if (!(c.preserve_prob >= 0.0f && c.preserve_prob <= 1.0f))
+    throw UsageError(cat("--preserve-prob: expected a probability in [0, 1], found ", c.preserve_prob));
+  if (!(c.momentum >= 0.0f && c.momentum <= 1.0f))
+    throw UsageError(cat("--momentum: expected a value in [0, 1], found ", c.momentum));
+  if (c.schedule == MomentumSchedule::Cosine && c.total_steps <= 0)
+    throw UsageError(cat("--momentum-schedule cosine: needs the total number of steps (> 0), found ",
+                         c.total_steps));
+  state_.config = config;
+}
+
+float TeacherSmoother::momentum_at(int64_t step) const {
+  const SmoothingMode m = state_.config.mode;
+  return m == SmoothingMode::Se || m == SmoothingMode::Copy ? 0.0f : scheduled_momentum(step);
+}
+
+float TeacherSmoother::scheduled_momentum(int64_t step) const {
+  const TeacherConfig& c = state_.config;
+  if (c.schedule == MomentumSchedule::Constant) return c.momentum;
+  // BYOL: m_k = 1 - (1 - m_0)(cos(pi k / K) + 1) / 2, from m_0 at k = 0 to 1 at k = K.
+  const double k = static_cast<double>(std::min(std::max<int64_t>(step, 0), c.total_steps));
+  const double K = static_cast<double>(c.total_steps);
+  return static_cast<float>(1.0 - (1.0 - c.momentum) * (std::cos(M_PI * k / K) + 1.0) / 2.0);
+}
+
+float TeacherSmoother::preserve_prob() const {
+  const SmoothingMode m = state_.config.mode;
+  return m == SmoothingMode::Se || m == SmoothingMode::Sts ? state_.config.preserve_prob : 0.0f;
+}
+
+void TeacherSmoother::apply(const kernels::TeacherRule& rule, const ParamTable& table,
+                            const DeviceTable<kernels::TeacherSlot>& slots,
+                            const DeviceTable<kernels::ArenaChunk>& chunks, const Arena& student,
+                            Arena& teacher) const {
+  TS_CHECK(student.table().same_layout(table) && teacher.table().same_layout(table),
+           "teacher update: student and teacher arenas must have the smoother's parameter table");
+  TS_CHECK(student.device() == device_ && teacher.device() == device_, "teacher update: arenas on ",
+           device_name(student.device()), " and ", device_name(teacher.device()), ", smoother built for ",
+           device_name(device_));
+  if (chunks.size() == 0) return;
+  TS_DISPATCH(device_, teacher_update, slots.data(), chunks.data(), chunks.size(), student.data(),
+              teacher.data(), rule);
+}
+
+void TeacherSmoother::update(const Arena& student_params, Arena& teacher_params, const Arena& student_buffers,
+                             Arena& teacher_buffers, int64_t step) {
+  TS_CHECK(step >= 0, "teacher update: step must be >= 0, found ", step);
+  const TeacherConfig& c = state_.config;
+  if (c.mode != SmoothingMode::None) {
+    kernels::TeacherRule rule{c.seed, static_cast<uint64_t>(step), preserve_prob(), momentum_at(step),
+                              c.granularity};
+    apply(rule, params_, param_slots_, param_chunks_, student_params, teacher_params);
+    if (c.bn_buffers != BnBufferPolicy::Own) {
+      // Buffers are never masked: their fragment numbering is not their layer's, so a mask
+      // could not follow the layer's decision. Copy, or a plain EMA with the schedule's m_k.
+      rule.preserve_prob = 0.0f;
+      rule.momentum = 0.0f;
+      if (c.bn_buffers == BnBufferPolicy::Ema) rule.momentum = scheduled_momentum(step);
+      apply(rule, buffers_, buffer_slots_, buffer_chunks_, student_buffers, teacher_buffers);
+    }
+  }
+  state_.step = step + 1;
+}
+
+void TeacherSmoother::initialise(const Arena& student_params, Arena& teacher_params,
+                                 const Arena& student_buffers, Arena& teacher_buffers) {
+  const kernels::TeacherRule copy{state_.config.seed, 0, 0.0f, 0.0f, state_.config.granularity};
+  apply(copy, params_, param_slots_, param_chunks_, student_params, teacher_params);
+  apply(copy, buffers_, buffer_slots_, buffer_chunks_, student_buffers, teacher_buffers);
+}
+
+TeacherStats TeacherSmoother::stats_at(int64_t step) const {
+  const TeacherConfig& c = state_.config;
+  const float p = preserve_prob();
+  TeacherStats st;
+  const std::vector<kernels::TeacherSlot>& slots = param_slots_.host();
+  switch (c.granularity) {
+    case Granularity::Tensor: st.fragments = static_cast<int64_t>(slots.size()); break;
+    case Granularity::Channel: st.fragments = params_.channel_fragments(); break;
+    case Granularity::Element: st.fragments = params_.total_numel(); break;
+  }
+  if (c.mode == SmoothingMode::None || st.fragments == 0) return st;
+  if (p <= 0.0f) {
+    st.fragments_updated = st.params_updated = 1.0;
+    return st;
+  }
+  auto updated = [&](uint64_t f) {
+    return !kernels::sts_keep(kernels::philox_uniform(c.seed, kernels::kStreamTeacher, static_cast<uint64_t>(step), f), p);
+  };
+  int64_t fragments = 0, params = 0;
+  if (c.granularity == Granularity::Tensor) {
+    for (const kernels::TeacherSlot& s : slots)
+      if (updated(static_cast<uint64_t>(s.index))) {
+        ++fragments;
+        params += s.numel;
+      }
+  } else if (c.granularity == Granularity::Channel) {
+    std::vector<char> decision(static_cast<size_t>(st.fragments));
+    for (int64_t f = 0; f < st.fragments; ++f) {
+      decision[static_cast<size_t>(f)] = updated(static_cast<uint64_t>(f));
+      fragments += decision[static_cast<size_t>(f)];
+    }
+    for (const kernels::TeacherSlot& s : slots)
+      for (int64_t r = 0; r < s.numel / s.row_numel; ++r)
+        if (decision[static_cast<size_t>(s.channel_fragment_base + r)]) params += s.row_numel;
+  } else {
+    // One draw per element: O(parameters) on the host, so call it at logging intervals.
+#pragma omp parallel for reduction(+ : fragments) schedule(dynamic, 16)
+    for (size_t k = 0; k < slots.size(); ++k)
+      for (int64_t i = slots[k].offset; i < slots[k].offset + slots[k].numel; ++i)
+        fragments += updated(static_cast<uint64_t>(i));
+    params = fragments;
+  }
+  st.fragments_updated = static_cast<double>(fragments) / static_cast<double>(st.fragments);
+  st.params_updated = static_cast<double>(params) / static_cast<double>(params_.total_numel());
+  return st;
+}
+
+void TeacherSmoother::restore(const TeacherState& s) {
+  const std::map<std::string, std::string> mine = state_.to_strings(), theirs = s.to_strings();
+  for (const auto& [key, value] : mine) {
+    if (key == "teacher.step") continue;
+    const std::string& other = theirs.at(key);
+    if (other != value)
+      throw Error(cat("resume: checkpoint has ", key, " = ", other, ", this run has ", value));
+  }
+  TS_CHECK(s.step >= 0, "resume: teacher step must be >= 0, found ", s.step);
+  state_.step = s.step;
+}
+
+}  // namespace tessera

@@ -1,0 +1,115 @@
+// Teacher smoothing: TMA (EMA), Spatial Ensemble and Spatial-Temporal Smoothing over a
+// student's and a teacher's parameter arenas that share one ParamTable.
+//
+// At step k every fragment f gets one draw u = Philox(seed, kStreamTeacher, k, f); the teacher
+// keeps f when u < p, else teacher = m_k * teacher + (1 - m_k) * student
+// (kernels/common/sts_rule.h). One fused kernel launch per arena per step; no mask buffer, no
+// host round trip, no allocation. The masks are a pure function of (seed, step), so a resumed
+// run draws exactly the masks the uninterrupted run would have drawn.
+//
+//   mode    p                m                 note
+//   none    -                -                 the teacher is never touched
+//   tma     0                m_k               EMA of the student
+//   se      preserve_prob    0                 updated fragments are replaced by the student's
+//   sts     preserve_prob    m_k               both
+//   copy    0                0                 every fragment copied, every step
+//
+// Statistics for the logs (fraction of fragments and of parameters updated at a step) are
+// recomputed on the host from the same draws when asked for; the device is never queried.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "engine/arena.h"
+#include "engine/slot_tables.h"
+#include "kernels/common/sts_rule.h"
+
+namespace tessera {
+
+enum class SmoothingMode { None, Tma, Se, Sts, Copy };
+enum class MomentumSchedule { Constant, Cosine };
+enum class BnBufferPolicy { Own, Copy, Ema };
+using kernels::Granularity;
+
+// Parse and print the flag values: "none|tma|se|sts|copy", "tensor|channel|element",
+// "constant|cosine", "own|copy|ema". A bad value is a UsageError naming the flag.
+SmoothingMode parse_smoothing_mode(const std::string& s);
+Granularity parse_granularity(const std::string& s);
+MomentumSchedule parse_momentum_schedule(const std::string& s);
+BnBufferPolicy parse_bn_buffer_policy(const std::string& s);
+const char* smoothing_mode_name(SmoothingMode m);
+const char* granularity_name(Granularity g);
+const char* momentum_schedule_name(MomentumSchedule s);
+const char* bn_buffer_policy_name(BnBufferPolicy b);
+
+struct TeacherConfig {
+  SmoothingMode mode = SmoothingMode::Sts;
+  Granularity granularity = Granularity::Tensor;  // the official code's choice
+  float preserve_prob = 0.7f;                     // p (BYOL's value)
+  float momentum = 0.99f;                         // m_0
+  MomentumSchedule schedule = MomentumSchedule::Cosine;
+  int64_t total_steps = 0;                        // K of the cosine schedule
+  BnBufferPolicy bn_buffers = BnBufferPolicy::Own;
+  uint64_t seed = 0;
+};
+
+// Everything a checkpoint must hold to continue the smoothing exactly: the configuration and
+// the number of updates applied. As strings, so any container (safetensors' __metadata__,
+// config.json) can hold it; keys are prefixed "teacher.".
+struct TeacherState {
+  TeacherConfig config;
+  int64_t step = 0;  // the next step to apply = updates applied so far
+
+  std::map<std::string, std::string> to_strings() const;
+  // Throws Error naming the key that is missing or malformed.
+  static TeacherState from_strings(const std::map<std::string, std::string>& kv);
+};
+
+struct TeacherStats {
+  int64_t fragments = 0;          // fragments in the arena at this granularity
+  double fragments_updated = 0;   // fraction of them updated at the step
+  double params_updated = 0;      // fraction of parameters updated at the step
+};
+
+class TeacherSmoother {
+ public:
+  // `params` is the table of both parameter arenas, `buffers` that of both BN buffer arenas
+  // (may be empty). Validates the configuration (UsageError naming the flag).
+  TeacherSmoother(const ParamTable& params, const ParamTable& buffers, Device device, TeacherConfig config);
+
+  // Step k of the smoothing, from the student as the last optimizer step left it. Applies the
+  // mode to the parameters and the BN policy to the buffers; records k + 1 as the next step.
+  void update(const Arena& student_params, Arena& teacher_params, const Arena& student_buffers,
+              Arena& teacher_buffers, int64_t step);
+  // teacher = student over both arenas, whatever the mode: the start of every run (unlike the
+  // official code, which passes the initialisation through the mask).
+  void initialise(const Arena& student_params, Arena& teacher_params, const Arena& student_buffers,
+                  Arena& teacher_buffers);
+
+  float momentum_at(int64_t step) const;  // m_k (0 for se and copy)
+  float preserve_prob() const;            // p of the mode (0 for tma and copy)
+  TeacherStats stats_at(int64_t step) const;  // host-side, from the same draws as the kernel
+
+  const TeacherState& state() const { return state_; }
+  void restore(const TeacherState& s);  // the configuration must match; takes the step
+
+ private:
+  float scheduled_momentum(int64_t step) const;  // the schedule's m_k, whatever the mode
+  void apply(const kernels::TeacherRule& rule, const ParamTable& table, const DeviceTable<kernels::TeacherSlot>& slots,
+             const DeviceTable<kernels::ArenaChunk>& chunks, const Arena& student, Arena& teacher) const;
+
+  const ParamTable& params_;
+  const ParamTable& buffers_;
+  Device device_;
+  TeacherState state_;
+  DeviceTable<kernels::TeacherSlot> param_slots_, buffer_slots_;
+  DeviceTable<kernels::ArenaChunk> param_chunks_, buffer_chunks_;
+};
+
+// The TeacherSlot rows of a table (exposed for tests and benchmarks).
+std::vector<kernels::TeacherSlot> teacher_slots(const ParamTable& table);
+
+}  // namespace tessera

@@ -1,0 +1,129 @@
+// CUDA twin of kernels/optimizer.h: one block per chunk, consecutive threads on consecutive
+// elements (coalesced), the slot's settings read once per block. LARS's norms: each block
+// reduces its chunk (warp shuffles, then across warps) into two partial sums; the update
+// launch sums a slot's partials in chunk order in one thread, so no atomics and the result
+// does not depend on scheduling.
+#include <cmath>
+#include <climits>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/runtime.h"
+#include "kernels/optimizer.h"
+
+namespace kernels::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void __launch_bounds__(kThreads)
+    sgd_kernel(const OptimizerSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks, float* __restrict__ w,
+               const float* __restrict__ g, float* __restrict__ buf, SgdParams p) {
+  const ArenaChunk c = chunks[blockIdx.x];
+  const float wd = slots[c.slot].weight_decay;
+  for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
+    sgd_element(w[i], buf[i], g[i], wd, p.lr, p.momentum, p.nesterov);
+}
+
+// Sum of a and b over the block; the result is valid in thread 0.
+__device__ float2 block_sum(float a, float b) {
+  __shared__ float2 warp_sums[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) {
+    a += __shfl_down_sync(0xffffffffu, a, o);
+    b += __shfl_down_sync(0xffffffffu, b, o);
+  }
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = make_float2(a, b);
+  __syncthreads();
+  float2 total = make_float2(0.0f, 0.0f);
+  if (threadIdx.x == 0)
+    for (int k = 0; k < kThreads / 32; ++k) {
+      total.x += warp_sums[k].x;
+      total.y += warp_sums[k].y;
+    }
+  return total;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lars_norms_kernel(const ArenaChunk* __restrict__ chunks, const float* __restrict__ w, const float* __restrict__ g,
+                      float* __restrict__ partials) {
+  const ArenaChunk c = chunks[blockIdx.x];
+  float ww = 0.0f, gg = 0.0f;
+  for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
+    ww = fmaf(w[i], w[i], ww);
+    gg = fmaf(g[i], g[i], gg);
+  }
+  const float2 total = block_sum(ww, gg);
+  if (threadIdx.x == 0) {
+    partials[2 * blockIdx.x] = total.x;
+    partials[2 * blockIdx.x + 1] = total.y;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lars_kernel(const OptimizerSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks, float* __restrict__ w,
+                const float* __restrict__ g, float* __restrict__ buf, const float* __restrict__ partials, LarsParams p) {
+  __shared__ float trust_and_wd[2];
+  const ArenaChunk c = chunks[blockIdx.x];
+  if (threadIdx.x == 0) {
+    const OptimizerSlot s = slots[c.slot];
+    float ww = 0.0f, gg = 0.0f;
+    for (int32_t j = s.first_chunk; j < s.first_chunk + s.num_chunks; ++j) {
+      ww += partials[2 * j];
+      gg += partials[2 * j + 1];
+    }
+    float wd = 0.0f;
+    trust_and_wd[0] = lars_trust(sqrtf(ww), sqrtf(gg), s.weight_decay, p.eta, p.eps, s.adapt != 0, &wd);
+    trust_and_wd[1] = wd;
+  }
+  __syncthreads();
+  const float trust = trust_and_wd[0], wd = trust_and_wd[1];
+  for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
+    lars_element(w[i], buf[i], g[i], wd, trust, p.lr, p.momentum, p.nesterov);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    adamw_kernel(const OptimizerSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks, float* __restrict__ w,
+                 const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v, AdamWParams p) {
+  const ArenaChunk c = chunks[blockIdx.x];
+  const float decay = fmaf(-p.lr, slots[c.slot].weight_decay, 1.0f);  // 1 - lr * wd, fused on both backends
+  for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
+    adamw_element(w[i], m[i], v[i], g[i], decay, p.beta1, p.beta2, p.eps, p.step_size, p.bias_correction2_sqrt);
+}
+
+unsigned grid_of(int64_t num_chunks, const char* kernel) {
+  if (num_chunks > INT_MAX) throw_status("CUDA", "too many chunks for one grid", kernel, __FILE__, __LINE__);
+  return static_cast<unsigned>(num_chunks);
+}
+
+}  // namespace
+
+void sgd_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
+              float* buf, SgdParams p) {
+  if (num_chunks == 0) return;
+  sgd_kernel<<<grid_of(num_chunks, "sgd_step"), kThreads, 0, runtime().stream>>>(slots, chunks, w, g, buf, p);
+  KERNEL_LAUNCH_CHECK();
+}
+
+void lars_norms(const OptimizerSlot*, const ArenaChunk* chunks, int64_t num_chunks, const float* w, const float* g,
+                float* partials) {
+  if (num_chunks == 0) return;
+  lars_norms_kernel<<<grid_of(num_chunks, "lars_norms"), kThreads, 0, runtime().stream>>>(chunks, w, g, partials);
+  KERNEL_LAUNCH_CHECK();
+}
+
+void lars_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
+               float* buf, const float* partials, LarsParams p) {
+  if (num_chunks == 0) return;
+  lars_kernel<<<grid_of(num_chunks, "lars_step"), kThreads, 0, runtime().stream>>>(slots, chunks, w, g, buf,
+                                                                                     partials, p);
+  KERNEL_LAUNCH_CHECK();
+}
+
+void adamw_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
+                float* m, float* v, AdamWParams p) {
+  if (num_chunks == 0) return;
+  adamw_kernel<<<grid_of(num_chunks, "adamw_step"), kThreads, 0, runtime().stream>>>(slots, chunks, w, g, m, v, p);
+  KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace kernels::cuda

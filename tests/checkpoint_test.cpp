@@ -1,0 +1,268 @@
+// safetensors checkpoints (engine/checkpoint.cpp): round trips, and every way a file can be
+// broken giving an Error that names what is wrong. Files are generated here.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "engine/check.h"
+#include "engine/checkpoint.h"
+
+namespace tessera {
+namespace {
+
+namespace fs = std::filesystem;
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("tessera_ckpt_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  static std::vector<uint8_t> slurp(const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  // A file from a header written by hand plus `data_bytes` zero bytes of data.
+  static std::vector<uint8_t> handmade(const std::string& header, size_t data_bytes) {
+    std::string b(8, '\0');
+    for (int i = 0; i < 8; ++i) b[static_cast<size_t>(i)] = static_cast<char>(header.size() >> (8 * i));
+    b += header;
+    b.append(data_bytes, '\0');
+    return std::vector<uint8_t>(b.begin(), b.end());
+  }
+  static std::string error_of(std::vector<uint8_t> bytes) {
+    try {
+      SafetensorsFile::parse(std::move(bytes), "test.safetensors");
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  }
+
+  fs::path dir_;
+};
+
+// Substring check with the message in the failure output.
+#define EXPECT_HAS(text, piece) EXPECT_NE(std::string(text).find(piece), std::string::npos) << (text)
+
+TEST_F(CheckpointTest, RoundTripAllDtypesAndMetadata) {
+  SafetensorsWriter w;
+  const std::vector<float> a = {1.5f, -2.0f, 3.25f, 0.0f, 1e-30f, 7.0f};
+  w.add_f32("conv.weight", {2, 3}, a.data());
+  w.add_i64("bn.num_batches_tracked", {}, {123456789012LL});
+  w.add_i32("labels", {3}, {7, -1, 0});
+  w.add_u8("mask", {2, 2}, {0, 1, 255, 3});
+  w.add_metadata("model", "{\"arch\": \"resnet18\"}");
+  w.write(path("a.safetensors"));
+
+  const std::vector<uint8_t> bytes = slurp(path("a.safetensors"));
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[static_cast<size_t>(i)];
+  EXPECT_EQ((8 + n) % 8, 0u) << "data region should start 8-byte aligned";
+  EXPECT_EQ(bytes.size(), 8 + n + 6 * 4 + 8 + 3 * 4 + 4);
+
+  const SafetensorsFile f = SafetensorsFile::read(path("a.safetensors"));
+  const std::vector<int64_t> shape = {2, 3};
+  EXPECT_EQ(f.f32("conv.weight", &shape), a);
+  EXPECT_EQ(f.i64("bn.num_batches_tracked"), std::vector<int64_t>{123456789012LL});
+  EXPECT_TRUE(f.entry("bn.num_batches_tracked").shape.empty());
+  EXPECT_EQ(f.i32("labels"), (std::vector<int32_t>{7, -1, 0}));
+  EXPECT_EQ(f.u8("mask"), (std::vector<uint8_t>{0, 1, 255, 3}));
+  EXPECT_EQ(f.metadata("model"), "{\"arch\": \"resnet18\"}");
+  EXPECT_EQ(f.tensors().size(), 4u);
+  // No temporary file is left behind.
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1);
+}
+
+TEST_F(CheckpointTest, TypedReadsNameTheMismatch) {
+  SafetensorsWriter w;
+  const float x[4] = {1, 2, 3, 4};
+  w.add_f32("w", {4}, x);
+  w.write(path("b.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("b.safetensors"));
+  try {
+    f.i64("w");
+    FAIL() << "reading F32 as I64 should fail";
+  } catch (const Error& e) {
+    EXPECT_HAS(e.what(), "tensor 'w' is F32, expected I64");
+  }
+  const std::vector<int64_t> shape = {2, 2};
+  try {
+    f.f32("w", &shape);
+    FAIL() << "a wrong shape should fail";
+  } catch (const Error& e) {
+    EXPECT_HAS(e.what(), "tensor 'w' has shape [4], expected [2, 2]");
+  }
+  try {
+    f.f32("nope");
+    FAIL() << "a missing tensor should fail";
+  } catch (const Error& e) {
+    EXPECT_HAS(e.what(), "no tensor named 'nope'");
+  }
+}
+
+TEST_F(CheckpointTest, TruncatedFilesAreErrors) {
+  SafetensorsWriter w;
+  std::vector<float> x(100, 1.0f);
+  w.add_f32("first", {100}, x.data());
+  w.add_f32("second", {10, 10}, x.data());
+  w.write(path("c.safetensors"));
+  const std::vector<uint8_t> full = slurp(path("c.safetensors"));
+  EXPECT_EQ(error_of(full), "");
+  // Cut inside the length field, inside the header, inside the last tensor, one byte short.
+  for (size_t keep : {size_t{0}, size_t{5}, size_t{40}, full.size() - 200, full.size() - 1}) {
+    const std::string msg = error_of(std::vector<uint8_t>(full.begin(), full.begin() + static_cast<long>(keep)));
+    EXPECT_FALSE(msg.empty()) << "a file cut to " << keep << " bytes was accepted";
+    EXPECT_HAS(msg, "test.safetensors");
+    if (keep >= full.size() - 200) {
+      EXPECT_HAS(msg, "tensor 'second'");
+    }
+  }
+  // Through the file API too.
+  fs::resize_file(path("c.safetensors"), full.size() - 3);
+  EXPECT_THROW(SafetensorsFile::read(path("c.safetensors")), Error);
+}
+
+TEST_F(CheckpointTest, CorruptedHeadersAreErrors) {
+  SafetensorsWriter w;
+  const float x[2] = {1, 2};
+  w.add_f32("w", {2}, x);
+  w.write(path("d.safetensors"));
+  std::vector<uint8_t> bytes = slurp(path("d.safetensors"));
+
+  std::vector<uint8_t> broken = bytes;
+  broken[8] = 'x';  // the opening brace of the JSON
+  EXPECT_HAS(error_of(broken), "not valid JSON");
+
+  broken = bytes;
+  broken[7] = 0x40;  // a header length of about 2^62
+  EXPECT_HAS(error_of(broken), "header length field says");
+
+  EXPECT_HAS(error_of(handmade("[1, 2, 3]", 0)), "expected an object");
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}})", 4)),
+             "tensor 'w': dtype 'F16' is not one of");
+  EXPECT_HAS(error_of(handmade(R"({"w": {"shape": [2], "data_offsets": [0, 8]}})", 8)), "tensor 'w': missing string field 'dtype'");
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", 8)),
+             "not a list of non-negative integers");
+  EXPECT_HAS(error_of(handmade(R"({"__metadata__": {"a": 1}})", 0)), "__metadata__ value for 'a'");
+}
+
+TEST_F(CheckpointTest, BadOffsetsAreErrors) {
+  // Size disagreeing with dtype and shape.
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", 8)),
+             "tensor 'w': data_offsets [0, 8] hold 8 bytes, expected 12 for F32 [3]");
+  // Outside the file.
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}})", 8)),
+             "fall outside the 8 data bytes");
+  // begin > end, and negative offsets.
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "U8", "shape": [0], "data_offsets": [4, 2]}})", 8)), "fall outside");
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "U8", "shape": [2], "data_offsets": [-2, 0]}})", 8)),
+             "data_offsets must be two non-negative integers");
+  // Overlap.
+  EXPECT_HAS(error_of(handmade(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                   "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})", 12)),
+             "tensor 'b': data begins at byte 4, expected 8 (overlaps 'a')");
+  // A gap, and bytes nobody owns at the end.
+  EXPECT_HAS(error_of(handmade(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", 8)),
+             "tensor 'a': data begins at byte 4, expected 0 (a gap before it)");
+  EXPECT_HAS(error_of(handmade(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", 8)),
+             "tensors end at data byte 4 but the file has 8 data bytes");
+}
+
+TEST_F(CheckpointTest, WriteIsAtomicAndReportsFailures) {
+  SafetensorsWriter w;
+  const float x[1] = {42};
+  w.add_f32("w", {1}, x);
+  w.write(path("e.safetensors"));
+  SafetensorsWriter w2;
+  const float y[2] = {1, 2};
+  w2.add_f32("v", {2}, y);
+  w2.write(path("e.safetensors"));  // replaces the old file
+  const SafetensorsFile f = SafetensorsFile::read(path("e.safetensors"));
+  EXPECT_FALSE(f.has("w"));
+  EXPECT_EQ(f.f32("v"), (std::vector<float>{1, 2}));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1);
+  EXPECT_THROW(w.write(path("no/such/dir/x.safetensors")), Error);
+  EXPECT_THROW(SafetensorsFile::read(path("missing.safetensors")), Error);
+}
+
+// Two small tables standing in for a model: parameters and BN buffers.
+struct TinyModel {
+  ParamTable params, buffers;
+  Arena p, b;
+  explicit TinyModel(int64_t channels) {
+    params.add("conv.weight", Shape{channels, 3, 3, 3}, ParamKind::ConvWeight);
+    params.add("bn.weight", Shape{channels}, ParamKind::BnWeight);
+    buffers.add("bn.running_mean", Shape{channels}, ParamKind::BnRunningMean);
+    buffers.add("bn.num_batches_tracked", Shape{1}, ParamKind::BnNumBatches);
+    p = Arena(params, Device::CPU);
+    b = Arena(buffers, Device::CPU);
+  }
+};
+
+TEST_F(CheckpointTest, ArenasRoundTripUnderAPrefixWithInt64Counters) {
+  TinyModel a(4);
+  std::vector<float> values(static_cast<size_t>(a.params.arena_numel()));
+  for (size_t i = 0; i < values.size(); ++i) values[i] = 0.25f * static_cast<float>(i);
+  from_host(a.p.all(), values);
+  fill_value(a.b.slot("bn.num_batches_tracked"), 1234.0f);
+  SafetensorsWriter w;
+  add_arena(w, a.p, "teacher.");
+  add_arena(w, a.b, "teacher.");
+  w.write(path("f.safetensors"));
+
+  const SafetensorsFile f = SafetensorsFile::read(path("f.safetensors"));
+  EXPECT_EQ(f.entry("teacher.bn.num_batches_tracked").dtype, StDType::I64);
+  EXPECT_EQ(f.i64("teacher.bn.num_batches_tracked"), std::vector<int64_t>{1234});
+
+  TinyModel c(4);
+  c.p.write_canaries();
+  load_arenas(f, {&c.p, &c.b}, "teacher.");
+  EXPECT_TRUE(c.p.broken_canaries().empty()) << "loading wrote into the gaps between slots";
+  EXPECT_EQ(to_host_f32(c.p.slot("conv.weight")), to_host_f32(a.p.slot("conv.weight")));
+  EXPECT_EQ(to_host_f32(c.p.slot("bn.weight")), to_host_f32(a.p.slot("bn.weight")));
+  EXPECT_EQ(to_host_f32(c.b.slot("bn.num_batches_tracked")), std::vector<float>{1234.0f});
+  // Under another prefix nothing matches.
+  EXPECT_THROW(load_arenas(f, {&c.p, &c.b}, "student."), Error);
+}
+
+TEST_F(CheckpointTest, LoadListsMissingWrongShapeAndUnexpectedTensors) {
+  TinyModel a(4);
+  SafetensorsWriter w;
+  add_arena(w, a.p);  // parameters only: the buffers will be missing
+  const float extra[1] = {0};
+  w.add_f32("head.weight", {1}, extra);
+  w.write(path("g.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("g.safetensors"));
+
+  TinyModel wide(8);
+  fill_value(wide.p.slot("bn.weight"), 5.0f);
+  try {
+    load_arenas(f, {&wide.p, &wide.b});
+    FAIL() << "a mismatching checkpoint was loaded";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_HAS(msg, "(5 problems)");
+    EXPECT_HAS(msg, "'conv.weight' has shape [4, 3, 3, 3], expected [8, 3, 3, 3]");
+    EXPECT_HAS(msg, "'bn.weight' has shape [4], expected [8]");
+    EXPECT_HAS(msg, "missing 'bn.running_mean'");
+    EXPECT_HAS(msg, "missing 'bn.num_batches_tracked'");
+    EXPECT_HAS(msg, "unexpected 'head.weight' [1]");
+  }
+  // Nothing was written into the arenas.
+  EXPECT_EQ(to_host_f32(wide.p.slot("bn.weight")), std::vector<float>(8, 5.0f));
+
+  // Parameters alone match when the extra tensor is allowed.
+  TinyModel same(4);
+  load_arenas(f, {&same.p}, "", /*allow_unexpected=*/true);
+  EXPECT_THROW(load_arenas(f, {&same.p}, "", false), Error);
+}
+
+}  // namespace
+}  // namespace tessera

@@ -1,0 +1,431 @@
+// TeacherSmoother and the fused teacher_update kernel (kernels/teacher_update.h).
+//
+// Invariant tests in the style of Caffe's dropout test: after an update every teacher element
+// equals, bit for bit, either its old value or m * old + (1 - m) * student; all elements of a
+// fragment share the decision, and the decision is the one Philox gives for the fragment id
+// that the ParamTable defines (computed here independently of the kernel's own helpers); the
+// update rate sits inside a 99.9% confidence bound of 1 - p; canaries in the gaps survive.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "engine/check.h"
+#include "engine/teacher.h"
+#include "kernels/common/philox.h"
+#include "tests/op_case.h"
+
+namespace tessera {
+namespace {
+
+// A small network's table with the awkward cases: rows of 27 and 3 elements, slots whose size
+// is not a multiple of 4, 1-D slots that share channel fragments, a linear head.
+ParamTable test_table() {
+  ParamTable t;
+  t.add("conv1.weight", Shape{8, 3, 3, 3}, ParamKind::ConvWeight);
+  t.add("bn1.weight", Shape{8}, ParamKind::BnWeight);
+  t.add("bn1.bias", Shape{8}, ParamKind::BnBias);
+  t.add("conv2.weight", Shape{5, 8, 1, 1}, ParamKind::ConvWeight);
+  t.add("conv2.bias", Shape{5}, ParamKind::Bias);
+  t.add("conv3.weight", Shape{7, 5, 3, 3}, ParamKind::ConvWeight);
+  t.add("bn3.weight", Shape{7}, ParamKind::BnWeight);
+  t.add("bn3.bias", Shape{7}, ParamKind::BnBias);
+  t.add("fc.weight", Shape{10, 7}, ParamKind::LinearWeight);
+  t.add("fc.bias", Shape{10}, ParamKind::Bias);
+  t.add("big.weight", Shape{3, 3000}, ParamKind::LinearWeight);  // crosses chunk boundaries
+  return t;
+}
+
+ParamTable buffer_table() {
+  ParamTable t;
+  t.add("bn1.running_mean", Shape{8}, ParamKind::BnRunningMean);
+  t.add("bn1.running_var", Shape{8}, ParamKind::BnRunningVar);
+  t.add("bn3.running_mean", Shape{7}, ParamKind::BnRunningMean);
+  return t;
+}
+
+// Fills every slot of an arena with uniform values in (-1, 1) from the test stream.
+void fill_random(Arena& a, uint64_t seed) {
+  std::vector<float> host = to_host_f32(a.all());
+  for (const Slot& s : a.table().slots())
+    for (int64_t i = s.offset; i < s.offset + s.numel; ++i)
+      host[static_cast<size_t>(i)] = 2.0f * kernels::philox_uniform(seed, kernels::kStreamTest, 0, static_cast<uint64_t>(i)) - 1.0f;
+  from_host(a.all(), host);
+}
+
+std::vector<float> host_of(const Arena& a) { return to_host_f32(a.all()); }
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// The fragment of element e of slot `k`, straight from the table's definition.
+uint64_t fragment_from_table(const ParamTable& t, size_t k, int64_t e, Granularity g) {
+  const Slot& s = t[k];
+  if (g == Granularity::Tensor) return k;
+  if (g == Granularity::Channel) return static_cast<uint64_t>(s.channel_fragment_base + e / (s.numel / s.channels));
+  return static_cast<uint64_t>(s.offset + e);
+}
+
+float blend(float old, float student, float m) { return m == 0.0f ? student : std::fmaf(m, old, (1.0f - m) * student); }
+
+struct World {
+  ParamTable params = test_table(), buffers = buffer_table();
+  Device device;
+  Arena student, teacher, student_buf, teacher_buf;
+  explicit World(Device d = Device::CPU)
+      : device(d), student(params, d), teacher(params, d), student_buf(buffers, d), teacher_buf(buffers, d) {
+    fill_random(student, 1);
+    fill_random(teacher, 2);
+    fill_random(student_buf, 3);
+    fill_random(teacher_buf, 4);
+    for (Arena* a : {&student, &teacher, &student_buf, &teacher_buf}) a->write_canaries();
+  }
+  void new_student(uint64_t seed) {
+    fill_random(student, seed);
+    student.write_canaries();
+  }
+  void expect_canaries_intact() const {
+    for (const Arena* a : {&student, &teacher, &student_buf, &teacher_buf})
+      EXPECT_TRUE(a->broken_canaries().empty()) << "a kernel wrote into a gap: " << a->broken_canaries()[0];
+  }
+};
+
+TeacherConfig sts_config(Granularity g, float p = 0.7f) {
+  TeacherConfig c;
+  c.mode = SmoothingMode::Sts;
+  c.granularity = g;
+  c.preserve_prob = p;
+  c.momentum = 0.9f;
+  c.schedule = MomentumSchedule::Constant;
+  c.seed = 42;
+  return c;
+}
+
+class TeacherInvariants : public ::testing::TestWithParam<Granularity> {};
+
+// Every element: exactly old or exactly the blend; the observed decision is shared by the
+// whole fragment and equals Philox's decision for the fragment id the table defines.
+TEST_P(TeacherInvariants, EachElementIsOldOrBlendAndFragmentsShareTheDecision) {
+  const Granularity g = GetParam();
+  World w;
+  TeacherSmoother sm(w.params, w.buffers, Device::CPU, sts_config(g));
+  int64_t kept = 0, updated = 0;
+  for (int64_t step = 0; step < 12; ++step) {
+    w.new_student(100 + static_cast<uint64_t>(step));
+    const std::vector<float> old = host_of(w.teacher), student = host_of(w.student);
+    sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, step);
+    const std::vector<float> now = host_of(w.teacher);
+    std::map<uint64_t, int> decision;  // fragment -> 0 kept, 1 updated
+    for (size_t k = 0; k < w.params.size(); ++k) {
+      const Slot& s = w.params[k];
+      for (int64_t e = 0; e < s.numel; ++e) {
+        const size_t i = static_cast<size_t>(s.offset + e);
+        const float b = blend(old[i], student[i], 0.9f);
+        ASSERT_FALSE(same_bits(old[i], b)) << "test data must tell the two values apart";
+        const bool is_old = same_bits(now[i], old[i]), is_blend = same_bits(now[i], b);
+        ASSERT_TRUE(is_old || is_blend) << s.name << "[" << e << "] = " << now[i] << " is neither the old value "
+                                        << old[i] << " nor the blend " << b << " at step " << step;
+        const uint64_t f = fragment_from_table(w.params, k, e, g);
+        auto [it, first] = decision.emplace(f, is_blend ? 1 : 0);
+        ASSERT_EQ(it->second, is_blend ? 1 : 0) << s.name << "[" << e << "]: fragment " << f << " split at step " << step;
+        if (first) {
+          const float u = kernels::philox_uniform(42, kernels::kStreamTeacher, static_cast<uint64_t>(step), f);
+          ASSERT_EQ(is_blend, u >= 0.7f) << "fragment " << f << " drew " << u << " at step " << step;
+          (is_blend ? updated : kept) += 1;
+        }
+      }
+    }
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(updated, 0);
+  w.expect_canaries_intact();
+}
+
+INSTANTIATE_TEST_SUITE_P(Granularities, TeacherInvariants,
+                         ::testing::Values(Granularity::Tensor, Granularity::Channel, Granularity::Element),
+                         [](const auto& info) { return std::string(granularity_name(info.param)); });
+
+// Channel c of a conv, its bias and the BatchNorm after it go together.
+TEST(Teacher, ChannelFragmentsFollowTheLayer) {
+  World w;
+  const ParamTable& t = w.params;
+  EXPECT_EQ(t[1].channel_fragment_base, t[0].channel_fragment_base);  // bn1 with conv1
+  EXPECT_EQ(t[4].channel_fragment_base, t[3].channel_fragment_base);  // conv2.bias with conv2
+  EXPECT_EQ(t[6].channel_fragment_base, t[5].channel_fragment_base);  // bn3 with conv3
+  EXPECT_EQ(t[9].channel_fragment_base, t[8].channel_fragment_base);  // fc.bias with fc
+  const std::vector<kernels::TeacherSlot> rows = teacher_slots(t);
+  EXPECT_EQ(rows[0].row_numel, 27);
+  EXPECT_EQ(rows[3].row_numel, 8);
+  EXPECT_EQ(rows[1].row_numel, 1);
+  // The kernel's own fragment helper agrees with the table at every element.
+  for (size_t k = 0; k < t.size(); ++k)
+    for (int64_t e = 0; e < t[k].numel; ++e)
+      for (Granularity g : {Granularity::Tensor, Granularity::Channel, Granularity::Element})
+        ASSERT_EQ(kernels::teacher_fragment(rows[k], g, t[k].offset + e), fragment_from_table(t, k, e, g));
+}
+
+// The updated fraction over many steps is inside the 99.9% bound of 1 - p, and the host-side
+// statistics are exactly what the kernel did.
+TEST(Teacher, UpdateRateMatchesPreserveProbAndStatsMatchKernel) {
+  for (Granularity g : {Granularity::Tensor, Granularity::Channel}) {
+    World w;
+    const float p = 0.7f;
+    TeacherSmoother sm(w.params, w.buffers, Device::CPU, sts_config(g, p));
+    int64_t trials = 0, updates = 0;
+    for (int64_t step = 0; step < 300; ++step) {
+      const std::vector<float> old = host_of(w.teacher);
+      sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, step);
+      const std::vector<float> now = host_of(w.teacher);
+      // Parameters updated, observed; fragments updated, from one element per fragment.
+      int64_t params_changed = 0;
+      const size_t num_fragments =
+          g == Granularity::Tensor ? w.params.size() : static_cast<size_t>(w.params.channel_fragments());
+      std::vector<char> frag(num_fragments, -1);  // -1: no element seen
+      for (size_t k = 0; k < w.params.size(); ++k)
+        for (int64_t e = 0; e < w.params[k].numel; ++e) {
+          const size_t i = static_cast<size_t>(w.params[k].offset + e);
+          const bool changed = !same_bits(old[i], now[i]);
+          params_changed += changed;
+          frag[fragment_from_table(w.params, k, e, g)] = changed;
+        }
+      int64_t frags_changed = 0;
+      for (char changed : frag) {
+        ASSERT_NE(changed, -1) << "a fragment id without elements";
+        frags_changed += changed;
+      }
+      const TeacherStats st = sm.stats_at(step);
+      ASSERT_EQ(st.fragments, static_cast<int64_t>(num_fragments));
+      ASSERT_DOUBLE_EQ(st.fragments_updated, static_cast<double>(frags_changed) / static_cast<double>(num_fragments));
+      ASSERT_DOUBLE_EQ(st.params_updated, static_cast<double>(params_changed) / static_cast<double>(w.params.total_numel()));
+      trials += static_cast<int64_t>(num_fragments);
+      updates += frags_changed;
+      w.new_student(1000 + static_cast<uint64_t>(step));  // so that an update always changes the value
+    }
+    // Binomial: |rate - (1 - p)| <= z * sqrt(p (1 - p) / n), z = 3.29 for 99.9% two-sided.
+    const double rate = static_cast<double>(updates) / static_cast<double>(trials);
+    const double bound = 3.29 * std::sqrt(p * (1 - p) / static_cast<double>(trials));
+    EXPECT_NEAR(rate, 1.0 - p, bound) << granularity_name(g) << ": " << updates << " of " << trials << " updated";
+  }
+}
+
+TEST(Teacher, ElementStatsAreInsideTheBound) {
+  World w;
+  TeacherSmoother sm(w.params, w.buffers, Device::CPU, sts_config(Granularity::Element, 0.5f));
+  const TeacherStats st = sm.stats_at(3);
+  EXPECT_EQ(st.fragments, w.params.total_numel());
+  EXPECT_DOUBLE_EQ(st.fragments_updated, st.params_updated);
+  EXPECT_NEAR(st.fragments_updated, 0.5, 3.29 * std::sqrt(0.25 / static_cast<double>(st.fragments)));
+}
+
+// The modes reduce to their definitions.
+TEST(Teacher, ModesReduceToTheirDefinitions) {
+  for (SmoothingMode mode : {SmoothingMode::None, SmoothingMode::Tma, SmoothingMode::Se, SmoothingMode::Copy}) {
+    World w;
+    TeacherConfig c = sts_config(Granularity::Channel, 0.5f);
+    c.mode = mode;
+    TeacherSmoother sm(w.params, w.buffers, Device::CPU, c);
+    const std::vector<float> old = host_of(w.teacher), student = host_of(w.student);
+    sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, 7);
+    const std::vector<float> now = host_of(w.teacher);
+    int64_t replaced = 0, total = 0;
+    for (const Slot& s : w.params.slots())
+      for (int64_t i = s.offset; i < s.offset + s.numel; ++i) {
+        const size_t j = static_cast<size_t>(i);
+        ++total;
+        switch (mode) {
+          case SmoothingMode::None: ASSERT_TRUE(same_bits(now[j], old[j])) << s.name; break;
+          case SmoothingMode::Tma: ASSERT_TRUE(same_bits(now[j], blend(old[j], student[j], 0.9f))) << s.name; break;
+          case SmoothingMode::Copy: ASSERT_TRUE(same_bits(now[j], student[j])) << s.name; break;
+          default:  // se: each element is the old value or the student's, never a mix
+            ASSERT_TRUE(same_bits(now[j], old[j]) || same_bits(now[j], student[j])) << s.name;
+            replaced += same_bits(now[j], student[j]);
+        }
+      }
+    if (mode == SmoothingMode::Se) {
+      EXPECT_GT(replaced, 0);
+      EXPECT_LT(replaced, total);
+    }
+    EXPECT_EQ(sm.state().step, 8);
+    w.expect_canaries_intact();
+  }
+}
+
+TEST(Teacher, InitialiseCopiesEverythingWhateverTheMode) {
+  World w;
+  TeacherSmoother sm(w.params, w.buffers, Device::CPU, sts_config(Granularity::Tensor, 0.99f));
+  float inf = INFINITY;
+  std::vector<float> t = host_of(w.teacher);
+  t[0] = inf;  // a copy must not carry an inf through 0 * inf
+  from_host(w.teacher.all(), t);
+  sm.initialise(w.student, w.teacher, w.student_buf, w.teacher_buf);
+  const std::vector<float> s = host_of(w.student), now = host_of(w.teacher);
+  for (const Slot& sl : w.params.slots())
+    for (int64_t i = sl.offset; i < sl.offset + sl.numel; ++i)
+      ASSERT_TRUE(same_bits(now[static_cast<size_t>(i)], s[static_cast<size_t>(i)])) << sl.name;
+  const std::vector<float> sb = host_of(w.student_buf), tb = host_of(w.teacher_buf);
+  for (const Slot& sl : w.buffers.slots())
+    for (int64_t i = sl.offset; i < sl.offset + sl.numel; ++i)
+      ASSERT_TRUE(same_bits(tb[static_cast<size_t>(i)], sb[static_cast<size_t>(i)])) << sl.name;
+  w.expect_canaries_intact();
+}
+
+TEST(Teacher, BnBufferPolicies) {
+  for (BnBufferPolicy policy : {BnBufferPolicy::Own, BnBufferPolicy::Copy, BnBufferPolicy::Ema}) {
+    World w;
+    TeacherConfig c = sts_config(Granularity::Tensor);
+    c.bn_buffers = policy;
+    TeacherSmoother sm(w.params, w.buffers, Device::CPU, c);
+    const std::vector<float> old = host_of(w.teacher_buf), student = host_of(w.student_buf);
+    sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, 0);
+    const std::vector<float> now = host_of(w.teacher_buf);
+    for (const Slot& s : w.buffers.slots())
+      for (int64_t i = s.offset; i < s.offset + s.numel; ++i) {
+        const size_t j = static_cast<size_t>(i);
+        const float want = policy == BnBufferPolicy::Own    ? old[j]
+                           : policy == BnBufferPolicy::Copy ? student[j]
+                                                            : blend(old[j], student[j], 0.9f);
+        ASSERT_TRUE(same_bits(now[j], want)) << bn_buffer_policy_name(policy) << " " << s.name;
+      }
+    w.expect_canaries_intact();
+  }
+}
+
+TEST(Teacher, CosineMomentumSchedule) {
+  World w;
+  TeacherConfig c = sts_config(Granularity::Tensor);
+  c.momentum = 0.99f;
+  c.schedule = MomentumSchedule::Cosine;
+  c.total_steps = 1000;
+  TeacherSmoother sm(w.params, w.buffers, Device::CPU, c);
+  EXPECT_FLOAT_EQ(sm.momentum_at(0), 0.99f);
+  EXPECT_FLOAT_EQ(sm.momentum_at(500), 0.995f);
+  EXPECT_FLOAT_EQ(sm.momentum_at(1000), 1.0f);
+  EXPECT_FLOAT_EQ(sm.momentum_at(250), static_cast<float>(1 - 0.01 * (std::cos(M_PI / 4) + 1) / 2));
+}
+
+// Same seed: same masks. Different step: different masks. Different seed: different masks.
+TEST(Teacher, MasksArePureFunctionsOfSeedAndStep) {
+  auto teacher_after = [](uint64_t seed, int64_t step) {
+    World w;
+    TeacherConfig c = sts_config(Granularity::Element, 0.5f);
+    c.seed = seed;
+    TeacherSmoother sm(w.params, w.buffers, Device::CPU, c);
+    sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, step);
+    return host_of(w.teacher);
+  };
+  const std::vector<float> a = teacher_after(5, 3), b = teacher_after(5, 3);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+  EXPECT_NE(0, std::memcmp(a.data(), teacher_after(5, 4).data(), a.size() * sizeof(float)));
+  EXPECT_NE(0, std::memcmp(a.data(), teacher_after(6, 3).data(), a.size() * sizeof(float)));
+}
+
+// Save the state after 5 steps, rebuild from the strings, continue: bit-identical to 10
+// uninterrupted steps.
+TEST(Teacher, ResumeContinuesTheMaskStream) {
+  const TeacherConfig c = sts_config(Granularity::Channel, 0.6f);
+  World a;
+  TeacherSmoother sa(a.params, a.buffers, Device::CPU, c);
+  for (int64_t k = 0; k < 10; ++k) {
+    a.new_student(50 + static_cast<uint64_t>(k));
+    sa.update(a.student, a.teacher, a.student_buf, a.teacher_buf, k);
+  }
+  World b;
+  std::map<std::string, std::string> saved;
+  std::vector<float> saved_teacher;
+  {
+    TeacherSmoother sb(b.params, b.buffers, Device::CPU, c);
+    for (int64_t k = 0; k < 5; ++k) {
+      b.new_student(50 + static_cast<uint64_t>(k));
+      sb.update(b.student, b.teacher, b.student_buf, b.teacher_buf, k);
+    }
+    saved = sb.state().to_strings();
+    saved_teacher = host_of(b.teacher);
+  }
+  World r;
+  from_host(r.teacher.all(), saved_teacher);
+  TeacherSmoother sr(r.params, r.buffers, Device::CPU, c);
+  sr.restore(TeacherState::from_strings(saved));
+  ASSERT_EQ(sr.state().step, 5);
+  for (int64_t k = sr.state().step; k < 10; ++k) {
+    r.new_student(50 + static_cast<uint64_t>(k));
+    sr.update(r.student, r.teacher, r.student_buf, r.teacher_buf, k);
+  }
+  const std::vector<float> want = host_of(a.teacher), got = host_of(r.teacher);
+  EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
+}
+
+TEST(Teacher, StateStringsRoundTripAndRejectBadInput) {
+  TeacherState s;
+  s.config = sts_config(Granularity::Element, 0.123456789f);
+  s.config.seed = 0xfedcba9876543210ull;
+  s.config.bn_buffers = BnBufferPolicy::Ema;
+  s.step = 123456;
+  const TeacherState r = TeacherState::from_strings(s.to_strings());
+  EXPECT_EQ(r.to_strings(), s.to_strings());
+  EXPECT_EQ(r.config.seed, s.config.seed);
+  EXPECT_EQ(r.config.preserve_prob, s.config.preserve_prob);
+  auto kv = s.to_strings();
+  kv.erase("teacher.seed");
+  EXPECT_THROW(TeacherState::from_strings(kv), Error);
+  kv = s.to_strings();
+  kv["teacher.step"] = "12x";
+  EXPECT_THROW(TeacherState::from_strings(kv), Error);
+  // A checkpoint made with other flags is refused, naming the key.
+  World w;
+  TeacherSmoother sm(w.params, w.buffers, Device::CPU, sts_config(Granularity::Tensor));
+  try {
+    sm.restore(s);
+    FAIL() << "restore accepted a different configuration";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("teacher.bn_buffers"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Teacher, BadFlagsAreUsageErrors) {
+  EXPECT_THROW(parse_smoothing_mode("ema"), UsageError);
+  EXPECT_THROW(parse_granularity("layer"), UsageError);
+  EXPECT_EQ(parse_granularity("channel"), Granularity::Channel);
+  ParamTable p = test_table(), b = buffer_table();
+  TeacherConfig c;
+  c.preserve_prob = 1.5f;
+  EXPECT_THROW(TeacherSmoother(p, b, Device::CPU, c), UsageError);
+  c.preserve_prob = 0.5f;
+  c.schedule = MomentumSchedule::Cosine;
+  c.total_steps = 0;
+  EXPECT_THROW(TeacherSmoother(p, b, Device::CPU, c), UsageError);
+}
+
+// GPU: the CUDA kernel (cuRAND's device Philox, float4 path) against the CPU reference, bit for
+// bit, for every mode and granularity over several steps.
+TEST(TeacherCuda, BitIdenticalToCpu) {
+  std::string reason;
+  if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "CUDA vs CPU teacher not run: " << reason;
+  for (Granularity g : {Granularity::Tensor, Granularity::Channel, Granularity::Element}) {
+    for (SmoothingMode mode : {SmoothingMode::Tma, SmoothingMode::Se, SmoothingMode::Sts, SmoothingMode::Copy}) {
+      TeacherConfig c = sts_config(g, 0.5f);
+      c.mode = mode;
+      c.bn_buffers = BnBufferPolicy::Ema;
+      World cpu, gpu(Device::CUDA);
+      TeacherSmoother scpu(cpu.params, cpu.buffers, Device::CPU, c);
+      TeacherSmoother sgpu(gpu.params, gpu.buffers, Device::CUDA, c);
+      for (int64_t k = 0; k < 4; ++k) {
+        cpu.new_student(70 + static_cast<uint64_t>(k));
+        gpu.new_student(70 + static_cast<uint64_t>(k));
+        scpu.update(cpu.student, cpu.teacher, cpu.student_buf, cpu.teacher_buf, k);
+        sgpu.update(gpu.student, gpu.teacher, gpu.student_buf, gpu.teacher_buf, k);
+      }
+      for (auto [x, y] : {std::pair{&cpu.teacher, &gpu.teacher}, std::pair{&cpu.teacher_buf, &gpu.teacher_buf}}) {
+        const std::vector<float> want = host_of(*x), got = host_of(*y);
+        for (size_t i = 0; i < want.size(); ++i)
+          ASSERT_TRUE(same_bits(want[i], got[i])) << granularity_name(g) << " " << smoothing_mode_name(mode)
+                                                  << ": element " << i << " cpu " << want[i] << " cuda " << got[i];
+      }
+      gpu.expect_canaries_intact();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tessera

@@ -1,0 +1,124 @@
+// tessera's models against PyTorch: each case initialises a model as build/init does,
+// perturbs its BatchNorm parameters and running statistics (so eval-mode BN is not the
+// identity), saves it, runs a small input through tessera in eval mode, and asks
+// tests/torchvision_check.py to load the checkpoint into torchvision (or the FixMatch port's
+// WideResNet) with load_state_dict(strict=True) and compare outputs within 1e-4 relative.
+// Skipped, with the reason, where /usr/bin/python3 cannot import torch and torchvision.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <sys/wait.h>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "engine/autograd.h"
+#include "engine/check.h"
+#include "engine/checkpoint.h"
+#include "engine/workspace.h"
+#include "kernels/common/philox.h"
+#include "models/model.h"
+
+namespace tessera {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string script_path() {
+  // Tests run from the repository root (make test); __FILE__ is tests/torchvision_test.cpp.
+  return (fs::path(__FILE__).parent_path() / "torchvision_check.py").string();
+}
+
+// Uniform values in [lo, hi) from Philox, a pure function of (step, index).
+std::vector<float> uniform(int64_t n, float lo, float hi, uint64_t step) {
+  std::vector<float> v(static_cast<size_t>(n));
+  kernels::PhiloxState rng(123, kernels::philox_subsequence(kernels::kStreamTest, step), 0);
+  for (float& x : v) x = lo + (hi - lo) * rng.uniform();
+  return v;
+}
+
+// BN gamma in [0.5, 1.5), beta in [-0.2, 0.2), running mean in [-0.2, 0.2), var in [0.5, 1.5).
+void perturb_batch_norms(Model& m) {
+  uint64_t step = 1000;
+  for (size_t i = 0; i < m.param_table().size(); ++i) {
+    const Slot& s = m.param_table()[i];
+    if (s.kind == ParamKind::BnWeight) from_host(m.params().slot(i), uniform(s.numel, 0.5f, 1.5f, step++));
+    if (s.kind == ParamKind::BnBias) from_host(m.params().slot(i), uniform(s.numel, -0.2f, 0.2f, step++));
+  }
+  for (size_t i = 0; i < m.buffer_table().size(); ++i) {
+    const Slot& s = m.buffer_table()[i];
+    if (s.kind == ParamKind::BnRunningMean) from_host(m.buffers().slot(i), uniform(s.numel, -0.2f, 0.2f, step++));
+    if (s.kind == ParamKind::BnRunningVar) from_host(m.buffers().slot(i), uniform(s.numel, 0.5f, 1.5f, step++));
+    if (s.kind == ParamKind::BnNumBatches) fill_value(m.buffers().slot(i), 3.0f);
+  }
+}
+
+struct Case {
+  const char* arch;
+  const char* stem;
+  int in_channels, num_classes, size;
+};
+
+// Saves the model and (input, tessera's eval-mode output) next to each other under `base`.
+void write_case(const Case& c, const std::string& base) {
+  ModelSpec spec;
+  spec.arch = c.arch;
+  spec.stem = c.stem;
+  spec.in_channels = c.in_channels;
+  spec.num_classes = c.num_classes;
+  auto model = make_model(spec, Device::CPU, /*initialise=*/false);
+  model->init(5);
+  perturb_batch_norms(*model);
+
+  const Shape shape{2, c.in_channels, c.size, c.size};
+  const std::vector<float> input = uniform(shape.numel(), -2.0f, 2.0f, 1);
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  NoGradScope no_grad(g);
+  const Tensor x = ws.alloc(shape);
+  from_host(x, input);
+  Var* out = model->forward(g, g.input(x, "input"), /*train=*/false);
+
+  SafetensorsWriter mw;
+  add_model(mw, *model);
+  mw.write(base + "_model.safetensors");
+  SafetensorsWriter io;
+  io.add_f32("input", shape.vec(), input.data());
+  io.add_f32("output", out->value);
+  io.write(base + "_io.safetensors");
+}
+
+// One Python process for every case: importing torch costs seconds on a busy machine.
+TEST(Torchvision, StrictLoadAndSameOutputs) {
+  ASSERT_TRUE(fs::exists(script_path())) << "run the tests from the repository root: " << script_path() << " not found";
+  if (!fs::exists("/usr/bin/python3")) GTEST_SKIP() << "/usr/bin/python3 not found";
+  const Case cases[] = {
+      {"resnet18", "imagenet", 3, 1000, 64},  // torchvision.models.resnet18() as is
+      {"resnet50", "imagenet", 3, 10, 64},    // bottlenecks, downsample in layer1
+      {"resnet18", "cifar", 1, 0, 16},        // conv1 replaced, maxpool removed, fc = Identity
+      {"wrn-28-2", "cifar", 3, 10, 16},       // the FixMatch port's WideResNet
+  };
+  const std::string dir = (fs::path(::testing::TempDir()) / cat("tessera_tv_", ::getpid())).string();
+  fs::create_directories(dir);
+  std::string args;
+  for (const Case& c : cases) {
+    const std::string base = cat(dir, "/", c.arch, "_", c.stem);
+    write_case(c, base);
+    args += cat(" ", base, "_model.safetensors ", base, "_io.safetensors");
+  }
+  const std::string cmd = cat("/usr/bin/python3 ", script_path(), args, " > ", dir, "/log 2>&1");
+  const int status = std::system(cmd.c_str());
+  std::ifstream log(dir + "/log");
+  std::stringstream text;
+  text << log.rdbuf();
+  fs::remove_all(dir);
+  std::printf("%s", text.str().c_str());
+  const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (rc == 77) GTEST_SKIP() << text.str();
+  EXPECT_EQ(rc, 0) << cmd << "\n" << text.str();
+}
+
+}  // namespace
+}  // namespace tessera
