@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Per-layer timing of PyTorch's CPU conv2d (forward, and backward to input and weight) on the
-ResNet-18 cifar-stem layer shapes, batch 64, 2 threads; the counterpart of bench/conv_layers.cpp.
+ResNet-18 cifar-stem layer shapes, batch 64; the counterpart of bench/conv_layers.cpp. Times are
+process CPU time (all threads), the best of 7 runs, so that they stay comparable on busy cores.
 
     /usr/bin/python3 bench/torch_conv_layers.py [--threads 2]
 """
 import argparse
 import json
-import statistics
 import time
 
 import torch
@@ -34,16 +34,16 @@ def main() -> None:
         x = torch.randn(args.batch, c, size, size, requires_grad=(c != 3))
         w = torch.randn(o, c, k, k, requires_grad=True)
         tf, tb = [], []
-        for r in range(6):
-            t0 = time.perf_counter()
+        for r in range(8):
+            t0 = time.process_time()
             y = F.conv2d(x, w, None, stride, k // 2)
-            t1 = time.perf_counter()
+            t1 = time.process_time()
             y.backward(y.detach())
-            t2 = time.perf_counter()
+            t2 = time.process_time()
             if r:
                 tf.append((t1 - t0) * 1e3)
                 tb.append((t2 - t1) * 1e3)
-        f, b = statistics.median(tf), statistics.median(tb)
+        f, b = min(tf), min(tb)
         total_f += f * count
         total_b += b * count
         print(f"{name:22s} {count:5d} {f:10.2f} {b:10.2f}")

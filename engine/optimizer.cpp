@@ -117,7 +117,7 @@ std::vector<std::pair<std::string, Arena*>> Optimizer::state_arenas() {
 }
 
 std::map<std::string, std::string> Optimizer::state_strings() const {
-  return {{"optimizer.kind", optimizer_name(config_.kind)}, {"optimizer.steps", std::to_string(steps_)}};
+  return {{"optim.kind", optimizer_name(config_.kind)}, {"optim.steps", std::to_string(steps_)}};
 }
 
 void Optimizer::restore_state_strings(const std::map<std::string, std::string>& kv) {
@@ -126,15 +126,15 @@ void Optimizer::restore_state_strings(const std::map<std::string, std::string>& 
     if (it == kv.end()) throw Error(cat("optimizer state: key '", key, "' missing"));
     return it->second;
   };
-  if (get("optimizer.kind") != optimizer_name(config_.kind))
-    throw Error(cat("resume: checkpoint has optimizer ", get("optimizer.kind"), ", this run has ",
+  if (get("optim.kind") != optimizer_name(config_.kind))
+    throw Error(cat("resume: checkpoint has optimizer ", get("optim.kind"), ", this run has ",
                     optimizer_name(config_.kind)));
-  const std::string& v = get("optimizer.steps");
+  const std::string& v = get("optim.steps");
   char* end = nullptr;
   errno = 0;
   const long long steps = std::strtoll(v.c_str(), &end, 10);
   if (v.empty() || *end != '\0' || errno != 0 || steps < 0)
-    throw Error(cat("optimizer state: key 'optimizer.steps' expected a count, found '", v, "'"));
+    throw Error(cat("optimizer state: key 'optim.steps' expected a count, found '", v, "'"));
   steps_ = steps;
 }
 

@@ -1,33 +1,33 @@
 // CPU reference of kernels/conv.h: im2col + OpenBLAS sgemm.
 //
-// Why a chunk of images per GEMM rather than one GEMM per image: in the deep layers of a
-// ResNet an image has few output pixels (4x4 at 32 px input), so a per-image GEMM is a thin
-// (O x C*9) * (C*9 x 16) product that no BLAS runs fast. Laying the columns of `nb` images side
-// by side gives one (O x K) * (K x nb*P) product with a wide N, which OpenBLAS runs at close to
-// its peak on both cores (its OpenMP threads, outside any parallel region of ours, so the two
-// pools never compete). The price is a transposed copy of the output (y is (N, O, P), the GEMM
-// gives (O, N*P)), which is one pass over y, small next to the GEMM. Measured against the
-// alternative (images in parallel, one BLAS thread each) in bench/RESULTS.md.
+// Two ways to batch the work, chosen per shape (use_per_image below):
+//   per image  - images in parallel (OpenMP), each one im2col into thread-private columns and one
+//                single-threaded GEMM y_n (O, P) = W (O, K) * cols_n (K, P) written straight into
+//                y. No synchronisation inside, no copies; right when an image has enough output
+//                pixels P for its GEMM to run well (8x8 and larger).
+//   chunked    - the columns of `nb` images side by side, (K, nb*P), and one multi-threaded GEMM
+//                per chunk. In the deep layers of a ResNet an image has few output pixels (4x4 at
+//                32 px input), so a per-image GEMM would be a thin (O x C*9) * (C*9 x 16) product
+//                that no BLAS runs fast; the chunk makes N wide. The price is a transposed copy
+//                of the output (the GEMM gives (O, nb*P), y is (nb, O, P)).
+// OpenBLAS (OpenMP build) runs single-threaded inside our parallel regions and uses both cores
+// outside them, so its threads and ours never compete. Measured per layer in bench/RESULTS.md.
 //
-// The backward reuses the same layout: dy is gathered once per chunk into (O, nb*P); the filter
-// gradient is one GEMM dW += dY * cols^T with the long nb*P dimension as its inner sum, the data
-// gradient one GEMM cols = W^T dY followed by col2im, which adds the columns back into dx.
-// Columns are recomputed from x in the backward instead of being kept from the forward: they
-// are KH*KW times the size of x, and rebuilding them costs one pass over memory.
+// Backward: the filter gradient is dW += dY * cols^T, the data gradient cols = W^T dY followed
+// by col2im, which adds the columns back into dx. Columns are rebuilt from x in the backward
+// rather than kept from the forward: they are KH*KW times the size of x, and rebuilding them
+// costs one pass over memory. A 1x1 stride-1 unpadded convolution needs no columns at all.
 #include <cblas.h>
+
+#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "kernels/conv.h"
-#include "kernels/cpu/blas_core.h"
 
 namespace kernels::cpu {
 namespace {
-
-// Referencing blas_core.cpp links it, and with it its start-up choice of OpenBLAS kernels
-// that the GEMMs below depend on for their speed.
-[[maybe_unused]] const char* (*const kBlasCore)() = &blas_core_name;
 
 // Bytes of im2col columns (plus the matching slice of output) one chunk may use. 32 MiB keeps
 // the GEMMs wide (a 64-image chunk for every layer past the first stage of a CIFAR ResNet)
@@ -54,75 +54,162 @@ void valid_columns(const Conv2dShape& s, int64_t v, int64_t* lo, int64_t* hi) {
   *hi = std::clamp(end, *lo, s.wo);
 }
 
-// cols (K, nb*P): row k = (c, u, v), column i*P + (i_out*WO + j_out) for image i of the chunk.
-// x points at the chunk's first image.
-void im2col(const Conv2dShape& s, const float* x, int64_t nb, float* cols) {
-  const int64_t K = rows_of(s), P = pixels_of(s), L = nb * P;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t i = 0; i < nb; ++i) {
-      const int64_t c = k / (s.kh * s.kw), u = (k / s.kw) % s.kh, v = k % s.kw;
-      const float* plane = x + (i * s.c + c) * s.h * s.w;
-      float* out = cols + k * L + i * P;
+// Row k = (c, u, v) of one image's columns: out[i*WO + j] = x[c, i*stride - pad + u,
+// j*stride - pad + v], zero outside the image. Sequential; callers parallelise over rows or images.
+void im2col_row(const Conv2dShape& s, const float* image, int64_t k, float* out) {
+  const int64_t c = k / (s.kh * s.kw), u = (k / s.kw) % s.kh, v = k % s.kw;
+  const float* plane = image + c * s.h * s.w;
+  int64_t lo, hi;
+  valid_columns(s, v, &lo, &hi);
+  for (int64_t r = 0; r < s.ho; ++r, out += s.wo) {
+    const int64_t hi_row = r * s.stride - s.pad + u;
+    if (hi_row < 0 || hi_row >= s.h) {
+      std::memset(out, 0, sizeof(float) * static_cast<size_t>(s.wo));
+      continue;
+    }
+    const float* in = plane + hi_row * s.w - s.pad + v;
+    for (int64_t j = 0; j < lo; ++j) out[j] = 0.0f;
+    if (s.stride == 1) {
+      std::memcpy(out + lo, in + lo, sizeof(float) * static_cast<size_t>(hi - lo));
+    } else {
+      for (int64_t j = lo; j < hi; ++j) out[j] = in[j * s.stride];
+    }
+    for (int64_t j = hi; j < s.wo; ++j) out[j] = 0.0f;
+  }
+}
+
+// plane (H, W) of channel c += col2im of that channel's KH*KW rows of columns (row stride ld):
+// the adjoint of im2col_row. Sequential; one caller thread owns each plane.
+void col2im_plane(const Conv2dShape& s, const float* cols, int64_t ld, int64_t c, float* plane) {
+  for (int64_t u = 0; u < s.kh; ++u) {
+    for (int64_t v = 0; v < s.kw; ++v) {
+      const float* in = cols + ((c * s.kh + u) * s.kw + v) * ld;
       int64_t lo, hi;
       valid_columns(s, v, &lo, &hi);
-      for (int64_t r = 0; r < s.ho; ++r, out += s.wo) {
+      for (int64_t r = 0; r < s.ho; ++r, in += s.wo) {
         const int64_t hi_row = r * s.stride - s.pad + u;
-        if (hi_row < 0 || hi_row >= s.h) {
-          std::memset(out, 0, sizeof(float) * static_cast<size_t>(s.wo));
-          continue;
-        }
-        const float* in = plane + hi_row * s.w - s.pad + v;
-        for (int64_t j = 0; j < lo; ++j) out[j] = 0.0f;
+        if (hi_row < 0 || hi_row >= s.h) continue;
+        float* out = plane + hi_row * s.w - s.pad + v;
         if (s.stride == 1) {
-          std::memcpy(out + lo, in + lo, sizeof(float) * static_cast<size_t>(hi - lo));
+#pragma omp simd
+          for (int64_t j = lo; j < hi; ++j) out[j] += in[j];
         } else {
-          for (int64_t j = lo; j < hi; ++j) out[j] = in[j * s.stride];
+          for (int64_t j = lo; j < hi; ++j) out[j * s.stride] += in[j];
         }
-        for (int64_t j = hi; j < s.wo; ++j) out[j] = 0.0f;
       }
     }
   }
 }
 
-// dx += col2im(cols): the adjoint of im2col. Parallel over (image, channel) planes of dx, so
-// no two threads add into the same element.
+// cols (K, nb*P): row k, column i*P + p for image i of the chunk starting at x.
+void im2col(const Conv2dShape& s, const float* x, int64_t nb, float* cols) {
+  const int64_t K = rows_of(s), P = pixels_of(s), L = nb * P;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t i = 0; i < nb; ++i) im2col_row(s, x + i * s.c * s.h * s.w, k, cols + k * L + i * P);
+}
+
+// dx (the chunk's images) += col2im(cols), parallel over (image, channel) planes.
 void col2im_add(const Conv2dShape& s, const float* cols, int64_t nb, float* dx) {
   const int64_t P = pixels_of(s), L = nb * P;
 #pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t i = 0; i < nb; ++i) {
-    for (int64_t c = 0; c < s.c; ++c) {
-      float* plane = dx + (i * s.c + c) * s.h * s.w;
-      for (int64_t u = 0; u < s.kh; ++u) {
-        for (int64_t v = 0; v < s.kw; ++v) {
-          const float* in = cols + ((c * s.kh + u) * s.kw + v) * L + i * P;
-          int64_t lo, hi;
-          valid_columns(s, v, &lo, &hi);
-          for (int64_t r = 0; r < s.ho; ++r, in += s.wo) {
-            const int64_t hi_row = r * s.stride - s.pad + u;
-            if (hi_row < 0 || hi_row >= s.h) continue;
-            float* out = plane + hi_row * s.w - s.pad + v;
-            if (s.stride == 1) {
+  for (int64_t i = 0; i < nb; ++i)
+    for (int64_t c = 0; c < s.c; ++c) col2im_plane(s, cols + i * P, L, c, dx + (i * s.c + c) * s.h * s.w);
+}
+
+// ---- images in parallel, one single-threaded GEMM each (images with many pixels) ----------
+// Scratch per thread: one image's columns (K, P) and a private filter gradient (O, K), summed
+// in thread order at the end so the result does not depend on timing. OpenBLAS (OpenMP build)
+// runs single-threaded when called inside a parallel region, so the two pools never compete.
+
+size_t per_thread_floats(const Conv2dShape& s) {
+  return static_cast<size_t>(rows_of(s) * pixels_of(s) + s.o * rows_of(s));
+}
+
+// A 1x1 stride-1 unpadded convolution's columns are the image itself: no im2col needed.
+bool columns_are_input(const Conv2dShape& s) { return s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0; }
+
+// One image's columns (K, P): the image itself, or built into `cols`.
+const float* image_columns(const Conv2dShape& s, const float* image, float* cols) {
+  if (columns_are_input(s)) return image;
+  for (int64_t k = 0; k < rows_of(s); ++k) im2col_row(s, image, k, cols + k * pixels_of(s));
+  return cols;
+}
+
+void forward_per_image(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, float* ws) {
+  const int K = static_cast<int>(rows_of(s)), P = static_cast<int>(pixels_of(s)), O = static_cast<int>(s.o);
+#pragma omp parallel
+  {
+    float* scratch = ws + static_cast<size_t>(omp_get_thread_num()) * per_thread_floats(s);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float* cols = image_columns(s, x + n * s.c * s.h * s.w, scratch);
+      float* out = y + n * s.o * P;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, P, K, 1.0f, w, K, cols, P, 0.0f, out, P);
+      if (b)
+        for (int64_t o = 0; o < s.o; ++o)
 #pragma omp simd
-              for (int64_t j = lo; j < hi; ++j) out[j] += in[j];
-            } else {
-              for (int64_t j = lo; j < hi; ++j) out[j * s.stride] += in[j];
-            }
-          }
-        }
-      }
+          for (int64_t p = 0; p < P; ++p) out[o * P + p] += b[o];
     }
   }
 }
+
+void backward_per_image(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                        float* ws) {
+  const int K = static_cast<int>(rows_of(s)), P = static_cast<int>(pixels_of(s)), O = static_cast<int>(s.o);
+  int team = 1;  // threads that actually ran (fewer than the maximum under OMP_DYNAMIC)
+#pragma omp parallel
+  {
+#pragma omp single
+    team = omp_get_num_threads();
+    float* scratch = ws + static_cast<size_t>(omp_get_thread_num()) * per_thread_floats(s);
+    float* dw_own = scratch + K * P;
+    if (dw) std::memset(dw_own, 0, sizeof(float) * static_cast<size_t>(O * K));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float* g = dy + n * s.o * P;
+      float* dx_n = dx ? dx + n * s.c * s.h * s.w : nullptr;
+      if (dw) {
+        // dW (O, K) += dY_n (O, P) * cols_n (K, P)^T
+        const float* cols = image_columns(s, x + n * s.c * s.h * s.w, scratch);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, O, K, P, 1.0f, g, P, cols, P, 1.0f, dw_own, K);
+      }
+      if (dx && columns_are_input(s)) {
+        // dx_n (C, P) += W (O, C)^T * dY_n (O, P): the columns are dx itself.
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, O, 1.0f, w, K, g, P, 1.0f, dx_n, P);
+      } else if (dx) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, O, 1.0f, w, K, g, P, 0.0f, scratch, P);
+        for (int64_t c = 0; c < s.c; ++c) col2im_plane(s, scratch, P, c, dx_n + c * s.h * s.w);
+      }
+    }
+  }
+  if (!dw) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < O * K; ++i) {
+    float total = 0;
+    for (int t = 0; t < team; ++t) total += ws[static_cast<size_t>(t) * per_thread_floats(s) + K * P + i];
+    dw[i] += total;
+  }
+}
+
+// Which path a shape takes. Per image when an image has enough output pixels for a GEMM of
+// its own to run well (P >= 64: 8x8 and up); the chunked path for the thin GEMMs of small
+// feature maps. Measured per ResNet layer in bench/RESULTS.md.
+bool use_per_image(const Conv2dShape& s) { return pixels_of(s) >= 64; }
 
 }  // namespace
 
 void conv2d_workspace_size(const Conv2dShape& s, size_t* bytes) {
+  if (use_per_image(s)) {
+    *bytes = static_cast<size_t>(omp_get_max_threads()) * per_thread_floats(s) * sizeof(float);
+    return;
+  }
   *bytes = static_cast<size_t>(chunk_images(s) * (rows_of(s) + s.o) * pixels_of(s)) * sizeof(float);
 }
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     void* workspace, size_t /*workspace_bytes*/) {
+  if (use_per_image(s)) return forward_per_image(s, x, w, b, y, static_cast<float*>(workspace));
   const int64_t K = rows_of(s), P = pixels_of(s), nb_max = chunk_images(s);
   float* cols = static_cast<float*>(workspace);
   float* out = cols + nb_max * K * P;  // (O, nb*P)
@@ -164,6 +251,7 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
     }
   }
   if (!dx && !dw) return;
+  if (use_per_image(s)) return backward_per_image(s, x, w, dy, dx, dw, static_cast<float*>(workspace));
   float* cols = static_cast<float*>(workspace);
   float* grad = cols + nb_max * K * P;  // dY of the chunk, (O, nb*P)
   for (int64_t n0 = 0; n0 < s.n; n0 += nb_max) {
