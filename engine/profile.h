@@ -91,6 +91,22 @@ inline void dispatch(Device device, const char* kernel, Cpu cpu, Cuda cuda, Args
   }
 }
 
+// TS_DISPATCH_COST: the caller knows the cost better than the kernel's arguments do (an
+// arena-wide kernel given device-side tables). `cost` is called only inside a window.
+template <class Cost, class Cpu, class Cuda, class... Args>
+inline void dispatch_with_cost(Device device, const char* kernel, Cost cost, Cpu cpu, Cuda cuda, Args... args) {
+  if (detail::g_hooks.load(std::memory_order_relaxed) == 0) {
+    if (device == Device::CUDA) cuda(args...);
+    else cpu(args...);
+    return;
+  }
+  KernelScope scope(kernel, device);
+  if (device == Device::CUDA) cuda(args...);
+  else cpu(args...);
+  scope.stop();
+  if (scope.timed()) scope.set_cost(cost());
+}
+
 // The layer label of this thread ("" when none).
 const char* current_layer();
 

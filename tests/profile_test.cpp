@@ -13,8 +13,10 @@
 #include "engine/autograd.h"
 #include "engine/check.h"
 #include "engine/device.h"
+#include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
+#include "kernels/elementwise.h"
 
 namespace tessera {
 namespace {
@@ -171,6 +173,27 @@ TEST(Profile, OpsLabelKernelsWithTheirWeightUnlessTheModelDid) {
   const std::vector<std::string> expected = {"linear_backward_weight/fc", "linear_backward_weight/head",
                                              "linear_forward/fc", "linear_forward/head"};
   EXPECT_EQ(labels, expected) << prof.report()->table();
+}
+
+TEST(Profile, CallerCostIsEvaluatedOnlyInsideTheWindow) {
+  OwnedTensor t(Device::CPU, Shape{16});
+  int evaluated = 0;
+  const auto cost = [&evaluated] {
+    ++evaluated;
+    return kernels::Cost{100.0, 7.0};
+  };
+  Profiler prof(StepWindow::parse("1:2"), Device::CPU, "", /*print=*/false);
+  for (int k = 0; k < 3; ++k) {
+    prof.begin_step(k);
+    TS_DISPATCH_COST(Device::CPU, fill, cost(), t.t.f32(), t.t.numel(), 1.0f);
+    prof.end_step(k);
+  }
+  EXPECT_EQ(evaluated, 1);
+  ASSERT_TRUE(prof.window_done());
+  ASSERT_EQ(prof.report()->rows.size(), 1u);
+  EXPECT_EQ(prof.report()->rows[0].kernel, "fill");
+  EXPECT_DOUBLE_EQ(prof.report()->rows[0].bytes, 100.0);  // the caller's, not fill's declared 4 n
+  EXPECT_DOUBLE_EQ(prof.report()->rows[0].flops, 7.0);
 }
 
 TEST(Profile, WritesProfileJson) {
