@@ -153,6 +153,14 @@ checklist:
 	 gtest=$(call have,$(DEPS_PREFIX)/usr/include/gtest/gtest.h $(DEPS_PREFIX)/usr/src/googletest)\
 	 zlib=$(call have,$(DEPS_PREFIX)/usr/include/zlib.h) cuda-backend=$(CUDA)"
 
+# ---- the demo ----------------------------------------------------------------------------
+# BYOL + STS on Fashion-MNIST with the CPU demo recipe, on the GPU when there is one. byol's
+# last line is the teacher's linear-probe accuracy beside the random-init baseline's.
+# DEMO_OUT=DIR names the run directory (default runs/demo-<UTC time>).
+demo: deps checklist $(BUILD)/byol
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BUILD)/byol --config configs/byol-fashion-mnist-cpu.conf \
+	  --device auto --out $${DEMO_OUT:-runs/demo-$$(date -u +%Y%m%d-%H%M%S)}
+
 # ---- GPU machines ----------------------------------------------------------------------
 # gpu-bundle: on a machine with Debian's registry, fetch the packages a GPU machine without
 # one needs (it has the CUDA toolkit); the device call carries .gpu-bundle/ and runs gpu-check.
