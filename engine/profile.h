@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -140,6 +141,21 @@ class PhaseScope {
   const char* saved_;
   int64_t record_ = -1;
   bool nvtx_ = false;
+};
+
+// A step's phases one after another, for a training loop written top to bottom:
+//   phases.enter("data"); ... phases.enter("student_forward"); ... phases.leave();
+// Each enter() closes the phase before it; the destructor closes the last.
+class PhaseSequence {
+ public:
+  void enter(const char* phase) {
+    current_.reset();
+    current_.emplace(phase);
+  }
+  void leave() { current_.reset(); }
+
+ private:
+  std::optional<PhaseScope> current_;
 };
 
 // Steps [first, last) of a run, as the program counts them. Parsed from "A:B".

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -194,6 +195,32 @@ TEST(Profile, CallerCostIsEvaluatedOnlyInsideTheWindow) {
   EXPECT_EQ(prof.report()->rows[0].kernel, "fill");
   EXPECT_DOUBLE_EQ(prof.report()->rows[0].bytes, 100.0);  // the caller's, not fill's declared 4 n
   EXPECT_DOUBLE_EQ(prof.report()->rows[0].flops, 7.0);
+}
+
+TEST(Profile, PhaseSequenceClosesEachPhaseAtTheNext) {
+  OwnedTensor t(Device::CPU, Shape{1 << 12});
+  Profiler prof(StepWindow::parse("0:1"), Device::CPU, "", /*print=*/false);
+  prof.begin_step(0);
+  {
+    profile::PhaseSequence phases;
+    phases.enter("data");
+    fill_value(t, 1.0f);
+    phases.enter("optimizer");
+    fill_value(t, 2.0f);
+    fill_value(t, 3.0f);
+    phases.leave();
+    fill_value(t, 4.0f);  // in no phase
+  }
+  prof.end_step(0);
+  ASSERT_TRUE(prof.window_done());
+  std::map<std::string, int64_t> calls;
+  for (const auto& row : prof.report()->rows) calls[row.phase] += row.calls;
+  EXPECT_EQ(calls["data"], 1);
+  EXPECT_EQ(calls["optimizer"], 2);
+  EXPECT_EQ(calls[""], 1);
+  ASSERT_EQ(prof.report()->phases.size(), 2u);
+  EXPECT_EQ(prof.report()->phases[0].name, "data");
+  EXPECT_EQ(prof.report()->phases[1].name, "optimizer");
 }
 
 TEST(Profile, WritesProfileJson) {
