@@ -4,6 +4,8 @@
 #   make test         install missing packages, build, run the whole GoogleTest suite
 #   make CUDA=0 test  the same, CPU-only engine
 #   make gpu-check    on a GPU machine: suite + compute-sanitizer + one summary table
+#   make profile      the same programs built for Nsight Systems / Compute and compute-sanitizer:
+#                     -O3 with -lineinfo and full host symbols (docs/PROFILING.md)
 #   make deps         install what is missing (Debian/Ubuntu packages)
 #
 # Switches: CUDA=0|1 (default: 1 when nvcc is found), CUDA_HOME, CUDA_ARCHS (nvcc -gencode
@@ -20,6 +22,7 @@ ifeq ($(origin CUDA), undefined)
 endif
 SANITIZE ?= 0
 DEBUG ?= 0
+PROFILE ?= 0
 ifeq ($(SANITIZE),1)
   CUDA := 0
 endif
@@ -28,7 +31,7 @@ CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=
 DEPS_PREFIX ?=
 ARCH_FLAGS ?= -march=native
 
-CONFIG := $(if $(filter 1,$(CUDA)),cuda,cpu)$(if $(filter 1,$(DEBUG)),-debug,)$(if $(filter 1,$(SANITIZE)),-asan,)
+CONFIG := $(if $(filter 1,$(CUDA)),cuda,cpu)$(if $(filter 1,$(DEBUG)),-debug,)$(if $(filter 1,$(SANITIZE)),-asan,)$(if $(filter 1,$(PROFILE)),-profile,)
 BUILD := build
 OBJ := $(BUILD)/obj/$(CONFIG)
 
@@ -41,6 +44,9 @@ GTEST_DIR ?= $(if $(DEPS_PREFIX),$(BUILD)/gtest,)
 INCLUDES := -I. -I$(BLAS_INC) $(if $(DEPS_PREFIX),-I$(DEPS_PREFIX)/usr/include,) \
             $(if $(GTEST_DIR),-I$(DEPS_PREFIX)/usr/src/googletest/googletest/include,)
 OPT := $(if $(filter 1,$(DEBUG)),-O0 -g,-O3 $(ARCH_FLAGS) -g1)
+# Profile builds keep full host symbols and frame pointers (nsys / perf call stacks).
+PROFILE_HOST := $(if $(filter 1,$(PROFILE)),-g -fno-omit-frame-pointer,)
+OPT += $(PROFILE_HOST)
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
 SAN := $(if $(filter 1,$(SANITIZE)),$(ASAN_FLAGS),)
 CXXFLAGS := -std=c++17 $(OPT) $(SAN) -fopenmp -Wall -Wextra -Werror -MMD -MP $(INCLUDES) \
@@ -50,6 +56,7 @@ LDLIBS := -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas \
           -L$(SYS_LIB) $(if $(DEPS_PREFIX),$(SYS_RPATH),) -lstb -lz -lpthread
 ifeq ($(CUDA),1)
   NVCCFLAGS := -std=c++17 $(if $(filter 1,$(DEBUG)),-O0 -g -G,-O3 -lineinfo) $(CUDA_ARCHS) \
+               $(if $(filter 1,$(PROFILE)),-g -Xcompiler -fno-omit-frame-pointer,) \
                --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall,-Wextra,-Werror -MMD -MP \
                $(INCLUDES) -DTESSERA_CUDA=1
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcurand -lcudart
@@ -79,8 +86,11 @@ else
 endif
 
 # ---- rules -----------------------------------------------------------------------------
-.PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle
-.SECONDARY:
+.PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle profile
+# Keep the programs' objects (pattern-rule intermediates). Naming them, rather than a bare
+# .SECONDARY:, keeps the configuration stamp an ordinary file, so switching configuration
+# (CUDA=0, DEBUG=1, make profile) rebuilds instead of finding the old binaries up to date.
+.SECONDARY: $(patsubst apps/%.cpp,$(OBJ)/apps/%.cpp.o,$(APP_MAINS))
 
 all: checklist $(APPS) $(TEST_BIN)
 
@@ -95,6 +105,11 @@ $(OBJ)/%.cpp.o: %.cpp
 $(OBJ)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+# The augmentation files run the same float math on both backends (kernels/common/augment_ops.h);
+# without fused multiply-adds on either side their results are bit-identical.
+$(OBJ)/kernels/cpu/augment.cpp.o: CXXFLAGS += -ffp-contract=off
+$(OBJ)/kernels/cuda/augment.cu.o: NVCCFLAGS += --fmad=false
 
 $(LIB): $(LIB_OBJS)
 	@rm -f $@
@@ -138,6 +153,14 @@ checklist:
 	 gtest=$(call have,$(DEPS_PREFIX)/usr/include/gtest/gtest.h $(DEPS_PREFIX)/usr/src/googletest)\
 	 zlib=$(call have,$(DEPS_PREFIX)/usr/include/zlib.h) cuda-backend=$(CUDA)"
 
+# ---- the demo ----------------------------------------------------------------------------
+# BYOL + STS on Fashion-MNIST with the CPU demo recipe, on the GPU when there is one. byol's
+# last line is the teacher's linear-probe accuracy beside the random-init baseline's.
+# DEMO_OUT=DIR names the run directory (default runs/demo-<UTC time>).
+demo: deps checklist $(BUILD)/byol
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BUILD)/byol --config configs/byol-fashion-mnist-cpu.conf \
+	  --device auto --out $${DEMO_OUT:-runs/demo-$$(date -u +%Y%m%d-%H%M%S)}
+
 # ---- GPU machines ----------------------------------------------------------------------
 # gpu-bundle: on a machine with Debian's registry, fetch the packages a GPU machine without
 # one needs (it has the CUDA toolkit); the device call carries .gpu-bundle/ and runs gpu-check.
@@ -149,6 +172,9 @@ gpu-bundle:
 
 gpu-check:
 	@tests/gpu-check.sh
+
+profile:
+	@$(MAKE) --no-print-directory PROFILE=1 all
 
 clean:
 	rm -rf $(BUILD)

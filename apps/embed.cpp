@@ -8,8 +8,8 @@
 // to a safetensors file, for linear probes, kNN monitors and comparisons with PyTorch. The
 // checkpoint's metadata says which architecture it holds, so no architecture flags are needed.
 //
-// Data: `--data synthetic` is built in (below). The dataset readers (data/) are not in this
-// build yet; until they are, other kinds are refused with that reason.
+// Data: any `--data KIND[:PATH]` the dataset readers know (data/dataset.h), normalised with
+// the dataset's per-channel mean and std, or `--data synthetic` (built in, below).
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "data/dataset.h"
 #include "engine/autograd.h"
 #include "engine/check.h"
 #include "engine/checkpoint.h"
@@ -36,7 +37,8 @@ const char* kHelp =
     "classifier) for one split of a dataset; eval mode, inputs only normalised.\n"
     "  --checkpoint FILE    a checkpoint written by init, byol or fixmatch (required)\n"
     "  --prefix P           name prefix of the model inside the checkpoint, e.g. teacher. (default none)\n"
-    "  --data SPEC          synthetic (default synthetic; dataset readers are not in this build yet)\n"
+    "  --data SPEC          fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | cifar100:DIR | stl10:DIR |\n"
+    "                       folder:DIR | synthetic (default fashion-mnist)\n"
     "  --split S            train | test (default test)\n"
     "  --out FILE           the safetensors file to write (required)\n"
     "  --limit N            embed at most N images; 0 for all (default 0)\n"
@@ -125,6 +127,25 @@ Images synthetic(bool train, int channels) {
   return d;
 }
 
+// A split of a real dataset, checked against what the model takes.
+Images from_reader(const std::string& spec, bool train, int channels) {
+  data::DataOptions opt;
+  opt.channels = channels;  // folder images are converted; fixed-format datasets are checked below
+  data::Dataset d = data::load_dataset(data::parse_data_spec(spec), train ? data::Split::Train : data::Split::Test, opt);
+  if (d.channels != channels)
+    throw Error(cat("the checkpoint's model takes ", channels, " input channels; ", d.name, " has ", d.channels));
+  Images out;
+  out.n = d.size;
+  out.c = d.channels;
+  out.h = d.height;
+  out.w = d.width;
+  out.pixels = std::move(d.images);
+  out.labels = std::move(d.labels);
+  out.mean = d.mean;
+  out.std = d.std;
+  return out;
+}
+
 int run(int argc, char** argv) {
   const Flags f = parse(argc, argv, {"checkpoint", "prefix", "data", "split", "out", "limit", "device", "batch-size"});
   if (f.has("help")) {
@@ -135,9 +156,8 @@ int run(int argc, char** argv) {
   if (!f.has("out")) throw UsageError("--out: required (the safetensors file to write)");
   const std::string split = f.get("split", "test");
   if (split != "train" && split != "test") throw UsageError(cat("--split: expected train or test, found '", split, "'"));
-  const std::string data = f.get("data", "synthetic");
-  if (data != "synthetic")
-    throw UsageError(cat("--data: '", data, "' needs the dataset readers, which are not in this build yet; use synthetic"));
+  const std::string data = f.get("data", "fashion-mnist");
+  if (data != "synthetic") data::parse_data_spec(data);  // a bad spec is a usage error, before any work
   const int64_t limit = to_int(f, "limit", 0, 0);
   const int64_t batch = to_int(f, "batch-size", 256, 1);
   const std::string prefix = f.get("prefix", "");
@@ -152,7 +172,8 @@ int run(int argc, char** argv) {
   const ModelSpec& spec = model->spec();
   if (spec.arch == "mlp") throw Error(cat("checkpoint '", ckpt.path(), "' holds an mlp head, not a backbone to embed images with"));
 
-  Images d = synthetic(split == "train", spec.in_channels);
+  Images d = data == "synthetic" ? synthetic(split == "train", spec.in_channels)
+                                 : from_reader(data, split == "train", spec.in_channels);
   const int64_t n = limit > 0 ? std::min(limit, d.n) : d.n;
   const int64_t dim = model->feature_dim(), classes = spec.num_classes;
   std::vector<float> features(static_cast<size_t>(n * dim)), logits(static_cast<size_t>(n * classes));

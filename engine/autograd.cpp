@@ -1,6 +1,7 @@
 #include "engine/autograd.h"
 
 #include "engine/check.h"
+#include "engine/profile.h"
 
 namespace tessera {
 
@@ -37,22 +38,32 @@ Tensor Graph::grad(Var* v) {
 }
 
 void Graph::record(const char* op, const char* layer, std::function<void()> backward) {
+  // The backward kernels are profiled under the label the forward ran under (a LayerScope
+  // of the model or the op); the op's own name for the layer is the fallback.
+  const char* scope = profile::current_layer();
+  if (scope[0] != '\0' || layer == nullptr) layer = scope;
   tape_.push_back(Node{op, layer, std::move(backward)});
+}
+
+void Graph::run_tape() {
+  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) {
+    profile::LayerScope layer(it->layer);
+    it->backward();
+  }
+  tape_.clear();
 }
 
 void Graph::backward(Var* loss) {
   TS_CHECK(loss->value.numel() == 1, "backward needs a scalar loss, found shape ", loss->value.shape.str());
   TS_CHECK(loss->requires_grad, "backward: the loss does not depend on anything that needs a gradient");
   fill_value(grad(loss), 1.0f);
-  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) it->backward();
-  tape_.clear();
+  run_tape();
 }
 
 void Graph::backward(Var* out, const Tensor& seed) {
   check_same_shape("backward seed", out->value, seed);
   copy(grad(out), seed);
-  for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) it->backward();
-  tape_.clear();
+  run_tape();
 }
 
 void Graph::clear() {

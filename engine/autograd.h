@@ -51,6 +51,8 @@ class Graph {
   Tensor grad(Var* v);
 
   // Appends a backward closure. Ops call this only when their output requires_grad.
+  // The backward kernels are labelled in profiles by the current profile::LayerScope, or by
+  // `layer` when there is none.
   void record(const char* op, const char* layer, std::function<void()> backward);
 
   // Runs the tape in reverse from a scalar loss (shape (1)). Then the tape is cleared.
@@ -64,6 +66,7 @@ class Graph {
 
  private:
   friend class NoGradScope;
+  void run_tape();  // the closures in reverse, each under its node's layer label
   struct Node {
     const char* op;
     const char* layer;

@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include <atomic>
+
 #include "engine/check.h"
 
 #if TESSERA_CUDA
@@ -92,7 +94,14 @@ std::string device_description(Device d) {
 #endif
 }
 
+namespace {
+std::atomic<int64_t> g_synchronize_count{0};
+}
+
+int64_t synchronize_count() { return g_synchronize_count.load(); }
+
 void synchronize(Device d) {
+  g_synchronize_count.fetch_add(1, std::memory_order_relaxed);
   if (d == Device::CPU) return;
 #if TESSERA_CUDA
   CUDA_CHECK(cudaStreamSynchronize(kernels::cuda::runtime().stream));

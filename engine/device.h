@@ -5,6 +5,7 @@
 //   --device cuda  an Error with a clear cause when CUDA is not built or no device exists.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "engine/tensor.h"
@@ -25,6 +26,9 @@ std::string device_description(Device d);  // "cpu (2 threads)" or "NVIDIA H100 
 
 // Waits for all queued work on the device (no-op on the CPU). Only at I/O boundaries.
 void synchronize(Device d);
+// How many times synchronize() was called (any device): tests check that a step, with
+// profiling off, adds none.
+int64_t synchronize_count();
 
 // Called by the dispatch macro when a CUDA tensor reaches a CPU-only build.
 [[noreturn]] void no_cuda(const char* op);

@@ -3,15 +3,12 @@
 //   2. allocate the output from the graph's workspace and run the forward kernel,
 //   3. if the output needs a gradient, record a closure that accumulates into the gradients
 //      of the inputs that need one, with the backward kernels.
-// l2_normalize is declared with the normalisation ops in engine/ops.h but lives here: it is a
-// row reduction with no running state, like the ops below.
 #include <climits>
 
 #include "engine/check.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "kernels/elementwise.h"
-#include "kernels/l2_normalize.h"
 #include "kernels/linear.h"
 #include "kernels/reduce.h"
 
@@ -35,6 +32,7 @@ Var* linear(Graph& g, Var* x, Var* w, Var* b) {
     TS_CHECK(b->value.shape == Shape{out}, "linear: bias ", b->value.shape.str(), " does not match w ", ws.str(),
              ", expected (", out, ")");
   }
+  profile::LayerScope layer(w->name, profile::LayerScope::kIfUnset);  // names the kernels in profiles
   Var* y = g.make(Shape{n, out}, {x, w, b});
   TS_DISPATCH(g.device(), linear_forward, x->value.f32(), w->value.f32(), b ? b->value.f32() : nullptr,
               y->value.f32(), n, in, out);
@@ -129,22 +127,6 @@ Var* sum(Graph& g, Var* x) { return scaled_sum(g, x, 1.0f, "sum"); }
 
 Var* mean(Graph& g, Var* x) {
   return scaled_sum(g, x, 1.0f / static_cast<float>(x->value.numel()), "mean");
-}
-
-Var* l2_normalize(Graph& g, Var* x, float eps) {
-  const Shape& xs = x->value.shape;
-  TS_CHECK(xs.ndim == 2 && xs[0] > 0 && xs[1] > 0, "l2_normalize: expected x (N, D), found ", xs.str());
-  const int64_t n = xs[0], d = xs[1];
-  Var* y = g.make(xs, {x});
-  Tensor norm = g.workspace().alloc(Shape{n});
-  TS_DISPATCH(g.device(), l2_normalize_forward, x->value.f32(), y->value.f32(), norm.f32(), n, d, eps);
-  if (y->requires_grad) {
-    g.record("l2_normalize", x->name, [&g, x, y, norm, n, d, eps] {
-      TS_DISPATCH(g.device(), l2_normalize_backward, y->value.f32(), norm.f32(), g.grad(y).f32(), g.grad(x).f32(),
-                  n, d, eps);
-    });
-  }
-  return y;
 }
 
 }  // namespace tessera::ops

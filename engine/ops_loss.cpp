@@ -1,11 +1,14 @@
-// Losses and the no-grad prediction op. Each loss runs a per-row kernel into a workspace
-// vector of row losses and takes their mean with sum_forward (scale 1/N); the backward
-// kernels read d(loss) on the device and fold in the same 1/N.
+// Losses, the row-wise l2_normalize that BYOL's loss is built on, and the no-grad prediction
+// op. Each loss runs a per-row kernel into a workspace vector of row losses and takes their
+// mean with sum_forward (scale 1/N); the backward kernels read d(loss) on the device and fold
+// in the same 1/N. The label, target and weight tensors are read again by the backward, so
+// they must stay unchanged until backward() has run.
 #include <climits>
 
 #include "engine/check.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
+#include "kernels/l2_normalize.h"
 #include "kernels/loss.h"
 #include "kernels/reduce.h"
 
@@ -58,6 +61,22 @@ Var* cross_entropy_hard(Graph& g, Var* logits, const Tensor& labels, const Tenso
 }
 
 }  // namespace
+
+Var* l2_normalize(Graph& g, Var* x, float eps) {
+  const Shape& xs = x->value.shape;
+  TS_CHECK(xs.ndim == 2 && xs[0] > 0 && xs[1] > 0, "l2_normalize: expected x (N, D), found ", xs.str());
+  const int64_t n = xs[0], d = xs[1];
+  Var* y = g.make(xs, {x});
+  Tensor norm = g.workspace().alloc(Shape{n});
+  TS_DISPATCH(g.device(), l2_normalize_forward, x->value.f32(), y->value.f32(), norm.f32(), n, d, eps);
+  if (y->requires_grad) {
+    g.record("l2_normalize", x->name, [&g, x, y, norm, n, d, eps] {
+      TS_DISPATCH(g.device(), l2_normalize_backward, y->value.f32(), norm.f32(), g.grad(y).f32(), g.grad(x).f32(),
+                  n, d, eps);
+    });
+  }
+  return y;
+}
 
 Var* byol_loss(Graph& g, Var* p, Var* z) {
   const Shape &ps = p->value.shape, &zs = z->value.shape;

@@ -51,7 +51,7 @@ class Optimizer {
   int64_t steps() const { return steps_; }  // steps taken (AdamW's bias-correction t)
 
   // For checkpoints: the state arenas by name ("momentum_buffer"; "exp_avg", "exp_avg_sq",
-  // PyTorch's names), and the step count as strings under "optimizer.".
+  // PyTorch's names), and the step count as strings under "optim." (engine/checkpoint.h's prefix).
   std::vector<std::pair<std::string, Arena*>> state_arenas();
   std::map<std::string, std::string> state_strings() const;
   void restore_state_strings(const std::map<std::string, std::string>& kv);  // Error naming a bad key

@@ -59,15 +59,15 @@ std::map<std::string, std::string> TeacherState::to_strings() const {
   // %.9g round-trips every float exactly.
   std::snprintf(p, sizeof p, "%.9g", static_cast<double>(config.preserve_prob));
   std::snprintf(m, sizeof m, "%.9g", static_cast<double>(config.momentum));
-  return {{"teacher.mode", smoothing_mode_name(config.mode)},
-          {"teacher.granularity", granularity_name(config.granularity)},
-          {"teacher.preserve_prob", p},
-          {"teacher.momentum", m},
-          {"teacher.momentum_schedule", momentum_schedule_name(config.schedule)},
-          {"teacher.total_steps", std::to_string(config.total_steps)},
-          {"teacher.bn_buffers", bn_buffer_policy_name(config.bn_buffers)},
-          {"teacher.seed", std::to_string(config.seed)},
-          {"teacher.step", std::to_string(step)}};
+  return {{"smoothing.mode", smoothing_mode_name(config.mode)},
+          {"smoothing.granularity", granularity_name(config.granularity)},
+          {"smoothing.preserve_prob", p},
+          {"smoothing.momentum", m},
+          {"smoothing.momentum_schedule", momentum_schedule_name(config.schedule)},
+          {"smoothing.total_steps", std::to_string(config.total_steps)},
+          {"smoothing.bn_buffers", bn_buffer_policy_name(config.bn_buffers)},
+          {"smoothing.seed", std::to_string(config.seed)},
+          {"smoothing.step", std::to_string(step)}};
 }
 
 TeacherState TeacherState::from_strings(const std::map<std::string, std::string>& kv) {
@@ -94,15 +94,15 @@ TeacherState TeacherState::from_strings(const std::map<std::string, std::string>
     }
   };
   TeacherState s;
-  s.config.mode = choice(parse_smoothing_mode, "teacher.mode");
-  s.config.granularity = choice(parse_granularity, "teacher.granularity");
-  s.config.schedule = choice(parse_momentum_schedule, "teacher.momentum_schedule");
-  s.config.bn_buffers = choice(parse_bn_buffer_policy, "teacher.bn_buffers");
-  s.config.preserve_prob = static_cast<float>(number("teacher.preserve_prob", true).first);
-  s.config.momentum = static_cast<float>(number("teacher.momentum", true).first);
-  s.config.total_steps = static_cast<int64_t>(number("teacher.total_steps", false).second);
-  s.config.seed = static_cast<uint64_t>(number("teacher.seed", false).second);
-  s.step = static_cast<int64_t>(number("teacher.step", false).second);
+  s.config.mode = choice(parse_smoothing_mode, "smoothing.mode");
+  s.config.granularity = choice(parse_granularity, "smoothing.granularity");
+  s.config.schedule = choice(parse_momentum_schedule, "smoothing.momentum_schedule");
+  s.config.bn_buffers = choice(parse_bn_buffer_policy, "smoothing.bn_buffers");
+  s.config.preserve_prob = static_cast<float>(number("smoothing.preserve_prob", true).first);
+  s.config.momentum = static_cast<float>(number("smoothing.momentum", true).first);
+  s.config.total_steps = static_cast<int64_t>(number("smoothing.total_steps", false).second);
+  s.config.seed = static_cast<uint64_t>(number("smoothing.seed", false).second);
+  s.step = static_cast<int64_t>(number("smoothing.step", false).second);
   return s;
 }
 
@@ -172,7 +172,14 @@ void TeacherSmoother::apply(const kernels::TeacherRule& rule, const ParamTable& 
            device_name(student.device()), " and ", device_name(teacher.device()), ", smoother built for ",
            device_name(device_));
   if (chunks.size() == 0) return;
-  TS_DISPATCH(device_, teacher_update, slots.data(), chunks.data(), chunks.size(), student.data(),
+  // Profiles: expected cost, 12 bytes and 3 FLOPs per updated parameter (kernels/teacher_update.h),
+  // a fraction 1 - p of them; labelled by the smoothing mode ("teacher_update/sts").
+  profile::LayerScope layer(smoothing_mode_name(state_.config.mode));
+  const auto cost = [&rule, &table] {
+    const double updated = (1.0 - rule.preserve_prob) * static_cast<double>(table.total_numel());
+    return kernels::Cost{12.0 * updated, 3.0 * updated};
+  };
+  TS_DISPATCH_COST(device_, teacher_update, cost(), slots.data(), chunks.data(), chunks.size(), student.data(),
               teacher.data(), rule);
 }
 
@@ -253,7 +260,7 @@ TeacherStats TeacherSmoother::stats_at(int64_t step) const {
 void TeacherSmoother::restore(const TeacherState& s) {
   const std::map<std::string, std::string> mine = state_.to_strings(), theirs = s.to_strings();
   for (const auto& [key, value] : mine) {
-    if (key == "teacher.step") continue;
+    if (key == "smoothing.step") continue;
     const std::string& other = theirs.at(key);
     if (other != value)
       throw Error(cat("resume: checkpoint has ", key, " = ", other, ", this run has ", value));

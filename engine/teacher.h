@@ -58,7 +58,8 @@ struct TeacherConfig {
 
 // Everything a checkpoint must hold to continue the smoothing exactly: the configuration and
 // the number of updates applied. As strings, so any container (safetensors' __metadata__,
-// config.json) can hold it; keys are prefixed "teacher.".
+// config.json) can hold it; keys are prefixed "smoothing." (the teacher model's own tensors
+// and metadata use "teacher.").
 struct TeacherState {
   TeacherConfig config;
   int64_t step = 0;  // the next step to apply = updates applied so far

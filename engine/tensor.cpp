@@ -158,6 +158,9 @@ void copy(const Tensor& dst, const Tensor& src) {
   TS_CHECK(dst.dtype == src.dtype && dst.numel() == src.numel(), "copy ", src.str(), " into ",
            dst.str(), ": dtype or element count differ");
   if (src.bytes() == 0) return;
+  // Timed like a kernel in a profile, on the device that does the work.
+  profile::KernelScope scope("copy", dst.device == Device::CUDA ? Device::CUDA : src.device);
+  if (scope.timed()) scope.set_cost({2.0 * static_cast<double>(src.bytes()), 0.0});
   if (dst.device == Device::CPU && src.device == Device::CPU) {
     std::memmove(dst.ptr, src.ptr, src.bytes());
     return;
@@ -208,6 +211,8 @@ void from_host(const Tensor& dst, const std::vector<int32_t>& v) {
 
 void fill_zero(const Tensor& t) {
   if (t.bytes() == 0) return;
+  profile::KernelScope scope("fill_zero", t.device);
+  if (scope.timed()) scope.set_cost({static_cast<double>(t.bytes()), 0.0});
   if (t.device == Device::CPU) {
     std::memset(t.ptr, 0, t.bytes());
     return;

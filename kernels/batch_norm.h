@@ -17,6 +17,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/cost.h"
+
 #define TS_BATCH_NORM_KERNELS                                                                    \
   /* x, y (N, C, HW); gamma, beta, running_mean, running_var, save_mean, save_invstd (C); */      \
   /* num_batches (1) */                                                                          \
@@ -46,3 +48,24 @@ namespace kernels::cuda {
 TS_BATCH_NORM_KERNELS
 }
 #undef TS_BATCH_NORM_KERNELS
+
+// Costs for the profiler (kernels/common/cost.h), from the counts above (M = N HW elements a
+// channel, per-channel vectors ignored).
+namespace kernels {
+TS_KERNEL_COST(batch_norm_forward_train, const float*, const float*, const float*, float*, float*, float*, float*,
+               float*, float*, int64_t n, int64_t c, int64_t hw, float, float) {
+  return {12.0 * n * c * hw, 10.0 * n * c * hw};
+}
+TS_KERNEL_COST(batch_norm_forward_eval, const float*, const float*, const float*, const float*, const float*,
+               float*, int64_t n, int64_t c, int64_t hw, float) {
+  return {8.0 * n * c * hw, 2.0 * n * c * hw};
+}
+TS_KERNEL_COST(batch_norm_backward_train, const float*, const float*, const float*, const float*, const float*,
+               float*, float*, float*, int64_t n, int64_t c, int64_t hw, float) {
+  return {20.0 * n * c * hw, 10.0 * n * c * hw};
+}
+TS_KERNEL_COST(batch_norm_backward_eval, const float*, const float*, const float*, const float*, const float*,
+               float*, float*, float*, int64_t n, int64_t c, int64_t hw, float) {
+  return {20.0 * n * c * hw, 6.0 * n * c * hw};
+}
+}  // namespace kernels

@@ -15,6 +15,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/common/cost.h"
+
 namespace kernels {
 
 // The shape of one convolution. Plain sizes, so both backends and the engine share it.
@@ -53,3 +55,24 @@ namespace kernels::cuda {
 TS_CONV_KERNELS
 }
 #undef TS_CONV_KERNELS
+
+// Costs for the profiler (kernels/common/cost.h): x, w, y once each (the accumulated
+// gradients read and written), without the CPU's im2col traffic, so a rate compares the
+// algorithm with the device whatever the implementation.
+namespace kernels {
+TS_KERNEL_COST(conv2d_forward, const Conv2dShape& s, const float*, const float*, const float* b, float*, void*,
+               size_t) {
+  const double x = s.n * s.c * s.h * s.w, w = s.o * s.c * s.kh * s.kw, y = s.n * s.o * s.ho * s.wo;
+  return {4.0 * (x + w + y + (b ? s.o : 0)), 2.0 * y * s.c * s.kh * s.kw + (b ? y : 0.0)};
+}
+TS_KERNEL_COST(conv2d_backward, const Conv2dShape& s, const float*, const float*, const float*, float* dx,
+               float* dw, float* db, void*, size_t) {
+  const double x = s.n * s.c * s.h * s.w, w = s.o * s.c * s.kh * s.kw, y = s.n * s.o * s.ho * s.wo;
+  const double gemm = 2.0 * y * s.c * s.kh * s.kw;
+  double bytes = 4.0 * y, flops = 0;  // dy read once
+  if (dx) bytes += 4.0 * (w + 2 * x), flops += gemm;
+  if (dw) bytes += 4.0 * (x + 2 * w), flops += gemm;
+  if (db) bytes += 8.0 * s.o, flops += y;
+  return {bytes, flops};
+}
+}  // namespace kernels

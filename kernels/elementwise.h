@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/cost.h"
+
 #define TS_ELEMENTWISE_KERNELS                                                        \
   /* x[i] = value.  x (n) */                                                          \
   void fill(float* x, int64_t n, float value);                                        \
@@ -29,3 +31,15 @@ namespace kernels::cuda {
 TS_ELEMENTWISE_KERNELS
 }
 #undef TS_ELEMENTWISE_KERNELS
+
+// Costs for the profiler (kernels/common/cost.h).
+namespace kernels {
+TS_KERNEL_COST(fill, float*, int64_t n, float) { return {4.0 * n, 0.0}; }
+TS_KERNEL_COST(add_forward, const float*, const float*, float*, int64_t n) { return {12.0 * n, 1.0 * n}; }
+TS_KERNEL_COST(scale_forward, const float*, float*, int64_t n, float) { return {8.0 * n, 1.0 * n}; }
+TS_KERNEL_COST(scale_accumulate, const float*, float*, int64_t n, float) { return {12.0 * n, 2.0 * n}; }
+TS_KERNEL_COST(leaky_relu_forward, const float*, float*, int64_t n, float) { return {8.0 * n, 1.0 * n}; }
+TS_KERNEL_COST(leaky_relu_backward, const float*, const float*, float*, int64_t n, float) {
+  return {16.0 * n, 2.0 * n};  // reads x, dy and dx, writes dx
+}
+}  // namespace kernels

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/cost.h"
+
 #define TS_L2_NORMALIZE_KERNELS                                                                   \
   /* x, y (n, d), norm (n) = ||x_i|| */                                                           \
   void l2_normalize_forward(const float* x, float* y, float* norm, int64_t n, int64_t d, float eps); \
@@ -23,3 +25,13 @@ namespace kernels::cuda {
 TS_L2_NORMALIZE_KERNELS
 }
 #undef TS_L2_NORMALIZE_KERNELS
+
+namespace kernels {
+TS_KERNEL_COST(l2_normalize_forward, const float*, float*, float*, int64_t n, int64_t d, float) {
+  return {8.0 * n * d + 4.0 * n, 3.0 * n * d};
+}
+TS_KERNEL_COST(l2_normalize_backward, const float*, const float*, const float*, float*, int64_t n, int64_t d,
+               float) {
+  return {16.0 * n * d + 4.0 * n, 5.0 * n * d};
+}
+}  // namespace kernels

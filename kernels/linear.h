@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/cost.h"
+
 #define TS_LINEAR_KERNELS                                                                      \
   /* y = x w^T + b.  x (n, in), w (out, in), b (out) or nullptr, y (n, out) */                 \
   void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t n,     \
@@ -32,3 +34,21 @@ namespace kernels::cuda {
 TS_LINEAR_KERNELS
 }
 #undef TS_LINEAR_KERNELS
+
+// Costs for the profiler (kernels/common/cost.h): each operand read once, the output written
+// once (read too where it accumulates).
+namespace kernels {
+TS_KERNEL_COST(linear_forward, const float*, const float*, const float* b, float*, int64_t n, int64_t in,
+               int64_t out) {
+  return {4.0 * (n * in + out * in + (b ? out : 0) + n * out), 2.0 * n * in * out + (b ? 1.0 * n * out : 0.0)};
+}
+TS_KERNEL_COST(linear_backward_input, const float*, const float*, float*, int64_t n, int64_t in, int64_t out) {
+  return {4.0 * (n * out + out * in + 2 * n * in), 2.0 * n * in * out};
+}
+TS_KERNEL_COST(linear_backward_weight, const float*, const float*, float*, int64_t n, int64_t in, int64_t out) {
+  return {4.0 * (n * out + n * in + 2 * out * in), 2.0 * n * in * out};
+}
+TS_KERNEL_COST(linear_backward_bias, const float*, float*, int64_t n, int64_t out) {
+  return {4.0 * (n * out + 2 * out), 1.0 * n * out};
+}
+}  // namespace kernels

@@ -23,6 +23,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/cost.h"
+
 #define TS_LOSS_KERNELS                                                                            \
   /* p, z (n, d), row_loss (n) */                                                                  \
   void byol_loss_forward(const float* p, const float* z, float* row_loss, int64_t n, int64_t d,    \
@@ -53,3 +55,32 @@ namespace kernels::cuda {
 TS_LOSS_KERNELS
 }
 #undef TS_LOSS_KERNELS
+
+// Costs for the profiler (kernels/common/cost.h), from the counts above.
+namespace kernels {
+TS_KERNEL_COST(byol_loss_forward, const float*, const float*, float*, int64_t n, int64_t d, float) {
+  return {8.0 * n * d + 4.0 * n, 6.0 * n * d};
+}
+TS_KERNEL_COST(byol_loss_backward, const float*, const float*, const float*, float, float* dp, float* dz,
+               int64_t n, int64_t d, float) {
+  return {(8.0 + 8.0 * (dp != nullptr) + 8.0 * (dz != nullptr)) * n * d, 10.0 * n * d};
+}
+TS_KERNEL_COST(cross_entropy_forward, const float*, const int32_t*, const float*, float*, float*, int64_t n,
+               int64_t k) {
+  return {4.0 * n * k + 16.0 * n, 4.0 * n * k};
+}
+TS_KERNEL_COST(cross_entropy_backward, const float*, const int32_t*, const float*, const float*, const float*,
+               float, float*, int64_t n, int64_t k) {
+  return {12.0 * n * k + 12.0 * n, 4.0 * n * k};
+}
+TS_KERNEL_COST(cross_entropy_soft_forward, const float*, const float*, float*, float*, int64_t n, int64_t k) {
+  return {8.0 * n * k + 8.0 * n, 5.0 * n * k};
+}
+TS_KERNEL_COST(cross_entropy_soft_backward, const float*, const float*, const float*, const float*, float,
+               float*, int64_t n, int64_t k) {
+  return {16.0 * n * k + 4.0 * n, 5.0 * n * k};
+}
+TS_KERNEL_COST(argmax_max_prob, const float*, int32_t*, float*, int64_t n, int64_t k) {
+  return {4.0 * n * k + 8.0 * n, 3.0 * n * k};
+}
+}  // namespace kernels

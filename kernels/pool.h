@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/cost.h"
+
 #define TS_POOL_KERNELS                                                                           \
   /* x (N*C, H, W) -> y, argmax (N*C, HO, WO); argmax holds h * W + w of the winner */             \
   void max_pool2d_forward(const float* x, float* y, int32_t* argmax, int64_t planes, int64_t h,    \
@@ -31,3 +33,21 @@ namespace kernels::cuda {
 TS_POOL_KERNELS
 }
 #undef TS_POOL_KERNELS
+
+// Costs for the profiler (kernels/common/cost.h).
+namespace kernels {
+TS_KERNEL_COST(max_pool2d_forward, const float*, float*, int32_t*, int64_t planes, int64_t h, int64_t w,
+               int64_t ho, int64_t wo, int64_t kernel, int64_t, int64_t) {
+  return {4.0 * planes * h * w + 8.0 * planes * ho * wo, 1.0 * planes * ho * wo * kernel * kernel};
+}
+TS_KERNEL_COST(max_pool2d_backward, const float*, const int32_t*, float*, int64_t planes, int64_t h, int64_t w,
+               int64_t ho, int64_t wo, int64_t, int64_t, int64_t) {
+  return {8.0 * planes * ho * wo + 8.0 * planes * h * w, 1.0 * planes * ho * wo};
+}
+TS_KERNEL_COST(global_avg_pool_forward, const float*, float*, int64_t planes, int64_t hw) {
+  return {4.0 * planes * hw + 4.0 * planes, 1.0 * planes * hw};
+}
+TS_KERNEL_COST(global_avg_pool_backward, const float*, float*, int64_t planes, int64_t hw) {
+  return {8.0 * planes * hw + 4.0 * planes, 1.0 * planes * hw};
+}
+}  // namespace kernels

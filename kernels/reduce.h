@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "kernels/common/cost.h"
+
 #define TS_REDUCE_KERNELS                                                      \
   /* y[0] = scale * sum_i x[i].  x (n), y (1) */                               \
   void sum_forward(const float* x, float* y, int64_t n, float scale);          \
@@ -24,3 +26,8 @@ namespace kernels::cuda {
 TS_REDUCE_KERNELS
 }
 #undef TS_REDUCE_KERNELS
+
+namespace kernels {
+TS_KERNEL_COST(sum_forward, const float*, float*, int64_t n, float) { return {4.0 * n + 4, 1.0 * n}; }
+TS_KERNEL_COST(sum_backward, const float*, float*, int64_t n, float) { return {8.0 * n + 4, 1.0 * n}; }
+}  // namespace kernels

@@ -291,8 +291,8 @@ TEST(Optimizer, ResumeIsBitIdentical) {
   }
   Net s;
   Optimizer o(s.t, Device::CPU, config_for(OptimizerKind::Sgd));
-  EXPECT_THROW(o.restore_state_strings({{"optimizer.kind", "adamw"}, {"optimizer.steps", "3"}}), Error);
-  EXPECT_THROW(o.restore_state_strings({{"optimizer.kind", "sgd"}, {"optimizer.steps", "-3"}}), Error);
+  EXPECT_THROW(o.restore_state_strings({{"optim.kind", "adamw"}, {"optim.steps", "3"}}), Error);
+  EXPECT_THROW(o.restore_state_strings({{"optim.kind", "sgd"}, {"optim.steps", "-3"}}), Error);
   EXPECT_THROW(parse_optimizer("adam"), UsageError);
 }
 

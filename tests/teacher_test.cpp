@@ -367,10 +367,10 @@ TEST(Teacher, StateStringsRoundTripAndRejectBadInput) {
   EXPECT_EQ(r.config.seed, s.config.seed);
   EXPECT_EQ(r.config.preserve_prob, s.config.preserve_prob);
   auto kv = s.to_strings();
-  kv.erase("teacher.seed");
+  kv.erase("smoothing.seed");
   EXPECT_THROW(TeacherState::from_strings(kv), Error);
   kv = s.to_strings();
-  kv["teacher.step"] = "12x";
+  kv["smoothing.step"] = "12x";
   EXPECT_THROW(TeacherState::from_strings(kv), Error);
   // A checkpoint made with other flags is refused, naming the key.
   World w;
@@ -379,7 +379,7 @@ TEST(Teacher, StateStringsRoundTripAndRejectBadInput) {
     sm.restore(s);
     FAIL() << "restore accepted a different configuration";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("teacher.bn_buffers"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("smoothing.bn_buffers"), std::string::npos) << e.what();
   }
 }
 

@@ -5,13 +5,19 @@ usage: torchvision_check.py MODEL.safetensors IO.safetensors [MODEL IO ...] [--t
 
 MODEL holds a model saved by tessera (PyTorch names, metadata "model" = its spec as JSON).
 IO holds "input" (N, C, H, W) and "output": what tessera computed from that input in eval
-mode (logits, or pooled features when the model has no classifier).
+mode (logits, or pooled features when the model has no classifier). Optionally it also holds
+a train-mode step: "r" (a direction), "train_output" and "grad.<name>" for every parameter,
+the gradients of sum(train_output * r); these are compared too (batch statistics in BN, so
+the comparison also covers the train-mode forward and every backward).
 
 The script builds the matching PyTorch model - torchvision's resnet18/34/50 (conv1 replaced
 and maxpool removed for the cifar stem or one input channel, fc replaced by Identity without
 a classifier), or a WideResNet written here to the FixMatch PyTorch port's structure and
 names - loads MODEL with load_state_dict(strict=True), runs IO's input in eval mode and
-compares: max |tessera - torch| <= tol * max |torch|. Prints one line per pair; exit 0 when
+compares: max |tessera - torch| <= tol * max |torch| for outputs, and per parameter
+max |tessera - torch| <= grad_tol * max |torch| for gradients against PyTorch in float64
+(grad_tol 1e-3), or within 4x PyTorch float32's own distance from float64 where train-mode BN
+over few values per channel makes the problem ill-conditioned. Prints one line per pair; exit 0 when
 all agree, 1 otherwise, 77 (and a line saying why) when torch or torchvision cannot be
 imported. Reads safetensors with json + struct (no safetensors package needed).
 """
@@ -106,20 +112,26 @@ def build(spec):
     if arch.startswith("wrn-"):
         _, depth, k = arch.split("-")
         return WideResNet(int(depth), int(k), spec["in_channels"], spec["num_classes"])
-    if spec["width"] != 64:
-        raise SystemExit(f"torchvision's {arch} has base width 64; this checkpoint has {spec['width']}")
     m = getattr(torchvision.models, arch)(num_classes=max(spec["num_classes"], 1))
+    w = spec["width"]
+    if w != 64:  # torchvision's own blocks, rebuilt at base width w (layer widths w, 2w, 4w, 8w)
+        block = type(m.layer1[0])
+        m.inplanes = w
+        m.bn1 = nn.BatchNorm2d(w)
+        for i in range(4):
+            setattr(m, f"layer{i + 1}", m._make_layer(block, w << i, len(getattr(m, f"layer{i + 1}")), stride=1 if i == 0 else 2))
+        m.fc = nn.Linear(8 * w * block.expansion, max(spec["num_classes"], 1))
     if spec["stem"] == "cifar":
-        m.conv1 = nn.Conv2d(spec["in_channels"], 64, 3, 1, 1, bias=False)
+        m.conv1 = nn.Conv2d(spec["in_channels"], w, 3, 1, 1, bias=False)
         m.maxpool = nn.Identity()
-    elif spec["in_channels"] != 3:
-        m.conv1 = nn.Conv2d(spec["in_channels"], 64, 7, 2, 3, bias=False)
+    elif spec["in_channels"] != 3 or w != 64:
+        m.conv1 = nn.Conv2d(spec["in_channels"], w, 7, 2, 3, bias=False)
     if spec["num_classes"] == 0:
         m.fc = nn.Identity()
     return m
 
 
-def check(model_path, io_path, tol):
+def check(model_path, io_path, tol, grad_tol):
     state, meta = read_safetensors(model_path)
     io, _ = read_safetensors(io_path)
     spec = json.loads(meta["model"])
@@ -135,15 +147,45 @@ def check(model_path, io_path, tol):
     diff = (ours - ref).abs().max().item()
     scale = ref.abs().max().item()
     ok = diff <= tol * scale
-    print(f"{'OK' if ok else 'FAIL'} {spec['arch']} stem={spec['stem']} in={spec['in_channels']} "
-          f"classes={spec['num_classes']} input={tuple(io['input'].shape)}: strict load ok, "
-          f"max|diff|={diff:.3e}, max|torch|={scale:.3e}, relative={diff / max(scale, 1e-30):.3e} (tol {tol:g})")
+    line = (f"{spec['arch']} stem={spec['stem']} in={spec['in_channels']} classes={spec['num_classes']} "
+            f"input={tuple(io['input'].shape)}: strict load ok, eval max|diff|={diff:.3e}, "
+            f"max|torch|={scale:.3e}, relative={diff / max(scale, 1e-30):.3e} (tol {tol:g})")
+    if "r" in io:
+        # The reference for the train step is PyTorch in float64. Train-mode BN over few values
+        # per channel can be ill-conditioned, so PyTorch's own float32 gradients are measured
+        # against it too: a tensor passes when tessera is within grad_tol of float64, or no
+        # more than 4x as far from it as PyTorch float32 is (the problem's own conditioning).
+        model.train()
+        out32 = model(io["input"])
+        (out32 * io["r"]).sum().backward()
+        torch32 = {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        model.double()
+        out = model(io["input"].double())
+        train_rel = (out.detach() - io["train_output"].double()).abs().max().item() / max(out.abs().max().item(), 1e-30)
+        (out * io["r"].double()).sum().backward()
+        worst, worst_name, worst_torch, grads_ok = 0.0, "", 0.0, True
+        for name, p in model.named_parameters():
+            ours = io["grad." + name].double()
+            if p.grad is None:  # the port's discarded bn1: tessera's gradient must be zero
+                rel, rel_torch = ours.abs().max().item(), 0.0
+            else:
+                scale = max(p.grad.abs().max().item(), 1e-30)
+                rel = (ours - p.grad).abs().max().item() / scale
+                rel_torch = (torch32[name] - p.grad).abs().max().item() / scale
+            grads_ok = grads_ok and rel <= max(grad_tol, 4 * rel_torch)
+            if rel > worst:
+                worst, worst_name, worst_torch = rel, name, rel_torch
+        ok = ok and train_rel <= grad_tol and grads_ok
+        line += (f"; train vs torch float64: output relative={train_rel:.3e}, worst gradient relative="
+                 f"{worst:.3e} ({worst_name}; torch float32 there: {worst_torch:.3e}) (tol {grad_tol:g})")
+    print(("OK " if ok else "FAIL ") + line)
     return ok
 
 
 def main():
     args = sys.argv[1:]
-    tol = 1e-4
+    tol, grad_tol = 1e-4, 1e-3
     if "--tol" in args:
         i = args.index("--tol")
         tol = float(args[i + 1])
@@ -152,7 +194,7 @@ def main():
         print(__doc__, file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    results = [check(args[i], args[i + 1], tol) for i in range(0, len(args), 2)]
+    results = [check(args[i], args[i + 1], tol, grad_tol) for i in range(0, len(args), 2)]
     return 0 if all(results) else 1
 
 

@@ -1,0 +1,57 @@
+#include "apps/common/features.h"
+
+#include "data/loader.h"
+#include "engine/autograd.h"
+#include "engine/check.h"
+#include "engine/workspace.h"
+
+namespace tessera {
+
+data::Dataset first_images(const data::Dataset& d, int64_t limit) {
+  data::Dataset out;
+  out.name = d.name;
+  out.size = limit > 0 && limit < d.size ? limit : d.size;
+  out.channels = d.channels;
+  out.height = d.height;
+  out.width = d.width;
+  out.num_classes = d.num_classes;
+  out.images.assign(d.images.begin(), d.images.begin() + out.size * d.image_bytes());
+  if (d.labeled()) out.labels.assign(d.labels.begin(), d.labels.begin() + out.size);
+  out.mean = d.mean;
+  out.std = d.std;
+  out.class_names = d.class_names;
+  return out;
+}
+
+FeatureSet extract_features(Model& backbone, const data::Dataset& d, int64_t batch) {
+  TS_CHECK(d.labeled(), "features of ", d.name, ": evaluation needs labels");
+  FeatureSet f;
+  f.n = d.size;
+  f.dim = backbone.feature_dim();
+  f.x.resize(static_cast<size_t>(f.n * f.dim));
+  f.y = d.labels;
+  Workspace ws(backbone.device());
+  data::NormalizeTransform normalize;
+  data::for_each_batch(d, batch, normalize, backbone.device(), [&](const Tensor& images, const Tensor&, int64_t first) {
+    ws.reset();
+    Graph g(ws);
+    NoGradScope no_grad(g);
+    Var* feats = backbone.features(g, g.input(images, "images"), /*train=*/false);
+    TS_CHECK(feats->value.numel() == images.shape[0] * f.dim, "features of ", d.name, ": expected ",
+             images.shape[0], " x ", f.dim, ", found ", feats->value.shape.str());
+    copy_to_host(f.x.data() + first * f.dim, feats->value, feats->value.bytes());
+  });
+  return f;
+}
+
+BackboneScores evaluate_backbone(Model& backbone, const data::Dataset& train, const data::Dataset& test,
+                                 int64_t batch, bool linear, const LinearProbeOptions& probe) {
+  const FeatureSet train_f = extract_features(backbone, train, batch);
+  const FeatureSet test_f = extract_features(backbone, test, batch);
+  BackboneScores s;
+  s.knn_top1 = knn_top1(train_f, test_f, train.num_classes);
+  if (linear) s.linear_top1 = linear_probe(train_f, test_f, train.num_classes, probe).test_top1;
+  return s;
+}
+
+}  // namespace tessera

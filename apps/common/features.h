@@ -1,0 +1,28 @@
+// Frozen features of a backbone over a dataset split, for the evaluations of
+// apps/common/evaluation.h: images only normalised (no augmentation), BatchNorm in eval mode
+// (running statistics), no gradient, copied to the host batch by batch.
+#pragma once
+
+#include <cstdint>
+
+#include "apps/common/evaluation.h"
+#include "data/dataset.h"
+#include "models/model.h"
+
+namespace tessera {
+
+// The first `limit` images of `d` (all when limit <= 0 or larger than d).
+data::Dataset first_images(const data::Dataset& d, int64_t limit);
+
+// backbone.features() of every image of `d`: (d.size, feature_dim) with d's labels.
+FeatureSet extract_features(Model& backbone, const data::Dataset& d, int64_t batch);
+
+struct BackboneScores {
+  double knn_top1 = 0, linear_top1 = 0;
+};
+// kNN and linear probe of one backbone: features of `train` (the bank and the probe's
+// training set) and of `test` (reported).
+BackboneScores evaluate_backbone(Model& backbone, const data::Dataset& train, const data::Dataset& test,
+                                 int64_t batch, bool linear, const LinearProbeOptions& probe = {});
+
+}  // namespace tessera

@@ -1,0 +1,292 @@
+#include "apps/common/run.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "engine/check.h"
+#include "engine/profile.h"
+
+namespace tessera {
+
+void add_run_options(Options& o, RunOptions& r) {
+  o.section("Run");
+  o.choice("device", &r.device, {"auto", "cpu", "cuda"}, "where to train: a GPU when present (auto), or the one named");
+  o.add("seed", &r.seed, "seed of every random stream (init, augmentation, sampler, teacher masks)").min(0);
+  o.add("out", &r.out, "run directory to create (refuses one that holds a run); default runs/PROGRAM-TIME");
+  o.add("resume", &r.resume, "continue the run in DIR (or from DIR/last.safetensors) exactly where it stopped");
+  o.add("save-every", &r.save_every, "steps between checkpoints (one is always written at the end)").min(1);
+  o.add("log-every", &r.log_every, "steps between metrics lines and progress updates").min(1);
+  o.add("threads", &r.threads, "CPU threads (0: all cores)").min(0);
+  o.add("profile-steps", &r.profile_steps,
+        "A:B times every kernel in steps A..B-1, prints a per-op table and writes DIR/profile.json")
+      .check([&r] {
+        try {
+          profile::StepWindow::parse(r.profile_steps);
+          return std::string();
+        } catch (const UsageError&) {
+          return std::string("A:B with 0 <= A < B");
+        }
+      });
+}
+
+void resolve_run_paths(RunOptions& r, const std::string& program) {
+  if (!r.out.empty() || !r.resume.empty()) return;
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::gmtime(&now));
+  r.out = cat("runs/", program, "-", stamp);
+}
+
+bool per_invocation(const std::string& flag) {
+  static const char* const kOnce[] = {"config", "out", "resume", "stop-after", "eval-only", "profile-steps"};
+  for (const char* f : kOnce)
+    if (flag == f) return true;
+  return false;
+}
+
+bool changeable_on_resume(const std::string& flag) {
+  static const char* const kFree[] = {"device", "save-every", "log-every", "threads", "knn-every",
+                                      "eval-baseline", "eval-train-limit", "probe-epochs", "eval-batch"};
+  for (const char* f : kFree)
+    if (flag == f) return true;
+  return per_invocation(flag);
+}
+
+bool path_exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(cat("cannot read '", path, "': ", std::strerror(errno)));
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw Error(cat("cannot write '", tmp, "': ", std::strerror(errno)));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      const int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw Error(cat("writing '", tmp, "': ", std::strerror(e)));
+    }
+    done += static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) throw Error(cat("flushing '", tmp, "': ", std::strerror(errno)));
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    throw Error(cat("renaming '", tmp, "' to '", path, "': ", std::strerror(errno)));
+}
+
+// ---- run directory ------------------------------------------------------------------------
+
+RunDirectory RunDirectory::for_new_run(const std::string& dir) {
+  TS_CHECK(!dir.empty(), "no run directory");
+  RunDirectory r;
+  r.dir_ = dir;
+  r.checkpoint_ = r.path(kCheckpoint);
+  if (path_exists(r.path(kConfig)) || path_exists(r.checkpoint_))
+    throw Error(cat("'", dir, "' already holds a run; resume it with --resume ", dir,
+                    " or choose another --out"));
+  struct stat st;
+  if (::stat(dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+    throw Error(cat("--out '", dir, "' exists and is not a directory"));
+  return r;
+}
+
+RunDirectory RunDirectory::for_resume(const std::string& dir_or_file) {
+  struct stat st;
+  if (::stat(dir_or_file.c_str(), &st) != 0)
+    throw Error(cat("--resume: '", dir_or_file, "' does not exist"));
+  RunDirectory r;
+  if (S_ISDIR(st.st_mode)) {
+    r.dir_ = dir_or_file;
+    while (r.dir_.size() > 1 && r.dir_.back() == '/') r.dir_.pop_back();
+    r.checkpoint_ = r.path(kCheckpoint);
+    if (!path_exists(r.checkpoint_))
+      throw Error(cat("--resume: '", dir_or_file, "' holds no ", kCheckpoint));
+  } else {
+    r.checkpoint_ = dir_or_file;
+    const size_t slash = dir_or_file.find_last_of('/');
+    r.dir_ = slash == std::string::npos ? "." : dir_or_file.substr(0, slash);
+  }
+  return r;
+}
+
+void RunDirectory::create() const {
+  std::string partial;
+  std::stringstream parts(dir_);
+  std::string piece;
+  if (!dir_.empty() && dir_[0] == '/') partial = "/";
+  while (std::getline(parts, piece, '/')) {
+    if (piece.empty()) continue;
+    partial += piece;
+    if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
+      throw Error(cat("cannot create '", partial, "': ", std::strerror(errno)));
+    partial += "/";
+  }
+}
+
+void RunDirectory::write_config(const nlohmann::json& config) const {
+  write_file_atomic(path(kConfig), config.dump(2) + "\n");
+}
+
+// ---- metrics ------------------------------------------------------------------------------
+
+MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : path_(path) {
+  if (keep_through_step >= 0 && path_exists(path)) {
+    std::istringstream lines(read_file(path));
+    std::string line, kept;
+    while (std::getline(lines, line)) {
+      if (line.empty()) continue;
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_discarded()) break;  // a line cut by a kill: nothing after it is trusted
+      if (j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() > keep_through_step) break;
+      if (j.value("event", "") == "final") break;
+      kept += line + "\n";
+    }
+    write_file_atomic(path, kept);
+  }
+  file_ = std::fopen(path.c_str(), "a");
+  if (!file_) throw Error(cat("cannot open '", path, "' for appending: ", std::strerror(errno)));
+}
+
+MetricsLog::~MetricsLog() {
+  if (file_) std::fclose(file_);
+}
+
+MetricsLog::MetricsLog(MetricsLog&& o) noexcept : file_(o.file_), path_(std::move(o.path_)) { o.file_ = nullptr; }
+
+MetricsLog& MetricsLog::operator=(MetricsLog&& o) noexcept {
+  if (this != &o) {
+    if (file_) std::fclose(file_);
+    file_ = o.file_;
+    path_ = std::move(o.path_);
+    o.file_ = nullptr;
+  }
+  return *this;
+}
+
+void MetricsLog::write(const std::string& event, nlohmann::json fields) {
+  TS_CHECK(file_, "metrics log is not open");
+  nlohmann::json line = nlohmann::json::object();
+  line["event"] = event;
+  for (auto it = fields.begin(); it != fields.end(); ++it) line[it.key()] = it.value();
+  const std::string text = line.dump() + "\n";
+  if (std::fputs(text.c_str(), file_) < 0 || std::fflush(file_) != 0)
+    throw Error(cat("writing '", path_, "': ", std::strerror(errno)));
+}
+
+// ---- timing and progress ----------------------------------------------------------------
+
+StepTimer::StepTimer() : window_start_(Clock::now()), data_start_(window_start_) {}
+
+void StepTimer::data_begin() { data_start_ = Clock::now(); }
+
+void StepTimer::data_end() {
+  data_seconds_ += std::chrono::duration<double>(Clock::now() - data_start_).count();
+}
+
+void StepTimer::step_end(int64_t images) { images_ += images; }
+
+void StepTimer::take(double* images_per_s, double* data_wait_share) {
+  const Clock::time_point now = Clock::now();
+  const double seconds = std::max(1e-9, std::chrono::duration<double>(now - window_start_).count());
+  *images_per_s = static_cast<double>(images_) / seconds;
+  *data_wait_share = data_seconds_ / seconds;
+  window_start_ = now;
+  data_seconds_ = 0;
+  images_ = 0;
+}
+
+Progress::Progress(int64_t total_steps, int64_t first_step)
+    : total_(total_steps), first_(first_step), start_(Clock::now()), tty_(::isatty(STDERR_FILENO) != 0) {}
+
+namespace {
+std::string clock_text(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", static_cast<long>(s / 3600), static_cast<long>(s / 60 % 60));
+  else std::snprintf(buf, sizeof buf, "%ldm%02lds", static_cast<long>(s / 60), static_cast<long>(s % 60));
+  return buf;
+}
+}  // namespace
+
+void Progress::update(int64_t step, double loss, double images_per_s, double data_wait, const std::string& extra) {
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+  const int64_t done = step - first_;
+  const double eta = done > 0 ? elapsed / static_cast<double>(done) * static_cast<double>(total_ - step) : 0.0;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "step %ld/%ld  loss %.4f  %.0f img/s  data %2.0f%%  ETA %s%s%s",
+                static_cast<long>(step), static_cast<long>(total_), loss, images_per_s, 100.0 * data_wait,
+                clock_text(eta).c_str(), extra.empty() ? "" : "  ", extra.c_str());
+  if (tty_) {
+    std::fprintf(stderr, "\r\033[K%s", buf);
+    open_ = true;
+  } else {
+    std::fprintf(stderr, "%s\n", buf);
+  }
+  std::fflush(stderr);
+}
+
+void Progress::print(const std::string& line) {
+  if (open_) std::fputs("\r\033[K", stderr);
+  std::fprintf(stderr, "%s\n", line.c_str());
+  open_ = false;
+}
+
+void Progress::finish() {
+  if (open_) std::fputs("\n", stderr);
+  open_ = false;
+}
+
+// ---- Ctrl-C -----------------------------------------------------------------------------
+
+namespace {
+std::atomic<int> g_signals{0};
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_signals.fetch_add(1) >= 1) {  // the second one: the user means it
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  const char msg[] = "\nstopping after this step: saving a checkpoint (Ctrl-C again to abort)\n";
+  (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
+}
+}  // namespace
+
+void install_stop_handler() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+}
+
+bool stop_requested() { return g_signals.load() > 0; }
+
+void request_stop() { g_signals.fetch_add(1); }
+
+void clear_stop_request() { g_signals.store(0); }
+
+}  // namespace tessera

@@ -1,0 +1,137 @@
+// What every training program does around its step, written once (byol and fixmatch):
+//
+//   RunOptions       the flags they share (--device, --seed, --out, --resume, --save-every, ...)
+//   RunDirectory     DIR/config.json, DIR/metrics.jsonl, DIR/last.safetensors; a new run
+//                    refuses a directory that already holds one; resuming reopens it
+//   MetricsLog       one JSON object per line; on resume, events past the checkpoint's step
+//                    (written by a run that was killed after its last save) are dropped, so
+//                    the log of a resumed run reads like the uninterrupted one
+//   Progress         the terminal line: step, loss, images/s, data-wait share, ETA
+//   StepTimer        images/s and the share of wall time spent waiting for data
+//   stop_requested() Ctrl-C / SIGTERM: a flag the loop checks between steps, so the program
+//                    saves a checkpoint and exits cleanly; a second Ctrl-C aborts at once
+//
+// Order of work that keeps bad input from touching disk: parse flags (UsageError), check the
+// output directory is usable, load data and build models (Error), load a resume checkpoint
+// and compare it with the flags; only then create the directory and write into it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "apps/common/options.h"
+
+namespace tessera {
+
+struct RunOptions {
+  std::string device = "auto";
+  int64_t seed = 0;
+  std::string out;      // default: runs/<program>-<UTC time>
+  std::string resume;   // a run directory or its last.safetensors
+  int64_t save_every = 500;   // steps between checkpoints (and one at the end)
+  int64_t log_every = 20;     // steps between metrics lines
+  int threads = 0;            // CPU threads (0: OpenMP's default)
+  // "A:B": time every kernel of steps A..B-1. The loop makes
+  //   profile::Profiler prof(profile::StepWindow::parse(run.profile_steps), device, dir);
+  // and calls prof.begin_step(k) / prof.end_step(k) around each step (engine/profile.h).
+  std::string profile_steps;
+};
+void add_run_options(Options& o, RunOptions& r);
+// Fills r.out with the default name when empty; call after parse().
+void resolve_run_paths(RunOptions& r, const std::string& program);
+
+// Options whose value may differ between a run and its resumption (they do not change the
+// computation): everything else must match the checkpoint's configuration.
+bool changeable_on_resume(const std::string& flag);
+// Options that belong to one invocation (--stop-after, --eval-only, --out, ...): a resumed run
+// does not take them from the checkpoint's configuration.
+bool per_invocation(const std::string& flag);
+
+// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+std::string read_file(const std::string& path);
+bool path_exists(const std::string& path);
+
+class RunDirectory {
+ public:
+  static constexpr const char* kCheckpoint = "last.safetensors";
+  static constexpr const char* kConfig = "config.json";
+  static constexpr const char* kMetrics = "metrics.jsonl";
+
+  // A new run: `dir` must not hold a run already (a config.json or a checkpoint). Nothing is
+  // created; call create() once everything else has been checked.
+  static RunDirectory for_new_run(const std::string& dir);
+  // An existing run: `dir_or_file` is the run directory or a checkpoint inside it.
+  static RunDirectory for_resume(const std::string& dir_or_file);
+
+  void create() const;  // mkdir -p
+  const std::string& dir() const { return dir_; }
+  const std::string& checkpoint() const { return checkpoint_; }
+  std::string path(const std::string& file) const { return dir_ + "/" + file; }
+  void write_config(const nlohmann::json& config) const;
+
+ private:
+  std::string dir_, checkpoint_;
+};
+
+class MetricsLog {
+ public:
+  MetricsLog() = default;
+  // Opens DIR/metrics.jsonl for appending. When `keep_through_step` >= 0 the existing lines
+  // with a larger "step" are dropped first (resume).
+  MetricsLog(const std::string& path, int64_t keep_through_step);
+  ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+  MetricsLog(MetricsLog&& o) noexcept;
+  MetricsLog& operator=(MetricsLog&& o) noexcept;
+
+  // Writes one event: {"event": name, ...fields}; flushed at once so a killed run keeps it.
+  void write(const std::string& event, nlohmann::json fields);
+
+ private:
+  std::FILE* file_ = nullptr;
+  std::string path_;
+};
+
+class StepTimer {
+ public:
+  StepTimer();
+  void data_begin();
+  void data_end();
+  void step_end(int64_t images);
+  // Since the last call: images per second and the share of time spent waiting for data.
+  void take(double* images_per_s, double* data_wait_share);
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point window_start_, data_start_;
+  double data_seconds_ = 0;
+  int64_t images_ = 0;
+};
+
+class Progress {
+ public:
+  Progress(int64_t total_steps, int64_t first_step);
+  // Redraws the line (on a terminal; elsewhere prints a line every `every` calls).
+  void update(int64_t step, double loss, double images_per_s, double data_wait, const std::string& extra = "");
+  void print(const std::string& line);  // a line of its own, without tearing the progress line
+  void finish();
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  int64_t total_, first_;
+  Clock::time_point start_;
+  bool tty_, open_ = false;
+};
+
+// SIGINT / SIGTERM -> stop_requested() becomes true; the second signal aborts.
+void install_stop_handler();
+bool stop_requested();
+void request_stop();        // what the handler does; tests call it to simulate Ctrl-C
+void clear_stop_request();  // tests: back to running
+
+}  // namespace tessera

@@ -1,0 +1,85 @@
+#include "apps/common/training_run.h"
+
+#include <cstdio>
+#include <exception>
+
+#include "engine/check.h"
+
+namespace tessera {
+
+int run_program(const char* program, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    return 1;
+  }
+}
+
+TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run) : program_(std::move(program)) {
+  if (run.resume.empty()) {
+    resolve_run_paths(run, program_);
+    dir_ = RunDirectory::for_new_run(run.out);
+    return;
+  }
+  dir_ = RunDirectory::for_resume(run.resume);
+  if (!run.out.empty() && run.out != dir_.dir())
+    throw UsageError(cat("--out ", run.out, ": a resumed run continues in its own directory (", dir_.dir(),
+                         "); leave --out out"));
+  checkpoint_ = std::make_unique<SafetensorsFile>(SafetensorsFile::read(dir_.checkpoint()));
+  const SafetensorsFile& f = *checkpoint_;
+  if (!f.metadata().count(kProgramKey) || !f.metadata().count(kConfigKey) || !f.metadata().count(kStepKey))
+    throw Error(cat(f.path(), ": not a training checkpoint (no ", kProgramKey, " / ", kConfigKey, " / ",
+                    kStepKey, " metadata)"));
+  if (f.metadata(kProgramKey) != program_)
+    throw Error(cat(f.path(), ": a ", f.metadata(kProgramKey), " checkpoint, not ", program_));
+  const nlohmann::json saved = nlohmann::json::parse(f.metadata(kConfigKey), nullptr, false);
+  if (saved.is_discarded() || !saved.is_object())
+    throw Error(cat(f.path(), ": the saved configuration is not a JSON object"));
+  try {
+    start_step_ = std::stoll(f.metadata(kStepKey));
+  } catch (const std::exception&) {
+    throw Error(cat(f.path(), ": step '", f.metadata(kStepKey), "' is not an integer"));
+  }
+
+  // The command line may not change what the run computes.
+  const nlohmann::json now = options.to_json();
+  for (auto it = saved.begin(); it != saved.end(); ++it) {
+    const std::string& flag = it.key();
+    if (!options.given(flag) || changeable_on_resume(flag) || !now.contains(flag)) continue;
+    if (now[flag] != it.value())
+      throw UsageError(cat("--", flag, " ", now[flag].dump(), " differs from the run being resumed (",
+                           it.value().dump(), " in ", f.path(), "); a resumed run keeps its configuration"));
+  }
+  nlohmann::json restored = nlohmann::json::object();
+  for (auto it = saved.begin(); it != saved.end(); ++it)
+    if (!per_invocation(it.key())) restored[it.key()] = it.value();
+  options.apply_json(restored, f.path());
+  options.validate();
+  run.out = dir_.dir();
+}
+
+const SafetensorsFile& TrainingRun::checkpoint() const {
+  TS_CHECK(checkpoint_, "not resuming: there is no checkpoint");
+  return *checkpoint_;
+}
+
+void TrainingRun::begin(const nlohmann::json& config) {
+  config_ = config;
+  dir_.create();
+  dir_.write_config(config_);
+  metrics_ = MetricsLog(dir_.path(RunDirectory::kMetrics), resuming() ? start_step_ : -1);
+  install_stop_handler();
+}
+
+void TrainingRun::save(SafetensorsWriter& w, int64_t step) {
+  w.add_metadata(kProgramKey, program_);
+  w.add_metadata(kConfigKey, config_.dump());
+  w.add_metadata(kStepKey, std::to_string(step));
+  w.write(dir_.checkpoint());
+}
+
+}  // namespace tessera

@@ -1,0 +1,65 @@
+// The life of one training run, shared by byol and fixmatch:
+//
+//   int main(argc, argv) { return run_program("byol", [&] { return byol_main(argc, argv); }); }
+//
+//   Options o(...); RunOptions r; add_run_options(o, r); ...; if (!o.parse(argc, argv)) return 0;
+//   TrainingRun run("byol", o, r);      // --resume: config from the checkpoint, flags checked
+//   ... load data, build models; if (run.resuming()) load their state from run.checkpoint() ...
+//   run.begin(o.to_json());             // only now: mkdir, config.json, metrics.jsonl
+//   for (step = run.start_step(); step < total && !stop_requested(); ++step) { ... }
+//   SafetensorsWriter w; ...add state...; run.save(w, step);
+//
+// A resumed run keeps the configuration saved in its checkpoint: a flag given on the command
+// line that would change the computation (architecture, lr, smoothing, seed, ...) and differs
+// from the saved value is a UsageError naming it; flags listed by changeable_on_resume()
+// (device, logging, checkpoint interval, evaluation) may change.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "apps/common/options.h"
+#include "apps/common/run.h"
+#include "engine/checkpoint.h"
+
+namespace tessera {
+
+// Runs a program's body and turns exceptions into the project's exit codes: UsageError ->
+// "program: message" and 2, any other error -> "program: message" and 1.
+int run_program(const char* program, const std::function<int()>& body);
+
+class TrainingRun {
+ public:
+  // Metadata keys of the run's own state in last.safetensors.
+  static constexpr const char* kProgramKey = "run.program";
+  static constexpr const char* kConfigKey = "run.config";
+  static constexpr const char* kStepKey = "run.step";
+
+  TrainingRun(std::string program, Options& options, RunOptions& run);
+
+  bool resuming() const { return checkpoint_ != nullptr; }
+  const SafetensorsFile& checkpoint() const;  // the file resumed from
+  int64_t start_step() const { return start_step_; }
+  const RunDirectory& dir() const { return dir_; }
+
+  // Creates the directory, writes config.json and opens metrics.jsonl (on resume, events past
+  // the checkpoint's step are dropped). Installs the Ctrl-C handler.
+  void begin(const nlohmann::json& config);
+  MetricsLog& metrics() { return metrics_; }
+
+  // Adds the run's metadata (program, configuration, step) to `w` and writes
+  // DIR/last.safetensors atomically.
+  void save(SafetensorsWriter& w, int64_t step);
+
+ private:
+  std::string program_;
+  RunDirectory dir_;
+  std::unique_ptr<SafetensorsFile> checkpoint_;
+  int64_t start_step_ = 0;
+  nlohmann::json config_;
+  MetricsLog metrics_;
+};
+
+}  // namespace tessera

@@ -1,0 +1,277 @@
+// The profiler (engine/profile.h): off means off (no timing hook, no synchronisation), the
+// table accounts for the whole measured step, labels reach the rows, costs give rates.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/autograd.h"
+#include "engine/check.h"
+#include "engine/device.h"
+#include "engine/dispatch.h"
+#include "engine/ops.h"
+#include "engine/profile.h"
+#include "kernels/elementwise.h"
+
+namespace tessera {
+namespace {
+
+using profile::LayerScope;
+using profile::PhaseScope;
+using profile::Profiler;
+using profile::StepWindow;
+
+// A small CPU training-like step: two element-wise layers forward, their backward. Big
+// enough (n floats) that kernels, not bookkeeping, take the time. 8 timed calls: the
+// forward 2, the backward 2, zeroing the parameter gradient, zeroing 2 activation
+// gradients and copying the seed gradient.
+struct TinyStep {
+  explicit TinyStep(int64_t n)
+      : ws(Device::CPU), x(Device::CPU, Shape{n}), dx(Device::CPU, Shape{n}), seed(Device::CPU, Shape{n}) {
+    fill_value(x, 0.5f);
+    fill_value(seed, 1.0f);
+  }
+  void run() {
+    ws.reset();
+    Graph g(ws);
+    {
+      PhaseScope phase("student_forward");
+      fill_zero(dx);
+      Var* v = g.param(x, dx, "x");
+      {
+        LayerScope layer("block1");
+        v = ops::relu(g, v);
+      }
+      {
+        LayerScope layer("block2");
+        v = ops::leaky_relu(g, v, 0.1f);
+      }
+      out = v;
+    }
+    PhaseScope phase("backward");
+    g.backward(out, seed);
+  }
+  Workspace ws;
+  OwnedTensor x, dx, seed;
+  Var* out = nullptr;
+};
+
+TEST(Profile, OffAddsNoTimingHooksAndNoSynchronisation) {
+  TinyStep step(1 << 10);
+  // No profiler at all.
+  int64_t hooks = profile::timing_hook_calls(), syncs = synchronize_count();
+  for (int k = 0; k < 3; ++k) step.run();
+  EXPECT_EQ(profile::timing_hook_calls(), hooks);
+  EXPECT_EQ(synchronize_count(), syncs);
+
+  // A profiler whose window is steps [3, 5): silent before and after it.
+  Profiler prof(StepWindow::parse("3:5"), Device::CPU, "", /*print=*/false);
+  std::vector<int64_t> hooks_per_step, syncs_per_step;
+  for (int k = 0; k < 8; ++k) {
+    hooks = profile::timing_hook_calls();
+    syncs = synchronize_count();
+    prof.begin_step(k);
+    step.run();
+    prof.end_step(k);
+    hooks_per_step.push_back(profile::timing_hook_calls() - hooks);
+    syncs_per_step.push_back(synchronize_count() - syncs);
+  }
+  for (int k : {0, 1, 2, 5, 6, 7}) {
+    EXPECT_EQ(hooks_per_step[k], 0) << "timing hooks ran at step " << k << ", outside the window";
+    EXPECT_EQ(syncs_per_step[k], 0) << "a synchronisation at step " << k << ", outside the window";
+  }
+  // Inside: two marks per timed call (8), per phase (2) and per step (1).
+  EXPECT_EQ(hooks_per_step[3], 2 * (8 + 2 + 1));
+  EXPECT_EQ(hooks_per_step[4], 2 * (8 + 2 + 1));
+  EXPECT_EQ(syncs_per_step[3], 0) << "marks are resolved once, when the window closes";
+  EXPECT_EQ(syncs_per_step[4], 1) << "the window's one synchronisation, at its end";
+  ASSERT_TRUE(prof.window_done());
+  EXPECT_EQ(prof.report()->steps, 2);
+}
+
+TEST(Profile, TableAccountsForTheMeasuredStepTime) {
+  TinyStep step(1 << 20);  // 4 MiB per tensor: each kernel takes ~1 ms on one core
+  Profiler prof(StepWindow::parse("2:6"), Device::CPU, "", /*print=*/false);
+  double measured_ms = 0;
+  for (int k = 0; k < 6; ++k) {
+    const auto t0 = std::chrono::steady_clock::now();
+    prof.begin_step(k);
+    step.run();
+    prof.end_step(k);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (k >= 2) measured_ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
+  }
+  ASSERT_TRUE(prof.window_done());
+  const profile::Report& r = *prof.report();
+  std::printf("%s", r.table().c_str());
+  EXPECT_EQ(r.steps, 4);
+  EXPECT_NEAR(r.step_ms, measured_ms, 0.10 * measured_ms) << "the table's total is not the step time";
+
+  double shares = r.outside_ms / r.step_ms;
+  double rows_ms = 0;
+  for (const auto& row : r.rows) {
+    shares += row.share;
+    rows_ms += row.total_ms;
+  }
+  EXPECT_NEAR(shares, 1.0, 0.01) << "shares plus the outside-kernels row must cover the step";
+  EXPECT_NEAR(rows_ms + r.outside_ms, r.step_ms, 1e-6 * r.step_ms);
+  // The kernels are the step here; a table that timed nothing would put it all outside.
+  EXPECT_GT(r.kernel_ms, 0.5 * r.step_ms) << r.table();
+
+  // Labels: forward under the LayerScope, backward under the label recorded on the tape.
+  auto find = [&](const std::string& phase, const std::string& kernel, const std::string& layer) {
+    for (const auto& row : r.rows)
+      if (row.phase == phase && row.kernel == kernel && row.layer == layer) return &row;
+    return static_cast<const profile::Report::Row*>(nullptr);
+  };
+  const auto* fwd = find("student_forward", "leaky_relu_forward", "block2");
+  const auto* bwd = find("backward", "leaky_relu_backward", "block1");
+  ASSERT_NE(fwd, nullptr) << r.table();
+  ASSERT_NE(bwd, nullptr) << r.table();
+  EXPECT_EQ(fwd->calls, 4);
+  // Cost from kernels/elementwise.h: 8 bytes per element forward.
+  EXPECT_DOUBLE_EQ(fwd->bytes, 4.0 * 8.0 * (1 << 20));
+  EXPECT_GT(fwd->bytes / fwd->total_ms, 0.0);
+  ASSERT_EQ(r.phases.size(), 2u);
+  EXPECT_EQ(r.phases[0].name, "student_forward");
+  EXPECT_EQ(r.phases[1].name, "backward");
+}
+
+TEST(Profile, OpsLabelKernelsWithTheirWeightUnlessTheModelDid) {
+  Workspace ws(Device::CPU);
+  OwnedTensor x(Device::CPU, Shape{4, 8}), w(Device::CPU, Shape{3, 8}), dw(Device::CPU, Shape{3, 8}),
+      seed(Device::CPU, Shape{4, 3});
+  fill_value(x, 1.0f);
+  fill_value(w, 0.5f);
+  fill_value(seed, 1.0f);
+  fill_zero(dw);
+  Profiler prof(StepWindow::parse("0:1"), Device::CPU, "", /*print=*/false);
+  prof.begin_step(0);
+  {
+    Graph g(ws);
+    Var* xv = g.input(x, "images");
+    Var* wv = g.param(w, dw, "fc.weight");
+    Var* y = ops::linear(g, xv, wv, nullptr);
+    {
+      LayerScope layer("head");
+      ops::linear(g, xv, wv, nullptr);
+    }
+    g.backward(y, seed);
+  }
+  prof.end_step(0);
+  ASSERT_TRUE(prof.window_done());
+  std::vector<std::string> labels;
+  for (const auto& row : prof.report()->rows)
+    if (row.kernel == "linear_forward" || row.kernel == "linear_backward_weight")
+      labels.push_back(row.kernel + "/" + row.layer);
+  std::sort(labels.begin(), labels.end());
+  const std::vector<std::string> expected = {"linear_backward_weight/fc", "linear_backward_weight/head",
+                                             "linear_forward/fc", "linear_forward/head"};
+  EXPECT_EQ(labels, expected) << prof.report()->table();
+}
+
+TEST(Profile, CallerCostIsEvaluatedOnlyInsideTheWindow) {
+  OwnedTensor t(Device::CPU, Shape{16});
+  int evaluated = 0;
+  const auto cost = [&evaluated] {
+    ++evaluated;
+    return kernels::Cost{100.0, 7.0};
+  };
+  Profiler prof(StepWindow::parse("1:2"), Device::CPU, "", /*print=*/false);
+  for (int k = 0; k < 3; ++k) {
+    prof.begin_step(k);
+    TS_DISPATCH_COST(Device::CPU, fill, cost(), t.t.f32(), t.t.numel(), 1.0f);
+    prof.end_step(k);
+  }
+  EXPECT_EQ(evaluated, 1);
+  ASSERT_TRUE(prof.window_done());
+  ASSERT_EQ(prof.report()->rows.size(), 1u);
+  EXPECT_EQ(prof.report()->rows[0].kernel, "fill");
+  EXPECT_DOUBLE_EQ(prof.report()->rows[0].bytes, 100.0);  // the caller's, not fill's declared 4 n
+  EXPECT_DOUBLE_EQ(prof.report()->rows[0].flops, 7.0);
+}
+
+TEST(Profile, PhaseSequenceClosesEachPhaseAtTheNext) {
+  OwnedTensor t(Device::CPU, Shape{1 << 12});
+  Profiler prof(StepWindow::parse("0:1"), Device::CPU, "", /*print=*/false);
+  prof.begin_step(0);
+  {
+    profile::PhaseSequence phases;
+    phases.enter("data");
+    fill_value(t, 1.0f);
+    phases.enter("optimizer");
+    fill_value(t, 2.0f);
+    fill_value(t, 3.0f);
+    phases.leave();
+    fill_value(t, 4.0f);  // in no phase
+  }
+  prof.end_step(0);
+  ASSERT_TRUE(prof.window_done());
+  std::map<std::string, int64_t> calls;
+  for (const auto& row : prof.report()->rows) calls[row.phase] += row.calls;
+  EXPECT_EQ(calls["data"], 1);
+  EXPECT_EQ(calls["optimizer"], 2);
+  EXPECT_EQ(calls[""], 1);
+  ASSERT_EQ(prof.report()->phases.size(), 2u);
+  EXPECT_EQ(prof.report()->phases[0].name, "data");
+  EXPECT_EQ(prof.report()->phases[1].name, "optimizer");
+}
+
+TEST(Profile, WritesProfileJson) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("tessera_profile_test_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  {
+    TinyStep step(1 << 8);
+    Profiler prof(StepWindow::parse("0:2"), Device::CPU, dir.string(), /*print=*/false);
+    for (int k = 0; k < 3; ++k) {
+      prof.begin_step(k);
+      step.run();
+      prof.end_step(k);
+    }
+  }
+  std::ifstream in(dir / "profile.json");
+  ASSERT_TRUE(in.good());
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["steps"], 2);
+  EXPECT_EQ(j["window"][0], 0);
+  EXPECT_EQ(j["window"][1], 2);
+  EXPECT_FALSE(j["rows"].empty());
+  EXPECT_TRUE(j["rows"][0].contains("gb_per_s"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Profile, WindowCutShortIsReportedByFinish) {
+  TinyStep step(1 << 8);
+  Profiler prof(StepWindow::parse("1:100"), Device::CPU, "", /*print=*/false);
+  for (int k = 0; k < 4; ++k) {
+    prof.begin_step(k);
+    step.run();
+    prof.end_step(k);
+  }
+  EXPECT_FALSE(prof.window_done());
+  prof.finish();
+  ASSERT_TRUE(prof.window_done());
+  EXPECT_EQ(prof.report()->steps, 3);
+}
+
+TEST(Profile, StepWindowParsing) {
+  EXPECT_FALSE(StepWindow::parse("").enabled());
+  const StepWindow w = StepWindow::parse("10:20");
+  EXPECT_EQ(w.first, 10);
+  EXPECT_EQ(w.last, 20);
+  EXPECT_TRUE(w.contains(10));
+  EXPECT_TRUE(w.contains(19));
+  EXPECT_FALSE(w.contains(20));
+  for (const char* bad : {"10", "20:10", "5:5", "-1:3", "a:b", "1:2x", ":3", "3:"})
+    EXPECT_THROW(StepWindow::parse(bad), UsageError) << bad;
+}
+
+}  // namespace
+}  // namespace tessera
