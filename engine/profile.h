@@ -112,12 +112,14 @@ inline void dispatch_with_cost(Device device, const char* kernel, Cost cost, Cpu
 const char* current_layer();
 
 // RAII: dispatches in this scope are labelled `layer` (restored on exit). Cheap enough for
-// every op: two thread-local stores. An op labels its kernels with its weight's name
-// (`LayerScope(w->name, LayerScope::kIfUnset)`) unless the model already named the layer; a
-// trailing ".weight" is dropped when names are shown ("layer1.0.conv1").
+// every op. A model labels a block ("layer1.0": its relu and add kernels get that name); an
+// op with a weight refines it with the weight's name (`LayerScope(w->name, kRefine)`:
+// "layer1.0.conv1.weight" inside "layer1.0", or anywhere when no label is set) but keeps a
+// label it does not extend ("head" stays "head"). A trailing ".weight" is dropped when names
+// are shown ("layer1.0.conv1").
 class LayerScope {
  public:
-  enum Mode { kOverride, kIfUnset };
+  enum Mode { kOverride, kRefine };
   explicit LayerScope(const char* layer, Mode mode = kOverride);
   ~LayerScope();
   LayerScope(const LayerScope&) = delete;

@@ -162,14 +162,20 @@ TEST(Profile, OpsLabelKernelsWithTheirWeightUnlessTheModelDid) {
       LayerScope layer("head");
       ops::linear(g, xv, wv, nullptr);
     }
+    {
+      LayerScope block("fc");  // a label the weight's name extends: refined to "fc"
+      ops::linear(g, xv, wv, nullptr);
+    }
     g.backward(y, seed);
   }
   prof.end_step(0);
   ASSERT_TRUE(prof.window_done());
   std::vector<std::string> labels;
-  for (const auto& row : prof.report()->rows)
-    if (row.kernel == "linear_forward" || row.kernel == "linear_backward_weight")
-      labels.push_back(row.kernel + "/" + row.layer);
+  for (const auto& row : prof.report()->rows) {
+    if (row.kernel != "linear_forward" && row.kernel != "linear_backward_weight") continue;
+    labels.push_back(row.kernel + "/" + row.layer);
+    EXPECT_EQ(row.calls, row.layer == "fc" ? 2 : 1) << row.kernel << "/" << row.layer;
+  }
   std::sort(labels.begin(), labels.end());
   const std::vector<std::string> expected = {"linear_backward_weight/fc", "linear_backward_weight/head",
                                              "linear_forward/fc", "linear_forward/head"};
