@@ -325,6 +325,8 @@ int fixmatch_main(int argc, const char* const* argv) {
       if (unlabeled) {
         Tensor weak_logits = rows(logits->value, B, U);
         if (c.pseudo_labels == "teacher") {
+          // Train-mode BN over the weak batch, as the student sees it; the running statistics this
+          // updates are replaced by the student's at the smoother's next update (--bn-buffers copy).
           NoGradScope no_grad(g);
           weak_logits = teacher->forward(g, g.input(batch.views[1], "weak"), true)->value;
         }
