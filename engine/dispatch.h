@@ -6,6 +6,9 @@
 // Every kernel call passes through profile::dispatch (engine/profile.h): an NVTX range named
 // `fn/layer` when a tool listens, a timed record inside a --profile-steps window, and
 // otherwise one atomic load and a branch. The arguments are evaluated once, before the call.
+// The profiler's bytes / FLOPs come from the kernel's TS_KERNEL_COST (kernels/common/cost.h),
+// or, with TS_DISPATCH_COST(device, fn, cost, args...), from `cost` (a kernels::Cost
+// expression the caller can compute better, evaluated only inside a profiling window).
 #pragma once
 
 #include "engine/device.h"
@@ -22,3 +25,8 @@
   ::tessera::profile::dispatch<::kernels::kernel_id(#fn)>(                                  \
       (device), #fn, [](auto&&... ts_args) { ::kernels::cpu::fn(ts_args...); },             \
       TS_DISPATCH_CUDA_(fn), __VA_ARGS__)
+
+#define TS_DISPATCH_COST(device, fn, cost, ...)                                                \
+  ::tessera::profile::dispatch_with_cost(                                                      \
+      (device), #fn, [&]() -> ::kernels::Cost { return cost; },                                \
+      [](auto&&... ts_args) { ::kernels::cpu::fn(ts_args...); }, TS_DISPATCH_CUDA_(fn), __VA_ARGS__)

@@ -32,7 +32,7 @@ Var* linear(Graph& g, Var* x, Var* w, Var* b) {
     TS_CHECK(b->value.shape == Shape{out}, "linear: bias ", b->value.shape.str(), " does not match w ", ws.str(),
              ", expected (", out, ")");
   }
-  profile::LayerScope layer(w->name, profile::LayerScope::kIfUnset);  // names the kernels in profiles
+  profile::LayerScope layer(w->name, profile::LayerScope::kRefine);  // names the kernels in profiles
   Var* y = g.make(Shape{n, out}, {x, w, b});
   TS_DISPATCH(g.device(), linear_forward, x->value.f32(), w->value.f32(), b ? b->value.f32() : nullptr,
               y->value.f32(), n, in, out);

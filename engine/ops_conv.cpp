@@ -17,7 +17,7 @@ const char* layer_of(const Var* v) { return v && v->name && v->name[0] ? v->name
 
 Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
   const char* layer = layer_of(w);
-  profile::LayerScope profile_layer(layer, profile::LayerScope::kIfUnset);  // names the kernels
+  profile::LayerScope profile_layer(layer, profile::LayerScope::kRefine);  // names the kernels
   const Shape& xs = x->value.shape;
   const Shape& ws = w->value.shape;
   TS_CHECK(xs.ndim == 4, layer, ": conv2d expects x (N, C, H, W), found ", xs.str());

@@ -17,7 +17,7 @@ const char* layer_of(const Var* v) { return v->name && v->name[0] ? v->name : "b
 Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf, const BatchNormOptions& opt,
                 int64_t n, int64_t c, int64_t hw) {
   const char* layer = layer_of(gamma);
-  profile::LayerScope profile_layer(layer, profile::LayerScope::kIfUnset);  // names the kernels
+  profile::LayerScope profile_layer(layer, profile::LayerScope::kRefine);  // names the kernels
   const Shape channel{c};
   TS_CHECK(gamma->value.shape == channel && beta->value.shape == channel, layer, ": batch_norm of ", c,
            " channels needs gamma and beta (", c, "), found ", gamma->value.shape.str(), " and ",

@@ -80,15 +80,20 @@ void Optimizer::step(Arena& params, const Arena& grads, float lr) {
   const kernels::OptimizerSlot* slots = slots_.data();
   const kernels::ArenaChunk* chunks = chunks_.data();
   const int64_t n = chunks_.size();
+  // Per parameter, for the profiler: kernels/optimizer.h's counts.
+  const auto cost = [this](double bytes, double flops) {
+    const double params = static_cast<double>(table_.total_numel());
+    return kernels::Cost{bytes * params, flops * params};
+  };
   switch (c.kind) {
     case OptimizerKind::Sgd:
-      TS_DISPATCH(device_, sgd_step, slots, chunks, n, params.data(), grads.data(), state_[0]->data(),
+      TS_DISPATCH_COST(device_, sgd_step, cost(20, 6), slots, chunks, n, params.data(), grads.data(), state_[0]->data(),
                   kernels::SgdParams{lr, c.momentum, c.nesterov ? 1 : 0});
       break;
     case OptimizerKind::Lars: {
       float* partials = static_cast<float*>(lars_partials_.data());
-      TS_DISPATCH(device_, lars_norms, slots, chunks, n, params.data(), grads.data(), partials);
-      TS_DISPATCH(device_, lars_step, slots, chunks, n, params.data(), grads.data(), state_[0]->data(), partials,
+      TS_DISPATCH_COST(device_, lars_norms, cost(8, 4), slots, chunks, n, params.data(), grads.data(), partials);
+      TS_DISPATCH_COST(device_, lars_step, cost(20, 6), slots, chunks, n, params.data(), grads.data(), state_[0]->data(), partials,
                   kernels::LarsParams{lr, c.momentum, c.eta, c.lars_eps, c.nesterov ? 1 : 0});
       break;
     }
@@ -99,7 +104,7 @@ void Optimizer::step(Arena& params, const Arena& grads, float lr) {
       const double bc2 = 1.0 - std::pow(static_cast<double>(c.beta2), t);
       const kernels::AdamWParams p{lr, c.beta1, c.beta2, c.adam_eps, static_cast<float>(lr / bc1),
                                    static_cast<float>(std::sqrt(bc2))};
-      TS_DISPATCH(device_, adamw_step, slots, chunks, n, params.data(), grads.data(), state_[0]->data(),
+      TS_DISPATCH_COST(device_, adamw_step, cost(28, 12), slots, chunks, n, params.data(), grads.data(), state_[0]->data(),
                   state_[1]->data(), p);
       break;
     }

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <tuple>
@@ -187,7 +188,13 @@ void KernelScope::finish() {
 const char* current_layer() { return t_layer; }
 
 LayerScope::LayerScope(const char* layer, Mode mode) : saved_(t_layer) {
-  if (mode == kOverride || t_layer[0] == '\0') t_layer = layer ? layer : "";
+  if (layer == nullptr) layer = "";
+  if (mode == kRefine && t_layer[0] != '\0') {
+    const size_t n = std::strlen(t_layer);
+    const bool extends = std::strncmp(layer, t_layer, n) == 0 && layer[n] == '.';
+    if (!extends) return;
+  }
+  t_layer = layer;
 }
 
 LayerScope::~LayerScope() { t_layer = saved_; }

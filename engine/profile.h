@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -91,16 +92,34 @@ inline void dispatch(Device device, const char* kernel, Cpu cpu, Cuda cuda, Args
   }
 }
 
+// TS_DISPATCH_COST: the caller knows the cost better than the kernel's arguments do (an
+// arena-wide kernel given device-side tables). `cost` is called only inside a window.
+template <class Cost, class Cpu, class Cuda, class... Args>
+inline void dispatch_with_cost(Device device, const char* kernel, Cost cost, Cpu cpu, Cuda cuda, Args... args) {
+  if (detail::g_hooks.load(std::memory_order_relaxed) == 0) {
+    if (device == Device::CUDA) cuda(args...);
+    else cpu(args...);
+    return;
+  }
+  KernelScope scope(kernel, device);
+  if (device == Device::CUDA) cuda(args...);
+  else cpu(args...);
+  scope.stop();
+  if (scope.timed()) scope.set_cost(cost());
+}
+
 // The layer label of this thread ("" when none).
 const char* current_layer();
 
 // RAII: dispatches in this scope are labelled `layer` (restored on exit). Cheap enough for
-// every op: two thread-local stores. An op labels its kernels with its weight's name
-// (`LayerScope(w->name, LayerScope::kIfUnset)`) unless the model already named the layer; a
-// trailing ".weight" is dropped when names are shown ("layer1.0.conv1").
+// every op. A model labels a block ("layer1.0": its relu and add kernels get that name); an
+// op with a weight refines it with the weight's name (`LayerScope(w->name, kRefine)`:
+// "layer1.0.conv1.weight" inside "layer1.0", or anywhere when no label is set) but keeps a
+// label it does not extend ("head" stays "head"). A trailing ".weight" is dropped when names
+// are shown ("layer1.0.conv1").
 class LayerScope {
  public:
-  enum Mode { kOverride, kIfUnset };
+  enum Mode { kOverride, kRefine };
   explicit LayerScope(const char* layer, Mode mode = kOverride);
   ~LayerScope();
   LayerScope(const LayerScope&) = delete;
@@ -124,6 +143,21 @@ class PhaseScope {
   const char* saved_;
   int64_t record_ = -1;
   bool nvtx_ = false;
+};
+
+// A step's phases one after another, for a training loop written top to bottom:
+//   phases.enter("data"); ... phases.enter("student_forward"); ... phases.leave();
+// Each enter() closes the phase before it; the destructor closes the last.
+class PhaseSequence {
+ public:
+  void enter(const char* phase) {
+    current_.reset();
+    current_.emplace(phase);
+  }
+  void leave() { current_.reset(); }
+
+ private:
+  std::optional<PhaseScope> current_;
 };
 
 // Steps [first, last) of a run, as the program counts them. Parsed from "A:B".

@@ -45,7 +45,7 @@ std::string Report::table() const {
     wk = std::max(wk, rows[i].kernel.size() + (rows[i].device != device ? 7 : 0));
     wl = std::max(wl, rows[i].layer.size());
   }
-  wk = std::max(wk, std::string("(outside kernels)").size());
+  wk = std::max(wk, std::string("total (measured step time)").size());
   char line[512];
   std::snprintf(line, sizeof line, "%-*s  %-*s  %-*s  %7s  %10s  %10s  %6s  %8s  %8s\n", static_cast<int>(wp), "phase",
                 static_cast<int>(wk), "kernel", static_cast<int>(wl), "layer", "calls", "total ms", "mean us",

@@ -172,7 +172,14 @@ void TeacherSmoother::apply(const kernels::TeacherRule& rule, const ParamTable& 
            device_name(student.device()), " and ", device_name(teacher.device()), ", smoother built for ",
            device_name(device_));
   if (chunks.size() == 0) return;
-  TS_DISPATCH(device_, teacher_update, slots.data(), chunks.data(), chunks.size(), student.data(),
+  // Profiles: expected cost, 12 bytes and 3 FLOPs per updated parameter (kernels/teacher_update.h),
+  // a fraction 1 - p of them; labelled by the smoothing mode ("teacher_update/sts").
+  profile::LayerScope layer(smoothing_mode_name(state_.config.mode));
+  const auto cost = [&rule, &table] {
+    const double updated = (1.0 - rule.preserve_prob) * static_cast<double>(table.total_numel());
+    return kernels::Cost{12.0 * updated, 3.0 * updated};
+  };
+  TS_DISPATCH_COST(device_, teacher_update, cost(), slots.data(), chunks.data(), chunks.size(), student.data(),
               teacher.data(), rule);
 }
 

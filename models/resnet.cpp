@@ -11,6 +11,7 @@
 // Initialisation as torchvision: convs Kaiming normal (fan_out, relu), BN weight 1 / bias 0,
 // fc nn.Linear's default uniform.
 #include "engine/ops.h"
+#include "engine/profile.h"
 #include "models/architectures.h"
 
 namespace tessera {
@@ -18,6 +19,7 @@ namespace tessera {
 namespace {
 
 struct Block {
+  std::string name;          // "layer1.0": labels the block's kernels in profiles
   Conv conv1, conv2, conv3;  // conv3 only in bottlenecks
   BatchNorm bn1, bn2, bn3;
   bool has_downsample = false;
@@ -44,6 +46,7 @@ class ResNet : public Model {
         const int stride = (layer > 0 && b == 0) ? 2 : 1;
         const std::string name = "layer" + std::to_string(layer + 1) + "." + std::to_string(b);
         Block k;
+        k.name = name;
         if (bottleneck_) {
           k.conv1 = add_conv(name + ".conv1", in, planes, 1, 1, 0);
           k.bn1 = add_batch_norm(name + ".bn1", planes, kMomentum);
@@ -75,6 +78,7 @@ class ResNet : public Model {
     x = ops::relu(g, apply(g, bn1_, apply(g, conv1_, x), train));
     if (imagenet_stem_) x = ops::max_pool2d(g, x, 3, 2, 1);
     for (const Block& k : blocks_) {
+      profile::LayerScope block(k.name.c_str());  // its convs refine it to "layer1.0.conv1"
       Var* out = ops::relu(g, apply(g, k.bn1, apply(g, k.conv1, x), train));
       out = apply(g, k.bn2, apply(g, k.conv2, out), train);
       if (bottleneck_) out = apply(g, k.bn3, apply(g, k.conv3, ops::relu(g, out)), train);

@@ -7,14 +7,17 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
 #include "engine/autograd.h"
 #include "engine/check.h"
 #include "engine/device.h"
+#include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
+#include "kernels/elementwise.h"
 
 namespace tessera {
 namespace {
@@ -159,18 +162,71 @@ TEST(Profile, OpsLabelKernelsWithTheirWeightUnlessTheModelDid) {
       LayerScope layer("head");
       ops::linear(g, xv, wv, nullptr);
     }
+    {
+      LayerScope block("fc");  // a label the weight's name extends: refined to "fc"
+      ops::linear(g, xv, wv, nullptr);
+    }
     g.backward(y, seed);
   }
   prof.end_step(0);
   ASSERT_TRUE(prof.window_done());
   std::vector<std::string> labels;
-  for (const auto& row : prof.report()->rows)
-    if (row.kernel == "linear_forward" || row.kernel == "linear_backward_weight")
-      labels.push_back(row.kernel + "/" + row.layer);
+  for (const auto& row : prof.report()->rows) {
+    if (row.kernel != "linear_forward" && row.kernel != "linear_backward_weight") continue;
+    labels.push_back(row.kernel + "/" + row.layer);
+    EXPECT_EQ(row.calls, row.layer == "fc" ? 2 : 1) << row.kernel << "/" << row.layer;
+  }
   std::sort(labels.begin(), labels.end());
   const std::vector<std::string> expected = {"linear_backward_weight/fc", "linear_backward_weight/head",
                                              "linear_forward/fc", "linear_forward/head"};
   EXPECT_EQ(labels, expected) << prof.report()->table();
+}
+
+TEST(Profile, CallerCostIsEvaluatedOnlyInsideTheWindow) {
+  OwnedTensor t(Device::CPU, Shape{16});
+  int evaluated = 0;
+  const auto cost = [&evaluated] {
+    ++evaluated;
+    return kernels::Cost{100.0, 7.0};
+  };
+  Profiler prof(StepWindow::parse("1:2"), Device::CPU, "", /*print=*/false);
+  for (int k = 0; k < 3; ++k) {
+    prof.begin_step(k);
+    TS_DISPATCH_COST(Device::CPU, fill, cost(), t.t.f32(), t.t.numel(), 1.0f);
+    prof.end_step(k);
+  }
+  EXPECT_EQ(evaluated, 1);
+  ASSERT_TRUE(prof.window_done());
+  ASSERT_EQ(prof.report()->rows.size(), 1u);
+  EXPECT_EQ(prof.report()->rows[0].kernel, "fill");
+  EXPECT_DOUBLE_EQ(prof.report()->rows[0].bytes, 100.0);  // the caller's, not fill's declared 4 n
+  EXPECT_DOUBLE_EQ(prof.report()->rows[0].flops, 7.0);
+}
+
+TEST(Profile, PhaseSequenceClosesEachPhaseAtTheNext) {
+  OwnedTensor t(Device::CPU, Shape{1 << 12});
+  Profiler prof(StepWindow::parse("0:1"), Device::CPU, "", /*print=*/false);
+  prof.begin_step(0);
+  {
+    profile::PhaseSequence phases;
+    phases.enter("data");
+    fill_value(t, 1.0f);
+    phases.enter("optimizer");
+    fill_value(t, 2.0f);
+    fill_value(t, 3.0f);
+    phases.leave();
+    fill_value(t, 4.0f);  // in no phase
+  }
+  prof.end_step(0);
+  ASSERT_TRUE(prof.window_done());
+  std::map<std::string, int64_t> calls;
+  for (const auto& row : prof.report()->rows) calls[row.phase] += row.calls;
+  EXPECT_EQ(calls["data"], 1);
+  EXPECT_EQ(calls["optimizer"], 2);
+  EXPECT_EQ(calls[""], 1);
+  ASSERT_EQ(prof.report()->phases.size(), 2u);
+  EXPECT_EQ(prof.report()->phases[0].name, "data");
+  EXPECT_EQ(prof.report()->phases[1].name, "optimizer");
 }
 
 TEST(Profile, WritesProfileJson) {

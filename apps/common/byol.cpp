@@ -32,6 +32,7 @@
 #include "engine/checkpoint.h"
 #include "engine/device.h"
 #include "engine/ops.h"
+#include "engine/profile.h"
 #include "engine/optimizer.h"
 #include "engine/schedule.h"
 #include "engine/teacher.h"
@@ -361,15 +362,22 @@ int byol_main(int argc, const char* const* argv) {
     const int64_t stop_at = c.stop_after > 0 ? std::min(c.stop_after, total_steps) : total_steps;
     const double param_count = static_cast<double>(nets.backbone->param_table().total_numel() +
                                                    nets.projector->param_table().total_numel());
+    // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
+    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
     while (step < stop_at && !stop_requested()) {
+      profiler.begin_step(step);
+      profile::PhaseSequence phases;
+      phases.enter("data");
       timer.data_begin();
       const data::Batch& batch = loader->next();
       timer.data_end();
       // The teacher first, from the student the previous optimizer step left.
+      phases.enter("teacher_update");
       nets.smooth_backbone->update(nets.backbone->params(), nets.t_backbone->params(), nets.backbone->buffers(),
                                    nets.t_backbone->buffers(), step);
       nets.smooth_projector->update(nets.projector->params(), nets.t_projector->params(), nets.projector->buffers(),
                                     nets.t_projector->buffers(), step);
+      phases.enter("zero_grad");
       nets.backbone->grads().zero();
       nets.projector->grads().zero();
       nets.predictor->grads().zero();
@@ -378,17 +386,24 @@ int byol_main(int argc, const char* const* argv) {
       Var* q[2];
       Var* z[2];
       for (int v = 0; v < 2; ++v) {
+        phases.enter("student_forward");
         Var* x = g.input(batch.views[static_cast<size_t>(v)], v == 0 ? "view1" : "view2");
         q[v] = nets.predictor->features(g, nets.projector->features(g, nets.backbone->features(g, x, true), true), true);
+        phases.enter("teacher_forward");
         NoGradScope no_grad(g);
         z[v] = nets.t_projector->features(g, nets.t_backbone->features(g, x, true), true);
       }
+      phases.enter("loss");
       Var* loss = ops::add(g, ops::byol_loss(g, q[0], z[1]), ops::byol_loss(g, q[1], z[0]));
+      phases.enter("backward");
       g.backward(loss);
+      phases.enter("optimizer");
       const float lr = warmup_cosine_lr(static_cast<float>(c.lr), step, warmup_steps, total_steps);
       nets.opt_backbone->step(nets.backbone->params(), nets.backbone->grads(), lr);
       nets.opt_projector->step(nets.projector->params(), nets.projector->grads(), lr);
       nets.opt_predictor->step(nets.predictor->params(), nets.predictor->grads(), lr);
+      phases.leave();
+      profiler.end_step(step);
       timer.step_end(c.batch_size);
       ++step;
 
@@ -418,6 +433,7 @@ int byol_main(int argc, const char* const* argv) {
       if (step % c.run.save_every == 0 && step < stop_at) save(step, loader->position());
     }
     progress.finish();
+    profiler.finish();  // a run stopped inside its window still prints what it measured
     save(step, loader->position());
     if (step < total_steps) {
       std::fprintf(stderr, "byol: stopped at step %ld of %ld; checkpoint %s; continue with --resume %s\n",

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/profile.h"
 
 namespace tessera {
 
@@ -26,6 +27,16 @@ void add_run_options(Options& o, RunOptions& r) {
   o.add("save-every", &r.save_every, "steps between checkpoints (one is always written at the end)").min(1);
   o.add("log-every", &r.log_every, "steps between metrics lines and progress updates").min(1);
   o.add("threads", &r.threads, "CPU threads (0: all cores)").min(0);
+  o.add("profile-steps", &r.profile_steps,
+        "A:B times every kernel in steps A..B-1, prints a per-op table and writes DIR/profile.json")
+      .check([&r] {
+        try {
+          profile::StepWindow::parse(r.profile_steps);
+          return std::string();
+        } catch (const UsageError&) {
+          return std::string("A:B with 0 <= A < B");
+        }
+      });
 }
 
 void resolve_run_paths(RunOptions& r, const std::string& program) {
@@ -37,7 +48,7 @@ void resolve_run_paths(RunOptions& r, const std::string& program) {
 }
 
 bool per_invocation(const std::string& flag) {
-  static const char* const kOnce[] = {"config", "out", "resume", "stop-after", "eval-only"};
+  static const char* const kOnce[] = {"config", "out", "resume", "stop-after", "eval-only", "profile-steps"};
   for (const char* f : kOnce)
     if (flag == f) return true;
   return false;
