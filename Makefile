@@ -1,6 +1,7 @@
 # tessera: one entry point for build, test, demo, bench and gpu-check.
 #
 #   make              engine library and every program into build/
+#   make demo         install missing packages, build, BYOL + STS on Fashion-MNIST (configs/byol-fashion-mnist-cpu.conf)
 #   make test         install missing packages, build, run the whole GoogleTest suite
 #   make CUDA=0 test  the same, CPU-only engine
 #   make gpu-check    on a GPU machine: suite + compute-sanitizer + one summary table
