@@ -1,0 +1,422 @@
+// FixMatch as in REFERENCE.md, with a smoothed teacher:
+//
+//   each step k:  x = [labeled (B) | unlabeled weak (mu B) | unlabeled strong (mu B)]
+//                 logits = student(x), train-mode BN over the whole concatenated batch
+//                 q = softmax(weak rows)  (or of the teacher's weak logits, --pseudo-labels teacher)
+//                 pseudo-label = argmax q, mask = max q >= threshold
+//                 loss = CE(labeled rows, labels) + lambda_u (1 / mu B) sum mask * CE(strong rows, pseudo-label)
+//                 backward, SGD Nesterov at lr_0 cos(7 pi k / 16 K), then teacher <- smoother(student, k)
+//
+// Both terms are one weighted cross-entropy over the concatenated logits: labeled rows weigh
+// N / B, weak rows 0 and strong rows lambda_u N / (mu B) mask, so (1 / N) sum w CE is exactly
+// the sum above. The weak rows carry no gradient (weight 0), as the reference's detach.
+// With --lambda-u 0 the unlabeled stream is not loaded at all: supervised training on the
+// same labeled batches (same subset, same order, same augmentations).
+//
+// The mask is thresholded on the host from the max probabilities: one small copy per step
+// (mu B floats). On the CPU it is free; on a GPU it is a stream sync per step, which a fused
+// threshold kernel would remove.
+//
+// Checkpoint (last.safetensors):
+//   (no prefix)      the teacher, PyTorch names: the model evaluated and exported
+//   student.         the student
+//   optim.           SGD momentum buffer and step count
+//   smoothing.*      the smoother's state (metadata)
+//   run.loader       loader position (int64); run.* metadata from TrainingRun
+#include "apps/common/fixmatch.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "apps/common/options.h"
+#include "apps/common/run.h"
+#include "apps/common/training_run.h"
+#include "data/augment.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "data/sampler.h"
+#include "engine/check.h"
+#include "engine/checkpoint.h"
+#include "engine/device.h"
+#include "engine/ops.h"
+#include "engine/optimizer.h"
+#include "engine/schedule.h"
+#include "engine/teacher.h"
+#include "engine/workspace.h"
+#include "kernels/common/philox.h"
+#include "models/model.h"
+
+namespace tessera {
+
+namespace {
+
+struct FixMatchConfig {
+  RunOptions run;
+  std::string data = "fashion-mnist";
+  int64_t labels = 40;
+  // model
+  std::string arch = "wrn-28-2";
+  std::string stem = "cifar";
+  int width = 64;
+  // FixMatch
+  int64_t batch_size = 64;
+  int64_t mu = 7;
+  double threshold = 0.95;
+  double lambda_u = 1.0;
+  int64_t steps = int64_t{1} << 20;
+  double lr = 0.03;
+  double sgd_momentum = 0.9;
+  double weight_decay = 5e-4;
+  // teacher
+  std::string smoothing = "sts";
+  std::string granularity = "tensor";
+  float preserve_prob = 0.5f;
+  float momentum = 0.999f;
+  std::string bn_buffers = "copy";
+  std::string pseudo_labels = "student";
+  // evaluation and invocation
+  int64_t eval_every = 1000;
+  int64_t eval_batch = 500;
+  int64_t stop_after = 0;
+};
+
+void add_fixmatch_options(Options& o, FixMatchConfig& c) {
+  o.section("Data");
+  o.add("data", &c.data, "dataset KIND[:PATH] (fashion-mnist, mnist, cifar10, cifar100, stl10, folder)");
+  o.add("labels", &c.labels, "labeled images, the same number per class, chosen by --seed").min(1);
+  o.section("Model");
+  o.add("arch", &c.arch, "wrn-<depth>-<k> (depth 6n+4: wrn-10-2, wrn-28-2, wrn-28-8), resnet18, resnet34, resnet50");
+  o.choice("stem", &c.stem, {"cifar", "imagenet"}, "ResNet stem (WideResNets have their own)");
+  o.add("width", &c.width, "ResNet base width").min(1);
+  o.section("FixMatch");
+  o.add("batch-size", &c.batch_size, "labeled images per step").min(1);
+  o.add("mu", &c.mu, "unlabeled images per labeled image in a step").min(1);
+  o.add("threshold", &c.threshold, "confidence a pseudo-label needs to count (tau)").min(0, false).max(1);
+  o.add("lambda-u", &c.lambda_u, "weight of the unlabeled loss (0: supervised-only baseline)").min(0);
+  o.add("steps", &c.steps, "training steps K").min(1);
+  o.add("lr", &c.lr, "SGD learning rate, decayed as lr cos(7 pi k / 16 K)").min(0, false);
+  o.add("sgd-momentum", &c.sgd_momentum, "SGD Nesterov momentum").min(0).max(1, false);
+  o.add("weight-decay", &c.weight_decay, "L2 weight decay (not on biases and BatchNorm)").min(0);
+  o.section("Teacher");
+  o.choice("smoothing", &c.smoothing, {"none", "tma", "se", "sts"}, "teacher smoothing");
+  o.choice("granularity", &c.granularity, {"tensor", "channel", "element"}, "what one SE / STS draw keeps or updates");
+  o.add("preserve-prob", &c.preserve_prob, "SE / STS: probability a fragment keeps its teacher value").min(0).max(1, false);
+  o.add("momentum", &c.momentum, "TMA / STS momentum (constant)").min(0).max(1, false);
+  o.choice("bn-buffers", &c.bn_buffers, {"copy", "own", "ema"}, "teacher BatchNorm statistics: copied from the student, its own, or smoothed");
+  o.choice("pseudo-labels", &c.pseudo_labels, {"student", "teacher"},
+           "who labels the weak views: the student (FixMatch) or the smoothed teacher (mean-teacher style)");
+  o.section("Evaluation");
+  o.add("eval-every", &c.eval_every, "steps between test-set evaluations of teacher and student (0: at the end only)").min(0);
+  o.add("eval-batch", &c.eval_batch, "images per evaluation batch").min(1);
+  o.add("stop-after", &c.stop_after, "stop (with a checkpoint) after this step, to continue with --resume (0: never)").min(0);
+  add_run_options(o, c.run);
+}
+
+// Independent seeds for the parts of a run, from the run's seed (one Philox draw each).
+uint64_t part_seed(uint64_t seed, uint32_t part) {
+  kernels::PhiloxState s(seed, kernels::philox_subsequence(kernels::kStreamInit, (uint64_t{2} << 40) + part), 0);
+  const uint64_t hi = s.next_u32();
+  return (hi << 32) | s.next_u32();
+}
+enum Part : uint32_t { kStudent = 0, kTeacherMasks = 1 };
+
+// Top-1 test accuracy in percent: eval-mode BN, no gradient, normalised images only.
+double test_accuracy(Model& m, const data::Dataset& test, int64_t batch) {
+  data::NormalizeTransform normalize;
+  Workspace ws(m.device());
+  Graph g(ws);
+  NoGradScope no_grad(g);
+  int64_t correct = 0;
+  data::for_each_batch(test, batch, normalize, m.device(), [&](const Tensor& images, const Tensor&, int64_t first) {
+    ws.reset();
+    g.clear();
+    const int64_t n = images.shape[0];
+    Var* logits = m.forward(g, g.input(images, "images"), false);
+    const Tensor pred = ws.alloc(Shape{n}, DType::I32), prob = ws.alloc(Shape{n});
+    ops::argmax_max_prob(logits->value, pred, prob);
+    const std::vector<int32_t> p = to_host_i32(pred);
+    for (int64_t i = 0; i < n; ++i) correct += p[static_cast<size_t>(i)] == test.labels[static_cast<size_t>(first + i)];
+  });
+  return 100.0 * static_cast<double>(correct) / static_cast<double>(test.size);
+}
+
+// Rows [begin, begin + rows) of a row-major (N, K) f32 tensor, as a view.
+Tensor rows(const Tensor& t, int64_t begin, int64_t count) {
+  const int64_t k = t.numel() / t.shape[0];
+  return Tensor(t.f32() + begin * k, Shape{count, k}, DType::F32, t.device);
+}
+
+// Means over the steps since the last log line.
+struct Window {
+  double sup = 0, unsup = 0, mask = 0, pseudo_acc = 0;
+  int64_t steps = 0;
+  void clear() { *this = Window{}; }
+  double mean(double v) const { return steps > 0 ? v / static_cast<double>(steps) : 0.0; }
+};
+
+std::string fixed2(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f", v);
+  return buf;
+}
+
+}  // namespace
+
+int fixmatch_main(int argc, const char* const* argv) {
+  const auto started = std::chrono::steady_clock::now();
+  FixMatchConfig c;
+  Options options("fixmatch", "FixMatch semi-supervised training with a TMA / SE / STS smoothed teacher.");
+  add_fixmatch_options(options, c);
+  if (!options.parse(argc, argv)) return 0;
+  TrainingRun run("fixmatch", options, c.run);  // on --resume: the saved configuration, checked
+  if (c.run.threads > 0) omp_set_num_threads(c.run.threads);
+  const uint64_t seed = static_cast<uint64_t>(c.run.seed);
+
+  std::string device_note;
+  const Device device = select_device(c.run.device, &device_note);
+  std::fprintf(stderr, "%s\n", device_note.c_str());
+
+  // Data and every check that needs it, before anything is written.
+  const data::DataSpec spec = data::parse_data_spec(c.data);
+  const data::Dataset train = data::load_dataset(spec, data::Split::Train);
+  const data::Dataset test = data::load_dataset(spec, data::Split::Test);
+  if (!train.labeled()) throw UsageError(cat("--data ", c.data, ": the train split has no labels"));
+  if (c.labels > train.size)
+    throw UsageError(cat("--labels ", c.labels, " is larger than the training set (", train.size, " images in ",
+                         train.name, ")"));
+  if (c.labels % train.num_classes != 0)
+    throw UsageError(cat("--labels ", c.labels, " is not a multiple of the ", train.num_classes, " classes of ",
+                         train.name, " (the subset takes the same number from every class)"));
+  if (c.lambda_u > 0 && c.batch_size * c.mu > train.size)
+    throw UsageError(cat("--batch-size x --mu = ", c.batch_size * c.mu, " unlabeled images per step, more than the ",
+                         train.size, " of ", train.name));
+  const std::vector<int64_t> subset =
+      run.resuming() ? data::read_labeled_subset(run.dir().path(data::kLabeledSubsetFile), train, c.labels)
+                     : data::choose_labeled_subset(train, c.labels, seed);
+  const bool unlabeled = c.lambda_u > 0;
+
+  ModelSpec ms;
+  ms.arch = c.arch;
+  ms.stem = c.stem;
+  ms.in_channels = train.channels;
+  ms.width = c.width;
+  ms.num_classes = train.num_classes;
+  if (const std::string p = ms.problem(); !p.empty()) throw UsageError(cat("--arch ", c.arch, ": ", p));
+  std::unique_ptr<Model> student = make_model(ms, device);
+  student->init(part_seed(seed, kStudent));
+  std::unique_ptr<Model> teacher = make_model(ms, device, false);
+
+  TeacherConfig tc;
+  tc.mode = parse_smoothing_mode(c.smoothing);
+  tc.granularity = parse_granularity(c.granularity);
+  tc.preserve_prob = c.preserve_prob;
+  tc.momentum = c.momentum;
+  tc.schedule = MomentumSchedule::Constant;
+  tc.total_steps = c.steps;
+  tc.bn_buffers = parse_bn_buffer_policy(c.bn_buffers);
+  tc.seed = part_seed(seed, kTeacherMasks);
+  TeacherSmoother smoother(student->param_table(), student->buffer_table(), device, tc);
+  smoother.initialise(student->params(), teacher->params(), student->buffers(), teacher->buffers());
+
+  OptimizerConfig oc;
+  oc.kind = OptimizerKind::Sgd;
+  oc.momentum = static_cast<float>(c.sgd_momentum);
+  oc.nesterov = true;
+  oc.weight_decay = static_cast<float>(c.weight_decay);
+  oc.exclude_bias_and_norm = true;
+  Optimizer opt(student->param_table(), device, oc);
+
+  data::LoaderPosition position;
+  int64_t step = run.start_step();
+  if (run.resuming()) {
+    const SafetensorsFile& f = run.checkpoint();
+    load_model(f, *teacher, "", /*allow_unexpected=*/true);
+    load_model(f, *student, "student.");
+    for (const auto& [name, arena] : opt.state_arenas()) load_arenas(f, {arena}, "optim." + name + ".");
+    opt.restore_state_strings(f.metadata());
+    smoother.restore(TeacherState::from_strings(f.metadata()));
+    position = data::LoaderPosition::unpack(f.i64("run.loader"));
+    if (step > c.steps) throw Error(cat(f.path(), ": the checkpoint is at step ", step, ", past the run's ", c.steps));
+  }
+
+  run.begin(options.to_json());
+  if (!run.resuming()) data::write_labeled_subset(run.dir().path(data::kLabeledSubsetFile), train, seed, subset);
+  std::fprintf(stderr, "fixmatch: %s, %ld labels, %s, %ld steps of %ld labeled + %ld unlabeled; run directory %s\n",
+               train.name.c_str(), static_cast<long>(c.labels), c.arch.c_str(), static_cast<long>(c.steps),
+               static_cast<long>(c.batch_size), static_cast<long>(unlabeled ? c.batch_size * c.mu : 0),
+               run.dir().dir().c_str());
+
+  auto save = [&](int64_t at, const data::LoaderPosition& pos) {
+    SafetensorsWriter w;
+    add_model(w, *teacher, "");
+    add_model(w, *student, "student.");
+    for (const auto& [name, arena] : opt.state_arenas()) add_arena(w, *arena, "optim." + name + ".");
+    for (const auto& kv : opt.state_strings()) w.add_metadata(kv.first, kv.second);
+    for (const auto& kv : smoother.state().to_strings()) w.add_metadata(kv.first, kv.second);
+    const std::vector<int64_t> packed = pos.pack();
+    w.add_i64("run.loader", {static_cast<int64_t>(packed.size())}, packed);
+    run.save(w, at);
+  };
+  auto evaluate = [&](int64_t at) {
+    const double t = test_accuracy(*teacher, test, c.eval_batch), s = test_accuracy(*student, test, c.eval_batch);
+    run.metrics().write("eval", {{"step", at}, {"test_top1_teacher", t}, {"test_top1_student", s}});
+    return std::make_pair(t, s);
+  };
+
+  // ---- training ----------------------------------------------------------------------------
+  if (step < c.steps) {
+    data::AugmentTransform weak(data::Recipe::FixmatchWeak, train, device);
+    data::AugmentTransform strong(data::Recipe::FixmatchStrong, train, device);
+    std::unique_ptr<data::Loader> loader;
+    if (unlabeled) {
+      loader = data::make_fixmatch_loader(train, subset, train, c.batch_size, c.mu, weak, strong, seed, device, position);
+    } else {  // the labeled stream and view of the FixMatch loader, alone
+      data::LoaderConfig lc;
+      lc.streams.push_back(data::LoaderStream{&train, subset, c.batch_size, data::SamplerPurpose::Main, true, false, true});
+      lc.views = {data::LoaderView{0, &weak, 2}};
+      lc.seed = seed;
+      lc.device = device;
+      loader = std::make_unique<data::Loader>(std::move(lc), position);
+    }
+    const int64_t B = c.batch_size, U = unlabeled ? c.batch_size * c.mu : 0, N = B + 2 * U;
+    const Shape image = Shape{train.channels, train.height, train.width};
+    const int64_t image_numel = image.numel();
+    // Host staging of the per-row labels and weights, and the supervised / unsupervised halves.
+    std::vector<int32_t> labels_h(static_cast<size_t>(N), 0);
+    std::vector<float> weight_h(static_cast<size_t>(N)), sup_h(static_cast<size_t>(N), 0.0f),
+        unsup_h(static_cast<size_t>(N), 0.0f);
+    for (int64_t i = 0; i < B; ++i) sup_h[static_cast<size_t>(i)] = static_cast<float>(N) / static_cast<float>(B);
+
+    Workspace ws(device);
+    Graph g(ws);
+    StepTimer timer;
+    Progress progress(c.steps, step);
+    Window win;
+    const int64_t stop_at = c.stop_after > 0 ? std::min(c.stop_after, c.steps) : c.steps;
+    while (step < stop_at && !stop_requested()) {
+      timer.data_begin();
+      const data::Batch& batch = loader->next();
+      timer.data_end();
+      student->grads().zero();
+      ws.reset();
+      g.clear();
+      const std::vector<int32_t> y = to_host_i32(batch.labels[0]);
+      for (int64_t i = 0; i < B; ++i) labels_h[static_cast<size_t>(i)] = y[static_cast<size_t>(i)];
+
+      // One forward over [labeled | weak | strong], as the reference does (shared BN statistics).
+      Tensor x_all = batch.views[0];
+      if (unlabeled) {
+        x_all = ws.alloc(Shape{N, image[0], image[1], image[2]});
+        const int64_t counts[3] = {B, U, U};
+        float* at = x_all.f32();
+        for (int v = 0; v < 3; ++v) {
+          copy(Tensor(at, batch.views[static_cast<size_t>(v)].shape, DType::F32, device), batch.views[static_cast<size_t>(v)]);
+          at += counts[v] * image_numel;
+        }
+      }
+      Var* logits = student->forward(g, g.input(x_all, "images"), true);
+
+      int64_t masked = 0, pseudo_correct = 0;
+      if (unlabeled) {
+        Tensor weak_logits = rows(logits->value, B, U);
+        if (c.pseudo_labels == "teacher") {
+          NoGradScope no_grad(g);
+          weak_logits = teacher->forward(g, g.input(batch.views[1], "weak"), true)->value;
+        }
+        const Tensor pseudo = ws.alloc(Shape{U}, DType::I32), confidence = ws.alloc(Shape{U});
+        ops::argmax_max_prob(weak_logits, pseudo, confidence);
+        const std::vector<int32_t> p = to_host_i32(pseudo);
+        const std::vector<float> q = to_host_f32(confidence);
+        for (int64_t i = 0; i < U; ++i) {
+          const size_t r = static_cast<size_t>(B + U + i);
+          const bool keep = q[static_cast<size_t>(i)] >= static_cast<float>(c.threshold);
+          labels_h[r] = p[static_cast<size_t>(i)];
+          unsup_h[r] = keep ? static_cast<float>(N) / static_cast<float>(U) : 0.0f;
+          masked += keep;
+          pseudo_correct += p[static_cast<size_t>(i)] == train.labels[static_cast<size_t>(batch.indices[1][static_cast<size_t>(i)])];
+        }
+      }
+      for (size_t i = 0; i < weight_h.size(); ++i)
+        weight_h[i] = sup_h[i] + static_cast<float>(c.lambda_u) * unsup_h[i];
+      const Tensor labels = ws.alloc(Shape{N}, DType::I32), weight = ws.alloc(Shape{N});
+      from_host(labels, labels_h);
+      from_host(weight, weight_h);
+      Var* loss = ops::cross_entropy_weighted(g, logits, labels, weight);
+      // The two terms for the log, from the same logits (no gradient).
+      float sup_loss = 0, unsup_loss = 0;
+      {
+        NoGradScope no_grad(g);
+        const Tensor ws_sup = ws.alloc(Shape{N}), ws_unsup = ws.alloc(Shape{N});
+        from_host(ws_sup, sup_h);
+        copy_to_host(&sup_loss, ops::cross_entropy_weighted(g, logits, labels, ws_sup)->value, sizeof sup_loss);
+        if (unlabeled) {
+          from_host(ws_unsup, unsup_h);
+          copy_to_host(&unsup_loss, ops::cross_entropy_weighted(g, logits, labels, ws_unsup)->value, sizeof unsup_loss);
+        }
+      }
+      TS_CHECK(std::isfinite(sup_loss) && std::isfinite(unsup_loss), "the loss is not finite at step ", step,
+               " (supervised ", sup_loss, ", unsupervised ", unsup_loss, "); lower --lr");
+      g.backward(loss);
+      const float lr = fixmatch_lr(static_cast<float>(c.lr), step, c.steps);
+      opt.step(student->params(), student->grads(), lr);
+      smoother.update(student->params(), teacher->params(), student->buffers(), teacher->buffers(), step);
+      timer.step_end(B + 2 * U);
+      ++step;
+
+      win.sup += sup_loss;
+      win.unsup += unsup_loss;
+      if (unlabeled) {
+        win.mask += static_cast<double>(masked) / static_cast<double>(U);
+        win.pseudo_acc += static_cast<double>(pseudo_correct) / static_cast<double>(U);
+      }
+      ++win.steps;
+      if (step % c.run.log_every == 0 || step == stop_at) {
+        double ips = 0, wait = 0;
+        timer.take(&ips, &wait);
+        nlohmann::json ev = {{"step", step}, {"sup_loss", win.mean(win.sup)}, {"unsup_loss", win.mean(win.unsup)},
+                             {"lr", lr}, {"images_per_s", ips}, {"data_wait", wait}};
+        if (unlabeled) {
+          ev["mask_rate"] = win.mean(win.mask);
+          ev["pseudo_label_acc"] = win.mean(win.pseudo_acc);
+        }
+        run.metrics().write("train", ev);
+        progress.update(step, win.mean(win.sup) + c.lambda_u * win.mean(win.unsup), ips, wait,
+                        unlabeled ? cat("mask ", fixed2(100 * win.mean(win.mask)), "% pl-acc ",
+                                        fixed2(100 * win.mean(win.pseudo_acc)), "%")
+                                  : std::string());
+        win.clear();
+      }
+      if (c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
+        const auto [t, s] = evaluate(step);
+        progress.print(cat("step ", step, ": test top-1 teacher ", fixed2(t), "%, student ", fixed2(s), "%"));
+      }
+      if (step % c.run.save_every == 0 && step < stop_at) save(step, loader->position());
+    }
+    progress.finish();
+    save(step, loader->position());
+    if (step < c.steps) {
+      std::fprintf(stderr, "fixmatch: stopped at step %ld of %ld; checkpoint %s; continue with --resume %s\n",
+                   static_cast<long>(step), static_cast<long>(c.steps), run.dir().checkpoint().c_str(),
+                   run.dir().dir().c_str());
+      return 0;
+    }
+  }
+
+  // ---- final evaluation ----------------------------------------------------------------------
+  const auto [t, s] = evaluate(step);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  run.metrics().write("final", {{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}, {"wall_s", wall}});
+  std::printf("fixmatch: test top-1 teacher %s%%, student %s%% (%ld labels, lambda-u %g); wall %dm%02ds\n",
+              fixed2(t).c_str(), fixed2(s).c_str(), static_cast<long>(c.labels), c.lambda_u, static_cast<int>(wall) / 60,
+              static_cast<int>(wall) % 60);
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace tessera
