@@ -264,9 +264,8 @@ int fixmatch_main(int argc, const char* const* argv) {
     w.add_i64("run.loader", {static_cast<int64_t>(packed.size())}, packed);
     run.save(w, at);
   };
-  auto evaluate = [&](int64_t at) {
+  auto evaluate = [&] {
     const double t = test_accuracy(*teacher, test, c.eval_batch), s = test_accuracy(*student, test, c.eval_batch);
-    run.metrics().write("eval", {{"step", at}, {"test_top1_teacher", t}, {"test_top1_student", s}});
     return std::make_pair(t, s);
   };
 
@@ -335,6 +334,8 @@ int fixmatch_main(int argc, const char* const* argv) {
         Tensor weak_logits = rows(logits->value, B, U);
         if (c.pseudo_labels == "teacher") {
           phases.enter("teacher_forward");
+          // Train-mode BN over the weak batch, as the student sees it; the running statistics this
+          // updates are replaced by the student's at the smoother's next update (--bn-buffers copy).
           NoGradScope no_grad(g);
           weak_logits = teacher->forward(g, g.input(batch.views[1], "weak"), true)->value;
         }
@@ -409,7 +410,8 @@ int fixmatch_main(int argc, const char* const* argv) {
         win.clear();
       }
       if (c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
-        const auto [t, s] = evaluate(step);
+        const auto [t, s] = evaluate();
+        run.metrics().write("eval", {{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}});
         progress.print(cat("step ", step, ": test top-1 teacher ", fixed2(t), "%, student ", fixed2(s), "%"));
       }
       if (step % c.run.save_every == 0 && step < stop_at) save(step, loader->position());
@@ -426,7 +428,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   }
 
   // ---- final evaluation ----------------------------------------------------------------------
-  const auto [t, s] = evaluate(step);
+  const auto [t, s] = evaluate();
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   run.metrics().write("final", {{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}, {"wall_s", wall}});
   std::printf("fixmatch: test top-1 teacher %s%%, student %s%% (%ld labels, lambda-u %g); wall %dm%02ds\n",
