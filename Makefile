@@ -60,7 +60,8 @@ ifeq ($(CUDA),1)
                $(if $(filter 1,$(PROFILE)),-g -Xcompiler -fno-omit-frame-pointer,) \
                --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall,-Wextra,-Werror -MMD -MP \
                $(INCLUDES) -DTESSERA_CUDA=1
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcurand -lcudart
+  # -ldl: NVTX (engine/profile.cpp) loads a profiler's injection library; in libc since glibc 2.34.
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcurand -lcudart -ldl
   CXXFLAGS += -I$(CUDA_HOME)/include
 endif
 LDFLAGS := -fopenmp $(SAN)
