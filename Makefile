@@ -1,6 +1,7 @@
 # tessera: one entry point for build, test, demo, bench and gpu-check.
 #
 #   make              engine library and every program into build/
+#   make demo         install missing packages, build, BYOL + STS on Fashion-MNIST (configs/byol-fashion-mnist-cpu.conf)
 #   make test         install missing packages, build, run the whole GoogleTest suite
 #   make CUDA=0 test  the same, CPU-only engine
 #   make gpu-check    on a GPU machine: suite + compute-sanitizer + one summary table
@@ -59,7 +60,8 @@ ifeq ($(CUDA),1)
                $(if $(filter 1,$(PROFILE)),-g -Xcompiler -fno-omit-frame-pointer,) \
                --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall,-Wextra,-Werror -MMD -MP \
                $(INCLUDES) -DTESSERA_CUDA=1
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcurand -lcudart
+  # -ldl: NVTX (engine/profile.cpp) loads a profiler's injection library; in libc since glibc 2.34.
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcurand -lcudart -ldl
   CXXFLAGS += -I$(CUDA_HOME)/include
 endif
 LDFLAGS := -fopenmp $(SAN)

@@ -48,7 +48,7 @@ Var* batch_norm1d(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffer
 // x (N, C, H, W) -> (N, C, H, W); statistics over N, H, W
 Var* batch_norm2d(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf,
                   const BatchNormOptions& opt);
-// Row-wise y_i = x_i / max(||x_i||, eps).  x (N, D) -> (N, D)
+// Row-wise y_i = x_i / max(||x_i||, eps).  x (N, D) -> (N, D). Launcher in engine/ops_loss.cpp.
 Var* l2_normalize(Graph& g, Var* x, float eps = 1e-12f);
 
 // ---- losses (engine/ops_loss.cpp) -----------------------------------------------------

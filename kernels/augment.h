@@ -14,6 +14,7 @@
 #include <string>
 
 #include "kernels/common/augment_ops.h"
+#include "kernels/common/cost.h"
 
 namespace kernels {
 
@@ -57,3 +58,14 @@ namespace kernels::cuda {
 TS_AUGMENT_KERNELS
 }
 #undef TS_AUGMENT_KERNELS
+
+// Cost for the profiler (kernels/common/cost.h), from the estimate in this file's header:
+// bytes C H W in and 4 C H' W' out per image, about 40 FLOPs per output value.
+namespace kernels {
+TS_KERNEL_COST(augment, const uint8_t*, const int64_t*, const int64_t*, int64_t n, const AugmentSpec& spec,
+               float*, float*) {
+  const double in = 1.0 * spec.channels * spec.in_h * spec.in_w;
+  const double out = 1.0 * spec.channels * spec.out_h * spec.out_w;
+  return {n * (in + 4.0 * out + 16.0), n * 40.0 * out};
+}
+}  // namespace kernels

@@ -2,7 +2,7 @@
 // classifier and cross-entropy, on a fixed random batch.
 //
 //   build/bench train-step --arch resnet18 --stem cifar --width 64 --in-channels 3 --size 32
-//                          --batch 64 --steps 5 --device cpu|cuda
+//                          --batch 64 --steps 5 --device cpu|cuda [--profile-steps A:B]
 //
 // Prints the median ms per step over --steps timed steps after --warmup untimed ones (the
 // first step sizes the workspace and, on CUDA, picks the cuDNN algorithms), images/s and the
@@ -21,6 +21,7 @@
 #include "engine/check.h"
 #include "engine/device.h"
 #include "engine/ops.h"
+#include "engine/profile.h"
 #include "engine/optimizer.h"
 #include "engine/workspace.h"
 #include "models/model.h"
@@ -34,13 +35,15 @@ int bench_train_step(int argc, char** argv) {
   spec.num_classes = 10;
   std::string device_flag = "cpu";
   int size = 32, batch = 64, steps = 5, warmup = 2;
+  profile::StepWindow profile_window;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help") {
       std::printf(
           "bench train-step [--arch resnet18|resnet34|resnet50|wrn-28-2|... (resnet18)] [--stem cifar|imagenet (cifar)]\n"
           "  [--width W (64)] [--in-channels 1|3 (3)] [--num-classes K (10)] [--size S (32)] [--batch B (64)]\n"
-          "  [--steps N (5)] [--warmup N (2)] [--device auto|cpu|cuda (cpu)]\n");
+          "  [--steps N (5)] [--warmup N (2)] [--device auto|cpu|cuda (cpu)]\n"
+          "  [--profile-steps A:B: per-kernel table of steps A..B-1, counting warm-up steps from 0]\n");
       return 0;
     }
     if (i + 1 >= argc) throw UsageError(cat(a, ": expected a value"));
@@ -56,6 +59,7 @@ int bench_train_step(int argc, char** argv) {
       else if (a == "--steps") steps = std::stoi(v);
       else if (a == "--warmup") warmup = std::stoi(v);
       else if (a == "--device") device_flag = v;
+      else if (a == "--profile-steps") profile_window = profile::StepWindow::parse(v);
       else throw UsageError(cat("unknown flag '", a, "' (see --help)"));
     } catch (const std::logic_error&) {  // std::stoi: not a number / out of range
       throw UsageError(cat(a, ": expected an integer, found '", v, "'"));
@@ -88,19 +92,31 @@ int bench_train_step(int argc, char** argv) {
   Graph g(ws);
   std::vector<double> ms;
   float loss_value = 0;
+  profile::Profiler profiler(profile_window, device);
   for (int k = 0; k < warmup + steps; ++k) {
     const auto t0 = std::chrono::steady_clock::now();
+    profiler.begin_step(k);
+    profile::PhaseSequence phases;
+    phases.enter("zero_grad");
     ws.reset();
     g.clear();
     model->grads().zero();
-    Var* loss = ops::cross_entropy(g, model->forward(g, g.input(x.t, "images"), /*train=*/true), labels.t);
+    phases.enter("student_forward");
+    Var* logits = model->forward(g, g.input(x.t, "images"), /*train=*/true);
+    phases.enter("loss");
+    Var* loss = ops::cross_entropy(g, logits, labels.t);
+    phases.enter("backward");
     g.backward(loss);
+    phases.enter("optimizer");
     sgd.step(model->params(), model->grads(), 0.01f);
+    phases.leave();
     synchronize(device);
     const double step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    profiler.end_step(k);  // the last step of a window prints the table: not in step_ms
     if (k >= warmup) ms.push_back(step_ms);
     if (k + 1 == warmup + steps) loss_value = to_host_f32(loss->value)[0];
   }
+  profiler.finish();
   std::vector<double> sorted = ms;
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2];

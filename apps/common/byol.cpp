@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <utility>
 
 #include "apps/common/evaluation.h"
 #include "apps/common/features.h"
@@ -304,6 +305,7 @@ int byol_main(int argc, const char* const* argv) {
   // Data, and the checks that need it, before anything is written.
   const data::DataSpec spec = data::parse_data_spec(c.data);
   const data::Dataset train = data::load_dataset(spec, data::Split::Train);
+  data::Dataset test = data::load_dataset(spec, data::Split::Test);
   if (c.batch_size > train.size)
     throw UsageError(cat("--batch-size ", c.batch_size, " is larger than the training set (", train.size, " images in ",
                          train.name, ")"));
@@ -338,7 +340,7 @@ int byol_main(int argc, const char* const* argv) {
                static_cast<long>(train.size), static_cast<long>(total_steps), static_cast<long>(c.batch_size),
                static_cast<double>(total_steps) / static_cast<double>(steps_per_epoch), run.dir().dir().c_str());
 
-  Evaluator eval{c, first_images(train, c.eval_train_limit), data::load_dataset(spec, data::Split::Test), {}};
+  Evaluator eval{c, first_images(train, c.eval_train_limit), std::move(test), {}};
   eval.probe.epochs = c.probe_epochs;
   eval.probe.seed = static_cast<uint64_t>(c.run.seed);
 

@@ -45,6 +45,7 @@
 #include "engine/checkpoint.h"
 #include "engine/device.h"
 #include "engine/ops.h"
+#include "engine/profile.h"
 #include "engine/optimizer.h"
 #include "engine/schedule.h"
 #include "engine/teacher.h"
@@ -298,10 +299,16 @@ int fixmatch_main(int argc, const char* const* argv) {
     Progress progress(c.steps, step);
     Window win;
     const int64_t stop_at = c.stop_after > 0 ? std::min(c.stop_after, c.steps) : c.steps;
+    // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
+    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
     while (step < stop_at && !stop_requested()) {
+      profiler.begin_step(step);
+      profile::PhaseSequence phases;
+      phases.enter("data");
       timer.data_begin();
       const data::Batch& batch = loader->next();
       timer.data_end();
+      phases.enter("zero_grad");
       student->grads().zero();
       ws.reset();
       g.clear();
@@ -309,6 +316,7 @@ int fixmatch_main(int argc, const char* const* argv) {
       for (int64_t i = 0; i < B; ++i) labels_h[static_cast<size_t>(i)] = y[static_cast<size_t>(i)];
 
       // One forward over [labeled | weak | strong], as the reference does (shared BN statistics).
+      phases.enter("student_forward");
       Tensor x_all = batch.views[0];
       if (unlabeled) {
         x_all = ws.alloc(Shape{N, image[0], image[1], image[2]});
@@ -325,11 +333,13 @@ int fixmatch_main(int argc, const char* const* argv) {
       if (unlabeled) {
         Tensor weak_logits = rows(logits->value, B, U);
         if (c.pseudo_labels == "teacher") {
+          phases.enter("teacher_forward");
           // Train-mode BN over the weak batch, as the student sees it; the running statistics this
           // updates are replaced by the student's at the smoother's next update (--bn-buffers copy).
           NoGradScope no_grad(g);
           weak_logits = teacher->forward(g, g.input(batch.views[1], "weak"), true)->value;
         }
+        phases.enter("loss");
         const Tensor pseudo = ws.alloc(Shape{U}, DType::I32), confidence = ws.alloc(Shape{U});
         ops::argmax_max_prob(weak_logits, pseudo, confidence);
         const std::vector<int32_t> p = to_host_i32(pseudo);
@@ -343,6 +353,7 @@ int fixmatch_main(int argc, const char* const* argv) {
           pseudo_correct += p[static_cast<size_t>(i)] == train.labels[static_cast<size_t>(batch.indices[1][static_cast<size_t>(i)])];
         }
       }
+      phases.enter("loss");
       for (size_t i = 0; i < weight_h.size(); ++i)
         weight_h[i] = sup_h[i] + static_cast<float>(c.lambda_u) * unsup_h[i];
       const Tensor labels = ws.alloc(Shape{N}, DType::I32), weight = ws.alloc(Shape{N});
@@ -363,10 +374,15 @@ int fixmatch_main(int argc, const char* const* argv) {
       }
       TS_CHECK(std::isfinite(sup_loss) && std::isfinite(unsup_loss), "the loss is not finite at step ", step,
                " (supervised ", sup_loss, ", unsupervised ", unsup_loss, "); lower --lr");
+      phases.enter("backward");
       g.backward(loss);
+      phases.enter("optimizer");
       const float lr = fixmatch_lr(static_cast<float>(c.lr), step, c.steps);
       opt.step(student->params(), student->grads(), lr);
+      phases.enter("teacher_update");
       smoother.update(student->params(), teacher->params(), student->buffers(), teacher->buffers(), step);
+      phases.leave();
+      profiler.end_step(step);
       timer.step_end(B + 2 * U);
       ++step;
 
@@ -401,6 +417,7 @@ int fixmatch_main(int argc, const char* const* argv) {
       if (step % c.run.save_every == 0 && step < stop_at) save(step, loader->position());
     }
     progress.finish();
+    profiler.finish();  // a run stopped inside its window still prints what it measured
     save(step, loader->position());
     if (step < c.steps) {
       std::fprintf(stderr, "fixmatch: stopped at step %ld of %ld; checkpoint %s; continue with --resume %s\n",
