@@ -25,6 +25,7 @@
 #include "data/synthetic_images.h"
 #include "engine/check.h"
 #include "engine/device.h"
+#include "kernels/cpu/blas_kernels.h"
 
 namespace tessera {
 namespace {
@@ -182,6 +183,7 @@ int run(int argc, char** argv) {
 }  // namespace tessera
 
 int main(int argc, char** argv) {
+  kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
   try {
     return tessera::run(argc, argv);
   } catch (const tessera::UsageError& e) {

@@ -8,8 +8,10 @@
 
 #include "apps/common/bench.h"
 #include "engine/check.h"
+#include "kernels/cpu/blas_kernels.h"
 
 int main(int argc, char** argv) {
+  kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
   struct Command {
     const char* name;
     int (*run)(int, char**);

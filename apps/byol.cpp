@@ -3,7 +3,9 @@
 // apps/common/byol.cpp; `byol --help` lists every flag.
 #include "apps/common/byol.h"
 #include "apps/common/training_run.h"
+#include "kernels/cpu/blas_kernels.h"
 
 int main(int argc, char** argv) {
+  kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
   return tessera::run_program("byol", [&] { return tessera::byol_main(argc, argv); });
 }

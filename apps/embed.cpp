@@ -27,6 +27,7 @@
 #include "engine/workspace.h"
 #include "kernels/common/philox.h"
 #include "models/model.h"
+#include "kernels/cpu/blas_kernels.h"
 
 namespace tessera {
 namespace {
@@ -222,6 +223,7 @@ int run(int argc, char** argv) {
 }  // namespace tessera
 
 int main(int argc, char** argv) {
+  kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
   try {
     return tessera::run(argc, argv);
   } catch (const tessera::UsageError& e) {

@@ -1,7 +1,9 @@
 // FixMatch with a TMA / SE / STS smoothed teacher: see apps/common/fixmatch.cpp.
 #include "apps/common/fixmatch.h"
 #include "apps/common/training_run.h"
+#include "kernels/cpu/blas_kernels.h"
 
 int main(int argc, char** argv) {
+  kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
   return tessera::run_program("fixmatch", [&] { return tessera::fixmatch_main(argc, argv); });
 }

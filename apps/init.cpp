@@ -12,6 +12,7 @@
 #include "engine/check.h"
 #include "engine/checkpoint.h"
 #include "models/model.h"
+#include "kernels/cpu/blas_kernels.h"
 
 namespace tessera {
 namespace {
@@ -133,6 +134,7 @@ int run(int argc, char** argv) {
 }  // namespace tessera
 
 int main(int argc, char** argv) {
+  kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
   try {
     return tessera::run(argc, argv);
   } catch (const tessera::UsageError& e) {

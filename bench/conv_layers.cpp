@@ -1,12 +1,18 @@
 // Per-layer timing of the CPU convolution (kernels/cpu/conv.cpp) on the ResNet-18 cifar-stem
-// layer shapes, batch 64, to set against bench/torch_conv_layers.py. Standalone (not part of
-// the build); compile and run with the commands in bench/RESULTS.md.
+// layer shapes, to set against bench/torch_conv_layers.py. Standalone (not part of the build);
+// compile and run with the commands in bench/RESULTS.md.
+//   conv_layers [--width 64] [--size 32] [--in-channels 3] [--batch 64]
+// The defaults are ResNet-18 at CIFAR size; `--width 16 --size 28 --in-channels 1 --batch 256`
+// are the shapes of the Fashion-MNIST demo (batch 128, two views per image).
 #include <algorithm>
-#include <ctime>
 #include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <string>
 #include <vector>
 
 #include "kernels/conv.h"
+#include "kernels/cpu/blas_kernels.h"
 
 namespace {
 
@@ -32,17 +38,41 @@ double best_ms(std::vector<double> v) {
 
 }  // namespace
 
-int main() {
-  const int64_t batch = 64;
+int main(int argc, char** argv) {
+  kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
+  int64_t width = 64, size = 32, in_channels = 3, batch = 64;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    const int64_t value = std::atoll(argv[i + 1]);
+    if (flag == "--width") width = value;
+    else if (flag == "--size") size = value;
+    else if (flag == "--in-channels") in_channels = value;
+    else if (flag == "--batch") batch = value;
+    else {
+      std::fprintf(stderr, "conv_layers: unknown flag %s (expected --width, --size, --in-channels, --batch)\n",
+                   argv[i]);
+      return 2;
+    }
+  }
+  // Stage s (1..4) has width << (s-1) channels at side size >> (s-1), rounded up as a stride-2 conv does.
+  auto side = [&](int stage) {
+    int64_t h = size;
+    for (int i = 1; i < stage; ++i) h = (h + 1) / 2;
+    return h;
+  };
+  const int64_t w1 = width, w2 = 2 * width, w3 = 4 * width, w4 = 8 * width;
   const Layer layers[] = {
-      {"conv1 3-64 32px", 1, 3, 64, 32, 3, 1},      {"layer1 64-64 32px", 4, 64, 64, 32, 3, 1},
-      {"layer2.0 64-128 s2", 1, 64, 128, 32, 3, 2}, {"layer2 ds 1x1 s2", 1, 64, 128, 32, 1, 2},
-      {"layer2 128-128 16px", 3, 128, 128, 16, 3, 1}, {"layer3.0 128-256 s2", 1, 128, 256, 16, 3, 2},
-      {"layer3 ds 1x1 s2", 1, 128, 256, 16, 1, 2},  {"layer3 256-256 8px", 3, 256, 256, 8, 3, 1},
-      {"layer4.0 256-512 s2", 1, 256, 512, 8, 3, 2}, {"layer4 ds 1x1 s2", 1, 256, 512, 8, 1, 2},
-      {"layer4 512-512 4px", 3, 512, 512, 4, 3, 1},
+      {"conv1", 1, in_channels, w1, side(1), 3, 1},   {"layer1 3x3", 4, w1, w1, side(1), 3, 1},
+      {"layer2.0 3x3 s2", 1, w1, w2, side(1), 3, 2}, {"layer2 ds 1x1 s2", 1, w1, w2, side(1), 1, 2},
+      {"layer2 3x3", 3, w2, w2, side(2), 3, 1},      {"layer3.0 3x3 s2", 1, w2, w3, side(2), 3, 2},
+      {"layer3 ds 1x1 s2", 1, w2, w3, side(2), 1, 2}, {"layer3 3x3", 3, w3, w3, side(3), 3, 1},
+      {"layer4.0 3x3 s2", 1, w3, w4, side(3), 3, 2}, {"layer4 ds 1x1 s2", 1, w3, w4, side(3), 1, 2},
+      {"layer4 3x3", 3, w4, w4, side(4), 3, 1},
   };
   double total_f = 0, total_b = 0;
+  std::printf("width %lld, %lldx%lld, %lld input channels, batch %lld\n", static_cast<long long>(width),
+              static_cast<long long>(size), static_cast<long long>(size), static_cast<long long>(in_channels),
+              static_cast<long long>(batch));
   std::printf("%-22s %5s %10s %10s\n", "layer", "count", "fwd ms", "bwd ms");
   for (const Layer& l : layers) {
     kernels::Conv2dShape s;
@@ -60,7 +90,7 @@ int main() {
       const double t0 = now_ms();
       kernels::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data(), ws.data(), bytes);
       const double t1 = now_ms();
-      kernels::cpu::conv2d_backward(s, x.data(), w.data(), y.data(), l.c == 3 ? nullptr : dx.data(), dw.data(),
+      kernels::cpu::conv2d_backward(s, x.data(), w.data(), y.data(), l.c == in_channels ? nullptr : dx.data(), dw.data(),
                                     nullptr, ws.data(), bytes);
       const double t2 = now_ms();
       if (r == 0) continue;  // warm-up

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "tests/op_case.h"
+#include "kernels/cpu/blas_kernels.h"
 
 namespace {
 
@@ -52,6 +53,7 @@ void register_op_cases() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
   ::testing::InitGoogleTest(&argc, argv);
   register_op_cases();
   const int rc = RUN_ALL_TESTS();
