@@ -16,10 +16,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
 #include <string>
 #include <vector>
 
+#include "apps/common/options.h"
+#include "apps/common/training_run.h"
 #include "data/augment.h"
 #include "data/dataset.h"
 #include "data/synthetic_images.h"
@@ -33,17 +34,10 @@ namespace {
 struct Flags {
   std::string data = "fashion-mnist", recipe = "byol", out, device = "auto", split = "train";
   int n = 16, columns = 4, size = 32, channels = 3, out_size = 0;
-  uint64_t seed = 0;
+  int64_t seed = 0;
 };
 
-const char* kUsage =
-    "usage: augment-grid --out grid.png [--data KIND[:PATH] (fashion-mnist)] [--recipe byol|fixmatch-weak|\n"
-    "                    fixmatch-strong|normalize (byol)] [--n 16] [--columns 4] [--seed 0]\n"
-    "                    [--device auto|cpu|cuda (auto)] [--split train|test|unlabeled (train)]\n"
-    "                    [--size 32 (synthetic, folder)] [--channels 3 (synthetic, folder)]\n"
-    "                    [--out-size 0 (byol crop size; 0: the image size)]\n"
-    "KIND: fashion-mnist, mnist, cifar10, cifar100, stl10, folder, or synthetic[:N] (generated)\n";
-
+// Parses N of `--data synthetic:N`.
 int to_int(const std::string& flag, const std::string& v, int lo, int hi) {
   char* end = nullptr;
   const long x = std::strtol(v.c_str(), &end, 10);
@@ -52,42 +46,14 @@ int to_int(const std::string& flag, const std::string& v, int lo, int hi) {
   return static_cast<int>(x);
 }
 
-Flags parse(int argc, char** argv) {
-  Flags f;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    }
-    if (i + 1 >= argc) throw UsageError(cat(a, ": expected a value (see --help)"));
-    const std::string v = argv[++i];
-    if (a == "--data") f.data = v;
-    else if (a == "--recipe") f.recipe = v;
-    else if (a == "--out") f.out = v;
-    else if (a == "--device") f.device = v;
-    else if (a == "--split") f.split = v;
-    else if (a == "--n") f.n = to_int(a, v, 1, 256);
-    else if (a == "--columns") f.columns = to_int(a, v, 1, 16);
-    else if (a == "--size") f.size = to_int(a, v, 8, 512);
-    else if (a == "--channels") f.channels = to_int(a, v, 1, 3);
-    else if (a == "--out-size") f.out_size = to_int(a, v, 0, 512);
-    else if (a == "--seed") f.seed = static_cast<uint64_t>(to_int(a, v, 0, 0x7FFFFFFF));
-    else throw UsageError(cat("unknown flag '", a, "' (see --help)"));
-  }
-  if (f.out.empty()) throw UsageError("--out: expected a PNG path, found none (see --help)");
-  return f;
-}
-
 data::Dataset load(const Flags& f) {
   if (f.data == "synthetic" || f.data.rfind("synthetic:", 0) == 0) {
     const int count = f.data == "synthetic" ? 64 : to_int("--data synthetic:N", f.data.substr(10), 1, 100000);
-    return data::synthetic_dataset(count, f.channels, f.size, f.size, f.seed);
+    return data::synthetic_dataset(count, f.channels, f.size, f.size, static_cast<uint64_t>(f.seed));
   }
   data::Split split = data::Split::Train;
   if (f.split == "test") split = data::Split::Test;
   else if (f.split == "unlabeled") split = data::Split::Unlabeled;
-  else if (f.split != "train") throw UsageError(cat("--split: expected train, test or unlabeled, found '", f.split, "'"));
   data::DataOptions options;
   options.image_size = f.size;
   options.channels = f.channels;
@@ -111,8 +77,23 @@ struct Canvas {
   }
 };
 
-int run(int argc, char** argv) {
-  const Flags f = parse(argc, argv);
+int augment_grid_main(int argc, char** argv) {
+  Flags f;
+  Options o("augment-grid",
+            "A PNG of original images beside their augmented views (one row per image, spread evenly\n"
+            "over the split: the original, a gap, then --columns views).");
+  o.add("data", &f.data, "KIND[:PATH]: fashion-mnist, mnist, cifar10, cifar100, stl10, folder, or synthetic[:N] (generated)");
+  o.choice("recipe", &f.recipe, {"byol", "fixmatch-weak", "fixmatch-strong", "normalize"}, "the augmentation to show");
+  o.add("out", &f.out, "the PNG to write").required();
+  o.add("n", &f.n, "images (rows)").min(1).max(256);
+  o.add("columns", &f.columns, "views per image").min(1).max(16);
+  o.add("seed", &f.seed, "seed of the augmentation (and of synthetic images)").min(0).max(0x7FFFFFFF);
+  o.choice("device", &f.device, {"auto", "cpu", "cuda"}, "where to augment: a GPU when present (auto), or the one named");
+  o.choice("split", &f.split, {"train", "test", "unlabeled"}, "the split to draw images from (not synthetic)");
+  o.add("size", &f.size, "image side (synthetic, folder)").min(8).max(512);
+  o.add("channels", &f.channels, "image channels (synthetic, folder)").min(1).max(3);
+  o.add("out-size", &f.out_size, "byol crop size; 0: the image size").min(0).max(512);
+  if (!o.parse(argc, argv)) return 0;
   const data::Recipe recipe = data::parse_recipe(f.recipe);
   std::string note;
   const Device dev = select_device(f.device, &note);
@@ -157,7 +138,7 @@ int run(int argc, char** argv) {
     r.epochs = host_keys.data() + n;
     r.indices_device = static_cast<const int64_t*>(keys.data());
     r.epochs_device = r.indices_device + n;
-    r.seed = f.seed;
+    r.seed = static_cast<uint64_t>(f.seed);
     r.view = view;
     transform.apply(r, out.t);
     std::vector<float> views = to_host_f32(out.t);
@@ -184,13 +165,5 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
-  try {
-    return tessera::run(argc, argv);
-  } catch (const tessera::UsageError& e) {
-    std::fprintf(stderr, "augment-grid: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "augment-grid: %s\n", e.what());
-    return 1;
-  }
+  return tessera::run_program("augment-grid", [&] { return tessera::augment_grid_main(argc, argv); });
 }

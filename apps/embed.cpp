@@ -10,15 +10,15 @@
 //
 // Data: any `--data KIND[:PATH]` the dataset readers know (data/dataset.h), normalised with
 // the dataset's per-channel mean and std, or `--data synthetic` (built in, below).
-#include <cerrno>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <exception>
-#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "apps/common/options.h"
+#include "apps/common/training_run.h"
 #include "data/dataset.h"
 #include "engine/autograd.h"
 #include "engine/check.h"
@@ -26,71 +26,11 @@
 #include "engine/device.h"
 #include "engine/workspace.h"
 #include "kernels/common/philox.h"
-#include "models/model.h"
 #include "kernels/cpu/blas_kernels.h"
+#include "models/model.h"
 
 namespace tessera {
 namespace {
-
-const char* kHelp =
-    "usage: embed --checkpoint FILE --out FILE.safetensors [flags]\n"
-    "Writes a backbone's pooled features (and labels, and logits when the model has a\n"
-    "classifier) for one split of a dataset; eval mode, inputs only normalised.\n"
-    "  --checkpoint FILE    a checkpoint written by init, byol or fixmatch (required)\n"
-    "  --prefix P           name prefix of the model inside the checkpoint, e.g. teacher. (default none)\n"
-    "  --data SPEC          fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | cifar100:DIR | stl10:DIR |\n"
-    "                       folder:DIR | synthetic (default fashion-mnist)\n"
-    "  --split S            train | test (default test)\n"
-    "  --out FILE           the safetensors file to write (required)\n"
-    "  --limit N            embed at most N images; 0 for all (default 0)\n"
-    "  --device D           auto | cpu | cuda (default auto)\n"
-    "  --batch-size B       images per forward pass (default 256)\n";
-
-struct Flags {
-  std::map<std::string, std::string> values;
-  bool has(const std::string& k) const { return values.count(k) != 0; }
-  std::string get(const std::string& k, const std::string& fallback) const {
-    return has(k) ? values.at(k) : fallback;
-  }
-};
-
-// GNU long flags: --name value or --name=value; every flag takes a value.
-Flags parse(int argc, char** argv, std::initializer_list<const char*> known) {
-  Flags f;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      f.values["help"] = "";
-      return f;
-    }
-    if (a.rfind("--", 0) != 0) throw UsageError(cat("unexpected argument '", a, "'"));
-    std::string name = a.substr(2), value;
-    const size_t eq = name.find('=');
-    if (eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    } else {
-      if (i + 1 >= argc) throw UsageError(cat("--", name, ": missing value"));
-      value = argv[++i];
-    }
-    bool ok = false;
-    for (const char* k : known) ok = ok || name == k;
-    if (!ok) throw UsageError(cat("unknown flag --", name));
-    f.values[name] = value;
-  }
-  return f;
-}
-
-int64_t to_int(const Flags& f, const std::string& name, int64_t fallback, int64_t min) {
-  if (!f.has(name)) return fallback;
-  const std::string& v = f.values.at(name);
-  char* end = nullptr;
-  errno = 0;
-  const long long x = std::strtoll(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || errno != 0 || x < min)
-    throw UsageError(cat("--", name, ": expected an integer >= ", min, ", found '", v, "'"));
-  return x;
-}
 
 // Images as stored (uint8, N x C x H x W) with the per-channel mean / std that normalise them.
 struct Images {
@@ -147,26 +87,27 @@ Images from_reader(const std::string& spec, bool train, int channels) {
   return out;
 }
 
-int run(int argc, char** argv) {
-  const Flags f = parse(argc, argv, {"checkpoint", "prefix", "data", "split", "out", "limit", "device", "batch-size"});
-  if (f.has("help")) {
-    std::fputs(kHelp, stdout);
-    return 0;
-  }
-  if (!f.has("checkpoint")) throw UsageError("--checkpoint: required");
-  if (!f.has("out")) throw UsageError("--out: required (the safetensors file to write)");
-  const std::string split = f.get("split", "test");
-  if (split != "train" && split != "test") throw UsageError(cat("--split: expected train or test, found '", split, "'"));
-  const std::string data = f.get("data", "fashion-mnist");
+int embed_main(int argc, char** argv) {
+  std::string checkpoint, prefix, data = "fashion-mnist", split = "test", out, device_flag = "auto";
+  int64_t limit = 0, batch = 256;
+  Options o("embed",
+            "Writes a backbone's pooled features (and labels, and logits when the model has a\n"
+            "classifier) for one split of a dataset; eval mode, inputs only normalised.");
+  o.add("checkpoint", &checkpoint, "a checkpoint written by init, byol or fixmatch").required();
+  o.add("prefix", &prefix, "name prefix of the model inside the checkpoint, e.g. teacher.");
+  o.add("data", &data, "fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | cifar100:DIR | stl10:DIR | folder:DIR | synthetic");
+  o.choice("split", &split, {"train", "test"}, "the split to embed");
+  o.add("out", &out, "the safetensors file to write").required();
+  o.add("limit", &limit, "embed at most N images; 0 for all").min(0);
+  o.choice("device", &device_flag, {"auto", "cpu", "cuda"}, "where to run: a GPU when present (auto), or the one named");
+  o.add("batch-size", &batch, "images per forward pass").min(1);
+  if (!o.parse(argc, argv)) return 0;
   if (data != "synthetic") data::parse_data_spec(data);  // a bad spec is a usage error, before any work
-  const int64_t limit = to_int(f, "limit", 0, 0);
-  const int64_t batch = to_int(f, "batch-size", 256, 1);
-  const std::string prefix = f.get("prefix", "");
   std::string note;
-  const Device device = select_device(f.get("device", "auto"), &note);
+  const Device device = select_device(device_flag, &note);
   std::fprintf(stderr, "embed: %s\n", note.c_str());
 
-  const SafetensorsFile ckpt = SafetensorsFile::read(f.values.at("checkpoint"));
+  const SafetensorsFile ckpt = SafetensorsFile::read(checkpoint);
   // The checkpoint may hold more than this model (a teacher, optimizer state): only the
   // model's own tensors are checked.
   std::unique_ptr<Model> model = load_model(ckpt, device, prefix, /*allow_unexpected=*/true);
@@ -211,7 +152,6 @@ int run(int argc, char** argv) {
   w.add_metadata("checkpoint", ckpt.path());
   w.add_metadata("data", data);
   w.add_metadata("split", split);
-  const std::string out = f.values.at("out");
   w.write(out);
   std::printf("embed: %lld %s images of %s -> %s (features %lld x %lld%s)\n", static_cast<long long>(n), split.c_str(),
               data.c_str(), out.c_str(), static_cast<long long>(n), static_cast<long long>(dim),
@@ -224,13 +164,5 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
-  try {
-    return tessera::run(argc, argv);
-  } catch (const tessera::UsageError& e) {
-    std::fprintf(stderr, "embed: %s (see embed --help)\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "embed: %s\n", e.what());
-    return 1;
-  }
+  return tessera::run_program("embed", [&] { return tessera::embed_main(argc, argv); });
 }

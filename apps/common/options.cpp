@@ -80,6 +80,11 @@ Options::Option& Options::Option::check(std::function<std::string()> fn) {
   return *this;
 }
 
+Options::Option& Options::Option::required() {
+  is_required = true;
+  return *this;
+}
+
 Options::Options(std::string program, std::string summary)
     : program_(std::move(program)), summary_(std::move(summary)) {
   add("config", &config_path_, "read `flag = value` lines from FILE (the command line overrides them)");
@@ -276,6 +281,7 @@ void Options::validate() const {
   for (const Option& o : options_) {
     const std::string flag = "--" + o.name + (o.source == "command line" || o.source == "default"
                                                    ? "" : " (" + o.source + ")");
+    if (o.is_required && o.source == "default") throw UsageError(cat(flag, " is required (see --help)"));
     if (o.number()) {
       const double v = std::strtod(value_text(o).c_str(), nullptr);
       const bool low = o.has_min && (o.min_inclusive ? v < o.min_value : v <= o.min_value);
@@ -352,7 +358,9 @@ std::string Options::help_text() const {
     if (left.size() < 34) left.resize(34, ' ');
     else left += "\n" + std::string(34, ' ');
     os << left << o.help;
-    if (o.type != Option::Type::Bool) {
+    if (o.is_required) {
+      os << " (required)";
+    } else if (o.type != Option::Type::Bool) {
       os << " (default: " << (o.default_text.empty() ? "none" : o.default_text) << ")";
     }
     os << "\n";

@@ -12,7 +12,8 @@
 // in rising priority: the defaults, `--config FILE` (lines `flag = value`, # comments), the
 // command line (`--flag value` or `--flag=value`). Every problem is a UsageError naming the
 // flag (and the file and line for a config file), thrown before the program touches anything
-// on disk, so a bad invocation never overwrites a run.
+// on disk, so a bad invocation never overwrites a run. An option marked required() has no
+// default: leaving it unset is a UsageError too.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +35,8 @@ class Options {
     Option& max(double v, bool inclusive = true);
     // Any other check: return "" when the value is fine, else what was expected.
     Option& check(std::function<std::string()> fn);
+    // The program cannot run without it: a source other than the default must set it.
+    Option& required();
 
    private:
     friend class Options;
@@ -48,6 +51,7 @@ class Options {
     bool has_min = false, min_inclusive = true, has_max = false, max_inclusive = true;
     double min_value = 0, max_value = 0;
     std::vector<std::function<std::string()>> checks;
+    bool is_required = false;
     std::string source;  // "default", "FILE:LINE" or "command line"
   };
 
@@ -75,7 +79,8 @@ class Options {
   std::string source(const std::string& name) const;
   nlohmann::json to_json() const;             // every option with its resolved value
   std::string help_text() const;
-  // Re-runs the range and custom checks (parse() does this; call again after apply_json).
+  // Re-runs the required, range and custom checks (parse() does this; call again after
+  // apply_json).
   void validate() const;
 
  private:

@@ -1,0 +1,124 @@
+// The small programs' command lines (apps/init.cpp, embed.cpp, augment-grid.cpp, all on
+// apps/common/options.h): --help, unknown flags, missing required flags and bad values, run
+// as the built programs, which sit next to this test binary. A usage error exits 2 with one
+// line naming the flag, a runtime error exits 1, and neither leaves a file behind.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "engine/check.h"
+
+namespace tessera {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int status = -1;  // exit code, or -1 when the program did not exit normally
+  std::string output;  // stdout and stderr together
+};
+
+// Runs build/PROGRAM ARGS (the build directory of this test binary), capturing its output.
+Result run(const std::string& program, const std::string& args) {
+  const fs::path binary = fs::read_symlink("/proc/self/exe").parent_path() / program;
+  Result r;
+  if (!fs::exists(binary)) {
+    r.output = cat(binary.string(), " not found: build the programs with the tests (make)");
+    return r;
+  }
+  FILE* p = ::popen(cat("'", binary.string(), "' ", args, " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, n);
+  const int status = ::pclose(p);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// The one line a usage or runtime error prints, "PROGRAM: message".
+void expect_error(const Result& r, int status, const std::string& program, const std::string& needle) {
+  EXPECT_EQ(r.status, status) << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << "expected '" << needle << "' in:\n" << r.output;
+  const size_t line = r.output.rfind(program + ": ");
+  EXPECT_NE(line, std::string::npos) << r.output;
+  if (line != std::string::npos) {
+    EXPECT_EQ(r.output.find('\n', line), r.output.size() - 1) << r.output;
+  }
+}
+
+std::string temp_path(const std::string& name) {
+  const std::string p = cat(::testing::TempDir(), "tessera_flags_", ::getpid(), "_", name);
+  fs::remove_all(p);
+  return p;
+}
+
+TEST(AppFlags, HelpListsTheFlags) {
+  for (const char* program : {"init", "embed", "augment-grid"}) {
+    const Result r = run(program, "--help");
+    EXPECT_EQ(r.status, 0) << program << ":\n" << r.output;
+    EXPECT_NE(r.output.find(cat("usage: ", program)), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("--out S"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("(required)"), std::string::npos) << r.output;
+  }
+  EXPECT_NE(run("init", "--help").output.find("--num-classes N"), std::string::npos);
+  EXPECT_NE(run("embed", "--help").output.find("--split train|test"), std::string::npos);
+  EXPECT_NE(run("augment-grid", "--help").output.find("--recipe byol|fixmatch-weak"), std::string::npos);
+}
+
+TEST(AppFlags, UnknownFlagIsNamed) {
+  expect_error(run("init", "--bogus 1 --out x"), 2, "init", "unknown flag --bogus");
+  expect_error(run("init", "--widht 8 --out x"), 2, "init", "did you mean --width?");
+  expect_error(run("embed", "--checkpoint c --out x --bogus=1"), 2, "embed", "unknown flag --bogus");
+  expect_error(run("augment-grid", "--out x --colums 4"), 2, "augment-grid", "did you mean --columns?");
+}
+
+TEST(AppFlags, MissingRequiredFlag) {
+  expect_error(run("init", "--arch resnet18"), 2, "init", "--out is required");
+  expect_error(run("embed", "--out x"), 2, "embed", "--checkpoint is required");
+  expect_error(run("embed", "--checkpoint c"), 2, "embed", "--out is required");
+  expect_error(run("augment-grid", "--data synthetic"), 2, "augment-grid", "--out is required");
+  expect_error(run("init", "--arch mlp --out x"), 2, "init", "--mlp-sizes: required for --arch mlp");
+}
+
+TEST(AppFlags, BadValueIsAUsageErrorAndWritesNothing) {
+  const std::string out = temp_path("bad.out");
+  expect_error(run("init", "--width abc --out " + out), 2, "init", "--width: expected an integer, found 'abc'");
+  expect_error(run("init", "--in-channels 0 --out " + out), 2, "init", "--in-channels: expected a value >= 1");
+  expect_error(run("init", "--stem round --out " + out), 2, "init", "--stem: expected one of imagenet, cifar");
+  expect_error(run("init", "--arch mlp --mlp-sizes 4,8 --out " + out), 2, "init", "--mlp-sizes: expected IN,HIDDEN,OUT");
+  expect_error(run("init", "--arch mlp --mlp-sizes 4,8,2 --width 8 --out " + out), 2, "init",
+               "--width: applies to ResNets only");
+  expect_error(run("embed", "--checkpoint c --batch-size 0 --out " + out), 2, "embed", "--batch-size: expected a value >= 1");
+  expect_error(run("embed", "--checkpoint c --split val --out " + out), 2, "embed", "--split: expected one of train, test");
+  expect_error(run("augment-grid", "--channels 4 --out " + out), 2, "augment-grid", "--channels: expected a value in [1, 3]");
+  expect_error(run("augment-grid", "--n abc --out " + out), 2, "augment-grid", "--n: expected an integer");
+  expect_error(run("augment-grid", "--out"), 2, "augment-grid", "--out: missing value");
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST(AppFlags, RuntimeErrorExitsOne) {
+  const std::string out = temp_path("embed.safetensors");
+  expect_error(run("embed", "--device cpu --checkpoint /nonexistent/c.safetensors --out " + out), 1, "embed",
+               "/nonexistent/c.safetensors");
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// --config supplies a required flag; the command line still wins over it.
+TEST(AppFlags, ConfigFileSetsRequiredFlag) {
+  const std::string conf = temp_path("init.conf"), out = temp_path("mlp.safetensors");
+  std::ofstream(conf) << "arch = mlp\nmlp-sizes = 4,8,2\nseed = 3\nout = " << out << "\n";
+  const Result r = run("init", cat("--config ", conf, " --seed 5"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("seed 5"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(out)) << r.output;
+  fs::remove(conf);
+  fs::remove(out);
+}
+
+}  // namespace
+}  // namespace tessera
