@@ -13,9 +13,15 @@
 // With --lambda-u 0 the unlabeled stream is not loaded at all: supervised training on the
 // same labeled batches (same subset, same order, same augmentations).
 //
-// The mask is thresholded on the host from the max probabilities: one small copy per step
-// (mu B floats). On the CPU it is free; on a GPU it is a stream sync per step, which a fused
-// threshold kernel would remove.
+// A step never waits for the device. The per-row labels and weights (and the mask, the
+// pseudo-labels and the counts of kept and correct pseudo-labels) are built on the device by
+// kernels/fixmatch_targets.h from argmax_max_prob's output; the unlabeled images' true labels
+// come with the batch (the loader uploads them like the labeled ones, asynchronously). Each
+// step's two logged losses and two counts go to its slot in small device buffers, read to the
+// host only when a metrics line is written (every --log-every steps and the last step) or a
+// checkpoint is saved; the finiteness check runs there, over every step since the last read,
+// naming the first bad step. So a non-finite loss stops the run at the next log line or
+// checkpoint rather than at once, and never reaches a checkpoint.
 //
 // Checkpoint (last.safetensors):
 //   (no prefix)      the teacher, PyTorch names: the model evaluated and exported
@@ -44,6 +50,7 @@
 #include "engine/check.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
+#include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
 #include "engine/optimizer.h"
@@ -51,6 +58,7 @@
 #include "engine/teacher.h"
 #include "engine/workspace.h"
 #include "kernels/common/philox.h"
+#include "kernels/fixmatch_targets.h"
 #include "models/model.h"
 
 namespace tessera {
@@ -275,7 +283,18 @@ int fixmatch_main(int argc, const char* const* argv) {
     data::AugmentTransform strong(data::Recipe::FixmatchStrong, train, device);
     std::unique_ptr<data::Loader> loader;
     if (unlabeled) {
-      loader = data::make_fixmatch_loader(train, subset, train, c.batch_size, c.mu, weak, strong, seed, device, position);
+      // data::make_fixmatch_loader's streams and views, with the unlabeled stream's labels
+      // delivered too: the pseudo-label accuracy is counted on the device, so the true labels
+      // travel with the batch (pinned staging, async upload) instead of being looked up on
+      // the host. Labels change nothing in what is sampled or how it is augmented.
+      data::LoaderConfig lc;
+      lc.streams.push_back(data::LoaderStream{&train, subset, c.batch_size, data::SamplerPurpose::Main, true, false, true});
+      lc.streams.push_back(data::LoaderStream{&train, data::all_indices(train.size), c.batch_size * c.mu,
+                                              data::SamplerPurpose::Unlabeled, true, false, true});
+      lc.views = {data::LoaderView{0, &weak, 2}, data::LoaderView{1, &weak, 0}, data::LoaderView{1, &strong, 1}};
+      lc.seed = seed;
+      lc.device = device;
+      loader = std::make_unique<data::Loader>(std::move(lc), position);
     } else {  // the labeled stream and view of the FixMatch loader, alone
       data::LoaderConfig lc;
       lc.streams.push_back(data::LoaderStream{&train, subset, c.batch_size, data::SamplerPurpose::Main, true, false, true});
@@ -287,17 +306,42 @@ int fixmatch_main(int argc, const char* const* argv) {
     const int64_t B = c.batch_size, U = unlabeled ? c.batch_size * c.mu : 0, N = B + 2 * U;
     const Shape image = Shape{train.channels, train.height, train.width};
     const int64_t image_numel = image.numel();
-    // Host staging of the per-row labels and weights, and the supervised / unsupervised halves.
-    std::vector<int32_t> labels_h(static_cast<size_t>(N), 0);
-    std::vector<float> weight_h(static_cast<size_t>(N)), sup_h(static_cast<size_t>(N), 0.0f),
-        unsup_h(static_cast<size_t>(N), 0.0f);
-    for (int64_t i = 0; i < B; ++i) sup_h[static_cast<size_t>(i)] = static_cast<float>(N) / static_cast<float>(B);
 
     Workspace ws(device);
     Graph g(ws);
     StepTimer timer;
     Progress progress(c.steps, step);
     Window win;
+    // Per-step slots on the device, filled in step order since the last read: the two logged
+    // losses and the counts of kept and correct pseudo-labels. read_back() adds them to the
+    // window in that order, as the per-step host sums did, and checks that the losses are
+    // finite. At most log_every steps pass between reads (a log line or a checkpoint).
+    const int64_t slots = c.run.log_every;
+    const OwnedTensor step_losses(device, Shape{slots, 2}), step_counts(device, Shape{slots, 2}, DType::I32);
+    fill_zero(step_losses);
+    fill_zero(step_counts);
+    int64_t pending = 0;  // steps in the slots not yet read
+    auto read_back = [&] {
+      if (pending == 0) return;
+      std::vector<float> l(static_cast<size_t>(2 * pending));
+      std::vector<int32_t> n(static_cast<size_t>(2 * pending));
+      copy_to_host(l.data(), step_losses, l.size() * sizeof(float));
+      copy_to_host(n.data(), step_counts, n.size() * sizeof(int32_t));
+      for (int64_t s = 0; s < pending; ++s) {
+        const float sup_loss = l[static_cast<size_t>(2 * s)], unsup_loss = l[static_cast<size_t>(2 * s + 1)];
+        TS_CHECK(std::isfinite(sup_loss) && std::isfinite(unsup_loss), "the loss is not finite at step ",
+                 step - pending + s, " (supervised ", sup_loss, ", unsupervised ", unsup_loss, "); lower --lr");
+        win.sup += sup_loss;
+        win.unsup += unsup_loss;
+        if (unlabeled) {
+          win.mask += static_cast<double>(n[static_cast<size_t>(2 * s)]) / static_cast<double>(U);
+          win.pseudo_acc += static_cast<double>(n[static_cast<size_t>(2 * s + 1)]) / static_cast<double>(U);
+        }
+      }
+      fill_zero(step_losses);
+      fill_zero(step_counts);
+      pending = 0;
+    };
     const int64_t stop_at = c.stop_after > 0 ? std::min(c.stop_after, c.steps) : c.steps;
     // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
     profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
@@ -312,8 +356,6 @@ int fixmatch_main(int argc, const char* const* argv) {
       student->grads().zero();
       ws.reset();
       g.clear();
-      const std::vector<int32_t> y = to_host_i32(batch.labels[0]);
-      for (int64_t i = 0; i < B; ++i) labels_h[static_cast<size_t>(i)] = y[static_cast<size_t>(i)];
 
       // One forward over [labeled | weak | strong], as the reference does (shared BN statistics).
       phases.enter("student_forward");
@@ -329,7 +371,7 @@ int fixmatch_main(int argc, const char* const* argv) {
       }
       Var* logits = student->forward(g, g.input(x_all, "images"), true);
 
-      int64_t masked = 0, pseudo_correct = 0;
+      Tensor pseudo, confidence;  // (U) each; undefined with --lambda-u 0
       if (unlabeled) {
         Tensor weak_logits = rows(logits->value, B, U);
         if (c.pseudo_labels == "teacher") {
@@ -340,40 +382,34 @@ int fixmatch_main(int argc, const char* const* argv) {
           weak_logits = teacher->forward(g, g.input(batch.views[1], "weak"), true)->value;
         }
         phases.enter("loss");
-        const Tensor pseudo = ws.alloc(Shape{U}, DType::I32), confidence = ws.alloc(Shape{U});
+        pseudo = ws.alloc(Shape{U}, DType::I32);
+        confidence = ws.alloc(Shape{U});
         ops::argmax_max_prob(weak_logits, pseudo, confidence);
-        const std::vector<int32_t> p = to_host_i32(pseudo);
-        const std::vector<float> q = to_host_f32(confidence);
-        for (int64_t i = 0; i < U; ++i) {
-          const size_t r = static_cast<size_t>(B + U + i);
-          const bool keep = q[static_cast<size_t>(i)] >= static_cast<float>(c.threshold);
-          labels_h[r] = p[static_cast<size_t>(i)];
-          unsup_h[r] = keep ? static_cast<float>(N) / static_cast<float>(U) : 0.0f;
-          masked += keep;
-          pseudo_correct += p[static_cast<size_t>(i)] == train.labels[static_cast<size_t>(batch.indices[1][static_cast<size_t>(i)])];
-        }
       }
       phases.enter("loss");
-      for (size_t i = 0; i < weight_h.size(); ++i)
-        weight_h[i] = sup_h[i] + static_cast<float>(c.lambda_u) * unsup_h[i];
-      const Tensor labels = ws.alloc(Shape{N}, DType::I32), weight = ws.alloc(Shape{N});
-      from_host(labels, labels_h);
-      from_host(weight, weight_h);
+      // Per-row labels and weights, and this step's kept / correct counts into its slot.
+      const Tensor labels = ws.alloc(Shape{N}, DType::I32), weight = ws.alloc(Shape{N}), w_sup = ws.alloc(Shape{N}),
+                   w_unsup = ws.alloc(Shape{N});
+      TS_CHECK(pending < slots, "fixmatch: more than --log-every steps since the metrics were last read");
+      const Tensor& y_labeled = batch.labels[0];
+      TS_CHECK(y_labeled.numel() == B && (!unlabeled || batch.labels[1].numel() == U),
+               "fixmatch: the batch's labels do not match the batch sizes");
+      TS_DISPATCH(device, fixmatch_targets, y_labeled.i32(), unlabeled ? pseudo.i32() : nullptr,
+                  unlabeled ? confidence.f32() : nullptr, unlabeled ? batch.labels[1].i32() : nullptr, B, U,
+                  static_cast<float>(c.threshold), static_cast<float>(c.lambda_u), labels.i32(), weight.f32(),
+                  w_sup.f32(), w_unsup.f32(), step_counts.t.i32() + 2 * pending);
       Var* loss = ops::cross_entropy_weighted(g, logits, labels, weight);
-      // The two terms for the log, from the same logits (no gradient).
-      float sup_loss = 0, unsup_loss = 0;
+      // The two terms for the log, from the same logits (no gradient), kept on the device.
       {
         NoGradScope no_grad(g);
-        const Tensor ws_sup = ws.alloc(Shape{N}), ws_unsup = ws.alloc(Shape{N});
-        from_host(ws_sup, sup_h);
-        copy_to_host(&sup_loss, ops::cross_entropy_weighted(g, logits, labels, ws_sup)->value, sizeof sup_loss);
+        const Tensor slot(step_losses.t.f32() + 2 * pending, Shape{1}, DType::F32, device);
+        copy(slot, ops::cross_entropy_weighted(g, logits, labels, w_sup)->value);
         if (unlabeled) {
-          from_host(ws_unsup, unsup_h);
-          copy_to_host(&unsup_loss, ops::cross_entropy_weighted(g, logits, labels, ws_unsup)->value, sizeof unsup_loss);
+          const Tensor unsup_slot(step_losses.t.f32() + 2 * pending + 1, Shape{1}, DType::F32, device);
+          copy(unsup_slot, ops::cross_entropy_weighted(g, logits, labels, w_unsup)->value);
         }
       }
-      TS_CHECK(std::isfinite(sup_loss) && std::isfinite(unsup_loss), "the loss is not finite at step ", step,
-               " (supervised ", sup_loss, ", unsupervised ", unsup_loss, "); lower --lr");
+      ++pending;
       phases.enter("backward");
       g.backward(loss);
       phases.enter("optimizer");
@@ -386,14 +422,9 @@ int fixmatch_main(int argc, const char* const* argv) {
       timer.step_end(B + 2 * U);
       ++step;
 
-      win.sup += sup_loss;
-      win.unsup += unsup_loss;
-      if (unlabeled) {
-        win.mask += static_cast<double>(masked) / static_cast<double>(U);
-        win.pseudo_acc += static_cast<double>(pseudo_correct) / static_cast<double>(U);
-      }
       ++win.steps;
       if (step % c.run.log_every == 0 || step == stop_at) {
+        read_back();
         double ips = 0, wait = 0;
         timer.take(&ips, &wait);
         nlohmann::json ev = {{"step", step}, {"sup_loss", win.mean(win.sup)}, {"unsup_loss", win.mean(win.unsup)},
@@ -414,10 +445,14 @@ int fixmatch_main(int argc, const char* const* argv) {
         run.metrics().write("eval", {{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}});
         progress.print(cat("step ", step, ": test top-1 teacher ", fixed2(t), "%, student ", fixed2(s), "%"));
       }
-      if (step % c.run.save_every == 0 && step < stop_at) save(step, loader->position());
+      if (step % c.run.save_every == 0 && step < stop_at) {
+        read_back();  // no checkpoint of weights a non-finite loss has already reached
+        save(step, loader->position());
+      }
     }
     progress.finish();
     profiler.finish();  // a run stopped inside its window still prints what it measured
+    read_back();
     save(step, loader->position());
     if (step < c.steps) {
       std::fprintf(stderr, "fixmatch: stopped at step %ld of %ld; checkpoint %s; continue with --resume %s\n",
