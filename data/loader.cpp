@@ -414,7 +414,8 @@ std::unique_ptr<Loader> make_fixmatch_loader(const Dataset& labeled, const std::
   // Batches run across epoch boundaries: 40 labels still fill a labeled batch of 64.
   c.streams.push_back(LoaderStream{&labeled, subset, batch, SamplerPurpose::Main, true, false, true});
   c.streams.push_back(
-      LoaderStream{&unlabeled, all_indices(unlabeled.size), batch * mu, SamplerPurpose::Unlabeled, true, false, false});
+      LoaderStream{&unlabeled, all_indices(unlabeled.size), batch * mu, SamplerPurpose::Unlabeled, true, false,
+                   unlabeled.labeled()});
   // The labeled batch's weak view is view 2, so it never repeats an unlabeled weak view.
   c.views = {LoaderView{0, &weak, 2}, LoaderView{1, &weak, 0}, LoaderView{1, &strong, 1}};
   c.seed = seed;

@@ -120,7 +120,8 @@ std::unique_ptr<Loader> make_byol_loader(const Dataset& d, int64_t batch, Transf
                                          uint64_t seed, Device device, LoaderPosition start = {});
 
 // FixMatch: views[0] labeled (B), labels[0]; views[1] unlabeled weak (mu B), views[2] strong.
-// The unlabeled stream draws from all of `unlabeled` (labels, if any, ignored).
+// The unlabeled stream draws from all of `unlabeled`; when that dataset has labels they come as
+// labels[1], for the pseudo-label accuracy the program logs (never for training).
 std::unique_ptr<Loader> make_fixmatch_loader(const Dataset& labeled, const std::vector<int64_t>& subset,
                                              const Dataset& unlabeled, int64_t batch, int64_t mu,
                                              Transform& weak, Transform& strong, uint64_t seed, Device device,

@@ -283,18 +283,9 @@ int fixmatch_main(int argc, const char* const* argv) {
     data::AugmentTransform strong(data::Recipe::FixmatchStrong, train, device);
     std::unique_ptr<data::Loader> loader;
     if (unlabeled) {
-      // data::make_fixmatch_loader's streams and views, with the unlabeled stream's labels
-      // delivered too: the pseudo-label accuracy is counted on the device, so the true labels
-      // travel with the batch (pinned staging, async upload) instead of being looked up on
-      // the host. Labels change nothing in what is sampled or how it is augmented.
-      data::LoaderConfig lc;
-      lc.streams.push_back(data::LoaderStream{&train, subset, c.batch_size, data::SamplerPurpose::Main, true, false, true});
-      lc.streams.push_back(data::LoaderStream{&train, data::all_indices(train.size), c.batch_size * c.mu,
-                                              data::SamplerPurpose::Unlabeled, true, false, true});
-      lc.views = {data::LoaderView{0, &weak, 2}, data::LoaderView{1, &weak, 0}, data::LoaderView{1, &strong, 1}};
-      lc.seed = seed;
-      lc.device = device;
-      loader = std::make_unique<data::Loader>(std::move(lc), position);
+      // The unlabeled batch's true labels come with it (pinned staging, async upload): the
+      // pseudo-label accuracy is counted on the device.
+      loader = data::make_fixmatch_loader(train, subset, train, c.batch_size, c.mu, weak, strong, seed, device, position);
     } else {  // the labeled stream and view of the FixMatch loader, alone
       data::LoaderConfig lc;
       lc.streams.push_back(data::LoaderStream{&train, subset, c.batch_size, data::SamplerPurpose::Main, true, false, true});
