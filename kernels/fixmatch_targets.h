@@ -46,30 +46,36 @@ TS_FIXMATCH_TARGETS_KERNELS
 
 namespace kernels {
 
-// One row of the table above, shared by both backends. `row` is in [0, b + 2u).
-struct FixMatchRow {
-  int32_t label;
-  float weight, sup_weight, unsup_weight;
-  bool kept, correct;  // strong rows only
+// One row of the table above, shared by both backends: writes labels[row], weight[row],
+// sup_weight[row] and unsup_weight[row], and returns the row's contribution to the counts.
+// `row` is in [0, b + 2u).
+struct FixMatchRowCounts {
+  int32_t kept, correct;  // 0 or 1; strong rows only
 };
 
-TS_HD FixMatchRow fixmatch_row(int64_t row, const int32_t* labeled_labels, const int32_t* pseudo,
-                               const float* confidence, const int32_t* unlabeled_labels, int64_t b, int64_t u,
-                               float threshold, float lambda_u) {
+TS_HD FixMatchRowCounts fixmatch_row(int64_t row, const int32_t* labeled_labels, const int32_t* pseudo,
+                                     const float* confidence, const int32_t* unlabeled_labels, int64_t b,
+                                     int64_t u, float threshold, float lambda_u, int32_t* labels, float* weight,
+                                     float* sup_weight, float* unsup_weight) {
   const int64_t n = b + 2 * u;
-  FixMatchRow r{0, 0.0f, 0.0f, 0.0f, false, false};
+  FixMatchRowCounts c{0, 0};
+  int32_t label = 0;
+  float sup = 0.0f, unsup = 0.0f;
   if (row < b) {
-    r.label = labeled_labels[row];
-    r.sup_weight = static_cast<float>(n) / static_cast<float>(b);
+    label = labeled_labels[row];
+    sup = static_cast<float>(n) / static_cast<float>(b);
   } else if (row >= b + u) {
     const int64_t i = row - b - u;
-    r.label = pseudo[i];
-    r.kept = confidence[i] >= threshold;
-    r.correct = pseudo[i] == unlabeled_labels[i];
-    r.unsup_weight = r.kept ? static_cast<float>(n) / static_cast<float>(u) : 0.0f;
+    label = pseudo[i];
+    c.kept = confidence[i] >= threshold;
+    c.correct = pseudo[i] == unlabeled_labels[i];
+    unsup = c.kept ? static_cast<float>(n) / static_cast<float>(u) : 0.0f;
   }
-  r.weight = r.sup_weight + lambda_u * r.unsup_weight;
-  return r;
+  labels[row] = label;
+  sup_weight[row] = sup;
+  unsup_weight[row] = unsup;
+  weight[row] = sup + lambda_u * unsup;
+  return c;
 }
 
 TS_KERNEL_COST(fixmatch_targets, const int32_t*, const int32_t*, const float*, const int32_t*, int64_t b,

@@ -9,14 +9,10 @@ void fixmatch_targets(const int32_t* labeled_labels, const int32_t* pseudo, cons
                       int32_t* labels, float* weight, float* sup_weight, float* unsup_weight, int32_t* counts) {
   int32_t kept = 0, correct = 0;
   for (int64_t row = 0; row < b + 2 * u; ++row) {
-    const FixMatchRow r =
-        fixmatch_row(row, labeled_labels, pseudo, confidence, unlabeled_labels, b, u, threshold, lambda_u);
-    labels[row] = r.label;
-    weight[row] = r.weight;
-    sup_weight[row] = r.sup_weight;
-    unsup_weight[row] = r.unsup_weight;
-    kept += r.kept;
-    correct += r.correct;
+    const FixMatchRowCounts c = fixmatch_row(row, labeled_labels, pseudo, confidence, unlabeled_labels, b, u,
+                                             threshold, lambda_u, labels, weight, sup_weight, unsup_weight);
+    kept += c.kept;
+    correct += c.correct;
   }
   counts[0] += kept;
   counts[1] += correct;

@@ -25,14 +25,10 @@ __global__ void fixmatch_targets_kernel(const int32_t* labeled_labels, const int
   int kept = 0, correct = 0;
   const int64_t n = b + 2 * u;
   for (int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; row < n; row += int64_t(gridDim.x) * blockDim.x) {
-    const FixMatchRow r =
-        fixmatch_row(row, labeled_labels, pseudo, confidence, unlabeled_labels, b, u, threshold, lambda_u);
-    labels[row] = r.label;
-    weight[row] = r.weight;
-    sup_weight[row] = r.sup_weight;
-    unsup_weight[row] = r.unsup_weight;
-    kept += r.kept;
-    correct += r.correct;
+    const FixMatchRowCounts c = fixmatch_row(row, labeled_labels, pseudo, confidence, unlabeled_labels, b, u,
+                                             threshold, lambda_u, labels, weight, sup_weight, unsup_weight);
+    kept += c.kept;
+    correct += c.correct;
   }
   if (kept) atomicAdd(&block_kept, kept);
   if (correct) atomicAdd(&block_correct, correct);
