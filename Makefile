@@ -67,11 +67,18 @@ endif
 LDFLAGS := -fopenmp $(SAN)
 
 # ---- sources ---------------------------------------------------------------------------
-LIB_DIRS := kernels/cpu engine models data apps/common
-LIB_CPP := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp))
+# Each program is one main file; everything else under apps/ (the programs' bodies, the run
+# machinery in apps/run, the benchmarks) goes into the library so the tests can run whole
+# trainings in-process.
+#   program        main
+PROGRAM_MAINS := byol:apps/byol/main.cpp fixmatch:apps/fixmatch/main.cpp \
+                 init:apps/tools/init.cpp embed:apps/tools/embed.cpp \
+                 augment-grid:apps/tools/augment-grid.cpp bench:apps/tools/bench/main.cpp
+APP_MAINS := $(foreach p,$(PROGRAM_MAINS),$(word 2,$(subst :, ,$(p))))
+APPS := $(foreach p,$(PROGRAM_MAINS),$(BUILD)/$(word 1,$(subst :, ,$(p))))
+LIB_DIRS := kernels/cpu engine models data apps/run apps/byol apps/fixmatch apps/tools/bench
+LIB_CPP := $(filter-out $(APP_MAINS),$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp)))
 LIB_CU := $(if $(filter 1,$(CUDA)),$(wildcard kernels/cuda/*.cu),)
-APP_MAINS := $(wildcard apps/*.cpp)
-APPS := $(patsubst apps/%.cpp,$(BUILD)/%,$(APP_MAINS))
 TEST_CPP := $(wildcard tests/*.cpp)
 TEST_CU := $(if $(filter 1,$(CUDA)),$(wildcard tests/*.cu),)
 
@@ -92,7 +99,7 @@ endif
 # Keep the programs' objects (pattern-rule intermediates). Naming them, rather than a bare
 # .SECONDARY:, keeps the configuration stamp an ordinary file, so switching configuration
 # (CUDA=0, DEBUG=1, make profile) rebuilds instead of finding the old binaries up to date.
-.SECONDARY: $(patsubst apps/%.cpp,$(OBJ)/apps/%.cpp.o,$(APP_MAINS))
+.SECONDARY: $(patsubst %,$(OBJ)/%.o,$(APP_MAINS))
 
 all: checklist $(APPS) $(TEST_BIN)
 
@@ -117,8 +124,12 @@ $(LIB): $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/%: $(OBJ)/apps/%.cpp.o $(LIB) $(STAMP)
-	$(CXX) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+# build/NAME from its main (PROGRAM_MAINS).
+define program_rule
+$(BUILD)/$(word 1,$(subst :, ,$(1))): $(OBJ)/$(word 2,$(subst :, ,$(1))).o $(LIB) $(STAMP)
+	$$(CXX) $$(LDFLAGS) $$< $$(LIB) $$(LDLIBS) -o $$@
+endef
+$(foreach p,$(PROGRAM_MAINS),$(eval $(call program_rule,$(p))))
 
 $(TEST_BIN): $(TEST_OBJS) $(LIB) $(STAMP) $(if $(GTEST_DIR),$(GTEST_DIR)/libgtest.a,)
 	$(CXX) $(LDFLAGS) $(TEST_OBJS) $(LIB) $(GTEST_LIBS) $(LDLIBS) -o $@
@@ -181,4 +192,4 @@ profile:
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(patsubst apps/%.cpp,$(OBJ)/apps/%.cpp.d,$(APP_MAINS))
+-include $(LIB_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(patsubst %,$(OBJ)/%.d,$(APP_MAINS))

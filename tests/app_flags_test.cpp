@@ -1,5 +1,5 @@
-// The small programs' command lines (apps/init.cpp, embed.cpp, augment-grid.cpp, all on
-// apps/common/options.h): --help, unknown flags, missing required flags and bad values, run
+// The small programs' command lines (apps/tools/init.cpp, embed.cpp, augment-grid.cpp, all on
+// apps/run/options.h): --help, unknown flags, missing required flags and bad values, run
 // as the built programs, which sit next to this test binary. A usage error exits 2 with one
 // line naming the flag, a runtime error exits 1, and neither leaves a file behind.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// build/byol end to end, in-process (apps/common/byol.cpp): a tiny ResNet on generated 8x8
+// build/byol end to end, in-process (apps/byol/byol.cpp): a tiny ResNet on generated 8x8
 // images for a few steps. Smoke (finite, changing loss; run directory; checkpoint round trip
 // through --eval-only), exact resume (stop mid-epoch, resume, bit-identical weights and
 // losses), and bad input (exit codes, nothing written or overwritten).
@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "apps/common/byol.h"
-#include "apps/common/run.h"
-#include "apps/common/training_run.h"
+#include "apps/byol/byol.h"
+#include "apps/run/run_directory.h"
+#include "apps/run/training_run.h"
 #include "engine/checkpoint.h"
 #include "kernels/common/philox.h"
 

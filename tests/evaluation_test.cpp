@@ -1,10 +1,10 @@
-// kNN monitor and linear probe (apps/common/evaluation.h) on generated features whose answer
+// kNN monitor and linear probe (apps/run/evaluation.h) on generated features whose answer
 // is known: hand-built neighbourhoods, separable clusters, and labels with no signal.
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "apps/common/evaluation.h"
+#include "apps/run/evaluation.h"
 #include "engine/check.h"
 #include "kernels/common/philox.h"
 

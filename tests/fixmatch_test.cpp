@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "apps/common/fixmatch.h"
-#include "apps/common/run.h"
-#include "apps/common/training_run.h"
+#include "apps/fixmatch/fixmatch.h"
+#include "apps/run/run_directory.h"
+#include "apps/run/training_run.h"
 #include "data/synthetic_images.h"
 #include "engine/checkpoint.h"
 

@@ -1,4 +1,4 @@
-// The run machinery the training programs share (apps/common/options.h, run.h): flags,
+// The run machinery the training programs share (apps/run/options.h, run.h): flags,
 // config files, run directories, the metrics log.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "apps/common/options.h"
-#include "apps/common/run.h"
+#include "apps/run/options.h"
+#include "apps/run/run_directory.h"
 #include "engine/check.h"
 
 namespace tessera {

@@ -1,4 +1,4 @@
-// build/byol: BYOL (Grill et al. 2020) with a TMA / SE / STS teacher (apps/byol.cpp is its
+// build/byol: BYOL (Grill et al. 2020) with a TMA / SE / STS teacher (apps/byol/main.cpp is its
 // main). In the library so the tests can run whole training runs in-process.
 #pragma once
 

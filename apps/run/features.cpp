@@ -1,4 +1,4 @@
-#include "apps/common/features.h"
+#include "apps/run/features.h"
 
 #include "data/loader.h"
 #include "engine/autograd.h"

@@ -1,6 +1,6 @@
-// FixMatch with a TMA / SE / STS smoothed teacher: see apps/common/fixmatch.cpp.
-#include "apps/common/fixmatch.h"
-#include "apps/common/training_run.h"
+// FixMatch with a TMA / SE / STS smoothed teacher: see apps/fixmatch/fixmatch.cpp.
+#include "apps/fixmatch/fixmatch.h"
+#include "apps/run/training_run.h"
 #include "kernels/cpu/blas_kernels.h"
 
 int main(int argc, char** argv) {

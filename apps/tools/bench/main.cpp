@@ -1,12 +1,12 @@
 // build/bench: micro- and macro-benchmarks with results as one JSON line at the end.
-//   bench train-step      forward + backward + SGD step of a backbone (apps/common/bench_train_step.cpp)
-//   bench teacher-update  the fused TMA / SE / STS update over a parameter arena (bench_teacher_update.cpp)
-//   bench augment         the augmentation pipeline, images/s (bench_augment.cpp)
+//   bench train-step      forward + backward + SGD step of a backbone (apps/tools/bench/train_step.cpp)
+//   bench teacher-update  the fused TMA / SE / STS update over a parameter arena (teacher_update.cpp)
+//   bench augment         the augmentation pipeline, images/s (augment.cpp)
 #include <cstdio>
 #include <cstring>
 #include <exception>
 
-#include "apps/common/bench.h"
+#include "apps/tools/bench/bench.h"
 #include "engine/check.h"
 #include "kernels/cpu/blas_kernels.h"
 

@@ -1,8 +1,8 @@
 // build/byol: BYOL self-supervised pre-training with a TMA / SE / STS teacher, evaluation
 // (kNN monitor, linear probe, random-init baseline) and exact resume. The program lives in
-// apps/common/byol.cpp; `byol --help` lists every flag.
-#include "apps/common/byol.h"
-#include "apps/common/training_run.h"
+// apps/byol/byol.cpp; `byol --help` lists every flag.
+#include "apps/byol/byol.h"
+#include "apps/run/training_run.h"
 #include "kernels/cpu/blas_kernels.h"
 
 int main(int argc, char** argv) {

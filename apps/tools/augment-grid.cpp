@@ -19,8 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "apps/common/options.h"
-#include "apps/common/training_run.h"
+#include "apps/run/options.h"
+#include "apps/run/training_run.h"
 #include "data/augment.h"
 #include "data/dataset.h"
 #include "data/synthetic_images.h"

@@ -10,7 +10,7 @@
 // The teacher starts as an exact copy of the student (not through the mask, as the official
 // code does). Every random draw is Philox(seed, stream, step, index), the loader position is
 // saved, so a run stopped at any step resumes bit-identically on the CPU.
-#include "apps/common/byol.h"
+#include "apps/byol/byol.h"
 
 #include <omp.h>
 
@@ -21,11 +21,11 @@
 #include <memory>
 #include <utility>
 
-#include "apps/common/evaluation.h"
-#include "apps/common/features.h"
-#include "apps/common/options.h"
-#include "apps/common/run.h"
-#include "apps/common/training_run.h"
+#include "apps/run/evaluation.h"
+#include "apps/run/features.h"
+#include "apps/run/options.h"
+#include "apps/run/run_directory.h"
+#include "apps/run/training_run.h"
 #include "data/augment.h"
 #include "data/dataset.h"
 #include "data/loader.h"

@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "apps/common/options.h"
-#include "apps/common/training_run.h"
+#include "apps/run/options.h"
+#include "apps/run/training_run.h"
 #include "data/dataset.h"
 #include "engine/autograd.h"
 #include "engine/check.h"

@@ -8,8 +8,8 @@
 #include <string>
 #include <utility>
 
-#include "apps/common/options.h"
-#include "apps/common/training_run.h"
+#include "apps/run/options.h"
+#include "apps/run/training_run.h"
 #include "engine/check.h"
 #include "engine/checkpoint.h"
 #include "kernels/cpu/blas_kernels.h"

@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "apps/common/bench.h"
+#include "apps/tools/bench/bench.h"
 #include "engine/check.h"
 #include "engine/device.h"
 #include "engine/teacher.h"

@@ -1,4 +1,4 @@
-#include "apps/common/evaluation.h"
+#include "apps/run/evaluation.h"
 
 #include <cblas.h>
 

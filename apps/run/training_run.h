@@ -20,8 +20,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "apps/common/options.h"
-#include "apps/common/run.h"
+#include "apps/run/options.h"
+#include "apps/run/run_directory.h"
 #include "engine/checkpoint.h"
 
 namespace tessera {

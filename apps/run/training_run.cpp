@@ -1,4 +1,4 @@
-#include "apps/common/training_run.h"
+#include "apps/run/training_run.h"
 
 #include <cstdio>
 #include <exception>

@@ -1,4 +1,4 @@
-#include "apps/common/options.h"
+#include "apps/run/options.h"
 
 #include <algorithm>
 #include <cerrno>

@@ -29,7 +29,7 @@
 //   optim.           SGD momentum buffer and step count
 //   smoothing.*      the smoother's state (metadata)
 //   run.loader       loader position (int64); run.* metadata from TrainingRun
-#include "apps/common/fixmatch.h"
+#include "apps/fixmatch/fixmatch.h"
 
 #include <omp.h>
 
@@ -40,9 +40,9 @@
 #include <string>
 #include <vector>
 
-#include "apps/common/options.h"
-#include "apps/common/run.h"
-#include "apps/common/training_run.h"
+#include "apps/run/options.h"
+#include "apps/run/run_directory.h"
+#include "apps/run/training_run.h"
 #include "data/augment.h"
 #include "data/dataset.h"
 #include "data/loader.h"

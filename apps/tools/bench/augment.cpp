@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "apps/common/bench.h"
+#include "apps/tools/bench/bench.h"
 #include "data/augment.h"
 #include "data/synthetic_images.h"
 #include "engine/check.h"

@@ -1,4 +1,4 @@
-#include "apps/common/run.h"
+#include "apps/run/run_directory.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -22,7 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "apps/common/options.h"
+#include "apps/run/options.h"
 
 namespace tessera {
 

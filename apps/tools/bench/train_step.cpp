@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "apps/common/bench.h"
+#include "apps/tools/bench/bench.h"
 #include "engine/check.h"
 #include "engine/device.h"
 #include "engine/ops.h"

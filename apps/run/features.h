@@ -1,11 +1,11 @@
 // Frozen features of a backbone over a dataset split, for the evaluations of
-// apps/common/evaluation.h: images only normalised (no augmentation), BatchNorm in eval mode
+// apps/run/evaluation.h: images only normalised (no augmentation), BatchNorm in eval mode
 // (running statistics), no gradient, copied to the host batch by batch.
 #pragma once
 
 #include <cstdint>
 
-#include "apps/common/evaluation.h"
+#include "apps/run/evaluation.h"
 #include "data/dataset.h"
 #include "models/model.h"
 
