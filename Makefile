@@ -9,12 +9,17 @@
 #                     -O3 with -lineinfo and full host symbols (docs/PROFILING.md)
 #   make deps         install what is missing (Debian/Ubuntu packages)
 #
+# Builds use every core unless -jN is given.
 # Switches: CUDA=0|1 (default: 1 when nvcc is found), CUDA_HOME, CUDA_ARCHS (nvcc -gencode
 # list), DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan, forces CUDA=0), DEPS_PREFIX (a folder
 # where Debian packages were unpacked with dpkg -x, for machines without a package registry).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
+# Every core unless the caller chose (make -j1 stays serial).
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+  MAKEFLAGS += -j$(shell nproc)
+endif
 
 CUDA_HOME ?= /usr/local/cuda
 NVCC := $(CUDA_HOME)/bin/nvcc
@@ -142,7 +147,9 @@ $(BUILD)/gtest/libgtest.a:
 	  $(DEPS_PREFIX)/usr/src/googletest/googletest/src/gtest-all.cc -o $(BUILD)/gtest/gtest-all.o
 	ar rcs $@ $(BUILD)/gtest/gtest-all.o
 
-test: deps all
+# The packages first, then the build (a sub-make, so a parallel build never races the install).
+test: deps
+	@$(MAKE) --no-print-directory all
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(TEST_BIN) --gtest_brief=1
 
 # ---- dependencies: install what is missing ---------------------------------------------
@@ -170,7 +177,8 @@ checklist:
 # BYOL + STS on Fashion-MNIST with the CPU demo recipe, on the GPU when there is one. byol's
 # last line is the teacher's linear-probe accuracy beside the random-init baseline's.
 # DEMO_OUT=DIR names the run directory (default runs/demo-<UTC time>).
-demo: deps checklist $(BUILD)/byol
+demo: deps
+	@$(MAKE) --no-print-directory checklist $(BUILD)/byol
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BUILD)/byol --config configs/byol-fashion-mnist-cpu.conf \
 	  --device auto --out $${DEMO_OUT:-runs/demo-$$(date -u +%Y%m%d-%H%M%S)}
 

@@ -1,7 +1,7 @@
 // FixMatch's per-row targets, built on the device so a training step needs no host round trip.
 // The concatenated batch is [labeled (b) | unlabeled weak (u) | unlabeled strong (u)], n = b + 2u
 // rows. From the weak rows' pseudo-labels and confidences (ops::argmax_max_prob) this writes
-// what one weighted cross-entropy over all n rows needs (apps/fixmatch/fixmatch.cpp):
+// what one weighted cross-entropy over all n rows needs (apps/fixmatch/step.cpp):
 //
 //   row            label               sup_weight   unsup_weight          weight
 //   labeled i      labeled_labels[i]   n / b        0                     n / b

@@ -1,34 +1,17 @@
-// FixMatch as in REFERENCE.md, with a smoothed teacher:
+// FixMatch (Sohn et al. 2020) with a TMA / SE / STS smoothed teacher: the run. The files:
+// config.h (the flags), nets.h (student, teacher, smoother, optimizer and the checkpoint
+// layout), step.h (one training step: the method itself), this file (data, the labeled subset,
+// the loop, logging, checkpoints, evaluation) and main.cpp.
 //
-//   each step k:  x = [labeled (B) | unlabeled weak (mu B) | unlabeled strong (mu B)]
-//                 logits = student(x), train-mode BN over the whole concatenated batch
-//                 q = softmax(weak rows)  (or of the teacher's weak logits, --pseudo-labels teacher)
-//                 pseudo-label = argmax q, mask = max q >= threshold
-//                 loss = CE(labeled rows, labels) + lambda_u (1 / mu B) sum mask * CE(strong rows, pseudo-label)
-//                 backward, SGD Nesterov at lr_0 cos(7 pi k / 16 K), then teacher <- smoother(student, k)
-//
-// Both terms are one weighted cross-entropy over the concatenated logits: labeled rows weigh
-// N / B, weak rows 0 and strong rows lambda_u N / (mu B) mask, so (1 / N) sum w CE is exactly
-// the sum above. The weak rows carry no gradient (weight 0), as the reference's detach.
 // With --lambda-u 0 the unlabeled stream is not loaded at all: supervised training on the
 // same labeled batches (same subset, same order, same augmentations).
 //
-// A step never waits for the device. The per-row labels and weights (and the mask, the
-// pseudo-labels and the counts of kept and correct pseudo-labels) are built on the device by
-// kernels/fixmatch_targets.h from argmax_max_prob's output; the unlabeled images' true labels
-// come with the batch (the loader uploads them like the labeled ones, asynchronously). Each
-// step's two logged losses and two counts go to its slot in small device buffers, read to the
-// host only when a metrics line is written (every --log-every steps and the last step) or a
-// checkpoint is saved; the finiteness check runs there, over every step since the last read,
-// naming the first bad step. So a non-finite loss stops the run at the next log line or
-// checkpoint rather than at once, and never reaches a checkpoint.
-//
-// Checkpoint (last.safetensors):
-//   (no prefix)      the teacher, PyTorch names: the model evaluated and exported
-//   student.         the student
-//   optim.           SGD momentum buffer and step count
-//   smoothing.*      the smoother's state (metadata)
-//   run.loader       loader position (int64); run.* metadata from TrainingRun
+// A step never waits for the device. Each step's two logged losses and two counts go to its
+// slot in small device buffers, read to the host only when a metrics line is written (every
+// --log-every steps and the last step) or a checkpoint is saved; the finiteness check runs
+// there, over every step since the last read, naming the first bad step. So a non-finite loss
+// stops the run at the next log line or checkpoint rather than at once, and never reaches a
+// checkpoint.
 #include "apps/fixmatch/fixmatch.h"
 
 #include <omp.h>
@@ -40,6 +23,9 @@
 #include <string>
 #include <vector>
 
+#include "apps/fixmatch/config.h"
+#include "apps/fixmatch/nets.h"
+#include "apps/fixmatch/step.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
 #include "apps/run/training_run.h"
@@ -50,90 +36,16 @@
 #include "engine/check.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
-#include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
-#include "engine/optimizer.h"
 #include "engine/schedule.h"
-#include "engine/teacher.h"
 #include "engine/workspace.h"
-#include "kernels/common/philox.h"
-#include "kernels/fixmatch_targets.h"
 #include "models/model.h"
 
 namespace tessera {
 
+namespace fixmatch {
 namespace {
-
-struct FixMatchConfig {
-  RunOptions run;
-  std::string data = "fashion-mnist";
-  int64_t labels = 40;
-  // model
-  std::string arch = "wrn-28-2";
-  std::string stem = "cifar";
-  int width = 64;
-  // FixMatch
-  int64_t batch_size = 64;
-  int64_t mu = 7;
-  double threshold = 0.95;
-  double lambda_u = 1.0;
-  int64_t steps = int64_t{1} << 20;
-  double lr = 0.03;
-  double sgd_momentum = 0.9;
-  double weight_decay = 5e-4;
-  // teacher
-  std::string smoothing = "sts";
-  std::string granularity = "tensor";
-  float preserve_prob = 0.5f;
-  float momentum = 0.999f;
-  std::string bn_buffers = "copy";
-  std::string pseudo_labels = "student";
-  // evaluation and invocation
-  int64_t eval_every = 1000;
-  int64_t eval_batch = 500;
-  int64_t stop_after = 0;
-};
-
-void add_fixmatch_options(Options& o, FixMatchConfig& c) {
-  o.section("Data");
-  o.add("data", &c.data, "dataset KIND[:PATH] (fashion-mnist, mnist, cifar10, cifar100, stl10, folder)");
-  o.add("labels", &c.labels, "labeled images, the same number per class, chosen by --seed").min(1);
-  o.section("Model");
-  o.add("arch", &c.arch, "wrn-<depth>-<k> (depth 6n+4: wrn-10-2, wrn-28-2, wrn-28-8), resnet18, resnet34, resnet50");
-  o.choice("stem", &c.stem, {"cifar", "imagenet"}, "ResNet stem (WideResNets have their own)");
-  o.add("width", &c.width, "ResNet base width").min(1);
-  o.section("FixMatch");
-  o.add("batch-size", &c.batch_size, "labeled images per step").min(1);
-  o.add("mu", &c.mu, "unlabeled images per labeled image in a step").min(1);
-  o.add("threshold", &c.threshold, "confidence a pseudo-label needs to count (tau)").min(0, false).max(1);
-  o.add("lambda-u", &c.lambda_u, "weight of the unlabeled loss (0: supervised-only baseline)").min(0);
-  o.add("steps", &c.steps, "training steps K").min(1);
-  o.add("lr", &c.lr, "SGD learning rate, decayed as lr cos(7 pi k / 16 K)").min(0, false);
-  o.add("sgd-momentum", &c.sgd_momentum, "SGD Nesterov momentum").min(0).max(1, false);
-  o.add("weight-decay", &c.weight_decay, "L2 weight decay (not on biases and BatchNorm)").min(0);
-  o.section("Teacher");
-  o.choice("smoothing", &c.smoothing, {"none", "tma", "se", "sts"}, "teacher smoothing");
-  o.choice("granularity", &c.granularity, {"tensor", "channel", "element"}, "what one SE / STS draw keeps or updates");
-  o.add("preserve-prob", &c.preserve_prob, "SE / STS: probability a fragment keeps its teacher value").min(0).max(1, false);
-  o.add("momentum", &c.momentum, "TMA / STS momentum (constant)").min(0).max(1, false);
-  o.choice("bn-buffers", &c.bn_buffers, {"copy", "own", "ema"}, "teacher BatchNorm statistics: copied from the student, its own, or smoothed");
-  o.choice("pseudo-labels", &c.pseudo_labels, {"student", "teacher"},
-           "who labels the weak views: the student (FixMatch) or the smoothed teacher (mean-teacher style)");
-  o.section("Evaluation");
-  o.add("eval-every", &c.eval_every, "steps between test-set evaluations of teacher and student (0: at the end only)").min(0);
-  o.add("eval-batch", &c.eval_batch, "images per evaluation batch").min(1);
-  o.add("stop-after", &c.stop_after, "stop (with a checkpoint) after this step, to continue with --resume (0: never)").min(0);
-  add_run_options(o, c.run);
-}
-
-// Independent seeds for the parts of a run, from the run's seed (one Philox draw each).
-uint64_t part_seed(uint64_t seed, uint32_t part) {
-  kernels::PhiloxState s(seed, kernels::philox_subsequence(kernels::kStreamInit, (uint64_t{2} << 40) + part), 0);
-  const uint64_t hi = s.next_u32();
-  return (hi << 32) | s.next_u32();
-}
-enum Part : uint32_t { kStudent = 0, kTeacherMasks = 1 };
 
 // Top-1 test accuracy in percent: eval-mode BN, no gradient, normalised images only.
 double test_accuracy(Model& m, const data::Dataset& test, int64_t batch) {
@@ -155,12 +67,6 @@ double test_accuracy(Model& m, const data::Dataset& test, int64_t batch) {
   return 100.0 * static_cast<double>(correct) / static_cast<double>(test.size);
 }
 
-// Rows [begin, begin + rows) of a row-major (N, K) f32 tensor, as a view.
-Tensor rows(const Tensor& t, int64_t begin, int64_t count) {
-  const int64_t k = t.numel() / t.shape[0];
-  return Tensor(t.f32() + begin * k, Shape{count, k}, DType::F32, t.device);
-}
-
 // Means over the steps since the last log line.
 struct Window {
   double sup = 0, unsup = 0, mask = 0, pseudo_acc = 0;
@@ -176,12 +82,14 @@ std::string fixed2(double v) {
 }
 
 }  // namespace
+}  // namespace fixmatch
 
 int fixmatch_main(int argc, const char* const* argv) {
   const auto started = std::chrono::steady_clock::now();
-  FixMatchConfig c;
+  using namespace fixmatch;  // Config, Nets, train_step: this program's parts
+  Config c;
   Options options("fixmatch", "FixMatch semi-supervised training with a TMA / SE / STS smoothed teacher.");
-  add_fixmatch_options(options, c);
+  add_options(options, c);
   if (!options.parse(argc, argv)) return 0;
   TrainingRun run("fixmatch", options, c.run);  // on --resume: the saved configuration, checked
   if (c.run.threads > 0) omp_set_num_threads(c.run.threads);
@@ -217,41 +125,14 @@ int fixmatch_main(int argc, const char* const* argv) {
   ms.width = c.width;
   ms.num_classes = train.num_classes;
   if (const std::string p = ms.problem(); !p.empty()) throw UsageError(cat("--arch ", c.arch, ": ", p));
-  std::unique_ptr<Model> student = make_model(ms, device);
-  student->init(part_seed(seed, kStudent));
-  std::unique_ptr<Model> teacher = make_model(ms, device, false);
-
-  TeacherConfig tc;
-  tc.mode = parse_smoothing_mode(c.smoothing);
-  tc.granularity = parse_granularity(c.granularity);
-  tc.preserve_prob = c.preserve_prob;
-  tc.momentum = c.momentum;
-  tc.schedule = MomentumSchedule::Constant;
-  tc.total_steps = c.steps;
-  tc.bn_buffers = parse_bn_buffer_policy(c.bn_buffers);
-  tc.seed = part_seed(seed, kTeacherMasks);
-  TeacherSmoother smoother(student->param_table(), student->buffer_table(), device, tc);
-  smoother.initialise(student->params(), teacher->params(), student->buffers(), teacher->buffers());
-
-  OptimizerConfig oc;
-  oc.kind = OptimizerKind::Sgd;
-  oc.momentum = static_cast<float>(c.sgd_momentum);
-  oc.nesterov = true;
-  oc.weight_decay = static_cast<float>(c.weight_decay);
-  oc.exclude_bias_and_norm = true;
-  Optimizer opt(student->param_table(), device, oc);
+  Nets nets = build_nets(c, ms, device);
 
   data::LoaderPosition position;
   int64_t step = run.start_step();
   if (run.resuming()) {
-    const SafetensorsFile& f = run.checkpoint();
-    load_model(f, *teacher, "", /*allow_unexpected=*/true);
-    load_model(f, *student, "student.");
-    for (const auto& [name, arena] : opt.state_arenas()) load_arenas(f, {arena}, "optim." + name + ".");
-    opt.restore_state_strings(f.metadata());
-    smoother.restore(TeacherState::from_strings(f.metadata()));
-    position = data::LoaderPosition::unpack(f.i64("run.loader"));
-    if (step > c.steps) throw Error(cat(f.path(), ": the checkpoint is at step ", step, ", past the run's ", c.steps));
+    position = load_state(run.checkpoint(), nets);
+    if (step > c.steps)
+      throw Error(cat(run.checkpoint().path(), ": the checkpoint is at step ", step, ", past the run's ", c.steps));
   }
 
   run.begin(options.to_json());
@@ -263,17 +144,12 @@ int fixmatch_main(int argc, const char* const* argv) {
 
   auto save = [&](int64_t at, const data::LoaderPosition& pos) {
     SafetensorsWriter w;
-    add_model(w, *teacher, "");
-    add_model(w, *student, "student.");
-    for (const auto& [name, arena] : opt.state_arenas()) add_arena(w, *arena, "optim." + name + ".");
-    for (const auto& kv : opt.state_strings()) w.add_metadata(kv.first, kv.second);
-    for (const auto& kv : smoother.state().to_strings()) w.add_metadata(kv.first, kv.second);
-    const std::vector<int64_t> packed = pos.pack();
-    w.add_i64("run.loader", {static_cast<int64_t>(packed.size())}, packed);
+    add_state(w, nets, pos);
     run.save(w, at);
   };
   auto evaluate = [&] {
-    const double t = test_accuracy(*teacher, test, c.eval_batch), s = test_accuracy(*student, test, c.eval_batch);
+    const double t = test_accuracy(*nets.teacher, test, c.eval_batch),
+                 s = test_accuracy(*nets.student, test, c.eval_batch);
     return std::make_pair(t, s);
   };
 
@@ -294,9 +170,7 @@ int fixmatch_main(int argc, const char* const* argv) {
       lc.device = device;
       loader = std::make_unique<data::Loader>(std::move(lc), position);
     }
-    const int64_t B = c.batch_size, U = unlabeled ? c.batch_size * c.mu : 0, N = B + 2 * U;
-    const Shape image = Shape{train.channels, train.height, train.width};
-    const int64_t image_numel = image.numel();
+    const int64_t B = c.batch_size, U = unlabeled ? c.batch_size * c.mu : 0;
 
     Workspace ws(device);
     Graph g(ws);
@@ -343,72 +217,11 @@ int fixmatch_main(int argc, const char* const* argv) {
       timer.data_begin();
       const data::Batch& batch = loader->next();
       timer.data_end();
-      phases.enter("zero_grad");
-      student->grads().zero();
-      ws.reset();
-      g.clear();
-
-      // One forward over [labeled | weak | strong], as the reference does (shared BN statistics).
-      phases.enter("student_forward");
-      Tensor x_all = batch.views[0];
-      if (unlabeled) {
-        x_all = ws.alloc(Shape{N, image[0], image[1], image[2]});
-        const int64_t counts[3] = {B, U, U};
-        float* at = x_all.f32();
-        for (int v = 0; v < 3; ++v) {
-          copy(Tensor(at, batch.views[static_cast<size_t>(v)].shape, DType::F32, device), batch.views[static_cast<size_t>(v)]);
-          at += counts[v] * image_numel;
-        }
-      }
-      Var* logits = student->forward(g, g.input(x_all, "images"), true);
-
-      Tensor pseudo, confidence;  // (U) each; undefined with --lambda-u 0
-      if (unlabeled) {
-        Tensor weak_logits = rows(logits->value, B, U);
-        if (c.pseudo_labels == "teacher") {
-          phases.enter("teacher_forward");
-          // Train-mode BN over the weak batch, as the student sees it; the running statistics this
-          // updates are replaced by the student's at the smoother's next update (--bn-buffers copy).
-          NoGradScope no_grad(g);
-          weak_logits = teacher->forward(g, g.input(batch.views[1], "weak"), true)->value;
-        }
-        phases.enter("loss");
-        pseudo = ws.alloc(Shape{U}, DType::I32);
-        confidence = ws.alloc(Shape{U});
-        ops::argmax_max_prob(weak_logits, pseudo, confidence);
-      }
-      phases.enter("loss");
-      // Per-row labels and weights, and this step's kept / correct counts into its slot.
-      const Tensor labels = ws.alloc(Shape{N}, DType::I32), weight = ws.alloc(Shape{N}), w_sup = ws.alloc(Shape{N}),
-                   w_unsup = ws.alloc(Shape{N});
       TS_CHECK(pending < slots, "fixmatch: more than --log-every steps since the metrics were last read");
-      const Tensor& y_labeled = batch.labels[0];
-      TS_CHECK(y_labeled.numel() == B && (!unlabeled || batch.labels[1].numel() == U),
-               "fixmatch: the batch's labels do not match the batch sizes");
-      TS_DISPATCH(device, fixmatch_targets, y_labeled.i32(), unlabeled ? pseudo.i32() : nullptr,
-                  unlabeled ? confidence.f32() : nullptr, unlabeled ? batch.labels[1].i32() : nullptr, B, U,
-                  static_cast<float>(c.threshold), static_cast<float>(c.lambda_u), labels.i32(), weight.f32(),
-                  w_sup.f32(), w_unsup.f32(), step_counts.t.i32() + 2 * pending);
-      Var* loss = ops::cross_entropy_weighted(g, logits, labels, weight);
-      // The two terms for the log, from the same logits (no gradient), kept on the device.
-      {
-        NoGradScope no_grad(g);
-        const Tensor slot(step_losses.t.f32() + 2 * pending, Shape{1}, DType::F32, device);
-        copy(slot, ops::cross_entropy_weighted(g, logits, labels, w_sup)->value);
-        if (unlabeled) {
-          const Tensor unsup_slot(step_losses.t.f32() + 2 * pending + 1, Shape{1}, DType::F32, device);
-          copy(unsup_slot, ops::cross_entropy_weighted(g, logits, labels, w_unsup)->value);
-        }
-      }
-      ++pending;
-      phases.enter("backward");
-      g.backward(loss);
-      phases.enter("optimizer");
       const float lr = fixmatch_lr(static_cast<float>(c.lr), step, c.steps);
-      opt.step(student->params(), student->grads(), lr);
-      phases.enter("teacher_update");
-      smoother.update(student->params(), teacher->params(), student->buffers(), teacher->buffers(), step);
-      phases.leave();
+      const StepSlots slot{step_losses.t.f32() + 2 * pending, step_counts.t.i32() + 2 * pending};
+      train_step(nets, c, g, batch, step, lr, slot, phases);
+      ++pending;
       profiler.end_step(step);
       timer.step_end(B + 2 * U);
       ++step;

@@ -1,0 +1,141 @@
+#include "apps/byol/nets.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kernels/common/philox.h"
+
+namespace tessera::byol {
+
+uint64_t part_seed(uint64_t seed, uint32_t part) {
+  kernels::PhiloxState s(seed, kernels::philox_subsequence(kernels::kStreamInit, (uint64_t{1} << 40) + part), 0);
+  const uint64_t hi = s.next_u32();
+  return (hi << 32) | s.next_u32();
+}
+
+namespace {
+
+ModelSpec backbone_spec(const Config& c, int in_channels) {
+  ModelSpec s;
+  s.arch = c.arch;
+  s.stem = c.stem;
+  s.in_channels = in_channels;
+  s.width = c.width;
+  return s;
+}
+
+ModelSpec mlp_spec(int in, int hidden, int out) {
+  ModelSpec s;
+  s.arch = "mlp";
+  s.mlp_sizes = {in, hidden, out};
+  return s;
+}
+
+OptimizerConfig optimizer_config(const Config& c) {
+  OptimizerConfig o;
+  o.kind = parse_optimizer(c.optimizer);
+  o.weight_decay = static_cast<float>(c.weight_decay);
+  o.momentum = static_cast<float>(c.sgd_momentum);
+  o.eta = static_cast<float>(c.lars_eta);
+  o.exclude_bias_and_norm = true;
+  return o;
+}
+
+TeacherConfig teacher_config(const Config& c, int64_t total_steps, uint64_t seed) {
+  TeacherConfig t;
+  t.mode = parse_smoothing_mode(c.smoothing);
+  t.granularity = parse_granularity(c.granularity);
+  t.preserve_prob = c.preserve_prob;
+  t.momentum = c.momentum;
+  t.schedule = parse_momentum_schedule(c.momentum_schedule);
+  t.total_steps = total_steps;
+  t.bn_buffers = parse_bn_buffer_policy(c.bn_buffers);
+  t.seed = seed;
+  return t;
+}
+
+}  // namespace
+
+Nets build_nets(const Config& c, int in_channels, Device device, int64_t total_steps) {
+  const uint64_t seed = static_cast<uint64_t>(c.run.seed);
+  Nets n;
+  n.backbone = make_model(backbone_spec(c, in_channels), device);
+  n.backbone->init(part_seed(seed, kBackbone));
+  const int d = n.backbone->feature_dim();
+  n.projector = make_model(mlp_spec(d, c.proj_hidden, c.proj_dim), device);
+  n.projector->init(part_seed(seed, kProjector));
+  n.predictor = make_model(mlp_spec(c.proj_dim, c.pred_hidden, c.proj_dim), device);
+  n.predictor->init(part_seed(seed, kPredictor));
+  n.t_backbone = make_model(n.backbone->spec(), device);
+  n.t_projector = make_model(n.projector->spec(), device);
+  n.smooth_backbone = std::make_unique<TeacherSmoother>(n.backbone->param_table(), n.backbone->buffer_table(), device,
+                                                        teacher_config(c, total_steps, part_seed(seed, kTeacherBackbone)));
+  n.smooth_projector = std::make_unique<TeacherSmoother>(
+      n.projector->param_table(), n.projector->buffer_table(), device,
+      teacher_config(c, total_steps, part_seed(seed, kTeacherProjector)));
+  n.smooth_backbone->initialise(n.backbone->params(), n.t_backbone->params(), n.backbone->buffers(),
+                                n.t_backbone->buffers());
+  n.smooth_projector->initialise(n.projector->params(), n.t_projector->params(), n.projector->buffers(),
+                                 n.t_projector->buffers());
+  const OptimizerConfig oc = optimizer_config(c);
+  n.opt_backbone = std::make_unique<Optimizer>(n.backbone->param_table(), device, oc);
+  n.opt_projector = std::make_unique<Optimizer>(n.projector->param_table(), device, oc);
+  n.opt_predictor = std::make_unique<Optimizer>(n.predictor->param_table(), device, oc);
+  return n;
+}
+
+namespace {
+
+// An optimizer's state arenas under prefix + arena name + "." + slot name, its counters as
+// metadata under the same prefix.
+void save_optimizer(SafetensorsWriter& w, Optimizer& opt, const std::string& prefix) {
+  for (const auto& [name, arena] : opt.state_arenas()) add_arena(w, *arena, prefix + name + ".");
+  for (const auto& kv : opt.state_strings()) w.add_metadata(prefix + kv.first, kv.second);
+}
+
+// Metadata keys under `prefix`, with the prefix cut off.
+std::map<std::string, std::string> metadata_under(const SafetensorsFile& f, const std::string& prefix) {
+  std::map<std::string, std::string> out;
+  for (const auto& kv : f.metadata())
+    if (kv.first.rfind(prefix, 0) == 0) out[kv.first.substr(prefix.size())] = kv.second;
+  return out;
+}
+
+void load_optimizer(const SafetensorsFile& f, Optimizer& opt, const std::string& prefix) {
+  for (const auto& [name, arena] : opt.state_arenas()) load_arenas(f, {arena}, prefix + name + ".");
+  opt.restore_state_strings(metadata_under(f, prefix));
+}
+
+}  // namespace
+
+void add_state(SafetensorsWriter& w, const Nets& n, const data::LoaderPosition& loader) {
+  add_model(w, *n.t_backbone, "");
+  add_model(w, *n.t_projector, "teacher.projector.");
+  add_model(w, *n.backbone, "student.backbone.");
+  add_model(w, *n.projector, "student.projector.");
+  add_model(w, *n.predictor, "student.predictor.");
+  save_optimizer(w, *n.opt_backbone, "optim.backbone.");
+  save_optimizer(w, *n.opt_projector, "optim.projector.");
+  save_optimizer(w, *n.opt_predictor, "optim.predictor.");
+  const std::vector<int64_t> packed = loader.pack();
+  w.add_i64("run.loader", {static_cast<int64_t>(packed.size())}, packed);
+  for (const auto& kv : n.smooth_backbone->state().to_strings()) w.add_metadata("backbone." + kv.first, kv.second);
+  for (const auto& kv : n.smooth_projector->state().to_strings()) w.add_metadata("projector." + kv.first, kv.second);
+}
+
+data::LoaderPosition load_state(const SafetensorsFile& f, Nets& n) {
+  load_model(f, *n.t_backbone, "", /*allow_unexpected=*/true);
+  load_model(f, *n.t_projector, "teacher.projector.");
+  load_model(f, *n.backbone, "student.backbone.");
+  load_model(f, *n.projector, "student.projector.");
+  load_model(f, *n.predictor, "student.predictor.");
+  load_optimizer(f, *n.opt_backbone, "optim.backbone.");
+  load_optimizer(f, *n.opt_projector, "optim.projector.");
+  load_optimizer(f, *n.opt_predictor, "optim.predictor.");
+  n.smooth_backbone->restore(TeacherState::from_strings(metadata_under(f, "backbone.")));
+  n.smooth_projector->restore(TeacherState::from_strings(metadata_under(f, "projector.")));
+  return data::LoaderPosition::unpack(f.i64("run.loader"));
+}
+
+}  // namespace tessera::byol

@@ -1,0 +1,43 @@
+#include "apps/byol/step.h"
+
+#include "engine/ops.h"
+#include "engine/workspace.h"
+
+namespace tessera::byol {
+
+Var* train_step(Nets& n, Graph& g, const data::Batch& batch, int64_t step, float lr, profile::PhaseSequence& phases) {
+  // The teacher first, from the student the previous optimizer step left (the official order).
+  phases.enter("teacher_update");
+  n.smooth_backbone->update(n.backbone->params(), n.t_backbone->params(), n.backbone->buffers(),
+                            n.t_backbone->buffers(), step);
+  n.smooth_projector->update(n.projector->params(), n.t_projector->params(), n.projector->buffers(),
+                             n.t_projector->buffers(), step);
+  phases.enter("zero_grad");
+  n.backbone->grads().zero();
+  n.projector->grads().zero();
+  n.predictor->grads().zero();
+  g.workspace().reset();
+  g.clear();
+  Var* q[2];
+  Var* z[2];
+  for (int v = 0; v < 2; ++v) {
+    phases.enter("student_forward");
+    Var* x = g.input(batch.views[static_cast<size_t>(v)], v == 0 ? "view1" : "view2");
+    q[v] = n.predictor->features(g, n.projector->features(g, n.backbone->features(g, x, true), true), true);
+    phases.enter("teacher_forward");
+    NoGradScope no_grad(g);
+    z[v] = n.t_projector->features(g, n.t_backbone->features(g, x, true), true);
+  }
+  phases.enter("loss");
+  Var* loss = ops::add(g, ops::byol_loss(g, q[0], z[1]), ops::byol_loss(g, q[1], z[0]));
+  phases.enter("backward");
+  g.backward(loss);
+  phases.enter("optimizer");
+  n.opt_backbone->step(n.backbone->params(), n.backbone->grads(), lr);
+  n.opt_projector->step(n.projector->params(), n.projector->grads(), lr);
+  n.opt_predictor->step(n.predictor->params(), n.predictor->grads(), lr);
+  phases.leave();
+  return loss;
+}
+
+}  // namespace tessera::byol

@@ -1,0 +1,47 @@
+// fixmatch's configuration: every flag `fixmatch --help` lists, with its default. A config file
+// (--config FILE) and the command line fill the same struct; on --resume the saved one wins
+// (apps/run/training_run.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "apps/run/options.h"
+#include "apps/run/run_directory.h"
+
+namespace tessera::fixmatch {
+
+struct Config {
+  RunOptions run;
+  std::string data = "fashion-mnist";
+  int64_t labels = 40;
+  // model
+  std::string arch = "wrn-28-2";
+  std::string stem = "cifar";
+  int width = 64;
+  // FixMatch
+  int64_t batch_size = 64;
+  int64_t mu = 7;
+  double threshold = 0.95;
+  double lambda_u = 1.0;
+  int64_t steps = int64_t{1} << 20;
+  double lr = 0.03;
+  double sgd_momentum = 0.9;
+  double weight_decay = 5e-4;
+  // teacher
+  std::string smoothing = "sts";
+  std::string granularity = "tensor";
+  float preserve_prob = 0.5f;
+  float momentum = 0.999f;
+  std::string bn_buffers = "copy";
+  std::string pseudo_labels = "student";
+  // evaluation and invocation
+  int64_t eval_every = 1000;
+  int64_t eval_batch = 500;
+  int64_t stop_after = 0;
+};
+
+// Registers every flag on `o`, bound to the fields of `c`, with its range check.
+void add_options(Options& o, Config& c);
+
+}  // namespace tessera::fixmatch

@@ -1,0 +1,42 @@
+// fixmatch's networks: the student (a WideResNet or ResNet classifier), the teacher (a smoothed
+// copy of it, evaluated and exported), the smoother that updates the teacher and the SGD
+// optimizer that updates the student; and how they are laid out in a checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "apps/fixmatch/config.h"
+#include "data/loader.h"
+#include "engine/checkpoint.h"
+#include "engine/device.h"
+#include "engine/optimizer.h"
+#include "engine/teacher.h"
+#include "models/model.h"
+
+namespace tessera::fixmatch {
+
+// Independent seeds for the parts of a run, from the run's seed (one Philox draw each).
+uint64_t part_seed(uint64_t seed, uint32_t part);
+enum Part : uint32_t { kStudent = 0, kTeacherMasks = 1 };
+
+struct Nets {
+  std::unique_ptr<Model> student, teacher;
+  std::unique_ptr<TeacherSmoother> smoother;
+  std::unique_ptr<Optimizer> opt;  // SGD with Nesterov momentum
+};
+
+// The student initialised from the run's seed, the teacher an exact copy of it, the optimizer's
+// state zero. `spec` is the classifier (its problem() already checked).
+Nets build_nets(const Config& c, const ModelSpec& spec, Device device);
+
+// ---- checkpoint layout (last.safetensors) ---------------------------------------------------
+//   (no prefix)      the teacher, PyTorch names: the model evaluated and exported
+//   student.         the student
+//   optim.           SGD momentum buffer (its step count as metadata)
+//   smoothing.*      the smoother's state (metadata)
+//   run.loader       loader position (int64); run.* metadata from TrainingRun
+void add_state(SafetensorsWriter& w, const Nets& n, const data::LoaderPosition& loader);
+data::LoaderPosition load_state(const SafetensorsFile& f, Nets& n);
+
+}  // namespace tessera::fixmatch
