@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
     std::vector<float> x(s.n * s.c * s.h * s.w, 0.5f), w(s.o * s.c * s.kh * s.kw, 0.01f),
         y(s.n * s.o * s.ho * s.wo), dx(x.size()), dw(w.size());
     size_t bytes = 0;
-    kernels::cpu::conv2d_workspace_size(s, &bytes);
+    kernels::cpu::conv2d_workspace_size(s, kernels::ConvPass::Backward, &bytes);  // >= the forward's
     std::vector<float> ws(bytes / sizeof(float) + 1);
     std::vector<double> tf, tb;
     for (int r = 0; r < 8; ++r) {

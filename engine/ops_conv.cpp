@@ -1,7 +1,8 @@
 // Convolution and pooling ops (declared in engine/ops.h). Shapes are checked here with
 // messages naming the layer and both shapes; the kernels (kernels/conv.h, kernels/pool.h)
-// assume valid input. Kernel scratch (im2col columns, the cuDNN workspace, max-pool indices)
-// comes from the graph's workspace, so a step allocates nothing.
+// assume valid input. Memory comes from the graph's workspace, so a step allocates nothing: the
+// convolution's scratch (im2col columns, the cuDNN workspace) from its scratch region, dead when
+// the kernel returns; max-pool indices, kept for the backward, from its bump allocator.
 #include "engine/check.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
@@ -42,18 +43,20 @@ Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
   s.wo = (s.w + 2 * pad - s.kw) / stride + 1;
 
   size_t scratch_bytes = 0;
-  TS_DISPATCH(g.device(), conv2d_workspace_size, s, &scratch_bytes);
+  TS_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Forward, &scratch_bytes);
   Var* y = g.make(Shape{s.n, s.o, s.ho, s.wo}, {x, w, b});
-  void* scratch = g.workspace().alloc_bytes(scratch_bytes);
+  void* scratch = g.workspace().scratch(scratch_bytes);
   TS_DISPATCH(g.device(), conv2d_forward, s, x->value.f32(), w->value.f32(), b ? b->value.f32() : nullptr,
               y->value.f32(), scratch, scratch_bytes);
   if (y->requires_grad) {
-    g.record("conv2d", layer, [&g, x, w, b, y, s, scratch_bytes] {
+    g.record("conv2d", layer, [&g, x, w, b, y, s] {
       float* dx = x->requires_grad ? g.grad(x).f32() : nullptr;
       float* dw = w->requires_grad ? g.grad(w).f32() : nullptr;
       float* db = b && b->requires_grad ? g.grad(b).f32() : nullptr;
       if (!dx && !dw && !db) return;
-      void* scratch = g.workspace().alloc_bytes(scratch_bytes);
+      size_t scratch_bytes = 0;
+      TS_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Backward, &scratch_bytes);
+      void* scratch = g.workspace().scratch(scratch_bytes);
       TS_DISPATCH(g.device(), conv2d_backward, s, x->value.f32(), w->value.f32(), g.grad(y).f32(), dx, dw, db,
                   scratch, scratch_bytes);
     });

@@ -28,17 +28,31 @@ void* Workspace::alloc_bytes(size_t bytes) {
   return spill_.back().data();
 }
 
+void* Workspace::scratch(size_t bytes) {
+  bytes = round_up(std::max<size_t>(bytes, 1), kAlignBytes);
+  scratch_high_water_ = std::max(scratch_high_water_, bytes);
+  if (bytes <= scratch_.bytes()) return scratch_.data();
+  // Larger than the region: a spill for this step; reset() grows the region.
+  spill_.emplace_back(device_, bytes);
+  ++spills_this_step_;
+  return spill_.back().data();
+}
+
 Tensor Workspace::alloc(Shape shape, DType dtype) {
   const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
   return Tensor(alloc_bytes(bytes), shape, dtype, device_);
 }
 
 void Workspace::reset() {
-  if (!spill_.empty() || high_water_ > main_.bytes()) {
-    // Between steps: free the spills and regrow to the largest step seen, with headroom.
-    spill_.clear();
+  // Between steps: free the spills and regrow what was too small (the bump block with headroom).
+  spill_.clear();
+  if (high_water_ > main_.bytes()) {
     main_ = Buffer();  // free before allocating the larger block
     main_ = Buffer(device_, round_up(high_water_ + high_water_ / 8, kAlignBytes));
+  }
+  if (scratch_high_water_ > scratch_.bytes()) {
+    scratch_ = Buffer();
+    scratch_ = Buffer(device_, scratch_high_water_);
   }
   offset_ = 0;
   used_ = 0;
@@ -46,12 +60,11 @@ void Workspace::reset() {
 }
 
 void Workspace::poison() {
-  if (main_.bytes() == 0) return;
-  Tensor bytes = main_.view(Shape{static_cast<int64_t>(main_.bytes() / 4)}, DType::F32);
   uint32_t nan_bits = 0xFFFFFFFFu;
   float nan;
   std::memcpy(&nan, &nan_bits, sizeof nan);
-  fill_value(bytes, nan);
+  for (Buffer* b : {&main_, &scratch_})
+    if (b->bytes() > 0) fill_value(b->view(Shape{static_cast<int64_t>(b->bytes() / 4)}, DType::F32), nan);
 }
 
 }  // namespace tessera

@@ -8,7 +8,8 @@
 // CPU: im2col + OpenBLAS sgemm over a chunk of images at once (kernels/cpu/conv.cpp says why).
 // CUDA: cuDNN, one algorithm per shape chosen once and cached (kernels/cuda/conv.cu).
 // Scratch memory comes from the caller: conv2d_workspace_size() says how many bytes the forward
-// and the backward of a shape need (the larger of the two); the caller passes at least that.
+// or the backward of a shape needs; the caller passes at least that, and the memory is dead
+// when the call returns (the engine reuses one region for every op: engine/workspace.h).
 // Tests: tests/ops_conv_test.cpp (gradient checks; CUDA vs CPU where a GPU exists).
 #pragma once
 
@@ -32,12 +33,17 @@ struct Conv2dShape {
   }
 };
 
+// Which call a scratch size is for: the forward (enough for a no-grad forward), or the backward
+// (data and filter gradients; on cuDNN often much more than the forward).
+enum class ConvPass { Forward, Backward };
+
 }  // namespace kernels
 
 #define TS_CONV_KERNELS                                                                          \
-  /* Bytes of scratch the forward and the backward of this shape need (CUDA: also picks and */  \
+  /* Bytes of scratch the forward or the backward of this shape needs (CUDA: also picks and */ \
   /* caches the cuDNN algorithms of the shape, so the first call per shape costs a query). */   \
-  void conv2d_workspace_size(const ::kernels::Conv2dShape& s, size_t* bytes);                  \
+  void conv2d_workspace_size(const ::kernels::Conv2dShape& s, ::kernels::ConvPass pass,         \
+                             size_t* bytes);                                                    \
   /* y = conv(x, w) + b (overwrites y).  x (N, C, H, W), w (O, C, KH, KW), b (O) or nullptr, */ \
   /* y (N, O, HO, WO) */                                                                        \
   void conv2d_forward(const ::kernels::Conv2dShape& s, const float* x, const float* w,          \

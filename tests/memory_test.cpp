@@ -58,6 +58,59 @@ TEST(Workspace, SpillsThenGrowsOnReset) {
   EXPECT_EQ(ws.spills(), 0);
 }
 
+// Scratch is one region handed to every op in turn: two requests in a step share an address,
+// a larger one spills for this step only, and reset() grows the region to the largest request.
+TEST(Workspace, ScratchIsOneRegionReusedAndGrownBetweenSteps) {
+  Workspace ws(Device::CPU);
+  void* first = ws.scratch(1000);  // no region yet: a spill
+  EXPECT_EQ(ws.spills(), 1);
+  ws.reset();
+  EXPECT_EQ(ws.scratch_capacity(), 1024u);  // the largest request, aligned
+  void* a = ws.scratch(1000);
+  void* b = ws.scratch(10);
+  EXPECT_EQ(a, b);  // the same region for every op
+  EXPECT_EQ(ws.spills(), 0);
+  void* big = ws.scratch(5000);  // larger than the region: spilled, usable now
+  EXPECT_NE(big, a);
+  static_cast<char*>(big)[4999] = 1;
+  EXPECT_EQ(ws.spills(), 1);
+  EXPECT_EQ(ws.scratch_capacity(), 1024u);  // never grows inside a step
+  ws.reset();
+  EXPECT_EQ(ws.scratch_capacity(), 5120u);
+  EXPECT_EQ(ws.scratch(5000), ws.scratch(4));
+  EXPECT_EQ(ws.spills(), 0);
+  EXPECT_EQ(ws.high_water(), 0u);  // scratch is not a step allocation
+  EXPECT_EQ(ws.scratch_high_water(), 5120u);
+  EXPECT_EQ(ws.peak_bytes(), 5120u);
+  (void)first;
+}
+
+// The convolution's scratch (im2col columns on the CPU, the cuDNN workspace on the GPU) is dead
+// when the kernel returns and must not stay in the step's bump allocator until the step ends.
+// The shape is chosen so that the columns (C KH KW x HO WO per image) are far larger than every
+// tensor of the step: taken from the bump allocator, the forward's and the backward's columns
+// alone would exceed the scratch high-water twice over.
+TEST(Workspace, ConvolutionScratchDoesNotStayInTheStep) {
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  for (int step = 0; step < 2; ++step) {
+    ws.reset();
+    g.clear();
+    Tensor xv = ws.alloc(Shape{2, 64, 16, 16}), wv = ws.alloc(Shape{1, 64, 3, 3});
+    fill_value(xv, 0.5f);
+    fill_value(wv, 0.25f);
+    Var* x = g.input(xv, "x");
+    Var* w = g.param(wv, g.workspace().alloc(wv.shape), "w");
+    Var* y = ops::conv2d(g, x, w, nullptr, 1, 1);
+    g.backward(ops::mean(g, y));
+  }
+  const size_t columns = size_t{64} * 3 * 3 * 16 * 16 * sizeof(float);  // one image's columns
+  EXPECT_GE(ws.scratch_high_water(), columns);
+  EXPECT_LT(ws.high_water(), ws.scratch_high_water())
+      << "the step's own allocations include convolution scratch";
+  EXPECT_EQ(ws.spills(), 0);  // the second step reuses the region
+}
+
 // A training-like step (MLP forward and backward) run three times on one workspace that
 // starts empty: the first step spills, later ones allocate nothing and reuse the addresses.
 TEST(Workspace, SecondIdenticalStepHasNoSpills) {

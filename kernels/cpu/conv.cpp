@@ -122,8 +122,9 @@ void col2im_add(const Conv2dShape& s, const float* cols, int64_t nb, float* dx) 
 // in thread order at the end so the result does not depend on timing. OpenBLAS (OpenMP build)
 // runs single-threaded when called inside a parallel region, so the two pools never compete.
 
-size_t per_thread_floats(const Conv2dShape& s) {
-  return static_cast<size_t>(rows_of(s) * pixels_of(s) + s.o * rows_of(s));
+// Per thread: one image's columns (K, P); the backward adds a private filter gradient (O, K).
+size_t per_thread_floats(const Conv2dShape& s, ConvPass pass) {
+  return static_cast<size_t>(rows_of(s) * pixels_of(s) + (pass == ConvPass::Backward ? s.o * rows_of(s) : 0));
 }
 
 // A 1x1 stride-1 unpadded convolution's columns are the image itself: no im2col needed.
@@ -140,7 +141,7 @@ void forward_per_image(const Conv2dShape& s, const float* x, const float* w, con
   const int K = static_cast<int>(rows_of(s)), P = static_cast<int>(pixels_of(s)), O = static_cast<int>(s.o);
 #pragma omp parallel
   {
-    float* scratch = ws + static_cast<size_t>(omp_get_thread_num()) * per_thread_floats(s);
+    float* scratch = ws + static_cast<size_t>(omp_get_thread_num()) * per_thread_floats(s, ConvPass::Forward);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < s.n; ++n) {
       const float* cols = image_columns(s, x + n * s.c * s.h * s.w, scratch);
@@ -162,7 +163,7 @@ void backward_per_image(const Conv2dShape& s, const float* x, const float* w, co
   {
 #pragma omp single
     team = omp_get_num_threads();
-    float* scratch = ws + static_cast<size_t>(omp_get_thread_num()) * per_thread_floats(s);
+    float* scratch = ws + static_cast<size_t>(omp_get_thread_num()) * per_thread_floats(s, ConvPass::Backward);
     float* dw_own = scratch + K * P;
     if (dw) std::memset(dw_own, 0, sizeof(float) * static_cast<size_t>(O * K));
 #pragma omp for schedule(static)
@@ -187,7 +188,7 @@ void backward_per_image(const Conv2dShape& s, const float* x, const float* w, co
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < O * K; ++i) {
     float total = 0;
-    for (int t = 0; t < team; ++t) total += ws[static_cast<size_t>(t) * per_thread_floats(s) + K * P + i];
+    for (int t = 0; t < team; ++t) total += ws[static_cast<size_t>(t) * per_thread_floats(s, ConvPass::Backward) + K * P + i];
     dw[i] += total;
   }
 }
@@ -199,11 +200,12 @@ bool use_per_image(const Conv2dShape& s) { return pixels_of(s) >= 64; }
 
 }  // namespace
 
-void conv2d_workspace_size(const Conv2dShape& s, size_t* bytes) {
+void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
   if (use_per_image(s)) {
-    *bytes = static_cast<size_t>(omp_get_max_threads()) * per_thread_floats(s) * sizeof(float);
+    *bytes = static_cast<size_t>(omp_get_max_threads()) * per_thread_floats(s, pass) * sizeof(float);
     return;
   }
+  // Chunked: the columns of a chunk and its output (forward) or its dY (backward), (O, nb*P).
   *bytes = static_cast<size_t>(chunk_images(s) * (rows_of(s) + s.o) * pixels_of(s)) * sizeof(float);
 }
 

@@ -31,7 +31,8 @@ struct ConvPlan {
   cudnnConvolutionFwdAlgo_t forward_algo{};
   cudnnConvolutionBwdDataAlgo_t data_algo{};
   cudnnConvolutionBwdFilterAlgo_t filter_algo{};
-  size_t workspace_bytes = 0;  // the largest of the three algorithms' needs
+  size_t forward_bytes = 0;   // the forward algorithm's workspace
+  size_t backward_bytes = 0;  // the larger of the data and filter gradient algorithms' 
 };
 
 using PlanKey = std::array<int64_t, 9>;  // n, c, h, w, o, kh, kw, stride, pad
@@ -100,7 +101,8 @@ ConvPlan make_plan(const Conv2dShape& s) {
   CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p.x, p.w, p.conv, p.y, p.forward_algo, &fb));
   CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, p.w, p.y, p.conv, p.x, p.data_algo, &db));
   CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x, p.y, p.conv, p.w, p.filter_algo, &gb));
-  p.workspace_bytes = std::max(fb, std::max(db, gb));
+  p.forward_bytes = fb;
+  p.backward_bytes = std::max(db, gb);
   return p;
 }
 
@@ -113,19 +115,22 @@ const ConvPlan& plan_for(const Conv2dShape& s) {
   return it->second;
 }
 
-void check_workspace(const ConvPlan& p, size_t given) {
-  if (given < p.workspace_bytes)
+void check_workspace(size_t needed, size_t given) {
+  if (given < needed)
     throw_status("cuDNN", "workspace smaller than conv2d_workspace_size said", "conv2d", __FILE__, __LINE__);
 }
 
 }  // namespace
 
-void conv2d_workspace_size(const Conv2dShape& s, size_t* bytes) { *bytes = plan_for(s).workspace_bytes; }
+void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
+  const ConvPlan& p = plan_for(s);
+  *bytes = pass == ConvPass::Forward ? p.forward_bytes : p.backward_bytes;
+}
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, void* workspace,
                     size_t workspace_bytes) {
   const ConvPlan& p = plan_for(s);
-  check_workspace(p, workspace_bytes);
+  check_workspace(p.forward_bytes, workspace_bytes);
   const float one = 1.0f, zero = 0.0f;
   CUDNN_CHECK(cudnnConvolutionForward(runtime().cudnn, &one, p.x, x, p.w, w, p.conv, p.forward_algo, workspace,
                                       workspace_bytes, &zero, p.y, y));
@@ -135,7 +140,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
                      float* db, void* workspace, size_t workspace_bytes) {
   const ConvPlan& p = plan_for(s);
-  check_workspace(p, workspace_bytes);
+  check_workspace(p.backward_bytes, workspace_bytes);
   const float one = 1.0f;
   cudnnHandle_t h = runtime().cudnn;
   if (dx)

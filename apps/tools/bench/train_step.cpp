@@ -121,17 +121,22 @@ int bench_train_step(int argc, char** argv) {
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2];
   const double images_per_s = batch / median * 1e3;
-  const double high_water_mb = static_cast<double>(ws.high_water()) / (1 << 20);
+  // The workspace's peak: the step's activations and saved tensors plus the scratch region.
+  const double mib = 1 << 20, peak_mb = static_cast<double>(ws.peak_bytes()) / mib;
   std::printf("%s %s stem, width %d, %dx%dx%d, batch %d on %s: median %.1f ms/step (%.1f images/s) over %d steps; "
-              "workspace high-water %.1f MiB; last loss %.4f\n",
+              "workspace high-water %.1f MiB (step %.1f + scratch %.1f); last loss %.4f\n",
               spec.arch.c_str(), spec.stem.c_str(), spec.width, spec.in_channels, size, size, batch,
-              device_description(device).c_str(), median, images_per_s, steps, high_water_mb, loss_value);
+              device_description(device).c_str(), median, images_per_s, steps, peak_mb,
+              static_cast<double>(ws.high_water()) / mib, static_cast<double>(ws.scratch_high_water()) / mib,
+              loss_value);
   nlohmann::json j = {{"bench", "train-step"},      {"arch", spec.arch},       {"stem", spec.stem},
                       {"width", spec.width},        {"in_channels", spec.in_channels},
                       {"size", size},               {"batch", batch},          {"steps", steps},
                       {"device", device_name(device)}, {"device_description", device_description(device)},
                       {"ms_per_step", median},      {"images_per_s", images_per_s},
-                      {"workspace_high_water_bytes", ws.high_water()}, {"ms_all", ms},
+                      {"workspace_high_water_bytes", ws.peak_bytes()},
+                      {"workspace_step_bytes", ws.high_water()}, {"workspace_scratch_bytes", ws.scratch_high_water()},
+                      {"ms_all", ms},
                       {"loss", loss_value}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
