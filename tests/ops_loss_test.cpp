@@ -2,7 +2,10 @@
 // cannot make: numerical stability with huge logits, bad labels, argmax ties, shape errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "engine/check.h"
 #include "engine/ops.h"
@@ -55,9 +58,21 @@ TS_OP_CASES(loss_cases) {
       make_case("byol_loss_student_only", {logits({4, 32}), constant({4, 32}, InputSpec::Uniform, -1, 1)}, byol),
       make_case("byol_loss_both", {logits({3, 17}), logits({3, 17})}, byol),
       make_case("byol_loss_n1_d100", {logits({1, 100}), logits({1, 100})}, byol),
+      // Random p and z are nearly orthogonal (|cos| about 1 / sqrt(D)), where the term the
+      // normalisation of p adds to the gradient, -cos * pn / ||p|| (kernels/cpu/loss.cpp),
+      // is small. In training cos nears 0.9 and that term dominates: z = p + noise (cos near
+      // 0.9, and near 0.99 with z constant as in BYOL) and z = -p + noise (cos near -0.9).
+      // ByolCasesReachTheEndsOfCos below checks these cosines.
+      make_case("byol_loss_aligned_both", {logits({4, 32}), noisy_copy({4, 32}, 0, 1.0f, 1.5f)}, byol),
+      make_case("byol_loss_aligned_student_only",
+                {logits({4, 32}), noisy_copy({4, 32}, 0, 1.0f, 0.45f, /*grad=*/false)}, byol),
+      make_case("byol_loss_opposite_both", {logits({3, 24}), noisy_copy({3, 24}, 0, -1.0f, 1.5f)}, byol),
       make_case("cross_entropy", {logits({4, 10}), labels(4, 10)}, ce),
       make_case("cross_entropy_n1", {logits({1, 3}), labels(1, 3)}, ce),
       make_case("cross_entropy_k1000", {logits({3, 1000}), labels(3, 1000)}, ce),
+      // More elements than full_check_limit: the check samples, and must visit the label
+      // positions (GradientCheckVisitsEveryLabelPosition below).
+      make_case("cross_entropy_n5_k1000", {logits({5, 1000}), labels(5, 1000)}, ce),
       make_case("cross_entropy_soft", {logits({5, 10}), constant({5, 10}, InputSpec::SoftTargets)}, ce_soft),
       make_case("cross_entropy_soft_odd", {logits({2, 37}), constant({2, 37}, InputSpec::SoftTargets)}, ce_soft),
       // FixMatch's confidence mask (0 / 1), and general per-sample weights.
@@ -71,6 +86,76 @@ TS_OP_CASES(loss_cases) {
     cases.push_back(c);
   }
   return cases;
+}
+
+// ---- the cases reach what they are there for ------------------------------------------
+
+namespace {
+
+const OpCase& find_case(const std::string& name) {
+  for (const OpCase& c : op_cases())
+    if (c.name == name) return c;
+  throw Error("no op case " + name);
+}
+
+// Per-row cosine of a case's inputs 0 and 1, both (N, D).
+std::vector<double> row_cosines(const OpCase& c) {
+  const std::vector<float> p = case_input(c, 0), z = case_input(c, 1);
+  const size_t d = static_cast<size_t>(c.inputs[0].shape[1]);
+  std::vector<double> cos;
+  for (size_t i = 0; i < p.size() / d; ++i) {
+    double pp = 0, zz = 0, pz = 0;
+    for (size_t j = i * d; j < (i + 1) * d; ++j) {
+      pp += static_cast<double>(p[j]) * p[j];
+      zz += static_cast<double>(z[j]) * z[j];
+      pz += static_cast<double>(p[j]) * z[j];
+    }
+    cos.push_back(pz / std::sqrt(pp * zz));
+  }
+  return cos;
+}
+
+}  // namespace
+
+// The aligned and opposite BYOL cases test the backward where training runs (|cos| near 1)
+// only while their drawn inputs are there; a change to the fill or the seed could move them.
+TEST(LossCases, ByolCasesReachTheEndsOfCos) {
+  struct Want {
+    const char* name;
+    double sign, at_least;  // sign * cos >= at_least on every row
+  };
+  for (const Want& w : {Want{"byol_loss_aligned_both", 1, 0.8}, Want{"byol_loss_aligned_student_only", 1, 0.98},
+                        Want{"byol_loss_opposite_both", -1, 0.8}})
+    for (double cos : row_cosines(find_case(w.name))) EXPECT_GE(w.sign * cos, w.at_least) << w.name << ": cos " << cos;
+}
+
+// For every case with labels, the gradient check visits (i, label_i) of the (N, K) input:
+// where a cross-entropy's gradient is largest and most distinctive (t_j = 1).
+TEST(LossCases, GradientCheckVisitsEveryLabelPosition) {
+  int sampled = 0, visited = 0;
+  for (const OpCase& c : op_cases()) {
+    if (!c.differentiable) continue;
+    for (size_t l = 0; l < c.inputs.size(); ++l) {
+      if (c.inputs[l].fill != InputSpec::Labels) continue;
+      const std::vector<float> labels = case_input(c, l);
+      const size_t classes = static_cast<size_t>(c.inputs[l].classes);
+      for (size_t k = 0; k < c.inputs.size(); ++k) {
+        const Shape& s = c.inputs[k].shape;
+        if (!c.inputs[k].grad || c.inputs[k].fill == InputSpec::Labels || s.ndim != 2 ||
+            static_cast<size_t>(s[0]) != labels.size() || static_cast<size_t>(s[1]) != classes)
+          continue;
+        const std::vector<size_t> idx = gradient_check_elements(c, k);
+        if (idx.size() < static_cast<size_t>(s.numel())) ++sampled;
+        for (size_t i = 0; i < labels.size(); ++i) {
+          const size_t at = i * classes + static_cast<size_t>(labels[i]);
+          EXPECT_TRUE(std::binary_search(idx.begin(), idx.end(), at)) << c.name << ": row " << i;
+          ++visited;
+        }
+      }
+    }
+  }
+  EXPECT_GE(sampled, 1) << "no labelled case is large enough to be sampled: the rule above is untested";
+  EXPECT_GE(visited, 20);
 }
 
 // ---- what a gradient check cannot see -------------------------------------------------
