@@ -19,6 +19,7 @@
 #include <chrono>
 #include <csignal>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -329,7 +330,9 @@ TEST(Byol, TeacherUpdatesReplayFromConsecutiveCheckpoints) {
 
 // The built program, stopped at step 3 (inside the first epoch) and at step 6 (inside the
 // second), each part in a fresh process: the same tensors, checkpoint metadata (optimizer
-// step counters, smoother state) and metrics events as the uninterrupted run.
+// step counters, smoother state) and metrics events as the uninterrupted run. A resume that
+// stops at once rewrites the checkpoint it started from: state that is not restored but
+// would be rebuilt by the next step (the smoother's step count) shows there.
 TEST(Byol, ResumeInAFreshProcessIsBitIdentical) {
   const std::string whole = fixture().root + "/whole", parts = fixture().root + "/parts";
   auto run = [](const std::vector<std::string>& args) {
@@ -339,8 +342,20 @@ TEST(Byol, ResumeInAFreshProcessIsBitIdentical) {
   };
   ASSERT_EQ(run(tiny(whole)), 0);
   ASSERT_EQ(run(with(tiny(parts), {"--stop-after", "3"})), 0);
-  EXPECT_EQ(SafetensorsFile::read(parts + "/last.safetensors").metadata("run.step"), "3");
   EXPECT_EQ(losses(parts).size(), 3u);
+  const std::string at3 = fixture().root + "/parts_at_3.safetensors";
+  std::filesystem::copy_file(parts + "/last.safetensors", at3);
+  ASSERT_EQ(run({"--resume", parts, "--stop-after", "3"}), 0);
+  program_runs::expect_same_checkpoint(at3, parts + "/last.safetensors");
+  // The counters the checkpoint records are the steps taken.
+  const SafetensorsFile f3 = SafetensorsFile::read(at3);
+  EXPECT_EQ(f3.metadata("run.step"), "3");
+  for (const char* key : {"optim.backbone.optim.steps", "optim.projector.optim.steps", "optim.predictor.optim.steps",
+                          "backbone.smoothing.step", "projector.smoothing.step"}) {
+    ASSERT_TRUE(f3.metadata().count(key)) << "the checkpoint does not record " << key;
+    EXPECT_EQ(f3.metadata(key), "3") << key;
+  }
+
   ASSERT_EQ(run({"--resume", parts, "--stop-after", "6"}), 0);
   ASSERT_EQ(run({"--resume", parts + "/last.safetensors"}), 0);
   program_runs::expect_same_run(whole, parts);

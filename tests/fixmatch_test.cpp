@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -227,7 +228,8 @@ TEST(FixMatch, TeacherUpdatesReplayFromConsecutiveCheckpoints) {
 
 // The built program stopped after step 3 (where it also evaluates) and resumed, each part in a
 // fresh process: the same tensors, checkpoint metadata (optimizer step count, smoother state)
-// and metrics events - the evaluation at step 3 included - as the uninterrupted run.
+// and metrics events - the evaluation at step 3 included - as the uninterrupted run. A resume
+// that stops at once rewrites the checkpoint it started from.
 TEST(FixMatch, ResumeInAFreshProcessIsBitIdentical) {
   const std::string whole = temp_dir("whole"), parts = temp_dir("parts");
   auto run = [](const std::vector<std::string>& args) {
@@ -241,10 +243,20 @@ TEST(FixMatch, ResumeInAFreshProcessIsBitIdentical) {
   b.insert(b.end(), {"--out", parts, "--stop-after", "3"});
   ASSERT_EQ(run(tiny(a)), 0);
   ASSERT_EQ(run(tiny(b)), 0);
-  EXPECT_EQ(SafetensorsFile::read(parts + "/last.safetensors").metadata("run.step"), "3");
   const std::vector<nlohmann::json> stopped = events(parts, "eval");
   ASSERT_EQ(stopped.size(), 1u);
   EXPECT_EQ(stopped[0]["step"], 3);
+  const std::string at3 = temp_dir("parts_at_3.safetensors");
+  std::filesystem::copy_file(parts + "/last.safetensors", at3);
+  ASSERT_EQ(run({"--resume", parts, "--stop-after", "3"}), 0);
+  program_runs::expect_same_checkpoint(at3, parts + "/last.safetensors");
+  // The counters the checkpoint records are the steps taken.
+  const SafetensorsFile f3 = SafetensorsFile::read(at3);
+  for (const char* key : {"run.step", "optim.steps", "smoothing.step"}) {
+    ASSERT_TRUE(f3.metadata().count(key)) << "the checkpoint does not record " << key;
+    EXPECT_EQ(f3.metadata(key), "3") << key;
+  }
+
   ASSERT_EQ(run({"--resume", parts}), 0);
   program_runs::expect_same_run(whole, parts);
   EXPECT_EQ(events(parts, "eval").size(), 1u);

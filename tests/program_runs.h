@@ -66,13 +66,12 @@ inline nlohmann::json computation_config(const SafetensorsFile& f) {
   return c;
 }
 
-// Run directories `a` (uninterrupted) and `b` (stopped and resumed) hold the same run: every
-// tensor of last.safetensors bit for bit, every metadata entry (optimizer step counters,
-// smoother state, model specs, run.step) but the configuration, which must agree on every flag
-// that changes the computation, and the same metrics events in the same order, timings aside.
-inline void expect_same_run(const std::string& a, const std::string& b) {
-  const SafetensorsFile fa = SafetensorsFile::read(a + "/last.safetensors");
-  const SafetensorsFile fb = SafetensorsFile::read(b + "/last.safetensors");
+// Checkpoints `a` and `b` hold the same state: every tensor bit for bit, every metadata entry
+// (optimizer step counters, smoother state, model specs, run.step) but the configuration,
+// which must agree on every flag that changes the computation.
+inline void expect_same_checkpoint(const std::string& a, const std::string& b) {
+  const SafetensorsFile fa = SafetensorsFile::read(a);
+  const SafetensorsFile fb = SafetensorsFile::read(b);
   ASSERT_EQ(fa.tensors().size(), fb.tensors().size());
   for (const auto& [name, e] : fa.tensors()) {
     ASSERT_TRUE(fb.has(name)) << name;
@@ -85,11 +84,17 @@ inline void expect_same_run(const std::string& a, const std::string& b) {
   }
   for (const auto& [key, value] : fa.metadata()) {
     if (key == "run.config") continue;
-    ASSERT_TRUE(fb.metadata().count(key)) << "metadata '" << key << "' missing after resume";
+    ASSERT_TRUE(fb.metadata().count(key)) << "metadata '" << key << "' missing from " << b;
     EXPECT_EQ(fb.metadata(key), value) << "metadata '" << key << "'";
   }
   EXPECT_EQ(fa.metadata().size(), fb.metadata().size());
   EXPECT_EQ(computation_config(fa), computation_config(fb));
+}
+
+// Run directories `a` (uninterrupted) and `b` (stopped and resumed) hold the same run: the
+// same checkpoint, and the same metrics events in the same order, timings aside.
+inline void expect_same_run(const std::string& a, const std::string& b) {
+  expect_same_checkpoint(a + "/last.safetensors", b + "/last.safetensors");
   const std::vector<nlohmann::json> ea = events(a), eb = events(b);
   EXPECT_EQ(ea.size(), eb.size());
   for (size_t i = 0; i < std::min(ea.size(), eb.size()); ++i) EXPECT_EQ(ea[i], eb[i]) << "metrics line " << i + 1;

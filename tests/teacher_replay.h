@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <string>
@@ -49,6 +50,12 @@ inline float blend(float teacher, float student, float m) {
 }
 
 inline bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+inline std::string float_str(float v) {  // every float distinct: %.9g round-trips
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(v));
+  return buf;
+}
 
 enum class Fragments { Tensor, Channel, Element };
 
@@ -131,20 +138,25 @@ inline std::map<std::string, std::vector<float>> replay_update(const ParamTable&
   return out;
 }
 
-// Bit equality of every tensor of `want` with `got` under `prefix`: the first difference of
-// each tensor is reported with its position, both values and a note of what it was.
+// Bit equality of every tensor of `want` with `got` under `prefix`: one failure naming how many
+// tensors differ and, for the first few, the first differing element and both values.
 inline void expect_same_tensors(const std::map<std::string, std::vector<float>>& want, const SafetensorsFile& got,
                                 const std::string& prefix, const std::string& what) {
+  std::string report;
+  size_t differ = 0;
   for (const auto& [name, w] : want) {
     const std::vector<float> g = got.f32(prefix + name);
     ASSERT_EQ(w.size(), g.size()) << what << ": " << name;
     for (size_t i = 0; i < w.size(); ++i)
       if (!same_bits(w[i], g[i])) {
-        ADD_FAILURE() << what << ": " << prefix << name << "[" << i << "] is " << g[i] << ", the replayed rule gives "
-                      << w[i];
+        if (++differ <= 3)
+          report += "\n  " + prefix + name + "[" + std::to_string(i) + "] is " + float_str(g[i]) +
+                    ", the replayed rule gives " + float_str(w[i]);
         break;
       }
   }
+  EXPECT_EQ(differ, 0u) << what << ": " << differ << " of " << want.size() << " tensors differ from the replay"
+                        << report;
 }
 
 }  // namespace tessera::replay
