@@ -303,6 +303,8 @@ TEST(Byol, TeacherUpdatesReplayFromConsecutiveCheckpoints) {
 
     // BN statistics: the smoother leaves them (own); the two teacher forwards of step s, with
     // the updated weights, on the batch the loader gives at the position `before` saved.
+    // (After step 0 the teacher's statistics still equal the student's - same weights, same
+    // views - so a smoother that copied them would pass at step index 1; it fails from 2 on.)
     load_model(before, *backbone, "", /*allow_unexpected=*/true);
     load_model(before, *projector, "teacher.projector.");
     set_params(*backbone, want_backbone);

@@ -158,6 +158,7 @@ TEST(FixMatch, ThresholdNoPseudoLabelReachesMasksEverythingOut) {
   // Step 0 runs before any optimizer step: its labeled loss cannot depend on the threshold.
   EXPECT_EQ(a[0]["sup_loss"], b[0]["sup_loss"]);
   EXPECT_GT(a[0]["unsup_loss"].get<double>(), 0.0);
+  for (const std::string& d : {low, high}) std::filesystem::remove_all(d);
 }
 
 TEST(FixMatch, SupervisedBaselineSkipsTheUnlabeledLoss) {
@@ -192,7 +193,8 @@ TEST(FixMatch, TeacherUpdatesReplayFromConsecutiveCheckpoints) {
   for (int s = 1; s <= kLast; ++s) {
     const std::string out = temp_dir("replay_" + std::to_string(s));
     ASSERT_EQ(fixmatch(replay_recipe(out, s)), 0);
-    after.push_back(SafetensorsFile::read(out + "/last.safetensors"));
+    after.push_back(SafetensorsFile::read(out + "/last.safetensors"));  // read whole: the run can go
+    std::filesystem::remove_all(out);
     ASSERT_EQ(after.back().metadata("run.step"), std::to_string(s));
   }
   // fixmatch's parts: program 2, part 1 (the teacher's masks).
@@ -261,6 +263,7 @@ TEST(FixMatch, ResumeInAFreshProcessIsBitIdentical) {
   program_runs::expect_same_run(whole, parts);
   EXPECT_EQ(events(parts, "eval").size(), 1u);
   EXPECT_EQ(events(parts, "final").size(), 1u);
+  for (const std::string& d : {whole, parts, at3}) std::filesystem::remove_all(d);
 }
 
 TEST(FixMatch, BadInputIsRefusedAndOverwritesNothing) {
