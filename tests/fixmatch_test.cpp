@@ -1,11 +1,26 @@
-// The fixmatch program end to end, in-process, on a generated 10-class dataset of 8x8 images
-// written as IDX files (the mnist reader): a smoke run, an exact resume and bad input.
+// The fixmatch program end to end on a generated 10-class dataset of 8x8 images written as
+// IDX files (the mnist reader):
+//
+//   smoke       the run directory; a threshold no pseudo-label reaches masks every unlabeled
+//               row out (mask rate 0, unlabeled loss 0), one every pseudo-label reaches keeps all
+//   teacher     the smoothing replayed on the host from consecutive checkpoints: rule, part
+//               seed, step index, element fragments, order (the teacher moves after the
+//               optimizer step of step k, towards the student it left), BN buffers copied
+//   resume      stopped and resumed by the built program in fresh processes: tensors,
+//               checkpoint metadata and every metrics event (the evaluation at the stop step
+//               included) equal the uninterrupted run's
+//   bad input   refused, nothing overwritten
+//
+// Runs are in-process (fixmatch_main) except the resume test's, which run build-cpu/fixmatch.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -15,6 +30,9 @@
 #include "apps/run/training_run.h"
 #include "data/synthetic_images.h"
 #include "engine/checkpoint.h"
+#include "models/model.h"
+#include "tests/program_runs.h"
+#include "tests/teacher_replay.h"
 
 namespace tessera {
 namespace {
@@ -58,12 +76,19 @@ const std::string& data_dir() {
   return dir;
 }
 
-// Runs the program as main() would: its exit status.
-int fixmatch(std::vector<std::string> args) {
-  std::vector<std::string> all = {"fixmatch", "--data", "mnist:" + data_dir(), "--arch", "wrn-10-1", "--labels", "20",
+// The tiny recipe, then `args`.
+std::vector<std::string> tiny(const std::vector<std::string>& args) {
+  std::vector<std::string> all = {"--data", "mnist:" + data_dir(), "--arch", "wrn-10-1", "--labels", "20",
                                   "--batch-size", "4", "--mu", "2", "--steps", "6", "--threshold", "0.1",
                                   "--eval-every", "3", "--eval-batch", "25", "--log-every", "1"};
   all.insert(all.end(), args.begin(), args.end());
+  return all;
+}
+
+// Runs the program as main() would: its exit status.
+int fixmatch(std::vector<std::string> args) {
+  std::vector<std::string> all = tiny(args);
+  all.insert(all.begin(), "fixmatch");
   std::vector<const char*> argv;
   for (const std::string& a : all) argv.push_back(a.c_str());
   return run_program("fixmatch", [&] { return fixmatch_main(static_cast<int>(argv.size()), argv.data()); });
@@ -89,19 +114,51 @@ TEST(FixMatch, SmokeRunWritesTheRunDirectory) {
   ASSERT_EQ(train.size(), 6u);
   for (const char* k : {"sup_loss", "unsup_loss", "mask_rate", "pseudo_label_acc", "lr", "images_per_s", "data_wait"})
     EXPECT_TRUE(train[0].contains(k)) << k;
-  // threshold 0.1 with 10 classes: every pseudo-label counts, so the unlabeled loss is live.
-  EXPECT_DOUBLE_EQ(train[0]["mask_rate"].get<double>(), 1.0);
-  EXPECT_GT(train[0]["unsup_loss"].get<double>(), 0.0);
-  EXPECT_EQ(events(out, "eval").size(), 1u);  // step 3 (the end is the final event)
+  // Threshold 0.1 with 10 classes: every pseudo-label counts (the largest of ten
+  // probabilities is at least 0.1), so the unlabeled loss is live at every step.
+  for (const nlohmann::json& t : train) {
+    EXPECT_DOUBLE_EQ(t["mask_rate"].get<double>(), 1.0) << t;
+    EXPECT_GT(t["unsup_loss"].get<double>(), 0.0) << t;
+  }
+  const std::vector<nlohmann::json> eval = events(out, "eval");
+  ASSERT_EQ(eval.size(), 1u);  // step 3 (the end is the final event)
+  EXPECT_EQ(eval[0]["step"], 3);
   const std::vector<nlohmann::json> final_ev = events(out, "final");
   ASSERT_EQ(final_ev.size(), 1u);
   EXPECT_EQ(final_ev[0]["step"], 6);
-  EXPECT_TRUE(final_ev[0].contains("test_top1_teacher"));
+  // Accuracies are whole numbers of the 50 test images, in percent.
+  for (const nlohmann::json* e : {&eval[0], &final_ev[0]})
+    for (const char* k : {"test_top1_teacher", "test_top1_student"}) {
+      ASSERT_TRUE(e->contains(k)) << k;
+      const double v = (*e)[k].get<double>(), images = v * 50.0 / 100.0;
+      EXPECT_TRUE(v >= 0 && v <= 100 && std::fabs(images - std::round(images)) < 1e-9) << k << " = " << v;
+    }
   // The teacher is the checkpoint's unprefixed model, the student under "student.".
   const SafetensorsFile f = SafetensorsFile::read(out + "/last.safetensors");
   EXPECT_TRUE(f.has("fc.weight"));
   EXPECT_TRUE(f.has("student.fc.weight"));
   EXPECT_EQ(f.metadata("run.step"), "6");
+}
+
+// The threshold is the mask: at 0.999 no pseudo-label of a network two steps from its random
+// start is that confident, so every unlabeled row is masked out and the unlabeled loss is
+// exactly 0 (with 0.1, every row counts and the loss is positive). A mask that ignores the
+// threshold fails here; the smoke run's threshold 0.1 cannot tell.
+TEST(FixMatch, ThresholdNoPseudoLabelReachesMasksEverythingOut) {
+  const std::string low = temp_dir("threshold_low"), high = temp_dir("threshold_high");
+  ASSERT_EQ(fixmatch({"--out", low, "--steps", "2", "--eval-every", "0"}), 0);
+  ASSERT_EQ(fixmatch({"--out", high, "--steps", "2", "--eval-every", "0", "--threshold", "0.999"}), 0);
+  const std::vector<nlohmann::json> a = events(low, "train"), b = events(high, "train");
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  for (const nlohmann::json& t : b) {
+    EXPECT_EQ(t["mask_rate"].get<double>(), 0.0) << t;
+    EXPECT_EQ(t["unsup_loss"].get<double>(), 0.0) << t;
+  }
+  // Step 0 runs before any optimizer step: its labeled loss cannot depend on the threshold.
+  EXPECT_EQ(a[0]["sup_loss"], b[0]["sup_loss"]);
+  EXPECT_GT(a[0]["unsup_loss"].get<double>(), 0.0);
+  for (const std::string& d : {low, high}) std::filesystem::remove_all(d);
 }
 
 TEST(FixMatch, SupervisedBaselineSkipsTheUnlabeledLoss) {
@@ -113,33 +170,103 @@ TEST(FixMatch, SupervisedBaselineSkipsTheUnlabeledLoss) {
   EXPECT_FALSE(train[0].contains("mask_rate"));
 }
 
-// Stopping after step 3 and resuming gives bit-identical weights, optimizer state and losses.
-TEST(FixMatch, ResumeIsBitIdentical) {
-  const std::string whole = temp_dir("whole"), parts = temp_dir("parts");
-  ASSERT_EQ(fixmatch({"--out", whole, "--smoothing", "sts", "--pseudo-labels", "teacher"}), 0);
-  ASSERT_EQ(fixmatch({"--out", parts, "--smoothing", "sts", "--pseudo-labels", "teacher", "--stop-after", "3"}), 0);
-  EXPECT_EQ(SafetensorsFile::read(parts + "/last.safetensors").metadata("run.step"), "3");
-  ASSERT_EQ(fixmatch({"--resume", parts}), 0);
+// ---- the teacher, replayed -------------------------------------------------------------------
 
-  const SafetensorsFile a = SafetensorsFile::read(whole + "/last.safetensors");
-  const SafetensorsFile b = SafetensorsFile::read(parts + "/last.safetensors");
-  ASSERT_EQ(a.tensors().size(), b.tensors().size());
-  for (const auto& [name, e] : a.tensors()) {
-    ASSERT_TRUE(b.has(name)) << name;
-    if (e.dtype == StDType::F32)
-      EXPECT_EQ(a.f32(name), b.f32(name)) << name;
-    else
-      EXPECT_EQ(a.i64(name), b.i64(name)) << name;
+// STS over element fragments with a constant momentum, the BN statistics copied (the default),
+// a seed other than the default. On the CPU: checkpoints of separate runs are consistent only
+// where training is bit-reproducible.
+constexpr uint64_t kReplaySeed = 5;
+constexpr float kReplayM = 0.99f, kReplayP = 0.5f;
+
+std::vector<std::string> replay_recipe(const std::string& out, int stop_after) {
+  return {"--out", out, "--device", "cpu", "--seed", "5", "--smoothing", "sts", "--granularity", "element",
+          "--preserve-prob", "0.5", "--momentum", "0.99", "--bn-buffers", "copy", "--eval-every", "0",
+          "--stop-after", std::to_string(stop_after)};
+}
+
+// Checkpoints after steps 1..3, each from a fresh run stopped there (the run is deterministic,
+// so they are the uninterrupted run's whatever resume does). Between checkpoints s and s + 1
+// the program ran step index s: forward, backward, optimizer step, then
+//   teacher <- rule(teacher, student, step s, m)   (student: as this step's optimizer left it)
+// and the teacher's BN statistics become the student's. Replayed on the host, bit for bit.
+TEST(FixMatch, TeacherUpdatesReplayFromConsecutiveCheckpoints) {
+  constexpr int kLast = 3;
+  std::vector<SafetensorsFile> after(1);  // after[s]: the checkpoint after s steps (none for 0)
+  for (int s = 1; s <= kLast; ++s) {
+    const std::string out = temp_dir("replay_" + std::to_string(s));
+    ASSERT_EQ(fixmatch(replay_recipe(out, s)), 0);
+    after.push_back(SafetensorsFile::read(out + "/last.safetensors"));  // read whole: the run can go
+    std::filesystem::remove_all(out);
+    ASSERT_EQ(after.back().metadata("run.step"), std::to_string(s));
   }
-  const std::vector<nlohmann::json> ta = events(whole, "train"), tb = events(parts, "train");
-  ASSERT_EQ(ta.size(), tb.size());
-  for (size_t i = 0; i < ta.size(); ++i) {
-    EXPECT_EQ(ta[i]["step"], tb[i]["step"]);
-    EXPECT_EQ(ta[i]["sup_loss"], tb[i]["sup_loss"]) << "step " << ta[i]["step"];
-    EXPECT_EQ(ta[i]["unsup_loss"], tb[i]["unsup_loss"]) << "step " << ta[i]["step"];
-    EXPECT_EQ(ta[i]["pseudo_label_acc"], tb[i]["pseudo_label_acc"]) << "step " << ta[i]["step"];
+  // fixmatch's parts: program 2, part 1 (the teacher's masks).
+  const uint64_t seed = replay::program_part_seed(kReplaySeed, 2, 1);
+  EXPECT_EQ(after[1].metadata("smoothing.seed"), std::to_string(seed));
+
+  const std::unique_ptr<Model> teacher = make_model(model_spec_from(after[1], ""), Device::CPU, false);
+  replay::ReplayCounts counts;
+  for (int s = 1; s < kLast; ++s) {
+    const SafetensorsFile &before = after[static_cast<size_t>(s)], &next = after[static_cast<size_t>(s) + 1];
+    const std::string what = "teacher after step index " + std::to_string(s);
+    const auto want = replay::replay_update(teacher->param_table(), before, "", next, "student.",
+                                            {seed, s, kReplayP, kReplayM, replay::Fragments::Element}, &counts);
+    replay::expect_same_tensors(want, next, "", what);
+    EXPECT_EQ(next.metadata("smoothing.step"), std::to_string(s + 1));
+    // --bn-buffers copy: the teacher's statistics are the student's after the step.
+    for (const Slot& b : teacher->buffer_table().slots()) {
+      if (next.entry(b.name).dtype == StDType::I64) {
+        EXPECT_EQ(next.i64(b.name), next.i64("student." + b.name)) << what << ": " << b.name;
+      } else {
+        EXPECT_EQ(next.f32(b.name), next.f32("student." + b.name)) << what << ": " << b.name;
+      }
+    }
+    EXPECT_NE(before.f32("bn1.running_mean"), next.f32("bn1.running_mean")) << "the statistics must move for this to tell";
   }
-  EXPECT_EQ(events(whole, "final")[0]["test_top1_teacher"], events(parts, "final")[0]["test_top1_teacher"]);
+  EXPECT_GT(counts.kept_fragments, 0);
+  EXPECT_GT(counts.updated_fragments, 0);
+  EXPECT_GT(counts.telling_keeps, 0);
+  EXPECT_GT(counts.telling_updates, 0);
+}
+
+// ---- resume --------------------------------------------------------------------------------
+
+// The built program stopped after step 3 (where it also evaluates) and resumed, each part in a
+// fresh process: the same tensors, checkpoint metadata (optimizer step count, smoother state)
+// and metrics events - the evaluation at step 3 included - as the uninterrupted run. A resume
+// that stops at once rewrites the checkpoint it started from.
+TEST(FixMatch, ResumeInAFreshProcessIsBitIdentical) {
+  const std::string whole = temp_dir("whole"), parts = temp_dir("parts");
+  auto run = [](const std::vector<std::string>& args) {
+    const program_runs::Result r = program_runs::run("fixmatch", args);
+    EXPECT_EQ(r.status, 0) << r.output;
+    return r.status;
+  };
+  // On the CPU, where resuming is specified to be bit-identical.
+  const std::vector<std::string> flags = {"--device", "cpu", "--smoothing", "sts", "--pseudo-labels", "teacher"};
+  std::vector<std::string> a = flags, b = flags;
+  a.insert(a.end(), {"--out", whole});
+  b.insert(b.end(), {"--out", parts, "--stop-after", "3"});
+  ASSERT_EQ(run(tiny(a)), 0);
+  ASSERT_EQ(run(tiny(b)), 0);
+  const std::vector<nlohmann::json> stopped = events(parts, "eval");
+  ASSERT_EQ(stopped.size(), 1u);
+  EXPECT_EQ(stopped[0]["step"], 3);
+  const std::string at3 = temp_dir("parts_at_3.safetensors");
+  std::filesystem::copy_file(parts + "/last.safetensors", at3);
+  ASSERT_EQ(run({"--resume", parts, "--stop-after", "3"}), 0);
+  program_runs::expect_same_checkpoint(at3, parts + "/last.safetensors");
+  // The counters the checkpoint records are the steps taken.
+  const SafetensorsFile f3 = SafetensorsFile::read(at3);
+  for (const char* key : {"run.step", "optim.steps", "smoothing.step"}) {
+    ASSERT_TRUE(f3.metadata().count(key)) << "the checkpoint does not record " << key;
+    EXPECT_EQ(f3.metadata(key), "3") << key;
+  }
+
+  ASSERT_EQ(run({"--resume", parts}), 0);
+  program_runs::expect_same_run(whole, parts);
+  EXPECT_EQ(events(parts, "eval").size(), 1u);
+  EXPECT_EQ(events(parts, "final").size(), 1u);
+  for (const std::string& d : {whole, parts, at3}) std::filesystem::remove_all(d);
 }
 
 TEST(FixMatch, BadInputIsRefusedAndOverwritesNothing) {

@@ -6,17 +6,24 @@
 // that the ParamTable defines (computed here independently of the kernel's own helpers); the
 // update rate sits inside a 99.9% confidence bound of 1 - p; canaries in the gaps survive.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/checkpoint.h"
 #include "engine/teacher.h"
 #include "kernels/common/philox.h"
+#include "models/model.h"
 #include "tests/op_case.h"
+#include "tests/teacher_replay.h"
 
 namespace tessera {
 namespace {
@@ -321,39 +328,132 @@ TEST(Teacher, MasksArePureFunctionsOfSeedAndStep) {
   EXPECT_NE(0, std::memcmp(a.data(), teacher_after(6, 3).data(), a.size() * sizeof(float)));
 }
 
-// Save the state after 5 steps, rebuild from the strings, continue: bit-identical to 10
-// uninterrupted steps.
-TEST(Teacher, ResumeContinuesTheMaskStream) {
-  const TeacherConfig c = sts_config(Granularity::Channel, 0.6f);
-  World a;
-  TeacherSmoother sa(a.params, a.buffers, Device::CPU, c);
-  for (int64_t k = 0; k < 10; ++k) {
-    a.new_student(50 + static_cast<uint64_t>(k));
-    sa.update(a.student, a.teacher, a.student_buf, a.teacher_buf, k);
+// update() under the cosine schedule applies the m_k of the step it is given (the formula
+// written out in tests/teacher_replay.h), to the parameters (TMA: every element blended) and,
+// under --bn-buffers ema, to the buffers; past K the momentum stays at 1.
+TEST(Teacher, UpdateAppliesTheCosineMomentumOfItsStep) {
+  World w;
+  TeacherConfig c = sts_config(Granularity::Tensor);
+  c.mode = SmoothingMode::Tma;
+  c.momentum = 0.9f;
+  c.schedule = MomentumSchedule::Cosine;
+  c.total_steps = 10;
+  c.bn_buffers = BnBufferPolicy::Ema;
+  TeacherSmoother sm(w.params, w.buffers, Device::CPU, c);
+  for (int64_t step : {0, 3, 5, 9, 10, 12}) {
+    w.new_student(200 + static_cast<uint64_t>(step));
+    fill_random(w.student_buf, 300 + static_cast<uint64_t>(step));
+    const std::vector<float> old = host_of(w.teacher), student = host_of(w.student);
+    const std::vector<float> old_buf = host_of(w.teacher_buf), student_buf = host_of(w.student_buf);
+    sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, step);
+    const float m = replay::cosine_momentum(0.9f, step, 10);
+    const std::vector<float> now = host_of(w.teacher), now_buf = host_of(w.teacher_buf);
+    for (const Slot& s : w.params.slots())
+      for (int64_t i = s.offset; i < s.offset + s.numel; ++i) {
+        const size_t j = static_cast<size_t>(i);
+        ASSERT_TRUE(same_bits(now[j], blend(old[j], student[j], m)))
+            << s.name << " at step " << step << ": " << now[j] << ", m_k = " << m << " gives " << blend(old[j], student[j], m);
+      }
+    for (const Slot& s : w.buffers.slots())
+      for (int64_t i = s.offset; i < s.offset + s.numel; ++i) {
+        const size_t j = static_cast<size_t>(i);
+        ASSERT_TRUE(same_bits(now_buf[j], blend(old_buf[j], student_buf[j], m))) << s.name << " at step " << step;
+      }
   }
-  World b;
-  std::map<std::string, std::string> saved;
-  std::vector<float> saved_teacher;
-  {
-    TeacherSmoother sb(b.params, b.buffers, Device::CPU, c);
-    for (int64_t k = 0; k < 5; ++k) {
-      b.new_student(50 + static_cast<uint64_t>(k));
-      sb.update(b.student, b.teacher, b.student_buf, b.teacher_buf, k);
+  // The schedule moves: the steps above did not all share one momentum.
+  EXPECT_NE(replay::cosine_momentum(0.9f, 3, 10), replay::cosine_momentum(0.9f, 5, 10));
+  EXPECT_EQ(replay::cosine_momentum(0.9f, 12, 10), 1.0f);
+  w.expect_canaries_intact();
+}
+
+// A smoother and its teacher saved the way the programs save them - the teacher model through
+// the checkpoint writer (parameters and BN buffers), the smoother's state as metadata - and
+// restored into fresh objects: the restored teacher and state equal the saved ones bit for
+// bit, and continuing gives exactly the uninterrupted run's teacher, buffers included.
+// Cosine schedule (so the step taken from the state matters to m_k), channel fragments, and
+// the default BN policy (own): the teacher's statistics are its own forwards', simulated
+// here by BatchNorm's running update so that they carry history across the resume.
+//
+// (Not --bn-buffers ema: it averages num_batches_tracked too, into a fraction that the
+// checkpoint, which stores the count as an int64 as PyTorch does, truncates.)
+TEST(Teacher, ResumeThroughACheckpointFileRestoresParametersBuffersAndStep) {
+  ModelSpec spec;
+  spec.arch = "mlp";
+  spec.mlp_sizes = {6, 10, 4};  // Linear - BatchNorm1d - ReLU - Linear
+  TeacherConfig c = sts_config(Granularity::Channel, 0.5f);
+  c.schedule = MomentumSchedule::Cosine;
+  c.total_steps = 10;
+  c.bn_buffers = BnBufferPolicy::Own;
+  struct Run {
+    std::unique_ptr<Model> student, teacher;
+    std::unique_ptr<TeacherSmoother> smoother;
+    Run(const ModelSpec& spec, const TeacherConfig& c) {
+      student = make_model(spec, Device::CPU);
+      teacher = make_model(spec, Device::CPU);
+      student->init(11);
+      smoother = std::make_unique<TeacherSmoother>(student->param_table(), student->buffer_table(), Device::CPU, c);
+      smoother->initialise(student->params(), teacher->params(), student->buffers(), teacher->buffers());
     }
-    saved = sb.state().to_strings();
-    saved_teacher = host_of(b.teacher);
+    // Step k: a new student, the teacher update, then the teacher's own forward as far as its
+    // buffers go (running = 0.9 running + 0.1 batch statistic, one more batch tracked).
+    void steps(int64_t from, int64_t to) {
+      for (int64_t k = from; k < to; ++k) {
+        fill_random(student->params(), 400 + static_cast<uint64_t>(k));
+        smoother->update(student->params(), teacher->params(), student->buffers(), teacher->buffers(), k);
+        std::vector<float> b = to_host_f32(teacher->buffers().all());
+        for (const Slot& s : teacher->buffer_table().slots())
+          for (int64_t i = s.offset; i < s.offset + s.numel; ++i) {
+            float& v = b[static_cast<size_t>(i)];
+            const float batch = kernels::philox_uniform(500 + static_cast<uint64_t>(k), kernels::kStreamTest, 0,
+                                                        static_cast<uint64_t>(i));
+            v = s.kind == ParamKind::BnNumBatches ? v + 1.0f : 0.9f * v + 0.1f * batch;
+          }
+        from_host(teacher->buffers().all(), b);
+      }
+    }
+  };
+  Run whole(spec, c);
+  whole.steps(0, 10);
+
+  Run first(spec, c);
+  first.steps(0, 5);
+  const std::string path = ::testing::TempDir() + "tessera_teacher_resume_" + std::to_string(::getpid()) + ".safetensors";
+  {
+    SafetensorsWriter w;
+    add_model(w, *first.teacher, "teacher.");
+    for (const auto& kv : first.smoother->state().to_strings()) w.add_metadata(kv.first, kv.second);
+    w.write(path);
   }
-  World r;
-  from_host(r.teacher.all(), saved_teacher);
-  TeacherSmoother sr(r.params, r.buffers, Device::CPU, c);
-  sr.restore(TeacherState::from_strings(saved));
-  ASSERT_EQ(sr.state().step, 5);
-  for (int64_t k = sr.state().step; k < 10; ++k) {
-    r.new_student(50 + static_cast<uint64_t>(k));
-    sr.update(r.student, r.teacher, r.student_buf, r.teacher_buf, k);
+  const SafetensorsFile f = SafetensorsFile::read(path);
+  std::remove(path.c_str());
+
+  // Fresh objects whose teacher holds something else entirely, so a restore that skips a
+  // tensor shows.
+  Run rest(spec, c);
+  rest.teacher->init(99);
+  fill_random(rest.teacher->buffers(), 98);
+  load_model(f, *rest.teacher, "teacher.");
+  rest.smoother->restore(TeacherState::from_strings(f.metadata()));
+  EXPECT_EQ(rest.smoother->state().to_strings(), first.smoother->state().to_strings());
+  ASSERT_EQ(rest.smoother->state().step, 5);
+  const std::vector<float> saved_p = host_of(first.teacher->params()), got_p = host_of(rest.teacher->params());
+  const std::vector<float> saved_b = host_of(first.teacher->buffers()), got_b = host_of(rest.teacher->buffers());
+  for (const Slot& s : first.teacher->param_table().slots())
+    for (int64_t i = s.offset; i < s.offset + s.numel; ++i)
+      ASSERT_TRUE(same_bits(saved_p[static_cast<size_t>(i)], got_p[static_cast<size_t>(i)])) << "restored " << s.name;
+  for (const Slot& s : first.teacher->buffer_table().slots())
+    for (int64_t i = s.offset; i < s.offset + s.numel; ++i)
+      ASSERT_TRUE(same_bits(saved_b[static_cast<size_t>(i)], got_b[static_cast<size_t>(i)]))
+          << "restored " << s.name << ": " << got_b[static_cast<size_t>(i)] << ", saved " << saved_b[static_cast<size_t>(i)];
+
+  rest.steps(rest.smoother->state().step, 10);
+  EXPECT_EQ(rest.smoother->state().to_strings(), whole.smoother->state().to_strings());
+  for (const auto& [what, want, got] :
+       {std::tuple{"parameters", host_of(whole.teacher->params()), host_of(rest.teacher->params())},
+        std::tuple{"buffers", host_of(whole.teacher->buffers()), host_of(rest.teacher->buffers())}}) {
+    ASSERT_EQ(want.size(), got.size());
+    EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << what << " after resume";
   }
-  const std::vector<float> want = host_of(a.teacher), got = host_of(r.teacher);
-  EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)));
 }
 
 TEST(Teacher, StateStringsRoundTripAndRejectBadInput) {

@@ -1,0 +1,103 @@
+// What the byol and fixmatch tests need to compare two runs of a training program: run the
+// built program in a process of its own, and compare two run directories - every checkpoint
+// tensor, every checkpoint metadata entry, every metrics event - except what may differ
+// between an uninterrupted run and a stopped-and-resumed one (timings, and the flags that
+// belong to one invocation, such as --out and --stop-after).
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "apps/run/run_directory.h"
+#include "engine/checkpoint.h"
+
+namespace tessera::program_runs {
+
+struct Result {
+  int status = -1;     // exit code, or -1 when the program did not exit normally
+  std::string output;  // stdout and stderr together
+};
+
+// Runs PROGRAM (built next to this test binary, as tests/app_flags_test.cpp does) with `args`,
+// in a fresh process that inherits this one's environment (OMP_NUM_THREADS included, so
+// CPU results are comparable bit for bit with other runs of the built program).
+inline Result run(const std::string& program, const std::vector<std::string>& args) {
+  namespace fs = std::filesystem;
+  const fs::path binary = fs::read_symlink("/proc/self/exe").parent_path() / program;
+  Result r;
+  if (!fs::exists(binary)) {
+    r.output = binary.string() + " not found: build the programs with the tests (make all)";
+    return r;
+  }
+  std::string command = "'" + binary.string() + "'";
+  for (const std::string& a : args) command += " '" + a + "'";  // test paths hold no quotes
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, n);
+  const int status = ::pclose(p);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+inline std::vector<nlohmann::json> events(const std::string& dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    for (const char* k : {"images_per_s", "data_wait", "wall_s"}) j.erase(k);  // the machine's, not the run's
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+// The configuration a checkpoint records, without the flags of one invocation.
+inline nlohmann::json computation_config(const SafetensorsFile& f) {
+  nlohmann::json c = nlohmann::json::parse(f.metadata("run.config"));
+  for (auto it = c.begin(); it != c.end();)
+    it = per_invocation(it.key()) ? c.erase(it) : std::next(it);
+  return c;
+}
+
+// Checkpoints `a` and `b` hold the same state: every tensor bit for bit, every metadata entry
+// (optimizer step counters, smoother state, model specs, run.step) but the configuration,
+// which must agree on every flag that changes the computation.
+inline void expect_same_checkpoint(const std::string& a, const std::string& b) {
+  const SafetensorsFile fa = SafetensorsFile::read(a);
+  const SafetensorsFile fb = SafetensorsFile::read(b);
+  ASSERT_EQ(fa.tensors().size(), fb.tensors().size());
+  for (const auto& [name, e] : fa.tensors()) {
+    ASSERT_TRUE(fb.has(name)) << name;
+    switch (e.dtype) {
+      case StDType::F32: EXPECT_EQ(fa.f32(name), fb.f32(name)) << name; break;
+      case StDType::I64: EXPECT_EQ(fa.i64(name), fb.i64(name)) << name; break;
+      case StDType::I32: EXPECT_EQ(fa.i32(name), fb.i32(name)) << name; break;
+      case StDType::U8: EXPECT_EQ(fa.u8(name), fb.u8(name)) << name; break;
+    }
+  }
+  for (const auto& [key, value] : fa.metadata()) {
+    if (key == "run.config") continue;
+    ASSERT_TRUE(fb.metadata().count(key)) << "metadata '" << key << "' missing from " << b;
+    EXPECT_EQ(fb.metadata(key), value) << "metadata '" << key << "'";
+  }
+  EXPECT_EQ(fa.metadata().size(), fb.metadata().size());
+  EXPECT_EQ(computation_config(fa), computation_config(fb));
+}
+
+// Run directories `a` (uninterrupted) and `b` (stopped and resumed) hold the same run: the
+// same checkpoint, and the same metrics events in the same order, timings aside.
+inline void expect_same_run(const std::string& a, const std::string& b) {
+  expect_same_checkpoint(a + "/last.safetensors", b + "/last.safetensors");
+  const std::vector<nlohmann::json> ea = events(a), eb = events(b);
+  EXPECT_EQ(ea.size(), eb.size());
+  for (size_t i = 0; i < std::min(ea.size(), eb.size()); ++i) EXPECT_EQ(ea[i], eb[i]) << "metrics line " << i + 1;
+}
+
+}  // namespace tessera::program_runs
