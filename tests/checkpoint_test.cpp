@@ -3,12 +3,18 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
+#include "engine/autograd.h"
 #include "engine/check.h"
 #include "engine/checkpoint.h"
+#include "engine/workspace.h"
+#include "kernels/common/philox.h"
+#include "models/model.h"
 
 namespace tessera {
 namespace {
@@ -200,17 +206,36 @@ struct TinyModel {
     params.add("conv.weight", Shape{channels, 3, 3, 3}, ParamKind::ConvWeight);
     params.add("bn.weight", Shape{channels}, ParamKind::BnWeight);
     buffers.add("bn.running_mean", Shape{channels}, ParamKind::BnRunningMean);
+    buffers.add("bn.running_var", Shape{channels}, ParamKind::BnRunningVar);
     buffers.add("bn.num_batches_tracked", Shape{1}, ParamKind::BnNumBatches);
     p = Arena(params, Device::CPU);
     b = Arena(buffers, Device::CPU);
   }
 };
 
+// The bits of each float: a round trip must be exact, -0.0 and NaN payloads included.
+std::vector<uint32_t> bits(const std::vector<float>& v) {
+  std::vector<uint32_t> out(v.size());
+  std::memcpy(out.data(), v.data(), v.size() * sizeof(float));
+  return out;
+}
+std::vector<uint32_t> bits(const Tensor& t) { return bits(to_host_f32(t)); }
+
+// Every slot of `b` equal, bit for bit, to the same slot of `a`; failures name the slot.
+void expect_same_slots(const Arena& a, const Arena& b) {
+  ASSERT_EQ(a.table().size(), b.table().size());
+  for (size_t i = 0; i < a.table().size(); ++i) EXPECT_EQ(bits(b.slot(i)), bits(a.slot(i))) << a.table()[i].name;
+}
+
 TEST_F(CheckpointTest, ArenasRoundTripUnderAPrefixWithInt64Counters) {
   TinyModel a(4);
   std::vector<float> values(static_cast<size_t>(a.params.arena_numel()));
   for (size_t i = 0; i < values.size(); ++i) values[i] = 0.25f * static_cast<float>(i);
   from_host(a.p.all(), values);
+  // Buffers unlike anything a fresh arena (zeros) or init (mean 0, var 1, count 0) holds, and
+  // unlike each other, so a loader that skips them, or puts one in the other's place, fails.
+  from_host(a.b.slot("bn.running_mean"), std::vector<float>{-0.375f, 1e-20f, -0.0f, 3.0e7f});
+  from_host(a.b.slot("bn.running_var"), std::vector<float>{0.0625f, 2.5f, 1e-30f, 7.75f});
   fill_value(a.b.slot("bn.num_batches_tracked"), 1234.0f);
   SafetensorsWriter w;
   add_arena(w, a.p, "teacher.");
@@ -223,13 +248,85 @@ TEST_F(CheckpointTest, ArenasRoundTripUnderAPrefixWithInt64Counters) {
 
   TinyModel c(4);
   c.p.write_canaries();
+  c.b.write_canaries();
   load_arenas(f, {&c.p, &c.b}, "teacher.");
   EXPECT_TRUE(c.p.broken_canaries().empty()) << "loading wrote into the gaps between slots";
-  EXPECT_EQ(to_host_f32(c.p.slot("conv.weight")), to_host_f32(a.p.slot("conv.weight")));
-  EXPECT_EQ(to_host_f32(c.p.slot("bn.weight")), to_host_f32(a.p.slot("bn.weight")));
+  EXPECT_TRUE(c.b.broken_canaries().empty()) << "loading wrote into the gaps between buffer slots";
+  expect_same_slots(a.p, c.p);
+  expect_same_slots(a.b, c.b);
   EXPECT_EQ(to_host_f32(c.b.slot("bn.num_batches_tracked")), std::vector<float>{1234.0f});
   // Under another prefix nothing matches.
   EXPECT_THROW(load_arenas(f, {&c.p, &c.b}, "student."), Error);
+}
+
+// A model whose BatchNorm statistics were moved by training (train-mode forwards), saved and
+// loaded back: every running mean, running variance and batch count is bit-identical, into a
+// model freshly initialised (where a loader that skipped the buffers would leave the
+// defaults) and into one rebuilt from the file; and eval mode, which reads those statistics,
+// gives the same bits.
+TEST_F(CheckpointTest, ModelRoundTripKeepsTrainedBatchNormStatistics) {
+  ModelSpec spec;
+  spec.arch = "resnet18";
+  spec.stem = "cifar";
+  spec.in_channels = 1;
+  spec.width = 4;
+  spec.num_classes = 3;
+  auto a = make_model(spec, Device::CPU);
+  a->init(21);
+  const Shape shape{4, 1, 8, 8};
+  std::vector<float> input(static_cast<size_t>(shape.numel()));
+  kernels::PhiloxState rng(7, kernels::philox_subsequence(kernels::kStreamTest, 31), 0);
+  for (float& x : input) x = 2.0f * rng.uniform() - 0.5f;  // mean 0.5: the running means move
+  Workspace ws(Device::CPU);
+  constexpr int kTrainForwards = 3;
+  for (int k = 0; k < kTrainForwards; ++k) {
+    ws.reset();
+    Graph g(ws);
+    NoGradScope no_grad(g);
+    const Tensor x = ws.alloc(shape);
+    from_host(x, input);
+    a->forward(g, g.input(x, "input"), /*train=*/true);
+  }
+  // The statistics really are away from their defaults, in every BN layer.
+  const ParamTable& bt = a->buffer_table();
+  int bn_layers = 0;
+  for (size_t i = 0; i < bt.size(); ++i) {
+    const std::vector<float> v = to_host_f32(a->buffers().slot(i));
+    if (bt[i].kind == ParamKind::BnRunningMean) {
+      ++bn_layers;
+      EXPECT_TRUE(std::any_of(v.begin(), v.end(), [](float m) { return m != 0.0f; })) << bt[i].name;
+    } else if (bt[i].kind == ParamKind::BnRunningVar) {
+      EXPECT_TRUE(std::any_of(v.begin(), v.end(), [](float m) { return m != 1.0f; })) << bt[i].name;
+    } else if (bt[i].kind == ParamKind::BnNumBatches) {
+      EXPECT_EQ(v, std::vector<float>{static_cast<float>(kTrainForwards)}) << bt[i].name;
+    }
+  }
+  EXPECT_EQ(bn_layers, 20);  // resnet18: bn1, 16 in the blocks, 3 downsample
+
+  SafetensorsWriter w;
+  add_model(w, *a, "teacher.");
+  w.write(path("trained.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("trained.safetensors"));
+
+  auto fresh = make_model(spec, Device::CPU);  // initialised: default statistics
+  load_model(f, *fresh, "teacher.");
+  auto rebuilt = load_model(f, Device::CPU, "teacher.");
+  for (const Model* b : {fresh.get(), rebuilt.get()}) {
+    expect_same_slots(a->params(), b->params());
+    expect_same_slots(a->buffers(), b->buffers());
+  }
+
+  const auto eval = [&](Model& m) {
+    ws.reset();
+    Graph g(ws);
+    NoGradScope no_grad(g);
+    const Tensor x = ws.alloc(shape);
+    from_host(x, input);
+    return bits(m.forward(g, g.input(x, "input"), /*train=*/false)->value);
+  };
+  const std::vector<uint32_t> want = eval(*a);
+  EXPECT_EQ(eval(*fresh), want) << "eval-mode outputs differ after loading into an initialised model";
+  EXPECT_EQ(eval(*rebuilt), want) << "eval-mode outputs differ after rebuilding from the file";
 }
 
 TEST_F(CheckpointTest, LoadListsMissingWrongShapeAndUnexpectedTensors) {
@@ -248,10 +345,11 @@ TEST_F(CheckpointTest, LoadListsMissingWrongShapeAndUnexpectedTensors) {
     FAIL() << "a mismatching checkpoint was loaded";
   } catch (const Error& e) {
     const std::string msg = e.what();
-    EXPECT_HAS(msg, "(5 problems)");
+    EXPECT_HAS(msg, "(6 problems)");
     EXPECT_HAS(msg, "'conv.weight' has shape [4, 3, 3, 3], expected [8, 3, 3, 3]");
     EXPECT_HAS(msg, "'bn.weight' has shape [4], expected [8]");
     EXPECT_HAS(msg, "missing 'bn.running_mean'");
+    EXPECT_HAS(msg, "missing 'bn.running_var'");
     EXPECT_HAS(msg, "missing 'bn.num_batches_tracked'");
     EXPECT_HAS(msg, "unexpected 'head.weight' [1]");
   }

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "tests/op_case.h"
 #include "kernels/cpu/blas_kernels.h"
@@ -54,6 +56,13 @@ void register_op_cases() {
 
 int main(int argc, char** argv) {
   kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
+  // tests/blas_kernels_test.cpp runs this binary as a child, in an environment it sets, to see
+  // what the restart decided: the family OpenBLAS runs and the variable this process ended with.
+  if (const char* probe = std::getenv("TESSERA_TESTS_BLAS_PROBE"); probe && std::strcmp(probe, "1") == 0) {
+    const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+    std::printf("core=%s\ncoretype=%s\n", kernels::cpu::blas_core_name().c_str(), coretype ? coretype : "(unset)");
+    return 0;
+  }
   ::testing::InitGoogleTest(&argc, argv);
   register_op_cases();
   const int rc = RUN_ALL_TESTS();

@@ -126,9 +126,6 @@ TEST(Models, InitialisationIsSeededAndFollowsTheReferences) {
   b->init(8);
   EXPECT_NE(to_host_f32(a->params().slot("conv1.weight")), to_host_f32(b->params().slot("conv1.weight")));
 
-  // Kaiming normal, fan_out: layer4 conv2 is (256, 256, 3, 3): std sqrt(2 / 2304).
-  const std::vector<float> w = to_host_f32(a->params().slot("layer4.0.conv2.weight"));
-  EXPECT_NEAR(stddev(w), std::sqrt(2.0 / 2304.0), 0.01 * std::sqrt(2.0 / 2304.0));
   // nn.Linear default: uniform within 1/sqrt(fan_in) (fan_in 256): std bound / sqrt(3).
   const std::vector<float> fc = to_host_f32(a->params().slot("fc.weight"));
   for (float x : fc) ASSERT_LE(std::fabs(x), 1.0f / 16.0f);
@@ -137,12 +134,50 @@ TEST(Models, InitialisationIsSeededAndFollowsTheReferences) {
   EXPECT_EQ(to_host_f32(a->params().slot("bn1.bias")), std::vector<float>(32, 0.0f));
   EXPECT_EQ(to_host_f32(a->buffers().slot("bn1.running_var")), std::vector<float>(32, 1.0f));
   EXPECT_EQ(to_host_f32(a->buffers().slot("bn1.running_mean")), std::vector<float>(32, 0.0f));
+}
 
-  // The port's classifier: Xavier normal, zero bias. (128 -> 10: std sqrt(2 / 138))
-  auto wrn = make_model(spec_of("wrn-28-2", 10), Device::CPU);
+// How far a sample standard deviation may be from the true one. For n draws from N(0, s^2),
+// (n - 1) S^2 / s^2 is chi-squared with n - 1 degrees of freedom, so S / s has a standard
+// deviation of about 1 / sqrt(2 (n - 1)). Five of those: a correct draw falls outside with
+// probability below 1e-6 for any seed (the draws here are seeded, so the test is also
+// deterministic). The layers below are chosen so that every wrong choice is several of these
+// tolerances away.
+double sampling_tolerance(size_t n) { return 5.0 / std::sqrt(2.0 * static_cast<double>(n - 1)); }
+
+// Both references draw convolutions from N(0, 2 / fan_out) (kaiming_normal_, mode="fan_out"),
+// fan_out = out channels x kernel area, where fan_in = in channels x kernel area. The layers
+// checked have fan_out far from fan_in, so using the other fan is a clear failure:
+//   conv1 (64, 3, 7, 7):                 fan_out 3136, fan_in 147: fan_in's std is 4.6x larger
+//   layer4.0.downsample.0 (512, 256, 1, 1): fan_out 512, fan_in 256: 1.41x larger
+TEST(Models, ConvolutionsAreKaimingNormalWithFanOut) {
+  auto m = make_model(spec_of("resnet18", 0, "imagenet", 3, 64), Device::CPU, /*initialise=*/false);
+  m->init(13);
+  struct Layer {
+    const char* name;
+    double fan_out, fan_in;
+  };
+  for (const Layer& l : {Layer{"conv1.weight", 64 * 49, 3 * 49}, Layer{"layer4.0.downsample.0.weight", 512, 256}}) {
+    const std::vector<float> w = to_host_f32(m->params().slot(l.name));
+    const double want = std::sqrt(2.0 / l.fan_out), wrong = std::sqrt(2.0 / l.fan_in);
+    const double tol = sampling_tolerance(w.size());
+    ASSERT_GT(std::fabs(wrong / want - 1.0), 6 * tol) << l.name << ": the two fans must be told apart";
+    EXPECT_NEAR(stddev(w) / want, 1.0, tol) << l.name << ": std " << stddev(w) << ", N(0, 2 / fan_out) has " << want
+                                             << ", N(0, 2 / fan_in) " << wrong;
+  }
+}
+
+// The port's classifier: Xavier normal, N(0, 2 / (fan_in + fan_out)). With 1000 classes
+// (128 -> 1000) every other choice is clearly off: 2 / (128 + 1000) gives std 0.0421, where
+// fan_out alone gives 0.0447 (+6%), fan_in alone 0.125 (x3), nn.Linear's default 0.051.
+// 128,000 draws: tolerance 1.0%.
+TEST(Models, WideResNetClassifierIsXavierNormal) {
+  auto wrn = make_model(spec_of("wrn-10-2", 1000), Device::CPU, /*initialise=*/false);
   wrn->init(3);
-  EXPECT_NEAR(stddev(to_host_f32(wrn->params().slot("fc.weight"))), std::sqrt(2.0 / 138.0), 0.15 * std::sqrt(2.0 / 138.0));
-  EXPECT_EQ(to_host_f32(wrn->params().slot("fc.bias")), std::vector<float>(10, 0.0f));
+  const std::vector<float> w = to_host_f32(wrn->params().slot("fc.weight"));
+  ASSERT_EQ(w.size(), 128u * 1000u);
+  const double want = std::sqrt(2.0 / (128.0 + 1000.0));
+  EXPECT_NEAR(stddev(w) / want, 1.0, sampling_tolerance(w.size())) << "std " << stddev(w) << ", Xavier " << want;
+  EXPECT_EQ(to_host_f32(wrn->params().slot("fc.bias")), std::vector<float>(1000, 0.0f));
 }
 
 TEST(Models, CheckpointRebuildsTheModel) {

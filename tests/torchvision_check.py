@@ -16,8 +16,12 @@ a classifier), or a WideResNet written here to the FixMatch PyTorch port's struc
 names - loads MODEL with load_state_dict(strict=True), runs IO's input in eval mode and
 compares: max |tessera - torch| <= tol * max |torch| for outputs, and per parameter
 max |tessera - torch| <= grad_tol * max |torch| for gradients against PyTorch in float64
-(grad_tol 1e-3), or within 4x PyTorch float32's own distance from float64 where train-mode BN
-over few values per channel makes the problem ill-conditioned. Prints one line per pair; exit 0 when
+(grad_tol 1e-3). Where PyTorch's own float32 gradient is further than that from float64, the
+bound is 4x PyTorch float32's distance, but never more than GRAD_CAP (5%): an all-zero or
+badly scaled gradient never passes, however loose PyTorch's own float32 is. The line also
+counts ReLU / LeakyReLU inputs whose sign differs between PyTorch float32 and float64 (a unit
+within rounding of zero): such a flip is what makes a case ill-conditioned, and the cases in
+tests/torchvision_test.cpp are chosen to have none. Prints one line per pair; exit 0 when
 all agree, 1 otherwise, 77 (and a line saying why) when torch or torchvision cannot be
 imported. Reads safetensors with json + struct (no safetensors package needed).
 """
@@ -35,6 +39,11 @@ except ImportError as e:
     sys.exit(77)
 
 DTYPES = {"F32": torch.float32, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
+
+# The most a per-tensor gradient may differ from PyTorch float64 (relative to its largest
+# entry) even where PyTorch float32 differs more: an all-zero gradient is 100% off, a gradient
+# with a wrong factor or a missing term is several percent off.
+GRAD_CAP = 0.05
 
 
 def read_safetensors(path):
@@ -151,17 +160,27 @@ def check(model_path, io_path, tol, grad_tol):
             f"input={tuple(io['input'].shape)}: strict load ok, eval max|diff|={diff:.3e}, "
             f"max|torch|={scale:.3e}, relative={diff / max(scale, 1e-30):.3e} (tol {tol:g})")
     if "r" in io:
-        # The reference for the train step is PyTorch in float64. Train-mode BN over few values
-        # per channel can be ill-conditioned, so PyTorch's own float32 gradients are measured
-        # against it too: a tensor passes when tessera is within grad_tol of float64, or no
-        # more than 4x as far from it as PyTorch float32 is (the problem's own conditioning).
+        # The reference for the train step is PyTorch in float64. A ReLU input within float32
+        # rounding of zero takes the other branch in float32 (in tessera and in PyTorch alike),
+        # which moves gradients by percents; so PyTorch's own float32 gradients are measured
+        # against float64 too: a tensor passes when tessera is within grad_tol of float64, or no
+        # more than 4x as far from it as PyTorch float32 is (the problem's own conditioning) and
+        # within GRAD_CAP. The sign flips are counted to say when a case is such a problem.
         model.train()
+        signs = {"float32": [], "float64": []}
+        precision = ["float32"]
+        hooks = [mod.register_forward_hook(lambda _m, x, _y: signs[precision[0]].append(x[0].detach() > 0))
+                 for mod in model.modules() if isinstance(mod, (nn.ReLU, nn.LeakyReLU))]
         out32 = model(io["input"])
         (out32 * io["r"]).sum().backward()
         torch32 = {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
         model.double()
+        precision[0] = "float64"
         out = model(io["input"].double())
+        for h in hooks:
+            h.remove()
+        flips = sum(int((a != b).sum()) for a, b in zip(signs["float32"], signs["float64"]))
         train_rel = (out.detach() - io["train_output"].double()).abs().max().item() / max(out.abs().max().item(), 1e-30)
         (out * io["r"].double()).sum().backward()
         worst, worst_name, worst_torch, grads_ok = 0.0, "", 0.0, True
@@ -173,12 +192,13 @@ def check(model_path, io_path, tol, grad_tol):
                 scale = max(p.grad.abs().max().item(), 1e-30)
                 rel = (ours - p.grad).abs().max().item() / scale
                 rel_torch = (torch32[name] - p.grad).abs().max().item() / scale
-            grads_ok = grads_ok and rel <= max(grad_tol, 4 * rel_torch)
+            grads_ok = grads_ok and rel <= max(grad_tol, min(4 * rel_torch, GRAD_CAP))
             if rel > worst:
                 worst, worst_name, worst_torch = rel, name, rel_torch
         ok = ok and train_rel <= grad_tol and grads_ok
         line += (f"; train vs torch float64: output relative={train_rel:.3e}, worst gradient relative="
-                 f"{worst:.3e} ({worst_name}; torch float32 there: {worst_torch:.3e}) (tol {grad_tol:g})")
+                 f"{worst:.3e} ({worst_name}; torch float32 there: {worst_torch:.3e}) (tol {grad_tol:g}, "
+                 f"at most {GRAD_CAP:g}); activation sign flips float32 vs float64: {flips}")
     print(("OK " if ok else "FAIL ") + line)
     return ok
 

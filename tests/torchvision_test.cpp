@@ -13,7 +13,9 @@
 #include <sys/wait.h>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <string>
 
 #include "engine/autograd.h"
 #include "engine/check.h"
@@ -62,6 +64,7 @@ struct Case {
   int in_channels, num_classes, size;
   int width;
   bool train_step;  // also compare a train-mode step (output and every gradient)
+  uint64_t input_draw = 1;  // the Philox subsequence the input is drawn from
 };
 
 // Saves the model and (input, tessera's eval-mode output) next to each other under `base`.
@@ -77,7 +80,7 @@ void write_case(const Case& c, const std::string& base) {
   perturb_batch_norms(*model);
 
   const Shape shape{2, c.in_channels, c.size, c.size};
-  const std::vector<float> input = uniform(shape.numel(), -2.0f, 2.0f, 1);
+  const std::vector<float> input = uniform(shape.numel(), -2.0f, 2.0f, c.input_draw);
   Workspace ws(Device::CPU);
   Graph g(ws);
   Var* out;
@@ -122,11 +125,15 @@ TEST(Torchvision, StrictLoadAndSameOutputs) {
   if (!fs::exists("/usr/bin/python3")) GTEST_SKIP() << "/usr/bin/python3 not found";
   const Case cases[] = {
       {"resnet18", "imagenet", 3, 1000, 64, 64, true},  // torchvision.models.resnet18() as is
-      // resnet50 at width 64 on a 64 x 64 input is too ill-conditioned in train mode for a
-      // float32 gradient comparison (2 x 2 maps in layer4); its bottleneck backward is
-      // checked at width 8 on 32 x 32 below.
+      // A train-mode gradient comparison in float32 needs a case where no ReLU input lies
+      // within rounding of zero: such a unit takes the other branch in float32 (tessera's or
+      // PyTorch's) than in the float64 reference and moves gradients by percents. The
+      // expected number of such units grows with the number of units: resnet50 at width 64 on
+      // 64 x 64, or at width 8 on 32 x 32, has one or two for most inputs (measured), so its
+      // bottleneck backward is checked at width 8 on 16 x 16 with an input (draw 2) that has
+      // none in PyTorch; torchvision_check.py prints the count for every case.
       {"resnet50", "imagenet", 3, 10, 64, 64, false},
-      {"resnet50", "cifar", 3, 10, 32, 8, true},
+      {"resnet50", "cifar", 3, 10, 16, 8, true, 2},
       {"resnet18", "cifar", 1, 0, 16, 64, true},  // conv1 replaced, maxpool removed, fc = Identity
       {"wrn-28-2", "cifar", 3, 10, 16, 64, true},  // the FixMatch port's WideResNet
   };
@@ -134,7 +141,7 @@ TEST(Torchvision, StrictLoadAndSameOutputs) {
   fs::create_directories(dir);
   std::string args;
   for (const Case& c : cases) {
-    const std::string base = cat(dir, "/", c.arch, "_", c.stem, "_", c.width);
+    const std::string base = cat(dir, "/", c.arch, "_", c.stem, "_", c.width, "_", c.input_draw);
     write_case(c, base);
     args += cat(" ", base, "_model.safetensors ", base, "_io.safetensors");
   }
@@ -148,6 +155,11 @@ TEST(Torchvision, StrictLoadAndSameOutputs) {
   const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   if (rc == 77) GTEST_SKIP() << text.str();
   EXPECT_EQ(rc, 0) << cmd << "\n" << text.str();
+  // Exit 0 must mean every case was compared, not that the script compared none.
+  size_t ok_lines = 0;
+  std::istringstream lines(text.str());
+  for (std::string line; std::getline(lines, line);) ok_lines += line.rfind("OK ", 0) == 0;
+  EXPECT_EQ(ok_lines, std::size(cases)) << text.str();
 }
 
 }  // namespace
