@@ -183,7 +183,8 @@ struct Worst {
   double value = 0;
   std::string where = "-";
   void take(double v, const std::string& w) {
-    if (!(v <= value)) {  // NaN wins too
+    if (std::isnan(value)) return;  // a NaN, once seen, stays the worst
+    if (std::isnan(v) || v > value) {
       value = v;
       where = w;
     }
@@ -230,10 +231,10 @@ inline StateDrift state_drift(const SafetensorsFile& want, const SafetensorsFile
         const std::vector<float> w = want.f32(name), g = got.f32(name);
         const double scale = std::max({max_abs(w), 0.01 * group_max[group_of(name)], 1e-30});
         double worst = 0;
-        for (size_t i = 0; i < w.size(); ++i) {
-          const double diff = std::fabs(static_cast<double>(g[i]) - static_cast<double>(w[i]));
-          if (!(diff <= worst)) worst = diff;
-        }
+        for (size_t i = 0; i < w.size() && !std::isnan(worst); ++i)
+          worst = std::max(worst, std::fabs(static_cast<double>(g[i]) - static_cast<double>(w[i])), [](double a, double b) {
+            return !std::isnan(a) && (std::isnan(b) || a < b);  // NaN is the largest
+          });
         d.group[group_of(name)].take(worst / scale, name);
         break;
       }
