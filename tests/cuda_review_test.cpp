@@ -1,0 +1,225 @@
+// The CUDA backend's host-side rules, tested on every machine (issue 13's review of the CUDA
+// code, which has never run here): the cuDNN algorithm picker (kernels/common/conv_algo.h),
+// the failure reports of the CUDA dispatch and its sync check (engine/dispatch.h), and the
+// flags that set them (--math, --allow-nondeterministic, --sync-check).
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "apps/run/options.h"
+#include "apps/run/run_directory.h"
+#include "apps/run/training_run.h"
+#include "engine/check.h"
+#include "engine/device.h"
+#include "engine/dispatch.h"
+#include "engine/profile.h"
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/workspace.h"
+#include "kernels/augment.h"
+#include "kernels/batch_norm.h"
+#include "kernels/common/conv_algo.h"
+#include "tests/op_case.h"
+
+namespace tessera {
+namespace {
+
+using kernels::AlgoCandidate;
+using kernels::AlgoMath;
+using kernels::AlgoRequest;
+
+AlgoCandidate cand(int algo, bool deterministic, AlgoMath math, size_t memory = 0, bool ok = true) {
+  AlgoCandidate c;
+  c.algo = algo;
+  c.succeeded = ok;
+  c.deterministic = deterministic;
+  c.math = math;
+  c.memory = memory;
+  return c;
+}
+
+AlgoRequest request(bool tf32, bool deterministic) {
+  AlgoRequest r;
+  r.tf32 = tf32;
+  r.deterministic = deterministic;
+  r.max_memory = 1000;
+  return r;
+}
+
+// The heuristics list fastest first; a tensor-op (TF32) algorithm ahead of an FMA one is the
+// usual order on Ampere and later. The old picker ignored mathType and took the first.
+TEST(ConvAlgoPicker, Fp32SkipsCandidatesWhoseMathIsNotFma) {
+  const std::vector<AlgoCandidate> c = {cand(1, true, AlgoMath::TensorOp), cand(6, true, AlgoMath::Default),
+                                        cand(0, true, AlgoMath::Fma)};
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 3, request(false, true)), 2);
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 3, request(true, true)), 0);
+}
+
+TEST(ConvAlgoPicker, NeverTakesTheFp16ConversionMath) {
+  const std::vector<AlgoCandidate> c = {cand(1, true, AlgoMath::TensorOpAllowConversion),
+                                        cand(2, true, AlgoMath::TensorOp)};
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 2, request(true, true)), 1);
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 1, request(true, false)), -1);
+}
+
+TEST(ConvAlgoPicker, DeterministicUnlessAllowedOtherwise) {
+  const std::vector<AlgoCandidate> c = {cand(3, false, AlgoMath::Fma), cand(1, true, AlgoMath::Fma)};
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 2, request(false, true)), 1);
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 2, request(false, false)), 0);  // the fastest
+}
+
+// The old picker fell back to a nondeterministic algorithm silently; now that is an error,
+// and the message says what ruled out each candidate.
+TEST(ConvAlgoPicker, NoDeterministicCandidateIsAnErrorNotAFallback) {
+  const std::vector<AlgoCandidate> c = {cand(3, false, AlgoMath::Fma), cand(5, true, AlgoMath::Fma, 5000),
+                                        cand(7, true, AlgoMath::Fma, 0, /*ok=*/false),
+                                        cand(1, true, AlgoMath::TensorOp)};
+  std::string why;
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 4, request(false, true), &why), -1);
+  EXPECT_NE(why.find("no deterministic algorithm with FP32 math"), std::string::npos) << why;
+  EXPECT_NE(why.find("algo 3: nondeterministic"), std::string::npos) << why;
+  EXPECT_NE(why.find("algo 5: workspace over the limit"), std::string::npos) << why;
+  EXPECT_NE(why.find("algo 7: not supported"), std::string::npos) << why;
+  EXPECT_NE(why.find("algo 1: tensor-op math"), std::string::npos) << why;
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 4, request(false, false)), 0);
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 0, request(false, false), &why), -1);
+  EXPECT_NE(why.find("none listed"), std::string::npos) << why;
+}
+
+// ---- failure reports of the CUDA dispatch ---------------------------------------------------
+
+// Restores the CUDA options and the sync probe a test changed.
+class DispatchReport : public ::testing::Test {
+ protected:
+  void SetUp() override { saved_ = cuda_options(); }
+  void TearDown() override {
+    set_cuda_options(saved_);
+    set_sync_probe(nullptr);
+  }
+  CudaOptions saved_;
+};
+
+std::string illegal_address() { return "CUDA error 'an illegal memory access was encountered'"; }
+std::string healthy() { return ""; }
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no Error thrown)";
+}
+
+// With the sync check on, a fault the device reports after the kernel is raised at that
+// kernel, named with its layer and its size arguments.
+TEST_F(DispatchReport, SyncCheckNamesTheKernelTheLayerAndTheSizes) {
+  CudaOptions o = saved_;
+  o.sync_check = true;
+  set_cuda_options(o);
+  ASSERT_TRUE(sync_check_enabled());
+  set_sync_probe(&illegal_address);
+  float x = 0;
+  int ran = 0;
+  const std::string msg = error_of([&] {
+    profile::LayerScope layer("layer1.0.conv1.weight");
+    cuda_call("max_pool2d_forward", [&] { ++ran; }, static_cast<const float*>(&x), static_cast<float*>(nullptr),
+              int64_t{128}, int64_t{32}, int64_t{16}, 3.5f);
+  });
+  EXPECT_EQ(ran, 1);
+  EXPECT_NE(msg.find("max_pool2d_forward [layer1.0.conv1.weight] (0x"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(", null, 128, 32, 16, 3.5)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("an illegal memory access"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("sync check"), std::string::npos) << msg;
+
+  set_sync_probe(&healthy);
+  EXPECT_NO_THROW(cuda_call("fill", [] {}, int64_t{4}));
+}
+
+// Off, the probe is never consulted: a later call would see the fault, as without the check.
+TEST_F(DispatchReport, WithoutTheSyncCheckTheDeviceIsNotQueried) {
+  CudaOptions o = saved_;
+  o.sync_check = false;
+  set_cuda_options(o);
+  if (sync_check_enabled()) GTEST_SKIP() << "TESSERA_SYNC_CHECK is set in this environment";
+  set_sync_probe(&illegal_address);
+  EXPECT_NO_THROW(cuda_call("fill", [] {}, int64_t{4}));
+}
+
+// A kernel's own failure (a bad status, cuDNN without an algorithm) names the op and layer;
+// the convolution's shape reads as shapes.
+TEST_F(DispatchReport, KernelFailureNamesTheOpTheLayerAndTheShape) {
+  kernels::Conv2dShape s;
+  s.n = 8, s.c = 3, s.h = 32, s.w = 32, s.o = 16, s.kh = 3, s.kw = 3, s.stride = 1, s.pad = 1, s.ho = 32, s.wo = 32;
+  const std::string msg = error_of([&] {
+    profile::LayerScope layer("layer2.0.conv1.weight");
+    cuda_call(
+        "conv2d_workspace_size", [] { throw std::runtime_error("cuDNN error 'no deterministic algorithm'"); }, s);
+  });
+  EXPECT_NE(msg.find("conv2d_workspace_size [layer2.0.conv1.weight] (x (8, 3, 32, 32) w (16, 3, 3, 3) stride 1 pad 1)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("no deterministic algorithm"), std::string::npos) << msg;
+}
+
+// ---- flags -------------------------------------------------------------------------------
+
+RunOptions parse_run(std::vector<const char*> args) {
+  Options o("t", "test");
+  RunOptions r;
+  add_run_options(o, r);
+  args.insert(args.begin(), "t");
+  o.parse(static_cast<int>(args.size()), args.data());
+  return r;
+}
+
+TEST_F(DispatchReport, MathAndDeterminismFlags) {
+  const CudaOptions d = cuda_options_of(parse_run({}));
+  EXPECT_EQ(d.math, MathMode::Pytorch);  // TF32 convolutions, FP32 GEMMs, as PyTorch
+  EXPECT_FALSE(d.allow_nondeterministic);
+  EXPECT_FALSE(d.sync_check);
+  const CudaOptions f = cuda_options_of(parse_run({"--math", "fp32", "--allow-nondeterministic", "--sync-check"}));
+  EXPECT_EQ(f.math, MathMode::Fp32);
+  EXPECT_TRUE(f.allow_nondeterministic);
+  EXPECT_TRUE(f.sync_check);
+  EXPECT_EQ(cuda_options_of(parse_run({"--math=tf32"})).math, MathMode::Tf32);
+  try {
+    parse_run({"--math", "fp16"});
+    ADD_FAILURE() << "--math fp16 accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--math"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_math_mode("bf16"), UsageError);
+  EXPECT_TRUE(changeable_on_resume("sync-check"));
+  EXPECT_TRUE(changeable_on_resume("allow-nondeterministic"));
+  EXPECT_FALSE(changeable_on_resume("math"));  // TF32 changes the arithmetic
+}
+
+// A program applies its flags when its TrainingRun is made, before any kernel runs.
+TEST_F(DispatchReport, TrainingRunAppliesTheFlags) {
+  Options o("byol", "test");
+  RunOptions r;
+  add_run_options(o, r);
+  const std::string out = cat(::testing::TempDir(), "tessera_cuda_flags_", ::getpid(), "_run");
+  const std::string out_flag = "--out=" + out;
+  const char* argv[] = {"byol", "--math", "tf32", "--allow-nondeterministic", out_flag.c_str()};
+  ASSERT_TRUE(o.parse(5, argv));
+  TrainingRun run("byol", o, r);
+  EXPECT_EQ(cuda_options().math, MathMode::Tf32);
+  EXPECT_TRUE(cuda_options().allow_nondeterministic);
+}
+
+}  // namespace
+}  // namespace tessera
