@@ -221,5 +221,143 @@ TEST_F(DispatchReport, TrainingRunAppliesTheFlags) {
   EXPECT_TRUE(cuda_options().allow_nondeterministic);
 }
 
+// ---- BatchNorm ---------------------------------------------------------------------------
+
+// num_batches_tracked: every train-mode forward counts, and the graph adds a step's counts with
+// one batch_norm_count_batches launch, where each layer's forward used to launch its own.
+TEST(BatchNormCounts, OneLaunchAddsEveryLayersForwards) {
+  Workspace ws(Device::CPU);
+  OwnedTensor x(Device::CPU, Shape{4, 3, 2, 2}), gamma(Device::CPU, Shape{3}), beta(Device::CPU, Shape{3});
+  OwnedTensor mean(Device::CPU, Shape{3}), var(Device::CPU, Shape{3}), count_a(Device::CPU, Shape{1}),
+      count_b(Device::CPU, Shape{1});
+  std::vector<float> xs(48);
+  for (size_t i = 0; i < xs.size(); ++i) xs[i] = std::sin(0.7f * static_cast<float>(i));
+  from_host(x.t, xs);
+  fill_value(gamma.t, 1.0f);
+  fill_zero(beta.t);
+  fill_zero(mean.t);
+  fill_value(var.t, 1.0f);
+  fill_value(count_a.t, 5.0f);
+  fill_zero(count_b.t);
+  profile::Profiler prof(profile::StepWindow::parse("0:1"), Device::CPU, "", /*print=*/false);
+  prof.begin_step(0);
+  {
+    Graph g(ws);
+    ops::BatchNormOptions train;
+    Var* in = g.input(x.t, "x");
+    Var* gv = g.input(gamma.t, "gamma");
+    Var* bv = g.input(beta.t, "beta");
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_a.t}, train);  // layer a, twice
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_a.t}, train);
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_b.t}, train);  // layer b, once
+    ops::BatchNormOptions eval;
+    eval.train = false;
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_b.t}, eval);  // eval: not counted
+    g.clear();
+    EXPECT_EQ(to_host_f32(count_a.t)[0], 7.0f);
+    EXPECT_EQ(to_host_f32(count_b.t)[0], 1.0f);
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_b.t}, train);
+  }  // the graph's destruction adds what is pending
+  prof.end_step(0);
+  EXPECT_EQ(to_host_f32(count_b.t)[0], 2.0f);
+  ASSERT_TRUE(prof.window_done());
+  int64_t launches = 0, forwards = 0;
+  for (const auto& row : prof.report()->rows) {
+    if (row.kernel == "batch_norm_count_batches") launches += row.calls;
+    if (row.kernel == "batch_norm_forward_train") forwards += row.calls;
+  }
+  EXPECT_EQ(forwards, 4);
+  EXPECT_EQ(launches, 2);  // one per clear / destruction, not one per forward
+}
+
+// Backward outputs that are scratch (an input needing no gradient) are written, not added
+// into: their old contents - uninitialised workspace, NaN after Workspace::poison() - are
+// never read. The CUDA twin does the same with cuDNN's beta = 0 (BatchNormCuda below).
+struct BnBackwardCase {
+  int64_t n, c, hw;
+  std::vector<float> x, dy, gamma, mean, invstd, var;
+  BnBackwardCase(int64_t n_ = 3, int64_t c_ = 5, int64_t hw_ = 7) : n(n_), c(c_), hw(hw_) {
+    x.resize(static_cast<size_t>(n * c * hw));
+    dy.resize(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      x[i] = std::sin(0.3f * static_cast<float>(i));
+      dy[i] = std::cos(0.9f * static_cast<float>(i));
+    }
+    for (int64_t k = 0; k < c; ++k) {
+      gamma.push_back(0.5f + 0.1f * static_cast<float>(k));
+      mean.push_back(0.05f * static_cast<float>(k));
+      invstd.push_back(1.0f + 0.2f * static_cast<float>(k));
+      var.push_back(0.5f + 0.25f * static_cast<float>(k));
+    }
+  }
+  // dx, dgamma, dbeta after one backward (train or eval) into buffers holding `init`.
+  std::vector<std::vector<float>> run(bool eval, uint32_t accumulate, float init, bool cuda = false) const {
+    const Device d = cuda ? Device::CUDA : Device::CPU;
+    auto up = [&](const std::vector<float>& v) {
+      OwnedTensor t(d, Shape{static_cast<int64_t>(v.size())});
+      from_host(t.t, v);
+      return t;
+    };
+    OwnedTensor tx = up(x), tdy = up(dy), tg = up(gamma), tm = up(mean), ts = up(invstd), tv = up(var);
+    OwnedTensor dx(d, Shape{n * c * hw}), dgamma(d, Shape{c}), dbeta(d, Shape{c});
+    OwnedTensor scratch(d, Shape{kernels::batch_norm_backward_eval_scratch(n, c, hw)});
+    fill_value(dx.t, init);
+    fill_value(dgamma.t, init);
+    fill_value(dbeta.t, init);
+    if (eval)
+      TS_DISPATCH(d, batch_norm_backward_eval, tx.t.f32(), tdy.t.f32(), tg.t.f32(), tm.t.f32(), tv.t.f32(), dx.t.f32(),
+                  dgamma.t.f32(), dbeta.t.f32(), n, c, hw, 1e-5f, accumulate, scratch.t.f32());
+    else
+      TS_DISPATCH(d, batch_norm_backward_train, tx.t.f32(), tdy.t.f32(), tg.t.f32(), tm.t.f32(), ts.t.f32(),
+                  dx.t.f32(), dgamma.t.f32(), dbeta.t.f32(), n, c, hw, 1e-5f, accumulate);
+    return {to_host_f32(dx.t), to_host_f32(dgamma.t), to_host_f32(dbeta.t)};
+  }
+};
+
+TEST(BatchNormBackward, ScratchOutputsAreOverwrittenNotAddedInto) {
+  const BnBackwardCase k;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (bool eval : {false, true}) {
+    const auto want = k.run(eval, kernels::kBnAccumulateAll, 0.0f);  // adding into zeros
+    const auto added = k.run(eval, kernels::kBnAccumulateAll, 1.0f);
+    const auto written = k.run(eval, 0, nan);
+    for (size_t o = 0; o < 3; ++o)
+      for (size_t i = 0; i < want[o].size(); ++i) {
+        EXPECT_EQ(written[o][i], want[o][i]) << (eval ? "eval" : "train") << " output " << o << "[" << i << "]";
+        EXPECT_NEAR(added[o][i], want[o][i] + 1.0f, 2e-6f) << (eval ? "eval" : "train") << " output " << o << "[" << i << "]";
+      }
+    // One parameter gradient real, the other scratch (a frozen beta).
+    const auto mixed = k.run(eval, kernels::kBnAccumulateDx | kernels::kBnAccumulateDgamma, nan);
+    EXPECT_TRUE(std::isnan(mixed[0][0]));  // dx added into NaN stays NaN: it was asked to add
+    for (size_t i = 0; i < want[2].size(); ++i) EXPECT_EQ(mixed[2][i], want[2][i]) << "dbeta[" << i << "]";
+  }
+}
+
+// The same on the GPU: beta = 0 for scratch, and a memset for the one parameter gradient of
+// a mixed pair (cuDNN has one beta for both). Equal to the CPU within float32 drift.
+TEST(BatchNormBackward, CudaOverwritesScratchOutputsLikeTheCpu) {
+  std::string reason;
+  if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "BatchNorm backward on CUDA not run: " << reason;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  // The second shape cuts each channel of the eval backward into 3 segments (16 images each).
+  for (const BnBackwardCase& k : {BnBackwardCase(3, 5, 7), BnBackwardCase(40, 3, 1024)})
+  for (bool eval : {false, true})
+    for (uint32_t acc : {0u, 7u, 3u, 5u}) {
+      const auto cpu = k.run(eval, acc, 0.0f);
+      const auto gpu = k.run(eval, acc, acc == 7u ? 0.0f : nan, /*cuda=*/true);
+      for (size_t o = 0; o < 3; ++o) {
+        const bool added = acc & (1u << o);
+        for (size_t i = 0; i < cpu[o].size(); ++i) {
+          if (added && acc != 7u) {
+            EXPECT_TRUE(std::isnan(gpu[o][i]));  // added into NaN, as asked
+            continue;
+          }
+          EXPECT_NEAR(gpu[o][i], cpu[o][i], 1e-4f * std::max(1.0f, std::fabs(cpu[o][i])))
+              << (eval ? "eval" : "train") << " accumulate " << acc << " output " << o << "[" << i << "]";
+        }
+      }
+    }
+}
+
 }  // namespace
 }  // namespace tessera
