@@ -359,5 +359,85 @@ TEST(BatchNormBackward, CudaOverwritesScratchOutputsLikeTheCpu) {
     }
 }
 
+// ---- augment bounds ------------------------------------------------------------------------
+
+// Three 1x4x4 images normalised (no random op); the batch asks for image `bad` at position 1.
+struct AugmentBatch {
+  std::vector<uint8_t> images = std::vector<uint8_t>(3 * 16, 100);
+  std::vector<int64_t> indices, epochs{0, 0};
+  kernels::AugmentSpec spec;
+  explicit AugmentBatch(int64_t bad) : indices{0, bad} {
+    spec.recipe = kernels::kRecipeNormalize;
+    spec.channels = 1;
+    spec.in_h = spec.in_w = spec.out_h = spec.out_w = 4;
+    spec.pad = 0;
+    spec.blur_radius = 1;
+  }
+};
+
+TEST(AugmentBounds, CpuKernelRefusesAnIndexOutsideTheImages) {
+  for (int64_t bad : {int64_t{3}, int64_t{-1}}) {
+    AugmentBatch b(bad);
+    std::vector<float> out(2 * 16), scratch(out.size());
+    try {
+      kernels::cpu::augment(b.images.data(), 3, b.indices.data(), b.epochs.data(), 2, b.spec, out.data(),
+                            scratch.data());
+      ADD_FAILURE() << "index " << bad << " accepted";
+    } catch (const std::out_of_range& e) {
+      EXPECT_NE(std::string(e.what()).find("image index " + std::to_string(bad) + " at batch position 1, expected in [0, 3)"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  AugmentBatch ok(2);
+  std::vector<float> out(2 * 16), scratch(out.size());
+  EXPECT_NO_THROW(kernels::cpu::augment(ok.images.data(), 3, ok.indices.data(), ok.epochs.data(), 2, ok.spec,
+                                        out.data(), scratch.data()));
+}
+
+// The CUDA kernel traps on a bad index, which ends the process's CUDA context: so the kernel
+// runs in a child (this binary, this test, TESSERA_TESTS_AUGMENT_TRAP=1), with the sync check
+// on, and the parent reads what the child reported.
+TEST(AugmentBoundsCuda, OutOfRangeIndexTrapsAndIsReportedByTheKernel) {
+  std::string reason;
+  if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "augment on CUDA not run: " << reason;
+  if (const char* child = std::getenv("TESSERA_TESTS_AUGMENT_TRAP"); child && std::string(child) == "1") {
+    CudaOptions o = cuda_options();
+    o.sync_check = true;
+    set_cuda_options(o);
+    AugmentBatch b(7);
+    OwnedTensor images(Device::CUDA, Shape{3 * 16}, DType::U8), keys(Device::CUDA, Shape{4}, DType::I32),
+        epochs(Device::CUDA, Shape{4}, DType::I32), out(Device::CUDA, Shape{2 * 16}), scratch(Device::CUDA, Shape{2 * 16});
+    copy_from_host(images.t, b.images.data(), b.images.size());
+    copy_from_host(keys.t, b.indices.data(), 16);
+    copy_from_host(epochs.t, b.epochs.data(), 16);
+    const auto* idx = static_cast<const int64_t*>(keys.t.ptr);
+    const auto* ep = static_cast<const int64_t*>(epochs.t.ptr);
+    const std::string msg = error_of([&] {
+      TS_DISPATCH(Device::CUDA, augment, images.t.u8(), int64_t{3}, idx, ep, int64_t{2}, b.spec, out.t.f32(),
+                  scratch.t.f32());
+    });
+    std::printf("child report: %s\n", msg.c_str());
+    EXPECT_EQ(msg.rfind("augment (", 0), 0u) << msg;
+    EXPECT_NE(msg.find("sync check"), std::string::npos) << msg;
+    std::fflush(stdout);
+    std::_Exit(::testing::Test::HasFailure() ? 1 : 0);  // the context is gone: no orderly teardown
+  }
+  namespace fs = std::filesystem;
+  const fs::path self = fs::read_symlink("/proc/self/exe");
+  const fs::path log = fs::temp_directory_path() / ("tessera_augment_trap_" + std::to_string(::getpid()));
+  const std::string cmd = "TESSERA_TESTS_AUGMENT_TRAP=1 '" + self.string() +
+                          "' --gtest_filter=AugmentBoundsCuda.OutOfRangeIndexTrapsAndIsReportedByTheKernel > '" +
+                          log.string() + "' 2>&1";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  fs::remove(log);
+  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << text.str();
+  EXPECT_NE(text.str().find("augment: image index 7 at batch position 1, expected in [0, 3)"), std::string::npos)
+      << "the device printf did not reach the output:\n" << text.str();
+}
+
 }  // namespace
 }  // namespace tessera
