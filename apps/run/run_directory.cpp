@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/cpu_kernels.h"
 #include "engine/profile.h"
 
 namespace tessera {
@@ -37,7 +38,15 @@ void add_run_options(Options& o, RunOptions& r) {
           return std::string("A:B with 0 <= A < B");
         }
       });
+
+  // The CPU kernel tier: its own block, it picks an implementation, not the computation.
+  r.cpu_kernels = default_cpu_kernels_flag();
+  o.choice("cpu-kernels", &r.cpu_kernels, {"reference", "fast"},
+           "CPU convolutions: fast (oneDNN, when built with it) or reference (im2col + OpenBLAS, the "
+           "readable oracle); default $TESSERA_CPU_KERNELS, else fast");
 }
+
+std::string apply_cpu_kernels(const RunOptions& r) { return select_cpu_kernels(r.cpu_kernels); }
 
 void resolve_run_paths(RunOptions& r, const std::string& program) {
   if (!r.out.empty() || !r.resume.empty()) return;
@@ -55,7 +64,7 @@ bool per_invocation(const std::string& flag) {
 }
 
 bool changeable_on_resume(const std::string& flag) {
-  static const char* const kFree[] = {"device", "save-every", "log-every", "threads", "knn-every",
+  static const char* const kFree[] = {"device", "save-every", "log-every", "threads", "cpu-kernels", "knn-every",
                                       "eval-baseline", "eval-train-limit", "probe-epochs", "eval-batch"};
   for (const char* f : kFree)
     if (flag == f) return true;
