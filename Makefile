@@ -11,7 +11,8 @@
 #
 # Builds use every core unless -jN is given.
 # Switches: CUDA=0|1 (default: 1 when nvcc is found), CUDA_HOME, CUDA_ARCHS (nvcc -gencode
-# list), DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan, forces CUDA=0), DEPS_PREFIX (a folder
+# list), ONEDNN=0|1 (the CPU's fast tier, kernels/onednn; default: 1 when oneDNN's header is
+# found), DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan, forces CUDA=0), DEPS_PREFIX (a folder
 # where Debian packages were unpacked with dpkg -x, for machines without a package registry).
 
 SHELL := /bin/bash
@@ -36,8 +37,15 @@ CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=
               -gencode arch=compute_90,code=compute_90
 DEPS_PREFIX ?=
 ARCH_FLAGS ?= -march=native
+# oneDNN (Debian libdnnl-dev): the CPU's fast tier. Without it the build runs the reference
+# kernels only, and the checklist line and every program's "cpu kernels:" line say so.
+ONEDNN_HEADER := $(DEPS_PREFIX)/usr/include/oneapi/dnnl/dnnl.hpp
+ifeq ($(origin ONEDNN), undefined)
+  ONEDNN := $(if $(wildcard $(ONEDNN_HEADER)),1,0)
+endif
 
-CONFIG := $(if $(filter 1,$(CUDA)),cuda,cpu)$(if $(filter 1,$(DEBUG)),-debug,)$(if $(filter 1,$(SANITIZE)),-asan,)$(if $(filter 1,$(PROFILE)),-profile,)
+# A build without oneDNN keeps its objects apart (their TESSERA_ONEDNN differs).
+CONFIG := $(if $(filter 1,$(CUDA)),cuda,cpu)$(if $(filter 0,$(ONEDNN)),-noonednn,)$(if $(filter 1,$(DEBUG)),-debug,)$(if $(filter 1,$(SANITIZE)),-asan,)$(if $(filter 1,$(PROFILE)),-profile,)
 BUILD := build
 OBJ := $(BUILD)/obj/$(CONFIG)
 
@@ -56,10 +64,17 @@ OPT += $(PROFILE_HOST)
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
 SAN := $(if $(filter 1,$(SANITIZE)),$(ASAN_FLAGS),)
 CXXFLAGS := -std=c++17 $(OPT) $(SAN) -fopenmp -Wall -Wextra -Werror -MMD -MP $(INCLUDES) \
-            -DTESSERA_CUDA=$(CUDA)
+            -DTESSERA_CUDA=$(CUDA) -DTESSERA_ONEDNN=$(ONEDNN)
 SYS_RPATH := -Wl,-rpath,$(SYS_LIB)
 LDLIBS := -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas \
           -L$(SYS_LIB) $(if $(DEPS_PREFIX),$(SYS_RPATH),) -lstb -lz -lpthread
+ifeq ($(ONEDNN),1)
+  # libdnnl needs libOpenCL.so.1 (its GPU runtime, unused here). From an unpacked bundle that
+  # library is found only through an old-style RPATH, which also serves a library's own
+  # dependencies (a RUNPATH serves the program's direct ones only).
+  OLD_STYLE_RPATH := -Wl,--disable-new-dtags
+  LDLIBS += -ldnnl $(if $(DEPS_PREFIX),$(OLD_STYLE_RPATH),)
+endif
 ifeq ($(CUDA),1)
   NVCCFLAGS := -std=c++17 $(if $(filter 1,$(DEBUG)),-O0 -g -G,-O3 -lineinfo) $(CUDA_ARCHS) \
                $(if $(filter 1,$(PROFILE)),-g -Xcompiler -fno-omit-frame-pointer,) \
@@ -81,7 +96,8 @@ PROGRAM_MAINS := byol:apps/byol/main.cpp fixmatch:apps/fixmatch/main.cpp \
                  augment-grid:apps/tools/augment-grid.cpp bench:apps/tools/bench/main.cpp
 APP_MAINS := $(foreach p,$(PROGRAM_MAINS),$(word 2,$(subst :, ,$(p))))
 APPS := $(foreach p,$(PROGRAM_MAINS),$(BUILD)/$(word 1,$(subst :, ,$(p))))
-LIB_DIRS := kernels/cpu engine models data apps/run apps/byol apps/fixmatch apps/tools/bench
+LIB_DIRS := kernels/cpu $(if $(filter 1,$(ONEDNN)),kernels/onednn,) engine models data apps/run apps/byol \
+            apps/fixmatch apps/tools/bench
 LIB_CPP := $(filter-out $(APP_MAINS),$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp)))
 LIB_CU := $(if $(filter 1,$(CUDA)),$(wildcard kernels/cuda/*.cu),)
 TEST_CPP := $(wildcard tests/*.cpp)
@@ -153,7 +169,7 @@ test: deps
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(TEST_BIN) --gtest_brief=1
 
 # ---- dependencies: install what is missing ---------------------------------------------
-DEB_PACKAGES := g++ make googletest libgtest-dev libopenblas-openmp-dev libstb-dev zlib1g-dev \
+DEB_PACKAGES := g++ make googletest libgtest-dev libopenblas-openmp-dev libdnnl-dev libstb-dev zlib1g-dev \
                 nlohmann-json3-dev dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
@@ -171,7 +187,8 @@ checklist:
 	 cublas=$(call have,$(CUDA_HOME)/include/cublas_v2.h) curand=$(call have,$(CUDA_HOME)/include/curand.h)\
 	 openblas=$(call have,$(BLAS_INC)/cblas.h) openmp=yes stb=$(call have,$(DEPS_PREFIX)/usr/include/stb/stb_image.h)\
 	 gtest=$(call have,$(DEPS_PREFIX)/usr/include/gtest/gtest.h $(DEPS_PREFIX)/usr/src/googletest)\
-	 zlib=$(call have,$(DEPS_PREFIX)/usr/include/zlib.h) cuda-backend=$(CUDA)"
+	 zlib=$(call have,$(DEPS_PREFIX)/usr/include/zlib.h) onednn=$(call have,$(ONEDNN_HEADER))\
+	 cuda-backend=$(CUDA) cpu-fast-tier=$(ONEDNN)$(if $(filter 0,$(ONEDNN)), (reference CPU kernels only),)"
 
 # ---- the demo ----------------------------------------------------------------------------
 # BYOL + STS on Fashion-MNIST with the CPU demo recipe, on the GPU when there is one. byol's
@@ -186,7 +203,8 @@ demo: deps
 # gpu-bundle: on a machine with Debian's registry, fetch the packages a GPU machine without
 # one needs (it has the CUDA toolkit); the device call carries .gpu-bundle/ and runs gpu-check.
 GPU_BUNDLE_PACKAGES := libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libstb0 libstb-dev \
-                       zlib1g-dev nlohmann-json3-dev googletest libgtest-dev dataset-fashion-mnist
+                       zlib1g-dev nlohmann-json3-dev googletest libgtest-dev dataset-fashion-mnist \
+                       libdnnl2 libdnnl-dev ocl-icd-libopencl1
 gpu-bundle:
 	@mkdir -p .gpu-bundle && cd .gpu-bundle && rm -f *.deb && apt-get download $(GPU_BUNDLE_PACKAGES) 2>/dev/null
 	@du -sh .gpu-bundle

@@ -1,7 +1,10 @@
-// Per-layer timing of the CPU convolution (kernels/cpu/conv.cpp) on the ResNet-18 cifar-stem
-// layer shapes, to set against bench/torch_conv_layers.py. Standalone (not part of the build);
-// compile and run with the commands in bench/RESULTS.md.
+// Per-layer timing of the CPU convolution on the ResNet-18 cifar-stem layer shapes, to set
+// against bench/torch_conv_layers.py: the reference (kernels/cpu/conv.cpp, im2col + OpenBLAS)
+// or the fast tier (kernels/onednn/conv.cpp, oneDNN) with the activation layout it is asked
+// for. Standalone (not part of the build); compile and run with the commands in bench/RESULTS.md.
 //   conv_layers [--width 64] [--size 32] [--in-channels 3] [--batch 64]
+//               [--kernels reference|fast] [--layout blocked|plain|nhwc] [--split 1]
+// --split 1 times the data and the filter gradient as two calls (two more columns).
 // The defaults are ResNet-18 at CIFAR size; `--width 16 --size 28 --in-channels 1 --batch 256`
 // are the shapes of the Fashion-MNIST demo (batch 128, two views per image).
 #include <algorithm>
@@ -13,6 +16,9 @@
 
 #include "kernels/conv.h"
 #include "kernels/cpu/blas_kernels.h"
+#if TESSERA_ONEDNN
+#include "kernels/onednn/onednn.h"
+#endif
 
 namespace {
 
@@ -41,16 +47,27 @@ double best_ms(std::vector<double> v) {
 int main(int argc, char** argv) {
   kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
   int64_t width = 64, size = 32, in_channels = 3, batch = 64;
+  bool fast = false, split = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     const int64_t value = std::atoll(argv[i + 1]);
-    if (flag == "--width") width = value;
+    const std::string text = argv[i + 1];
+    if (flag == "--kernels" && (text == "reference" || text == "fast")) fast = text == "fast";
+#if TESSERA_ONEDNN
+    else if (flag == "--layout" && text == "blocked") kernels::onednn::set_layout(kernels::onednn::Layout::Blocked);
+    else if (flag == "--layout" && text == "plain") kernels::onednn::set_layout(kernels::onednn::Layout::Plain);
+    else if (flag == "--layout" && text == "nhwc") kernels::onednn::set_layout(kernels::onednn::Layout::Nhwc);
+#endif
+    else if (flag == "--split") split = value != 0;
+    else if (flag == "--width") width = value;
     else if (flag == "--size") size = value;
     else if (flag == "--in-channels") in_channels = value;
     else if (flag == "--batch") batch = value;
     else {
-      std::fprintf(stderr, "conv_layers: unknown flag %s (expected --width, --size, --in-channels, --batch)\n",
-                   argv[i]);
+      std::fprintf(stderr,
+                   "conv_layers: bad flag %s %s (expected --width, --size, --in-channels, --batch, "
+                   "--kernels reference|fast, --layout blocked|plain|nhwc)\n",
+                   argv[i], argv[i + 1]);
       return 2;
     }
   }
@@ -70,10 +87,38 @@ int main(int argc, char** argv) {
       {"layer4 3x3", 3, w4, w4, side(4), 3, 1},
   };
   double total_f = 0, total_b = 0;
-  std::printf("width %lld, %lldx%lld, %lld input channels, batch %lld\n", static_cast<long long>(width),
-              static_cast<long long>(size), static_cast<long long>(size), static_cast<long long>(in_channels),
-              static_cast<long long>(batch));
-  std::printf("%-22s %5s %10s %10s\n", "layer", "count", "fwd ms", "bwd ms");
+#if TESSERA_ONEDNN
+  const std::string tier = fast ? kernels::onednn::runtime_description() : "reference (im2col + OpenBLAS)";
+#else
+  if (fast) {
+    std::fprintf(stderr, "conv_layers: built without oneDNN (-DTESSERA_ONEDNN=1 -ldnnl): no fast tier\n");
+    return 2;
+  }
+  const std::string tier = "reference (im2col + OpenBLAS)";
+#endif
+  // The kernels of the tier asked for; the fast tier exists only with oneDNN.
+  auto workspace_size = [&](const kernels::Conv2dShape& s, kernels::ConvPass pass, size_t* bytes) {
+#if TESSERA_ONEDNN
+    if (fast) return kernels::onednn::conv2d_workspace_size(s, pass, bytes);
+#endif
+    kernels::cpu::conv2d_workspace_size(s, pass, bytes);
+  };
+  auto forward = [&](auto... args) {
+#if TESSERA_ONEDNN
+    if (fast) return kernels::onednn::conv2d_forward(args...);
+#endif
+    kernels::cpu::conv2d_forward(args...);
+  };
+  auto backward = [&](auto... args) {
+#if TESSERA_ONEDNN
+    if (fast) return kernels::onednn::conv2d_backward(args...);
+#endif
+    kernels::cpu::conv2d_backward(args...);
+  };
+  std::printf("%s; width %lld, %lldx%lld, %lld input channels, batch %lld\n", tier.c_str(),
+              static_cast<long long>(width), static_cast<long long>(size), static_cast<long long>(size),
+              static_cast<long long>(in_channels), static_cast<long long>(batch));
+  std::printf("%-22s %5s %10s %10s%s\n", "layer", "count", "fwd ms", "bwd ms", split ? "    data ms weights ms" : "");
   for (const Layer& l : layers) {
     kernels::Conv2dShape s;
     s.n = batch; s.c = l.c; s.h = s.w = l.h; s.o = l.o; s.kh = s.kw = l.k; s.stride = l.stride;
@@ -82,16 +127,27 @@ int main(int argc, char** argv) {
     s.wo = s.ho;
     std::vector<float> x(s.n * s.c * s.h * s.w, 0.5f), w(s.o * s.c * s.kh * s.kw, 0.01f),
         y(s.n * s.o * s.ho * s.wo), dx(x.size()), dw(w.size());
-    size_t bytes = 0;
-    kernels::cpu::conv2d_workspace_size(s, kernels::ConvPass::Backward, &bytes);  // >= the forward's
+    size_t fwd_bytes = 0, bwd_bytes = 0;
+    workspace_size(s, kernels::ConvPass::Forward, &fwd_bytes);
+    workspace_size(s, kernels::ConvPass::Backward, &bwd_bytes);
+    const size_t bytes = std::max(fwd_bytes, bwd_bytes);
     std::vector<float> ws(bytes / sizeof(float) + 1);
-    std::vector<double> tf, tb;
+    std::vector<double> tf, tb, td, tw;
     for (int r = 0; r < 8; ++r) {
+      const bool first = l.c == in_channels;  // conv1: no data gradient
+      if (split) {
+        const double t0 = now_ms();
+        if (!first) backward(s, x.data(), w.data(), y.data(), dx.data(), nullptr, nullptr, ws.data(), bytes);
+        const double t1 = now_ms();
+        backward(s, x.data(), w.data(), y.data(), nullptr, dw.data(), nullptr, ws.data(), bytes);
+        const double t2 = now_ms();
+        if (r > 0) td.push_back(t1 - t0), tw.push_back(t2 - t1);
+      }
       const double t0 = now_ms();
-      kernels::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data(), ws.data(), bytes);
+      forward(s, x.data(), w.data(), nullptr, y.data(), ws.data(), bytes);
       const double t1 = now_ms();
-      kernels::cpu::conv2d_backward(s, x.data(), w.data(), y.data(), l.c == in_channels ? nullptr : dx.data(), dw.data(),
-                                    nullptr, ws.data(), bytes);
+      backward(s, x.data(), w.data(), y.data(), l.c == in_channels ? nullptr : dx.data(), dw.data(), nullptr,
+               ws.data(), bytes);
       const double t2 = now_ms();
       if (r == 0) continue;  // warm-up
       tf.push_back(t1 - t0);
@@ -100,7 +156,12 @@ int main(int argc, char** argv) {
     const double f = best_ms(tf), b = best_ms(tb);
     total_f += f * l.count;
     total_b += b * l.count;
-    std::printf("%-22s %5d %10.2f %10.2f\n", l.name, l.count, f, b);
+    std::printf("%-22s %5d %10.2f %10.2f", l.name, l.count, f, b);
+    if (split) std::printf(" %10.2f %10.2f", best_ms(td), best_ms(tw));
+    std::printf("\n");
+#if TESSERA_ONEDNN
+    if (fast) std::printf("    %s\n", kernels::onednn::conv2d_implementations(s).c_str());
+#endif
   }
   std::printf("sum over one resnet18 step: forward %.1f ms, backward %.1f ms, total %.1f ms\n", total_f, total_b,
               total_f + total_b);

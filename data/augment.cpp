@@ -93,11 +93,11 @@ void AugmentPipeline::run(Device device, const uint8_t* images, int64_t num_imag
                           const int64_t* epochs, int64_t n, int view, uint64_t seed, float* out, float* scratch) const {
   const kernels::AugmentSpec s = spec(view, seed);
   if (n == 0) return;
-  if (device == Device::CPU)
+  if (device == Device::CPU)  // a clear Error here; the kernels check too (kernels/augment.h)
     for (int64_t i = 0; i < n; ++i)
       TS_CHECK(indices[i] >= 0 && indices[i] < num_images, "augmentation: image index ", indices[i], " at ", i,
                ", expected in [0, ", num_images, ")");
-  TS_DISPATCH(device, augment, images, indices, epochs, n, s, out, scratch);
+  TS_DISPATCH(device, augment, images, num_images, indices, epochs, n, s, out, scratch);
 }
 
 AugmentTransform::AugmentTransform(Recipe recipe, const Dataset& d, Device device, const AugmentOptions& options)

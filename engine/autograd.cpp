@@ -1,11 +1,44 @@
 #include "engine/autograd.h"
 
 #include "engine/check.h"
+#include "engine/dispatch.h"
 #include "engine/profile.h"
+#include "kernels/batch_norm.h"
 
 namespace tessera {
 
 Graph::Graph(Workspace& ws) : ws_(ws) {}
+
+Graph::~Graph() {
+  try {
+    add_batch_counts();
+  } catch (...) {  // a destructor must not throw; a failing device reports at its next call
+  }
+}
+
+void Graph::count_batch(const Tensor& counter) {
+  TS_CHECK(counter.numel() == 1 && counter.dtype == DType::F32 && counter.device == device(),
+           "count_batch: expected an f32 (1) counter on ", device_name(device()), ", found ", counter.str());
+  float* p = counter.f32();
+  for (auto& c : batch_counts_)
+    if (c.first == p) {
+      c.second += 1.0f;
+      return;
+    }
+  batch_counts_.emplace_back(p, 1.0f);
+}
+
+void Graph::add_batch_counts() {
+  for (size_t i = 0; i < batch_counts_.size(); i += kernels::BatchCounters::kMax) {
+    kernels::BatchCounters c{};
+    for (size_t j = i; j < batch_counts_.size() && c.count < kernels::BatchCounters::kMax; ++j, ++c.count) {
+      c.counter[c.count] = batch_counts_[j].first;
+      c.add[c.count] = batch_counts_[j].second;
+    }
+    TS_DISPATCH(device(), batch_norm_count_batches, c);
+  }
+  batch_counts_.clear();
+}
 
 Var* Graph::param(const Tensor& value, const Tensor& grad, const char* name) {
   TS_CHECK(value.device == device(), "parameter '", name, "' is on ", device_name(value.device),
@@ -46,6 +79,7 @@ void Graph::record(const char* op, const char* layer, std::function<void()> back
 }
 
 void Graph::run_tape() {
+  add_batch_counts();  // the forwards are done: one launch for the step's batch counts
   for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) {
     profile::LayerScope layer(it->layer);
     it->backward();
@@ -67,6 +101,7 @@ void Graph::backward(Var* out, const Tensor& seed) {
 }
 
 void Graph::clear() {
+  add_batch_counts();
   tape_.clear();
   vars_.clear();
 }

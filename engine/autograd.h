@@ -18,6 +18,7 @@
 #include <deque>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -35,6 +36,9 @@ struct Var {
 class Graph {
  public:
   explicit Graph(Workspace& ws);
+  ~Graph();  // adds the batch counts still pending (see count_batch)
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
 
   Device device() const { return ws_.device(); }
   Workspace& workspace() { return ws_; }
@@ -62,11 +66,19 @@ class Graph {
 
   // Drops the tape and the Vars (start of a step; the caller resets the workspace).
   void clear();
+
+  // A BatchNorm layer ran in train mode: its num_batches_tracked (a (1) tensor on this
+  // graph's device) gains one. The counts are added with one launch for all layers when the
+  // graph next runs backward, is cleared or is destroyed - once a step, where one launch per
+  // layer and forward used to be (80 one-thread launches in a ResNet-18 BYOL step). Read a
+  // counter after one of those.
+  void count_batch(const Tensor& counter);
   size_t tape_size() const { return tape_.size(); }
 
  private:
   friend class NoGradScope;
   void run_tape();  // the closures in reverse, each under its node's layer label
+  void add_batch_counts();
   struct Node {
     const char* op;
     const char* layer;
@@ -76,6 +88,7 @@ class Graph {
   std::deque<Var> vars_;  // deque: pointers stay valid as it grows
   std::vector<Node> tape_;
   bool grad_enabled_ = true;
+  std::vector<std::pair<float*, float>> batch_counts_;  // counter, forwards since the last add
 };
 
 // RAII: gradients off in this scope for one graph (restored on exit).

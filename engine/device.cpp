@@ -3,6 +3,8 @@
 #include <omp.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "engine/check.h"
 
@@ -42,6 +44,76 @@ std::string cuda_unavailable_reason() {
 #endif
 }
 
+namespace {
+
+CudaOptions g_cuda_options;
+
+bool env_sync_check() {
+  const char* v = std::getenv("TESSERA_SYNC_CHECK");
+  return v && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+}
+std::atomic<bool> g_sync_check{env_sync_check()};
+
+// The CUDA runtime's view of the options: what the kernels read (conv.cu) and the cuBLAS
+// handle's math mode (CUBLAS_DEFAULT_MATH is strict FP32 unless NVIDIA_TF32_OVERRIDE says
+// otherwise; the TF32 mode lets cuBLAS round GEMM inputs to TF32).
+void apply_cuda_options() {
+#if TESSERA_CUDA
+  auto& rt = kernels::cuda::runtime();
+  const MathMode m = g_cuda_options.math;
+  rt.conv_tf32 = m != MathMode::Fp32;
+  rt.deterministic = !g_cuda_options.allow_nondeterministic;
+  if (rt.cublas)
+    CUBLAS_CHECK(cublasSetMathMode(rt.cublas, m == MathMode::Tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+#endif
+}
+
+}  // namespace
+
+MathMode parse_math_mode(const std::string& text) {
+  if (text == "pytorch") return MathMode::Pytorch;
+  if (text == "fp32") return MathMode::Fp32;
+  if (text == "tf32") return MathMode::Tf32;
+  throw UsageError(cat("--math: expected pytorch, fp32 or tf32, found '", text, "'"));
+}
+
+const char* math_mode_name(MathMode m) {
+  switch (m) {
+    case MathMode::Pytorch: return "pytorch";
+    case MathMode::Fp32: return "fp32";
+    case MathMode::Tf32: return "tf32";
+  }
+  return "?";
+}
+
+void set_cuda_options(const CudaOptions& options) {
+  g_cuda_options = options;
+  g_sync_check.store(options.sync_check || env_sync_check(), std::memory_order_relaxed);
+  apply_cuda_options();
+}
+
+const CudaOptions& cuda_options() { return g_cuda_options; }
+
+bool sync_check_enabled() { return g_sync_check.load(std::memory_order_relaxed); }
+
+namespace {
+std::string device_sync_probe() {
+#if TESSERA_CUDA
+  if (!kernels::cuda::runtime().stream) return "";
+  cudaError_t e = cudaStreamSynchronize(kernels::cuda::runtime().stream);
+  if (e == cudaSuccess) e = cudaGetLastError();
+  return e == cudaSuccess ? "" : cat("CUDA error '", cudaGetErrorString(e), "'");
+#else
+  return "";
+#endif
+}
+std::atomic<SyncProbe> g_sync_probe{&device_sync_probe};
+}  // namespace
+
+SyncProbe set_sync_probe(SyncProbe probe) { return g_sync_probe.exchange(probe ? probe : &device_sync_probe); }
+
+std::string run_sync_probe() { return g_sync_probe.load()(); }
+
 void init_cuda() {
 #if TESSERA_CUDA
   auto& rt = kernels::cuda::runtime();
@@ -53,6 +125,7 @@ void init_cuda() {
   CUDNN_CHECK(cudnnCreate(&rt.cudnn));
   CUDNN_CHECK(cudnnSetStream(rt.cudnn, rt.stream));
   CUDA_CHECK(cudaDeviceGetAttribute(&rt.sm_count, cudaDevAttrMultiProcessorCount, 0));
+  apply_cuda_options();
 #else
   no_cuda("init_cuda");
 #endif

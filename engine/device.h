@@ -33,4 +33,43 @@ int64_t synchronize_count();
 // Called by the dispatch macro when a CUDA tensor reaches a CPU-only build.
 [[noreturn]] void no_cuda(const char* op);
 
+// ---- how the CUDA backend computes (the programs' --math, --allow-nondeterministic and
+// --sync-check; the CPU backend is always strict FP32 and deterministic) --------------------
+
+// TF32 (tensor cores, 10-bit mantissa) for convolutions and GEMMs. Pytorch follows PyTorch's
+// defaults: allowed in convolutions (torch.backends.cudnn.allow_tf32), not in GEMMs
+// (torch.backends.cuda.matmul.allow_tf32). The tests pin Fp32 (tests/main.cpp), so CUDA
+// results stay within float32 drift of the CPU reference.
+enum class MathMode { Pytorch, Fp32, Tf32 };
+MathMode parse_math_mode(const std::string& text);  // "pytorch" | "fp32" | "tf32", else UsageError
+const char* math_mode_name(MathMode m);
+
+struct CudaOptions {
+  MathMode math = MathMode::Pytorch;
+  // cuDNN may use a nondeterministic convolution algorithm when it is the fastest; by
+  // default only deterministic ones run, and a layer that has none is an error naming it.
+  bool allow_nondeterministic = false;
+  // Synchronise and check after every dispatched kernel (also TESSERA_SYNC_CHECK=1).
+  bool sync_check = false;
+};
+// Takes effect for convolution shapes not planned yet (plans are cached per shape and these
+// settings, so set them before the first step) and for every GEMM from now on.
+void set_cuda_options(const CudaOptions& options);
+const CudaOptions& cuda_options();
+
+// ---- sync check --------------------------------------------------------------------------
+// Kernels run asynchronously, so an illegal address or a device-side trap surfaces at some
+// later call, far from its cause. With the sync check on, every CUDA dispatch synchronises
+// the stream and reads the error state right after the kernel, and a failure names the
+// kernel, its layer and its size arguments (engine/dispatch.h, cuda_call). It costs a full
+// synchronisation per kernel: for debugging only. On from the start when the environment has
+// TESSERA_SYNC_CHECK=1, or through CudaOptions::sync_check.
+bool sync_check_enabled();
+// What the check runs after each kernel: "" when the device is healthy, else the error. The
+// default synchronises the engine's stream (CUDA builds; "" otherwise). Tests install their
+// own to see the report on a machine without a GPU; returns the previous one.
+using SyncProbe = std::string (*)();
+SyncProbe set_sync_probe(SyncProbe probe);
+std::string run_sync_probe();
+
 }  // namespace tessera

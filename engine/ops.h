@@ -35,7 +35,7 @@ Var* mean(Graph& g, Var* x);
 struct BatchNormBuffers {
   Tensor running_mean;  // (C)
   Tensor running_var;   // (C), unbiased batch variance folded in, as PyTorch does
-  Tensor num_batches;   // (1), incremented in train mode
+  Tensor num_batches;   // (1), +1 per train-mode forward, added by the graph (Graph::count_batch)
 };
 struct BatchNormOptions {
   bool train = true;       // batch statistics + running update; false: running statistics

@@ -1,9 +1,17 @@
 // Convolution and pooling ops (declared in engine/ops.h). Shapes are checked here with
 // messages naming the layer and both shapes; the kernels (kernels/conv.h, kernels/pool.h)
 // assume valid input. Memory comes from the graph's workspace, so a step allocates nothing: the
-// convolution's scratch (im2col columns, the cuDNN workspace) from its scratch region, dead when
-// the kernel returns; max-pool indices, kept for the backward, from its bump allocator.
+// convolution's scratch (im2col columns, the cuDNN workspace, oneDNN's scratchpad and reorder
+// buffers) from its scratch region, dead when the kernel returns; max-pool indices, kept for the
+// backward, from its bump allocator.
+//
+// On the CPU the convolution runs on the tier engine/cpu_kernels.h selects: the reference
+// (kernels/cpu, through TS_DISPATCH like every kernel) or the fast tier (kernels/onednn, same
+// signatures). The fast tier's calls go through the same profiler hook under their own names
+// ("conv2d_forward_onednn") with the family's cost, so a profile says which tier ran and rates
+// both against the same byte and FLOP counts.
 #include "engine/check.h"
+#include "engine/cpu_kernels.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "kernels/conv.h"
@@ -13,6 +21,24 @@ namespace tessera::ops {
 namespace {
 
 const char* layer_of(const Var* v) { return v && v->name && v->name[0] ? v->name : "conv2d"; }
+
+// TS_CONV_DISPATCH: the convolution kernel of the tier that runs on `device`. Only a CPU device
+// ever reaches the oneDNN calls; their CUDA slot is never taken.
+#if TESSERA_ONEDNN
+bool fast_tier(Device device) { return device == Device::CPU && cpu_kernels() == CpuKernels::Fast; }
+
+#define TS_CONV_DISPATCH(device, fn, ...)                                                                    \
+  do {                                                                                                       \
+    if (fast_tier(device))                                                                                   \
+      ::tessera::profile::dispatch<::kernels::kernel_id(#fn)>(                                               \
+          (device), #fn "_onednn", [](auto&&... a) { ::kernels::onednn::fn(a...); }, [](auto&&...) {},       \
+          __VA_ARGS__);                                                                                      \
+    else                                                                                                     \
+      TS_DISPATCH(device, fn, __VA_ARGS__);                                                                  \
+  } while (0)
+#else
+#define TS_CONV_DISPATCH(device, fn, ...) TS_DISPATCH(device, fn, __VA_ARGS__)
+#endif
 
 }  // namespace
 
@@ -43,10 +69,10 @@ Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
   s.wo = (s.w + 2 * pad - s.kw) / stride + 1;
 
   size_t scratch_bytes = 0;
-  TS_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Forward, &scratch_bytes);
+  TS_CONV_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Forward, &scratch_bytes);
   Var* y = g.make(Shape{s.n, s.o, s.ho, s.wo}, {x, w, b});
   void* scratch = g.workspace().scratch(scratch_bytes);
-  TS_DISPATCH(g.device(), conv2d_forward, s, x->value.f32(), w->value.f32(), b ? b->value.f32() : nullptr,
+  TS_CONV_DISPATCH(g.device(), conv2d_forward, s, x->value.f32(), w->value.f32(), b ? b->value.f32() : nullptr,
               y->value.f32(), scratch, scratch_bytes);
   if (y->requires_grad) {
     g.record("conv2d", layer, [&g, x, w, b, y, s] {
@@ -55,9 +81,9 @@ Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
       float* db = b && b->requires_grad ? g.grad(b).f32() : nullptr;
       if (!dx && !dw && !db) return;
       size_t scratch_bytes = 0;
-      TS_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Backward, &scratch_bytes);
+      TS_CONV_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Backward, &scratch_bytes);
       void* scratch = g.workspace().scratch(scratch_bytes);
-      TS_DISPATCH(g.device(), conv2d_backward, s, x->value.f32(), w->value.f32(), g.grad(y).f32(), dx, dw, db,
+      TS_CONV_DISPATCH(g.device(), conv2d_backward, s, x->value.f32(), w->value.f32(), g.grad(y).f32(), dx, dw, db,
                   scratch, scratch_bytes);
     });
   }

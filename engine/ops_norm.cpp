@@ -3,6 +3,9 @@
 // (PyTorch's momentum convention, unbiased variance, num_batches += 1), whether or not
 // gradients are recorded: a teacher's no-grad forward in train mode updates its own running
 // statistics, as the official STS code does. Eval mode normalises with the running statistics.
+// num_batches is counted by the graph (Graph::count_batch): one launch a step for all layers.
+// The backward kernels write all three gradients; an input that needs none gets workspace
+// scratch, which the kernel overwrites rather than adds into (kernels::BnAccumulate).
 #include "engine/check.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
@@ -12,6 +15,23 @@ namespace tessera::ops {
 namespace {
 
 const char* layer_of(const Var* v) { return v->name && v->name[0] ? v->name : "batch_norm"; }
+
+// The backward's three outputs: the gradient where the input needs one (added into), else
+// workspace scratch (overwritten, never read).
+struct Outputs {
+  float *dx, *dgamma, *dbeta;
+  uint32_t accumulate = 0;
+};
+Outputs outputs(Graph& g, Var* x, Var* gamma, Var* beta, int64_t c) {
+  Outputs o;
+  o.dx = x->requires_grad ? g.grad(x).f32() : g.workspace().alloc(x->value.shape).f32();
+  o.dgamma = gamma->requires_grad ? g.grad(gamma).f32() : g.workspace().alloc(Shape{c}).f32();
+  o.dbeta = beta->requires_grad ? g.grad(beta).f32() : g.workspace().alloc(Shape{c}).f32();
+  o.accumulate = (x->requires_grad ? kernels::kBnAccumulateDx : 0u) |
+                 (gamma->requires_grad ? kernels::kBnAccumulateDgamma : 0u) |
+                 (beta->requires_grad ? kernels::kBnAccumulateDbeta : 0u);
+  return o;
+}
 
 // x viewed as (N, C, HW).
 Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf, const BatchNormOptions& opt,
@@ -37,20 +57,20 @@ Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers&
   Var* y = g.make(x->value.shape, {x, gamma, beta});
   const float eps = opt.eps;
   if (opt.train) {
-    Tensor saved = g.workspace().alloc(Shape{2, c});  // batch mean and inverse std, for the backward
-    float* save_mean = saved.f32();
-    float* save_invstd = saved.f32() + c;
+    // Batch mean and inverse std for the backward: two workspace allocations, each aligned
+    // (256 bytes) as cuDNN's resultSaveMean / resultSaveInvVariance expect; one (2, C) block
+    // would put the inverse std at an offset of C floats.
+    float* save_mean = g.workspace().alloc(Shape{c}).f32();
+    float* save_invstd = g.workspace().alloc(Shape{c}).f32();
     TS_DISPATCH(g.device(), batch_norm_forward_train, x->value.f32(), gamma->value.f32(), beta->value.f32(),
-                y->value.f32(), buf.running_mean.f32(), buf.running_var.f32(), buf.num_batches.f32(), save_mean,
-                save_invstd, n, c, hw, opt.momentum, eps);
+                y->value.f32(), buf.running_mean.f32(), buf.running_var.f32(), save_mean, save_invstd, n, c, hw,
+                opt.momentum, eps);
+    g.count_batch(buf.num_batches);
     if (y->requires_grad) {
       g.record("batch_norm", layer, [&g, x, gamma, beta, y, save_mean, save_invstd, n, c, hw, eps] {
-        // The kernels write all three gradients; an input that needs none gets scratch.
-        float* dx = x->requires_grad ? g.grad(x).f32() : g.workspace().alloc(x->value.shape).f32();
-        float* dgamma = gamma->requires_grad ? g.grad(gamma).f32() : g.workspace().alloc(Shape{c}).f32();
-        float* dbeta = beta->requires_grad ? g.grad(beta).f32() : g.workspace().alloc(Shape{c}).f32();
+        const Outputs o = outputs(g, x, gamma, beta, c);
         TS_DISPATCH(g.device(), batch_norm_backward_train, x->value.f32(), g.grad(y).f32(), gamma->value.f32(),
-                    save_mean, save_invstd, dx, dgamma, dbeta, n, c, hw, eps);
+                    save_mean, save_invstd, o.dx, o.dgamma, o.dbeta, n, c, hw, eps, o.accumulate);
       });
     }
   } else {
@@ -59,11 +79,11 @@ Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers&
                 mean.f32(), var.f32(), y->value.f32(), n, c, hw, eps);
     if (y->requires_grad) {
       g.record("batch_norm", layer, [&g, x, gamma, beta, y, mean, var, n, c, hw, eps] {
-        float* dx = x->requires_grad ? g.grad(x).f32() : g.workspace().alloc(x->value.shape).f32();
-        float* dgamma = gamma->requires_grad ? g.grad(gamma).f32() : g.workspace().alloc(Shape{c}).f32();
-        float* dbeta = beta->requires_grad ? g.grad(beta).f32() : g.workspace().alloc(Shape{c}).f32();
+        const Outputs o = outputs(g, x, gamma, beta, c);
+        const int64_t scratch_floats = kernels::batch_norm_backward_eval_scratch(n, c, hw);
+        float* scratch = static_cast<float*>(g.workspace().scratch(size_t(scratch_floats) * sizeof(float)));
         TS_DISPATCH(g.device(), batch_norm_backward_eval, x->value.f32(), g.grad(y).f32(), gamma->value.f32(),
-                    mean.f32(), var.f32(), dx, dgamma, dbeta, n, c, hw, eps);
+                    mean.f32(), var.f32(), o.dx, o.dgamma, o.dbeta, n, c, hw, eps, o.accumulate, scratch);
       });
     }
   }

@@ -46,10 +46,14 @@ inline std::string augment_spec_problem(const AugmentSpec& s) {
 
 #define TS_AUGMENT_KERNELS                                                                     \
   /* out[i] = view spec.view of images[indices[i]], parameters keyed by (spec.seed, epochs[i], \
-     indices[i], spec.view). images (M, C, in_h, in_w) u8; indices, epochs (n) i64, on the   \
-     same device, indices in [0, M) (the caller checks); out, scratch (n, C, out_h, out_w). */ \
-  void augment(const uint8_t* images, const int64_t* indices, const int64_t* epochs, int64_t n, \
-               const AugmentSpec& spec, float* out, float* scratch);
+     indices[i], spec.view). images (num_images, C, in_h, in_w) u8; indices, epochs (n) i64, \
+     on the same device; out, scratch (n, C, out_h, out_w). An index outside [0, num_images) \
+     is never read: the CPU throws std::out_of_range naming it; the CUDA kernel prints it and \
+     traps (a launch failure reported at the next synchronisation; by this kernel with the   \
+     sync check on, engine/device.h). */                                                     \
+  void augment(const uint8_t* images, int64_t num_images, const int64_t* indices,             \
+               const int64_t* epochs, int64_t n, const AugmentSpec& spec, float* out,         \
+               float* scratch);
 
 namespace kernels::cpu {
 TS_AUGMENT_KERNELS
@@ -62,8 +66,8 @@ TS_AUGMENT_KERNELS
 // Cost for the profiler (kernels/common/cost.h), from the estimate in this file's header:
 // bytes C H W in and 4 C H' W' out per image, about 40 FLOPs per output value.
 namespace kernels {
-TS_KERNEL_COST(augment, const uint8_t*, const int64_t*, const int64_t*, int64_t n, const AugmentSpec& spec,
-               float*, float*) {
+TS_KERNEL_COST(augment, const uint8_t*, int64_t, const int64_t*, const int64_t*, int64_t n,
+               const AugmentSpec& spec, float*, float*) {
   const double in = 1.0 * spec.channels * spec.in_h * spec.in_w;
   const double out = 1.0 * spec.channels * spec.out_h * spec.out_w;
   return {n * (in + 4.0 * out + 16.0), n * 40.0 * out};

@@ -4,42 +4,88 @@
 //          y = gamma_c (x - mean_c) invstd_c + beta_c, invstd_c = 1 / sqrt(var_c + eps);
 //          running_mean = (1 - momentum) running_mean + momentum mean_c,
 //          running_var  = (1 - momentum) running_var  + momentum var_c * M / (M - 1)  (unbiased,
-//          M = N H W), num_batches += 1: PyTorch's conventions, and cuDNN's (its
-//          exponentialAverageFactor is PyTorch's momentum).
+//          M = N H W): PyTorch's conventions, and cuDNN's (its exponentialAverageFactor is
+//          PyTorch's momentum). num_batches_tracked += 1 is not done here, one launch per layer
+//          and forward for one float: the engine's graph adds every layer's count of the step
+//          with one batch_norm_count_batches launch (engine/autograd.h).
 //   eval:  the same y with running_mean / running_var in place of the batch statistics.
 // Bytes: forward reads x twice (statistics, then y) and writes y: 12 per element; backward
 // reads x and dy twice and adds into dx: about 20 per element. FLOPs: about 10 per element
 // each way: these kernels are bound by memory bandwidth.
-// The train forward saves mean_c and invstd_c (2 C floats from the caller's workspace) for the
-// backward, as cuDNN's resultSaveMean / resultSaveInvVariance.
-// Tests: tests/ops_norm_test.cpp (gradient checks, running statistics; CUDA vs CPU).
+// The train forward saves mean_c and invstd_c (C floats each, from the caller's workspace, each
+// its own aligned allocation as cuDNN expects of resultSaveMean / resultSaveInvVariance) for
+// the backward.
+// Backward outputs: an input that needs no gradient still gets a buffer (cuDNN writes all
+// three), which is scratch: `accumulate` says which outputs add into what they hold (the
+// engine's gradients) and which are overwritten (scratch is never read, so it needs no
+// initialising and cuDNN runs with beta = 0 there).
+// Tests: tests/ops_norm_test.cpp (gradient checks, running statistics; CUDA vs CPU),
+// tests/cuda_review_test.cpp (overwritten outputs, batch counts).
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/common/cost.h"
 
+namespace kernels {
+
+// Bits of a backward's `accumulate` argument.
+enum BnAccumulate : uint32_t {
+  kBnAccumulateDx = 1,
+  kBnAccumulateDgamma = 2,
+  kBnAccumulateDbeta = 4,
+  kBnAccumulateAll = 7,
+};
+
+// counter[i][0] += add[i] for i < count: the num_batches_tracked of every BatchNorm layer a
+// graph ran in train mode, passed by value (no upload inside a step; 1.5 KiB of kernel
+// parameters, under the 4 KiB limit).
+struct BatchCounters {
+  static constexpr int kMax = 128;
+  float* counter[kMax];
+  float add[kMax];
+  int32_t count;
+};
+
+// Floats of scratch batch_norm_backward_eval needs: (C, segments, 2) partial sums, where the
+// N images of a channel are cut into segments of about kBnEvalSegmentElements elements, each
+// reduced by its own CUDA block. A function of the shape only, so the sums are reproducible.
+constexpr int64_t kBnEvalSegmentElements = 16384;
+inline int64_t batch_norm_eval_images_per_segment(int64_t n, int64_t hw) {
+  int64_t images = hw > 0 ? (kBnEvalSegmentElements + hw - 1) / hw : n;
+  if (images < 1) images = 1;
+  return images < n ? images : (n > 0 ? n : 1);
+}
+inline int64_t batch_norm_backward_eval_scratch(int64_t n, int64_t c, int64_t hw) {
+  const int64_t per = batch_norm_eval_images_per_segment(n, hw);
+  return 2 * c * ((n + per - 1) / per);
+}
+
+}  // namespace kernels
+
 #define TS_BATCH_NORM_KERNELS                                                                    \
-  /* x, y (N, C, HW); gamma, beta, running_mean, running_var, save_mean, save_invstd (C); */      \
-  /* num_batches (1) */                                                                          \
+  /* x, y (N, C, HW); gamma, beta, running_mean, running_var, save_mean, save_invstd (C) */      \
   void batch_norm_forward_train(const float* x, const float* gamma, const float* beta, float* y,  \
-                                float* running_mean, float* running_var, float* num_batches,       \
-                                float* save_mean, float* save_invstd, int64_t n, int64_t c,       \
-                                int64_t hw, float momentum, float eps);                           \
+                                float* running_mean, float* running_var, float* save_mean,         \
+                                float* save_invstd, int64_t n, int64_t c, int64_t hw,             \
+                                float momentum, float eps);                                       \
   void batch_norm_forward_eval(const float* x, const float* gamma, const float* beta,             \
                                const float* running_mean, const float* running_var, float* y,    \
                                int64_t n, int64_t c, int64_t hw, float eps);                      \
-  /* Gradients of the train forward, accumulated (+=) into dx (N, C, HW), dgamma, dbeta (C); */   \
-  /* all three are required (the engine passes scratch for an input that needs none). */          \
+  /* Gradients of the train forward into dx (N, C, HW), dgamma, dbeta (C), all three required; */ \
+  /* each added (+=) or written (=) as its BnAccumulate bit says. */                               \
   void batch_norm_backward_train(const float* x, const float* dy, const float* gamma,             \
                                  const float* save_mean, const float* save_invstd, float* dx,     \
                                  float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t hw,   \
-                                 float eps);                                                      \
-  /* Gradients of the eval forward (statistics are constants), accumulated likewise. */         \
+                                 float eps, uint32_t accumulate);                                 \
+  /* Gradients of the eval forward (statistics are constants), likewise. scratch: */             \
+  /* batch_norm_backward_eval_scratch(n, c, hw) floats on the device (unused on the CPU). */     \
   void batch_norm_backward_eval(const float* x, const float* dy, const float* gamma,              \
                                 const float* running_mean, const float* running_var, float* dx,  \
                                 float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t hw,   \
-                                float eps);
+                                float eps, uint32_t accumulate, float* scratch);                 \
+  /* num_batches_tracked: counters[i] += add[i] (see BatchCounters). */                          \
+  void batch_norm_count_batches(::kernels::BatchCounters counters);
 
 namespace kernels::cpu {
 TS_BATCH_NORM_KERNELS
@@ -53,7 +99,7 @@ TS_BATCH_NORM_KERNELS
 // channel, per-channel vectors ignored).
 namespace kernels {
 TS_KERNEL_COST(batch_norm_forward_train, const float*, const float*, const float*, float*, float*, float*, float*,
-               float*, float*, int64_t n, int64_t c, int64_t hw, float, float) {
+               float*, int64_t n, int64_t c, int64_t hw, float, float) {
   return {12.0 * n * c * hw, 10.0 * n * c * hw};
 }
 TS_KERNEL_COST(batch_norm_forward_eval, const float*, const float*, const float*, const float*, const float*,
@@ -61,11 +107,11 @@ TS_KERNEL_COST(batch_norm_forward_eval, const float*, const float*, const float*
   return {8.0 * n * c * hw, 2.0 * n * c * hw};
 }
 TS_KERNEL_COST(batch_norm_backward_train, const float*, const float*, const float*, const float*, const float*,
-               float*, float*, float*, int64_t n, int64_t c, int64_t hw, float) {
+               float*, float*, float*, int64_t n, int64_t c, int64_t hw, float, uint32_t) {
   return {20.0 * n * c * hw, 10.0 * n * c * hw};
 }
 TS_KERNEL_COST(batch_norm_backward_eval, const float*, const float*, const float*, const float*, const float*,
-               float*, float*, float*, int64_t n, int64_t c, int64_t hw, float) {
+               float*, float*, float*, int64_t n, int64_t c, int64_t hw, float, uint32_t, float*) {
   return {20.0 * n * c * hw, 6.0 * n * c * hw};
 }
 }  // namespace kernels

@@ -7,10 +7,13 @@
 // C KH KW HO WO floats per image written and read again).
 // CPU: im2col + OpenBLAS sgemm over a chunk of images at once (kernels/cpu/conv.cpp says why).
 // CUDA: cuDNN, one algorithm per shape chosen once and cached (kernels/cuda/conv.cu).
+// CPU fast tier: oneDNN, primitives made once per shape and cached (kernels/onednn/conv.cpp);
+// defined only in builds with oneDNN (TESSERA_ONEDNN=1); engine/ops_conv.cpp picks the tier.
 // Scratch memory comes from the caller: conv2d_workspace_size() says how many bytes the forward
 // or the backward of a shape needs; the caller passes at least that, and the memory is dead
 // when the call returns (the engine reuses one region for every op: engine/workspace.h).
-// Tests: tests/ops_conv_test.cpp (gradient checks; CUDA vs CPU where a GPU exists).
+// Tests: tests/ops_conv_test.cpp (gradient checks; CUDA vs CPU where a GPU exists),
+// tests/conv_fast_test.cpp (oneDNN vs the reference on every conv shape of the models).
 #pragma once
 
 #include <cstddef>
@@ -58,6 +61,9 @@ namespace kernels::cpu {
 TS_CONV_KERNELS
 }
 namespace kernels::cuda {
+TS_CONV_KERNELS
+}
+namespace kernels::onednn {
 TS_CONV_KERNELS
 }
 #undef TS_CONV_KERNELS

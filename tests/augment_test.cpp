@@ -79,7 +79,7 @@ TEST(Augment, PinnedByolViewIsFlippedSolarizedNormalised) {
   s.solarize_prob = 1.0f;
   const std::vector<int64_t> indices = iota(n), epochs(n, 0);
   std::vector<float> out(static_cast<size_t>(n * C * H * W)), scratch(out.size());
-  kernels::cpu::augment(images.data(), indices.data(), epochs.data(), n, s, out.data(), scratch.data());
+  kernels::cpu::augment(images.data(), n, indices.data(), epochs.data(), n, s, out.data(), scratch.data());
   for (int i = 0; i < n; ++i) {
     const kernels::AugmentParams prm = kernels::draw_augment_params(s, 0, i);
     ASSERT_EQ(prm.crop_h, H);

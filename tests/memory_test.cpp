@@ -6,6 +6,7 @@
 
 #include "engine/arena.h"
 #include "engine/check.h"
+#include "engine/cpu_kernels.h"
 #include "engine/ops.h"
 
 namespace tessera {
@@ -91,6 +92,7 @@ TEST(Workspace, ScratchIsOneRegionReusedAndGrownBetweenSteps) {
 // tensor of the step: taken from the bump allocator, the forward's and the backward's columns
 // alone would exceed the scratch high-water twice over.
 TEST(Workspace, ConvolutionScratchDoesNotStayInTheStep) {
+  CpuKernelsScope reference(CpuKernels::Reference);  // the im2col columns are the reference's
   Workspace ws(Device::CPU);
   Graph g(ws);
   for (int step = 0; step < 2; ++step) {

@@ -29,6 +29,12 @@ bool cuda_testable(std::string* reason) {
     return false;
   }
   init_cuda();
+  // Every CUDA comparison runs in strict FP32: TF32 (the programs' default for convolutions)
+  // would put results ~1e-3 from the CPU reference. Set here, before each GPU test, because
+  // a program run in this process (tests/cuda_runs_test.cpp) applies its own --math.
+  CudaOptions pinned = cuda_options();
+  pinned.math = MathMode::Fp32;
+  set_cuda_options(pinned);
   return true;
 }
 

@@ -118,7 +118,8 @@ std::string run_cuda_comparison(const OpCase& c);
 std::vector<float> case_input(const OpCase& c, size_t k);
 std::vector<size_t> gradient_check_elements(const OpCase& c, size_t k);
 
-// True when CUDA tests can run; otherwise `reason` says why (for GTEST_SKIP).
+// True when CUDA tests can run; otherwise `reason` says why (for GTEST_SKIP). When true, the
+// CUDA backend is set to strict FP32 math (--math fp32) for the test.
 bool cuda_testable(std::string* reason);
 
 }  // namespace tessera::testing

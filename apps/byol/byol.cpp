@@ -81,6 +81,8 @@ int byol_main(int argc, const char* const* argv) {
   std::string device_note;
   const Device device = select_device(c.run.device, &device_note);
   std::fprintf(stderr, "%s\n", device_note.c_str());
+  const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
+  if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());
 
   // Data, and the checks that need it, before anything is written.
   const data::DataSpec spec = data::parse_data_spec(c.data);

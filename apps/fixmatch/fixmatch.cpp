@@ -98,6 +98,8 @@ int fixmatch_main(int argc, const char* const* argv) {
   std::string device_note;
   const Device device = select_device(c.run.device, &device_note);
   std::fprintf(stderr, "%s\n", device_note.c_str());
+  const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
+  if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());
 
   // Data and every check that needs it, before anything is written.
   const data::DataSpec spec = data::parse_data_spec(c.data);

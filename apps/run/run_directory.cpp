@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/cpu_kernels.h"
 #include "engine/profile.h"
 
 namespace tessera {
@@ -37,7 +38,34 @@ void add_run_options(Options& o, RunOptions& r) {
           return std::string("A:B with 0 <= A < B");
         }
       });
+
+  // The CPU kernel tier: its own block, it picks an implementation, not the computation.
+  r.cpu_kernels = default_cpu_kernels_flag();
+  o.choice("cpu-kernels", &r.cpu_kernels, {"reference", "fast"},
+           "CPU convolutions: fast (oneDNN, when built with it) or reference (im2col + OpenBLAS, the "
+           "readable oracle); default $TESSERA_CPU_KERNELS, else fast");
+
+  // The CUDA backend's numerics and debugging (no effect on the CPU).
+  o.choice("math", &r.math, {"pytorch", "fp32", "tf32"},
+           "CUDA float math: pytorch = TF32 tensor cores in convolutions, FP32 in GEMMs (PyTorch's defaults); "
+           "fp32 = FP32 everywhere; tf32 = TF32 in both");
+  o.flag("allow-nondeterministic", &r.allow_nondeterministic,
+         "let cuDNN use its fastest convolution algorithm even when it is not deterministic (runs then do not "
+         "repeat bit for bit); without it a layer with no deterministic algorithm is an error");
+  o.flag("sync-check", &r.sync_check,
+         "synchronise and check the GPU after every kernel, naming the op and its sizes when one fails (slow; "
+         "debugging; also TESSERA_SYNC_CHECK=1)");
 }
+
+CudaOptions cuda_options_of(const RunOptions& r) {
+  CudaOptions c;
+  c.math = parse_math_mode(r.math);
+  c.allow_nondeterministic = r.allow_nondeterministic;
+  c.sync_check = r.sync_check;
+  return c;
+}
+
+std::string apply_cpu_kernels(const RunOptions& r) { return select_cpu_kernels(r.cpu_kernels); }
 
 void resolve_run_paths(RunOptions& r, const std::string& program) {
   if (!r.out.empty() || !r.resume.empty()) return;
@@ -55,9 +83,14 @@ bool per_invocation(const std::string& flag) {
 }
 
 bool changeable_on_resume(const std::string& flag) {
-  static const char* const kFree[] = {"device", "save-every", "log-every", "threads", "knn-every",
+  static const char* const kFree[] = {"device", "save-every", "log-every", "threads", "cpu-kernels", "knn-every",
                                       "eval-baseline", "eval-train-limit", "probe-epochs", "eval-batch"};
   for (const char* f : kFree)
+    if (flag == f) return true;
+  // Debugging a run on the GPU, or letting cuDNN pick faster algorithms, may change between
+  // invocations like --device does; --math stays (TF32 changes the arithmetic).
+  static const char* const kFreeCuda[] = {"allow-nondeterministic", "sync-check"};
+  for (const char* f : kFreeCuda)
     if (flag == f) return true;
   return per_invocation(flag);
 }

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "apps/run/options.h"
+#include "engine/device.h"
 
 namespace tessera {
 
@@ -38,8 +39,21 @@ struct RunOptions {
   //   profile::Profiler prof(profile::StepWindow::parse(run.profile_steps), device, dir);
   // and calls prof.begin_step(k) / prof.end_step(k) around each step (engine/profile.h).
   std::string profile_steps;
+  // CPU kernel tier, reference | fast (engine/cpu_kernels.h); default $TESSERA_CPU_KERNELS or
+  // fast. Applied by apply_cpu_kernels(); it changes float rounding, not the method, so a run
+  // may resume on the other tier (bit-identical resumption needs the same one).
+  std::string cpu_kernels;
+
+  // How the CUDA backend computes (engine/device.h, CudaOptions); TrainingRun applies them.
+  std::string math = "pytorch";        // --math pytorch|fp32|tf32
+  bool allow_nondeterministic = false; // --allow-nondeterministic
+  bool sync_check = false;             // --sync-check
 };
 void add_run_options(Options& o, RunOptions& r);
+CudaOptions cuda_options_of(const RunOptions& r);
+// Sets the CPU kernel tier from r.cpu_kernels and returns the line to print ("cpu kernels:
+// fast (oneDNN 2.6.3 ...)"; a build without oneDNN runs the reference and says why).
+std::string apply_cpu_kernels(const RunOptions& r);
 // Fills r.out with the default name when empty; call after parse().
 void resolve_run_paths(RunOptions& r, const std::string& program);
 

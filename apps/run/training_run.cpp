@@ -23,6 +23,7 @@ TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run)
   if (run.resume.empty()) {
     resolve_run_paths(run, program_);
     dir_ = RunDirectory::for_new_run(run.out);
+    set_cuda_options(cuda_options_of(run));
     return;
   }
   dir_ = RunDirectory::for_resume(run.resume);
@@ -60,6 +61,7 @@ TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run)
   options.apply_json(restored, f.path());
   options.validate();
   run.out = dir_.dir();
+  set_cuda_options(cuda_options_of(run));  // the saved --math, not the default
 }
 
 const SafetensorsFile& TrainingRun::checkpoint() const {

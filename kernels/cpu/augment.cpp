@@ -4,6 +4,7 @@
 #include "kernels/augment.h"
 
 #include <stdexcept>
+#include <string>
 
 #include "kernels/common/augment_pipeline.h"
 
@@ -26,10 +27,15 @@ struct SerialTeam {
 
 }  // namespace
 
-void augment(const uint8_t* images, const int64_t* indices, const int64_t* epochs, int64_t n,
+void augment(const uint8_t* images, int64_t num_images, const int64_t* indices, const int64_t* epochs, int64_t n,
              const AugmentSpec& spec, float* out, float* scratch) {
   const std::string problem = augment_spec_problem(spec);
   if (!problem.empty()) throw std::invalid_argument("augment: " + problem);
+  // Before the parallel loop: an exception may not leave an OpenMP region.
+  for (int64_t i = 0; i < n; ++i)
+    if (indices[i] < 0 || indices[i] >= num_images)
+      throw std::out_of_range("augment: image index " + std::to_string(indices[i]) + " at batch position " +
+                              std::to_string(i) + ", expected in [0, " + std::to_string(num_images) + ")");
   const int64_t in_size = int64_t{spec.channels} * spec.in_h * spec.in_w;
   const int64_t out_size = int64_t{spec.channels} * spec.out_h * spec.out_w;
 #pragma omp parallel for schedule(dynamic, 8)

@@ -21,8 +21,8 @@ double channel_sum(int64_t n, RowSum row_sum) {
 }  // namespace
 
 void batch_norm_forward_train(const float* x, const float* gamma, const float* beta, float* y,
-                              float* running_mean, float* running_var, float* num_batches, float* save_mean,
-                              float* save_invstd, int64_t n, int64_t c, int64_t hw, float momentum, float eps) {
+                              float* running_mean, float* running_var, float* save_mean, float* save_invstd,
+                              int64_t n, int64_t c, int64_t hw, float momentum, float eps) {
   const double m = static_cast<double>(n * hw);
 #pragma omp parallel for schedule(static)
   for (int64_t ch = 0; ch < c; ++ch) {
@@ -56,7 +56,6 @@ void batch_norm_forward_train(const float* x, const float* gamma, const float* b
     running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * mean);
     running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] + momentum * unbiased);
   }
-  num_batches[0] += 1.0f;
 }
 
 void batch_norm_forward_eval(const float* x, const float* gamma, const float* beta, const float* running_mean,
@@ -79,10 +78,13 @@ namespace {
 // Shared by both backward passes: stats(ch) gives the mean and inverse std the forward
 // normalised channel ch with; `batch_stats` says whether those depend on x (train: the two
 // extra terms from the gradient of the batch mean and variance) or are constants (eval).
+// `accumulate` (BnAccumulate bits): which outputs add into their buffer; the others are
+// written without being read (the engine's scratch for inputs that need no gradient).
 template <typename Stats>
 void backward(const float* x, const float* dy, const float* gamma, Stats stats, bool batch_stats, float* dx,
-              float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t hw) {
+              float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t hw, uint32_t accumulate) {
   const double m = static_cast<double>(n * hw);
+  const bool add_dx = accumulate & kBnAccumulateDx;
 #pragma omp parallel for schedule(static)
   for (int64_t ch = 0; ch < c; ++ch) {
     const auto [mean, invstd] = stats(ch);
@@ -99,8 +101,8 @@ void backward(const float* x, const float* dy, const float* gamma, Stats stats, 
       sum_dy += s;
       sum_dy_xhat += static_cast<double>(sx) * invstd;
     }
-    dgamma[ch] += static_cast<float>(sum_dy_xhat);
-    dbeta[ch] += static_cast<float>(sum_dy);
+    dgamma[ch] = (accumulate & kBnAccumulateDgamma ? dgamma[ch] : 0.0f) + static_cast<float>(sum_dy_xhat);
+    dbeta[ch] = (accumulate & kBnAccumulateDbeta ? dbeta[ch] : 0.0f) + static_cast<float>(sum_dy);
     const float k = gamma[ch] * invstd;
     // train: dx = k (dy - mean(dy) - xhat mean(dy xhat)); eval: dx = k dy
     const float mean_dy = batch_stats ? static_cast<float>(sum_dy / m) : 0.0f;
@@ -109,10 +111,12 @@ void backward(const float* x, const float* dy, const float* gamma, Stats stats, 
       const float* xr = x + (i * c + ch) * hw;
       const float* gr = dy + (i * c + ch) * hw;
       float* out = dx + (i * c + ch) * hw;
+      if (add_dx) {
 #pragma omp simd
-      for (int64_t p = 0; p < hw; ++p) {
-        const float xhat = (xr[p] - mean) * invstd;
-        out[p] += k * (gr[p] - mean_dy - xhat * mean_dy_xhat);
+        for (int64_t p = 0; p < hw; ++p) out[p] += k * (gr[p] - mean_dy - (xr[p] - mean) * invstd * mean_dy_xhat);
+      } else {
+#pragma omp simd
+        for (int64_t p = 0; p < hw; ++p) out[p] = k * (gr[p] - mean_dy - (xr[p] - mean) * invstd * mean_dy_xhat);
       }
     }
   }
@@ -122,18 +126,22 @@ void backward(const float* x, const float* dy, const float* gamma, Stats stats, 
 
 void batch_norm_backward_train(const float* x, const float* dy, const float* gamma, const float* save_mean,
                                const float* save_invstd, float* dx, float* dgamma, float* dbeta, int64_t n,
-                               int64_t c, int64_t hw, float /*eps: save_invstd includes it*/) {
+                               int64_t c, int64_t hw, float /*eps: save_invstd includes it*/, uint32_t accumulate) {
   const auto stats = [&](int64_t ch) { return std::pair<float, float>(save_mean[ch], save_invstd[ch]); };
-  backward(x, dy, gamma, stats, true, dx, dgamma, dbeta, n, c, hw);
+  backward(x, dy, gamma, stats, true, dx, dgamma, dbeta, n, c, hw, accumulate);
 }
 
 void batch_norm_backward_eval(const float* x, const float* dy, const float* gamma, const float* running_mean,
                               const float* running_var, float* dx, float* dgamma, float* dbeta, int64_t n,
-                              int64_t c, int64_t hw, float eps) {
+                              int64_t c, int64_t hw, float eps, uint32_t accumulate, float* /*scratch*/) {
   const auto stats = [&](int64_t ch) {
     return std::pair<float, float>(running_mean[ch], 1.0f / std::sqrt(running_var[ch] + eps));
   };
-  backward(x, dy, gamma, stats, false, dx, dgamma, dbeta, n, c, hw);
+  backward(x, dy, gamma, stats, false, dx, dgamma, dbeta, n, c, hw, accumulate);
+}
+
+void batch_norm_count_batches(BatchCounters counters) {
+  for (int32_t i = 0; i < counters.count; ++i) counters.counter[i][0] += counters.add[i];
 }
 
 }  // namespace kernels::cpu

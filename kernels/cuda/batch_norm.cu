@@ -4,9 +4,16 @@
 // PyTorch's: exponentialAverageFactor is PyTorch's momentum (running = (1 - f) running + f
 // batch) and the running variance folds in the unbiased batch variance; resultSaveMean /
 // resultSaveInvVariance are the batch mean and 1 / sqrt(var + eps) the CPU twin saves too.
-// The backward accumulates (betaDataDiff = betaParamDiff = 1), as every backward does.
-// cuDNN has no backward for the eval forward (statistics as constants), so that one is a small
-// kernel here: one block per channel reduces dy and dy * xhat, then adds into dx.
+// The backward accumulates into the engine's gradients (betaDataDiff / betaParamDiff = 1) and
+// overwrites scratch outputs (beta = 0), as the `accumulate` bits say: scratch is never read,
+// so it needs no initialising (uninitialised memory may hold NaN, and NaN * 0 is NaN).
+// cuDNN has no backward for the eval forward (statistics as constants), so that one is two
+// small kernels here: (channel, segment) blocks add gamma invstd dy into dx and reduce dy and
+// dy xhat into per-segment partials (scratch from the caller), then one thread per channel
+// sums its segments in order: deterministic, and C x segments blocks instead of C.
+// num_batches_tracked: batch_norm_count_batches, one launch for every layer of a step.
+// Cost: the cuDNN calls as kernels/batch_norm.h counts; the eval backward reads x and dy once
+// and reads and writes dx (16 bytes an element, 5 FLOPs), plus 8 C x segments bytes of partials.
 #include <array>
 #include <map>
 
@@ -41,9 +48,13 @@ const BnDescriptors& descriptors(int64_t n, int64_t c, int64_t hw) {
   return cache.emplace(key, d).first->second;
 }
 
-__global__ void increment_kernel(float* counter) { counter[0] += 1.0f; }
-
 constexpr int kThreads = 256;
+
+// counters[i] += add[i]: every layer's num_batches_tracked of a step in one launch.
+__global__ void count_batches_kernel(BatchCounters c) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < c.count) c.counter[i][0] += c.add[i];
+}
 
 // Block-wide sum of two values; every thread gets the totals.
 __device__ void block_sum2(float& a, float& b) {
@@ -75,39 +86,69 @@ __device__ void block_sum2(float& a, float& b) {
   b = sb[0];
 }
 
-// One block per channel: dgamma += sum dy xhat, dbeta += sum dy, dx += gamma invstd dy.
-__global__ void backward_eval_kernel(const float* x, const float* dy, const float* gamma, const float* running_mean,
-                                     const float* running_var, float* dx, float* dgamma, float* dbeta, int64_t n,
-                                     int64_t c, int64_t hw, float eps) {
-  const int64_t ch = blockIdx.x;
+// Eval backward, stage 1: block (channel, segment) takes `per` images of one channel, adds
+// gamma invstd dy into dx and leaves its sums of dy and dy xhat in partials (C, segments, 2).
+// The block's threads are laid out as images x positions with a power-of-two row of
+// `row_threads` >= HW (or 256) threads, so no index is divided: a thread walks its images'
+// planes with a pointer step, and a plane of HW elements costs 32-bit adds only.
+__global__ void __launch_bounds__(kThreads)
+    backward_eval_partials_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                  const float* __restrict__ gamma, const float* __restrict__ running_mean,
+                                  const float* __restrict__ running_var, float* __restrict__ dx,
+                                  float* __restrict__ partials, int64_t n, int64_t c, int hw, int64_t per, int row_shift,
+                                  float eps, bool add_dx) {
+  const int64_t ch = blockIdx.x, seg = blockIdx.y;
   const float mean = running_mean[ch], invstd = rsqrtf(running_var[ch] + eps), k = gamma[ch] * invstd;
+  const int row_threads = 1 << row_shift;
+  const int pos0 = threadIdx.x & (row_threads - 1);
+  const int64_t images_per_pass = kThreads >> row_shift;
+  const int64_t begin = seg * per, end = begin + per < n ? begin + per : n;
   float sum_dy = 0.0f, sum_dy_xhat = 0.0f;
-  for (int64_t e = threadIdx.x; e < n * hw; e += blockDim.x) {
-    const int64_t idx = ((e / hw) * c + ch) * hw + e % hw;
-    const float g = dy[idx];
-    sum_dy += g;
-    sum_dy_xhat += g * (x[idx] - mean) * invstd;
-    dx[idx] += k * g;
+  for (int64_t img = begin + (threadIdx.x >> row_shift); img < end; img += images_per_pass) {
+    const int64_t plane = (img * c + ch) * hw;
+    const float* xp = x + plane;
+    const float* gp = dy + plane;
+    float* dp = dx + plane;
+    for (int pos = pos0; pos < hw; pos += row_threads) {
+      const float g = gp[pos];
+      sum_dy += g;
+      sum_dy_xhat += g * (xp[pos] - mean) * invstd;
+      dp[pos] = add_dx ? dp[pos] + k * g : k * g;
+    }
   }
   block_sum2(sum_dy, sum_dy_xhat);
   if (threadIdx.x == 0) {
-    dgamma[ch] += sum_dy_xhat;
-    dbeta[ch] += sum_dy;
+    float* out = partials + 2 * (ch * gridDim.y + seg);
+    out[0] = sum_dy_xhat;
+    out[1] = sum_dy;
   }
+}
+
+// Eval backward, stage 2: one thread per channel sums its segments in order (deterministic).
+__global__ void backward_eval_sum_kernel(const float* __restrict__ partials, float* __restrict__ dgamma,
+                                         float* __restrict__ dbeta, int64_t c, int64_t segments, bool add_dgamma,
+                                         bool add_dbeta) {
+  const int64_t ch = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (ch >= c) return;
+  float dg = 0.0f, db = 0.0f;
+  for (int64_t s = 0; s < segments; ++s) {
+    dg += partials[2 * (ch * segments + s)];
+    db += partials[2 * (ch * segments + s) + 1];
+  }
+  dgamma[ch] = add_dgamma ? dgamma[ch] + dg : dg;
+  dbeta[ch] = add_dbeta ? dbeta[ch] + db : db;
 }
 
 }  // namespace
 
 void batch_norm_forward_train(const float* x, const float* gamma, const float* beta, float* y, float* running_mean,
-                              float* running_var, float* num_batches, float* save_mean, float* save_invstd, int64_t n,
-                              int64_t c, int64_t hw, float momentum, float eps) {
+                              float* running_var, float* save_mean, float* save_invstd, int64_t n, int64_t c,
+                              int64_t hw, float momentum, float eps) {
   const BnDescriptors& d = descriptors(n, c, hw);
   const float one = 1.0f, zero = 0.0f;
   CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, d.x, x,
                                                      d.x, y, d.channel, gamma, beta, momentum, running_mean,
                                                      running_var, eps, save_mean, save_invstd));
-  increment_kernel<<<1, 1, 0, runtime().stream>>>(num_batches);
-  KERNEL_LAUNCH_CHECK();
 }
 
 void batch_norm_forward_eval(const float* x, const float* gamma, const float* beta, const float* running_mean,
@@ -121,23 +162,48 @@ void batch_norm_forward_eval(const float* x, const float* gamma, const float* be
 
 void batch_norm_backward_train(const float* x, const float* dy, const float* gamma, const float* save_mean,
                                const float* save_invstd, float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c,
-                               int64_t hw, float eps) {
+                               int64_t hw, float eps, uint32_t accumulate) {
   const BnDescriptors& d = descriptors(n, c, hw);
-  const float one = 1.0f;
-  CUDNN_CHECK(cudnnBatchNormalizationBackward(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &one, &one, &one, d.x,
-                                              x, d.x, dy, d.x, dx, d.channel, gamma, dgamma, dbeta, eps, save_mean,
-                                              save_invstd));
+  const float one = 1.0f, zero = 0.0f;
+  const bool add_dgamma = accumulate & kBnAccumulateDgamma, add_dbeta = accumulate & kBnAccumulateDbeta;
+  // cuDNN has one beta for both parameter gradients. When only one of them accumulates, the
+  // other (scratch) is zeroed first so that adding into it is writing it.
+  if (add_dgamma != add_dbeta)
+    CUDA_CHECK(cudaMemsetAsync(add_dgamma ? dbeta : dgamma, 0, size_t(c) * sizeof(float), runtime().stream));
+  const float* beta_data = (accumulate & kBnAccumulateDx) ? &one : &zero;
+  const float* beta_param = (add_dgamma || add_dbeta) ? &one : &zero;
+  CUDNN_CHECK(cudnnBatchNormalizationBackward(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, beta_data, &one,
+                                              beta_param, d.x, x, d.x, dy, d.x, dx, d.channel, gamma, dgamma, dbeta,
+                                              eps, save_mean, save_invstd));
 }
 
 void batch_norm_backward_eval(const float* x, const float* dy, const float* gamma, const float* running_mean,
                               const float* running_var, float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c,
-                              int64_t hw, float eps) {
+                              int64_t hw, float eps, uint32_t accumulate, float* scratch) {
   if (c == 0) return;
-  if (c > 2147483647LL)
-    throw_status("CUDA", "batch_norm channel count exceeds the grid limit", "batch_norm_backward_eval", __FILE__,
-                 __LINE__);
-  backward_eval_kernel<<<static_cast<unsigned>(c), kThreads, 0, runtime().stream>>>(
-      x, dy, gamma, running_mean, running_var, dx, dgamma, dbeta, n, c, hw, eps);
+  const int64_t per = batch_norm_eval_images_per_segment(n, hw);
+  const int64_t segments = (n + per - 1) / per;
+  if (c > 2147483647LL || segments > 65535 || hw > 2147483647LL)
+    throw_status("CUDA", "batch_norm shape exceeds the grid or 32-bit plane limits", "batch_norm_backward_eval",
+                 __FILE__, __LINE__);
+  int row_shift = 0;  // threads per image row: the power of two >= HW, at most the block
+  while ((1 << row_shift) < hw && (1 << row_shift) < kThreads) ++row_shift;
+  if (n > 0) {
+    backward_eval_partials_kernel<<<dim3(static_cast<unsigned>(c), static_cast<unsigned>(segments)), kThreads, 0,
+                                    runtime().stream>>>(x, dy, gamma, running_mean, running_var, dx, scratch, n, c,
+                                                        static_cast<int>(hw), per, row_shift, eps,
+                                                        (accumulate & kBnAccumulateDx) != 0);
+    KERNEL_LAUNCH_CHECK();
+  }
+  backward_eval_sum_kernel<<<grid_for(c), 256, 0, runtime().stream>>>(
+      scratch, dgamma, dbeta, c, n > 0 ? segments : 0, (accumulate & kBnAccumulateDgamma) != 0,
+      (accumulate & kBnAccumulateDbeta) != 0);
+  KERNEL_LAUNCH_CHECK();
+}
+
+void batch_norm_count_batches(BatchCounters counters) {
+  if (counters.count <= 0) return;
+  count_batches_kernel<<<1, BatchCounters::kMax, 0, runtime().stream>>>(counters);
   KERNEL_LAUNCH_CHECK();
 }
 

@@ -15,6 +15,9 @@ namespace kernels::cuda {
 [[noreturn]] void throw_status(const char* api, const char* what, const char* expr, const char* file,
                                int line);
 const char* cublas_status_name(cublasStatus_t status);
+// cuDNN's status name followed by cudnnGetLastErrorString: cuDNN 9 says there which
+// descriptor or argument it refused, which the status alone ("CUDNN_STATUS_BAD_PARAM") does not.
+[[noreturn]] void throw_cudnn(cudnnStatus_t status, const char* expr, const char* file, int line);
 const char* curand_status_name(curandStatus_t status);
 
 }  // namespace kernels::cuda
@@ -38,7 +41,7 @@ const char* curand_status_name(curandStatus_t status);
   do {                                                                                           \
     cudnnStatus_t status_ = (expr);                                                              \
     if (status_ != CUDNN_STATUS_SUCCESS)                                                         \
-      ::kernels::cuda::throw_status("cuDNN", cudnnGetErrorString(status_), #expr, __FILE__, __LINE__); \
+      ::kernels::cuda::throw_cudnn(status_, #expr, __FILE__, __LINE__);                          \
   } while (0)
 
 #define CURAND_CHECK(expr)                                                                   \

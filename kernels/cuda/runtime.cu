@@ -17,6 +17,14 @@ void throw_status(const char* api, const char* what, const char* expr, const cha
                            what + "' in " + expr);
 }
 
+void throw_cudnn(cudnnStatus_t status, const char* expr, const char* file, int line) {
+  char detail[1024] = {0};
+  cudnnGetLastErrorString(detail, sizeof detail);
+  std::string what = cudnnGetErrorString(status);
+  if (detail[0] != '\0') what += std::string(" (") + detail + ")";
+  throw_status("cuDNN", what.c_str(), expr, file, line);
+}
+
 const char* cublas_status_name(cublasStatus_t status) { return cublasGetStatusString(status); }
 
 const char* curand_status_name(curandStatus_t status) {

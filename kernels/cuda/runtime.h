@@ -16,6 +16,10 @@ struct Runtime {
   cublasHandle_t cublas = nullptr;
   cudnnHandle_t cudnn = nullptr;
   int sm_count = 0;
+  // How convolutions may compute, set by the engine (engine/device.h, CudaOptions) before
+  // the first convolution: cuDNN plans are cached per shape and per these two settings.
+  bool conv_tf32 = true;      // TF32 tensor cores allowed (PyTorch's default for convolutions)
+  bool deterministic = true;  // deterministic cuDNN algorithms only (kernels/common/conv_algo.h)
 };
 
 Runtime& runtime();

@@ -3,6 +3,7 @@
 //
 //   build/bench train-step --arch resnet18 --stem cifar --width 64 --in-channels 3 --size 32
 //                          --batch 64 --steps 5 --device cpu|cuda [--profile-steps A:B]
+//                          [--cpu-kernels reference|fast]
 //
 // Prints the median ms per step over --steps timed steps after --warmup untimed ones (the
 // first step sizes the workspace and, on CUDA, picks the cuDNN algorithms), images/s and the
@@ -19,6 +20,7 @@
 
 #include "apps/tools/bench/bench.h"
 #include "engine/check.h"
+#include "engine/cpu_kernels.h"
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
@@ -34,6 +36,7 @@ int bench_train_step(int argc, char** argv) {
   spec.stem = "cifar";
   spec.num_classes = 10;
   std::string device_flag = "cpu";
+  std::string cpu_kernels_flag = default_cpu_kernels_flag();
   int size = 32, batch = 64, steps = 5, warmup = 2;
   profile::StepWindow profile_window;
   for (int i = 1; i < argc; ++i) {
@@ -43,7 +46,9 @@ int bench_train_step(int argc, char** argv) {
           "bench train-step [--arch resnet18|resnet34|resnet50|wrn-28-2|... (resnet18)] [--stem cifar|imagenet (cifar)]\n"
           "  [--width W (64)] [--in-channels 1|3 (3)] [--num-classes K (10)] [--size S (32)] [--batch B (64)]\n"
           "  [--steps N (5)] [--warmup N (2)] [--device auto|cpu|cuda (cpu)]\n"
-          "  [--profile-steps A:B: per-kernel table of steps A..B-1, counting warm-up steps from 0]\n");
+          "  [--profile-steps A:B: per-kernel table of steps A..B-1, counting warm-up steps from 0]\n"
+          "  [--cpu-kernels reference|fast (%s): CPU convolutions by im2col + OpenBLAS or by oneDNN]\n",
+          cpu_kernels_flag.c_str());
       return 0;
     }
     if (i + 1 >= argc) throw UsageError(cat(a, ": expected a value"));
@@ -60,6 +65,7 @@ int bench_train_step(int argc, char** argv) {
       else if (a == "--warmup") warmup = std::stoi(v);
       else if (a == "--device") device_flag = v;
       else if (a == "--profile-steps") profile_window = profile::StepWindow::parse(v);
+      else if (a == "--cpu-kernels") cpu_kernels_flag = v;
       else throw UsageError(cat("unknown flag '", a, "' (see --help)"));
     } catch (const std::logic_error&) {  // std::stoi: not a number / out of range
       throw UsageError(cat(a, ": expected an integer, found '", v, "'"));
@@ -74,6 +80,8 @@ int bench_train_step(int argc, char** argv) {
   std::string note;
   const Device device = select_device(device_flag, &note);
   std::printf("%s\n", note.c_str());
+  const std::string kernels_note = select_cpu_kernels(cpu_kernels_flag);  // UsageError on a bad value
+  if (device == Device::CPU) std::printf("%s\n", kernels_note.c_str());
   std::unique_ptr<Model> model = make_model(spec, device);
   OptimizerConfig oc;
   oc.momentum = 0.9f;
@@ -133,6 +141,7 @@ int bench_train_step(int argc, char** argv) {
                       {"width", spec.width},        {"in_channels", spec.in_channels},
                       {"size", size},               {"batch", batch},          {"steps", steps},
                       {"device", device_name(device)}, {"device_description", device_description(device)},
+                      {"cpu_kernels", cpu_kernels_name(cpu_kernels())},
                       {"ms_per_step", median},      {"images_per_s", images_per_s},
                       {"workspace_high_water_bytes", ws.peak_bytes()},
                       {"workspace_step_bytes", ws.high_water()}, {"workspace_scratch_bytes", ws.scratch_high_water()},

@@ -1,0 +1,79 @@
+// The rule by which the CUDA convolution (kernels/cuda/conv.cu) chooses one of cuDNN's
+// candidate algorithms for a pass, written over plain fields so that it is compiled and
+// tested on every machine (tests/cuda_review_test.cpp), GPU or not.
+//
+// cuDNN's heuristics (cudnnGet*Algorithm_v7) list candidates fastest first, each with a status,
+// a determinism flag, the math it runs with and the workspace it needs. A candidate is usable
+// when it succeeded, fits the workspace limit, runs with math the run allows, and, unless
+// the run allows nondeterminism, is deterministic. The first usable one wins.
+//   - Math: FP32 runs allow only FMA math; TF32 runs also allow cuDNN's default and tensor-op
+//     math (on Ampere and later both may use TF32 for float data). Tensor-op math "with
+//     conversion" may round float inputs to FP16, which no flag asks for: never usable.
+//   - Determinism: a run repeats bit for bit only if every algorithm is deterministic, so
+//     there is no silent fallback: with none usable the caller reports an error that names
+//     the layer and the flag (--allow-nondeterministic) that lets the fastest one run.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace kernels {
+
+// cuDNN's cudnnMathType_t, by meaning (conv.cu maps one to the other).
+enum class AlgoMath { Default, TensorOp, TensorOpAllowConversion, Fma };
+
+struct AlgoCandidate {
+  int algo = 0;                 // cuDNN's algorithm number (for messages)
+  bool succeeded = false;       // status == CUDNN_STATUS_SUCCESS
+  bool deterministic = false;   // determinism == CUDNN_DETERMINISTIC
+  AlgoMath math = AlgoMath::Fma;
+  size_t memory = 0;            // workspace bytes
+};
+
+struct AlgoRequest {
+  bool tf32 = false;            // TF32 allowed (else strict FP32: FMA math only)
+  bool deterministic = true;    // only deterministic algorithms
+  size_t max_memory = size_t{1} << 30;
+};
+
+inline bool algo_math_allowed(AlgoMath m, bool tf32) {
+  switch (m) {
+    case AlgoMath::Fma: return true;
+    case AlgoMath::Default:
+    case AlgoMath::TensorOp: return tf32;
+    case AlgoMath::TensorOpAllowConversion: return false;
+  }
+  return false;
+}
+
+inline const char* algo_math_name(AlgoMath m) {
+  switch (m) {
+    case AlgoMath::Default: return "default math";
+    case AlgoMath::TensorOp: return "tensor-op math";
+    case AlgoMath::TensorOpAllowConversion: return "tensor-op math with FP16 conversion";
+    case AlgoMath::Fma: return "FMA math";
+  }
+  return "unknown math";
+}
+
+// Index of the chosen candidate, or -1; then `why` (when given) says, candidate by candidate,
+// what ruled each out.
+inline int pick_conv_algo(const AlgoCandidate* c, int count, const AlgoRequest& r, std::string* why = nullptr) {
+  std::string reasons;
+  for (int i = 0; i < count; ++i) {
+    const char* reason = nullptr;
+    if (!c[i].succeeded) reason = "not supported";
+    else if (c[i].memory > r.max_memory) reason = "workspace over the limit";
+    else if (!algo_math_allowed(c[i].math, r.tf32)) reason = algo_math_name(c[i].math);
+    else if (r.deterministic && !c[i].deterministic) reason = "nondeterministic";
+    if (!reason) return i;
+    reasons += (reasons.empty() ? "" : ", ") + std::string("algo ") + std::to_string(c[i].algo) + ": " + reason;
+  }
+  if (why)
+    *why = std::string("no ") + (r.deterministic ? "deterministic " : "") + "algorithm with " +
+           (r.tf32 ? "FP32 or TF32" : "FP32") + " math among cuDNN's " + std::to_string(count) + " candidates (" +
+           (count ? reasons : std::string("none listed")) + ")";
+  return -1;
+}
+
+}  // namespace kernels

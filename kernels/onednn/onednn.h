@@ -1,0 +1,55 @@
+// The CPU's fast tier: kernels backed by oneDNN (Debian's libdnnl, 2.6: the oneDNN generation
+// PyTorch 1.13 runs on the CPU). It mirrors kernels/cuda on the GPU: the same signatures as the
+// reference in kernels/cpu (the declarations are shared, kernels/<family>.h expands them in
+// namespace kernels::onednn too), primitives made once per shape and cached like cuDNN's plans,
+// scratch from the caller's workspace (oneDNN's user-managed scratchpad), and the threads of the
+// engine's OpenMP pool (Debian builds libdnnl on OpenMP: its parallel regions are the same
+// libgomp team the reference kernels use, so the two never compete for the cores).
+//
+// Kernels so far: convolution forward, data and filter gradients (kernels/onednn/conv.cpp).
+// Pooling and BatchNorm stay on the reference tier: their kernels are memory-bound passes that
+// would need the same layer-boundary reorders the convolution pays (see conv.cpp's header).
+//
+// This file holds what the tier says about itself: which library and ISA it runs, the plan
+// cache (for tests and benchmarks), and the activation layout the primitives are asked for
+// (a benchmark knob; the default is what measured fastest, bench/RESULTS.md).
+//
+// Built only when oneDNN is found (Makefile: ONEDNN=1, the macro TESSERA_ONEDNN); engine code
+// that calls it checks the macro (engine/cpu_kernels.h).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "kernels/conv.h"
+
+namespace kernels::onednn {
+
+// "oneDNN 2.6.3 (cpu runtime OpenMP, isa avx512_core)": the library the tier runs on.
+std::string runtime_description();
+// True when the library runs its CPU primitives on OpenMP (so on the engine's thread pool).
+bool runtime_is_openmp();
+
+// How activations (x, y, dx, dy) are handed to the primitives. Weights follow: `Blocked`
+// lets the primitive choose their format too; `Plain` keeps them in OIHW.
+enum class Layout {
+  Blocked,  // format_tag::any: the primitive picks (nChw16c on AVX-512); reorders at the layer boundary
+  Plain,    // nchw / oihw as the engine holds them: no reorders, whatever kernel oneDNN has for them
+  Nhwc,     // nhwc activations, weights chosen by the primitive
+};
+const char* layout_name(Layout l);
+Layout layout();
+// Changes the layout of primitives made from now on and drops the cached plans. Not for use
+// while a step runs (a workspace size asked before the change would not match).
+void set_layout(Layout l);
+
+// The convolution plans cached so far: one per (shape, thread count, layout).
+size_t conv2d_plan_count();
+std::vector<Conv2dShape> conv2d_plan_shapes();  // distinct shapes, in the order first seen
+void clear_conv2d_plans();
+// oneDNN's implementation names for the three passes of a shape (makes the plan if needed):
+// "fwd jit:avx512_core, data jit:avx512_core, weights jit:avx512_core".
+std::string conv2d_implementations(const Conv2dShape& s);
+
+}  // namespace kernels::onednn

@@ -1,0 +1,414 @@
+// The CPU's fast tier (kernels/onednn, oneDNN) against the reference (kernels/cpu, im2col +
+// OpenBLAS) on every convolution shape of the models the programs train, and the switch that
+// picks the tier (engine/cpu_kernels.h).
+//
+// Shapes: each model is built and run forward once on the fast tier at batch 2 and its input
+// size; the fast tier's plan cache then lists exactly the shapes that model's convolutions have
+// (kernels::onednn::conv2d_plan_shapes), so the list cannot drift from the models.
+//
+// Tolerance. Both tiers compute the same float32 sums in different orders (sgemm blocks against
+// oneDNN's register blocking), so they agree to rounding, not bit for bit. For a sum of L terms
+// of random sign, the rounding error of either order is about sqrt(L) u times the size of the
+// terms, relative to the result, with u = 2^-24 (Higham & Mary's probabilistic bound; the
+// worst case, L u, is never approached by blocked sums). L is C KH KW for y and dx... exactly:
+// C KH KW terms per output (forward), O KH KW per input gradient, N HO WO per filter gradient
+// and N HO WO per bias gradient. The test takes relative error in the 2-norm over the whole
+// tensor, ||fast - ref|| / ||ref||, and allows 4 sqrt(L) u: the two tiers' errors add (x2) and
+// the bound's constant is taken as 2. Measured errors are 5-20x below that (the test prints the
+// worst ratio per model). A wrong index, a missing term or a lost accumulation gives errors of
+// order 1 / sqrt(terms) or more, orders of magnitude above it.
+//
+// Accumulation: gradients are added into buffers that already hold random values, as every
+// backward does; the comparison is on what was added (result - initial value), so it is not
+// diluted by the initial values.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/check.h"
+#include "engine/cpu_kernels.h"
+#include "engine/ops.h"
+#include "engine/profile.h"
+#include "engine/workspace.h"
+#include "kernels/common/philox.h"
+#include "kernels/conv.h"
+#include "models/model.h"
+#include "tests/program_runs.h"
+#if TESSERA_ONEDNN
+#include "kernels/onednn/onednn.h"
+#endif
+
+namespace tessera {
+namespace {
+
+// ---- the switch (every build) --------------------------------------------------------------
+
+TEST(CpuKernels, BuildWithoutOneDnnRunsTheReferenceAndSaysSo) {
+  std::string note;
+  EXPECT_EQ(resolve_cpu_kernels(CpuKernels::Fast, /*have_onednn=*/false, &note), CpuKernels::Reference);
+  EXPECT_NE(note.find("reference"), std::string::npos) << note;
+  EXPECT_NE(note.find("no oneDNN"), std::string::npos) << note;
+  EXPECT_NE(note.find("libdnnl-dev"), std::string::npos) << note;
+  EXPECT_EQ(resolve_cpu_kernels(CpuKernels::Reference, false, &note), CpuKernels::Reference);
+  EXPECT_EQ(resolve_cpu_kernels(CpuKernels::Fast, true, &note), CpuKernels::Fast);
+  EXPECT_NE(note.find("fast"), std::string::npos) << note;
+
+  // This build: what the Makefile detected is what the engine reports.
+  EXPECT_EQ(onednn_built(), TESSERA_ONEDNN != 0);
+  CpuKernelsScope scope(CpuKernels::Fast);
+  EXPECT_EQ(cpu_kernels(), onednn_built() ? CpuKernels::Fast : CpuKernels::Reference);
+  const std::string line = select_cpu_kernels("fast");
+  std::printf("%s\n", line.c_str());
+  if (!onednn_built()) {
+    EXPECT_NE(line.find("no oneDNN"), std::string::npos) << line;
+  }
+  EXPECT_THROW(select_cpu_kernels("quick"), UsageError);
+}
+
+TEST(CpuKernels, EnvironmentGivesTheFlagItsDefault) {
+  const char* saved = std::getenv("TESSERA_CPU_KERNELS");
+  const std::string saved_value = saved ? saved : "";
+  ::setenv("TESSERA_CPU_KERNELS", "reference", 1);
+  EXPECT_EQ(default_cpu_kernels_flag(), "reference");
+  ::setenv("TESSERA_CPU_KERNELS", "quick", 1);
+  try {
+    default_cpu_kernels_flag();
+    ADD_FAILURE() << "a bad TESSERA_CPU_KERNELS was accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("TESSERA_CPU_KERNELS"), std::string::npos) << e.what();
+  }
+  ::unsetenv("TESSERA_CPU_KERNELS");
+  EXPECT_EQ(default_cpu_kernels_flag(), "fast");
+  if (saved) ::setenv("TESSERA_CPU_KERNELS", saved_value.c_str(), 1);
+}
+
+// The built bench program: the environment picks the tier, the flag overrides it, and the
+// profile of the step names the kernels of the tier that ran.
+TEST(CpuKernels, FlagAndEnvironmentSwitchTheProgramsConvolutions) {
+  const std::vector<std::string> step = {"train-step", "--arch", "resnet18", "--stem", "cifar", "--width", "4",
+                                         "--size", "8", "--batch", "2", "--steps", "1", "--warmup", "0",
+                                         "--device", "cpu", "--profile-steps", "0:1"};
+  const char* saved = std::getenv("TESSERA_CPU_KERNELS");
+  const std::string saved_value = saved ? saved : "";
+  ::setenv("TESSERA_CPU_KERNELS", "reference", 1);
+  const program_runs::Result by_env = program_runs::run("bench", step);
+  std::vector<std::string> flagged = step;
+  flagged.insert(flagged.end(), {"--cpu-kernels", "fast"});
+  const program_runs::Result by_flag = program_runs::run("bench", flagged);
+  if (saved) ::setenv("TESSERA_CPU_KERNELS", saved_value.c_str(), 1);
+  else ::unsetenv("TESSERA_CPU_KERNELS");
+
+  ASSERT_EQ(by_env.status, 0) << by_env.output;
+  EXPECT_NE(by_env.output.find("cpu kernels: reference"), std::string::npos) << by_env.output;
+  EXPECT_NE(by_env.output.find("\"cpu_kernels\":\"reference\""), std::string::npos) << by_env.output;
+  EXPECT_NE(by_env.output.find("conv2d_forward"), std::string::npos) << by_env.output;
+  EXPECT_EQ(by_env.output.find("conv2d_forward_onednn"), std::string::npos) << by_env.output;
+
+  ASSERT_EQ(by_flag.status, 0) << by_flag.output;
+  if (onednn_built()) {
+    EXPECT_NE(by_flag.output.find("cpu kernels: fast (oneDNN"), std::string::npos) << by_flag.output;
+    EXPECT_NE(by_flag.output.find("\"cpu_kernels\":\"fast\""), std::string::npos) << by_flag.output;
+    EXPECT_NE(by_flag.output.find("conv2d_forward_onednn"), std::string::npos) << by_flag.output;
+    EXPECT_NE(by_flag.output.find("conv2d_backward_onednn"), std::string::npos) << by_flag.output;
+  } else {
+    EXPECT_NE(by_flag.output.find("no oneDNN"), std::string::npos) << by_flag.output;
+  }
+}
+
+#if TESSERA_ONEDNN
+
+// In-process: the op runs the kernels of the tier that is set (the profiler's kernel names).
+TEST(CpuKernels, OpRunsTheTierThatIsSet) {
+  for (CpuKernels tier : {CpuKernels::Reference, CpuKernels::Fast}) {
+    CpuKernelsScope scope(tier);
+    Workspace ws(Device::CPU);
+    Graph g(ws);
+    profile::Profiler prof(profile::StepWindow::parse("0:1"), Device::CPU, "", /*print=*/false);
+    prof.begin_step(0);
+    const Tensor xv = ws.alloc(Shape{2, 3, 6, 6}), wv = ws.alloc(Shape{4, 3, 3, 3});
+    fill_value(xv, 0.5f);
+    fill_value(wv, 0.25f);
+    Var* y = ops::conv2d(g, g.input(xv, "x"), g.param(wv, ws.alloc(wv.shape), "w"), nullptr, 1, 1);
+    g.backward(ops::mean(g, y));
+    prof.end_step(0);
+    ASSERT_TRUE(prof.window_done());
+    std::vector<std::string> kernels;
+    for (const auto& row : prof.report()->rows)
+      if (row.kernel.rfind("conv2d_", 0) == 0) kernels.push_back(row.kernel);
+    std::sort(kernels.begin(), kernels.end());
+    const std::string suffix = tier == CpuKernels::Fast ? "_onednn" : "";
+    const std::vector<std::string> expected = {"conv2d_backward" + suffix, "conv2d_forward" + suffix,
+                                               "conv2d_workspace_size" + suffix};
+    EXPECT_EQ(kernels, expected) << cpu_kernels_name(tier) << "\n" << prof.report()->table();
+  }
+}
+
+// ---- the fast tier against the reference, shape by shape ------------------------------------
+
+std::vector<float> uniform(size_t n, uint64_t step) {
+  std::vector<float> v(n);
+  kernels::PhiloxState rng(31, kernels::philox_subsequence(kernels::kStreamTest, step), 0);
+  for (float& x : v) x = 2.0f * rng.uniform() - 1.0f;
+  return v;
+}
+
+std::string text(const kernels::Conv2dShape& s) {
+  return cat("x (", s.n, ",", s.c, ",", s.h, ",", s.w, ") w (", s.o, ",", s.c, ",", s.kh, ",", s.kw, ") stride ",
+             s.stride, " pad ", s.pad);
+}
+
+// ||(a - base) - (b - base)|| / ||b - base||: the error of what was computed (or added).
+double relative(const std::vector<float>& a, const std::vector<float>& b, const std::vector<float>* base = nullptr) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double r = static_cast<double>(b[i]) - (base ? (*base)[i] : 0.0);
+    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    norm += r * r;
+  }
+  return std::sqrt(diff / std::max(norm, 1e-300));
+}
+
+// 4 sqrt(L) u for a sum of L terms (the header says why).
+double tolerance(double terms) { return 4.0 * std::sqrt(terms) * std::ldexp(1.0, -24); }
+
+// Scratch as the engine hands it: exactly the size the tier asked for, filled with NaN (a kernel
+// that reads scratch it did not write shows it), with a guard after it that must stay intact.
+struct Scratch {
+  static constexpr size_t kGuard = 1024;  // floats
+  std::vector<float> buf;
+  size_t bytes = 0;
+  explicit Scratch(size_t b) : buf(b / sizeof(float) + 1 + kGuard), bytes(b) {
+    std::fill(buf.begin(), buf.end(), std::numeric_limits<float>::quiet_NaN());
+    std::fill(buf.end() - kGuard, buf.end(), 12345.0f);
+  }
+  void* data() { return buf.data(); }
+  bool guard_intact() const {
+    return std::all_of(buf.end() - kGuard, buf.end(), [](float v) { return v == 12345.0f; });
+  }
+};
+
+// What one tier computes for a shape: y (and y with bias when `bias`), and dx, dw, db added
+// into buffers holding `*0` (dx, dw or db left out where `want` says so).
+struct Results {
+  std::vector<float> y, yb, dx, dw, db;
+};
+struct Inputs {
+  std::vector<float> x, w, b, dy, dx0, dw0, db0;
+};
+struct Want {
+  bool dx = true, dw = true, db = true;
+  bool bias_forward = true;  // also the forward with a bias (the models' convolutions have none)
+};
+
+Inputs inputs_for(const kernels::Conv2dShape& s, uint64_t seed) {
+  Inputs in;
+  in.x = uniform(static_cast<size_t>(s.n * s.c * s.h * s.w), seed);
+  in.w = uniform(static_cast<size_t>(s.o * s.c * s.kh * s.kw), seed + 1);
+  in.b = uniform(static_cast<size_t>(s.o), seed + 2);
+  in.dy = uniform(static_cast<size_t>(s.n * s.o * s.ho * s.wo), seed + 3);
+  in.dx0 = uniform(in.x.size(), seed + 4);
+  in.dw0 = uniform(in.w.size(), seed + 5);
+  in.db0 = uniform(in.b.size(), seed + 6);
+  return in;
+}
+
+template <class Tier>
+Results run_tier(const kernels::Conv2dShape& s, const Inputs& in, Want want, bool forward) {
+  Results r;
+  if (forward) {
+    size_t bytes = 0;
+    Tier::workspace_size(s, kernels::ConvPass::Forward, &bytes);
+    Scratch scratch(bytes);
+    r.y.assign(static_cast<size_t>(s.n * s.o * s.ho * s.wo), std::numeric_limits<float>::quiet_NaN());
+    Tier::forward(s, in.x.data(), in.w.data(), nullptr, r.y.data(), scratch.data(), bytes);
+    if (want.bias_forward) {
+      r.yb.assign(r.y.size(), std::numeric_limits<float>::quiet_NaN());
+      Tier::forward(s, in.x.data(), in.w.data(), in.b.data(), r.yb.data(), scratch.data(), bytes);
+    }
+    EXPECT_TRUE(scratch.guard_intact()) << Tier::name << " forward wrote past its scratch: " << text(s);
+  }
+  size_t bytes = 0;
+  Tier::workspace_size(s, kernels::ConvPass::Backward, &bytes);
+  Scratch scratch(bytes);
+  r.dx = in.dx0, r.dw = in.dw0, r.db = in.db0;
+  Tier::backward(s, in.x.data(), in.w.data(), in.dy.data(), want.dx ? r.dx.data() : nullptr,
+                 want.dw ? r.dw.data() : nullptr, want.db ? r.db.data() : nullptr, scratch.data(), bytes);
+  EXPECT_TRUE(scratch.guard_intact()) << Tier::name << " backward wrote past its scratch: " << text(s);
+  return r;
+}
+
+struct Reference {
+  static constexpr const char* name = "reference";
+  static void workspace_size(const kernels::Conv2dShape& s, kernels::ConvPass p, size_t* b) {
+    kernels::cpu::conv2d_workspace_size(s, p, b);
+  }
+  template <class... A>
+  static void forward(A... a) { kernels::cpu::conv2d_forward(a...); }
+  template <class... A>
+  static void backward(A... a) { kernels::cpu::conv2d_backward(a...); }
+};
+struct Fast {
+  static constexpr const char* name = "oneDNN";
+  static void workspace_size(const kernels::Conv2dShape& s, kernels::ConvPass p, size_t* b) {
+    kernels::onednn::conv2d_workspace_size(s, p, b);
+  }
+  template <class... A>
+  static void forward(A... a) { kernels::onednn::conv2d_forward(a...); }
+  template <class... A>
+  static void backward(A... a) { kernels::onednn::conv2d_backward(a...); }
+};
+
+// Compares the tiers on one shape; returns the worst error / tolerance ratio.
+double compare(const kernels::Conv2dShape& s, uint64_t seed, Want want = {}, bool forward = true) {
+  SCOPED_TRACE(text(s));
+  const Inputs in = inputs_for(s, seed);
+  const Results ref = run_tier<Reference>(s, in, want, forward);
+  const Results fast = run_tier<Fast>(s, in, want, forward);
+  double worst = 0;
+  auto check = [&](const char* what, const std::vector<float>& f, const std::vector<float>& r,
+                   const std::vector<float>* base, double terms) {
+    const double err = relative(f, r, base), tol = tolerance(terms);
+    EXPECT_LE(err, tol) << what << ": relative error " << err << " over " << terms << " terms";
+    worst = std::max(worst, err / tol);
+  };
+  const double taps = static_cast<double>(s.kh * s.kw), pixels = static_cast<double>(s.n * s.ho * s.wo);
+  if (forward) {
+    check("y", fast.y, ref.y, nullptr, static_cast<double>(s.c) * taps);
+    if (want.bias_forward) check("y with bias", fast.yb, ref.yb, nullptr, static_cast<double>(s.c) * taps + 1);
+  }
+  if (want.dx) check("dx", fast.dx, ref.dx, &in.dx0, static_cast<double>(s.o) * taps);
+  else EXPECT_EQ(fast.dx, in.dx0) << "dx was not asked for but changed";
+  if (want.dw) check("dw", fast.dw, ref.dw, &in.dw0, pixels);
+  else EXPECT_EQ(fast.dw, in.dw0) << "dw was not asked for but changed";
+  if (want.db) check("db", fast.db, ref.db, &in.db0, pixels);
+  else EXPECT_EQ(fast.db, in.db0) << "db was not asked for but changed";
+  return worst;
+}
+
+// The distinct convolution shapes of `spec` at batch 2 and `size` x `size` inputs.
+std::vector<kernels::Conv2dShape> conv_shapes(const ModelSpec& spec, int size) {
+  CpuKernelsScope fast(CpuKernels::Fast);
+  kernels::onednn::clear_conv2d_plans();
+  std::unique_ptr<Model> m = make_model(spec, Device::CPU);
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  NoGradScope no_grad(g);
+  const Tensor x = ws.alloc(Shape{2, spec.in_channels, size, size});
+  fill_value(x, 0.5f);
+  m->forward(g, g.input(x, "images"), /*train=*/false);
+  std::vector<kernels::Conv2dShape> shapes = kernels::onednn::conv2d_plan_shapes();
+  kernels::onednn::clear_conv2d_plans();
+  return shapes;
+}
+
+ModelSpec spec_of(const std::string& arch, const std::string& stem, int width, int in_channels) {
+  ModelSpec s;
+  s.arch = arch;
+  s.stem = stem;
+  s.width = width;
+  s.in_channels = in_channels;
+  return s;
+}
+
+// Every shape of the model: forward, and the three gradients accumulated into non-zero buffers
+// (the bias paths on the first shape only: the models' convolutions have no bias, and the
+// odd-shape test below covers them).
+void compare_model(const ModelSpec& spec, int size, size_t expected_shapes) {
+  const std::vector<kernels::Conv2dShape> shapes = conv_shapes(spec, size);
+  EXPECT_EQ(shapes.size(), expected_shapes) << "the model's distinct convolution shapes";
+  double worst = 0;
+  uint64_t seed = 100;
+  Want want;
+  for (const kernels::Conv2dShape& s : shapes) {
+    worst = std::max(worst, compare(s, seed += 10, want));
+    want.bias_forward = false;
+  }
+  std::printf("%s %s stem, width %d, %d channels, %dx%d, batch 2: %zu shapes, worst error %.3f of the tolerance\n",
+              spec.arch.c_str(), spec.stem.c_str(), spec.width, spec.in_channels, size, size, shapes.size(), worst);
+}
+
+// The programs' models at their input sizes: CIFAR-size inputs for the cifar stems, STL-10's 96
+// and ImageNet's 224 for the imagenet stems, the demos' Fashion-MNIST 28.
+TEST(ConvFast, ResNet18CifarStem) { compare_model(spec_of("resnet18", "cifar", 64, 3), 32, 11); }
+TEST(ConvFast, ResNet18ImagenetStemStl10) { compare_model(spec_of("resnet18", "imagenet", 64, 3), 96, 11); }
+TEST(ConvFast, ResNet50CifarStem) { compare_model(spec_of("resnet50", "cifar", 64, 3), 32, 23); }
+TEST(ConvFast, ResNet50ImagenetStem) { compare_model(spec_of("resnet50", "imagenet", 64, 3), 224, 23); }
+TEST(ConvFast, WideResNet28x2) { compare_model(spec_of("wrn-28-2", "cifar", 64, 3), 32, 10); }
+TEST(ConvFast, ByolDemoResNet18) { compare_model(spec_of("resnet18", "imagenet", 16, 1), 28, 11); }
+TEST(ConvFast, FixMatchDemoWideResNet10x2) { compare_model(spec_of("wrn-10-2", "cifar", 64, 1), 28, 10); }
+
+// Each gradient alone and in pairs: the kernel's paths for a missing dx, dw or db (the bias
+// gradient without the filter gradient is computed apart from oneDNN).
+TEST(ConvFast, EachGradientAloneAndInPairs) {
+  kernels::Conv2dShape s;
+  s.n = 2, s.c = 16, s.h = s.w = 9, s.o = 24, s.kh = s.kw = 3, s.stride = 2, s.pad = 1;
+  s.ho = s.wo = 5;
+  uint64_t seed = 7000;
+  for (int mask = 1; mask < 8; ++mask) {
+    Want want;
+    want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4;
+    SCOPED_TRACE(cat("dx ", want.dx, " dw ", want.dw, " db ", want.db));
+    compare(s, seed += 10, want, /*forward=*/false);
+  }
+}
+
+// Odd shapes the models do not have: non-square kernel, padding larger than needed, an output
+// of one pixel, a stride that skips input columns.
+TEST(ConvFast, OddShapes) {
+  auto make = [](int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t stride,
+                 int64_t pad) {
+    kernels::Conv2dShape s;
+    s.n = n, s.c = c, s.h = h, s.w = w, s.o = o, s.kh = kh, s.kw = kw, s.stride = stride, s.pad = pad;
+    s.ho = (h + 2 * pad - kh) / stride + 1;
+    s.wo = (w + 2 * pad - kw) / stride + 1;
+    return s;
+  };
+  uint64_t seed = 9000;
+  for (const kernels::Conv2dShape& s : {make(2, 3, 7, 5, 5, 3, 1, 1, 0), make(1, 5, 4, 4, 3, 3, 3, 1, 2),
+                                        make(2, 8, 3, 3, 16, 3, 3, 1, 0), make(2, 4, 11, 11, 6, 2, 2, 3, 0),
+                                        make(3, 17, 6, 6, 9, 5, 5, 2, 2)})
+    compare(s, seed += 10);
+}
+
+// One plan per shape and thread count: a second call finds it, another OpenMP team size makes
+// its own (oneDNN sizes per-thread scratch when a primitive is made).
+TEST(ConvFast, PlansAreCachedPerShapeAndThreadCount) {
+  kernels::onednn::clear_conv2d_plans();
+  kernels::Conv2dShape s;
+  s.n = 2, s.c = 8, s.h = s.w = 8, s.o = 8, s.kh = s.kw = 3, s.stride = 1, s.pad = 1, s.ho = s.wo = 8;
+  size_t bytes = 0;
+  kernels::onednn::conv2d_workspace_size(s, kernels::ConvPass::Forward, &bytes);
+  kernels::onednn::conv2d_workspace_size(s, kernels::ConvPass::Backward, &bytes);
+  kernels::onednn::conv2d_workspace_size(s, kernels::ConvPass::Forward, &bytes);
+  EXPECT_EQ(kernels::onednn::conv2d_plan_count(), 1u);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(threads == 1 ? 2 : 1);
+  compare(s, 8000);  // correct on the other team size too
+  omp_set_num_threads(threads);
+  EXPECT_EQ(kernels::onednn::conv2d_plan_count(), 2u);
+  EXPECT_EQ(kernels::onednn::conv2d_plan_shapes().size(), 1u);
+  kernels::onednn::clear_conv2d_plans();
+}
+
+// Debian's libdnnl must run on OpenMP, or its threads would compete with the engine's.
+TEST(ConvFast, RunsOnTheEnginesOpenMpPool) {
+  std::printf("%s\n", kernels::onednn::runtime_description().c_str());
+  EXPECT_TRUE(kernels::onednn::runtime_is_openmp()) << kernels::onednn::runtime_description();
+}
+
+#else  // no oneDNN in this build
+
+TEST(ConvFast, NotBuilt) { GTEST_SKIP() << "built without oneDNN (ONEDNN=0): no fast tier to compare"; }
+
+#endif
+
+}  // namespace
+}  // namespace tessera

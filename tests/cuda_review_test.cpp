@@ -1,0 +1,443 @@
+// The CUDA backend's host-side rules, tested on every machine (issue 13's review of the CUDA
+// code, which has never run here): the cuDNN algorithm picker (kernels/common/conv_algo.h),
+// the failure reports of the CUDA dispatch and its sync check (engine/dispatch.h), and the
+// flags that set them (--math, --allow-nondeterministic, --sync-check).
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "apps/run/options.h"
+#include "apps/run/run_directory.h"
+#include "apps/run/training_run.h"
+#include "engine/check.h"
+#include "engine/device.h"
+#include "engine/dispatch.h"
+#include "engine/profile.h"
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/workspace.h"
+#include "kernels/augment.h"
+#include "kernels/batch_norm.h"
+#include "kernels/common/conv_algo.h"
+#include "tests/op_case.h"
+
+namespace tessera {
+namespace {
+
+using kernels::AlgoCandidate;
+using kernels::AlgoMath;
+using kernels::AlgoRequest;
+
+AlgoCandidate cand(int algo, bool deterministic, AlgoMath math, size_t memory = 0, bool ok = true) {
+  AlgoCandidate c;
+  c.algo = algo;
+  c.succeeded = ok;
+  c.deterministic = deterministic;
+  c.math = math;
+  c.memory = memory;
+  return c;
+}
+
+AlgoRequest request(bool tf32, bool deterministic) {
+  AlgoRequest r;
+  r.tf32 = tf32;
+  r.deterministic = deterministic;
+  r.max_memory = 1000;
+  return r;
+}
+
+// The heuristics list fastest first; a tensor-op (TF32) algorithm ahead of an FMA one is the
+// usual order on Ampere and later. The old picker ignored mathType and took the first.
+TEST(ConvAlgoPicker, Fp32SkipsCandidatesWhoseMathIsNotFma) {
+  const std::vector<AlgoCandidate> c = {cand(1, true, AlgoMath::TensorOp), cand(6, true, AlgoMath::Default),
+                                        cand(0, true, AlgoMath::Fma)};
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 3, request(false, true)), 2);
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 3, request(true, true)), 0);
+}
+
+TEST(ConvAlgoPicker, NeverTakesTheFp16ConversionMath) {
+  const std::vector<AlgoCandidate> c = {cand(1, true, AlgoMath::TensorOpAllowConversion),
+                                        cand(2, true, AlgoMath::TensorOp)};
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 2, request(true, true)), 1);
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 1, request(true, false)), -1);
+}
+
+TEST(ConvAlgoPicker, DeterministicUnlessAllowedOtherwise) {
+  const std::vector<AlgoCandidate> c = {cand(3, false, AlgoMath::Fma), cand(1, true, AlgoMath::Fma)};
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 2, request(false, true)), 1);
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 2, request(false, false)), 0);  // the fastest
+}
+
+// The old picker fell back to a nondeterministic algorithm silently; now that is an error,
+// and the message says what ruled out each candidate.
+TEST(ConvAlgoPicker, NoDeterministicCandidateIsAnErrorNotAFallback) {
+  const std::vector<AlgoCandidate> c = {cand(3, false, AlgoMath::Fma), cand(5, true, AlgoMath::Fma, 5000),
+                                        cand(7, true, AlgoMath::Fma, 0, /*ok=*/false),
+                                        cand(1, true, AlgoMath::TensorOp)};
+  std::string why;
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 4, request(false, true), &why), -1);
+  EXPECT_NE(why.find("no deterministic algorithm with FP32 math"), std::string::npos) << why;
+  EXPECT_NE(why.find("algo 3: nondeterministic"), std::string::npos) << why;
+  EXPECT_NE(why.find("algo 5: workspace over the limit"), std::string::npos) << why;
+  EXPECT_NE(why.find("algo 7: not supported"), std::string::npos) << why;
+  EXPECT_NE(why.find("algo 1: tensor-op math"), std::string::npos) << why;
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 4, request(false, false)), 0);
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 0, request(false, false), &why), -1);
+  EXPECT_NE(why.find("none listed"), std::string::npos) << why;
+}
+
+// ---- failure reports of the CUDA dispatch ---------------------------------------------------
+
+// Restores the CUDA options and the sync probe a test changed.
+class DispatchReport : public ::testing::Test {
+ protected:
+  void SetUp() override { saved_ = cuda_options(); }
+  void TearDown() override {
+    set_cuda_options(saved_);
+    set_sync_probe(nullptr);
+  }
+  CudaOptions saved_;
+};
+
+std::string illegal_address() { return "CUDA error 'an illegal memory access was encountered'"; }
+std::string healthy() { return ""; }
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no Error thrown)";
+}
+
+// With the sync check on, a fault the device reports after the kernel is raised at that
+// kernel, named with its layer and its size arguments.
+TEST_F(DispatchReport, SyncCheckNamesTheKernelTheLayerAndTheSizes) {
+  CudaOptions o = saved_;
+  o.sync_check = true;
+  set_cuda_options(o);
+  ASSERT_TRUE(sync_check_enabled());
+  set_sync_probe(&illegal_address);
+  float x = 0;
+  int ran = 0;
+  const std::string msg = error_of([&] {
+    profile::LayerScope layer("layer1.0.conv1.weight");
+    cuda_call("max_pool2d_forward", [&] { ++ran; }, static_cast<const float*>(&x), static_cast<float*>(nullptr),
+              int64_t{128}, int64_t{32}, int64_t{16}, 3.5f);
+  });
+  EXPECT_EQ(ran, 1);
+  EXPECT_NE(msg.find("max_pool2d_forward [layer1.0.conv1.weight] (0x"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(", null, 128, 32, 16, 3.5)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("an illegal memory access"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("sync check"), std::string::npos) << msg;
+
+  set_sync_probe(&healthy);
+  EXPECT_NO_THROW(cuda_call("fill", [] {}, int64_t{4}));
+}
+
+// Off, the probe is never consulted: a later call would see the fault, as without the check.
+TEST_F(DispatchReport, WithoutTheSyncCheckTheDeviceIsNotQueried) {
+  CudaOptions o = saved_;
+  o.sync_check = false;
+  set_cuda_options(o);
+  if (sync_check_enabled()) GTEST_SKIP() << "TESSERA_SYNC_CHECK is set in this environment";
+  set_sync_probe(&illegal_address);
+  EXPECT_NO_THROW(cuda_call("fill", [] {}, int64_t{4}));
+}
+
+// A kernel's own failure (a bad status, cuDNN without an algorithm) names the op and layer;
+// the convolution's shape reads as shapes.
+TEST_F(DispatchReport, KernelFailureNamesTheOpTheLayerAndTheShape) {
+  kernels::Conv2dShape s;
+  s.n = 8, s.c = 3, s.h = 32, s.w = 32, s.o = 16, s.kh = 3, s.kw = 3, s.stride = 1, s.pad = 1, s.ho = 32, s.wo = 32;
+  const std::string msg = error_of([&] {
+    profile::LayerScope layer("layer2.0.conv1.weight");
+    cuda_call(
+        "conv2d_workspace_size", [] { throw std::runtime_error("cuDNN error 'no deterministic algorithm'"); }, s);
+  });
+  EXPECT_NE(msg.find("conv2d_workspace_size [layer2.0.conv1.weight] (x (8, 3, 32, 32) w (16, 3, 3, 3) stride 1 pad 1)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("no deterministic algorithm"), std::string::npos) << msg;
+}
+
+// ---- flags -------------------------------------------------------------------------------
+
+RunOptions parse_run(std::vector<const char*> args) {
+  Options o("t", "test");
+  RunOptions r;
+  add_run_options(o, r);
+  args.insert(args.begin(), "t");
+  o.parse(static_cast<int>(args.size()), args.data());
+  return r;
+}
+
+TEST_F(DispatchReport, MathAndDeterminismFlags) {
+  const CudaOptions d = cuda_options_of(parse_run({}));
+  EXPECT_EQ(d.math, MathMode::Pytorch);  // TF32 convolutions, FP32 GEMMs, as PyTorch
+  EXPECT_FALSE(d.allow_nondeterministic);
+  EXPECT_FALSE(d.sync_check);
+  const CudaOptions f = cuda_options_of(parse_run({"--math", "fp32", "--allow-nondeterministic", "--sync-check"}));
+  EXPECT_EQ(f.math, MathMode::Fp32);
+  EXPECT_TRUE(f.allow_nondeterministic);
+  EXPECT_TRUE(f.sync_check);
+  EXPECT_EQ(cuda_options_of(parse_run({"--math=tf32"})).math, MathMode::Tf32);
+  try {
+    parse_run({"--math", "fp16"});
+    ADD_FAILURE() << "--math fp16 accepted";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--math"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_math_mode("bf16"), UsageError);
+  EXPECT_TRUE(changeable_on_resume("sync-check"));
+  EXPECT_TRUE(changeable_on_resume("allow-nondeterministic"));
+  EXPECT_FALSE(changeable_on_resume("math"));  // TF32 changes the arithmetic
+}
+
+// A program applies its flags when its TrainingRun is made, before any kernel runs.
+TEST_F(DispatchReport, TrainingRunAppliesTheFlags) {
+  Options o("byol", "test");
+  RunOptions r;
+  add_run_options(o, r);
+  const std::string out = cat(::testing::TempDir(), "tessera_cuda_flags_", ::getpid(), "_run");
+  const std::string out_flag = "--out=" + out;
+  const char* argv[] = {"byol", "--math", "tf32", "--allow-nondeterministic", out_flag.c_str()};
+  ASSERT_TRUE(o.parse(5, argv));
+  TrainingRun run("byol", o, r);
+  EXPECT_EQ(cuda_options().math, MathMode::Tf32);
+  EXPECT_TRUE(cuda_options().allow_nondeterministic);
+}
+
+// ---- BatchNorm ---------------------------------------------------------------------------
+
+// num_batches_tracked: every train-mode forward counts, and the graph adds a step's counts with
+// one batch_norm_count_batches launch, where each layer's forward used to launch its own.
+TEST(BatchNormCounts, OneLaunchAddsEveryLayersForwards) {
+  Workspace ws(Device::CPU);
+  OwnedTensor x(Device::CPU, Shape{4, 3, 2, 2}), gamma(Device::CPU, Shape{3}), beta(Device::CPU, Shape{3});
+  OwnedTensor mean(Device::CPU, Shape{3}), var(Device::CPU, Shape{3}), count_a(Device::CPU, Shape{1}),
+      count_b(Device::CPU, Shape{1});
+  std::vector<float> xs(48);
+  for (size_t i = 0; i < xs.size(); ++i) xs[i] = std::sin(0.7f * static_cast<float>(i));
+  from_host(x.t, xs);
+  fill_value(gamma.t, 1.0f);
+  fill_zero(beta.t);
+  fill_zero(mean.t);
+  fill_value(var.t, 1.0f);
+  fill_value(count_a.t, 5.0f);
+  fill_zero(count_b.t);
+  profile::Profiler prof(profile::StepWindow::parse("0:1"), Device::CPU, "", /*print=*/false);
+  prof.begin_step(0);
+  {
+    Graph g(ws);
+    ops::BatchNormOptions train;
+    Var* in = g.input(x.t, "x");
+    Var* gv = g.input(gamma.t, "gamma");
+    Var* bv = g.input(beta.t, "beta");
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_a.t}, train);  // layer a, twice
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_a.t}, train);
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_b.t}, train);  // layer b, once
+    ops::BatchNormOptions eval;
+    eval.train = false;
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_b.t}, eval);  // eval: not counted
+    g.clear();
+    EXPECT_EQ(to_host_f32(count_a.t)[0], 7.0f);
+    EXPECT_EQ(to_host_f32(count_b.t)[0], 1.0f);
+    ops::batch_norm2d(g, in, gv, bv, {mean.t, var.t, count_b.t}, train);
+  }  // the graph's destruction adds what is pending
+  prof.end_step(0);
+  EXPECT_EQ(to_host_f32(count_b.t)[0], 2.0f);
+  ASSERT_TRUE(prof.window_done());
+  int64_t launches = 0, forwards = 0;
+  for (const auto& row : prof.report()->rows) {
+    if (row.kernel == "batch_norm_count_batches") launches += row.calls;
+    if (row.kernel == "batch_norm_forward_train") forwards += row.calls;
+  }
+  EXPECT_EQ(forwards, 4);
+  EXPECT_EQ(launches, 2);  // one per clear / destruction, not one per forward
+}
+
+// Backward outputs that are scratch (an input needing no gradient) are written, not added
+// into: their old contents - uninitialised workspace, NaN after Workspace::poison() - are
+// never read. The CUDA twin does the same with cuDNN's beta = 0 (BatchNormCuda below).
+struct BnBackwardCase {
+  int64_t n, c, hw;
+  std::vector<float> x, dy, gamma, mean, invstd, var;
+  BnBackwardCase(int64_t n_ = 3, int64_t c_ = 5, int64_t hw_ = 7) : n(n_), c(c_), hw(hw_) {
+    x.resize(static_cast<size_t>(n * c * hw));
+    dy.resize(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      x[i] = std::sin(0.3f * static_cast<float>(i));
+      dy[i] = std::cos(0.9f * static_cast<float>(i));
+    }
+    for (int64_t k = 0; k < c; ++k) {
+      gamma.push_back(0.5f + 0.1f * static_cast<float>(k));
+      mean.push_back(0.05f * static_cast<float>(k));
+      invstd.push_back(1.0f + 0.2f * static_cast<float>(k));
+      var.push_back(0.5f + 0.25f * static_cast<float>(k));
+    }
+  }
+  // dx, dgamma, dbeta after one backward (train or eval) into buffers holding `init`.
+  std::vector<std::vector<float>> run(bool eval, uint32_t accumulate, float init, bool cuda = false) const {
+    const Device d = cuda ? Device::CUDA : Device::CPU;
+    auto up = [&](const std::vector<float>& v) {
+      OwnedTensor t(d, Shape{static_cast<int64_t>(v.size())});
+      from_host(t.t, v);
+      return t;
+    };
+    OwnedTensor tx = up(x), tdy = up(dy), tg = up(gamma), tm = up(mean), ts = up(invstd), tv = up(var);
+    OwnedTensor dx(d, Shape{n * c * hw}), dgamma(d, Shape{c}), dbeta(d, Shape{c});
+    OwnedTensor scratch(d, Shape{kernels::batch_norm_backward_eval_scratch(n, c, hw)});
+    fill_value(dx.t, init);
+    fill_value(dgamma.t, init);
+    fill_value(dbeta.t, init);
+    if (eval)
+      TS_DISPATCH(d, batch_norm_backward_eval, tx.t.f32(), tdy.t.f32(), tg.t.f32(), tm.t.f32(), tv.t.f32(), dx.t.f32(),
+                  dgamma.t.f32(), dbeta.t.f32(), n, c, hw, 1e-5f, accumulate, scratch.t.f32());
+    else
+      TS_DISPATCH(d, batch_norm_backward_train, tx.t.f32(), tdy.t.f32(), tg.t.f32(), tm.t.f32(), ts.t.f32(),
+                  dx.t.f32(), dgamma.t.f32(), dbeta.t.f32(), n, c, hw, 1e-5f, accumulate);
+    return {to_host_f32(dx.t), to_host_f32(dgamma.t), to_host_f32(dbeta.t)};
+  }
+};
+
+TEST(BatchNormBackward, ScratchOutputsAreOverwrittenNotAddedInto) {
+  const BnBackwardCase k;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (bool eval : {false, true}) {
+    const auto want = k.run(eval, kernels::kBnAccumulateAll, 0.0f);  // adding into zeros
+    const auto added = k.run(eval, kernels::kBnAccumulateAll, 1.0f);
+    const auto written = k.run(eval, 0, nan);
+    for (size_t o = 0; o < 3; ++o)
+      for (size_t i = 0; i < want[o].size(); ++i) {
+        EXPECT_EQ(written[o][i], want[o][i]) << (eval ? "eval" : "train") << " output " << o << "[" << i << "]";
+        EXPECT_NEAR(added[o][i], want[o][i] + 1.0f, 2e-6f) << (eval ? "eval" : "train") << " output " << o << "[" << i << "]";
+      }
+    // One parameter gradient real, the other scratch (a frozen beta).
+    const auto mixed = k.run(eval, kernels::kBnAccumulateDx | kernels::kBnAccumulateDgamma, nan);
+    EXPECT_TRUE(std::isnan(mixed[0][0]));  // dx added into NaN stays NaN: it was asked to add
+    for (size_t i = 0; i < want[2].size(); ++i) EXPECT_EQ(mixed[2][i], want[2][i]) << "dbeta[" << i << "]";
+  }
+}
+
+// The same on the GPU: beta = 0 for scratch, and a memset for the one parameter gradient of
+// a mixed pair (cuDNN has one beta for both). Equal to the CPU within float32 drift.
+TEST(BatchNormBackward, CudaOverwritesScratchOutputsLikeTheCpu) {
+  std::string reason;
+  if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "BatchNorm backward on CUDA not run: " << reason;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  // The second shape cuts each channel of the eval backward into 3 segments (16 images each).
+  for (const BnBackwardCase& k : {BnBackwardCase(3, 5, 7), BnBackwardCase(40, 3, 1024)})
+  for (bool eval : {false, true})
+    for (uint32_t acc : {0u, 7u, 3u, 5u}) {
+      const auto cpu = k.run(eval, acc, 0.0f);
+      const auto gpu = k.run(eval, acc, acc == 7u ? 0.0f : nan, /*cuda=*/true);
+      for (size_t o = 0; o < 3; ++o) {
+        const bool added = acc & (1u << o);
+        for (size_t i = 0; i < cpu[o].size(); ++i) {
+          if (added && acc != 7u) {
+            EXPECT_TRUE(std::isnan(gpu[o][i]));  // added into NaN, as asked
+            continue;
+          }
+          EXPECT_NEAR(gpu[o][i], cpu[o][i], 1e-4f * std::max(1.0f, std::fabs(cpu[o][i])))
+              << (eval ? "eval" : "train") << " accumulate " << acc << " output " << o << "[" << i << "]";
+        }
+      }
+    }
+}
+
+// ---- augment bounds ------------------------------------------------------------------------
+
+// Three 1x4x4 images normalised (no random op); the batch asks for image `bad` at position 1.
+struct AugmentBatch {
+  std::vector<uint8_t> images = std::vector<uint8_t>(3 * 16, 100);
+  std::vector<int64_t> indices, epochs{0, 0};
+  kernels::AugmentSpec spec;
+  explicit AugmentBatch(int64_t bad) : indices{0, bad} {
+    spec.recipe = kernels::kRecipeNormalize;
+    spec.channels = 1;
+    spec.in_h = spec.in_w = spec.out_h = spec.out_w = 4;
+    spec.pad = 0;
+    spec.blur_radius = 1;
+  }
+};
+
+TEST(AugmentBounds, CpuKernelRefusesAnIndexOutsideTheImages) {
+  for (int64_t bad : {int64_t{3}, int64_t{-1}}) {
+    AugmentBatch b(bad);
+    std::vector<float> out(2 * 16), scratch(out.size());
+    try {
+      kernels::cpu::augment(b.images.data(), 3, b.indices.data(), b.epochs.data(), 2, b.spec, out.data(),
+                            scratch.data());
+      ADD_FAILURE() << "index " << bad << " accepted";
+    } catch (const std::out_of_range& e) {
+      EXPECT_NE(std::string(e.what()).find("image index " + std::to_string(bad) + " at batch position 1, expected in [0, 3)"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  AugmentBatch ok(2);
+  std::vector<float> out(2 * 16), scratch(out.size());
+  EXPECT_NO_THROW(kernels::cpu::augment(ok.images.data(), 3, ok.indices.data(), ok.epochs.data(), 2, ok.spec,
+                                        out.data(), scratch.data()));
+}
+
+// The CUDA kernel traps on a bad index, which ends the process's CUDA context: so the kernel
+// runs in a child (this binary, this test, TESSERA_TESTS_AUGMENT_TRAP=1), with the sync check
+// on, and the parent reads what the child reported.
+TEST(AugmentBoundsCuda, OutOfRangeIndexTrapsAndIsReportedByTheKernel) {
+  std::string reason;
+  if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "augment on CUDA not run: " << reason;
+  if (const char* child = std::getenv("TESSERA_TESTS_AUGMENT_TRAP"); child && std::string(child) == "1") {
+    CudaOptions o = cuda_options();
+    o.sync_check = true;
+    set_cuda_options(o);
+    AugmentBatch b(7);
+    OwnedTensor images(Device::CUDA, Shape{3 * 16}, DType::U8), keys(Device::CUDA, Shape{4}, DType::I32),
+        epochs(Device::CUDA, Shape{4}, DType::I32), out(Device::CUDA, Shape{2 * 16}), scratch(Device::CUDA, Shape{2 * 16});
+    copy_from_host(images.t, b.images.data(), b.images.size());
+    copy_from_host(keys.t, b.indices.data(), 16);
+    copy_from_host(epochs.t, b.epochs.data(), 16);
+    const auto* idx = static_cast<const int64_t*>(keys.t.ptr);
+    const auto* ep = static_cast<const int64_t*>(epochs.t.ptr);
+    const std::string msg = error_of([&] {
+      TS_DISPATCH(Device::CUDA, augment, images.t.u8(), int64_t{3}, idx, ep, int64_t{2}, b.spec, out.t.f32(),
+                  scratch.t.f32());
+    });
+    std::printf("child report: %s\n", msg.c_str());
+    EXPECT_EQ(msg.rfind("augment (", 0), 0u) << msg;
+    EXPECT_NE(msg.find("sync check"), std::string::npos) << msg;
+    std::fflush(stdout);
+    std::_Exit(::testing::Test::HasFailure() ? 1 : 0);  // the context is gone: no orderly teardown
+  }
+  namespace fs = std::filesystem;
+  const fs::path self = fs::read_symlink("/proc/self/exe");
+  const fs::path log = fs::temp_directory_path() / ("tessera_augment_trap_" + std::to_string(::getpid()));
+  const std::string cmd = "TESSERA_TESTS_AUGMENT_TRAP=1 '" + self.string() +
+                          "' --gtest_filter=AugmentBoundsCuda.OutOfRangeIndexTrapsAndIsReportedByTheKernel > '" +
+                          log.string() + "' 2>&1";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  fs::remove(log);
+  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << text.str();
+  EXPECT_NE(text.str().find("augment: image index 7 at batch position 1, expected in [0, 3)"), std::string::npos)
+      << "the device printf did not reach the output:\n" << text.str();
+}
+
+}  // namespace
+}  // namespace tessera
