@@ -177,7 +177,9 @@ const Program& byol_program() {
         "--pred-hidden", "16", "--batch-size", "16", "--steps", std::to_string(kSteps + 1), "--optimizer", "sgd",
         "--warmup-epochs", "0.25", "--momentum", "0.9", "--momentum-schedule", "cosine", "--smoothing", "sts",
         "--preserve-prob", "0.7", "--granularity", "channel", "--bn-buffers", "own", "--seed", "3",
-        "--log-every", "1", "--save-every", "1000", "--threads", "1", "--eval-batch", "50", "--probe-epochs", "1"};
+        "--log-every", "1", "--save-every", "1000", "--threads", "1", "--eval-batch", "50", "--probe-epochs", "1",
+        // The CPU side is the oracle: the reference kernels, whose drift the tolerances were measured on.
+        "--cpu-kernels", "reference"};
     b.step_recipe = with(common, {"--lr", "0.05"});
     b.run_recipe = with(common, {"--lr", "1e-4"});
     b.parts = {{"backbone", "", "student.backbone.", "backbone.smoothing."},
@@ -210,7 +212,7 @@ const Program& fixmatch_program() {
                      "--mu", "2", "--steps", std::to_string(kSteps + 1), "--threshold", "0.15", "--smoothing", "sts",
                      "--granularity", "channel", "--preserve-prob", "0.5", "--momentum", "0.99", "--pseudo-labels",
                      "teacher", "--seed", "3", "--eval-every", "0", "--eval-batch", "25", "--log-every", "1",
-                     "--save-every", "1000", "--threads", "1"};
+                     "--save-every", "1000", "--threads", "1", "--cpu-kernels", "reference"};
     f.run_recipe = f.step_recipe;
     f.parts = {{"teacher", "", "student.", "smoothing."}};
     f.teacher_moves_first = false;
