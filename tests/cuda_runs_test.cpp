@@ -23,6 +23,7 @@
 #include "apps/run/run_directory.h"
 #include "apps/run/training_run.h"
 #include "data/synthetic_images.h"
+#include "tests/program_runs.h"
 #include "engine/checkpoint.h"
 #include "models/model.h"
 #include "tests/op_case.h"
@@ -34,27 +35,6 @@ std::string temp_dir(const std::string& name) {
   const std::string d = ::testing::TempDir() + "tessera_cuda_runs_" + name + "_" + std::to_string(::getpid());
   std::system(("rm -rf '" + d + "' && mkdir -p '" + d + "'").c_str());
   return d;
-}
-
-void put_be32(std::ofstream& f, uint32_t v) {
-  const char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
-                     static_cast<char>(v)};
-  f.write(b, 4);
-}
-
-// IDX files (the mnist reader) of n synthetic 8 x 8 grey images with labels i % 10.
-void write_idx(const std::string& dir, const std::string& prefix, int64_t n, uint64_t seed) {
-  const std::vector<uint8_t> images = data::synthetic_images(n, 1, 8, 8, seed);
-  std::ofstream fi(dir + "/" + prefix + "-images-idx3-ubyte", std::ios::binary);
-  put_be32(fi, 0x00000803);
-  put_be32(fi, static_cast<uint32_t>(n));
-  put_be32(fi, 8);
-  put_be32(fi, 8);
-  fi.write(reinterpret_cast<const char*>(images.data()), static_cast<std::streamsize>(images.size()));
-  std::ofstream fl(dir + "/" + prefix + "-labels-idx1-ubyte", std::ios::binary);
-  put_be32(fl, 0x00000801);
-  put_be32(fl, static_cast<uint32_t>(n));
-  for (int64_t i = 0; i < n; ++i) fl.put(static_cast<char>(i % 10));
 }
 
 int run(const char* program, int (*main_fn)(int, const char* const*), const std::vector<std::string>& args) {
@@ -101,8 +81,8 @@ TEST(CudaRuns, ByolTrainsOnCudaAndItsCheckpointLoads) {
   std::string reason;
   if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "byol on CUDA not run: " << reason;
   const std::string root = temp_dir("byol"), out = root + "/run";
-  write_idx(root, "train", 64, 1);
-  write_idx(root, "t10k", 40, 2);
+  program_runs::write_synthetic_idx(root, "train", 64, 1);
+  program_runs::write_synthetic_idx(root, "t10k", 40, 2);
   // tests/byol_test.cpp's tiny recipe on the GPU: 4 steps per epoch, 2 epochs.
   const std::vector<std::string> tiny = {
       "--data", "mnist:" + root, "--out", out, "--device", "cuda", "--width", "4", "--proj-hidden", "16",
@@ -131,8 +111,8 @@ TEST(CudaRuns, FixMatchTrainsOnCudaAndItsCheckpointLoads) {
   std::string reason;
   if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "fixmatch on CUDA not run: " << reason;
   const std::string root = temp_dir("fixmatch"), out = root + "/run";
-  write_idx(root, "train", 200, 1);
-  write_idx(root, "t10k", 50, 2);
+  program_runs::write_synthetic_idx(root, "train", 200, 1);
+  program_runs::write_synthetic_idx(root, "t10k", 50, 2);
   // tests/fixmatch_test.cpp's tiny recipe on the GPU: 6 steps.
   const std::vector<std::string> tiny = {
       "--data", "mnist:" + root, "--out", out, "--device", "cuda", "--arch", "wrn-10-1", "--labels", "20",

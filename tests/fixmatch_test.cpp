@@ -43,34 +43,13 @@ std::string temp_dir(const std::string& name) {
   return d;
 }
 
-void put_be32(std::ofstream& f, uint32_t v) {
-  const char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
-                     static_cast<char>(v)};
-  f.write(b, 4);
-}
-
-// IDX files of n synthetic 8x8 grey images with labels i % 10 (prefix "train" or "t10k").
-void write_idx(const std::string& dir, const std::string& prefix, int64_t n, uint64_t seed) {
-  const std::vector<uint8_t> images = data::synthetic_images(n, 1, 8, 8, seed);
-  std::ofstream fi(dir + "/" + prefix + "-images-idx3-ubyte", std::ios::binary);
-  put_be32(fi, 0x00000803);
-  put_be32(fi, static_cast<uint32_t>(n));
-  put_be32(fi, 8);
-  put_be32(fi, 8);
-  fi.write(reinterpret_cast<const char*>(images.data()), static_cast<std::streamsize>(images.size()));
-  std::ofstream fl(dir + "/" + prefix + "-labels-idx1-ubyte", std::ios::binary);
-  put_be32(fl, 0x00000801);
-  put_be32(fl, static_cast<uint32_t>(n));
-  for (int64_t i = 0; i < n; ++i) fl.put(static_cast<char>(i % 10));
-}
-
 // A tiny dataset, made once per test binary.
 const std::string& data_dir() {
   static const std::string dir = [] {
     const std::string d = temp_dir("data");
     std::system(("mkdir -p '" + d + "'").c_str());
-    write_idx(d, "train", 200, 1);
-    write_idx(d, "t10k", 50, 2);
+    program_runs::write_synthetic_idx(d, "train", 200, 1);
+    program_runs::write_synthetic_idx(d, "t10k", 50, 2);
     return d;
   }();
   return dir;

@@ -16,9 +16,31 @@
 #include <vector>
 
 #include "apps/run/run_directory.h"
+#include "data/synthetic_images.h"
 #include "engine/checkpoint.h"
 
 namespace tessera::program_runs {
+
+// An IDX split (the mnist reader's files PREFIX-images-idx3-ubyte and PREFIX-labels-idx1-ubyte)
+// of n synthetic 8 x 8 grey images with labels i % 10: the data of the tiny program runs.
+inline void write_synthetic_idx(const std::string& dir, const std::string& prefix, int64_t n, uint64_t seed) {
+  auto put_be32 = [](std::ofstream& f, uint32_t v) {
+    const char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+                       static_cast<char>(v)};
+    f.write(b, 4);
+  };
+  const std::vector<uint8_t> images = data::synthetic_images(n, 1, 8, 8, seed);
+  std::ofstream fi(dir + "/" + prefix + "-images-idx3-ubyte", std::ios::binary);
+  put_be32(fi, 0x00000803);
+  put_be32(fi, static_cast<uint32_t>(n));
+  put_be32(fi, 8);
+  put_be32(fi, 8);
+  fi.write(reinterpret_cast<const char*>(images.data()), static_cast<std::streamsize>(images.size()));
+  std::ofstream fl(dir + "/" + prefix + "-labels-idx1-ubyte", std::ios::binary);
+  put_be32(fl, 0x00000801);
+  put_be32(fl, static_cast<uint32_t>(n));
+  for (int64_t i = 0; i < n; ++i) fl.put(static_cast<char>(i % 10));
+}
 
 struct Result {
   int status = -1;     // exit code, or -1 when the program did not exit normally

@@ -88,27 +88,6 @@ constexpr int64_t kSteps = 20;  // N: every run stops after N of its N + 1 steps
 
 // ---- the data --------------------------------------------------------------------------------
 
-void put_be32(std::ofstream& f, uint32_t v) {
-  const char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
-                     static_cast<char>(v)};
-  f.write(b, 4);
-}
-
-// IDX files (the mnist reader) of n synthetic 8 x 8 grey images with labels i % 10.
-void write_idx(const std::string& dir, const std::string& prefix, int64_t n, uint64_t seed) {
-  const std::vector<uint8_t> images = data::synthetic_images(n, 1, 8, 8, seed);
-  std::ofstream fi(dir + "/" + prefix + "-images-idx3-ubyte", std::ios::binary);
-  put_be32(fi, 0x00000803);
-  put_be32(fi, static_cast<uint32_t>(n));
-  put_be32(fi, 8);
-  put_be32(fi, 8);
-  fi.write(reinterpret_cast<const char*>(images.data()), static_cast<std::streamsize>(images.size()));
-  std::ofstream fl(dir + "/" + prefix + "-labels-idx1-ubyte", std::ios::binary);
-  put_be32(fl, 0x00000801);
-  put_be32(fl, static_cast<uint32_t>(n));
-  for (int64_t i = 0; i < n; ++i) fl.put(static_cast<char>(i % 10));
-}
-
 struct Fixture {
   std::string root, data;
   Fixture() {
@@ -116,8 +95,8 @@ struct Fixture {
     fs::remove_all(root);
     data = root + "/data";
     fs::create_directories(data);
-    write_idx(data, "train", 200, 11);
-    write_idx(data, "t10k", 50, 12);
+    program_runs::write_synthetic_idx(data, "train", 200, 11);
+    program_runs::write_synthetic_idx(data, "t10k", 50, 12);
   }
   ~Fixture() { fs::remove_all(root); }
 };

@@ -58,12 +58,6 @@ struct Evaluator {
   }
 };
 
-std::string fixed2(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f", v);
-  return buf;
-}
-
 }  // namespace
 }  // namespace byol
 

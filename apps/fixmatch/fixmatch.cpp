@@ -75,12 +75,6 @@ struct Window {
   double mean(double v) const { return steps > 0 ? v / static_cast<double>(steps) : 0.0; }
 };
 
-std::string fixed2(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f", v);
-  return buf;
-}
-
 }  // namespace
 }  // namespace fixmatch
 

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -66,6 +67,12 @@ CudaOptions cuda_options_of(const RunOptions& r) {
 }
 
 std::string apply_cpu_kernels(const RunOptions& r) { return select_cpu_kernels(r.cpu_kernels); }
+
+std::string fixed2(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f", v);
+  return buf;
+}
 
 void resolve_run_paths(RunOptions& r, const std::string& program) {
   if (!r.out.empty() || !r.resume.empty()) return;

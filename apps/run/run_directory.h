@@ -54,6 +54,8 @@ CudaOptions cuda_options_of(const RunOptions& r);
 // Sets the CPU kernel tier from r.cpu_kernels and returns the line to print ("cpu kernels:
 // fast (oneDNN 2.6.3 ...)"; a build without oneDNN runs the reference and says why).
 std::string apply_cpu_kernels(const RunOptions& r);
+// "12.34": the two decimals the programs print percentages with.
+std::string fixed2(double v);
 // Fills r.out with the default name when empty; call after parse().
 void resolve_run_paths(RunOptions& r, const std::string& program);
 
