@@ -108,6 +108,7 @@ TEST_OBJS := $(patsubst %,$(OBJ)/%.o,$(TEST_CPP) $(TEST_CU))
 LIB := $(OBJ)/libtessera.a
 TEST_BIN := $(BUILD)/tessera_tests
 STAMP := $(BUILD)/.config-$(CONFIG)
+FAULT_LIB := $(BUILD)/libtessera_fault.so
 
 ifeq ($(GTEST_DIR),)
   GTEST_LIBS := -lgtest
@@ -122,7 +123,7 @@ endif
 # (CUDA=0, DEBUG=1, make profile) rebuilds instead of finding the old binaries up to date.
 .SECONDARY: $(patsubst %,$(OBJ)/%.o,$(APP_MAINS))
 
-all: checklist $(APPS) $(TEST_BIN)
+all: checklist $(APPS) $(TEST_BIN) $(FAULT_LIB)
 
 # Binaries are shared by all configurations: relink when the configuration changes.
 $(STAMP):
@@ -154,6 +155,12 @@ $(foreach p,$(PROGRAM_MAINS),$(eval $(call program_rule,$(p))))
 
 $(TEST_BIN): $(TEST_OBJS) $(LIB) $(STAMP) $(if $(GTEST_DIR),$(GTEST_DIR)/libgtest.a,)
 	$(CXX) $(LDFLAGS) $(TEST_OBJS) $(LIB) $(GTEST_LIBS) $(LDLIBS) -o $@
+
+# The fault-injection shim the tests preload into the programs (tests/fault_inject/): a shared
+# library of its own, never linked into the engine or the test binary.
+$(FAULT_LIB): tests/fault_inject/fault_inject.cpp
+	@mkdir -p $(BUILD)
+	$(CXX) -std=c++17 -O2 -Wall -Wextra -Werror -shared -fPIC $< -o $@ -ldl
 
 # GoogleTest from the googletest package's sources (machines without libgtest-dev).
 $(BUILD)/gtest/libgtest.a:

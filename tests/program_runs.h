@@ -50,7 +50,9 @@ struct Result {
 // Runs PROGRAM (built next to this test binary, as tests/app_flags_test.cpp does) with `args`,
 // in a fresh process that inherits this one's environment (OMP_NUM_THREADS included, so
 // CPU results are comparable bit for bit with other runs of the built program).
-inline Result run(const std::string& program, const std::vector<std::string>& args) {
+// `env` adds NAME=VALUE settings for that process only (e.g. LD_PRELOAD for the fault shim).
+inline Result run(const std::string& program, const std::vector<std::string>& args,
+                  const std::vector<std::string>& env = {}) {
   namespace fs = std::filesystem;
   const fs::path binary = fs::read_symlink("/proc/self/exe").parent_path() / program;
   Result r;
@@ -58,7 +60,10 @@ inline Result run(const std::string& program, const std::vector<std::string>& ar
     r.output = binary.string() + " not found: build the programs with the tests (make all)";
     return r;
   }
-  std::string command = "'" + binary.string() + "'";
+  std::string command;
+  if (!env.empty()) command = "env ";
+  for (const std::string& e : env) command += "'" + e + "' ";
+  command += "'" + binary.string() + "'";
   for (const std::string& a : args) command += " '" + a + "'";  // test paths hold no quotes
   FILE* p = ::popen((command + " 2>&1").c_str(), "r");
   if (!p) return r;

@@ -117,23 +117,32 @@ std::string read_file(const std::string& path) {
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(cat("cannot write '", tmp, "': ", std::strerror(errno)));
+  // Any failure leaves `path` as it was and removes the half-written temporary.
+  auto fail = [&](const char* what, int error) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw Error(cat(what, " '", tmp, "': ", std::strerror(error)));
+  };
   size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
     if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      const int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw Error(cat("writing '", tmp, "': ", std::strerror(e)));
-    }
+    if (w <= 0) fail("writing", w < 0 ? errno : EIO);
     done += static_cast<size_t>(w);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) throw Error(cat("flushing '", tmp, "': ", std::strerror(errno)));
-  if (::rename(tmp.c_str(), path.c_str()) != 0)
-    throw Error(cat("renaming '", tmp, "' to '", path, "': ", std::strerror(errno)));
+  if (::fsync(fd) != 0) fail("flushing", errno);
+  if (::close(fd) != 0) {
+    const int error = errno;
+    ::unlink(tmp.c_str());
+    throw Error(cat("closing '", tmp, "': ", std::strerror(error)));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(tmp.c_str());
+    throw Error(cat("renaming '", tmp, "' to '", path, "': ", std::strerror(error)));
+  }
 }
 
 // ---- run directory ------------------------------------------------------------------------
@@ -205,34 +214,48 @@ MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : pat
     }
     write_file_atomic(path, kept);
   }
-  file_ = std::fopen(path.c_str(), "a");
-  if (!file_) throw Error(cat("cannot open '", path, "' for appending: ", std::strerror(errno)));
+  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw Error(cat("cannot open '", path, "' for appending: ", std::strerror(errno)));
 }
 
 MetricsLog::~MetricsLog() {
-  if (file_) std::fclose(file_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
-MetricsLog::MetricsLog(MetricsLog&& o) noexcept : file_(o.file_), path_(std::move(o.path_)) { o.file_ = nullptr; }
+MetricsLog::MetricsLog(MetricsLog&& o) noexcept : fd_(o.fd_), path_(std::move(o.path_)) { o.fd_ = -1; }
 
 MetricsLog& MetricsLog::operator=(MetricsLog&& o) noexcept {
   if (this != &o) {
-    if (file_) std::fclose(file_);
-    file_ = o.file_;
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.fd_;
     path_ = std::move(o.path_);
-    o.file_ = nullptr;
+    o.fd_ = -1;
   }
   return *this;
 }
 
 void MetricsLog::write(const std::string& event, nlohmann::json fields) {
-  TS_CHECK(file_, "metrics log is not open");
+  TS_CHECK(fd_ >= 0, "metrics log is not open");
   nlohmann::json line = nlohmann::json::object();
   line["event"] = event;
   for (auto it = fields.begin(); it != fields.end(); ++it) line[it.key()] = it.value();
   const std::string text = line.dump() + "\n";
-  if (std::fputs(text.c_str(), file_) < 0 || std::fflush(file_) != 0)
-    throw Error(cat("writing '", path_, "': ", std::strerror(errno)));
+  // write(2) straight to the file, not through stdio, so the line is out (in the kernel's page
+  // cache, where a killed process cannot lose it) when this returns. A disk that fills up in
+  // the middle of the line must not leave half of it: cut the file back to where it was.
+  const off_t before = ::lseek(fd_, 0, SEEK_END);
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t w = ::write(fd_, text.data() + done, text.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int error = w < 0 ? errno : EIO;
+      const bool cut = before >= 0 && ::ftruncate(fd_, before) == 0;
+      throw Error(cat("writing '", path_, "': ", std::strerror(error),
+                      cut ? "" : " (and the partial line could not be removed)"));
+    }
+    done += static_cast<size_t>(w);
+  }
 }
 
 // ---- timing and progress ----------------------------------------------------------------

@@ -105,11 +105,12 @@ class MetricsLog {
   MetricsLog(MetricsLog&& o) noexcept;
   MetricsLog& operator=(MetricsLog&& o) noexcept;
 
-  // Writes one event: {"event": name, ...fields}; flushed at once so a killed run keeps it.
+  // Writes one event: {"event": name, ...fields} as one line, written at once so a killed run
+  // keeps it; a failed write leaves no partial line behind.
   void write(const std::string& event, nlohmann::json fields);
 
  private:
-  std::FILE* file_ = nullptr;
+  int fd_ = -1;  // opened O_APPEND: each line is one write at the end of the file
   std::string path_;
 };
 
