@@ -12,7 +12,7 @@
 # Builds use every core unless -jN is given.
 # Switches: CUDA=0|1 (default: 1 when nvcc is found), CUDA_HOME, CUDA_ARCHS (nvcc -gencode
 # list), ONEDNN=0|1 (the CPU's fast tier, kernels/onednn; default: 1 when oneDNN's header is
-# found), DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan, forces CUDA=0), DEPS_PREFIX (a folder
+# found), DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan) or SANITIZE=thread (TSan), both CUDA=0, DEPS_PREFIX (a folder
 # where Debian packages were unpacked with dpkg -x, for machines without a package registry).
 
 SHELL := /bin/bash
@@ -30,7 +30,7 @@ endif
 SANITIZE ?= 0
 DEBUG ?= 0
 PROFILE ?= 0
-ifeq ($(SANITIZE),1)
+ifneq ($(SANITIZE),0)
   CUDA := 0
 endif
 CUDA_ARCHS ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
@@ -44,8 +44,19 @@ ifeq ($(origin ONEDNN), undefined)
   ONEDNN := $(if $(wildcard $(ONEDNN_HEADER)),1,0)
 endif
 
+# FUZZ=1: the libFuzzer build of `make fuzz` (clang, ASan + UBSan, CPU reference kernels only).
+FUZZ ?= 0
+CXX_STD := c++17
+ifeq ($(FUZZ),1)
+  CXX := clang++
+  CUDA := 0
+  ONEDNN := 0
+  # clang 14 accepts lambdas that capture structured bindings (as g++ does in C++17) from C++20 on.
+  CXX_STD := c++20
+endif
+
 # A build without oneDNN keeps its objects apart (their TESSERA_ONEDNN differs).
-CONFIG := $(if $(filter 1,$(CUDA)),cuda,cpu)$(if $(filter 0,$(ONEDNN)),-noonednn,)$(if $(filter 1,$(DEBUG)),-debug,)$(if $(filter 1,$(SANITIZE)),-asan,)$(if $(filter 1,$(PROFILE)),-profile,)
+CONFIG := $(if $(filter 1,$(CUDA)),cuda,cpu)$(if $(filter 0,$(ONEDNN)),-noonednn,)$(if $(filter 1,$(DEBUG)),-debug,)$(if $(filter 1,$(SANITIZE)),-asan,)$(if $(filter thread,$(SANITIZE)),-tsan,)$(if $(filter 1,$(PROFILE)),-profile,)$(if $(filter 1,$(FUZZ)),-fuzz,)
 BUILD := build
 OBJ := $(BUILD)/obj/$(CONFIG)
 
@@ -62,8 +73,15 @@ OPT := $(if $(filter 1,$(DEBUG)),-O0 -g,-O3 $(ARCH_FLAGS) -g1)
 PROFILE_HOST := $(if $(filter 1,$(PROFILE)),-g -fno-omit-frame-pointer,)
 OPT += $(PROFILE_HOST)
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
-SAN := $(if $(filter 1,$(SANITIZE)),$(ASAN_FLAGS),)
-CXXFLAGS := -std=c++17 $(OPT) $(SAN) -fopenmp -Wall -Wextra -Werror -MMD -MP $(INCLUDES) \
+SAN := $(if $(filter 1,$(SANITIZE)),$(ASAN_FLAGS),)$(if $(filter thread,$(SANITIZE)),-fsanitize=thread,)
+ifeq ($(FUZZ),1)
+  # Coverage for libFuzzer everywhere; any sanitizer report ends the run (no recovery). -O1
+  # (after -O3, so it wins) compiles faster; the sanitizers block some `omp simd` loops, which
+  # clang would otherwise report as errors.
+  SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
+         -O1 -Wno-pass-failed
+endif
+CXXFLAGS := -std=$(CXX_STD) $(OPT) $(SAN) -fopenmp -Wall -Wextra -Werror -MMD -MP $(INCLUDES) \
             -DTESSERA_CUDA=$(CUDA) -DTESSERA_ONEDNN=$(ONEDNN)
 SYS_RPATH := -Wl,-rpath,$(SYS_LIB)
 LDLIBS := -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas \
@@ -117,7 +135,7 @@ else
 endif
 
 # ---- rules -----------------------------------------------------------------------------
-.PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle profile
+.PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle profile fuzz fuzz-build sanitize-test tsan-test
 # Keep the programs' objects (pattern-rule intermediates). Naming them, rather than a bare
 # .SECONDARY:, keeps the configuration stamp an ordinary file, so switching configuration
 # (CUDA=0, DEBUG=1, make profile) rebuilds instead of finding the old binaries up to date.
@@ -221,6 +239,43 @@ gpu-check:
 
 profile:
 	@$(MAKE) --no-print-directory PROFILE=1 all
+
+# ---- sanitizers --------------------------------------------------------------------------
+# make sanitize-test: the whole suite, and the programs it runs, built with ASan + UBSan in
+# build-asan/; any report fails it. The fault shim is preloaded into sanitized programs, so
+# ASan must not insist on coming first in the library order.
+SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=1:verify_asan_link_order=0:abort_on_error=1 \
+                UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+                LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizer/lsan.supp
+sanitize-test: deps
+	@$(MAKE) --no-print-directory SANITIZE=1 BUILD=build-asan all
+	$(SANITIZE_ENV) OMP_NUM_THREADS=2 build-asan/tessera_tests --gtest_brief=1
+
+# make tsan-test: the loader's producer thread and prefetch queue under ThreadSanitizer
+# (build-tsan/). OpenMP regions are left out: libgomp is not instrumented, so TSan cannot see
+# its barriers and would report every parallel loop (docs/hardening.md).
+TSAN_FILTER := Loader.*:Sampler.*:LabeledSubset.*
+tsan-test: deps
+	@$(MAKE) --no-print-directory SANITIZE=thread BUILD=build-tsan build-tsan/tessera_tests
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 OMP_NUM_THREADS=1 build-tsan/tessera_tests \
+	  --gtest_brief=1 --gtest_filter='$(TSAN_FILTER)'
+
+# ---- fuzzing ---------------------------------------------------------------------------
+# make fuzz FUZZ_SECONDS=60: every parser of user files (tests/fuzz/*_fuzz.cpp) under libFuzzer
+# for that long each; fails on a crash, a sanitizer report, a leak, an input slower than 1 s or
+# an allocation over 512 MB. Corpora grow in build/fuzz/corpus across runs; findings land in
+# build/fuzz/findings. Needs clang and libomp-dev (make deps does not install them).
+FUZZ_SECONDS ?= 60
+FUZZ_HARNESSES := $(basename $(notdir $(wildcard tests/fuzz/*_fuzz.cpp)))
+fuzz:
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-build
+	@tests/fuzz/run.sh $(BUILD)/fuzz $(FUZZ_SECONDS) $(FUZZ_HARNESSES)
+
+fuzz-build: $(patsubst %,$(BUILD)/fuzz/%,$(FUZZ_HARNESSES))
+
+$(BUILD)/fuzz/%: tests/fuzz/%.cpp tests/fuzz/fuzz_input.h $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(filter-out -MMD -MP,$(CXXFLAGS)) -fsanitize=fuzzer $< $(LIB) $(LDLIBS) -o $@
 
 clean:
 	rm -rf $(BUILD)

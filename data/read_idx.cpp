@@ -45,14 +45,16 @@ std::vector<uint8_t> read_idx_file(const std::string& path, const std::string& w
   if (found != magic) bad_file(path, cat("IDX magic number ", hex(magic), " (", what, ")"), hex(found));
   dims->clear();
   int64_t payload = 1;
+  bool overflow = false;  // three 32-bit dimensions can claim more than 2^63 bytes
   for (int i = 0; i < ndim; ++i) {
     dims->push_back(big_endian_u32(bytes.data() + 4 + 4 * i));
-    payload *= dims->back();
+    overflow |= __builtin_mul_overflow(payload, dims->back(), &payload);
   }
   const int64_t have = static_cast<int64_t>(bytes.size() - header);
-  if (have != payload) {
+  if (overflow || have != payload) {
     std::string shape;
     for (int64_t d : *dims) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+    if (overflow) bad_file(path, "an IDX shape of at most 2^63 bytes", cat("shape ", shape));
     bad_file(path, cat(payload, " data bytes for shape ", shape), cat(have, have < payload ? " (truncated)" : ""));
   }
   bytes.erase(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(header));

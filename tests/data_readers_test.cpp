@@ -147,6 +147,13 @@ TEST(IdxReader, BadInputErrors) {
   write_bytes(dir / "trunc/train-images-idx3-ubyte", idx(0x803, {4, 4, 3}, std::vector<uint8_t>(40)));
   expect_error(load("trunc"), {"train-images-idx3-ubyte", "expected 48 data bytes", "found 40 (truncated)"});
 
+  // A header whose shape overflows 64 bits (found by tests/fuzz/idx_fuzz.cpp: the product of the
+  // dimensions was signed-overflow UB): a clear error naming the shape.
+  write_mnist(dir / "huge", "train", 4, false);
+  write_bytes(dir / "huge/train-images-idx3-ubyte", idx(0x803, {0xffffffffu, 0xffffffffu, 0xffffffffu}, {}));
+  expect_error(load("huge"), {"train-images-idx3-ubyte", "an IDX shape of at most 2^63 bytes",
+                              "shape 4294967295x4294967295x4294967295"});
+
   // Truncated gzip stream: the compressed file cut short.
   write_mnist(dir / "gztrunc", "train", 200, true);
   {
@@ -311,6 +318,25 @@ TEST(FolderReader, ClassesCropResizeAndSplits) {
   write_bytes(dir / "train/cat/broken.png", {'n', 'o', 't', ' ', 'p', 'n', 'g'});
   expect_error([&] { load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, opt); },
                {"train/cat/broken.png", "expected a PNG, JPEG or BMP image", "undecodable"});
+  fs::remove(dir / "train/cat/broken.png");
+
+  // A damaged header claiming far more pixels than the file holds is refused before decoding
+  // (found by tests/fuzz/folder_fuzz.cpp: 68 bytes claiming 6 x 13828100 pixels took stb_image
+  // seconds and a 250 MB allocation). Height 100000: over what 68 bytes can hold; height
+  // 13828100: over the 64-megapixel cap as well.
+  for (const auto& [height, message] :
+       std::vector<std::pair<uint32_t, std::string>>{{100000, "a header claiming 6x100000 pixels in 68 bytes"},
+                                                     {13828100, "at most 67108864 pixels, found 6x13828100"}}) {
+    std::vector<uint8_t> bmp = {'B', 'M', 68, 0, 0, 0, 0, 0, 0, 0, 54, 0, 0, 0,  // file header
+                                40, 0, 0, 0, 6, 0, 0, 0,                        // info header, width 6
+                                uint8_t(height), uint8_t(height >> 8), uint8_t(height >> 16), uint8_t(height >> 24),
+                                1, 0, 24, 0};                                   // 1 plane, 24 bits
+    bmp.resize(68, 0);
+    write_bytes(dir / "train/cat/huge.bmp", bmp);
+    expect_error([&] { load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, opt); },
+                 {"train/cat/huge.bmp", message});
+  }
+  fs::remove(dir / "train/cat/huge.bmp");
   fs::create_directories(dir / "test/bird");
   ASSERT_TRUE(stbi_write_png((dir / "test/bird/e.png").c_str(), 5, 5, 3, red.data(), 15));
   expect_error([&] { load_dataset(parse_data_spec("folder:" + dir.path()), Split::Test, opt); },

@@ -87,7 +87,10 @@ void backward(const float* x, const float* dy, const float* gamma, Stats stats, 
   const bool add_dx = accumulate & kBnAccumulateDx;
 #pragma omp parallel for schedule(static)
   for (int64_t ch = 0; ch < c; ++ch) {
-    const auto [mean, invstd] = stats(ch);
+    // Plain variables, not a structured binding: clang (the fuzz build) cannot capture those
+    // into the OpenMP simd regions below.
+    const std::pair<float, float> channel_stats = stats(ch);
+    const float mean = channel_stats.first, invstd = channel_stats.second;
     double sum_dy = 0, sum_dy_xhat = 0;
     for (int64_t i = 0; i < n; ++i) {
       const float* xr = x + (i * c + ch) * hw;
