@@ -66,6 +66,10 @@ std::string decode(const std::string& path, int channels, int side, uint8_t* out
   if (!pixels)
     return cat(path, ": expected a PNG, JPEG or BMP image, found undecodable data (",
                stbi_failure_reason() ? stbi_failure_reason() : "unknown", ")");
+  if (w <= 0 || h <= 0) {  // stb_image decodes a BMP of height 0 (tests/fuzz/folder_fuzz.cpp)
+    stbi_image_free(pixels);
+    return cat(path, ": expected an image with pixels, found ", w, "x", h);
+  }
   const int crop = std::min(w, h);
   const int x0 = (w - crop) / 2, y0 = (h - crop) / 2;
   std::vector<uint8_t> resized(static_cast<size_t>(side) * side * channels);

@@ -323,10 +323,12 @@ TEST(FolderReader, ClassesCropResizeAndSplits) {
   // A damaged header claiming far more pixels than the file holds is refused before decoding
   // (found by tests/fuzz/folder_fuzz.cpp: 68 bytes claiming 6 x 13828100 pixels took stb_image
   // seconds and a 250 MB allocation). Height 100000: over what 68 bytes can hold; height
-  // 13828100: over the 64-megapixel cap as well.
+  // 13828100: over the 64-megapixel cap as well; height 0 (also found by the fuzzer) decodes in
+  // stb_image and then failed an assertion in the resize.
   for (const auto& [height, message] :
        std::vector<std::pair<uint32_t, std::string>>{{100000, "a header claiming 6x100000 pixels in 68 bytes"},
-                                                     {13828100, "at most 67108864 pixels, found 6x13828100"}}) {
+                                                     {13828100, "at most 67108864 pixels, found 6x13828100"},
+                                                     {0, "expected an image with pixels, found 6x0"}}) {
     std::vector<uint8_t> bmp = {'B', 'M', 68, 0, 0, 0, 0, 0, 0, 0, 54, 0, 0, 0,  // file header
                                 40, 0, 0, 0, 6, 0, 0, 0,                        // info header, width 6
                                 uint8_t(height), uint8_t(height >> 8), uint8_t(height >> 16), uint8_t(height >> 24),
