@@ -269,6 +269,39 @@ int64_t fragment_age(uint64_t seed, float preserve_prob, uint64_t fragment, int6
   return step + 1;
 }
 
+namespace {
+
+// Element granularity: the ages of arena elements [begin, end), begin a multiple of 4 (slots
+// start on aligned offsets). As in the kernel, the draws of elements g .. g + 3 are the four
+// words of Philox block g / 4, so one block per step walked serves four elements: the same
+// ages as fragment_age, with fewer blocks.
+void element_ages(uint64_t seed, float p, int64_t begin, int64_t end, int64_t step, int64_t* age) {
+#pragma omp parallel for schedule(dynamic, 256)
+  for (int64_t g = begin; g < end; g += 4) {
+    const int64_t n = std::min<int64_t>(4, end - g);
+    int64_t* a = age + (g - begin);
+    int open = static_cast<int>(n);  // elements whose last update is not found yet
+    bool found[4] = {false, false, false, false};
+    for (int64_t j = step; j >= 0 && open > 0; --j) {
+      const kernels::Philox4 w =
+          kernels::PhiloxState(seed, kernels::philox_subsequence(kernels::kStreamTeacher, static_cast<uint64_t>(j)),
+                               static_cast<uint64_t>(g))
+              .output;
+      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+      for (int64_t e = 0; e < n; ++e)
+        if (!found[e] && !kernels::sts_keep(kernels::philox_to_uniform(words[e]), p)) {
+          found[e] = true;
+          a[e] = step - j;
+          --open;
+        }
+    }
+    for (int64_t e = 0; e < n; ++e)
+      if (!found[e]) a[e] = step + 1;
+  }
+}
+
+}  // namespace
+
 int age_bin(int64_t age) {
   int b = 0;
   while (age > 0) {
@@ -309,8 +342,11 @@ std::vector<SlotAges> TeacherSmoother::ages_at(int64_t step) const {
     };
     if (c.mode == SmoothingMode::None) {
       a.age.assign(static_cast<size_t>(n), step + 1);
+    } else if (c.granularity == Granularity::Element && p > 0.0f) {
+      TS_CHECK(s.offset % 4 == 0, "teacher ages: slot '", s.name, "' starts at ", s.offset, ", not a multiple of 4");
+      element_ages(c.seed, p, s.offset, s.offset + s.numel, step, a.age.data());
     } else {
-#pragma omp parallel for schedule(dynamic, 256) if (n > 4096)
+#pragma omp parallel for schedule(dynamic, 64) if (n > 1024)
       for (int64_t r = 0; r < n; ++r) a.age[static_cast<size_t>(r)] = fragment_age(c.seed, p, id(r), step);
     }
     out.push_back(std::move(a));
@@ -365,16 +401,21 @@ TeacherAgeStats age_stats(const std::vector<SlotAges>& slots) {
     ++st.histogram[b];
   }
   st.mean = sum / static_cast<double>(ages.size());
-  std::sort(ages.begin(), ages.end());
-  // Nearest rank: the smallest age with at least q of the fragments at or below it.
+  // Nearest rank: the smallest age with at least q of the fragments at or below it. Ages are
+  // at most step + 1, so counting them beats sorting a million of them (element granularity).
+  st.max = *std::max_element(ages.begin(), ages.end());
+  std::vector<int64_t> count(static_cast<size_t>(st.max) + 1, 0);
+  for (int64_t age : ages) ++count[static_cast<size_t>(age)];
   auto quantile = [&](double q) {
-    const size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(ages.size())));
-    return ages[std::max<size_t>(rank, 1) - 1];
+    const int64_t rank = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(q * static_cast<double>(ages.size()))));
+    int64_t below = 0;
+    for (size_t a = 0; a < count.size(); ++a)
+      if ((below += count[a]) >= rank) return static_cast<int64_t>(a);
+    return st.max;
   };
   st.p50 = quantile(0.5);
   st.p90 = quantile(0.9);
   st.p99 = quantile(0.99);
-  st.max = ages.back();
   return st;
 }
 

@@ -42,6 +42,8 @@ except ImportError:
     sys.exit(77)
 
 
+DPI = 90  # --dpi
+
 # ---- runs and groups --------------------------------------------------------------------------
 
 def read_events(run_dir):
@@ -122,7 +124,8 @@ def draw(ax, group, event, key, color, style="-", label=None):
         return False
     steps, mean, std = mean_band(series)
     n = len(series)
-    ax.plot(steps, mean, style, color=color, lw=1.3, label=label or f"{group.label} (n={n})")
+    ax.plot(steps, mean, style, color=color, lw=1.3, marker="." if len(steps) < 30 else None, ms=4,
+            label=label or f"{group.label} (n={n})")
     if n > 1:
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=color, alpha=0.2, lw=0)
@@ -160,7 +163,7 @@ def training_figure(groups, out):
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=DPI)
     plt.close(fig)
 
 
@@ -195,7 +198,7 @@ def accuracy_figure(groups, out):
     if any_drawn:
         ax.legend(fontsize=6, ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=DPI)
     plt.close(fig)
 
 
@@ -236,12 +239,12 @@ def ages_figure(groups, out):
     ax = axes[0][n]
     for g, c in zip(groups, cs):
         draw(ax, g, "teacher", "age_mean", c)
-    ax.set_title("mean fragment age (SE / STS at p: p / (1 - p) once settled)", fontsize=8)
+    ax.set_title("mean fragment age (settles at p / (1 - p))", fontsize=9)
     ax.set_ylabel("steps")
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=DPI)
     plt.close(fig)
     return True
 
@@ -260,8 +263,7 @@ def mosaic_panel(ax, mosaic, norm, cmap, names=True):
     ax.set_yticks([i + 0.45 for i in range(0, len(slots), every)])
     ax.set_yticklabels([slots[i]["name"] for i in range(0, len(slots), every)] if names else [], fontsize=5)
     unit = "output channel" if mosaic["granularity"] != "tensor" else "tensor"
-    ax.set_title(f"{mosaic['mode']} p={mosaic['preserve_prob']:g}, {mosaic['granularity']}\n"
-                 f"one tile per {unit}", fontsize=8)
+    return f"{mosaic['mode']} p={mosaic['preserve_prob']:g}, {mosaic['granularity']}: a tile per {unit}"
 
 
 def mosaic_figures(groups, out_dir, only_step):
@@ -285,26 +287,33 @@ def mosaic_figures(groups, out_dir, only_step):
         first = None
         for ax, (label, m) in zip(axes[0], mosaics.items()):
             layout = [slot["name"] for slot in m["slots"]]
-            mosaic_panel(ax, m, norm, cmap, names=layout != first)  # names once for panels alike
+            what = mosaic_panel(ax, m, norm, cmap, names=layout != first)  # names once for panels alike
             first = first or layout
-            ax.set_title(f"{label}\n" + ax.get_title(), fontsize=8)
-        sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-        fig.colorbar(sm, ax=list(axes[0]), fraction=0.04, label="1 + age (steps since last update)")
+            ax.set_title(f"{label}\n{what}", fontsize=7)
+        # Colour is log(1 + age), labelled with the age itself.
+        bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[0]), fraction=0.04,
+                           label="age (steps since last update)")
+        ages = [0] + [2 ** i for i in range(int(math.log2(max(1, top))) + 1)]
+        bar.set_ticks([a + 1 for a in ages], labels=[str(a) for a in ages])
+        bar.ax.minorticks_off()
         fig.suptitle(f"the teacher's mosaic after step {step}", fontsize=10)
         path = os.path.join(out_dir, f"mosaic-{step}.png")
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=DPI)
         plt.close(fig)
         written.append(path)
     return written
 
 
 def main(argv):
+    global DPI
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories or folders of them")
     ap.add_argument("--out", help="folder for the PNGs (default: RUN/plots for one argument, else plots)")
     ap.add_argument("--mosaic-step", type=int, help="draw only this step's mosaic (default: every one found)")
+    ap.add_argument("--dpi", type=int, default=DPI, help=f"resolution of the PNGs (default {DPI})")
     args = ap.parse_args(argv)
+    DPI = args.dpi
     try:
         groups = group_runs(find_runs(args.runs))
     except (ValueError, OSError) as e:

@@ -137,8 +137,14 @@ def load_sweep(path, overrides):
         clash = RESERVED & (set(cell_flags) | set(flags))
         if clash:
             raise UsageError(f"{path}: cell {name}: the runner sets --{', --'.join(sorted(clash))} itself")
-        for v in list(cell_flags.values()) + list(flags.values()):
-            flag_text(v)
+        for key, v in list(cell_flags.items()) + list(flags.items()):
+            if isinstance(v, dict):
+                raise UsageError(f"{path}: cell {name}: flag {key}: expected a value, found a table "
+                                 "(a cell name with a dot needs quotes: [cells.\"sts-p0.5\"])")
+            try:
+                flag_text(v)
+            except UsageError as e:
+                raise UsageError(f"{path}: cell {name}: flag {key}: {e}")
     return {
         "name": spec.get("name") or os.path.splitext(os.path.basename(path))[0],
         "program": program,
