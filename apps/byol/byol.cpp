@@ -160,6 +160,17 @@ int byol_main(int argc, const char* const* argv) {
       timer.step_end(c.batch_size);
       ++step;
 
+      // The mosaic: fragment ages at every logging step, the whole mosaic at --mosaic-steps.
+      // Before the train line, which stays the last line of a step.
+      const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
+      if (step % c.run.log_every == 0 || step == stop_at || mosaic_step) {
+        const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
+        nlohmann::json ev = teacher_event_fields(ages);
+        ev["step"] = step;
+        run.metrics().write("teacher", ev);
+        if (mosaic_step)
+          write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
+      }
       if (step % c.run.log_every == 0 || step == stop_at) {
         float loss_value = 0;
         copy_to_host(&loss_value, loss->value, sizeof loss_value);
@@ -175,16 +186,6 @@ int byol_main(int argc, const char* const* argv) {
                                       {"momentum", nets.smooth_backbone->momentum_at(step - 1)},
                                       {"updated_fraction", updated}, {"images_per_s", ips}, {"data_wait", wait}});
         progress.update(step, loss_value, ips, wait);
-      }
-      // The mosaic: fragment ages at every logging step, the whole mosaic at --mosaic-steps.
-      const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
-      if (step % c.run.log_every == 0 || step == stop_at || mosaic_step) {
-        const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
-        nlohmann::json ev = teacher_event_fields(ages);
-        ev["step"] = step;
-        run.metrics().write("teacher", ev);
-        if (mosaic_step)
-          write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
       }
       const bool epoch_end = step % steps_per_epoch == 0;
       if (epoch_end && c.knn_every > 0 && (step / steps_per_epoch) % c.knn_every == 0 && step < total_steps) {

@@ -227,6 +227,17 @@ int fixmatch_main(int argc, const char* const* argv) {
       ++step;
 
       ++win.steps;
+      // The mosaic: fragment ages at every logging step, the whole mosaic at --mosaic-steps.
+      // Before the train line, which stays the last line of a step.
+      const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
+      if (step % c.run.log_every == 0 || step == stop_at || mosaic_step) {
+        const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
+        nlohmann::json tev = teacher_event_fields(ages);
+        tev["step"] = step;
+        run.metrics().write("teacher", tev);
+        if (mosaic_step)
+          write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
+      }
       if (step % c.run.log_every == 0 || step == stop_at) {
         read_back();
         double ips = 0, wait = 0;
@@ -249,16 +260,6 @@ int fixmatch_main(int argc, const char* const* argv) {
                                         fixed2(100 * win.mean(win.pseudo_acc)), "%")
                                   : std::string());
         win.clear();
-      }
-      // The mosaic: fragment ages at every logging step, the whole mosaic at --mosaic-steps.
-      const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
-      if (step % c.run.log_every == 0 || step == stop_at || mosaic_step) {
-        const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
-        nlohmann::json tev = teacher_event_fields(ages);
-        tev["step"] = step;
-        run.metrics().write("teacher", tev);
-        if (mosaic_step)
-          write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
       }
       if (c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
         const auto [t, s] = evaluate();
