@@ -139,7 +139,8 @@ class TeacherSmoother {
   float preserve_prob() const;            // p of the mode (0 for tma and copy)
   TeacherStats stats_at(int64_t step) const;  // host-side, from the same draws as the kernel
   // Every fragment's age after the update of `step` (fragment_age), per parameter slot in table
-  // order; host-side like stats_at. Element granularity: O(parameters / (1 - p)) draws.
+  // order; host-side like stats_at. Element granularity reads four elements' draws from one
+  // Philox block per step walked, as the kernel does: O(parameters) work per call.
   std::vector<SlotAges> ages_at(int64_t step) const;
 
   const TeacherState& state() const { return state_; }

@@ -110,6 +110,11 @@ struct SmokeSweep {
                                         "--set", "steps=100", "--set", "mosaic-steps=5,100"};
     const std::string script = "apps/tools/sweep.py";
 
+    // A Python without tomllib (before 3.11) cannot read sweep files: sweep.py exits 77.
+    if (wait_exit(spawn(script, {"--help"}, root + "/help.log")) != 0) {
+      skip = slurp(root + "/help.log");
+      return;
+    }
     // Phase 1: interrupt while the second run trains, after its first checkpoint.
     const pid_t pid = spawn(script, args, root + "/phase1.log");
     const std::string first = run_dir(kCells[0], 0), second = run_dir(kCells[1], 0);
@@ -238,6 +243,7 @@ TEST(Sweep, BadSweepFileIsOneLineAndExit2) {
   for (const auto& c : cases) {
     const int rc = wait_exit(spawn("apps/tools/sweep.py", {dir + "/" + c.file, "--out", dir}, dir + "/log"));
     const std::string out = slurp(dir + "/log");
+    if (rc == 77) GTEST_SKIP() << out;  // no tomllib: the smoke sweep says so too
     EXPECT_EQ(rc, 2) << c.file << ": " << out;
     EXPECT_NE(out.find(c.says), std::string::npos) << c.file << ": " << out;
     EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << c.file << ": " << out;

@@ -21,8 +21,9 @@ runners from training the same run.
 The table (OUT/<sweep>/summary.md, also printed): per cell the mean +- sample std and n of
 every score of the final event (teacher, student, the random-init baseline), then every run.
 
-Exit status: 0 when every run has finished, 1 when a run failed, 2 on bad usage (one line
-saying what was expected and what was found), 130 when interrupted.
+Exit status: 0 when every run has finished, 1 when a run failed or another runner held one, 2
+on bad usage (one line saying what was expected and what was found), 130 when interrupted, 77
+without Python 3.11's tomllib.
 """
 import argparse
 import fcntl
@@ -38,8 +39,9 @@ import time
 
 try:
     import tomllib  # Python >= 3.11 (Debian 12)
-except ImportError:  # pragma: no cover
-    sys.exit("sweep: needs Python 3.11 or newer (tomllib), found " + sys.version.split()[0])
+except ImportError:
+    print("sweep: needs Python 3.11 or newer (tomllib), found " + sys.version.split()[0], file=sys.stderr)
+    sys.exit(77)  # what the tests take for "cannot run here"
 
 PROGRAMS = ("byol", "fixmatch")
 TOP_KEYS = {"name", "program", "config", "seeds", "threads", "parallel", "flags", "grid", "cells"}
@@ -213,14 +215,8 @@ class Run:
         return cmd + ["--seed", str(self.seed), "--out", self.dir] + threads
 
     def start(self):
-        """Starts the program; False when another runner holds the run."""
-        resume = self.state() == "resume"
-        if not resume and os.path.isdir(self.dir):
-            # Killed before its first checkpoint: nothing to keep but the log.
-            for f in os.listdir(self.dir):
-                if f not in ("run.log", ".sweep-lock"):
-                    p = os.path.join(self.dir, f)
-                    shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        """Starts the program: "started", or "busy" when another runner holds the run, or
+        "done" when it finished meanwhile."""
         os.makedirs(self.dir, exist_ok=True)
         self.lock = open(os.path.join(self.dir, ".sweep-lock"), "w")
         try:
@@ -228,7 +224,19 @@ class Run:
         except BlockingIOError:
             self.lock.close()
             self.lock = None
-            return False
+            return "busy"
+        state = self.state()  # under the lock: nobody else is writing it now
+        if state == "done":
+            self.lock.close()
+            self.lock = None
+            return "done"
+        resume = state == "resume"
+        if not resume:
+            # Killed before its first checkpoint: nothing to keep but the log.
+            for f in os.listdir(self.dir):
+                if f not in ("run.log", ".sweep-lock"):
+                    p = os.path.join(self.dir, f)
+                    shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
         self.resumed_from = last_step(self.dir) if resume else None
         cmd = self.command(resume)
         self.log = open(os.path.join(self.dir, "run.log"), "a")
@@ -241,7 +249,7 @@ class Run:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, pass_fds=(self.lock.fileno(),))
         self.started = time.monotonic()
-        return True
+        return "started"
 
     def finish(self):
         self.log.close()
@@ -289,9 +297,14 @@ def run_sweep(sweep, root, binary, parallel):
         while queue or running:
             while queue and len(running) < parallel and not stop["signals"]:
                 r = queue.pop(0)
-                if not r.start():
+                started = r.start()
+                if started == "busy":
                     busy.append(r)
                     print(f"sweep: {r.label}: skipped, another runner holds it", flush=True)
+                    continue
+                if started == "done":
+                    done_count += 1
+                    print(f"sweep: {r.label}: finished meanwhile by another runner", flush=True)
                     continue
                 how = f"resumed at step {r.resumed_from}" if r.resumed_from is not None else "started"
                 print(f"sweep: {r.label}: {how}", flush=True)
@@ -318,9 +331,10 @@ def run_sweep(sweep, root, binary, parallel):
     if stop["signals"]:
         print(f"sweep: interrupted; start it again to continue ({done_count}/{len(runs)} finished)", flush=True)
         return 130
-    if failed:
-        return 1
-    return 0 if not busy else 1
+    if busy:
+        print(f"sweep: {len(busy)} runs were held by another runner; start it again once that one is done",
+              flush=True)
+    return 1 if failed or busy else 0
 
 
 # ---- the table ------------------------------------------------------------------------------
