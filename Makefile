@@ -5,6 +5,7 @@
 #   make test         install missing packages, build, run the whole GoogleTest suite
 #   make CUDA=0 test  the same, CPU-only engine
 #   make gpu-check    on a GPU machine: suite + compute-sanitizer + one summary table
+#   make plot RUN=DIR figures of runs or sweeps (apps/tools/plot.py; sweeps: apps/tools/sweep.py)
 #   make profile      the same programs built for Nsight Systems / Compute and compute-sanitizer:
 #                     -O3 with -lineinfo and full host symbols (docs/PROFILING.md)
 #   make deps         install what is missing (Debian/Ubuntu packages)
@@ -135,7 +136,8 @@ else
 endif
 
 # ---- rules -----------------------------------------------------------------------------
-.PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle profile fuzz fuzz-build sanitize-test tsan-test
+.PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle profile plot fuzz fuzz-build sanitize-test \
+        tsan-test
 # Keep the programs' objects (pattern-rule intermediates). Naming them, rather than a bare
 # .SECONDARY:, keeps the configuration stamp an ordinary file, so switching configuration
 # (CUDA=0, DEBUG=1, make profile) rebuilds instead of finding the old binaries up to date.
@@ -195,7 +197,7 @@ test: deps
 
 # ---- dependencies: install what is missing ---------------------------------------------
 DEB_PACKAGES := g++ make googletest libgtest-dev libopenblas-openmp-dev libdnnl-dev libstb-dev zlib1g-dev \
-                nlohmann-json3-dev dataset-fashion-mnist
+                nlohmann-json3-dev dataset-fashion-mnist python3-matplotlib
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	@if [ -n "$(DEPS_PREFIX)" ]; then echo "deps: using packages unpacked under $(DEPS_PREFIX)"; exit 0; fi; \
@@ -223,6 +225,14 @@ demo: deps
 	@$(MAKE) --no-print-directory checklist $(BUILD)/byol
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BUILD)/byol --config configs/byol-fashion-mnist-cpu.conf \
 	  --device auto --out $${DEMO_OUT:-runs/demo-$$(date -u +%Y%m%d-%H%M%S)}
+
+# ---- figures ----------------------------------------------------------------------------
+# make plot RUN="runs/a runs/sweep/sts" [PLOT_OUT=DIR]: loss, lr, momentum, updated fraction,
+# accuracy, fragment ages and the teacher's mosaic as PNGs (apps/tools/plot.py, matplotlib);
+# a sweep cell's seeds make one curve with a band. Default output: RUN/plots for one RUN.
+plot:
+	@if [ -z "$(RUN)" ]; then echo 'make plot: expected RUN="run directories or sweep folders", found none'; exit 2; fi
+	/usr/bin/python3 apps/tools/plot.py $(RUN) $(if $(PLOT_OUT),--out $(PLOT_OUT),)
 
 # ---- GPU machines ----------------------------------------------------------------------
 # gpu-bundle: on a machine with Debian's registry, fetch the packages a GPU machine without

@@ -257,6 +257,168 @@ TeacherStats TeacherSmoother::stats_at(int64_t step) const {
   return st;
 }
 
+// ---- the mosaic -----------------------------------------------------------------------------
+
+int64_t fragment_age(uint64_t seed, float preserve_prob, uint64_t fragment, int64_t step) {
+  TS_CHECK(step >= 0, "fragment age: step must be >= 0, found ", step);
+  if (preserve_prob <= 0.0f) return 0;  // the kernel updates every fragment without a draw
+  for (int64_t j = step; j >= 0; --j)
+    if (!kernels::sts_keep(kernels::philox_uniform(seed, kernels::kStreamTeacher, static_cast<uint64_t>(j), fragment),
+                           preserve_prob))
+      return step - j;
+  return step + 1;
+}
+
+namespace {
+
+// Element granularity: the ages of arena elements [begin, end), begin a multiple of 4 (slots
+// start on aligned offsets). As in the kernel, the draws of elements g .. g + 3 are the four
+// words of Philox block g / 4, so one block per step walked serves four elements: the same
+// ages as fragment_age, with fewer blocks.
+void element_ages(uint64_t seed, float p, int64_t begin, int64_t end, int64_t step, int64_t* age) {
+#pragma omp parallel for schedule(dynamic, 256)
+  for (int64_t g = begin; g < end; g += 4) {
+    const int64_t n = std::min<int64_t>(4, end - g);
+    int64_t* a = age + (g - begin);
+    int open = static_cast<int>(n);  // elements whose last update is not found yet
+    bool found[4] = {false, false, false, false};
+    for (int64_t j = step; j >= 0 && open > 0; --j) {
+      const kernels::Philox4 w =
+          kernels::PhiloxState(seed, kernels::philox_subsequence(kernels::kStreamTeacher, static_cast<uint64_t>(j)),
+                               static_cast<uint64_t>(g))
+              .output;
+      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+      for (int64_t e = 0; e < n; ++e)
+        if (!found[e] && !kernels::sts_keep(kernels::philox_to_uniform(words[e]), p)) {
+          found[e] = true;
+          a[e] = step - j;
+          --open;
+        }
+    }
+    for (int64_t e = 0; e < n; ++e)
+      if (!found[e]) a[e] = step + 1;
+  }
+}
+
+}  // namespace
+
+int age_bin(int64_t age) {
+  int b = 0;
+  while (age > 0) {
+    ++b;
+    age >>= 1;
+  }
+  return b;  // 0 -> 0, 1 -> 1, 2..3 -> 2, 4..7 -> 3, ...
+}
+
+std::vector<SlotAges> TeacherSmoother::ages_at(int64_t step) const {
+  TS_CHECK(step >= 0, "teacher ages: step must be >= 0, found ", step);
+  const TeacherConfig& c = state_.config;
+  const float p = preserve_prob();
+  std::vector<SlotAges> out;
+  int64_t next_channel = 0;  // channel ids below this belong to an earlier slot
+  for (size_t k = 0; k < params_.size(); ++k) {
+    const Slot& s = params_[k];
+    SlotAges a;
+    a.name = s.name;
+    a.shape = s.shape;
+    a.fragment_numel = c.granularity == Granularity::Tensor    ? s.numel
+                       : c.granularity == Granularity::Channel ? s.numel / s.channels
+                                                               : 1;
+    if (c.granularity == Granularity::Channel) {
+      a.owns_fragments = s.channel_fragment_base >= next_channel;
+      next_channel = std::max(next_channel, s.channel_fragment_base + s.channels);
+    }
+    const int64_t n = s.numel / a.fragment_numel;
+    a.age.assign(static_cast<size_t>(n), 0);
+    // The fragment id of the slot's r-th fragment, as kernels::teacher_fragment numbers it.
+    auto id = [&](int64_t r) -> uint64_t {
+      switch (c.granularity) {
+        case Granularity::Tensor: return static_cast<uint64_t>(k);
+        case Granularity::Channel: return static_cast<uint64_t>(s.channel_fragment_base + r);
+        case Granularity::Element: break;
+      }
+      return static_cast<uint64_t>(s.offset + r);
+    };
+    if (c.mode == SmoothingMode::None) {
+      a.age.assign(static_cast<size_t>(n), step + 1);
+    } else if (c.granularity == Granularity::Element && p > 0.0f) {
+      TS_CHECK(s.offset % 4 == 0, "teacher ages: slot '", s.name, "' starts at ", s.offset, ", not a multiple of 4");
+      element_ages(c.seed, p, s.offset, s.offset + s.numel, step, a.age.data());
+    } else {
+#pragma omp parallel for schedule(dynamic, 64) if (n > 1024)
+      for (int64_t r = 0; r < n; ++r) a.age[static_cast<size_t>(r)] = fragment_age(c.seed, p, id(r), step);
+    }
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+TeacherAgeStats age_stats(const std::vector<SlotAges>& slots) {
+  TeacherAgeStats st;
+  std::vector<int64_t> ages;  // one per distinct fragment
+  double param_sum = 0;
+  int64_t params = 0;
+  std::map<std::string, size_t> layer_index;
+  std::vector<double> layer_age_sum;
+  std::vector<int64_t> layer_fresh;
+  for (const SlotAges& a : slots) {
+    TS_CHECK(a.fragment_numel > 0 && static_cast<int64_t>(a.age.size()) * a.fragment_numel == a.shape.numel(),
+             "teacher ages of '", a.name, "': expected ", a.shape.numel(), " elements, found ", a.age.size(),
+             " fragments of ", a.fragment_numel);
+    const size_t dot = a.name.rfind('.');
+    const std::string layer = dot == std::string::npos ? a.name : a.name.substr(0, dot);
+    auto [it, added] = layer_index.emplace(layer, st.layers.size());
+    if (added) {
+      st.layers.push_back({layer, 0, 0, 0});
+      layer_age_sum.push_back(0);
+      layer_fresh.push_back(0);
+    }
+    const size_t l = it->second;
+    for (int64_t age : a.age) {
+      if (a.owns_fragments) ages.push_back(age);
+      const double weight = static_cast<double>(a.fragment_numel);
+      param_sum += weight * static_cast<double>(age);
+      layer_age_sum[l] += weight * static_cast<double>(age);
+      if (age == 0) layer_fresh[l] += a.fragment_numel;
+    }
+    params += a.shape.numel();
+    st.layers[l].params += a.shape.numel();
+  }
+  for (size_t l = 0; l < st.layers.size(); ++l) {
+    const double n = static_cast<double>(st.layers[l].params);
+    st.layers[l].updated = static_cast<double>(layer_fresh[l]) / n;
+    st.layers[l].mean_age = layer_age_sum[l] / n;
+  }
+  st.fragments = static_cast<int64_t>(ages.size());
+  if (ages.empty()) return st;
+  st.param_mean = param_sum / static_cast<double>(params);
+  double sum = 0;
+  for (int64_t age : ages) {
+    sum += static_cast<double>(age);
+    const size_t b = static_cast<size_t>(age_bin(age));
+    if (st.histogram.size() <= b) st.histogram.resize(b + 1, 0);
+    ++st.histogram[b];
+  }
+  st.mean = sum / static_cast<double>(ages.size());
+  // Nearest rank: the smallest age with at least q of the fragments at or below it. Ages are
+  // at most step + 1, so counting them beats sorting a million of them (element granularity).
+  st.max = *std::max_element(ages.begin(), ages.end());
+  std::vector<int64_t> count(static_cast<size_t>(st.max) + 1, 0);
+  for (int64_t age : ages) ++count[static_cast<size_t>(age)];
+  auto quantile = [&](double q) {
+    const int64_t rank = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(q * static_cast<double>(ages.size()))));
+    int64_t below = 0;
+    for (size_t a = 0; a < count.size(); ++a)
+      if ((below += count[a]) >= rank) return static_cast<int64_t>(a);
+    return st.max;
+  };
+  st.p50 = quantile(0.5);
+  st.p90 = quantile(0.9);
+  st.p99 = quantile(0.99);
+  return st;
+}
+
 void TeacherSmoother::restore(const TeacherState& s) {
   const std::map<std::string, std::string> mine = state_.to_strings(), theirs = s.to_strings();
   for (const auto& [key, value] : mine) {

@@ -14,8 +14,9 @@
 //   sts     preserve_prob    m_k               both
 //   copy    0                0                 every fragment copied, every step
 //
-// Statistics for the logs (fraction of fragments and of parameters updated at a step) are
-// recomputed on the host from the same draws when asked for; the device is never queried.
+// Statistics for the logs (fraction of fragments and of parameters updated at a step, and the
+// age of every fragment: the mosaic) are recomputed on the host from the same draws when asked
+// for; the device is never queried.
 #pragma once
 
 #include <cstdint>
@@ -75,6 +76,50 @@ struct TeacherStats {
   double params_updated = 0;      // fraction of parameters updated at the step
 };
 
+// ---- the mosaic: how old each fragment of the teacher is --------------------------------------
+// The age of a fragment after the update of step k is k - j for the last step j <= k whose draw
+// updated it (replaced or blended), or k + 1 when no step since the start of the run did (it
+// still holds the copy initialise() made before step 0). So an update at step k gives age 0,
+// TMA (p = 0) keeps every age at 0 and `none` lets every age grow as k + 1.
+//
+// Computed by walking back from step k through the kernel's own draws
+// Philox(seed, kStreamTeacher, j, f) until one updates f, capped at step 0: 1 / (1 - p) draws per
+// fragment on average (3.3 at p = 0.7). `preserve_prob` is the mode's p (0: every step updates).
+int64_t fragment_age(uint64_t seed, float preserve_prob, uint64_t fragment, int64_t step);
+
+// The ages of one slot's fragments (tensor: 1, channel: one per output channel, element: one
+// per element), in arena order.
+struct SlotAges {
+  std::string name;
+  Shape shape;
+  int64_t fragment_numel = 0;  // elements per fragment: numel, numel / channels or 1
+  // False for a 1-D slot under channel granularity that shares the fragments of an earlier
+  // slot (a conv's bias, the BatchNorm after it): counted once among the fragments.
+  bool owns_fragments = true;
+  std::vector<int64_t> age;
+};
+
+// A summary of the ages for a metrics line.
+struct TeacherAgeStats {
+  int64_t fragments = 0;      // distinct fragments
+  double mean = 0;            // mean age over the fragments
+  double param_mean = 0;      // mean age over the parameters (a fragment weighs its elements)
+  int64_t p50 = 0, p90 = 0, p99 = 0, max = 0;  // fragment quantiles (nearest rank)
+  // Fragments per bin: bin 0 is age 0, bin b >= 1 holds ages in [2^(b-1), 2^b) (age_bin);
+  // ends at the last non-empty bin.
+  std::vector<int64_t> histogram;
+  struct Layer {
+    std::string name;     // the slot name less its last part: "layer1.0.conv1", "net.0"
+    int64_t params = 0;
+    double updated = 0;   // fraction of its parameters updated at step k (age 0)
+    double mean_age = 0;  // over its parameters
+  };
+  std::vector<Layer> layers;  // in the order the table first names them
+};
+int age_bin(int64_t age);
+// Over the slots of one or more smoothers (BYOL: backbone and projector, names prefixed).
+TeacherAgeStats age_stats(const std::vector<SlotAges>& slots);
+
 class TeacherSmoother {
  public:
   // `params` is the table of both parameter arenas, `buffers` that of both BN buffer arenas
@@ -93,6 +138,10 @@ class TeacherSmoother {
   float momentum_at(int64_t step) const;  // m_k (0 for se and copy)
   float preserve_prob() const;            // p of the mode (0 for tma and copy)
   TeacherStats stats_at(int64_t step) const;  // host-side, from the same draws as the kernel
+  // Every fragment's age after the update of `step` (fragment_age), per parameter slot in table
+  // order; host-side like stats_at. Element granularity reads four elements' draws from one
+  // Philox block per step walked, as the kernel does: O(parameters) work per call.
+  std::vector<SlotAges> ages_at(int64_t step) const;
 
   const TeacherState& state() const { return state_; }
   void restore(const TeacherState& s);  // the configuration must match; takes the step

@@ -226,6 +226,161 @@ TEST(Teacher, ElementStatsAreInsideTheBound) {
   EXPECT_NEAR(st.fragments_updated, 0.5, 3.29 * std::sqrt(0.25 / static_cast<double>(st.fragments)));
 }
 
+// ---- fragment ages (the mosaic) ----------------------------------------------------------------
+
+// Sets every parameter of `a` to `v` (gaps keep their canaries).
+void fill_value_host(Arena& a, float v) {
+  std::vector<float> host = to_host_f32(a.all());
+  for (const Slot& s : a.table().slots())
+    for (int64_t i = s.offset; i < s.offset + s.numel; ++i) host[static_cast<size_t>(i)] = v;
+  from_host(a.all(), host);
+  a.write_canaries();
+}
+
+// The ages against what the kernel did: under Spatial Ensemble (m = 0) an update copies the
+// student, so a student that holds the step number k at step k stamps every element with the
+// step that last replaced it, and the teacher started as a copy of a student holding -1. Then
+// age = k - stamp, element by element, at every step, for every granularity.
+TEST(TeacherAges, EqualStepsSinceTheKernelLastReplacedEachElement) {
+  for (Granularity g : {Granularity::Tensor, Granularity::Channel, Granularity::Element}) {
+    World w;
+    TeacherConfig c = sts_config(g, 0.6f);
+    c.mode = SmoothingMode::Se;
+    TeacherSmoother sm(w.params, w.buffers, Device::CPU, c);
+    fill_value_host(w.student, -1.0f);
+    sm.initialise(w.student, w.teacher, w.student_buf, w.teacher_buf);
+    int64_t never_updated = 0, old = 0;  // so the test sees ages of k + 1 and ages above 1
+    for (int64_t k = 0; k < 30; ++k) {
+      fill_value_host(w.student, static_cast<float>(k));
+      sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, k);
+      const std::vector<float> t = host_of(w.teacher);
+      const std::vector<SlotAges> ages = sm.ages_at(k);
+      ASSERT_EQ(ages.size(), w.params.size());
+      for (size_t s = 0; s < w.params.size(); ++s) {
+        const Slot& slot = w.params[s];
+        const SlotAges& a = ages[s];
+        ASSERT_EQ(a.name, slot.name);
+        ASSERT_EQ(static_cast<int64_t>(a.age.size()) * a.fragment_numel, slot.numel) << slot.name;
+        for (int64_t e = 0; e < slot.numel; ++e) {
+          const int64_t want = k - static_cast<int64_t>(t[static_cast<size_t>(slot.offset + e)]);
+          const int64_t got = a.age[static_cast<size_t>(e / a.fragment_numel)];
+          ASSERT_EQ(got, want) << granularity_name(g) << " step " << k << " " << slot.name << " element " << e;
+          never_updated += got == k + 1;
+          old += got > 1;
+        }
+      }
+    }
+    EXPECT_GT(never_updated, 0) << granularity_name(g);
+    EXPECT_GT(old, 0) << granularity_name(g);
+    w.expect_canaries_intact();
+  }
+}
+
+// fragment_age against a forward simulation of every decision from step 0: age <- 0 when the
+// draw updates, else age + 1; the simulation starts at age 0 (the initial copy) before step 0.
+TEST(TeacherAges, WalkBackEqualsForwardSimulation) {
+  for (float p : {0.3f, 0.7f, 0.95f}) {
+    const uint64_t seed = 9;
+    std::vector<int64_t> sim(50, 0);
+    for (int64_t k = 0; k < 200; ++k)
+      for (uint64_t f = 0; f < sim.size(); ++f) {
+        const bool updated = !(kernels::philox_uniform(seed, kernels::kStreamTeacher, static_cast<uint64_t>(k), f) < p);
+        sim[f] = updated ? 0 : sim[f] + 1;
+        ASSERT_EQ(fragment_age(seed, p, f, k), sim[f]) << "p " << p << " step " << k << " fragment " << f;
+      }
+  }
+}
+
+// TMA (p = 0) updates everything every step: age 0. `none` never updates: age k + 1. Ages
+// do not depend on m: STS has the ages of SE with the same p and seed.
+TEST(TeacherAges, ModesGiveTheirAges) {
+  World w;
+  for (SmoothingMode mode : {SmoothingMode::Tma, SmoothingMode::Copy, SmoothingMode::None}) {
+    TeacherConfig c = sts_config(Granularity::Channel, 0.5f);
+    c.mode = mode;
+    const TeacherSmoother sm(w.params, w.buffers, Device::CPU, c);
+    const int64_t want = mode == SmoothingMode::None ? 13 : 0;
+    for (const SlotAges& a : sm.ages_at(12))
+      for (int64_t age : a.age) ASSERT_EQ(age, want) << smoothing_mode_name(mode) << " " << a.name;
+  }
+  EXPECT_EQ(fragment_age(1, 0.0f, 5, 100), 0);
+  TeacherConfig se = sts_config(Granularity::Channel, 0.5f), sts = se;
+  se.mode = SmoothingMode::Se;
+  const TeacherSmoother a(w.params, w.buffers, Device::CPU, se), b(w.params, w.buffers, Device::CPU, sts);
+  for (int64_t k : {0, 7, 40}) {
+    const std::vector<SlotAges> x = a.ages_at(k), y = b.ages_at(k);
+    for (size_t s = 0; s < x.size(); ++s) ASSERT_EQ(x[s].age, y[s].age) << x[s].name;
+  }
+}
+
+// The channel fragments a conv shares with its bias and BatchNorm are counted once; the layer
+// updated fraction is the share of its parameters at age 0, i.e. stats_at's decision.
+TEST(TeacherAges, StatsCountSharedFragmentsOnceAndMatchStatsAt) {
+  World w;
+  const TeacherSmoother sm(w.params, w.buffers, Device::CPU, sts_config(Granularity::Channel, 0.5f));
+  for (int64_t k : {0, 5, 31}) {
+    const std::vector<SlotAges> ages = sm.ages_at(k);
+    const TeacherAgeStats st = age_stats(ages);
+    EXPECT_EQ(st.fragments, w.params.channel_fragments());
+    const TeacherStats upd = sm.stats_at(k);
+    int64_t fresh_params = 0, params = 0;
+    for (const TeacherAgeStats::Layer& l : st.layers) {
+      fresh_params += static_cast<int64_t>(std::llround(l.updated * static_cast<double>(l.params)));
+      params += l.params;
+    }
+    EXPECT_EQ(params, w.params.total_numel());
+    EXPECT_DOUBLE_EQ(static_cast<double>(fresh_params) / static_cast<double>(params), upd.params_updated) << k;
+    int64_t in_histogram = 0;
+    for (int64_t n : st.histogram) in_histogram += n;
+    EXPECT_EQ(in_histogram, st.fragments);
+    EXPECT_DOUBLE_EQ(static_cast<double>(st.histogram[0]) / static_cast<double>(st.fragments), upd.fragments_updated);
+  }
+  // Layers: the slot names less their last part, in table order.
+  std::vector<std::string> names;
+  for (const TeacherAgeStats::Layer& l : age_stats(sm.ages_at(3)).layers) names.push_back(l.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"conv1", "bn1", "conv2", "conv3", "bn3", "fc", "big"}));
+}
+
+// The summary of hand-made ages: mean, parameter mean, nearest-rank quantiles, log2 bins.
+TEST(TeacherAges, SummaryOfKnownAges) {
+  EXPECT_EQ(age_bin(0), 0);
+  EXPECT_EQ(age_bin(1), 1);
+  EXPECT_EQ(age_bin(3), 2);
+  EXPECT_EQ(age_bin(4), 3);
+  EXPECT_EQ(age_bin(1000), 10);
+  SlotAges a;  // a tensor of 4 elements, 4 fragments (element granularity)
+  a.name = "l1.weight";
+  a.shape = Shape{4};
+  a.fragment_numel = 1;
+  a.age = {0, 1, 2, 9};
+  SlotAges b;  // one fragment of 6 elements
+  b.name = "l2.weight";
+  b.shape = Shape{2, 3};
+  b.fragment_numel = 6;
+  b.age = {5};
+  SlotAges shared = b;  // shares l2's fragment: counted as parameters, not as a fragment
+  shared.name = "l2.bias";
+  shared.owns_fragments = false;
+  const TeacherAgeStats st = age_stats({a, b, shared});
+  EXPECT_EQ(st.fragments, 5);
+  EXPECT_DOUBLE_EQ(st.mean, (0 + 1 + 2 + 9 + 5) / 5.0);
+  EXPECT_DOUBLE_EQ(st.param_mean, (0 + 1 + 2 + 9 + 12 * 5) / 16.0);
+  EXPECT_EQ(st.p50, 2);  // sorted 0 1 2 5 9: rank ceil(2.5) = 3
+  EXPECT_EQ(st.p90, 9);
+  EXPECT_EQ(st.max, 9);
+  EXPECT_EQ(st.histogram, (std::vector<int64_t>{1, 1, 1, 1, 1}));  // 0 | 1 | 2 | 5 | 9
+  ASSERT_EQ(st.layers.size(), 2u);
+  EXPECT_EQ(st.layers[0].name, "l1");
+  EXPECT_DOUBLE_EQ(st.layers[0].updated, 0.25);
+  EXPECT_DOUBLE_EQ(st.layers[0].mean_age, 3.0);
+  EXPECT_EQ(st.layers[1].params, 12);
+  EXPECT_DOUBLE_EQ(st.layers[1].updated, 0.0);
+  EXPECT_DOUBLE_EQ(st.layers[1].mean_age, 5.0);
+  SlotAges bad = a;
+  bad.age.pop_back();
+  EXPECT_THROW(age_stats({bad}), Error);
+}
+
 // The modes reduce to their definitions.
 TEST(Teacher, ModesReduceToTheirDefinitions) {
   for (SmoothingMode mode : {SmoothingMode::None, SmoothingMode::Tma, SmoothingMode::Se, SmoothingMode::Copy}) {

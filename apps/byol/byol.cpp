@@ -18,6 +18,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -31,6 +32,7 @@
 #include "apps/run/features.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
+#include "apps/run/teacher_log.h"
 #include "apps/run/training_run.h"
 #include "data/augment.h"
 #include "data/dataset.h"
@@ -142,6 +144,9 @@ int byol_main(int argc, const char* const* argv) {
                                                    nets.projector->param_table().total_numel());
     // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
     profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
+    const std::vector<TeacherPart> teacher_parts{{"", nets.smooth_backbone.get()},
+                                                 {"projector.", nets.smooth_projector.get()}};
+    const std::vector<int64_t> mosaic_steps = parse_mosaic_steps(c.mosaic_steps);
     while (step < stop_at && !stop_requested()) {
       profiler.begin_step(step);
       profile::PhaseSequence phases;
@@ -155,6 +160,17 @@ int byol_main(int argc, const char* const* argv) {
       timer.step_end(c.batch_size);
       ++step;
 
+      // The mosaic: fragment ages at every logging step, the whole mosaic at --mosaic-steps.
+      // Before the train line, which stays the last line of a step.
+      const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
+      if (step % c.run.log_every == 0 || step == stop_at || mosaic_step) {
+        const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
+        nlohmann::json ev = teacher_event_fields(ages);
+        ev["step"] = step;
+        run.metrics().write("teacher", ev);
+        if (mosaic_step)
+          write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
+      }
       if (step % c.run.log_every == 0 || step == stop_at) {
         float loss_value = 0;
         copy_to_host(&loss_value, loss->value, sizeof loss_value);

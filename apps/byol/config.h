@@ -42,6 +42,7 @@ struct Config {
   float momentum = 0.99f;
   std::string momentum_schedule = "cosine";
   std::string bn_buffers = "own";
+  std::string mosaic_steps;  // step counts that write DIR/mosaic-<step>.json
   // evaluation
   int64_t knn_every = 0;
   bool eval_baseline = false;

@@ -1,5 +1,7 @@
 #include "apps/fixmatch/config.h"
 
+#include "apps/run/teacher_log.h"
+
 namespace tessera::fixmatch {
 
 void add_options(Options& o, Config& c) {
@@ -27,6 +29,8 @@ void add_options(Options& o, Config& c) {
   o.choice("bn-buffers", &c.bn_buffers, {"copy", "own", "ema"}, "teacher BatchNorm statistics: copied from the student, its own, or smoothed");
   o.choice("pseudo-labels", &c.pseudo_labels, {"student", "teacher"},
            "who labels the weak views: the student (FixMatch) or the smoothed teacher (mean-teacher style)");
+  o.add("mosaic-steps", &c.mosaic_steps, "write every teacher fragment's age to DIR/mosaic-<step>.json at these step counts (1,650,2600)")
+      .check([&c] { return mosaic_steps_problem(c.mosaic_steps); });
   o.section("Evaluation");
   o.add("eval-every", &c.eval_every, "steps between test-set evaluations of teacher and student (0: at the end only)").min(0);
   o.add("eval-batch", &c.eval_batch, "images per evaluation batch").min(1);

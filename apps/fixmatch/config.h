@@ -35,6 +35,7 @@ struct Config {
   float momentum = 0.999f;
   std::string bn_buffers = "copy";
   std::string pseudo_labels = "student";
+  std::string mosaic_steps;  // step counts that write DIR/mosaic-<step>.json
   // evaluation and invocation
   int64_t eval_every = 1000;
   int64_t eval_batch = 500;

@@ -16,6 +16,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -28,6 +29,7 @@
 #include "apps/fixmatch/step.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
+#include "apps/run/teacher_log.h"
 #include "apps/run/training_run.h"
 #include "data/augment.h"
 #include "data/dataset.h"
@@ -206,6 +208,8 @@ int fixmatch_main(int argc, const char* const* argv) {
     const int64_t stop_at = c.stop_after > 0 ? std::min(c.stop_after, c.steps) : c.steps;
     // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
     profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
+    const std::vector<TeacherPart> teacher_parts{{"", nets.smoother.get()}};
+    const std::vector<int64_t> mosaic_steps = parse_mosaic_steps(c.mosaic_steps);
     while (step < stop_at && !stop_requested()) {
       profiler.begin_step(step);
       profile::PhaseSequence phases;
@@ -223,12 +227,29 @@ int fixmatch_main(int argc, const char* const* argv) {
       ++step;
 
       ++win.steps;
+      // The mosaic: fragment ages at every logging step, the whole mosaic at --mosaic-steps.
+      // Before the train line, which stays the last line of a step.
+      const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
+      if (step % c.run.log_every == 0 || step == stop_at || mosaic_step) {
+        const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
+        nlohmann::json tev = teacher_event_fields(ages);
+        tev["step"] = step;
+        run.metrics().write("teacher", tev);
+        if (mosaic_step)
+          write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
+      }
       if (step % c.run.log_every == 0 || step == stop_at) {
         read_back();
         double ips = 0, wait = 0;
         timer.take(&ips, &wait);
-        nlohmann::json ev = {{"step", step}, {"sup_loss", win.mean(win.sup)}, {"unsup_loss", win.mean(win.unsup)},
-                             {"lr", lr}, {"images_per_s", ips}, {"data_wait", wait}};
+        nlohmann::json ev = {{"step", step},
+                             {"sup_loss", win.mean(win.sup)},
+                             {"unsup_loss", win.mean(win.unsup)},
+                             {"lr", lr},
+                             {"momentum", nets.smoother->momentum_at(step - 1)},
+                             {"updated_fraction", nets.smoother->stats_at(step - 1).params_updated},
+                             {"images_per_s", ips},
+                             {"data_wait", wait}};
         if (unlabeled) {
           ev["mask_rate"] = win.mean(win.mask);
           ev["pseudo_label_acc"] = win.mean(win.pseudo_acc);

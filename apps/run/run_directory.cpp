@@ -91,7 +91,8 @@ bool per_invocation(const std::string& flag) {
 
 bool changeable_on_resume(const std::string& flag) {
   static const char* const kFree[] = {"device", "save-every", "log-every", "threads", "cpu-kernels", "knn-every",
-                                      "eval-baseline", "eval-train-limit", "probe-epochs", "eval-batch"};
+                                      "eval-baseline", "eval-train-limit", "probe-epochs", "eval-batch",
+                                      "mosaic-steps"};
   for (const char* f : kFree)
     if (flag == f) return true;
   // Debugging a run on the GPU, or letting cuDNN pick faster algorithms, may change between
