@@ -3,11 +3,12 @@
 //
 //   build/bench train-step --arch resnet18 --stem cifar --width 64 --in-channels 3 --size 32
 //                          --batch 64 --steps 5 --device cpu|cuda [--profile-steps A:B]
-//                          [--cpu-kernels reference|fast]
+//                          [--cpu-kernels reference|fast] [--conv-routing measured|onednn]
 //
 // Prints the median ms per step over --steps timed steps after --warmup untimed ones (the
 // first step sizes the workspace and, on CUDA, picks the cuDNN algorithms), images/s and the
-// workspace high-water mark; the last line is one JSON object. bench/torch_train_step.py is
+// workspace high-water mark (and what the tape holds when the forward ends: the saved
+// activations); the last line is one JSON object. bench/torch_train_step.py is
 // PyTorch's side of the same measurement.
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,8 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+
+#include <sys/resource.h>
 #include <vector>
 
 #include "apps/tools/bench/bench.h"
@@ -27,6 +30,9 @@
 #include "engine/optimizer.h"
 #include "engine/workspace.h"
 #include "models/model.h"
+#if TESSERA_ONEDNN
+#include "kernels/onednn/onednn.h"
+#endif
 
 namespace tessera {
 
@@ -47,7 +53,9 @@ int bench_train_step(int argc, char** argv) {
           "  [--width W (64)] [--in-channels 1|3 (3)] [--num-classes K (10)] [--size S (32)] [--batch B (64)]\n"
           "  [--steps N (5)] [--warmup N (2)] [--device auto|cpu|cuda (cpu)]\n"
           "  [--profile-steps A:B: per-kernel table of steps A..B-1, counting warm-up steps from 0]\n"
-          "  [--cpu-kernels reference|fast (%s): CPU convolutions by im2col + OpenBLAS or by oneDNN]\n",
+          "  [--cpu-kernels reference|fast (%s): CPU convolutions by im2col + OpenBLAS or by oneDNN]\n"
+          "  [--conv-routing measured|onednn (measured, or $TESSERA_CONV_ROUTING): the fast tier's passes by\n"
+          "   the measured table (kernels/onednn/conv.cpp), or all on oneDNN]\n",
           cpu_kernels_flag.c_str());
       return 0;
     }
@@ -66,6 +74,13 @@ int bench_train_step(int argc, char** argv) {
       else if (a == "--device") device_flag = v;
       else if (a == "--profile-steps") profile_window = profile::StepWindow::parse(v);
       else if (a == "--cpu-kernels") cpu_kernels_flag = v;
+      else if (a == "--conv-routing") {
+        if (v != "measured" && v != "onednn") throw UsageError(cat("--conv-routing: expected measured or onednn, found '", v, "'"));
+#if TESSERA_ONEDNN
+        kernels::onednn::set_conv_routing(v == "onednn" ? kernels::onednn::ConvRouting::AllOneDnn
+                                                        : kernels::onednn::ConvRouting::Measured);
+#endif
+      }
       else throw UsageError(cat("unknown flag '", a, "' (see --help)"));
     } catch (const std::logic_error&) {  // std::stoi: not a number / out of range
       throw UsageError(cat(a, ": expected an integer, found '", v, "'"));
@@ -100,6 +115,7 @@ int bench_train_step(int argc, char** argv) {
   Graph g(ws);
   std::vector<double> ms;
   float loss_value = 0;
+  size_t forward_held = 0;  // workspace bytes live when the forward and loss are done
   profile::Profiler profiler(profile_window, device);
   for (int k = 0; k < warmup + steps; ++k) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -113,6 +129,7 @@ int bench_train_step(int argc, char** argv) {
     Var* logits = model->forward(g, g.input(x.t, "images"), /*train=*/true);
     phases.enter("loss");
     Var* loss = ops::cross_entropy(g, logits, labels.t);
+    forward_held = ws.used();
     phases.enter("backward");
     g.backward(loss);
     phases.enter("optimizer");
@@ -131,12 +148,16 @@ int bench_train_step(int argc, char** argv) {
   const double images_per_s = batch / median * 1e3;
   // The workspace's peak: the step's activations and saved tensors plus the scratch region.
   const double mib = 1 << 20, peak_mb = static_cast<double>(ws.peak_bytes()) / mib;
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const double rss_mb = static_cast<double>(usage.ru_maxrss) / 1024.0;  // kB on Linux
   std::printf("%s %s stem, width %d, %dx%dx%d, batch %d on %s: median %.1f ms/step (%.1f images/s) over %d steps; "
-              "workspace high-water %.1f MiB (step %.1f + scratch %.1f); last loss %.4f\n",
+              "workspace high-water %.1f MiB (step %.1f + scratch %.1f; held at the end of the forward %.1f); "
+              "process peak RSS %.0f MiB; last loss %.4f\n",
               spec.arch.c_str(), spec.stem.c_str(), spec.width, spec.in_channels, size, size, batch,
               device_description(device).c_str(), median, images_per_s, steps, peak_mb,
               static_cast<double>(ws.high_water()) / mib, static_cast<double>(ws.scratch_high_water()) / mib,
-              loss_value);
+              static_cast<double>(forward_held) / mib, rss_mb, loss_value);
   nlohmann::json j = {{"bench", "train-step"},      {"arch", spec.arch},       {"stem", spec.stem},
                       {"width", spec.width},        {"in_channels", spec.in_channels},
                       {"size", size},               {"batch", batch},          {"steps", steps},
@@ -145,6 +166,7 @@ int bench_train_step(int argc, char** argv) {
                       {"ms_per_step", median},      {"images_per_s", images_per_s},
                       {"workspace_high_water_bytes", ws.peak_bytes()},
                       {"workspace_step_bytes", ws.high_water()}, {"workspace_scratch_bytes", ws.scratch_high_water()},
+                      {"workspace_forward_held_bytes", forward_held}, {"peak_rss_mib", rss_mb},
                       {"ms_all", ms},
                       {"loss", loss_value}};
   std::printf("%s\n", j.dump().c_str());
