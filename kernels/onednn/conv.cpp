@@ -351,12 +351,13 @@ std::atomic<int> g_routing{-1};  // ConvRouting, or -1 before the first read
 // of 7, two interleaved runs of `conv_layers --kernels reference|fast --split 1` (bench/RESULTS.md):
 //
 //   pass     kernel        output      runs on     why (reference ms / oneDNN ms, one layer)
-//   forward  3x3, 7x7      any         oneDNN      0.70-0.75x the reference's time on every 3x3 layer
+//   forward  3x3, 7x7      any         oneDNN      0.65-0.95x the reference's time on every 3x3 layer
 //                                                  (layer1 68 / 49-52, layer4 60-67 / 40-41)
 //   forward  1x1           any         reference   a tie (4.0-7.6 / 3.6-7.5): no reorders needed
-//   data     3x3, 7x7      any         oneDNN      0.45-0.85x (layer4 80 / 36: col2im of 4x4 maps is slow)
+//   data     3x3, 7x7      any         oneDNN      0.45-1.0x (layer4 80 / 36: col2im of 4x4 maps is
+//                                                  slow; a tie on layer2.0, 30 / 29-30)
 //   data     1x1           any         reference   2x faster on the layer2 downsample (4.4-4.7 / 8.8-10.2)
-//   weights  3x3, 7x7      >= 8x8      oneDNN      0.75-0.85x (layer1 78-83 / 61-63, layer3 59 / 47)
+//   weights  3x3, 7x7      >= 8x8      oneDNN      0.65-0.85x (layer1 78-83 / 61-63, layer3 59 / 47)
 //   weights  3x3, 7x7      < 8x8       reference   the chunked GEMM is wider: layer4 63-65 / 65-78,
 //                                                  layer4.0 29-32 / 34-38
 //   weights  1x1           any         reference   a tie (4.4-8.3 / 4.1-7.7), and no reorders
