@@ -59,15 +59,46 @@ Var* Graph::make(Shape shape, std::initializer_list<const Var*> from, DType dtyp
   if (grad_enabled_)
     for (const Var* v : from) needs = needs || (v && v->requires_grad);
   vars_.push_back(Var{ws_.alloc(shape, dtype), Tensor(), needs, ""});
-  return &vars_.back();
+  Var* v = &vars_.back();
+  v->owns_value = true;
+  made_since_record_.push_back(v);
+  return v;
+}
+
+Var* Graph::take_over(Var* x, std::initializer_list<const Var*> from) {
+  TS_CHECK(x->owns_value && x->value.defined(), "take_over: expected an intermediate that owns its memory, found ",
+           x->name[0] ? x->name : "a Var", " that does not");
+  bool needs = false;
+  if (grad_enabled_)
+    for (const Var* v : from) needs = needs || (v && v->requires_grad);
+  vars_.push_back(Var{x->value, Tensor(), needs, ""});
+  Var* v = &vars_.back();
+  v->owns_value = true;
+  x->owns_value = false;
+  x->value.ptr = nullptr;  // the shape stays: x's gradient is still allocated from it
+  made_since_record_.push_back(v);
+  return v;
 }
 
 Tensor Graph::grad(Var* v) {
+  TS_CHECK(!v->released, "the gradient of an intermediate", v->name[0] ? cat(" (", v->name, ")") : std::string(),
+           " was asked for after backward released it: expected Graph::keep(v) before backward, found none");
   if (!v->grad.defined()) {
     v->grad = ws_.alloc(v->value.shape, DType::F32);
+    v->owns_grad = true;
     fill_zero(v->grad);
   }
   return v->grad;
+}
+
+void Graph::release(Var* v) {
+  if (v->keep || v->released) return;
+  if (v->owns_grad) ws_.release(v->grad);
+  if (v->owns_value) ws_.release(v->value);
+  v->owns_grad = v->owns_value = false;
+  v->grad = Tensor();
+  v->value.ptr = nullptr;
+  v->released = true;
 }
 
 void Graph::record(const char* op, const char* layer, std::function<void()> backward) {
@@ -75,14 +106,18 @@ void Graph::record(const char* op, const char* layer, std::function<void()> back
   // of the model or the op); the op's own name for the layer is the fallback.
   const char* scope = profile::current_layer();
   if (scope[0] != '\0' || layer == nullptr) layer = scope;
-  tape_.push_back(Node{op, layer, std::move(backward)});
+  tape_.push_back(Node{op, layer, std::move(backward), std::move(made_since_record_)});
+  made_since_record_.clear();
 }
 
 void Graph::run_tape() {
   add_batch_counts();  // the forwards are done: one launch for the step's batch counts
   for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) {
-    profile::LayerScope layer(it->layer);
-    it->backward();
+    {
+      profile::LayerScope layer(it->layer);
+      it->backward();
+    }
+    for (Var* v : it->made) release(v);  // nothing left on the tape reads them (see the header)
   }
   tape_.clear();
 }
@@ -91,12 +126,14 @@ void Graph::backward(Var* loss) {
   TS_CHECK(loss->value.numel() == 1, "backward needs a scalar loss, found shape ", loss->value.shape.str());
   TS_CHECK(loss->requires_grad, "backward: the loss does not depend on anything that needs a gradient");
   fill_value(grad(loss), 1.0f);
+  keep(loss);
   run_tape();
 }
 
 void Graph::backward(Var* out, const Tensor& seed) {
   check_same_shape("backward seed", out->value, seed);
   copy(grad(out), seed);
+  keep(out);
   run_tape();
 }
 
@@ -104,6 +141,7 @@ void Graph::clear() {
   add_batch_counts();
   tape_.clear();
   vars_.clear();
+  made_since_record_.clear();
 }
 
 }  // namespace tessera

@@ -13,6 +13,16 @@
 //
 // Under a NoGradScope (teacher forwards, evaluation) ops record nothing and outputs need no
 // gradient, so they cost only their forward.
+//
+// Memory during backward. An intermediate (a Var from make()) is written by the op that made it
+// and read by later ops; on the tape those are nodes recorded after it, so in reverse they run
+// before the first node recorded after the Var was made. Once that node has run, nothing on
+// the tape reads the Var's value or gradient again, and backward releases both to the
+// workspace, where the gradients of earlier layers reuse the space (engine/workspace.h). So the
+// backward's peak is the forward's (what the tape holds) plus a few layers of gradients, not
+// the forward plus every gradient. After backward, only the loss it started from, leaves
+// (inputs, parameters) and Vars passed to keep() still have their memory; an intermediate's
+// value reads as undefined and asking for its gradient is an Error that says to keep() it.
 #pragma once
 
 #include <deque>
@@ -31,6 +41,12 @@ struct Var {
   Tensor grad;                 // undefined until needed
   bool requires_grad = false;
   const char* name = "";       // layer name for profiles and errors ("layer1.0.conv1")
+  // Memory bookkeeping (the header says why): blocks this Var owns in the workspace, whether
+  // backward may release them, and whether it has.
+  bool owns_value = false, owns_grad = false, keep = false, released = false;
+  // The op that made this Var does not read its value in the backward, so an in-place op may
+  // overwrite it (set by conv2d, linear, batch_norm and add; ops::relu_ and ops::add_).
+  bool overwritable = false;
 };
 
 class Graph {
@@ -51,8 +67,15 @@ class Graph {
   // gradients are enabled.
   Var* make(Shape shape, std::initializer_list<const Var*> from, DType dtype = DType::F32);
 
-  // The gradient buffer of v, allocated from the workspace and zeroed on first use.
+  // An in-place op's output: a new Var that takes over x's memory (x's value is undefined from
+  // here on; its gradient stays its own). Needs a gradient as make() says.
+  Var* take_over(Var* x, std::initializer_list<const Var*> from);
+
+  // The gradient buffer of v, allocated from the workspace and zeroed on first use. An Error
+  // for an intermediate that backward has released (keep() it to read it afterwards).
   Tensor grad(Var* v);
+  // v's value and gradient stay valid after backward (to read an intermediate's gradient).
+  void keep(Var* v) { v->keep = true; }
 
   // Appends a backward closure. Ops call this only when their output requires_grad.
   // The backward kernels are labelled in profiles by the current profile::LayerScope, or by
@@ -83,9 +106,12 @@ class Graph {
     const char* op;
     const char* layer;
     std::function<void()> backward;
+    std::vector<Var*> made;  // Vars made since the node before: released once this node has run
   };
+  void release(Var* v);
   Workspace& ws_;
   std::deque<Var> vars_;  // deque: pointers stay valid as it grows
+  std::vector<Var*> made_since_record_;
   std::vector<Node> tape_;
   bool grad_enabled_ = true;
   std::vector<std::pair<float*, float>> batch_counts_;  // counter, forwards since the last add

@@ -19,10 +19,18 @@ namespace tessera::ops {
 Var* linear(Graph& g, Var* x, Var* w, Var* b);
 // y = a + b, same shape (residual connections)
 Var* add(Graph& g, Var* a, Var* b);
+// In-place forms (PyTorch's relu_ / add_): y takes over the input's memory (x, or a), which
+// must not be read again; its value is undefined from here on (engine/autograd.h). Only where
+// the op that made the input does not read it in its backward (conv2d, linear, batch_norm, add:
+// Var::overwritable) and it is the graph's own; otherwise they compute out of place. They save
+// one activation per use for the whole step (ARCHITECTURE-NOTES.md, "Step memory").
+Var* add_(Graph& g, Var* a, Var* b);
+Var* relu_(Graph& g, Var* x);
+Var* leaky_relu_(Graph& g, Var* x, float slope);
 // y = s * x
 Var* scale(Graph& g, Var* x, float s);
 Var* relu(Graph& g, Var* x);
-Var* leaky_relu(Graph& g, Var* x, float slope);
+Var* leaky_relu(Graph& g, Var* x, float slope);  // slope >= 0
 // (N, C, H, W) or (N, D) -> (N, C*H*W); a view, no copy
 Var* flatten(Graph& g, Var* x);
 // scalar reductions -> (1)

@@ -34,6 +34,7 @@ Var* linear(Graph& g, Var* x, Var* w, Var* b) {
   }
   profile::LayerScope layer(w->name, profile::LayerScope::kRefine);  // names the kernels in profiles
   Var* y = g.make(Shape{n, out}, {x, w, b});
+  y->overwritable = true;  // the backward reads x and w, never y
   TS_DISPATCH(g.device(), linear_forward, x->value.f32(), w->value.f32(), b ? b->value.f32() : nullptr,
               y->value.f32(), n, in, out);
   if (y->requires_grad) {
@@ -49,12 +50,12 @@ Var* linear(Graph& g, Var* x, Var* w, Var* b) {
   return y;
 }
 
-Var* add(Graph& g, Var* a, Var* b) {
-  TS_CHECK(a->value.shape == b->value.shape, "add: shapes differ, a ", a->value.shape.str(), " and b ",
-           b->value.shape.str());
-  Var* y = g.make(a->value.shape, {a, b});
-  const int64_t n = a->value.numel();
-  TS_DISPATCH(g.device(), add_forward, a->value.f32(), b->value.f32(), y->value.f32(), n);
+namespace {
+// y = a + b into `y` (a's own memory for add_); the backward reads no values.
+Var* add_into(Graph& g, const Tensor& a_value, Var* a, Var* b, Var* y) {
+  const int64_t n = a_value.numel();
+  y->overwritable = true;
+  TS_DISPATCH(g.device(), add_forward, a_value.f32(), b->value.f32(), y->value.f32(), n);
   if (y->requires_grad) {
     g.record("add", a->name, [&g, a, b, y, n] {
       // a and b may be the same Var (x + x): both contributions accumulate into its gradient.
@@ -63,6 +64,26 @@ Var* add(Graph& g, Var* a, Var* b) {
     });
   }
   return y;
+}
+
+void check_add(Var* a, Var* b) {
+  TS_CHECK(a->value.shape == b->value.shape, "add: shapes differ, a ", a->value.shape.str(), " and b ",
+           b->value.shape.str());
+}
+}  // namespace
+
+Var* add(Graph& g, Var* a, Var* b) {
+  check_add(a, b);
+  return add_into(g, a->value, a, b, g.make(a->value.shape, {a, b}));
+}
+
+Var* add_(Graph& g, Var* a, Var* b) {
+  check_add(a, b);
+  if (!a->overwritable || !a->owns_value || a == b) return add(g, a, b);
+  // y takes over a's memory: the kernel reads a and writes y element by element, in place.
+  const Tensor a_value = a->value;
+  Var* y = g.take_over(a, {a, b});
+  return add_into(g, a_value, a, b, y);
 }
 
 Var* scale(Graph& g, Var* x, float s) {
@@ -77,20 +98,36 @@ Var* scale(Graph& g, Var* x, float s) {
   return y;
 }
 
-Var* leaky_relu(Graph& g, Var* x, float slope) {
-  Var* y = g.make(x->value.shape, {x});
-  TS_DISPATCH(g.device(), leaky_relu_forward, x->value.f32(), y->value.f32(), x->value.numel(), slope);
+namespace {
+// y = leaky_relu(x) into `y` (x's own memory for the in-place form). The backward reads y only
+// (kernels/common/activation.h), which is what lets the in-place form overwrite x.
+Var* leaky_relu_into(Graph& g, const Tensor& x_value, Var* x, Var* y, float slope) {
+  TS_CHECK(slope >= 0.0f, "leaky_relu: expected slope >= 0 (the backward reads the sign from the output), found ",
+           slope);
+  TS_DISPATCH(g.device(), leaky_relu_forward, x_value.f32(), y->value.f32(), x_value.numel(), slope);
   if (y->requires_grad) {
     g.record(slope == 0.0f ? "relu" : "leaky_relu", x->name, [&g, x, y, slope] {
       if (!x->requires_grad) return;
-      TS_DISPATCH(g.device(), leaky_relu_backward, x->value.f32(), g.grad(y).f32(), g.grad(x).f32(),
-                  x->value.numel(), slope);
+      TS_DISPATCH(g.device(), leaky_relu_backward, y->value.f32(), g.grad(y).f32(), g.grad(x).f32(),
+                  y->value.numel(), slope);
     });
   }
   return y;
 }
+}  // namespace
+
+Var* leaky_relu(Graph& g, Var* x, float slope) {
+  return leaky_relu_into(g, x->value, x, g.make(x->value.shape, {x}), slope);
+}
+
+Var* leaky_relu_(Graph& g, Var* x, float slope) {
+  if (!x->overwritable || !x->owns_value) return leaky_relu(g, x, slope);
+  const Tensor x_value = x->value;
+  return leaky_relu_into(g, x_value, x, g.take_over(x, {x}), slope);
+}
 
 Var* relu(Graph& g, Var* x) { return leaky_relu(g, x, 0.0f); }
+Var* relu_(Graph& g, Var* x) { return leaky_relu_(g, x, 0.0f); }
 
 Var* flatten(Graph& g, Var* x) {
   const Shape& xs = x->value.shape;

@@ -71,6 +71,7 @@ Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
   size_t scratch_bytes = 0;
   TS_CONV_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Forward, &scratch_bytes);
   Var* y = g.make(Shape{s.n, s.o, s.ho, s.wo}, {x, w, b});
+  y->overwritable = true;  // the backward reads x and w, never y
   void* scratch = g.workspace().scratch(scratch_bytes);
   TS_CONV_DISPATCH(g.device(), conv2d_forward, s, x->value.f32(), w->value.f32(), b ? b->value.f32() : nullptr,
               y->value.f32(), scratch, scratch_bytes);

@@ -6,6 +6,8 @@
 // num_batches is counted by the graph (Graph::count_batch): one launch a step for all layers.
 // The backward kernels write all three gradients; an input that needs none gets workspace
 // scratch, which the kernel overwrites rather than adds into (kernels::BnAccumulate).
+#include <vector>
+
 #include "engine/check.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
@@ -17,20 +19,27 @@ namespace {
 const char* layer_of(const Var* v) { return v->name && v->name[0] ? v->name : "batch_norm"; }
 
 // The backward's three outputs: the gradient where the input needs one (added into), else
-// workspace scratch (overwritten, never read).
+// workspace memory (overwritten, never read), handed back when the kernel has run.
 struct Outputs {
   float *dx, *dgamma, *dbeta;
   uint32_t accumulate = 0;
+  Graph* g = nullptr;
+  std::vector<float*> unwanted;
+  Outputs() = default;
+  Outputs(const Outputs&) = delete;
+  ~Outputs() {
+    for (float* p : unwanted) g->workspace().release(p);
+  }
 };
-Outputs outputs(Graph& g, Var* x, Var* gamma, Var* beta, int64_t c) {
-  Outputs o;
-  o.dx = x->requires_grad ? g.grad(x).f32() : g.workspace().alloc(x->value.shape).f32();
-  o.dgamma = gamma->requires_grad ? g.grad(gamma).f32() : g.workspace().alloc(Shape{c}).f32();
-  o.dbeta = beta->requires_grad ? g.grad(beta).f32() : g.workspace().alloc(Shape{c}).f32();
+void outputs(Graph& g, Var* x, Var* gamma, Var* beta, int64_t c, Outputs& o) {
+  o.g = &g;
+  auto unwanted = [&](Shape s) { return o.unwanted.emplace_back(g.workspace().alloc(s).f32()); };
+  o.dx = x->requires_grad ? g.grad(x).f32() : unwanted(x->value.shape);
+  o.dgamma = gamma->requires_grad ? g.grad(gamma).f32() : unwanted(Shape{c});
+  o.dbeta = beta->requires_grad ? g.grad(beta).f32() : unwanted(Shape{c});
   o.accumulate = (x->requires_grad ? kernels::kBnAccumulateDx : 0u) |
                  (gamma->requires_grad ? kernels::kBnAccumulateDgamma : 0u) |
                  (beta->requires_grad ? kernels::kBnAccumulateDbeta : 0u);
-  return o;
 }
 
 // x viewed as (N, C, HW).
@@ -55,6 +64,7 @@ Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers&
            "found input ", x->value.shape.str());
 
   Var* y = g.make(x->value.shape, {x, gamma, beta});
+  y->overwritable = true;  // the backward reads x and the saved statistics, never y
   const float eps = opt.eps;
   if (opt.train) {
     // Batch mean and inverse std for the backward: two workspace allocations, each aligned
@@ -68,7 +78,8 @@ Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers&
     g.count_batch(buf.num_batches);
     if (y->requires_grad) {
       g.record("batch_norm", layer, [&g, x, gamma, beta, y, save_mean, save_invstd, n, c, hw, eps] {
-        const Outputs o = outputs(g, x, gamma, beta, c);
+        Outputs o;
+        outputs(g, x, gamma, beta, c, o);
         TS_DISPATCH(g.device(), batch_norm_backward_train, x->value.f32(), g.grad(y).f32(), gamma->value.f32(),
                     save_mean, save_invstd, o.dx, o.dgamma, o.dbeta, n, c, hw, eps, o.accumulate);
       });
@@ -79,7 +90,8 @@ Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers&
                 mean.f32(), var.f32(), y->value.f32(), n, c, hw, eps);
     if (y->requires_grad) {
       g.record("batch_norm", layer, [&g, x, gamma, beta, y, mean, var, n, c, hw, eps] {
-        const Outputs o = outputs(g, x, gamma, beta, c);
+        Outputs o;
+        outputs(g, x, gamma, beta, c, o);
         const int64_t scratch_floats = kernels::batch_norm_backward_eval_scratch(n, c, hw);
         float* scratch = static_cast<float*>(g.workspace().scratch(size_t(scratch_floats) * sizeof(float)));
         TS_DISPATCH(g.device(), batch_norm_backward_eval, x->value.f32(), g.grad(y).f32(), gamma->value.f32(),

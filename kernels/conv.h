@@ -59,6 +59,10 @@ enum class ConvPass { Forward, Backward };
 
 namespace kernels::cpu {
 TS_CONV_KERNELS
+// db (O) += sum over n, p of dy[n, o, p], dy (N, O, HO, WO): the bias gradient, one pass over dy,
+// summed in double per channel so the result does not depend on N. Also what the fast tier
+// runs for the bias (oneDNN computes it only together with the filter gradient).
+void conv2d_bias_gradient(const ::kernels::Conv2dShape& s, const float* dy, float* db);
 }
 namespace kernels::cuda {
 TS_CONV_KERNELS

@@ -22,7 +22,7 @@ class MlpHead : public Model {
 
   // x (N, IN) -> (N, OUT)
   Var* features(Graph& g, Var* x, bool train) override {
-    Var* h = ops::relu(g, apply(g, bn_, apply(g, fc1_, x), train));
+    Var* h = ops::relu_(g, apply(g, bn_, apply(g, fc1_, x), train));
     return apply(g, fc2_, h);
   }
 

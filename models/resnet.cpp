@@ -75,15 +75,16 @@ class ResNet : public Model {
   }
 
   Var* features(Graph& g, Var* x, bool train) override {
-    x = ops::relu(g, apply(g, bn1_, apply(g, conv1_, x), train));
+    // In place (ops::relu_, ops::add_): the pre-activation is not kept for the step (ops.h).
+    x = ops::relu_(g, apply(g, bn1_, apply(g, conv1_, x), train));
     if (imagenet_stem_) x = ops::max_pool2d(g, x, 3, 2, 1);
     for (const Block& k : blocks_) {
       profile::LayerScope block(k.name.c_str());  // its convs refine it to "layer1.0.conv1"
-      Var* out = ops::relu(g, apply(g, k.bn1, apply(g, k.conv1, x), train));
+      Var* out = ops::relu_(g, apply(g, k.bn1, apply(g, k.conv1, x), train));
       out = apply(g, k.bn2, apply(g, k.conv2, out), train);
-      if (bottleneck_) out = apply(g, k.bn3, apply(g, k.conv3, ops::relu(g, out)), train);
+      if (bottleneck_) out = apply(g, k.bn3, apply(g, k.conv3, ops::relu_(g, out)), train);
       Var* identity = k.has_downsample ? apply(g, k.down_bn, apply(g, k.down_conv, x), train) : x;
-      x = ops::relu(g, ops::add(g, out, identity));
+      x = ops::relu_(g, ops::add_(g, out, identity));
     }
     return ops::global_avg_pool(g, x);
   }

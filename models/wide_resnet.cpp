@@ -84,7 +84,8 @@ class WideResNet : public Model {
  private:
   static constexpr float kMomentum = 0.001f;
   static constexpr float kSlope = 0.1f;
-  static Var* lrelu(Graph& g, Var* x) { return ops::leaky_relu(g, x, kSlope); }
+  // Always applied to a BatchNorm output, which nothing else reads: in place (ops.h).
+  static Var* lrelu(Graph& g, Var* x) { return ops::leaky_relu_(g, x, kSlope); }
 
   Conv conv1_;
   std::vector<PreActBlock> blocks_;

@@ -1,6 +1,9 @@
 // The CPU's fast tier (kernels/onednn, oneDNN) against the reference (kernels/cpu, im2col +
 // OpenBLAS) on every convolution shape of the models the programs train, and the switch that
-// picks the tier (engine/cpu_kernels.h).
+// picks the tier (engine/cpu_kernels.h). The shape comparisons run with every pass routed to
+// oneDNN (ConvRouting::AllOneDnn), so each of oneDNN's kernels meets the reference on every
+// shape whatever the measured table sends where; the table itself and the mixed routes are
+// tested apart (ConvFast.MeasuredRouting*).
 //
 // Shapes: each model is built and run forward once on the fast tier at batch 2 and its input
 // size; the fast tier's plan cache then lists exactly the shapes that model's convolutions have
@@ -266,9 +269,18 @@ struct Fast {
   static void backward(A... a) { kernels::onednn::conv2d_backward(a...); }
 };
 
+// Sets the fast tier's routing for a scope.
+struct RoutingScope {
+  kernels::onednn::ConvRouting saved = kernels::onednn::conv_routing();
+  explicit RoutingScope(kernels::onednn::ConvRouting r) { kernels::onednn::set_conv_routing(r); }
+  ~RoutingScope() { kernels::onednn::set_conv_routing(saved); }
+};
+
 // Compares the tiers on one shape; returns the worst error / tolerance ratio.
-double compare(const kernels::Conv2dShape& s, uint64_t seed, Want want = {}, bool forward = true) {
+double compare(const kernels::Conv2dShape& s, uint64_t seed, Want want = {}, bool forward = true,
+               kernels::onednn::ConvRouting routing = kernels::onednn::ConvRouting::AllOneDnn) {
   SCOPED_TRACE(text(s));
+  RoutingScope route(routing);
   const Inputs in = inputs_for(s, seed);
   const Results ref = run_tier<Reference>(s, in, want, forward);
   const Results fast = run_tier<Fast>(s, in, want, forward);
@@ -296,6 +308,7 @@ double compare(const kernels::Conv2dShape& s, uint64_t seed, Want want = {}, boo
 // The distinct convolution shapes of `spec` at batch 2 and `size` x `size` inputs.
 std::vector<kernels::Conv2dShape> conv_shapes(const ModelSpec& spec, int size) {
   CpuKernelsScope fast(CpuKernels::Fast);
+  RoutingScope all(kernels::onednn::ConvRouting::AllOneDnn);  // every shape gets a plan
   kernels::onednn::clear_conv2d_plans();
   std::unique_ptr<Model> m = make_model(spec, Device::CPU);
   Workspace ws(Device::CPU);
@@ -358,6 +371,78 @@ TEST(ConvFast, EachGradientAloneAndInPairs) {
     SCOPED_TRACE(cat("dx ", want.dx, " dw ", want.dw, " db ", want.db));
     compare(s, seed += 10, want, /*forward=*/false);
   }
+}
+
+// The measured table (kernels/onednn/conv.cpp, conv2d_on_onednn): 3x3 and 7x7 forward and data
+// gradient on oneDNN, their filter gradient only on 8x8 and larger outputs, 1x1 on the reference.
+TEST(ConvFast, MeasuredRoutingTable) {
+  using kernels::onednn::ConvPart;
+  auto shape = [](int64_t c, int64_t h, int64_t o, int64_t k, int64_t stride) {
+    kernels::Conv2dShape s;
+    s.n = 64, s.c = c, s.h = s.w = h, s.o = o, s.kh = s.kw = k, s.stride = stride, s.pad = k / 2;
+    s.ho = s.wo = (h + 2 * s.pad - k) / stride + 1;
+    return s;
+  };
+  auto route = [](const kernels::Conv2dShape& s) {
+    std::string r;
+    for (ConvPart p : {ConvPart::Forward, ConvPart::Data, ConvPart::Weights})
+      r += kernels::onednn::conv2d_on_onednn(s, p) ? "D" : "r";
+    return r;
+  };
+  {
+    RoutingScope measured(kernels::onednn::ConvRouting::Measured);
+    EXPECT_EQ(route(shape(64, 32, 64, 3, 1)), "DDD");     // layer1 3x3
+    EXPECT_EQ(route(shape(256, 8, 256, 3, 1)), "DDD");    // layer3 3x3, 8x8 output
+    EXPECT_EQ(route(shape(512, 4, 512, 3, 1)), "DDr");    // layer4 3x3, 4x4 output
+    EXPECT_EQ(route(shape(256, 8, 512, 3, 2)), "DDr");    // layer4.0, 4x4 output
+    EXPECT_EQ(route(shape(64, 32, 128, 1, 2)), "rrr");    // downsample 1x1
+    EXPECT_EQ(route(shape(3, 224, 64, 7, 2)), "DDD");     // ImageNet stem 7x7
+  }
+  RoutingScope all(kernels::onednn::ConvRouting::AllOneDnn);
+  EXPECT_EQ(route(shape(64, 32, 128, 1, 2)), "DDD");
+  EXPECT_EQ(route(shape(512, 4, 512, 3, 1)), "DDD");
+}
+
+// The measured routes mix the tiers inside one backward (oneDNN's data gradient with the
+// reference's filter gradient, and the other way round): each gradient alone, together, with
+// the bias, into non-zero buffers, and one scratch sized for both.
+TEST(ConvFast, MeasuredRoutingMixesTheTiersCorrectly) {
+  kernels::Conv2dShape small;  // 4x4 output: data on oneDNN, weights on the reference
+  small.n = 4, small.c = 32, small.h = small.w = 4, small.o = 48, small.kh = small.kw = 3, small.stride = 1;
+  small.pad = 1, small.ho = small.wo = 4;
+  kernels::Conv2dShape large = small;  // 8x8 output: both on oneDNN
+  large.h = large.w = large.ho = large.wo = 8;
+  kernels::Conv2dShape pointwise = large;  // 1x1: all on the reference
+  pointwise.kh = pointwise.kw = 1, pointwise.pad = 0;
+  uint64_t seed = 11000;
+  for (const kernels::Conv2dShape& s : {small, large, pointwise})
+    for (int mask = 1; mask < 8; ++mask) {
+      Want want;
+      want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4;
+      SCOPED_TRACE(cat("dx ", want.dx, " dw ", want.dw, " db ", want.db));
+      compare(s, seed += 10, want, /*forward=*/mask == 7, kernels::onednn::ConvRouting::Measured);
+    }
+}
+
+TEST(ConvFast, RoutingEnvironmentValueIsChecked) {
+  // conv_routing() reads TESSERA_CONV_ROUTING once; the setter is what tools use after that, and
+  // a bad value is reported by the first read. Checked in a child process: the bench program.
+  const std::vector<std::string> step = {"train-step", "--arch", "resnet18", "--stem", "cifar", "--width", "4",
+                                         "--size", "8", "--batch", "2", "--steps", "1", "--warmup", "0",
+                                         "--device", "cpu", "--cpu-kernels", "fast"};
+  const char* saved = std::getenv("TESSERA_CONV_ROUTING");
+  const std::string saved_value = saved ? saved : "";
+  ::setenv("TESSERA_CONV_ROUTING", "fastest", 1);
+  const program_runs::Result bad = program_runs::run("bench", step);
+  ::setenv("TESSERA_CONV_ROUTING", "onednn", 1);
+  const program_runs::Result all = program_runs::run("bench", step);
+  if (saved) ::setenv("TESSERA_CONV_ROUTING", saved_value.c_str(), 1);
+  else ::unsetenv("TESSERA_CONV_ROUTING");
+  EXPECT_NE(bad.status, 0) << bad.output;
+  EXPECT_NE(bad.output.find("TESSERA_CONV_ROUTING: expected measured or onednn, found 'fastest'"), std::string::npos)
+      << bad.output;
+  ASSERT_EQ(all.status, 0) << all.output;
+  EXPECT_NE(all.output.find("routing onednn"), std::string::npos) << all.output;
 }
 
 // Odd shapes the models do not have: non-square kernel, padding larger than needed, an output

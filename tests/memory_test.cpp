@@ -1,13 +1,19 @@
-// Workspace (per-step bump allocator) and arena (parameter tables, canaries) behaviour.
+// Workspace (per-step allocator: blocks, releases, scratch), the graph's releases and in-place
+// ops, and the arena (parameter tables, canaries) behaviour.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "engine/arena.h"
 #include "engine/check.h"
 #include "engine/cpu_kernels.h"
 #include "engine/ops.h"
+#include "kernels/common/philox.h"
 
 namespace tessera {
 namespace {
@@ -140,6 +146,181 @@ TEST(Workspace, SecondIdenticalStepHasNoSpills) {
   EXPECT_EQ(step(), second);
   EXPECT_EQ(ws.spills(), 0);
   EXPECT_EQ(ws.used(), used);
+}
+
+// ---- blocks released during the step ---------------------------------------------------
+
+TEST(Workspace, ReleasedBlockIsReusedAndTheHighWaterStays) {
+  Workspace ws(Device::CPU, 1 << 16);
+  void* a = ws.alloc_bytes(1000);  // 1024 after alignment
+  void* b = ws.alloc_bytes(1000);
+  ws.release(a);
+  EXPECT_EQ(ws.used(), 1024u);
+  EXPECT_EQ(ws.alloc_bytes(1000), a);  // the freed range, not a new one past b
+  EXPECT_EQ(ws.high_water(), 2048u);
+  ws.release(b);  // the top block: the top comes down
+  EXPECT_EQ(ws.alloc_bytes(1024), b);
+  EXPECT_EQ(ws.high_water(), 2048u);
+  EXPECT_EQ(ws.spills(), 0);
+}
+
+TEST(Workspace, NeighboursMergeAndBestFitPicksTheSmallestRange) {
+  Workspace ws(Device::CPU, 1 << 16);
+  char* a = static_cast<char*>(ws.alloc_bytes(256));
+  char* b = static_cast<char*>(ws.alloc_bytes(256));
+  char* c = static_cast<char*>(ws.alloc_bytes(512));
+  char* d = static_cast<char*>(ws.alloc_bytes(256));  // keeps c's range below the top
+  ws.release(a);
+  ws.release(b);                            // merges with a: one 512-byte range at a
+  EXPECT_EQ(ws.alloc_bytes(512), a);        // fits only because a and b merged
+  ws.release(c);                            // 512 free at c
+  char* e = static_cast<char*>(ws.alloc_bytes(768));  // no free range holds it: from the top
+  EXPECT_EQ(e, d + 256);
+  EXPECT_EQ(ws.alloc_bytes(256), c);        // the only range that fits
+  EXPECT_EQ(ws.high_water(), 256u * 2 + 512 + 256 + 768);
+}
+
+TEST(Workspace, ReleasingWhatIsNotALiveBlockIsAnError) {
+  Workspace ws(Device::CPU, 1 << 16);
+  char* a = static_cast<char*>(ws.alloc_bytes(512));
+  EXPECT_THROW(ws.release(a + 256), Error);  // inside a block, not a block
+  ws.release(a);
+  try {
+    ws.release(a);
+    ADD_FAILURE() << "a double release was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected a live block"), std::string::npos) << e.what();
+  }
+}
+
+// Random requests and releases: live blocks never overlap (each is filled with its own tag and
+// checked before it is released), and the high-water is the highest end of a block.
+TEST(Workspace, LiveBlocksNeverOverlapUnderRandomUse) {
+  for (size_t capacity : {size_t{0}, size_t{1} << 20}) {  // all spills / all inside the block
+    Workspace ws(Device::CPU, capacity);
+    for (int step = 0; step < 3; ++step) {
+      ws.reset();
+      kernels::PhiloxState rng(5, 77, 0);
+      struct Live {
+        uint32_t* p;
+        size_t words;
+        uint32_t tag;
+      };
+      std::vector<Live> live;
+      for (uint32_t i = 0; i < 400; ++i) {
+        if (!live.empty() && rng.uniform() < 0.45f) {
+          const size_t k = static_cast<size_t>(rng.uniform() * static_cast<float>(live.size())) % live.size();
+          for (size_t j = 0; j < live[k].words; ++j)
+            ASSERT_EQ(live[k].p[j], live[k].tag) << "block " << live[k].tag << " was overwritten (step " << step << ")";
+          ws.release(live[k].p);
+          live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+          continue;
+        }
+        const size_t bytes = 4 + static_cast<size_t>(rng.uniform() * 6000.0f) / 4 * 4;
+        uint32_t* p = static_cast<uint32_t*>(ws.alloc_bytes(bytes));
+        std::fill(p, p + bytes / 4, i);
+        live.push_back({p, bytes / 4, i});
+      }
+      size_t live_bytes = 0;
+      for (const Live& l : live) {
+        for (size_t j = 0; j < l.words; ++j) ASSERT_EQ(l.p[j], l.tag) << "block " << l.tag << " was overwritten";
+        live_bytes += (l.words * 4 + Workspace::kAlignBytes - 1) / Workspace::kAlignBytes * Workspace::kAlignBytes;
+      }
+      EXPECT_EQ(ws.used(), live_bytes);
+      EXPECT_EQ(ws.live_blocks(), live.size());
+      EXPECT_GE(ws.high_water(), live_bytes);
+    }
+    // The same requests every step: after the first, the block holds them all.
+    EXPECT_EQ(ws.spills(), 0) << "capacity " << capacity;
+  }
+}
+
+// Backward hands each intermediate back once nothing on the tape reads it: a chain of L ops on
+// one tensor size needs the L forward values plus a few gradients, not L values and L gradients.
+TEST(Workspace, BackwardReleasesIntermediatesAndGradientsAreReused) {
+  const int64_t n = 1 << 16;  // 256 KiB per tensor
+  const size_t tensor = size_t(n) * 4;
+  const int layers = 8;
+  OwnedTensor x(Device::CPU, Shape{n}), w(Device::CPU, Shape{n}), dw(Device::CPU, Shape{n});
+  fill_value(x.t, 0.5f);
+  fill_value(w.t, 1.5f);
+  fill_zero(dw.t);
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  for (int step = 0; step < 2; ++step) {
+    g.clear();
+    ws.reset();
+    Var* v = ops::add(g, g.input(x.t, "x"), g.param(w.t, dw.t, "w"));
+    for (int i = 1; i < layers; ++i) v = ops::scale(g, v, 0.5f);
+    Var* loss = ops::sum(g, v);
+    g.backward(loss);
+    EXPECT_FLOAT_EQ(to_host_f32(dw.t)[0], std::ldexp(1.0f, 1 - layers) * (step + 1));
+    EXPECT_EQ(to_host_f32(loss->value)[0], 2.0f * std::ldexp(1.0f, 1 - layers) * static_cast<float>(n))
+        << "the loss is kept";
+  }
+  // Forward: L values; backward: the gradients of two adjacent layers at a time, in released space.
+  EXPECT_LE(ws.high_water(), (layers + 2) * tensor + 4096) << "the gradients did not reuse the released values";
+  EXPECT_GE(ws.high_water(), layers * tensor);
+  EXPECT_LT(ws.used(), 4096u) << "only the loss and its gradient should be left after backward";
+}
+
+TEST(Graph, ReleasedIntermediateGradientIsAnErrorUnlessKept) {
+  OwnedTensor x(Device::CPU, Shape{4}), w(Device::CPU, Shape{4}), dw(Device::CPU, Shape{4});
+  fill_value(x.t, 1.0f);
+  fill_value(w.t, 2.0f);
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  Var* h = ops::add(g, g.input(x.t, "x"), g.param(w.t, dw.t, "w"));
+  Var* kept = ops::scale(g, h, 3.0f);
+  g.keep(kept);
+  g.backward(ops::sum(g, ops::scale(g, kept, 2.0f)));
+  EXPECT_EQ(to_host_f32(g.grad(kept)), std::vector<float>(4, 2.0f));
+  EXPECT_EQ(to_host_f32(kept->value), std::vector<float>(4, 9.0f));
+  try {
+    g.grad(h);
+    ADD_FAILURE() << "a released gradient was handed out";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("keep"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(h->value.defined());
+}
+
+// relu_ and add_ take over their input's memory where the producer allows it, and compute out of
+// place where it does not (a graph input); values and gradients equal the out-of-place ops'.
+TEST(Graph, InPlaceOpsReuseTheInputOnlyWhereAllowed) {
+  OwnedTensor a(Device::CPU, Shape{2, 8}), b(Device::CPU, Shape{2, 8}), da(Device::CPU, Shape{2, 8}),
+      db(Device::CPU, Shape{2, 8});
+  std::vector<float> av(16), bv(16);
+  for (int i = 0; i < 16; ++i) av[size_t(i)] = 0.25f * static_cast<float>(i - 7), bv[size_t(i)] = 0.1f * (i % 5) - 0.2f;
+  from_host(a.t, av);
+  from_host(b.t, bv);
+  std::vector<float> grads[2][2], values[2];
+  for (int in_place = 0; in_place < 2; ++in_place) {
+    Workspace ws(Device::CPU);
+    Graph g(ws);
+    fill_zero(da.t);
+    fill_zero(db.t);
+    Var* pa = g.param(a.t, da.t, "a");
+    Var* pb = g.param(b.t, db.t, "b");
+    Var* s = ops::add(g, pa, pb);  // overwritable
+    void* s_memory = s->value.ptr;
+    Var* r = in_place ? ops::relu_(g, s) : ops::relu(g, s);
+    Var* t = in_place ? ops::add_(g, r, pa) : ops::add(g, r, pa);  // r is a relu output: not overwritable
+    EXPECT_EQ(r->value.ptr == s_memory, in_place == 1);
+    EXPECT_NE(t->value.ptr, r->value.ptr) << "add_ overwrote a relu output its backward reads";
+    void* t_memory = t->value.ptr;
+    Var* u = in_place ? ops::add_(g, t, pb) : ops::add(g, t, pb);  // t is an add's output: overwritable
+    EXPECT_EQ(u->value.ptr == t_memory, in_place == 1);
+    EXPECT_FALSE(ops::relu_(g, g.input(a.t, "input"))->value.ptr == a.t.ptr) << "a graph input was overwritten";
+    g.keep(u);
+    values[in_place] = to_host_f32(u->value);
+    g.backward(ops::sum(g, ops::scale(g, u, 2.0f)));
+    grads[in_place][0] = to_host_f32(da.t);
+    grads[in_place][1] = to_host_f32(db.t);
+  }
+  EXPECT_EQ(values[0], values[1]);
+  EXPECT_EQ(grads[0][0], grads[1][0]);
+  EXPECT_EQ(grads[0][1], grads[1][1]);
 }
 
 // ---- parameter table and arena -------------------------------------------------------

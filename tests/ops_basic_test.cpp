@@ -41,6 +41,14 @@ TS_OP_CASES(basic_cases) {
            [](CaseContext& k) { return ops::add(k.g, k.in[0], k.in[1]); });
   // x + x: both contributions must accumulate into one gradient.
   add_case("add_same_input", {uniform({7})}, [](CaseContext& k) { return ops::add(k.g, k.in[0], k.in[0]); });
+  // The in-place forms on an input they may overwrite (an add's output: Var::overwritable), so
+  // the in-place path runs; the kink spacing of x keeps x + x at least 0.04 from relu's kink.
+  const InputSpec kinked{Shape{3, 2, 5}, InputSpec::Uniform, true, -1, 1, 0, 0.02f};
+  add_case("relu_in_place", {kinked}, [](CaseContext& k) { return ops::relu_(k.g, ops::add(k.g, k.in[0], k.in[0])); });
+  add_case("leaky_relu_in_place", {kinked},
+           [](CaseContext& k) { return ops::leaky_relu_(k.g, ops::add(k.g, k.in[0], k.in[0]), 0.1f); });
+  add_case("add_in_place", {uniform({2, 3, 4}), uniform({2, 3, 4}), uniform({2, 3, 4})},
+           [](CaseContext& k) { return ops::add_(k.g, ops::add(k.g, k.in[0], k.in[1]), k.in[2]); });
   add_case("scale", {uniform({2, 3, 4})}, [](CaseContext& k) { return ops::scale(k.g, k.in[0], -2.5f); });
   add_case("flatten_4d", {uniform({2, 3, 4, 5})}, [](CaseContext& k) { return ops::flatten(k.g, k.in[0]); });
   // The view's gradient must reach x through the consumer's backward.

@@ -235,23 +235,26 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
   }
 }
 
+void conv2d_bias_gradient(const Conv2dShape& s, const float* dy, float* db) {
+  const int64_t P = pixels_of(s);
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < s.o; ++o) {
+    double total = 0;  // N*P terms: sum in double so the result does not depend on N
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float* row = dy + (n * s.o + o) * P;
+      float part = 0;
+#pragma omp simd reduction(+ : part)
+      for (int64_t p = 0; p < P; ++p) part += row[p];
+      total += part;
+    }
+    db[o] += static_cast<float>(total);
+  }
+}
+
 void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
                      float* dw, float* db, void* workspace, size_t /*workspace_bytes*/) {
   const int64_t K = rows_of(s), P = pixels_of(s), nb_max = chunk_images(s);
-  if (db) {
-#pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < s.o; ++o) {
-      double total = 0;  // N*P terms: sum in double so the result does not depend on N
-      for (int64_t n = 0; n < s.n; ++n) {
-        const float* row = dy + (n * s.o + o) * P;
-        float part = 0;
-#pragma omp simd reduction(+ : part)
-        for (int64_t p = 0; p < P; ++p) part += row[p];
-        total += part;
-      }
-      db[o] += static_cast<float>(total);
-    }
-  }
+  if (db) conv2d_bias_gradient(s, dy, db);
   if (!dx && !dw) return;
   if (use_per_image(s)) return backward_per_image(s, x, w, dy, dx, dw, static_cast<float*>(workspace));
   float* cols = static_cast<float*>(workspace);

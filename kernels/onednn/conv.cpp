@@ -1,5 +1,6 @@
 // CPU fast tier of kernels/conv.h: oneDNN's direct convolution (forward, data gradient, filter
-// gradient), the CPU mirror of kernels/cuda/conv.cu. Same math as the reference
+// gradient), the CPU mirror of kernels/cuda/conv.cu. Each pass of a shape runs on oneDNN or on
+// the reference, whichever measured faster (conv2d_on_onednn: the table and its reasons). Same math as the reference
 // (kernels/cpu/conv.cpp), float32 throughout; the sums run in another order, so results
 // differ from the reference by float32 rounding (tests/conv_fast_test.cpp bounds it).
 //
@@ -29,9 +30,8 @@
 // Accumulation. Backward kernels add into dx, dw, db (kernels/conv.h). oneDNN's backward
 // primitives overwrite their outputs and take no sum post-op in 2.6, so the gradients are
 // written into scratch and the reorder back to the caller's layout carries a sum post-op: it
-// adds the result into dx / dw / db in the same pass that converts it (a plain -> plain reorder
-// when no conversion is needed). The bias gradient with no filter gradient wanted is a plain
-// sum over dy here (oneDNN computes it only together with dw).
+// adds the result into dx / dw in the same pass that converts it (a plain -> plain reorder when
+// no conversion is needed). The bias gradient is always the reference's reduction over dy.
 //
 // Threads. Debian's libdnnl runs on OpenMP (runtime_is_openmp()): its parallel regions use the
 // engine's libgomp pool and its size (omp_get_max_threads). oneDNN does its own GEMM work, so
@@ -41,6 +41,8 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -212,9 +214,11 @@ ForwardVariant make_forward(const Descs& d, bool bias) {
 }
 
 // ---- backward -----------------------------------------------------------------------------
-// The data gradient, and the filter gradient without and with the bias gradient. dy is
-// converted once per call for every part that wants the same format: dy operands live at the
-// start of the scratch, the parts (which run one after the other) share the space after them.
+// The data gradient and the filter gradient. dy is converted once per call for every part that
+// wants the same format: dy operands live at the start of the scratch, the parts (which run one
+// after the other) share the space after them. The bias gradient is the reference's reduction
+// (kernels::cpu::conv2d_bias_gradient): oneDNN computes it only together with the filter
+// gradient, and a plain sum over dy costs the same either way.
 struct DataPart {
   Lazy<dnnl::convolution_backward_data::primitive_desc, dnnl::convolution_backward_data> conv;
   int dy = 0;  // index into BackwardPlan::dy
@@ -224,14 +228,14 @@ struct DataPart {
 struct WeightsPart {
   Lazy<dnnl::convolution_backward_weights::primitive_desc, dnnl::convolution_backward_weights> conv;
   int dy = 0;
-  Operand x, dw, db;  // db only in the bias variant
+  Operand x, dw;
   size_t scratchpad_offset = 0, scratchpad_bytes = 0;
 };
 
 struct Backward {
   std::vector<Operand> dy;
   DataPart data;
-  WeightsPart weights[2];        // [0] filter only, [1] filter and bias
+  WeightsPart weights;
   size_t bytes = 0;
 };
 
@@ -247,19 +251,14 @@ Backward make_backward(const Descs& d) {
   const dnnl::convolution_backward_data::desc data_desc(dnnl::algorithm::convolution_direct, d.x_any, d.w_any,
                                                         d.y_any, d.strides, d.pad_l, d.pad_r);
   dnnl::convolution_backward_data::primitive_desc data_pd(data_desc, attributes(), cpu_engine(), hint);
-  dnnl::convolution_backward_weights::primitive_desc weights_pd[2];
-  for (int bias = 0; bias < 2; ++bias) {
-    const dnnl::convolution_backward_weights::desc wdesc(dnnl::algorithm::convolution_direct, d.x_any, d.w_any,
-                                                         bias ? d.bias : memory::desc(), d.y_any, d.strides,
-                                                         d.pad_l, d.pad_r);
-    weights_pd[bias] = dnnl::convolution_backward_weights::primitive_desc(wdesc, attributes(), cpu_engine(), hint);
-  }
+  const dnnl::convolution_backward_weights::desc weights_desc(dnnl::algorithm::convolution_direct, d.x_any,
+                                                              d.w_any, d.y_any, d.strides, d.pad_l, d.pad_r);
+  dnnl::convolution_backward_weights::primitive_desc weights_pd(weights_desc, attributes(), cpu_engine(), hint);
 
   Backward b;
   Carve shared;  // the dy buffers
   const int data_dy = dy_operand(b, d.y, data_pd.diff_dst_desc(), shared);
-  int weights_dy[2];
-  for (int bias = 0; bias < 2; ++bias) weights_dy[bias] = dy_operand(b, d.y, weights_pd[bias].diff_dst_desc(), shared);
+  const int weights_dy = dy_operand(b, d.y, weights_pd.diff_dst_desc(), shared);
 
   Carve data_carve{shared.used};
   DataPart dp{{data_pd, std::nullopt}, data_dy, {}, {}, 0, 0};
@@ -269,22 +268,17 @@ Backward make_backward(const Descs& d) {
                                   b.dy[static_cast<size_t>(data_dy)].pad_bytes()});
   dp.scratchpad_offset = data_carve.take(dp.scratchpad_bytes);
   b.data = std::move(dp);
-  size_t bytes = data_carve.used;
 
-  for (int bias = 0; bias < 2; ++bias) {
-    Carve carve{shared.used};
-    WeightsPart& wp = b.weights[bias];
-    wp.conv.pd = weights_pd[bias];
-    wp.dy = weights_dy[bias];
-    wp.x = Operand::input(d.x, weights_pd[bias].src_desc(), carve);
-    wp.dw = Operand::output(d.w, weights_pd[bias].diff_weights_desc(), /*accumulate=*/true, carve);
-    if (bias) wp.db = Operand::output(d.bias, weights_pd[bias].diff_bias_desc(), /*accumulate=*/true, carve);
-    wp.scratchpad_bytes = std::max({weights_pd[bias].scratchpad_desc().get_size(), wp.x.pad_bytes(),
-                                    wp.dw.pad_bytes(), wp.db.pad_bytes(), b.dy[static_cast<size_t>(wp.dy)].pad_bytes()});
-    wp.scratchpad_offset = carve.take(wp.scratchpad_bytes);
-    bytes = std::max(bytes, carve.used);
-  }
-  b.bytes = bytes;
+  Carve carve{shared.used};
+  WeightsPart& wp = b.weights;
+  wp.conv.pd = weights_pd;
+  wp.dy = weights_dy;
+  wp.x = Operand::input(d.x, weights_pd.src_desc(), carve);
+  wp.dw = Operand::output(d.w, weights_pd.diff_weights_desc(), /*accumulate=*/true, carve);
+  wp.scratchpad_bytes = std::max({weights_pd.scratchpad_desc().get_size(), wp.x.pad_bytes(), wp.dw.pad_bytes(),
+                                  b.dy[static_cast<size_t>(wp.dy)].pad_bytes()});
+  wp.scratchpad_offset = carve.take(wp.scratchpad_bytes);
+  b.bytes = std::max(data_carve.used, carve.used);
   return b;
 }
 
@@ -348,34 +342,77 @@ memory scratchpad(const dnnl::primitive_desc_base& pd, char* scratch, size_t off
   return memory(pd.scratchpad_desc(), cpu_engine(), scratch + offset);
 }
 
-// db[o] += sum over n, p of dy[n, o, p]: the bias gradient when no filter gradient is wanted.
-void bias_gradient(const Conv2dShape& s, const float* dy, float* db) {
-  const int64_t P = s.ho * s.wo;
-#pragma omp parallel for schedule(static)
-  for (int64_t o = 0; o < s.o; ++o) {
-    double total = 0;
-    for (int64_t n = 0; n < s.n; ++n) {
-      const float* row = dy + (n * s.o + o) * P;
-      float part = 0;
-#pragma omp simd reduction(+ : part)
-      for (int64_t p = 0; p < P; ++p) part += row[p];
-      total += part;
-    }
-    db[o] += static_cast<float>(total);
-  }
-}
+std::atomic<int> g_routing{-1};  // ConvRouting, or -1 before the first read
 
 }  // namespace
+
+// ---- per-pass routing ----------------------------------------------------------------------
+// Measured per layer of the ResNet-18 CIFAR step (batch 64), one thread, process CPU time, best
+// of 7, two interleaved runs of `conv_layers --kernels reference|fast --split 1` (bench/RESULTS.md):
+//
+//   pass     kernel        output      runs on     why (reference ms / oneDNN ms, one layer)
+//   forward  3x3, 7x7      any         oneDNN      0.65-0.95x the reference's time on every 3x3 layer
+//                                                  (layer1 68 / 49-52, layer4 60-67 / 40-41)
+//   forward  1x1           any         reference   a tie (4.0-7.6 / 3.6-7.5): no reorders needed
+//   data     3x3, 7x7      any         oneDNN      0.45-1.0x (layer4 80 / 36: col2im of 4x4 maps is
+//                                                  slow; a tie on layer2.0, 30 / 29-30)
+//   data     1x1           any         reference   2x faster on the layer2 downsample (4.4-4.7 / 8.8-10.2)
+//   weights  3x3, 7x7      >= 8x8      oneDNN      0.65-0.85x (layer1 78-83 / 61-63, layer3 59 / 47)
+//   weights  3x3, 7x7      < 8x8       reference   the chunked GEMM is wider: layer4 63-65 / 65-78,
+//                                                  layer4.0 29-32 / 34-38
+//   weights  1x1           any         reference   a tie (4.4-8.3 / 4.1-7.7), and no reorders
+//
+// Changing an entry changes only speed: every pass of every shape is compared with the reference
+// under AllOneDnn (tests/conv_fast_test.cpp), and the reference is the reference.
+ConvRouting conv_routing() {
+  int r = g_routing.load();
+  if (r < 0) {
+    const char* env = std::getenv("TESSERA_CONV_ROUTING");
+    const std::string text = env ? env : "";
+    if (text.empty() || text == "measured") r = static_cast<int>(ConvRouting::Measured);
+    else if (text == "onednn") r = static_cast<int>(ConvRouting::AllOneDnn);
+    else throw std::invalid_argument("TESSERA_CONV_ROUTING: expected measured or onednn, found '" + text + "'");
+    g_routing.store(r);
+  }
+  return static_cast<ConvRouting>(r);
+}
+
+void set_conv_routing(ConvRouting r) { g_routing.store(static_cast<int>(r)); }
+
+const char* conv_routing_name(ConvRouting r) { return r == ConvRouting::AllOneDnn ? "onednn" : "measured"; }
+
+bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part) {
+  if (conv_routing() == ConvRouting::AllOneDnn) return true;
+  const bool pointwise = s.kh == 1 && s.kw == 1;
+  switch (part) {
+    case ConvPart::Forward: return !pointwise;
+    case ConvPart::Data: return !pointwise;
+    case ConvPart::Weights: return !pointwise && s.ho * s.wo >= 64;
+  }
+  return true;
+}
 
 // ---- the kernels ---------------------------------------------------------------------------
 
 void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
-  Plan& p = plan_for(s, pass == ConvPass::Forward, pass == ConvPass::Backward);
-  *bytes = pass == ConvPass::Forward ? std::max(p.forward[0]->bytes, p.forward[1]->bytes) : p.backward->bytes;
+  // The parts run one after the other in the same scratch: the larger of the two tiers' needs.
+  size_t reference = 0, own = 0;
+  if (pass == ConvPass::Forward) {
+    if (conv2d_on_onednn(s, ConvPart::Forward)) own = std::max(plan_for(s, true, false).forward[0]->bytes,
+                                                               plan_for(s, true, false).forward[1]->bytes);
+    else kernels::cpu::conv2d_workspace_size(s, pass, &reference);
+  } else {
+    const bool data = conv2d_on_onednn(s, ConvPart::Data), weights = conv2d_on_onednn(s, ConvPart::Weights);
+    if (data || weights) own = plan_for(s, false, true).backward->bytes;
+    if (!data || !weights) kernels::cpu::conv2d_workspace_size(s, pass, &reference);
+  }
+  *bytes = std::max(reference, own);
 }
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     void* workspace, size_t workspace_bytes) {
+  if (!conv2d_on_onednn(s, ConvPart::Forward))
+    return kernels::cpu::conv2d_forward(s, x, w, b, y, workspace, workspace_bytes);
   ForwardVariant& v = *plan_for(s, true, false).forward[b ? 1 : 0];
   check_workspace(s, v.bytes, workspace_bytes);
   char* scratch = static_cast<char*>(workspace);
@@ -398,8 +435,16 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 
 void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
                      float* dw, float* db, void* workspace, size_t workspace_bytes) {
-  if (!dw && db) bias_gradient(s, dy, db);
-  if (!dx && !dw) return;
+  // The reference's parts first (with the bias gradient), then oneDNN's; both add into their outputs.
+  float* own_dx = dx && conv2d_on_onednn(s, ConvPart::Data) ? dx : nullptr;
+  float* own_dw = dw && conv2d_on_onednn(s, ConvPart::Weights) ? dw : nullptr;
+  float* reference_dx = own_dx ? nullptr : dx;
+  float* reference_dw = own_dw ? nullptr : dw;
+  if (reference_dx || reference_dw)
+    kernels::cpu::conv2d_backward(s, x, w, dy, reference_dx, reference_dw, db, workspace, workspace_bytes);
+  else if (db)
+    kernels::cpu::conv2d_bias_gradient(s, dy, db);
+  if (!own_dx && !own_dw) return;
   Backward& b = *plan_for(s, false, true).backward;
   check_workspace(s, b.bytes, workspace_bytes);
   char* scratch = static_cast<char*>(workspace);
@@ -412,20 +457,17 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
     return o.bind(dy, scratch);
   };
   try {
-    if (dw) {
-      WeightsPart& wp = b.weights[db ? 1 : 0];
+    if (own_dw) {
+      WeightsPart& wp = b.weights;
       char* pad = scratch + wp.scratchpad_offset;
       wp.x.to_primitive(x, scratch, pad);
-      Args args{{DNNL_ARG_SRC, wp.x.bind(x, scratch)},
-                {DNNL_ARG_DIFF_DST, dy_for(wp.dy, pad)},
-                {DNNL_ARG_DIFF_WEIGHTS, wp.dw.bind(dw, scratch)},
-                {DNNL_ARG_SCRATCHPAD, scratchpad(wp.conv.pd, scratch, wp.scratchpad_offset)}};
-      if (db) args.emplace(DNNL_ARG_DIFF_BIAS, wp.db.bind(db, scratch));
-      wp.conv.get().execute(cpu_stream(), args);
+      wp.conv.get().execute(cpu_stream(), {{DNNL_ARG_SRC, wp.x.bind(x, scratch)},
+                                           {DNNL_ARG_DIFF_DST, dy_for(wp.dy, pad)},
+                                           {DNNL_ARG_DIFF_WEIGHTS, wp.dw.bind(dw, scratch)},
+                                           {DNNL_ARG_SCRATCHPAD, scratchpad(wp.conv.pd, scratch, wp.scratchpad_offset)}});
       wp.dw.to_user(dw, scratch, pad);
-      if (db) wp.db.to_user(db, scratch, pad);
     }
-    if (dx) {
+    if (own_dx) {
       DataPart& dp = b.data;
       char* pad = scratch + dp.scratchpad_offset;
       dp.w.to_primitive(w, scratch, pad);
@@ -463,7 +505,8 @@ std::string runtime_description() {
     default: break;
   }
   return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
-         " (cpu runtime " + rt + ", isa " + isa + ", layout " + layout_name(layout()) + ")";
+         " (cpu runtime " + rt + ", isa " + isa + ", layout " + layout_name(layout()) + ", routing " +
+         conv_routing_name(conv_routing()) + ")";
 }
 
 const char* layout_name(Layout l) {
@@ -506,7 +549,7 @@ void clear_conv2d_plans() {
 std::string conv2d_implementations(const Conv2dShape& s) {
   Plan& p = plan_for(s, true, true);
   return std::string("fwd ") + p.forward[0]->conv.pd.impl_info_str() + ", data " +
-         p.backward->data.conv.pd.impl_info_str() + ", weights " + p.backward->weights[0].conv.pd.impl_info_str();
+         p.backward->data.conv.pd.impl_info_str() + ", weights " + p.backward->weights.conv.pd.impl_info_str();
 }
 
 }  // namespace kernels::onednn

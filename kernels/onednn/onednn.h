@@ -6,7 +6,8 @@
 // engine's OpenMP pool (Debian builds libdnnl on OpenMP: its parallel regions are the same
 // libgomp team the reference kernels use, so the two never compete for the cores).
 //
-// Kernels so far: convolution forward, data and filter gradients (kernels/onednn/conv.cpp).
+// Kernels so far: convolution forward, data and filter gradients (kernels/onednn/conv.cpp), each
+// pass routed to oneDNN or to the reference by a measured table (ConvRouting below).
 // Pooling and BatchNorm stay on the reference tier: their kernels are memory-bound passes that
 // would need the same layer-boundary reorders the convolution pays (see conv.cpp's header).
 //
@@ -43,6 +44,22 @@ Layout layout();
 // Changes the layout of primitives made from now on and drops the cached plans. Not for use
 // while a step runs (a workspace size asked before the change would not match).
 void set_layout(Layout l);
+
+// Per-pass routing. The fast tier's convolution runs each pass on whichever implementation
+// measured faster for that kind of shape on the 2-core AVX-512 machine (bench/RESULTS.md,
+// "per-pass routing"): oneDNN or the reference (im2col + OpenBLAS). The table and the reason for
+// each entry are in conv2d_on_onednn (kernels/onednn/conv.cpp). `AllOneDnn` sends every pass to
+// oneDNN: for measuring the table again on another machine, and for the tests that compare
+// oneDNN's kernels with the reference on every shape.
+enum class ConvPart { Forward, Data, Weights };
+enum class ConvRouting { Measured, AllOneDnn };
+// First call: from TESSERA_CONV_ROUTING ("measured" | "onednn"; unset: measured); an unknown
+// value throws std::invalid_argument naming it.
+ConvRouting conv_routing();
+void set_conv_routing(ConvRouting r);
+const char* conv_routing_name(ConvRouting r);  // "measured" | "onednn"
+// Whether `part` of shape `s` runs on oneDNN under the current routing.
+bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part);
 
 // The convolution plans cached so far: one per (shape, thread count, layout).
 size_t conv2d_plan_count();

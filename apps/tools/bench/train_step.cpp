@@ -3,11 +3,12 @@
 //
 //   build/bench train-step --arch resnet18 --stem cifar --width 64 --in-channels 3 --size 32
 //                          --batch 64 --steps 5 --device cpu|cuda [--profile-steps A:B]
-//                          [--cpu-kernels reference|fast]
+//                          [--cpu-kernels reference|fast] [--conv-routing measured|onednn]
 //
 // Prints the median ms per step over --steps timed steps after --warmup untimed ones (the
 // first step sizes the workspace and, on CUDA, picks the cuDNN algorithms), images/s and the
-// workspace high-water mark; the last line is one JSON object. bench/torch_train_step.py is
+// workspace high-water mark (and what the tape holds when the forward ends: the saved
+// activations); the last line is one JSON object. bench/torch_train_step.py is
 // PyTorch's side of the same measurement.
 #include <nlohmann/json.hpp>
 
@@ -15,7 +16,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
+#include <map>
 #include <string>
+#include <utility>
+
+#include <sys/resource.h>
 #include <vector>
 
 #include "apps/tools/bench/bench.h"
@@ -27,6 +33,9 @@
 #include "engine/optimizer.h"
 #include "engine/workspace.h"
 #include "models/model.h"
+#if TESSERA_ONEDNN
+#include "kernels/onednn/onednn.h"
+#endif
 
 namespace tessera {
 
@@ -47,7 +56,9 @@ int bench_train_step(int argc, char** argv) {
           "  [--width W (64)] [--in-channels 1|3 (3)] [--num-classes K (10)] [--size S (32)] [--batch B (64)]\n"
           "  [--steps N (5)] [--warmup N (2)] [--device auto|cpu|cuda (cpu)]\n"
           "  [--profile-steps A:B: per-kernel table of steps A..B-1, counting warm-up steps from 0]\n"
-          "  [--cpu-kernels reference|fast (%s): CPU convolutions by im2col + OpenBLAS or by oneDNN]\n",
+          "  [--cpu-kernels reference|fast (%s): CPU convolutions by im2col + OpenBLAS or by oneDNN]\n"
+          "  [--conv-routing measured|onednn (measured, or $TESSERA_CONV_ROUTING): the fast tier's passes by\n"
+          "   the measured table (kernels/onednn/conv.cpp), or all on oneDNN]\n",
           cpu_kernels_flag.c_str());
       return 0;
     }
@@ -66,6 +77,13 @@ int bench_train_step(int argc, char** argv) {
       else if (a == "--device") device_flag = v;
       else if (a == "--profile-steps") profile_window = profile::StepWindow::parse(v);
       else if (a == "--cpu-kernels") cpu_kernels_flag = v;
+      else if (a == "--conv-routing") {
+        if (v != "measured" && v != "onednn") throw UsageError(cat("--conv-routing: expected measured or onednn, found '", v, "'"));
+#if TESSERA_ONEDNN
+        kernels::onednn::set_conv_routing(v == "onednn" ? kernels::onednn::ConvRouting::AllOneDnn
+                                                        : kernels::onednn::ConvRouting::Measured);
+#endif
+      }
       else throw UsageError(cat("unknown flag '", a, "' (see --help)"));
     } catch (const std::logic_error&) {  // std::stoi: not a number / out of range
       throw UsageError(cat(a, ": expected an integer, found '", v, "'"));
@@ -98,11 +116,18 @@ int bench_train_step(int argc, char** argv) {
 
   Workspace ws(device);
   Graph g(ws);
-  std::vector<double> ms;
+  std::vector<double> ms, cpu_ms;  // wall, and the process's CPU time (all threads)
+  auto cpu_now = [] {
+    timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+  };
   float loss_value = 0;
+  size_t forward_held = 0;  // workspace bytes live when the forward and loss are done
   profile::Profiler profiler(profile_window, device);
   for (int k = 0; k < warmup + steps; ++k) {
     const auto t0 = std::chrono::steady_clock::now();
+    const double c0 = cpu_now();
     profiler.begin_step(k);
     profile::PhaseSequence phases;
     phases.enter("zero_grad");
@@ -113,6 +138,7 @@ int bench_train_step(int argc, char** argv) {
     Var* logits = model->forward(g, g.input(x.t, "images"), /*train=*/true);
     phases.enter("loss");
     Var* loss = ops::cross_entropy(g, logits, labels.t);
+    forward_held = ws.used();
     phases.enter("backward");
     g.backward(loss);
     phases.enter("optimizer");
@@ -120,31 +146,54 @@ int bench_train_step(int argc, char** argv) {
     phases.leave();
     synchronize(device);
     const double step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const double step_cpu_ms = cpu_now() - c0;
     profiler.end_step(k);  // the last step of a window prints the table: not in step_ms
-    if (k >= warmup) ms.push_back(step_ms);
+    if (k >= warmup) ms.push_back(step_ms), cpu_ms.push_back(step_cpu_ms);
     if (k + 1 == warmup + steps) loss_value = to_host_f32(loss->value)[0];
   }
   profiler.finish();
+  if (const profile::Report* r = profiler.window_done() ? profiler.report() : nullptr) {
+    // The table above is per (phase, kernel, layer); summed per kernel it says which families
+    // are worth fusing (issue 14: anything above 5% of the step once the convolutions are fast).
+    std::map<std::string, double> by_kernel;
+    for (const auto& row : r->rows) by_kernel[row.kernel] += row.total_ms;
+    std::vector<std::pair<double, std::string>> order;
+    for (const auto& [name, total] : by_kernel) order.emplace_back(total, name);
+    std::sort(order.rbegin(), order.rend());
+    std::printf("per kernel (all layers and phases), share of the step:");
+    for (const auto& [total, name] : order)
+      std::printf(" %s %.1f%%", name.c_str(), r->step_ms > 0 ? 100 * total / r->step_ms : 0.0);
+    std::printf("; outside kernels %.1f%%\n", r->step_ms > 0 ? 100 * r->outside_ms / r->step_ms : 0.0);
+  }
   std::vector<double> sorted = ms;
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2];
+  // On cores shared with other jobs the CPU time is the steadier number: with one thread it is
+  // the step's own cost; with more it also counts OpenMP threads spinning at barriers.
+  std::sort(cpu_ms.begin(), cpu_ms.end());
+  const double cpu_median = cpu_ms[cpu_ms.size() / 2];
   const double images_per_s = batch / median * 1e3;
   // The workspace's peak: the step's activations and saved tensors plus the scratch region.
   const double mib = 1 << 20, peak_mb = static_cast<double>(ws.peak_bytes()) / mib;
-  std::printf("%s %s stem, width %d, %dx%dx%d, batch %d on %s: median %.1f ms/step (%.1f images/s) over %d steps; "
-              "workspace high-water %.1f MiB (step %.1f + scratch %.1f); last loss %.4f\n",
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const double rss_mb = static_cast<double>(usage.ru_maxrss) / 1024.0;  // kB on Linux
+  std::printf("%s %s stem, width %d, %dx%dx%d, batch %d on %s: median %.1f ms/step (%.1f images/s, CPU %.1f ms/step) over %d steps; "
+              "workspace high-water %.1f MiB (step %.1f + scratch %.1f; held at the end of the forward %.1f); "
+              "process peak RSS %.0f MiB; last loss %.4f\n",
               spec.arch.c_str(), spec.stem.c_str(), spec.width, spec.in_channels, size, size, batch,
-              device_description(device).c_str(), median, images_per_s, steps, peak_mb,
+              device_description(device).c_str(), median, images_per_s, cpu_median, steps, peak_mb,
               static_cast<double>(ws.high_water()) / mib, static_cast<double>(ws.scratch_high_water()) / mib,
-              loss_value);
+              static_cast<double>(forward_held) / mib, rss_mb, loss_value);
   nlohmann::json j = {{"bench", "train-step"},      {"arch", spec.arch},       {"stem", spec.stem},
                       {"width", spec.width},        {"in_channels", spec.in_channels},
                       {"size", size},               {"batch", batch},          {"steps", steps},
                       {"device", device_name(device)}, {"device_description", device_description(device)},
                       {"cpu_kernels", cpu_kernels_name(cpu_kernels())},
-                      {"ms_per_step", median},      {"images_per_s", images_per_s},
+                      {"ms_per_step", median},      {"images_per_s", images_per_s}, {"cpu_ms_per_step", cpu_median},
                       {"workspace_high_water_bytes", ws.peak_bytes()},
                       {"workspace_step_bytes", ws.high_water()}, {"workspace_scratch_bytes", ws.scratch_high_water()},
+                      {"workspace_forward_held_bytes", forward_held}, {"peak_rss_mib", rss_mb},
                       {"ms_all", ms},
                       {"loss", loss_value}};
   std::printf("%s\n", j.dump().c_str());
