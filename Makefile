@@ -89,7 +89,8 @@ endif
 # given on the command line win.
 ifeq ($(CUDA),1)
   MULTIARCH_LIB := /usr/lib/x86_64-linux-gnu
-  CUDA_PLACES := $(CUDA_HOME)/include|$(CUDA_HOME)/lib64 /usr/include|$(MULTIARCH_LIB) \
+  comma := ,
+  CUDA_PLACES := $(CUDA_HOME)/include|$(CUDA_HOME)/lib64 $(CUDA_HOME)/include|$(CUDA_HOME)/lib /usr/include|$(MULTIARCH_LIB) \
                  /usr/include/x86_64-linux-gnu|$(MULTIARCH_LIB)
   # The wheels' nvidia/ folders, looked up (python3 started) only when a search reaches them,
   # and then once (the first expansion replaces the variable by its value).
@@ -105,29 +106,35 @@ ifeq ($(CUDA),1)
   # -lNAME when the unversioned library exists, else -l:libNAME.so.MAJOR.
   link_flag = $(if $(wildcard $(1)/lib$(2).so),-l$(2),-l:$(notdir $(firstword $(sort $(wildcard $(1)/lib$(2).so.[0-9] $(1)/lib$(2).so.[0-9][0-9])))))
 
+  CUDART_PLACE := $(call find_cuda_lib,cuda_runtime.h,cudart,cu13 cuda_runtime)
   CUDNN_PLACE := $(call find_cuda_lib,cudnn.h,cudnn,cudnn)
   CUBLAS_PLACE := $(call find_cuda_lib,cublas_v2.h,cublas,cu13 cublas)
   CURAND_PLACE := $(call find_cuda_lib,curand.h,curand,cu13 curand)
   NCCL_PLACE := $(call find_cuda_lib,nccl.h,nccl,nccl)
   # Given on the command line, CUDNN_INC=... CUDNN_LIB=... (and CUBLAS_*, CURAND_*) win.
+  CUDART_LIB := $(call place_lib,$(CUDART_PLACE))
   CUDNN_INC := $(call place_inc,$(CUDNN_PLACE))
   CUDNN_LIB := $(call place_lib,$(CUDNN_PLACE))
   CUBLAS_INC := $(call place_inc,$(CUBLAS_PLACE))
   CUBLAS_LIB := $(call place_lib,$(CUBLAS_PLACE))
   CURAND_INC := $(call place_inc,$(CURAND_PLACE))
   CURAND_LIB := $(call place_lib,$(CURAND_PLACE))
-  comma := ,
   CUDA_SEARCHED = $(subst |, + ,$(subst $() ,$(comma) ,$(strip $(CUDA_PLACES)))), and the pip wheels' nvidia/<name>/{include,lib} \
                   under $(or $(NVIDIA_WHEEL_DIRS),/opt/torch/.venv and python3's nvidia package (neither found))
-  CUDNN_MISSING = cuDNN not found (cudnn.h with libcudnn.so*): searched $(CUDA_SEARCHED); name it with \
-                  CUDNN_INC=DIR CUDNN_LIB=DIR, or build with CUDA=0
+  rparen := )
+  CUDA_NOT_FOUND = $(subst $(rparen) ,$(rparen)$(comma) ,$(strip $(if $(CUDNN_INC),,cuDNN (cudnn.h with libcudnn.so*)) \
+                   $(if $(CUDART_LIB),,the CUDA runtime (cuda_runtime.h with libcudart.so*)) \
+                   $(if $(CUBLAS_INC),,cuBLAS (cublas_v2.h with libcublas.so*)) \
+                   $(if $(CURAND_INC),,cuRAND (curand.h with libcurand.so*))))
+  CUDA_MISSING = $(CUDA_NOT_FOUND) not found: searched $(CUDA_SEARCHED); name the folders with \
+                 CUDNN_INC=DIR CUDNN_LIB=DIR (CUBLAS_*, CURAND_*, CUDART_LIB), or build with CUDA=0
   # Goals that compile stop here, in one line; the others (cuda-config prints the picture) go on.
   ifneq ($(filter-out cuda-config checklist clean deps gpu-bundle gpu-check gpu-session,$(or $(MAKECMDGOALS),all)),)
-    ifeq ($(CUDNN_INC),)
-      $(error $(CUDNN_MISSING))
+    ifneq ($(CUDA_NOT_FOUND),)
+      $(error $(CUDA_MISSING))
     endif
   endif
-  CUDA_LIB_DIRS := $(filter-out $(MULTIARCH_LIB),$(sort $(CUDNN_LIB) $(CUBLAS_LIB) $(CURAND_LIB) $(CUDA_HOME)/lib64))
+  CUDA_LIB_DIRS := $(filter-out $(MULTIARCH_LIB),$(sort $(CUDNN_LIB) $(CUBLAS_LIB) $(CURAND_LIB) $(CUDART_LIB)))
   CUDA_INC_DIRS := $(filter-out $(CUDA_HOME)/include /usr/include,$(sort $(CUDNN_INC) $(CUBLAS_INC) $(CURAND_INC)))
 endif
 
@@ -141,7 +148,7 @@ ifeq ($(CUDA),1)
   # loads its sub-libraries (libcudnn_cnn.so.9, ...) from where libcudnn.so.9 is.
   LDLIBS += $(foreach d,$(CUDA_LIB_DIRS),-L$(d) -Wl,-rpath,$(d)) -Wl,--disable-new-dtags \
             $(call link_flag,$(CUDNN_LIB),cudnn) $(call link_flag,$(CUBLAS_LIB),cublas) \
-            $(call link_flag,$(CURAND_LIB),curand) -lcudart -ldl
+            $(call link_flag,$(CURAND_LIB),curand) $(call link_flag,$(CUDART_LIB),cudart) -ldl
   CXXFLAGS += -I$(CUDA_HOME)/include $(addprefix -I,$(CUDA_INC_DIRS))
   NVCCFLAGS += $(addprefix -I,$(CUDA_INC_DIRS))
 endif
@@ -267,12 +274,13 @@ demo: deps
 cuda-config:
 ifeq ($(CUDA),1)
 	@echo "cuda-config: CUDA_HOME=$(CUDA_HOME) nvcc=$(if $(wildcard $(NVCC)),$(NVCC) ($(shell $(NVCC) --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')),not found)"
+	@echo "cuda-config: cudart: $(if $(CUDART_LIB),library $(CUDART_LIB) ($(call link_flag,$(CUDART_LIB),cudart)),NOT FOUND)"
 	@echo "cuda-config: cudnn: $(if $(CUDNN_INC),headers $(CUDNN_INC) library $(CUDNN_LIB) ($(call link_flag,$(CUDNN_LIB),cudnn)),NOT FOUND)"
 	@echo "cuda-config: cublas: $(if $(CUBLAS_INC),headers $(CUBLAS_INC) library $(CUBLAS_LIB) ($(call link_flag,$(CUBLAS_LIB),cublas)),NOT FOUND)"
 	@echo "cuda-config: curand: $(if $(CURAND_INC),headers $(CURAND_INC) library $(CURAND_LIB) ($(call link_flag,$(CURAND_LIB),curand)),NOT FOUND)"
 	@echo "cuda-config: nccl: $(if $(NCCL_PLACE),headers $(call place_inc,$(NCCL_PLACE)) library $(call place_lib,$(NCCL_PLACE)),not found) (not linked: nothing here uses it)"
 	@echo "cuda-config: rpath $(CUDA_LIB_DIRS)"
-	@$(if $(CUDNN_INC),true,echo "cuda-config: $(CUDNN_MISSING)" >&2; false)
+	@$(if $(CUDA_NOT_FOUND),echo "cuda-config: $(CUDA_MISSING)" >&2; false,true)
 else
 	@echo "cuda-config: CUDA=0: the build needs no CUDA library (nvcc $(if $(wildcard $(NVCC)),at $(NVCC),not found))"
 endif

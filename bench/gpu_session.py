@@ -446,7 +446,8 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", required=True, help="results folder (what the device call brings back)")
     p.add_argument("--work", default=os.path.join(ROOT, "build/gpu-session"), help="work files (build/gpu-session)")
-    p.add_argument("--budget", type=float, default=450, help="seconds for the whole session (450)")
+    p.add_argument("--budget", type=float, default=0,
+                   help="seconds for the whole session (450 with a GPU; 1800 rehearsing: two CPU cores run the suite in ~5 min)")
     p.add_argument("--phases", default=",".join(p for p in PHASES if p != "build"),
                    help="comma-separated subset of check,bench,torch,programs,memcheck (build always runs)")
     p.add_argument("--no-build", action="store_true", help="use build/ as it is (versions are still probed)")
@@ -458,9 +459,11 @@ def main():
     bad = [x for x in wanted if x not in PHASES]
     if bad:
         p.error(f"--phases: expected a subset of {','.join(PHASES)}, found {','.join(bad)}")
-    s = Session(args)
     rc_smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
-    s.gpu = bool(rc_smi and rc_smi.returncode == 0 and "GPU " in rc_smi.stdout)
+    gpu = bool(rc_smi and rc_smi.returncode == 0 and "GPU " in rc_smi.stdout)
+    args.budget = args.budget or (450 if gpu else 1800)
+    s = Session(args)
+    s.gpu = gpu
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     s.facts["commit"] = commit.stdout.strip() if commit.returncode == 0 else "?"
     s.log(f"gpu-session: {'GPU: ' + rc_smi.stdout.strip() if s.gpu else 'no GPU here: REHEARSAL on the CPU'}; "

@@ -115,6 +115,15 @@ class GpuCheck : public ::testing::Test {
     return stub.string();
   }
 
+  // A compute-sanitizer on PATH that prints `before`, runs the test binary `stub` with the
+  // arguments that follow it, prints `after`, and exits with 99 when `after` reports errors.
+  void fake_sanitizer(const std::string& stub, const std::string& before, const std::string& after) {
+    write_file(dir_ / "bin/compute-sanitizer",
+               "#!/bin/sh\nprintf '" + before + "'\nwhile [ \"$1\" != '" + stub + "' ]; do shift; done\n\"$@\"\nrc=$?\n" +
+                   "printf '" + after + "'\n" + (after.empty() ? "exit $rc\n" : "exit 99\n"),
+               true);
+  }
+
   CheckRun check(const std::string& args) {
     const fs::path out = dir_ / "out";
     const std::string command = "PATH='" + (dir_ / "bin").string() + "' CUDA_VISIBLE_DEVICES= '" + python_ + "' " +
@@ -148,7 +157,7 @@ TEST_F(GpuCheck, WithoutNvidiaSmiSaysThereIsNoGpu) {
   EXPECT_EQ(r.summary.value("exit_code", -1), 3) << r.output;
 }
 
-TEST_F(GpuCheck, ListedGpuWithoutCudaFailsAndSaysWhy) {
+TEST_F(GpuCheck, ListedGpuThatDoesNotInitialiseFailsAndSaysWhy) {
   with_fake_gpu();
   const CheckRun r = check("--phases probe --tests-bin /nonexistent");
   EXPECT_EQ(r.rc, 1) << r.output;
@@ -199,6 +208,32 @@ TEST_F(GpuCheck, BinaryThatDiesWithoutItsXmlFails) {
   EXPECT_NE(phase_detail(r, "suite").find("no XML written (killed by signal 11, while running Conv.Forward)"),
             std::string::npos)
       << r.output;
+}
+
+// compute-sanitizer as gVisor answers it: it refuses the device, and the tests under it cannot
+// reach the GPU. That is "unavailable here", not a failure of the code.
+TEST_F(GpuCheck, SanitizerRefusedByTheRuntimeIsUnavailableNotAFailure) {
+  with_fake_gpu();
+  const std::string stub = stub_tests("stub suite", suite_xml(true));
+  fake_sanitizer(stub, "========= COMPUTE-SANITIZER\n========= Error: Device not supported\n", "");
+  const CheckRun r = check("--phases memcheck --tests-bin " + stub);
+  EXPECT_EQ(phase_status(r, "memcheck"), "UNAVAILABLE") << r.output;
+  EXPECT_NE(phase_detail(r, "memcheck").find("refused by this machine: Device not supported"), std::string::npos)
+      << r.output;
+}
+
+// The same wrapper reporting a bad access: a FAIL that quotes it.
+TEST_F(GpuCheck, SanitizerErrorsFail) {
+  with_fake_gpu();
+  const std::string stub = stub_tests("stub suite", suite_xml(false));
+  fake_sanitizer(stub,
+                 "========= COMPUTE-SANITIZER\n========= Invalid __global__ write of size 4 bytes\n",
+                 "========= ERROR SUMMARY: 1 error\n");
+  const CheckRun r = check("--phases memcheck --tests-bin " + stub);
+  EXPECT_EQ(phase_status(r, "memcheck"), "FAIL") << r.output;
+  EXPECT_NE(phase_detail(r, "memcheck").find("1 errors; first: ========= Invalid __global__ write"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.rc, 1) << r.output;
 }
 
 TEST_F(GpuCheck, RunStoppedAtItsTimeBoxIsIncompleteAndLeavesItsSummary) {
