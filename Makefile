@@ -290,7 +290,8 @@ endif
 # and gpu-check unpacks it with dpkg -x. The working tree that travels is limited to 64 MiB,
 # so the bundle must stay under 50 MiB: Fashion-MNIST (31 MB) is left out and the GPU
 # session trains on generated images. make is in it in case the image has none
-# (bench/gpu_session.py then uses .gpu-bundle/root/usr/bin/make); libquadmath0 is what
+# (tests/gpu_check.py unpacks the bundle into build/gpu-bundle-root and uses its make, when
+# `python3 bench/gpu_session.py --out DIR` is run without make); libquadmath0 is what
 # libgfortran5 (OpenBLAS) needs.
 GPU_BUNDLE_PACKAGES := libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0 libstb0 libstb-dev \
                        zlib1g-dev nlohmann-json3-dev googletest libgtest-dev libdnnl2 libdnnl-dev \

@@ -10,7 +10,7 @@ Phases, in this order (the most decisive first, so a run cut short has learned t
             incremental where build/ is there already; --no-build leaves it out)
   check     tests/gpu_check.py --phases suite,twins: the suite and the CPU-vs-GPU twins
   bench     build/bench on the GPU: train-step ResNet-18 CIFAR batch 256 and ResNet-50 224 px
-            batch 64, teacher-update ResNet-50 + BYOL projector for tma/sts x tensor/channel/
+            batch 64 (each with the per-kernel table of two warm-up steps in its log), teacher-update ResNet-50 + BYOL projector for tma/sts x tensor/channel/
             element (with the device-to-device copy ratio), augment (byol, fixmatch-strong)
   torch     bench/torch_gpu_train_step.py, the same two train steps in PyTorch: eager fp32,
             tf32, channels_last + bf16 autocast, torch.compile when it compiles in its box
@@ -45,7 +45,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ["build", "check", "bench", "torch", "programs", "memcheck"]
 # Shares of a 450 s budget (the GPU estimates are in docs/gpu-log.md).
-NOMINAL = {"build": 150, "check": 110, "bench": 50, "torch": 70, "programs": 40, "memcheck": 30}
+NOMINAL = {"build": 120, "check": 150, "bench": 45, "torch": 60, "programs": 45, "memcheck": 30}
 
 
 class Session:
@@ -244,6 +244,8 @@ def phase_bench(s):
         cmd = ["build/bench", "train-step", "--arch", arch, "--stem", stem, "--size", str(a["size"]), "--batch",
                str(a["batch"]), "--num-classes", str(classes), "--steps", str(a["steps"]), "--warmup",
                str(a["warmup"]), "--device", device]
+        if a["warmup"] >= 2:  # the engine's per-kernel table of warm-up steps (not the timed ones) into the log
+            cmd += ["--profile-steps", f"1:{a['warmup']}"]
         rc, text, to = s.run(cmd, f"bench-{arch}.log", deadline - time.monotonic())
         j = last_json(text)
         s.facts["bench"][label] = {"args": a, "result": j, "rc": rc}
@@ -261,7 +263,8 @@ def phase_bench(s):
         j = last_json(text)
         label = f"teacher-update resnet50+proj {mode} {gran}"
         if j and rc == 0:
-            figure = f"{j['update_ms']:.3f} ms, {j['update_gbps']:.0f} GB/s"
+            figure = (f"{j['update_ms']:.3f} ms, {j['update_gbps']:.0f} GB/s at 12 B/param "
+                      f"({100 * j['params_updated']:.0f}% updated)")
             ratio = f"{j['ratio_to_copy']:.2f} x copy ({j['copy_gbps']:.0f} GB/s)" if "ratio_to_copy" in j else "-"
             s.row(label, figure, "-", ratio, "ran")
         else:
@@ -274,9 +277,9 @@ def phase_bench(s):
         j = last_json(text)
         label = f"augment {recipe} b256 32px"
         if j and rc == 0:
-            rate = j.get("images_per_s") or j.get("pairs_per_s") or next(
-                (v for k, v in j.items() if k.endswith("_per_s")), None)
-            s.row(label, f"{rate:.0f}/s" if isinstance(rate, (int, float)) else json.dumps(j)[:80], "-", "-", "ran")
+            key = next((k for k in ("images_per_s", "pairs_per_s") if k in j), None)
+            figure = f"{j[key]:.0f} {key[:-6]}/s" if key else json.dumps(j)[:80]
+            s.row(label, figure, "-", "-", "ran")
         else:
             ok = False
             s.row(label, "not measured", "", "", f"exit code {rc}" + (" (time box)" if to else ""))
@@ -414,8 +417,12 @@ def phase_programs(s):
         rc, text, to = s.run(cmd, f"{name}.log", share)
         wall = time.monotonic() - t
         events = program_events(run_dir)
-        losses = [e.get("loss") for e in events if "loss" in e]
+        # byol logs "loss", fixmatch "sup_loss" and "unsup_loss"; a non-finite one is written as null
+        train = [e for e in events if e.get("event") == "train"]
+        loss_keys = sorted({k for e in train for k in e if k == "loss" or k.endswith("_loss")})
+        losses = [e.get(k) for e in train for k in loss_keys]
         finite = bool(losses) and all(isinstance(x, (int, float)) for x in losses)
+        last_losses = ", ".join(f"{k} {train[-1].get(k)}" for k in loss_keys) if train else "?"
         last_step = max((e.get("step", 0) for e in events), default=0)
         rates = [e["images_per_s"] for e in events if isinstance(e.get("images_per_s"), (int, float))]
         tail = [l for l in text.strip().splitlines() if l.strip()][-1:] or [""]
@@ -425,7 +432,7 @@ def phase_programs(s):
                                                             f"losses {'finite' if finite else 'not all finite'}")
         figure = f"{steps} steps in {wall:.0f} s" + (f", {sorted(rates)[len(rates) // 2]:.0f} img/s" if rates else "")
         s.row(f"{name} {steps} steps on {device} (generated 28 px data)", figure, "-", "-",
-                       f"{check}; last loss {losses[-1] if losses else '?'}; {tail[0][:100]}")
+                       f"{check}; last {last_losses}; {tail[0][:120]}")
     s.phase_done("programs", "PASS" if ok else "FAIL", time.monotonic() - t0,
                  f"{steps} steps each on {device}" + ("" if s.gpu else " (rehearsal: 300 on the GPU)"))
     return ok

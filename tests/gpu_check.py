@@ -13,7 +13,7 @@ killed at its limit still leaves what it had learned.
             cuDNN, cuBLAS versions; whether a CUDA context can be created, and if not why),
             loaded in a child process with ctypes: the libraries the test binary links when
             it exists (ldd), else those found where the Makefile looks for them.
-  build     `make CUDA=1 cuda-config`, then `make CUDA=1 all` (DEPS_PREFIX from .gpu-bundle/,
+  build     `make CUDA=1 cuda-config`, then `make CUDA=1 all` (DEPS_PREFIX: .gpu-bundle/*.deb unpacked,
             CUDA_ARCHS for the listed GPU only); then the built binary's libraries.
   suite     the GoogleTest suite without the twins (optionally in parallel shards).
   twins     Twins.* (tests/twins_test.cpp): whole training steps, CPU against GPU.
@@ -39,6 +39,7 @@ import time
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLE_ROOT = os.path.join(ROOT, "build", "gpu-bundle-root")  # where .gpu-bundle/*.deb are unpacked
 ALL_PHASES = ["probe", "build", "suite", "twins", "memcheck"]
 # Time boxes in seconds, sized for the lent GPU machine (16 cores; docs/gpu-log.md).
 DEFAULT_BOX = {"probe": 40, "build": 300, "suite": 180, "twins": 120, "memcheck": 120}
@@ -382,16 +383,17 @@ def find_make():
     make = shutil.which("make")
     if make:
         return make
-    bundled = os.path.join(ROOT, ".gpu-bundle/root/usr/bin/make")
+    bundled = os.path.join(BUNDLE_ROOT, "usr/bin/make")
     return bundled if os.path.exists(bundled) else None
 
 
 def unpack_bundle():
-    """.gpu-bundle/*.deb unpacked with dpkg -x into .gpu-bundle/root; returns DEPS_PREFIX or None."""
+    """.gpu-bundle/*.deb unpacked with dpkg -x into build/gpu-bundle-root (not into .gpu-bundle,
+    which a device call carries: unpacked it would not fit); returns (DEPS_PREFIX or None, note)."""
     debs = sorted(glob.glob(os.path.join(ROOT, ".gpu-bundle", "*.deb")))
     if not debs:
         return None, "no .gpu-bundle/*.deb: the build uses the system's packages"
-    root = os.path.join(ROOT, ".gpu-bundle", "root")
+    root = BUNDLE_ROOT
     stamp = os.path.join(root, ".unpacked")
     names = "\n".join(os.path.basename(d) for d in debs)
     if os.path.exists(stamp) and open(stamp).read() == names:
@@ -406,18 +408,18 @@ def unpack_bundle():
             return None, f"dpkg -x {os.path.basename(d)} failed: {text}"
     with open(stamp, "w") as f:
         f.write(names)
-    return root, f"{len(debs)} packages unpacked into .gpu-bundle/root"
+    return root, f"{len(debs)} packages unpacked into {os.path.relpath(root, ROOT)}"
 
 
 def build(args, res, seconds, gpu_listed):
     t0 = time.monotonic()
     deadline = t0 + seconds
+    prefix, note = unpack_bundle()  # first: it may hold the make this machine lacks
+    log(f"gpu-check: bundle: {note}")
     make = find_make()
     if not make:
-        res.phase("build", FAIL, 0, "make not found (neither on PATH nor in .gpu-bundle/root/usr/bin)")
+        res.phase("build", FAIL, 0, f"make not found (neither on PATH nor in {os.path.relpath(BUNDLE_ROOT, ROOT)}/usr/bin)")
         return False
-    prefix, note = unpack_bundle()
-    log(f"gpu-check: bundle: {note}")
     make_args = ["CUDA=1"]
     if prefix:
         make_args.append(f"DEPS_PREFIX={prefix}")
@@ -697,11 +699,15 @@ def main(argv):
     res = Results(os.path.abspath(args.out))
     res.data["rehearsal"] = args.rehearse
     total = args.boxes["probe"] + sum(args.boxes[p] for p in args.phases if p != "probe")  # the probe always runs
-    scale = min(1.0, args.budget / total) if args.budget > 0 else 1.0
+    scale = args.budget / total if args.budget > 0 else 1.0  # > 1: every box grows in proportion
     end = start + (args.budget if args.budget > 0 else total)
 
-    def box(phase):  # the phase's share, never past the end of the budget
-        return max(1.0, min(args.boxes[phase] * scale, end - time.monotonic()))
+    def box(phase):
+        # What is left, less the scaled shares of the phases after this one (so time an earlier
+        # phase did not use goes to this one), and never more than this phase's own box.
+        later = args.phases[args.phases.index(phase) + 1:]
+        reserve = sum(args.boxes[p] * scale for p in later)
+        return max(1.0, min(args.boxes[phase] * max(1.0, scale), end - time.monotonic() - reserve))
 
     gpu_listed = probe(args, res, args.boxes["probe"])
     if not gpu_listed and not args.rehearse:
