@@ -515,15 +515,13 @@ def is_gpu_test(t):
     return bool(GPU_NAME.search(t["name"]) or GPU_MESSAGE.search(t["message"]))
 
 
-def run_gtest(args, res, phase, gtest_filter, seconds, shards=1, env_extra=None, wrapper=None):
-    """Runs the test binary (in `shards` parallel processes); returns (tests, problems, timed_out,
-    running) where problems are exit codes / missing XML that no test result explains."""
-    deadline = time.monotonic() + seconds
+def start_gtest(args, res, phase, gtest_filter, shards=1, env_extra=None, wrapper=None, threads=0):
+    """Starts the test binary in `shards` parallel processes; returns their (Boxed, xml path)."""
     cpus = os.cpu_count() or 2
     runs = []
     for k in range(shards):
         env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // shards)))
+        env.setdefault("OMP_NUM_THREADS", str(threads or max(1, cpus // shards)))
         if shards > 1:
             env.update(GTEST_TOTAL_SHARDS=str(shards), GTEST_SHARD_INDEX=str(k))
         env.update(env_extra or {})
@@ -533,6 +531,12 @@ def run_gtest(args, res, phase, gtest_filter, seconds, shards=1, env_extra=None,
             os.remove(xml)
         cmd = (wrapper or []) + [args.tests_bin, f"--gtest_filter={gtest_filter}", f"--gtest_output=xml:{xml}"]
         runs.append((Boxed(cmd, res.path(f"{phase}{suffix}.log"), env), xml))
+    return runs
+
+
+def finish_gtest(runs, deadline):
+    """Waits for the runs (killed at `deadline`); returns (tests, problems, timed_out, running)
+    where problems are exit codes / missing XML that no test result explains."""
     tests, problems, timed_out, running = [], [], False, []
     for b, xml in runs:
         b.wait(deadline)
@@ -553,6 +557,11 @@ def run_gtest(args, res, phase, gtest_filter, seconds, shards=1, env_extra=None,
             problems.append(f"{os.path.basename(b.log_path)}: exit code {b.rc} with no failed test")
         tests += parsed
     return tests, problems, timed_out, running
+
+
+def run_gtest(args, res, phase, gtest_filter, seconds, shards=1, env_extra=None, wrapper=None):
+    deadline = time.monotonic() + seconds
+    return finish_gtest(start_gtest(args, res, phase, gtest_filter, shards, env_extra, wrapper), deadline)
 
 
 def judge_tests(res, phase, tests, problems, timed_out, running, gpu_listed, seconds, rehearse_note=""):
@@ -600,12 +609,18 @@ def judge_tests(res, phase, tests, problems, timed_out, running, gpu_listed, sec
     return status, detail
 
 
-def gtest_phase(args, res, phase, gtest_filter, seconds, gpu_listed, shards=1, env_extra=None, note=""):
+def gtest_phase(args, res, phase, gtest_filter, seconds, gpu_listed, shards=1, env_extra=None, note="", started=None):
+    """One GoogleTest phase; `started` = (runs, start time, deadline) of one start_gtest'ed earlier."""
     t0 = time.monotonic()
     if not os.path.exists(args.tests_bin):
         res.phase(phase, NOT_RUN, 0, f"no test binary at {args.tests_bin}")
         return
-    tests, problems, timed_out, running = run_gtest(args, res, phase, gtest_filter, seconds, shards, env_extra)
+    if started:
+        runs, t0, deadline = started
+        seconds = deadline - t0
+        tests, problems, timed_out, running = finish_gtest(runs, deadline)
+    else:
+        tests, problems, timed_out, running = run_gtest(args, res, phase, gtest_filter, seconds, shards, env_extra)
     status, detail = judge_tests(res, phase, tests, problems, timed_out, running, gpu_listed, seconds, note)
     res.phase(phase, status, time.monotonic() - t0, detail, filter=gtest_filter, shards=shards)
 
@@ -674,6 +689,8 @@ def parse_args(argv):
                    help="parallel suite processes (default 4 with 12 or more cores, else 1)")
     p.add_argument("--suite-filter", default="-Twins.*", help="GoogleTest filter of the suite phase")
     p.add_argument("--memcheck-filter", default=DEFAULT_MEMCHECK_FILTER)
+    p.add_argument("--parallel-twins", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the twins beside the suite's shards (default: with 12 or more cores)")
     p.add_argument("--twins-stand-in", action="store_true",
                    help="without a GPU, run the twins' GPU halves with the CPU in its place (TESSERA_TWINS_STAND_IN=cpu)")
     p.add_argument("--make-arg", action="append", default=[], metavar="VAR=VALUE", help="passed to make")
@@ -717,10 +734,14 @@ def main(argv):
         log("gpu-check: no GPU here: nothing was tested (run it on a machine with one, or with --rehearse)")
         return EXIT_NO_GPU
     built = True
+    cpus = os.cpu_count() or 2
+    twins_env, twins_note, twins_started = {}, "", None
+    if args.twins_stand_in and not gpu_listed:
+        twins_env, twins_note = {"TESSERA_TWINS_STAND_IN": "cpu"}, "; GPU halves ran with the CPU standing in"
     for phase in args.phases:
         if phase == "probe":
             continue
-        if time.monotonic() >= end - 1:
+        if time.monotonic() >= end - 1 and not (phase == "twins" and twins_started):
             res.phase(phase, INCOMPLETE, 0, "not started: the budget was spent")
             continue
         if phase == "build":
@@ -728,13 +749,23 @@ def main(argv):
         elif not built:
             res.phase(phase, NOT_RUN, 0, "the build did not succeed")
         elif phase == "suite":
-            shards = args.shards or (4 if (os.cpu_count() or 1) >= 12 else 1)
-            gtest_phase(args, res, "suite", args.suite_filter, box("suite"), gpu_listed, shards)
+            shards = args.shards or (4 if cpus >= 12 else 1)
+            if "twins" in args.phases and (args.parallel_twins or (args.parallel_twins is None and cpus >= 12)):
+                # On a many-core machine the twins run beside the suite's shards: the GPU halves
+                # wait mostly on program start-up and CUDA initialisation, not on cores.
+                # Both may use all the time left but what the phases after the twins reserve.
+                after = args.phases[args.phases.index("twins") + 1:]
+                until = end - sum(args.boxes[p] * scale for p in after)
+                twins_started = (start_gtest(args, res, "twins", "Twins.*", env_extra=twins_env,
+                                             threads=max(1, cpus // (shards + 1))), time.monotonic(), until)
+                log(f"gpu-check: twins started beside the suite ({until - time.monotonic():.0f} s box)")
+                suite_box = max(1.0, min(args.boxes["suite"] * max(1.0, scale), until - time.monotonic()))
+            else:
+                suite_box = box("suite")
+            gtest_phase(args, res, "suite", args.suite_filter, suite_box, gpu_listed, shards)
         elif phase == "twins":
-            env, note = {}, ""
-            if args.twins_stand_in and not gpu_listed:
-                env, note = {"TESSERA_TWINS_STAND_IN": "cpu"}, "; GPU halves ran with the CPU standing in"
-            gtest_phase(args, res, "twins", "Twins.*", box("twins"), gpu_listed, env_extra=env, note=note)
+            gtest_phase(args, res, "twins", "Twins.*", box("twins"), gpu_listed, env_extra=twins_env,
+                        note=twins_note, started=twins_started)
         elif phase == "memcheck":
             memcheck(args, res, box("memcheck"), gpu_listed)
 
