@@ -208,14 +208,15 @@ def nvidia_smi_info():
 
 
 def ldd_libraries(binary):
-    """{soname-stem: path or None (not found)} for the CUDA libraries `binary` links."""
+    """{stem: path or None (not found)} for the CUDA libraries `binary` links, and "missing": every
+    library the loader cannot find (the binary would not start)."""
     ldd = shutil.which("ldd")
     if not ldd or not os.path.exists(binary):
         return None
     rc, text = capture([ldd, binary])
     if rc != 0:
         return None
-    found = {}
+    found = {"missing": re.findall(r"^\s*(\S+)\s*=>\s*not found", text, re.M)}
     for line in text.splitlines():
         m = re.match(r"\s*(lib(cudart|cudnn|cublas|curand|nccl)\.so[.\d]*)\s*=>\s*(\S+)", line)
         if m:
@@ -353,6 +354,9 @@ def probe(args, res, seconds):
                   else "found by search; no test binary yet")
     got = probe_libraries(paths, max(5.0, seconds - (time.monotonic() - t0)))
     lines += library_lines(paths, got, origin)
+    if libs and libs["missing"]:
+        lines.append(f"gpu-check: {os.path.relpath(args.tests_bin, ROOT)} cannot start as it is: "
+                     f"{', '.join(libs['missing'])} not found by the loader")
     driver_api = got.get("driver_api")
     if "init_error" in got:
         lines.append(f"gpu-check: CUDA did not initialise: {got['init_error']}"
@@ -361,7 +365,7 @@ def probe(args, res, seconds):
         lines.append(f"gpu-check: CUDA initialised: {got['devices']} device(s), driver API {driver_api}")
     for line in lines:
         log(line)
-    res.data["versions"] = dict(got, library_paths={k: v for k, v in paths.items() if k != "searched"},
+    res.data["versions"] = dict(got, library_paths={k: v for k, v in paths.items() if k not in ("searched", "missing")},
                                 library_origin=origin)
     res.data["version_lines"] = [line.replace("gpu-check: ", "") for line in lines]
     res.data["gpu_listed"] = smi["listed"]
@@ -448,7 +452,7 @@ def build(args, res, seconds, gpu_listed):
         res.phase("build", FAIL, secs, f"make exit code {b.rc}: {errors[0] if errors else 'see build.log'}")
         return False
     libs = ldd_libraries(args.tests_bin) or {}
-    missing = [libs[k + "_soname"] for k in ("cudart", "cudnn", "cublas", "curand") if k in libs and libs[k] is None]
+    missing = libs.get("missing")
     if missing:
         res.phase("build", FAIL, secs, f"the test binary cannot start: {', '.join(missing)} not found by the loader")
         return False
@@ -456,7 +460,7 @@ def build(args, res, seconds, gpu_listed):
         got = probe_libraries(libs, 20)
         for line in library_lines(libs, got, "linked by the built test binary"):
             log(line)
-        res.data["versions_built"] = dict(got, library_paths={k: v for k, v in libs.items()})
+        res.data["versions_built"] = dict(got, library_paths={k: v for k, v in libs.items() if k != "missing"})
     res.phase("build", PASS, secs, f"make {' '.join(make_args)} all")
     return True
 
