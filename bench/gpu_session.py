@@ -149,8 +149,9 @@ class Session:
         device = f"{v.get('gpu_name', '?')}, driver {v.get('driver', '?')}, CUDA {v.get('runtime', '?')}, " \
                  f"cuDNN {v.get('cudnn', '?')}, cuBLAS {v.get('cublas', '?')}"
         result = "; ".join(f"{n} {p['status']}" for n, p in self.phases.items())
-        notes = "; ".join(f"{r[0]}: {r[1]}" + (f" (torch {r[2]}, ratio {r[3]})" if r[2] not in ("", "-") else "")
-                          for r in self.rows if r[1] not in ("", "-"))
+        # The measured figures only (the table in summary.md has the rest): tessera's, PyTorch's beside it.
+        notes = "; ".join(f"{r[0]}: {r[1]}" + (f" vs torch {r[2]}, ratio {r[3]}" if r[3] else "")
+                          for r in self.rows if r[4].startswith(("ran", "PASS")) and r[1])
         return f"| {time.strftime('%Y-%m-%d', time.gmtime())} | {v.get('commit', '?')} | {device} | {result} | {notes} |"
 
 
@@ -190,8 +191,13 @@ def phase_build(s):
     else:
         status = p.get("build", {}).get("status", "INCOMPLETE" if timed_out else "FAIL")
         detail = p.get("build", {}).get("detail", "gpu-check wrote no build result")
+    built = status == "PASS" and binaries
+    if p.get("probe", {}).get("status") == "FAIL":
+        # CUDA does not initialise: nothing on the GPU can pass, but the phases still run and tell
+        # what else holds (the CPU tests, whether PyTorch sees the GPU)
+        status, detail = "FAIL", p["probe"]["detail"] + "; " + detail
     s.phase_done("build", status, time.monotonic() - t0, detail)
-    return status == "PASS" and binaries
+    return built
 
 def phase_check(s):
     t0 = time.monotonic()
@@ -430,7 +436,8 @@ def phase_programs(s):
         ok &= passed
         check = "PASS" if passed else ("time box" if to else f"FAIL: exit code {rc}, last step {last_step}, "
                                                             f"losses {'finite' if finite else 'not all finite'}")
-        figure = f"{steps} steps in {wall:.0f} s" + (f", {sorted(rates)[len(rates) // 2]:.0f} img/s" if rates else "")
+        figure = (f"{steps} steps in {wall:.0f} s" + (f", {sorted(rates)[len(rates) // 2]:.0f} img/s" if rates else "")
+                  if passed else f"stopped at step {last_step} of {steps}")
         s.row(f"{name} {steps} steps on {device} (generated 28 px data)", figure, "-", "-",
                        f"{check}; last {last_losses}; {tail[0][:120]}")
     s.phase_done("programs", "PASS" if ok else "FAIL", time.monotonic() - t0,
