@@ -2,18 +2,19 @@
 """gpu-session: the one prepared GPU run (issue 13, section 4; docs/gpu-log.md).
 
     make gpu-session OUT=DIR [GPU_SESSION_ARGS='--budget 200 --phases check,bench']
-    python3 bench/gpu_session.py --out DIR [--budget 450] [--phases ...] [--rehearse]
+    python3 bench/gpu_session.py --out DIR [--budget 450] [--phases ...] [--no-build]
 
 Phases, in this order (the most decisive first, so a run cut short has learned the most):
 
   build     tests/gpu_check.py --phases probe,build: versions, `make CUDA=1 all` (always run:
             incremental where build/ is there already; --no-build leaves it out)
-  check     tests/gpu_check.py --phases suite,twins: the suite and the CPU-vs-GPU twins
+  check     tests/gpu_check.py --phases suite,twins: the suite and, beside it, the CPU-vs-GPU twins
   bench     build/bench on the GPU: train-step ResNet-18 CIFAR batch 256 and ResNet-50 224 px
-            batch 64 (each with the per-kernel table of two warm-up steps in its log), teacher-update ResNet-50 + BYOL projector for tma/sts x tensor/channel/
-            element (with the device-to-device copy ratio), augment (byol, fixmatch-strong)
+            batch 64 (each with the per-kernel table of two warm-up steps in its log),
+            teacher-update ResNet-50 + BYOL projector for tma/sts x tensor/channel/element (with
+            the device-to-device copy ratio), augment (byol, fixmatch-strong)
   torch     bench/torch_gpu_train_step.py, the same two train steps in PyTorch: eager fp32,
-            tf32, channels_last + bf16 autocast, torch.compile when it compiles in its box
+            tf32, channels_last + bf16 autocast for both, then torch.compile with what is left
   programs  byol and fixmatch, 300 steps each with --device cuda, on generated 28 x 28 images
             written as IDX files (the bundle leaves Fashion-MNIST out: 31 MB)
   memcheck  tests/gpu_check.py --phases memcheck: CUDA tests under compute-sanitizer
@@ -26,15 +27,13 @@ build/gpu-session.
 
 Without a GPU (nvidia-smi lists none) the session rehearses: every phase that can run here runs
 on the CPU at rehearsal sizes (stated in the table), phases that cannot are listed with why, and
-the summary says REHEARSAL; no gpu-log row is offered. Exit code: gpu-check's (0 PASS, 1 FAIL,
-3 no GPU, 4 incomplete), or 1 when a bench or program failed.
+the summary says REHEARSAL; no gpu-log row is offered; the budget is 1800 s unless given.
+Exit code: 1 when a phase failed, else 4 when one ran out of time, else 3 without a GPU, else 0.
 """
 import argparse
-import glob
 import json
 import os
 import random
-import re
 import shutil
 import struct
 import subprocess
