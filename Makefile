@@ -112,6 +112,7 @@ ifeq ($(CUDA),1)
   CURAND_PLACE := $(call find_cuda_lib,curand.h,curand,cu13 curand)
   NCCL_PLACE := $(call find_cuda_lib,nccl.h,nccl,nccl)
   # Given on the command line, CUDNN_INC=... CUDNN_LIB=... (and CUBLAS_*, CURAND_*) win.
+  CUDART_INC := $(call place_inc,$(CUDART_PLACE))
   CUDART_LIB := $(call place_lib,$(CUDART_PLACE))
   CUDNN_INC := $(call place_inc,$(CUDNN_PLACE))
   CUDNN_LIB := $(call place_lib,$(CUDNN_PLACE))
@@ -127,7 +128,7 @@ ifeq ($(CUDA),1)
                    $(if $(CUBLAS_INC),,cuBLAS (cublas_v2.h with libcublas.so*)) \
                    $(if $(CURAND_INC),,cuRAND (curand.h with libcurand.so*))))
   CUDA_MISSING = $(CUDA_NOT_FOUND) not found: searched $(CUDA_SEARCHED); name the folders with \
-                 CUDNN_INC=DIR CUDNN_LIB=DIR (CUBLAS_*, CURAND_*, CUDART_LIB), or build with CUDA=0
+                 CUDNN_INC=DIR CUDNN_LIB=DIR (CUBLAS_*, CURAND_*, CUDART_*), or build with CUDA=0
   # Goals that compile stop here, in one line; the others (cuda-config prints the picture) go on.
   ifneq ($(filter-out cuda-config checklist clean deps gpu-bundle gpu-check gpu-session,$(or $(MAKECMDGOALS),all)),)
     ifneq ($(CUDA_NOT_FOUND),)
@@ -135,7 +136,7 @@ ifeq ($(CUDA),1)
     endif
   endif
   CUDA_LIB_DIRS := $(filter-out $(MULTIARCH_LIB),$(sort $(CUDNN_LIB) $(CUBLAS_LIB) $(CURAND_LIB) $(CUDART_LIB)))
-  CUDA_INC_DIRS := $(filter-out $(CUDA_HOME)/include /usr/include,$(sort $(CUDNN_INC) $(CUBLAS_INC) $(CURAND_INC)))
+  CUDA_INC_DIRS := $(filter-out $(CUDA_HOME)/include /usr/include,$(sort $(CUDART_INC) $(CUDNN_INC) $(CUBLAS_INC) $(CURAND_INC)))
 endif
 
 ifeq ($(CUDA),1)
@@ -149,7 +150,9 @@ ifeq ($(CUDA),1)
   LDLIBS += $(foreach d,$(CUDA_LIB_DIRS),-L$(d) -Wl,-rpath,$(d)) -Wl,--disable-new-dtags \
             $(call link_flag,$(CUDNN_LIB),cudnn) $(call link_flag,$(CUBLAS_LIB),cublas) \
             $(call link_flag,$(CURAND_LIB),curand) $(call link_flag,$(CUDART_LIB),cudart) -ldl
-  CXXFLAGS += -I$(CUDA_HOME)/include $(addprefix -I,$(CUDA_INC_DIRS))
+  # The folders found first: a toolkit may hold a cudnn.h without its library, and the header
+  # must match the library that is linked.
+  CXXFLAGS += $(addprefix -I,$(CUDA_INC_DIRS)) -I$(CUDA_HOME)/include
   NVCCFLAGS += $(addprefix -I,$(CUDA_INC_DIRS))
 endif
 LDFLAGS := -fopenmp $(SAN)
