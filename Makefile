@@ -66,7 +66,10 @@ PROFILE_HOST := $(if $(filter 1,$(PROFILE)),-g -fno-omit-frame-pointer,)
 OPT += $(PROFILE_HOST)
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
 SAN := $(if $(filter 1,$(SANITIZE)),$(ASAN_FLAGS),)
-CXXFLAGS := -std=c++17 $(OPT) $(SAN) -fopenmp -Wall -Wextra -Werror -MMD -MP $(INCLUDES) \
+# WERROR=0 keeps warnings as warnings: gpu-check builds so on a machine whose compiler is newer
+# than this project's (a new warning must not cost the GPU visit; the build row lists them).
+WERROR ?= 1
+CXXFLAGS := -std=c++17 $(OPT) $(SAN) -fopenmp -Wall -Wextra $(if $(filter 1,$(WERROR)),-Werror,) -MMD -MP $(INCLUDES) \
             -DTESSERA_CUDA=$(CUDA) -DTESSERA_ONEDNN=$(ONEDNN)
 SYS_RPATH := -Wl,-rpath,$(SYS_LIB)
 LDLIBS := -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas \
@@ -142,7 +145,7 @@ endif
 ifeq ($(CUDA),1)
   NVCCFLAGS := -std=c++17 $(if $(filter 1,$(DEBUG)),-O0 -g -G,-O3 -lineinfo) $(CUDA_ARCHS) \
                $(if $(filter 1,$(PROFILE)),-g -Xcompiler -fno-omit-frame-pointer,) \
-               --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall,-Wextra,-Werror -MMD -MP \
+               --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall,-Wextra$(if $(filter 1,$(WERROR)),$(comma)-Werror,) -MMD -MP \
                $(INCLUDES) -DTESSERA_CUDA=1
   # -ldl: NVTX (engine/profile.cpp) loads a profiler's injection library; in libc since glibc 2.34.
   # An old-style RPATH (as for oneDNN above) also serves the libraries' own lookups: cuDNN 9
