@@ -656,15 +656,17 @@ def memcheck(args, res, seconds, gpu_listed):
     wrapper = [san, "--tool", "memcheck", "--leak-check", "no", "--error-exitcode", "99", "--print-limit", "20"]
     tests, problems, timed_out, running = run_gtest(args, res, "memcheck", args.memcheck_filter, seconds,
                                                     wrapper=wrapper)
-    text = tail(res.path("memcheck.log"), 4000)
+    text = open(res.path("memcheck.log"), errors="replace").read()
     refused = SANITIZER_REFUSED.search(text)
     m = re.search(r"ERROR SUMMARY: (\d+) error", text)
-    n_errors = int(m.group(1)) if m else None
+    # The reports themselves: a run stopped at its time box has them but no ERROR SUMMARY yet.
+    reports = re.findall(r"^=+ (?:Invalid|Program hit|Uninitialized|Race|Misaligned|Out-of-range|Malloc/Free|"
+                         r"Hardware Exception|Barrier error|.*is out of bounds).*$", text, re.M)
+    n_errors = int(m.group(1)) if m else len(reports)
     secs = time.monotonic() - t0
     if n_errors:
-        first = [l for l in text.splitlines() if re.match(r"=+ (Invalid|Program hit|Uninitialized|Race)", l)]
-        res.phase("memcheck", FAIL, secs, f"compute-sanitizer memcheck: {n_errors} errors; first: "
-                  f"{first[0] if first else 'see memcheck.log'}")
+        res.phase("memcheck", FAIL, secs, f"compute-sanitizer memcheck: {n_errors} errors"
+                  f"{'' if m else ' before it was stopped'}; first: {reports[0] if reports else 'see memcheck.log'}")
         return
     gpu_skips = [t for t in tests if t["status"] == "skipped" and is_gpu_test(t)]
     if refused and (not gpu_listed or gpu_skips or not tests or problems):

@@ -236,6 +236,18 @@ TEST_F(GpuCheck, SanitizerErrorsFail) {
   EXPECT_EQ(r.rc, 1) << r.output;
 }
 
+// A run stopped at its time box has no ERROR SUMMARY yet: the reports it printed still fail it.
+TEST_F(GpuCheck, SanitizerReportBeforeTheTimeBoxFails) {
+  with_fake_gpu();
+  const std::string stub = stub_tests("[ RUN      ] Slow.Test", "", "exec /bin/sleep 30");
+  fake_sanitizer(stub, "========= Invalid __global__ read of size 4 bytes\n", "");
+  const CheckRun r = check("--phases memcheck --box memcheck=1 --tests-bin " + stub);
+  EXPECT_EQ(phase_status(r, "memcheck"), "FAIL") << r.output;
+  EXPECT_NE(phase_detail(r, "memcheck").find("1 errors before it was stopped; first: ========= Invalid __global__ read"),
+            std::string::npos)
+      << r.output;
+}
+
 TEST_F(GpuCheck, RunStoppedAtItsTimeBoxIsIncompleteAndLeavesItsSummary) {
   const std::string stub = stub_tests("[ RUN      ] Slow.Test", "", "exec /bin/sleep 30");
   const CheckRun r = check("--rehearse --phases suite --shards 1 --box suite=1 --tests-bin " + stub);
