@@ -651,7 +651,8 @@ def memcheck(args, res, seconds, gpu_listed):
         return
     san = find_sanitizer()
     if not san:
-        res.phase("memcheck", UNAVAILABLE, 0, "compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
+        res.phase("memcheck", UNAVAILABLE, 0,
+                  "unavailable here: compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
         return
     wrapper = [san, "--tool", "memcheck", "--leak-check", "no", "--error-exitcode", "99", "--print-limit", "20"]
     tests, problems, timed_out, running = run_gtest(args, res, "memcheck", args.memcheck_filter, seconds,
@@ -670,7 +671,8 @@ def memcheck(args, res, seconds, gpu_listed):
         return
     gpu_skips = [t for t in tests if t["status"] == "skipped" and is_gpu_test(t)]
     if refused and (not gpu_listed or gpu_skips or not tests or problems):
-        res.phase("memcheck", UNAVAILABLE, secs, f"compute-sanitizer refused by this machine: {refused.group(1).strip()}")
+        res.phase("memcheck", UNAVAILABLE, secs,
+                  f"unavailable here: compute-sanitizer refused by this machine: {refused.group(1).strip()}")
         return
     status, detail = judge_tests(res, "memcheck", tests, problems, timed_out, running, gpu_listed, seconds)
     if m and status in (PASS, CPU_ONLY):

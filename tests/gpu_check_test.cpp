@@ -218,7 +218,7 @@ TEST_F(GpuCheck, SanitizerRefusedByTheRuntimeIsUnavailableNotAFailure) {
   fake_sanitizer(stub, "========= COMPUTE-SANITIZER\n========= Error: Device not supported\n", "");
   const CheckRun r = check("--phases memcheck --tests-bin " + stub);
   EXPECT_EQ(phase_status(r, "memcheck"), "UNAVAILABLE") << r.output;
-  EXPECT_NE(phase_detail(r, "memcheck").find("refused by this machine: Device not supported"), std::string::npos)
+  EXPECT_NE(phase_detail(r, "memcheck").find("unavailable here: compute-sanitizer refused by this machine: Device not supported"), std::string::npos)
       << r.output;
 }
 
