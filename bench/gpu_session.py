@@ -201,7 +201,7 @@ def phase_build(s):
 
 def phase_check(s):
     t0 = time.monotonic()
-    extra = [] if s.gpu else ["--twins-stand-in"] if s.args.twins_stand_in else []
+    extra = [] if s.gpu or s.args.no_twins_stand_in else ["--twins-stand-in"]
     _, summary, timed_out = gpu_check(s, "suite,twins", s.box("check"), "check-tests", ["--no-build", *extra])
     p = summary.get("phases", {})
     for name in ("suite", "twins"):
@@ -483,8 +483,8 @@ def main():
                    help="comma-separated subset of check,bench,torch,programs,memcheck (build always runs)")
     p.add_argument("--no-build", action="store_true", help="use build/ as it is (versions are still probed)")
     p.add_argument("--program-steps", type=int, default=0, help="byol / fixmatch steps (300 on a GPU, 20 rehearsing)")
-    p.add_argument("--twins-stand-in", action="store_true",
-                   help="rehearsing: run the twins' GPU halves with the CPU standing in (slow)")
+    p.add_argument("--no-twins-stand-in", action="store_true",
+                   help="rehearsing: leave the twins' GPU halves skipped (by default the CPU stands in for the GPU)")
     args = p.parse_args()
     wanted = [x for x in args.phases.split(",") if x]
     bad = [x for x in wanted if x not in PHASES]

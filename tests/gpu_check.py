@@ -13,10 +13,12 @@ killed at its limit still leaves what it had learned.
             cuDNN, cuBLAS versions; whether a CUDA context can be created, and if not why),
             loaded in a child process with ctypes: the libraries the test binary links when
             it exists (ldd), else those found where the Makefile looks for them.
-  build     `make CUDA=1 cuda-config`, then `make CUDA=1 all` (DEPS_PREFIX: .gpu-bundle/*.deb unpacked,
-            CUDA_ARCHS for the listed GPU only); then the built binary's libraries.
-  suite     the GoogleTest suite without the twins (optionally in parallel shards).
-  twins     Twins.* (tests/twins_test.cpp): whole training steps, CPU against GPU.
+  build     `make CUDA=1 cuda-config`, then `make CUDA=1 WERROR=0 all` (DEPS_PREFIX: .gpu-bundle/*.deb
+            unpacked into build/gpu-bundle-root; CUDA_ARCHS for the listed GPU only; compiler
+            warnings counted, not fatal); then the libraries the built binary loads.
+  suite     the GoogleTest suite without the twins (4 parallel shards with 12 or more cores).
+  twins     Twins.* (tests/twins_test.cpp): whole training steps, CPU against GPU; with 12 or
+            more cores they run beside the suite's shards.
   memcheck  CUDA tests under compute-sanitizer memcheck; a sanitizer the runtime refuses
             (gVisor: "Device not supported") is UNAVAILABLE with its message, not a failure.
 
