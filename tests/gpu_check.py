@@ -436,7 +436,9 @@ def build(args, res, seconds, gpu_listed):
         sm = cc.replace(".", "")
         make_args.append(f"CUDA_ARCHS=-gencode arch=compute_{sm},code=sm_{sm}")  # this GPU only: half the nvcc time
     make_args += args.make_arg
-    config = run_boxed([make, "--no-print-directory", *make_args, "cuda-config"], res.path("cuda-config.log"), 30)
+    # A make of its own, not a sub-make of `make gpu-check` (whose job server it would inherit)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    config = run_boxed([make, "--no-print-directory", *make_args, "cuda-config"], res.path("cuda-config.log"), 30, env)
     config_text = tail(res.path("cuda-config.log"), 20)
     for line in config_text.splitlines()[1:]:
         log(f"gpu-check: {line}")
@@ -445,7 +447,7 @@ def build(args, res, seconds, gpu_listed):
         res.phase("build", FAIL, time.monotonic() - t0, f"make cuda-config failed: {first[-1] if first else '?'}")
         return False
     jobs = args.jobs or os.cpu_count() or 2
-    b = Boxed([make, f"-j{jobs}", "--no-print-directory", *make_args, "all"], res.path("build.log")).wait(deadline)
+    b = Boxed([make, f"-j{jobs}", "--no-print-directory", *make_args, "all"], res.path("build.log"), env).wait(deadline)
     secs = time.monotonic() - t0
     if b.timed_out:
         res.phase("build", INCOMPLETE, secs, f"make did not finish within {seconds:.0f} s (build.log)")
@@ -465,7 +467,7 @@ def build(args, res, seconds, gpu_listed):
         for line in library_lines(libs, got, "linked by the built test binary"):
             log(line)
         res.data["versions_built"] = dict(got, library_paths={k: v for k, v in libs.items() if k != "missing"})
-    warnings = [l for l in open(res.path("build.log"), errors="replace") if "warning:" in l]
+    warnings = [l for l in open(res.path("build.log"), errors="replace") if re.search(r":\d+:(\d+:)? warning:", l)]
     note = f"; {len(warnings)} compiler warnings (first: {warnings[0].strip()[:200]})" if warnings else ""
     res.phase("build", PASS, secs, f"make {' '.join(make_args)} all{note}", warnings=len(warnings))
     return True
