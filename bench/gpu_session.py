@@ -423,10 +423,14 @@ def phase_programs(s):
     if not installed:
         write_idx_data(data, 6000, 1000)
     data_name = "Fashion-MNIST" if installed else "generated 28 px data"
+    # The recipe's warm-up (0.2 epochs) must be shorter than the run: a tenth of it, whatever the data's size.
+    train_images = 60000 if installed else 6000
     steps = s.args.program_steps or (300 if s.gpu else 20)
+    warmup_epochs = 0.1 * steps * 128 / train_images
     device = "cuda" if s.gpu else "cpu"
     runs = {
         "byol": ["build/byol", "--config", "configs/byol-fashion-mnist-cpu.conf", "--eval-baseline=false",
+                 "--warmup-epochs", f"{warmup_epochs:.5f}",
                  "--eval-train-limit", "2000", "--probe-epochs", "5", "--save-every", str(steps), "--log-every", "10"],
         "fixmatch": ["build/fixmatch", "--config", "configs/fixmatch-fashion-mnist-cpu.conf", "--eval-every", "0",
                      "--save-every", str(steps), "--log-every", "10"],
