@@ -4,8 +4,12 @@
 #   make demo         install missing packages, build, BYOL + STS on Fashion-MNIST (configs/byol-fashion-mnist-cpu.conf)
 #   make test         install missing packages, build, run the whole GoogleTest suite
 #   make CUDA=0 test  the same, CPU-only engine
-#   make gpu-check    on a GPU machine: suite + compute-sanitizer + one summary table
+#   make gpu-check    on a GPU machine: probe, build, suite, twins, compute-sanitizer; one table
+#   make gpu-session OUT=DIR  the prepared GPU run: gpu-check, benches beside PyTorch's, programs
+#   make cuda-config  where the CUDA build finds cuDNN, cuBLAS, cuRAND (CUDA_HOME, system, pip wheels)
 #   make plot RUN=DIR figures of runs or sweeps (apps/tools/plot.py; sweeps: apps/tools/sweep.py)
+#   make fuzz         every parser of user files under libFuzzer (docs/hardening.md)
+#   make sanitize-test / tsan-test   the suite under ASan + UBSan / the loader under TSan
 #   make profile      the same programs built for Nsight Systems / Compute and compute-sanitizer:
 #                     -O3 with -lineinfo and full host symbols (docs/PROFILING.md)
 #   make deps         install what is missing (Debian/Ubuntu packages)
@@ -13,8 +17,9 @@
 # Builds use every core unless -jN is given.
 # Switches: CUDA=0|1 (default: 1 when nvcc is found), CUDA_HOME, CUDA_ARCHS (nvcc -gencode
 # list), ONEDNN=0|1 (the CPU's fast tier, kernels/onednn; default: 1 when oneDNN's header is
-# found), DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan) or SANITIZE=thread (TSan), both CUDA=0, DEPS_PREFIX (a folder
-# where Debian packages were unpacked with dpkg -x, for machines without a package registry).
+# found), DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan) or SANITIZE=thread (TSan), both CUDA=0,
+# FUZZ=1 (the clang libFuzzer build of make fuzz), DEPS_PREFIX (a folder where Debian packages
+# were unpacked with dpkg -x, for machines without a package registry).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
@@ -23,7 +28,8 @@ ifeq ($(filter -j%,$(MAKEFLAGS)),)
   MAKEFLAGS += -j$(shell nproc)
 endif
 
-CUDA_HOME ?= /usr/local/cuda
+# CUDA_HOME: /usr/local/cuda, else the toolkit of the nvcc on PATH.
+CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,$(patsubst %/bin/nvcc,%,$(realpath $(shell command -v nvcc 2>/dev/null))))
 NVCC := $(CUDA_HOME)/bin/nvcc
 ifeq ($(origin CUDA), undefined)
   CUDA := $(if $(wildcard $(NVCC)),1,0)
@@ -82,7 +88,10 @@ ifeq ($(FUZZ),1)
   SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
          -O1 -Wno-pass-failed
 endif
-CXXFLAGS := -std=$(CXX_STD) $(OPT) $(SAN) -fopenmp -Wall -Wextra -Werror -MMD -MP $(INCLUDES) \
+# WERROR=0 keeps warnings as warnings: gpu-check builds so on a machine whose compiler is newer
+# than this project's (a new warning must not cost the GPU visit; the build row lists them).
+WERROR ?= 1
+CXXFLAGS := -std=$(CXX_STD) $(OPT) $(SAN) -fopenmp -Wall -Wextra $(if $(filter 1,$(WERROR)),-Werror,) -MMD -MP $(INCLUDES) \
             -DTESSERA_CUDA=$(CUDA) -DTESSERA_ONEDNN=$(ONEDNN)
 SYS_RPATH := -Wl,-rpath,$(SYS_LIB)
 LDLIBS := -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas \
@@ -94,14 +103,82 @@ ifeq ($(ONEDNN),1)
   OLD_STYLE_RPATH := -Wl,--disable-new-dtags
   LDLIBS += -ldnnl $(if $(DEPS_PREFIX),$(OLD_STYLE_RPATH),)
 endif
+# ---- CUDA libraries: wherever they are -----------------------------------------------------
+# cuDNN, cuBLAS and cuRAND (and NCCL, reported only: nothing here uses it) are looked for, in
+# this order, in CUDA_HOME, in the system's folders, and in the NVIDIA pip wheels of a Python
+# environment (/opt/torch/.venv, or the python3 on PATH): CUDA 13 wheels put every library in
+# nvidia/cu13/{include,lib}, cuDNN and NCCL in nvidia/cudnn and nvidia/nccl, CUDA 12 wheels in
+# nvidia/<name>. A place counts when it holds both the header and the library. Wheels ship only
+# the versioned library (libcudnn.so.9): then the link names that file (-l:libcudnn.so.9).
+# `make cuda-config` prints what was found where. CUDNN_INC / CUDNN_LIB (and CUBLAS_*, ...)
+# given on the command line win.
+ifeq ($(CUDA),1)
+  MULTIARCH_LIB := /usr/lib/x86_64-linux-gnu
+  comma := ,
+  CUDA_PLACES := $(CUDA_HOME)/include|$(CUDA_HOME)/lib64 $(CUDA_HOME)/include|$(CUDA_HOME)/lib /usr/include|$(MULTIARCH_LIB) \
+                 /usr/include/x86_64-linux-gnu|$(MULTIARCH_LIB)
+  # The wheels' nvidia/ folders, looked up (python3 started) only when a search reaches them,
+  # and then once (the first expansion replaces the variable by its value).
+  NVIDIA_WHEEL_DIRS = $(eval NVIDIA_WHEEL_DIRS := $(sort $(wildcard /opt/torch/.venv/lib/python3*/site-packages/nvidia) \
+                        $(shell python3 -c 'import nvidia; print(*nvidia.__path__)' 2>/dev/null)))$(NVIDIA_WHEEL_DIRS)
+  wheel_places = $(foreach w,$(NVIDIA_WHEEL_DIRS),$(foreach s,$(1),$(w)/$(s)/include|$(w)/$(s)/lib))
+  place_inc = $(word 1,$(subst |, ,$(1)))
+  place_lib = $(word 2,$(subst |, ,$(1)))
+  # The first place among $(3) whose include folder has header $(1) and whose lib folder has lib$(2).so*.
+  first_place = $(firstword $(foreach p,$(3),$(if $(and $(wildcard $(call place_inc,$(p))/$(1)),$(wildcard $(call place_lib,$(p))/lib$(2).so*)),$(p))))
+  # $(call find_cuda_lib,HEADER,NAME,WHEEL_SUBDIRS): CUDA_PLACES first, the wheels only if none has it.
+  find_cuda_lib = $(or $(call first_place,$(1),$(2),$(CUDA_PLACES)),$(call first_place,$(1),$(2),$(call wheel_places,$(3))))
+  # -lNAME when the unversioned library exists, else -l:libNAME.so.MAJOR.
+  link_flag = $(if $(wildcard $(1)/lib$(2).so),-l$(2),-l:$(notdir $(firstword $(sort $(wildcard $(1)/lib$(2).so.[0-9] $(1)/lib$(2).so.[0-9][0-9])))))
+
+  CUDART_PLACE := $(call find_cuda_lib,cuda_runtime.h,cudart,cu13 cuda_runtime)
+  CUDNN_PLACE := $(call find_cuda_lib,cudnn.h,cudnn,cudnn)
+  CUBLAS_PLACE := $(call find_cuda_lib,cublas_v2.h,cublas,cu13 cublas)
+  CURAND_PLACE := $(call find_cuda_lib,curand.h,curand,cu13 curand)
+  NCCL_PLACE := $(call find_cuda_lib,nccl.h,nccl,nccl)
+  # Given on the command line, CUDNN_INC=... CUDNN_LIB=... (and CUBLAS_*, CURAND_*) win.
+  CUDART_INC := $(call place_inc,$(CUDART_PLACE))
+  CUDART_LIB := $(call place_lib,$(CUDART_PLACE))
+  CUDNN_INC := $(call place_inc,$(CUDNN_PLACE))
+  CUDNN_LIB := $(call place_lib,$(CUDNN_PLACE))
+  CUBLAS_INC := $(call place_inc,$(CUBLAS_PLACE))
+  CUBLAS_LIB := $(call place_lib,$(CUBLAS_PLACE))
+  CURAND_INC := $(call place_inc,$(CURAND_PLACE))
+  CURAND_LIB := $(call place_lib,$(CURAND_PLACE))
+  CUDA_SEARCHED = $(subst |, + ,$(subst $() ,$(comma) ,$(strip $(CUDA_PLACES)))), and the pip wheels' nvidia/<name>/{include,lib} \
+                  under $(or $(NVIDIA_WHEEL_DIRS),/opt/torch/.venv and python3's nvidia package (neither found))
+  rparen := )
+  CUDA_NOT_FOUND = $(subst $(rparen) ,$(rparen)$(comma) ,$(strip $(if $(CUDNN_INC),,cuDNN (cudnn.h with libcudnn.so*)) \
+                   $(if $(CUDART_LIB),,the CUDA runtime (cuda_runtime.h with libcudart.so*)) \
+                   $(if $(CUBLAS_INC),,cuBLAS (cublas_v2.h with libcublas.so*)) \
+                   $(if $(CURAND_INC),,cuRAND (curand.h with libcurand.so*))))
+  CUDA_MISSING = $(CUDA_NOT_FOUND) not found: searched $(CUDA_SEARCHED); name the folders with \
+                 CUDNN_INC=DIR CUDNN_LIB=DIR (CUBLAS_*, CURAND_*, CUDART_*), or build with CUDA=0
+  # Goals that compile stop here, in one line; the others (cuda-config prints the picture) go on.
+  ifneq ($(filter-out cuda-config checklist clean deps gpu-bundle gpu-check gpu-session,$(or $(MAKECMDGOALS),all)),)
+    ifneq ($(CUDA_NOT_FOUND),)
+      $(error $(CUDA_MISSING))
+    endif
+  endif
+  CUDA_LIB_DIRS := $(filter-out $(MULTIARCH_LIB),$(sort $(CUDNN_LIB) $(CUBLAS_LIB) $(CURAND_LIB) $(CUDART_LIB)))
+  CUDA_INC_DIRS := $(filter-out $(CUDA_HOME)/include /usr/include,$(sort $(CUDART_INC) $(CUDNN_INC) $(CUBLAS_INC) $(CURAND_INC)))
+endif
+
 ifeq ($(CUDA),1)
   NVCCFLAGS := -std=c++17 $(if $(filter 1,$(DEBUG)),-O0 -g -G,-O3 -lineinfo) $(CUDA_ARCHS) \
                $(if $(filter 1,$(PROFILE)),-g -Xcompiler -fno-omit-frame-pointer,) \
-               --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall,-Wextra,-Werror -MMD -MP \
+               --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall,-Wextra$(if $(filter 1,$(WERROR)),$(comma)-Werror,) -MMD -MP \
                $(INCLUDES) -DTESSERA_CUDA=1
   # -ldl: NVTX (engine/profile.cpp) loads a profiler's injection library; in libc since glibc 2.34.
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcurand -lcudart -ldl
-  CXXFLAGS += -I$(CUDA_HOME)/include
+  # An old-style RPATH (as for oneDNN above) also serves the libraries' own lookups: cuDNN 9
+  # loads its sub-libraries (libcudnn_cnn.so.9, ...) from where libcudnn.so.9 is.
+  LDLIBS += $(foreach d,$(CUDA_LIB_DIRS),-L$(d) -Wl,-rpath,$(d)) -Wl,--disable-new-dtags \
+            $(call link_flag,$(CUDNN_LIB),cudnn) $(call link_flag,$(CUBLAS_LIB),cublas) \
+            $(call link_flag,$(CURAND_LIB),curand) $(call link_flag,$(CUDART_LIB),cudart) -ldl
+  # The folders found first: a toolkit may hold a cudnn.h without its library, and the header
+  # must match the library that is linked.
+  CXXFLAGS += $(addprefix -I,$(CUDA_INC_DIRS)) -I$(CUDA_HOME)/include
+  NVCCFLAGS += $(addprefix -I,$(CUDA_INC_DIRS))
 endif
 LDFLAGS := -fopenmp $(SAN)
 
@@ -136,8 +213,8 @@ else
 endif
 
 # ---- rules -----------------------------------------------------------------------------
-.PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle profile plot fuzz fuzz-build sanitize-test \
-        tsan-test
+.PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle gpu-session cuda-config profile plot \
+        fuzz fuzz-build sanitize-test tsan-test
 # Keep the programs' objects (pattern-rule intermediates). Naming them, rather than a bare
 # .SECONDARY:, keeps the configuration stamp an ordinary file, so switching configuration
 # (CUDA=0, DEBUG=1, make profile) rebuilds instead of finding the old binaries up to date.
@@ -210,8 +287,10 @@ deps:
 # One line saying what this build found.
 have = $(if $(wildcard $(1)),yes,no)
 checklist:
-	@echo "tessera build [$(CONFIG)]: nvcc=$(call have,$(NVCC)) cudnn=$(call have,$(CUDA_HOME)/include/cudnn.h)\
-	 cublas=$(call have,$(CUDA_HOME)/include/cublas_v2.h) curand=$(call have,$(CUDA_HOME)/include/curand.h)\
+	@echo "tessera build [$(CONFIG)]: nvcc=$(call have,$(NVCC))\
+	 cudnn=$(if $(filter 1,$(CUDA)),$(if $(CUDNN_INC),$(CUDNN_LIB),no),not-needed)\
+	 cublas=$(if $(filter 1,$(CUDA)),$(or $(CUBLAS_LIB),no),not-needed)\
+	 curand=$(if $(filter 1,$(CUDA)),$(or $(CURAND_LIB),no),not-needed)\
 	 openblas=$(call have,$(BLAS_INC)/cblas.h) openmp=yes stb=$(call have,$(DEPS_PREFIX)/usr/include/stb/stb_image.h)\
 	 gtest=$(call have,$(DEPS_PREFIX)/usr/include/gtest/gtest.h $(DEPS_PREFIX)/usr/src/googletest)\
 	 zlib=$(call have,$(DEPS_PREFIX)/usr/include/zlib.h) onednn=$(call have,$(ONEDNN_HEADER))\
@@ -235,17 +314,53 @@ plot:
 	/usr/bin/python3 apps/tools/plot.py $(RUN) $(if $(PLOT_OUT),--out $(PLOT_OUT),)
 
 # ---- GPU machines ----------------------------------------------------------------------
-# gpu-bundle: on a machine with Debian's registry, fetch the packages a GPU machine without
-# one needs (it has the CUDA toolkit); the device call carries .gpu-bundle/ and runs gpu-check.
-GPU_BUNDLE_PACKAGES := libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libstb0 libstb-dev \
-                       zlib1g-dev nlohmann-json3-dev googletest libgtest-dev dataset-fashion-mnist \
-                       libdnnl2 libdnnl-dev ocl-icd-libopencl1
-gpu-bundle:
-	@mkdir -p .gpu-bundle && cd .gpu-bundle && rm -f *.deb && apt-get download $(GPU_BUNDLE_PACKAGES) 2>/dev/null
-	@du -sh .gpu-bundle
+# cuda-config: where the CUDA build finds its libraries (see "CUDA libraries" above).
+cuda-config:
+ifeq ($(CUDA),1)
+	@echo "cuda-config: CUDA_HOME=$(CUDA_HOME) nvcc=$(if $(wildcard $(NVCC)),$(NVCC) ($(shell $(NVCC) --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')),not found)"
+	@echo "cuda-config: cudart: $(if $(CUDART_LIB),library $(CUDART_LIB) ($(call link_flag,$(CUDART_LIB),cudart)),NOT FOUND)"
+	@echo "cuda-config: cudnn: $(if $(CUDNN_INC),headers $(CUDNN_INC) library $(CUDNN_LIB) ($(call link_flag,$(CUDNN_LIB),cudnn)),NOT FOUND)"
+	@echo "cuda-config: cublas: $(if $(CUBLAS_INC),headers $(CUBLAS_INC) library $(CUBLAS_LIB) ($(call link_flag,$(CUBLAS_LIB),cublas)),NOT FOUND)"
+	@echo "cuda-config: curand: $(if $(CURAND_INC),headers $(CURAND_INC) library $(CURAND_LIB) ($(call link_flag,$(CURAND_LIB),curand)),NOT FOUND)"
+	@echo "cuda-config: nccl: $(if $(NCCL_PLACE),headers $(call place_inc,$(NCCL_PLACE)) library $(call place_lib,$(NCCL_PLACE)),not found) (not linked: nothing here uses it)"
+	@echo "cuda-config: rpath $(CUDA_LIB_DIRS)"
+	@$(if $(CUDA_NOT_FOUND),echo "cuda-config: $(CUDA_MISSING)" >&2; false,true)
+else
+	@echo "cuda-config: CUDA=0: the build needs no CUDA library (nvcc $(if $(wildcard $(NVCC)),at $(NVCC),not found))"
+endif
 
+# gpu-bundle: on a machine with Debian's registry, fetch the packages a GPU machine without
+# one needs (it has the CUDA toolkit, g++ and Python); the device call carries .gpu-bundle/
+# and gpu-check unpacks it with dpkg -x. The working tree that travels is limited to 64 MiB,
+# so the bundle must stay under 50 MiB: Fashion-MNIST (31 MB) is left out and the GPU
+# session trains on generated images. make is in it in case the image has none
+# (tests/gpu_check.py unpacks the bundle into build/gpu-bundle-root and uses its make, when
+# `python3 bench/gpu_session.py --out DIR` is run without make); libquadmath0 is what
+# libgfortran5 (OpenBLAS) needs.
+GPU_BUNDLE_PACKAGES := libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0 libstb0 libstb-dev \
+                       zlib1g-dev nlohmann-json3-dev googletest libgtest-dev libdnnl2 libdnnl-dev \
+                       ocl-icd-libopencl1 make
+GPU_BUNDLE_MAX_MIB := 50
+gpu-bundle:
+	@mkdir -p .gpu-bundle && cd .gpu-bundle && rm -rf *.deb root && apt-get download $(GPU_BUNDLE_PACKAGES) 2>&1 | grep -v "^Get:\|^Fetched\|unsandboxed" ; \
+	  missing=$$(for p in $(GPU_BUNDLE_PACKAGES); do ls $${p}_*.deb >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then echo "gpu-bundle: not downloaded: $$missing (apt-get update first?)" >&2; exit 1; fi; \
+	  kib=$$(du -sk --apparent-size . | cut -f1); \
+	  echo "gpu-bundle: $$(ls *.deb | wc -l) packages, $$((kib / 1024)) MiB in .gpu-bundle/ (limit $(GPU_BUNDLE_MAX_MIB) MiB)"; \
+	  if [ $$kib -gt $$(($(GPU_BUNDLE_MAX_MIB) * 1024)) ]; then \
+	    echo "gpu-bundle: $$((kib / 1024)) MiB is over the $(GPU_BUNDLE_MAX_MIB) MiB limit (the working tree that travels is 64 MiB in all): trim GPU_BUNDLE_PACKAGES" >&2; exit 1; fi
+
+# gpu-check: tests/gpu_check.py (phases probe, build, suite, twins, memcheck; exit 0 PASS,
+# 1 FAIL, 3 no GPU here, 4 incomplete). GPU_CHECK_ARGS='--rehearse' runs it without a GPU.
 gpu-check:
-	@tests/gpu-check.sh
+	@PYTHONUNBUFFERED=1 python3 tests/gpu_check.py $(GPU_CHECK_ARGS)
+
+# gpu-session: the one prepared GPU run (bench/gpu_session.py, docs/gpu-log.md): build,
+# gpu-check, the benches beside PyTorch's, 300-step byol and fixmatch, one table. OUT=DIR
+# receives the results; GPU_SESSION_ARGS='--budget 200 --phases check,bench' for a rerun.
+gpu-session:
+	@if [ -z "$(OUT)" ]; then echo "gpu-session: expected OUT=DIR (the results folder), found none" >&2; exit 2; fi
+	@PYTHONUNBUFFERED=1 python3 bench/gpu_session.py --out "$(OUT)" $(GPU_SESSION_ARGS)
 
 profile:
 	@$(MAKE) --no-print-directory PROFILE=1 all

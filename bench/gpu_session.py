@@ -1,0 +1,537 @@
+#!/usr/bin/env python3
+"""gpu-session: the one prepared GPU run (issue 13, section 4; docs/gpu-log.md).
+
+    make gpu-session OUT=DIR [GPU_SESSION_ARGS='--budget 200 --phases check,bench']
+    python3 bench/gpu_session.py --out DIR [--budget 450] [--phases ...] [--no-build]
+
+Phases, in this order (the most decisive first, so a run cut short has learned the most):
+
+  build     tests/gpu_check.py --phases probe,build: versions, `make CUDA=1 all` (always run:
+            incremental where build/ is there already; --no-build leaves it out)
+  check     tests/gpu_check.py --phases suite,twins: the suite and, beside it, the CPU-vs-GPU twins
+  bench     build/bench on the GPU: train-step ResNet-18 CIFAR batch 256 and ResNet-50 224 px
+            batch 64 (each with the per-kernel table of two warm-up steps in its log),
+            teacher-update ResNet-50 + BYOL projector for tma/sts x tensor/channel/element (with
+            the device-to-device copy ratio), augment (byol, fixmatch-strong)
+  torch     bench/torch_gpu_train_step.py, the same two train steps in PyTorch: eager fp32,
+            tf32, channels_last + bf16 autocast for both, then torch.compile with what is left
+  programs  byol and fixmatch, 300 steps each with --device cuda, on Fashion-MNIST where it is
+            installed, else on generated 28 x 28 images written as IDX files (the bundle leaves
+            Fashion-MNIST out: 31 MB)
+  memcheck  tests/gpu_check.py --phases memcheck: CUDA tests under compute-sanitizer
+
+Each phase has a time box (its share of --budget; time a phase leaves unused goes to the next).
+Everything goes under --out as it happens, in at most four files (the device tool brings back
+eight at most): console.log (all that is printed), summary.md (the table and the gpu-log row),
+summary.json, logs.tar.gz (every phase's logs, re-packed after each phase). Work files live in
+build/gpu-session.
+
+Without a GPU (nvidia-smi lists none) the session rehearses: every phase that can run here runs
+on the CPU at rehearsal sizes (stated in the table), phases that cannot are listed with why, and
+the summary says REHEARSAL; no gpu-log row is offered; the budget is 1800 s unless given.
+Exit code: 1 when a phase failed, else 4 when one ran out of time, else 3 without a GPU, else 0.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHASES = ["build", "check", "bench", "torch", "programs", "memcheck"]
+# Shares of a 450 s budget (the GPU estimates are in docs/gpu-log.md).
+NOMINAL = {"build": 120, "check": 150, "bench": 45, "torch": 60, "programs": 45, "memcheck": 30}
+
+
+class Session:
+    def __init__(self, args):
+        self.args = args
+        self.out = os.path.abspath(args.out)
+        self.work = os.path.abspath(args.work)
+        os.makedirs(self.out, exist_ok=True)
+        shutil.rmtree(self.work, ignore_errors=True)
+        os.makedirs(self.work)
+        self.console = open(os.path.join(self.out, "console.log"), "a", buffering=1)
+        self.start = time.monotonic()
+        self.end = self.start + args.budget
+        self.saved = 0.0  # seconds earlier phases left unused
+        self.rows = []  # [what, tessera, pytorch, ratio, check]
+        self.row_index = {}
+        self.phases = {}
+        self.facts = {}
+        self.gpu = False
+
+    def log(self, msg=""):
+        print(msg, flush=True)
+        self.console.write(msg + "\n")
+
+    def left(self):
+        return self.end - time.monotonic()
+
+    def box(self, phase):
+        scale = self.args.budget / sum(NOMINAL.values())
+        return max(0.0, min(NOMINAL[phase] * scale + self.saved, self.left()))
+
+    def run(self, cmd, log_name, seconds, env=None):
+        """Runs cmd within `seconds` (its process group killed after); returns (rc, output, timed_out)."""
+        path = os.path.join(self.work, log_name)
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        with open(path, "wb") as f:
+            f.write(("$ " + " ".join(cmd) + "\n").encode())
+            f.flush()
+            t0 = time.monotonic()
+            try:
+                p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env,
+                                     start_new_session=True)
+            except OSError as e:
+                return 127, str(e), False
+            timed_out = False
+            try:
+                rc = p.wait(timeout=max(1.0, seconds))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(p.pid, 15)
+                try:
+                    rc = p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, 9)
+                    rc = p.wait()
+        with open(path, errors="replace") as f:
+            text = f.read()
+        self.log(f"  [{time.monotonic() - t0:5.1f} s] {' '.join(cmd[:6])}{' ...' if len(cmd) > 6 else ''}"
+                 f" -> {'stopped at its time box' if timed_out else f'exit code {rc}'}")
+        return rc, text, timed_out
+
+    def row(self, what, tessera, pytorch="", ratio="", check=""):
+        self.row_index[what] = len(self.rows)
+        self.rows.append([what, tessera, pytorch, ratio, check])
+        self.save()
+
+    def phase_done(self, name, status, seconds, detail):
+        self.phases[name] = {"status": status, "seconds": round(seconds, 1), "detail": detail}
+        self.log(f"gpu-session: {name}: {status} ({seconds:.0f} s) {detail}")
+        self.save()
+
+    def save(self):
+        summary = {"phases": self.phases, "rows": self.rows, "facts": self.facts, "gpu": self.gpu,
+                   "budget_s": self.args.budget, "elapsed_s": round(time.monotonic() - self.start, 1)}
+        with open(os.path.join(self.out, "summary.json.tmp"), "w") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(os.path.join(self.out, "summary.json.tmp"), os.path.join(self.out, "summary.json"))
+        with open(os.path.join(self.out, "summary.md.tmp"), "w") as f:
+            f.write(self.markdown())
+        os.replace(os.path.join(self.out, "summary.md.tmp"), os.path.join(self.out, "summary.md"))
+        with tarfile.open(os.path.join(self.out, "logs.tar.gz.tmp"), "w:gz") as t:
+            t.add(self.work, arcname="gpu-session", filter=lambda ti: None if ti.name.endswith((".bin", "-ubyte", ".safetensors")) else ti)
+        os.replace(os.path.join(self.out, "logs.tar.gz.tmp"), os.path.join(self.out, "logs.tar.gz"))
+
+    def markdown(self):
+        lines = ["# gpu-session" + ("" if self.gpu else " (REHEARSAL: no GPU here, not a GPU result)"), ""]
+        lines += [f"- {v}" for v in self.facts.get("version_lines", [])]
+        lines += ["", "| phase | status | seconds | detail |", "|---|---|---|---|"]
+        lines += [f"| {n} | {p['status']} | {p['seconds']} | {p['detail']} |" for n, p in self.phases.items()]
+        lines += ["", "| figure | tessera | PyTorch | tessera / PyTorch | check |", "|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
+        row = self.gpu_log_row()
+        if row:
+            lines += ["", "docs/gpu-log.md row:", "", row]
+        return "\n".join(lines) + "\n"
+
+    def gpu_log_row(self):
+        if not self.gpu:
+            return None
+        v = self.facts
+        device = f"{v.get('gpu_name', '?')}, driver {v.get('driver', '?')}, CUDA {v.get('runtime', '?')}, " \
+                 f"cuDNN {v.get('cudnn', '?')}, cuBLAS {v.get('cublas', '?')}"
+        result = "; ".join(f"{n} {p['status']}" for n, p in self.phases.items())
+        # The measured figures only (the table in summary.md has the rest): tessera's, PyTorch's beside it.
+        notes = "; ".join(f"{r[0]}: {r[1]}" + (f" vs torch {r[2]}, ratio {r[3]}" if r[3] else "")
+                          for r in self.rows if r[4].startswith(("ran", "PASS")) and r[1])
+        return f"| {time.strftime('%Y-%m-%d', time.gmtime())} | {v.get('commit', '?')} | {device} | {result} | {notes} |"
+
+
+# ---- phases ------------------------------------------------------------------------------------
+
+def gpu_check(s, phases, seconds, out_name, extra=()):
+    cmd = [sys.executable, "tests/gpu_check.py", "--out", os.path.join(s.work, out_name), "--phases", phases,
+           "--budget", f"{max(1.0, seconds - 5):.0f}"]
+    if not s.gpu:
+        cmd.append("--rehearse")
+    rc, text, timed_out = s.run(cmd + list(extra), out_name + ".log", seconds)
+    try:
+        summary = json.load(open(os.path.join(s.work, out_name, "summary.json")))
+    except (OSError, ValueError):
+        summary = {}
+    for line in text.splitlines():
+        if line.startswith("gpu-check: ") and not line.startswith("gpu-check: |"):
+            s.log("  " + line)
+    return rc, summary, timed_out
+
+
+def phase_build(s):
+    t0 = time.monotonic()
+    phases = "probe" if s.args.no_build else "probe,build"
+    _, summary, timed_out = gpu_check(s, phases, s.box("build"), "check-build")
+    v = summary.get("versions_built") or summary.get("versions", {})
+    smi = summary.get("nvidia_smi", {})
+    s.facts.update(version_lines=summary.get("version_lines", []), runtime=v.get("runtime"), cudnn=v.get("cudnn"),
+                   cublas=v.get("cublas"), gpu_name=smi.get("name"), driver=smi.get("driver"))
+    p = summary.get("phases", {})
+    for name in ("probe", "build"):
+        if name in p:
+            s.row(f"gpu-check {name}", p[name]["status"], "", "", p[name]["detail"][:200])
+    binaries = all(os.path.exists(os.path.join(ROOT, "build", b)) for b in ("bench", "byol", "fixmatch", "tessera_tests"))
+    if s.args.no_build:
+        status, detail = ("PASS" if binaries else "FAIL"), "--no-build: build/ as it is"
+    else:
+        status = p.get("build", {}).get("status", "INCOMPLETE" if timed_out else "FAIL")
+        detail = p.get("build", {}).get("detail", "gpu-check wrote no build result")
+    built = status == "PASS" and binaries
+    if p.get("probe", {}).get("status") == "FAIL":
+        # CUDA does not initialise: nothing on the GPU can pass, but the phases still run and tell
+        # what else holds (the CPU tests, whether PyTorch sees the GPU)
+        status, detail = "FAIL", p["probe"]["detail"] + "; " + detail
+    s.phase_done("build", status, time.monotonic() - t0, detail)
+    return built
+
+def phase_check(s):
+    t0 = time.monotonic()
+    extra = [] if s.gpu or s.args.no_twins_stand_in else ["--twins-stand-in"]
+    _, summary, timed_out = gpu_check(s, "suite,twins", s.box("check"), "check-tests", ["--no-build", *extra])
+    p = summary.get("phases", {})
+    for name in ("suite", "twins"):
+        if name in p:
+            s.row(f"gpu-check {name}", p[name]["status"], "", "", p[name]["detail"][:200])
+    statuses = [p[n]["status"] for n in ("suite", "twins") if n in p]
+    status = ("FAIL" if "FAIL" in statuses else "INCOMPLETE" if timed_out or "INCOMPLETE" in statuses or not statuses
+              else "PASS" if all(x == "PASS" for x in statuses) else "CPU-ONLY")
+    s.phase_done("check", status, time.monotonic() - t0, "; ".join(f"{n} {q['status']}" for n, q in p.items()
+                                                                   if n in ("suite", "twins")))
+
+
+def last_json(text):
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+# The engine's bench commands: (label, args at GPU sizes, args at rehearsal sizes).
+TRAIN_STEPS = [
+    ("train-step resnet18 cifar b256", "resnet18", "cifar", 32, 256, 10),
+    ("train-step resnet50 224px b64", "resnet50", "imagenet", 224, 64, 1000),
+]
+
+
+def train_step_args(arch, stem, size, batch, classes, gpu):
+    if gpu:
+        steps, warmup = (20, 3) if arch == "resnet18" else (10, 3)
+    else:  # rehearsal: the same command at sizes two shared cores finish in seconds
+        size, batch, steps, warmup = (32, 16, 2, 1) if arch == "resnet18" else (64, 2, 1, 0)
+    return dict(arch=arch, stem=stem, size=size, batch=batch, classes=classes, steps=steps, warmup=warmup)
+
+
+def phase_bench(s):
+    t0 = time.monotonic()
+    deadline = t0 + s.box("bench")
+    device = "cuda" if s.gpu else "cpu"
+    ok = True
+    s.facts["bench"] = {}
+    for label, arch, stem, size, batch, classes in TRAIN_STEPS:
+        a = train_step_args(arch, stem, size, batch, classes, s.gpu)
+        cmd = ["build/bench", "train-step", "--arch", arch, "--stem", stem, "--size", str(a["size"]), "--batch",
+               str(a["batch"]), "--num-classes", str(classes), "--steps", str(a["steps"]), "--warmup",
+               str(a["warmup"]), "--device", device]
+        if a["warmup"] >= 2:  # the engine's per-kernel table of warm-up steps (not the timed ones) into the log
+            cmd += ["--profile-steps", f"1:{a['warmup']}"]
+        rc, text, to = s.run(cmd, f"bench-{arch}.log", deadline - time.monotonic())
+        j = last_json(text)
+        s.facts["bench"][label] = {"args": a, "result": j, "rc": rc}
+        if j and rc == 0:
+            sizes = "" if s.gpu else f" (rehearsal: {a['size']} px, batch {a['batch']})"
+            s.row(label, fmt_engine(s, label)[1], "", "", "ran" + sizes)
+        else:
+            ok = False
+            s.row(label, "not measured", "", "", f"exit code {rc}" + (" (time box)" if to else ""))
+    for mode, gran in [("tma", "tensor"), ("sts", "tensor"), ("sts", "channel"), ("sts", "element"),
+                       ("tma", "channel"), ("tma", "element")]:
+        cmd = ["build/bench", "teacher-update", "--arch", "resnet50", "--stem", "imagenet", "--mode", mode,
+               "--granularity", gran, "--device", device] + ([] if s.gpu else ["--iters", "2"])
+        rc, text, to = s.run(cmd, f"teacher-{mode}-{gran}.log", deadline - time.monotonic())
+        j = last_json(text)
+        label = f"teacher-update resnet50+proj {mode} {gran}"
+        if j and rc == 0:
+            figure = (f"{j['update_ms']:.3f} ms, {j['update_gbps']:.0f} GB/s at 12 B/param "
+                      f"({100 * j['params_updated']:.0f}% updated)")
+            ratio = f"{j['ratio_to_copy']:.2f} x copy ({j['copy_gbps']:.0f} GB/s)" if "ratio_to_copy" in j else "-"
+            s.row(label, figure, "-", ratio, "ran")
+        else:
+            ok = False
+            s.row(label, "not measured", "", "", f"exit code {rc}" + (" (time box)" if to else ""))
+    for recipe in ("byol", "fixmatch-strong"):
+        cmd = ["build/bench", "augment", "--recipe", recipe, "--device", device, "--batch", "256", "--seconds",
+               "2" if s.gpu else "1"]
+        rc, text, to = s.run(cmd, f"augment-{recipe}.log", deadline - time.monotonic())
+        j = last_json(text)
+        label = f"augment {recipe} b256 32px"
+        if j and rc == 0:
+            key = next((k for k in ("images_per_s", "pairs_per_s") if k in j), None)
+            figure = f"{j[key]:.0f} {key[:-6]}/s" if key else json.dumps(j)[:80]
+            s.row(label, figure, "-", "-", "ran")
+        else:
+            ok = False
+            s.row(label, "not measured", "", "", f"exit code {rc}" + (" (time box)" if to else ""))
+    s.phase_done("bench", "PASS" if ok else "FAIL", time.monotonic() - t0,
+                 f"on {device}" + ("" if s.gpu else " at rehearsal sizes (see the rows)"))
+    return ok
+
+
+def torch_python():
+    """A python3 that imports torch: this one, /opt/torch/.venv's, or the system's."""
+    for py in [sys.executable, "/opt/torch/.venv/bin/python3", shutil.which("python3"), "/usr/bin/python3"]:
+        if py and os.path.exists(py):
+            try:
+                if subprocess.run([py, "-c", "import torch, torchvision"], capture_output=True, timeout=60).returncode == 0:
+                    return py
+            except subprocess.TimeoutExpired:
+                continue
+    return None
+
+
+def phase_torch(s):
+    t0 = time.monotonic()
+    deadline = t0 + s.box("torch")
+    py = torch_python()
+    if not py:
+        for label, *_ in TRAIN_STEPS:
+            if label in s.row_index:
+                r = s.rows[s.row_index[label]]
+                r[2], r[4] = "not possible here", r[4] + "; no python3 here imports torch + torchvision"
+        s.phase_done("torch", "NOT POSSIBLE", time.monotonic() - t0,
+                     "no python3 here imports torch and torchvision (tried this one, /opt/torch/.venv, /usr/bin)")
+        return True
+    # The eager modes of both train steps first, then torch.compile with whatever time is left
+    # (compiling a training step takes 40-90 s: it is the first thing to give up).
+    ok = True
+    passes = [(("fp32", "tf32", "bf16-cl"), step) for step in TRAIN_STEPS] + [(("compile",), step) for step in TRAIN_STEPS]
+    for i, (modes_wanted, (label, arch, stem, size, batch, classes)) in enumerate(passes):
+        a = train_step_args(arch, stem, size, batch, classes, s.gpu)
+        left = deadline - time.monotonic()
+        compiling = modes_wanted == ("compile",)
+        eager_left = sum(1 for m, _ in passes[i:] if m != ("compile",))
+        share = left / eager_left if eager_left else left
+        if compiling and left < 20:
+            s.row(f"{label}: torch compile", "", "not run", "", f"{left:.0f} s left of the torch box: no time to compile")
+            continue
+        cmd = [py, "bench/torch_gpu_train_step.py", "--arch", arch, "--stem", stem, "--size", str(a["size"]),
+               "--batch", str(a["batch"]), "--num-classes", str(classes), "--steps", str(a["steps"]), "--warmup",
+               str(a["warmup"]), "--device", "cuda" if s.gpu else "cpu", "--modes", ",".join(modes_wanted),
+               "--compile-timeout", f"{max(10.0, share - 15):.0f}"]
+        rc, text, to = s.run(cmd, f"torch-{arch}-{'compile' if compiling else 'eager'}.log", share)
+        j = last_json(text) or {}
+        s.facts.setdefault("torch", {}).setdefault(label, {}).update(j.get("modes", {}))
+        modes = j.get("modes", {})
+        engine_ms, _ = fmt_engine(s, label)
+        for mode in ("tf32", "fp32", "bf16-cl", "compile"):
+            if mode not in modes_wanted:
+                continue
+            m = modes.get(mode)
+            if m is None:
+                torch_text, ratio, note = "not run", "", "time box" if to else (j.get("error") or f"exit code {rc}")
+            elif "error" in m:
+                torch_text, ratio, note = "not measured", "", m["error"][:120]
+            else:
+                torch_text = f"{m['ms_per_step']:.2f} ms ({mode})"
+                ratio = f"{engine_ms / m['ms_per_step']:.2f}" if engine_ms else ""
+                note = "ran" + (f" (first step {m['first_step_s']} s)" if "first_step_s" in m else "")
+            if mode == "tf32" and label in s.row_index:  # the engine's default math beside PyTorch's tf32
+                r = s.rows[s.row_index[label]]
+                r[2], r[3] = torch_text, ratio
+                r[4] += f"; torch {note}"
+            else:
+                s.row(f"{label}: torch {mode}", "", torch_text, ratio, note)
+        if not compiling and (rc != 0 or not modes):
+            ok = False  # an eager mode that cannot run is a failure; a compile that does not fit is not
+    s.phase_done("torch", "PASS" if ok else "FAIL", time.monotonic() - t0, f"{py}")
+    return ok
+
+
+def fmt_engine(s, label):
+    r = (s.facts.get("bench", {}).get(label) or {}).get("result")
+    if not r:
+        return None, "not measured"
+    return r["ms_per_step"], f"{r['ms_per_step']:.2f} ms ({r['images_per_s']:.0f} img/s, ws {r['workspace_high_water_bytes'] / 2**20:.0f} MiB)"
+
+
+def write_idx_data(folder, train, test, seed=0):
+    """28 x 28 grey images in IDX files (the Fashion-MNIST file names): class k is a stripe
+    pattern of its own (frequency and direction), shifted at random, with noise."""
+    os.makedirs(folder, exist_ok=True)
+    rng = random.Random(seed)
+    templates = []
+    for k in range(10):
+        period, vertical = 3 + k // 2, k % 2
+        img = bytearray(56 * 56)
+        for y in range(56):
+            for x in range(56):
+                t = (x if vertical else y) + (y if k >= 6 else 0)
+                img[y * 56 + x] = 200 if (t // period) % 2 else 30
+        templates.append(bytes(img))
+    for prefix, n in (("train", train), ("t10k", test)):
+        labels = bytes(i % 10 for i in range(n))
+        pixels = bytearray()
+        for i in range(n):
+            t = templates[labels[i]]
+            dx, dy = rng.randrange(28), rng.randrange(28)
+            for y in range(28):
+                pixels += t[(y + dy) * 56 + dx:(y + dy) * 56 + dx + 28]
+        noise = rng.randbytes(len(pixels))
+        pixels = bytes((p + (q & 31)) & 255 if p < 200 else p - (q & 31) for p, q in zip(pixels, noise))
+        with open(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + pixels)
+        with open(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), "wb") as f:
+            f.write(struct.pack(">II", 0x801, n) + labels)
+
+
+def program_events(run_dir):
+    events = []
+    try:
+        for line in open(os.path.join(run_dir, "metrics.jsonl")):
+            events.append(json.loads(line))
+    except (OSError, ValueError):
+        pass
+    return events
+
+
+def phase_programs(s):
+    t0 = time.monotonic()
+    deadline = t0 + s.box("programs")
+    # Fashion-MNIST where it is installed (Debian's dataset-fashion-mnist, here or unpacked from a
+    # bundle that has it), else generated images in its file format.
+    installed = [d for d in ("/usr/share/datasets/fashion-mnist",
+                             os.path.join(ROOT, "build/gpu-bundle-root/usr/share/datasets/fashion-mnist"))
+                 if os.path.exists(os.path.join(d, "train-images-idx3-ubyte.gz"))]
+    data = installed[0] if installed else os.path.join(s.work, "data")
+    if not installed:
+        write_idx_data(data, 6000, 1000)
+    data_name = "Fashion-MNIST" if installed else "generated 28 px data"
+    # The recipe's warm-up (0.2 epochs) must be shorter than the run: a tenth of it, whatever the data's size.
+    train_images = 60000 if installed else 6000
+    steps = s.args.program_steps or (300 if s.gpu else 20)
+    warmup_epochs = 0.1 * steps * 128 / train_images
+    device = "cuda" if s.gpu else "cpu"
+    runs = {
+        "byol": ["build/byol", "--config", "configs/byol-fashion-mnist-cpu.conf", "--eval-baseline=false",
+                 "--warmup-epochs", f"{warmup_epochs:.5f}",
+                 "--eval-train-limit", "2000", "--probe-epochs", "5", "--save-every", str(steps), "--log-every", "10"],
+        "fixmatch": ["build/fixmatch", "--config", "configs/fixmatch-fashion-mnist-cpu.conf", "--eval-every", "0",
+                     "--save-every", str(steps), "--log-every", "10"],
+    }
+    ok = True
+    for i, (name, cmd) in enumerate(runs.items()):
+        run_dir = os.path.join(s.work, name)
+        cmd = cmd + ["--data", f"fashion-mnist:{data}", "--steps", str(steps), "--device", device, "--out", run_dir]
+        share = (deadline - time.monotonic()) / (len(runs) - i)
+        t = time.monotonic()
+        rc, text, to = s.run(cmd, f"{name}.log", share)
+        wall = time.monotonic() - t
+        events = program_events(run_dir)
+        # byol logs "loss", fixmatch "sup_loss" and "unsup_loss"; a non-finite one is written as null
+        train = [e for e in events if e.get("event") == "train"]
+        loss_keys = sorted({k for e in train for k in e if k == "loss" or k.endswith("_loss")})
+        losses = [e.get(k) for e in train for k in loss_keys]
+        finite = bool(losses) and all(isinstance(x, (int, float)) for x in losses)
+        last_losses = ", ".join(f"{k} {train[-1].get(k)}" for k in loss_keys) if train else "?"
+        last_step = max((e.get("step", 0) for e in events), default=0)
+        rates = [e["images_per_s"] for e in events if isinstance(e.get("images_per_s"), (int, float))]
+        tail = [l for l in text.strip().splitlines() if l.strip()][-1:] or [""]
+        passed = rc == 0 and finite and last_step >= steps
+        ok &= passed
+        check = "PASS" if passed else ("time box" if to else f"FAIL: exit code {rc}, last step {last_step}, "
+                                                            f"losses {'finite' if finite else 'not all finite'}")
+        figure = (f"{steps} steps in {wall:.0f} s" + (f", {sorted(rates)[len(rates) // 2]:.0f} img/s" if rates else "")
+                  if passed else f"stopped at step {last_step} of {steps}")
+        s.row(f"{name} {steps} steps on {device} ({data_name})", figure, "-", "-",
+                       f"{check}; last {last_losses}; {tail[0][:120]}")
+    s.phase_done("programs", "PASS" if ok else "FAIL", time.monotonic() - t0,
+                 f"{steps} steps each on {device}" + ("" if s.gpu else " (rehearsal: 300 on the GPU)"))
+    return ok
+
+
+def phase_memcheck(s):
+    t0 = time.monotonic()
+    _, summary, timed_out = gpu_check(s, "memcheck", s.box("memcheck"), "check-memcheck", ["--no-build"])
+    p = summary.get("phases", {}).get("memcheck", {})
+    s.row("gpu-check memcheck", p.get("status", "INCOMPLETE" if timed_out else "FAIL"), "", "",
+                   p.get("detail", "")[:200])
+    s.phase_done("memcheck", p.get("status", "INCOMPLETE" if timed_out else "FAIL"), time.monotonic() - t0,
+                 p.get("detail", "")[:160])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--out", required=True, help="results folder (what the device call brings back)")
+    p.add_argument("--work", default=os.path.join(ROOT, "build/gpu-session"), help="work files (build/gpu-session)")
+    p.add_argument("--budget", type=float, default=0,
+                   help="seconds for the whole session (450 with a GPU; 1800 rehearsing: two CPU cores run the suite in ~5 min)")
+    p.add_argument("--phases", default=",".join(p for p in PHASES if p != "build"),
+                   help="comma-separated subset of check,bench,torch,programs,memcheck (build always runs)")
+    p.add_argument("--no-build", action="store_true", help="use build/ as it is (versions are still probed)")
+    p.add_argument("--program-steps", type=int, default=0, help="byol / fixmatch steps (300 on a GPU, 20 rehearsing)")
+    p.add_argument("--no-twins-stand-in", action="store_true",
+                   help="rehearsing: leave the twins' GPU halves skipped (by default the CPU stands in for the GPU)")
+    args = p.parse_args()
+    wanted = [x for x in args.phases.split(",") if x]
+    bad = [x for x in wanted if x not in PHASES]
+    if bad:
+        p.error(f"--phases: expected a subset of {','.join(PHASES)}, found {','.join(bad)}")
+    rc_smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
+    gpu = bool(rc_smi and rc_smi.returncode == 0 and "GPU " in rc_smi.stdout)
+    args.budget = args.budget or (450 if gpu else 1800)
+    s = Session(args)
+    s.gpu = gpu
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    s.facts["commit"] = commit.stdout.strip() if commit.returncode == 0 else "?"
+    s.log(f"gpu-session: {'GPU: ' + rc_smi.stdout.strip() if s.gpu else 'no GPU here: REHEARSAL on the CPU'}; "
+          f"budget {args.budget:.0f} s; commit {s.facts['commit']}; results in {s.out}")
+
+    order = ["build"] + [x for x in PHASES if x in wanted and x != "build"]
+    runners = {"build": phase_build, "check": phase_check, "bench": phase_bench, "torch": phase_torch,
+               "programs": phase_programs, "memcheck": phase_memcheck}
+    built = True
+    for name in order:
+        if s.left() < 5:
+            s.phase_done(name, "INCOMPLETE", 0, "not started: the budget was spent")
+            continue
+        if not built and name != "torch":
+            s.phase_done(name, "NOT RUN", 0, "the build did not succeed")
+            continue
+        t0 = time.monotonic()
+        planned = s.box(name)
+        s.log(f"== {name} (time box {planned:.0f} s, {s.left():.0f} s left)")
+        result = runners[name](s)
+        if name == "build":
+            built = result
+        s.saved = max(0.0, planned - (time.monotonic() - t0))
+    statuses = [p["status"] for p in s.phases.values()]
+    exit_code = (1 if "FAIL" in statuses else 4 if "INCOMPLETE" in statuses else 0 if s.gpu else 3)
+    s.facts["exit_code"] = exit_code
+    s.save()
+    s.log("")
+    s.log(s.markdown())
+    s.log(f"gpu-session: exit code {exit_code} ({'REHEARSAL, no GPU' if not s.gpu else 'GPU run'}); "
+          f"{time.monotonic() - s.start:.0f} s of {args.budget:.0f}; results in {s.out}")
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
