@@ -39,7 +39,7 @@ struct Config {
   int64_t bn_splits = 8;
   // key encoder (the teacher)
   std::string smoothing = "sts";
-  float preserve_prob = 0.7f;
+  float preserve_prob = 0.5f;  // the STS paper's p for MoCo (../shared/REFERENCE.md)
   std::string granularity = "tensor";
   float momentum = 0.999f;
   std::string momentum_schedule = "constant";
