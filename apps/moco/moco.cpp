@@ -148,7 +148,7 @@ int moco_main(int argc, const char* const* argv) {
     SafetensorsWriter w;
     add_state(w, nets, pos);
     run.save(w, at);
-    SafetensorsWriter backbone;  // the teacher backbone alone: load_state_dict(strict=True)
+    SafetensorsWriter backbone;  // the key encoder backbone alone: load_state_dict(strict=True)
     add_model(backbone, *nets.k_backbone, "");
     backbone.write(run.dir().path("backbone.safetensors"));
   };
@@ -203,7 +203,7 @@ int moco_main(int argc, const char* const* argv) {
         const double kt = eval.run(*nets.k_backbone, false).knn_top1, ks = eval.run(*nets.backbone, false).knn_top1;
         run.metrics().write("knn", {{"step", step}, {"epoch", step / steps_per_epoch}, {"knn_top1_teacher", kt},
                                     {"knn_top1_student", ks}});
-        progress.print(cat("epoch ", step / steps_per_epoch, ": kNN top-1 teacher ", kt, "%, student ", ks, "%"));
+        progress.print(cat("epoch ", step / steps_per_epoch, ": kNN top-1 key encoder ", kt, "%, query encoder ", ks, "%"));
       }
       if (step % c.run.save_every == 0 && step < stop_at) save(step, loader->position());
     }
