@@ -187,13 +187,13 @@ LDFLAGS := -fopenmp $(SAN)
 # machinery in apps/run, the benchmarks) goes into the library so the tests can run whole
 # trainings in-process.
 #   program        main
-PROGRAM_MAINS := byol:apps/byol/main.cpp fixmatch:apps/fixmatch/main.cpp \
+PROGRAM_MAINS := byol:apps/byol/main.cpp fixmatch:apps/fixmatch/main.cpp moco:apps/moco/main.cpp \
                  init:apps/tools/init.cpp embed:apps/tools/embed.cpp \
                  augment-grid:apps/tools/augment-grid.cpp bench:apps/tools/bench/main.cpp
 APP_MAINS := $(foreach p,$(PROGRAM_MAINS),$(word 2,$(subst :, ,$(p))))
 APPS := $(foreach p,$(PROGRAM_MAINS),$(BUILD)/$(word 1,$(subst :, ,$(p))))
 LIB_DIRS := kernels/cpu $(if $(filter 1,$(ONEDNN)),kernels/onednn,) engine models data apps/run apps/byol \
-            apps/fixmatch apps/tools/bench
+            apps/fixmatch apps/moco apps/tools/bench
 LIB_CPP := $(filter-out $(APP_MAINS),$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cpp)))
 LIB_CU := $(if $(filter 1,$(CUDA)),$(wildcard kernels/cuda/*.cu),)
 TEST_CPP := $(wildcard tests/*.cpp)

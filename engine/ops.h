@@ -85,4 +85,18 @@ Var* max_pool2d(Graph& g, Var* x, int kernel = 3, int stride = 2, int pad = 1);
 // (N, C, H, W) -> (N, C)
 Var* global_avg_pool(Graph& g, Var* x);
 
+// ---- contrastive (engine/ops_contrastive.cpp) -------------------------------------------
+
+// MoCo's InfoNCE: logits_i = [q_i . k_i, q_i . queue_0, ..., q_i . queue_{K-1}] / temperature
+// (the positive at index 0), loss = mean_i cross-entropy(logits_i, 0).  q (N, D) -> (1); the
+// gradient reaches q only: k (N, D) and queue (K, D) are constants, read again by backward().
+// accuracy: when defined, an f32 (1) tensor that receives the fraction of rows whose positive
+// logit is the row's first maximum (InfoNCE top-1).
+Var* infonce_loss(Graph& g, Var* q, const Tensor& k, const Tensor& queue, float temperature,
+                  const Tensor& accuracy = Tensor());
+// No-grad: keys (N, D) into rows ptr .. ptr + N - 1 of the ring queue (K, D), on its device.
+// N must divide K and ptr be a multiple of N below K (an Error says which is not); returns
+// the next pointer, (ptr + N) mod K.
+int64_t queue_enqueue(const Tensor& queue, const Tensor& keys, int64_t ptr);
+
 }  // namespace tessera::ops

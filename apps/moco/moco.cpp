@@ -1,0 +1,252 @@
+// MoCo v2 as in the papers (He et al. 2020, "Momentum Contrast"; Chen et al. 2020, "Improved
+// Baselines with Momentum Contrastive Learning"), with the key encoder as this project's
+// smoothed teacher:
+//
+//   query encoder = backbone -> 2-layer MLP head      (trained, SGD)
+//   key encoder   = backbone -> head                  (TeacherSmoother of the query encoder)
+//   each step k:  key encoder <- TeacherSmoother(query encoder, k)   before the forward
+//                 q = normalize(query(view_1)); k = normalize(key(view_2)) under no-grad, split BN
+//                 loss = InfoNCE(q, k, queue, T); backward; SGD step
+//                 enqueue k into the ring queue of K negatives
+//
+// The files: config.h (the flags), nets.h (encoders, smoothers, optimizers, queue and the
+// checkpoint layout), step.h (one training step), this file (the run: data, loop, logging,
+// checkpoints, evaluation) and main.cpp. The run machinery (apps/run) is byol's.
+//
+// Every random draw is Philox(seed, stream, step, index); the loader position, the queue and
+// its pointer are saved, so a run stopped at any step resumes bit-identically on the CPU.
+#include "apps/moco/moco.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "apps/moco/config.h"
+#include "apps/moco/nets.h"
+#include "apps/moco/step.h"
+#include "apps/run/evaluation.h"
+#include "apps/run/features.h"
+#include "apps/run/options.h"
+#include "apps/run/run_directory.h"
+#include "apps/run/training_run.h"
+#include "data/augment.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "engine/check.h"
+#include "engine/checkpoint.h"
+#include "engine/device.h"
+#include "engine/profile.h"
+#include "engine/schedule.h"
+#include "engine/workspace.h"
+#include "models/model.h"
+
+namespace tessera {
+
+namespace moco {
+namespace {
+
+struct Evaluator {
+  const Config& c;
+  data::Dataset train, test;
+  LinearProbeOptions probe;
+
+  BackboneScores run(Model& m, bool linear) {
+    return evaluate_backbone(m, train, test, c.eval_batch, linear, probe);
+  }
+};
+
+// What config.json says about the key encoder's BatchNorm.
+std::string key_bn_note(int64_t splits, int64_t batch) {
+  return cat("split BN: the key encoder forwards the batch as ", splits, " sub-batches of ", batch / splits,
+             " images, each normalised with its own statistics. MoCo shuffles the key batch across GPUs (shuffle "
+             "BN) so that a query and its positive key are not normalised with the same batch statistics, a "
+             "signal the encoders could use to find the positive instead of learning; on one device split BN "
+             "is the common stand-in (the official CIFAR-10 demo's SplitBatchNorm).");
+}
+
+}  // namespace
+}  // namespace moco
+
+int moco_main(int argc, const char* const* argv) {
+  using namespace moco;  // Config, Nets, train_step: this program's parts
+  const auto started = std::chrono::steady_clock::now();
+  Config c;
+  Options options("moco", "MoCo v2 self-supervised pre-training with a TMA / SE / STS smoothed key encoder.");
+  add_options(options, c);
+  if (!options.parse(argc, argv)) return 0;
+  TrainingRun run("moco", options, c.run);  // on --resume: the saved configuration, checked
+  if (c.eval_only && !run.resuming()) throw UsageError("--eval-only evaluates a finished run: give it --resume DIR");
+  if (c.run.threads > 0) omp_set_num_threads(c.run.threads);
+
+  std::string device_note;
+  const Device device = select_device(c.run.device, &device_note);
+  std::fprintf(stderr, "%s\n", device_note.c_str());
+  const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
+  if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());
+
+  // Data, and the checks that need it, before anything is written.
+  const data::DataSpec spec = data::parse_data_spec(c.data);
+  const data::Dataset train = data::load_dataset(spec, data::Split::Train);
+  data::Dataset test = data::load_dataset(spec, data::Split::Test);
+  if (c.batch_size > train.size)
+    throw UsageError(cat("--batch-size ", c.batch_size, " is larger than the training set (", train.size, " images in ",
+                         train.name, ")"));
+  const int64_t steps_per_epoch = train.size / c.batch_size;
+  const int64_t total_steps = c.steps > 0 ? c.steps : steps_per_epoch * c.epochs;
+  const int64_t warmup_steps = static_cast<int64_t>(std::llround(c.warmup_epochs * static_cast<double>(steps_per_epoch)));
+  if (warmup_steps >= total_steps)
+    throw UsageError(cat("--warmup-epochs ", c.warmup_epochs, " is ", warmup_steps, " steps, not shorter than the run (",
+                         total_steps, " steps)"));
+  // MoCo's ring fills whole batches (its enqueue asserts K % batch == 0), and a BN sub-batch
+  // of one image has no variance to normalise by.
+  if (c.queue % c.batch_size != 0)
+    throw UsageError(cat("--queue ", c.queue, " is not a multiple of --batch-size ", c.batch_size,
+                         ": the ring queue is filled a whole batch at a time"));
+  if (c.batch_size % c.bn_splits != 0 || c.batch_size / c.bn_splits < 2)
+    throw UsageError(cat("--bn-splits ", c.bn_splits, " must divide --batch-size ", c.batch_size,
+                         " into sub-batches of at least 2 images"));
+
+  data::AugmentOptions aug;
+  aug.out_size = c.crop_size;
+  aug.crop_scale_lo = c.crop_scale_min;
+  // MoCo v2: BYOL's crop, flip, colour jitter and grey, blur with p 0.5 on both views, no
+  // solarize. Built here so a bad recipe fails before anything is written; on CUDA it holds
+  // the images on the device.
+  aug.blur_prob[0] = aug.blur_prob[1] = c.blur_prob;
+  aug.solarize_prob[0] = aug.solarize_prob[1] = 0.0f;
+  data::AugmentTransform augment(data::Recipe::Byol, train, device, aug);
+
+  Nets nets = build_nets(c, train.channels, device, total_steps);
+  data::LoaderPosition position;
+  if (run.resuming()) position = load_state(run.checkpoint(), nets);
+  int64_t step = run.start_step();
+  if (step > total_steps)
+    throw Error(cat("the checkpoint is at step ", step, ", past the run's ", total_steps, " steps"));
+
+  run.begin(options.to_json());
+  {
+    // config.json also says how the key encoder's BatchNorm is split, and why (the checkpoint
+    // keeps the flags alone).
+    nlohmann::json config = options.to_json();
+    config["key-encoder-bn"] = key_bn_note(c.bn_splits, c.batch_size);
+    run.dir().write_config(config);
+  }
+  std::fprintf(stderr, "moco: %s, %ld images, %ld steps of %ld (%.2f epochs); run directory %s\n", train.name.c_str(),
+               static_cast<long>(train.size), static_cast<long>(total_steps), static_cast<long>(c.batch_size),
+               static_cast<double>(total_steps) / static_cast<double>(steps_per_epoch), run.dir().dir().c_str());
+
+  Evaluator eval{c, first_images(train, c.eval_train_limit), std::move(test), {}};
+  eval.probe.epochs = c.probe_epochs;
+  eval.probe.seed = static_cast<uint64_t>(c.run.seed);
+
+  auto save = [&](int64_t at, const data::LoaderPosition& pos) {
+    SafetensorsWriter w;
+    add_state(w, nets, pos);
+    run.save(w, at);
+    SafetensorsWriter backbone;  // the key encoder backbone alone: load_state_dict(strict=True)
+    add_model(backbone, *nets.k_backbone, "");
+    backbone.write(run.dir().path("backbone.safetensors"));
+  };
+
+  // ---- training ----------------------------------------------------------------------------
+  if (!c.eval_only && step < total_steps) {
+    // Two augmented views of each image: view 0 the query's, view 1 the key's.
+    auto loader = data::make_byol_loader(train, c.batch_size, augment, augment, static_cast<uint64_t>(c.run.seed),
+                                         device, position);
+    Workspace ws(device);
+    Graph g(ws);
+    StepTimer timer;
+    Progress progress(total_steps, step);
+    const int64_t stop_at = c.stop_after > 0 ? std::min(c.stop_after, total_steps) : total_steps;
+    const double param_count = static_cast<double>(nets.backbone->param_table().total_numel() +
+                                                   nets.head->param_table().total_numel());
+    const float peak = static_cast<float>(peak_lr(c));
+    // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
+    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
+    while (step < stop_at && !stop_requested()) {
+      profiler.begin_step(step);
+      profile::PhaseSequence phases;
+      phases.enter("data");
+      timer.data_begin();
+      const data::Batch& batch = loader->next();
+      timer.data_end();
+      const float lr = warmup_cosine_lr(peak, step, warmup_steps, total_steps);
+      const StepResult result = train_step(nets, g, batch, step, lr, c.temperature, c.bn_splits, phases);
+      profiler.end_step(step);
+      timer.step_end(c.batch_size);
+      ++step;
+
+      if (step % c.run.log_every == 0 || step == stop_at) {
+        float loss_value = 0, accuracy = 0;
+        copy_to_host(&loss_value, result.loss->value, sizeof loss_value);
+        copy_to_host(&accuracy, result.accuracy, sizeof accuracy);
+        TS_CHECK(std::isfinite(loss_value), "the loss is ", loss_value, " at step ", step, "; lower --lr");
+        double ips = 0, wait = 0;
+        timer.take(&ips, &wait);
+        const TeacherStats sb = nets.smooth_backbone->stats_at(step - 1), sp = nets.smooth_head->stats_at(step - 1);
+        const double updated =
+            (sb.params_updated * static_cast<double>(nets.backbone->param_table().total_numel()) +
+             sp.params_updated * static_cast<double>(nets.head->param_table().total_numel())) / param_count;
+        run.metrics().write("train", {{"step", step}, {"epoch", static_cast<double>(step) / steps_per_epoch},
+                                      {"loss", loss_value}, {"infonce_top1", 100.0 * accuracy}, {"lr", lr},
+                                      {"momentum", nets.smooth_backbone->momentum_at(step - 1)},
+                                      {"updated_fraction", updated}, {"images_per_s", ips}, {"data_wait", wait}});
+        progress.update(step, loss_value, ips, wait, cat("acc ", fixed2(100.0 * accuracy), "%"));
+      }
+      const bool epoch_end = step % steps_per_epoch == 0;
+      if (epoch_end && c.knn_every > 0 && (step / steps_per_epoch) % c.knn_every == 0 && step < total_steps) {
+        const double kt = eval.run(*nets.k_backbone, false).knn_top1, ks = eval.run(*nets.backbone, false).knn_top1;
+        run.metrics().write("knn", {{"step", step}, {"epoch", step / steps_per_epoch}, {"knn_top1_teacher", kt},
+                                    {"knn_top1_student", ks}});
+        progress.print(cat("epoch ", step / steps_per_epoch, ": kNN top-1 key encoder ", kt, "%, query encoder ", ks, "%"));
+      }
+      if (step % c.run.save_every == 0 && step < stop_at) save(step, loader->position());
+    }
+    progress.finish();
+    profiler.finish();  // a run stopped inside its window still prints what it measured
+    save(step, loader->position());
+    if (step < total_steps) {
+      std::fprintf(stderr, "moco: stopped at step %ld of %ld; checkpoint %s; continue with --resume %s\n",
+                   static_cast<long>(step), static_cast<long>(total_steps), run.dir().checkpoint().c_str(),
+                   run.dir().dir().c_str());
+      return 0;
+    }
+  }
+
+  // ---- final evaluation ------------------------------------------------------------------------
+  std::fprintf(stderr, "moco: evaluating on %ld train / %ld test images\n", static_cast<long>(eval.train.size),
+               static_cast<long>(eval.test.size));
+  const BackboneScores teacher = eval.run(*nets.k_backbone, true);
+  const BackboneScores student = eval.run(*nets.backbone, true);
+  nlohmann::json final_event = {{"step", step},
+                                {"epoch", step / steps_per_epoch},
+                                {"knn_top1_teacher", teacher.knn_top1},
+                                {"linear_top1_teacher", teacher.linear_top1},
+                                {"knn_top1_student", student.knn_top1},
+                                {"linear_top1_student", student.linear_top1}};
+  std::string line = cat("moco: linear probe top-1: key encoder ", fixed2(teacher.linear_top1), "% (kNN ",
+                         fixed2(teacher.knn_top1), "%), query encoder ", fixed2(student.linear_top1), "%");
+  if (c.eval_baseline) {
+    auto random_init = make_model(nets.backbone->spec(), device);
+    random_init->init(part_seed(static_cast<uint64_t>(c.run.seed), kBackbone));  // the query encoder's starting point
+    const BackboneScores base = eval.run(*random_init, true);
+    final_event["knn_top1_baseline"] = base.knn_top1;
+    final_event["linear_top1_baseline"] = base.linear_top1;
+    const double gain = teacher.linear_top1 - base.linear_top1;
+    line += cat("; random-init baseline ", fixed2(base.linear_top1), "% (", gain >= 0 ? "+" : "", fixed2(gain),
+                " points)");
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  final_event["wall_s"] = wall;
+  run.metrics().write("final", final_event);
+  std::printf("%s; wall %dm%02ds\n", line.c_str(), static_cast<int>(wall) / 60, static_cast<int>(wall) % 60);
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace tessera

@@ -1,0 +1,238 @@
+// build/moco end to end on a tiny ResNet and generated 8x8 images, a few steps at a time.
+//
+//   smoke    a run directory (config.json says how the key encoder's BN is split), metrics
+//            with the InfoNCE accuracy and the updated fraction, a checkpoint holding the
+//            ring queue at the pointer the steps imply, evaluation far above chance, and a
+//            checkpoint that round-trips through --eval-only
+//   resume   stopped and resumed by the built program in fresh processes: every tensor (the
+//            queue and its pointer included), metadata entry and metrics event equal the
+//            uninterrupted run's; between two consecutive checkpoints only the batch of rows
+//            at the saved pointer changed in the queue
+//   bad input  exit codes, the queue message, nothing written
+//   cuda     the same run on CUDA against the CPU (SKIPPED without a GPU)
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "apps/moco/moco.h"
+#include "apps/run/run_directory.h"
+#include "apps/run/training_run.h"
+#include "engine/checkpoint.h"
+#include "tests/op_case.h"
+#include "tests/program_runs.h"
+
+namespace tessera {
+namespace {
+
+// program_runs' synthetic split with something to learn: image i (label i % 10) gets a bright
+// 3x3 square at one of ten places (the background halved), so evaluations of a working run
+// land far above the 10% of chance.
+void write_learnable_idx(const std::string& dir, const std::string& prefix, int n, uint64_t seed) {
+  program_runs::write_synthetic_idx(dir, prefix, n, seed);
+  const std::string path = dir + "/" + prefix + "-images-idx3-ubyte";
+  std::string bytes = read_file(path);
+  constexpr size_t kHeader = 16, kSide = 8;
+  for (int i = 0; i < n; ++i) {
+    const int c = i % 10, top = c / 5 * 4 + 1, left = c % 5;
+    for (size_t y = 0; y < kSide; ++y)
+      for (size_t x = 0; x < kSide; ++x) {
+        char& px = bytes[kHeader + static_cast<size_t>(i) * kSide * kSide + y * kSide + x];
+        const bool in_square = static_cast<int>(y) >= top && static_cast<int>(y) < top + 3 &&
+                               static_cast<int>(x) >= left && static_cast<int>(x) < left + 3;
+        px = static_cast<char>(static_cast<unsigned char>(px) / 2 + (in_square ? 120 : 0));
+      }
+  }
+  write_file_atomic(path, bytes);
+}
+
+struct Fixture {
+  std::string root, data;
+  Fixture() {
+    root = ::testing::TempDir() + "tessera_moco_" + std::to_string(::getpid());
+    std::filesystem::remove_all(root);
+    std::filesystem::create_directories(root + "/data");
+    data = root + "/data";
+    write_learnable_idx(data, "train", 64, 1);
+    write_learnable_idx(data, "t10k", 40, 2);
+  }
+  ~Fixture() { std::filesystem::remove_all(root); }
+};
+
+const Fixture& fixture() {
+  static Fixture f;
+  return f;
+}
+
+// The tiny recipe: 16 images a step, 4 steps per epoch, 2 epochs; a queue of 2 batches, so
+// the ring wraps within the run; key BN over 4 sub-batches of 4.
+constexpr int kBatch = 16, kQueue = 32, kHeadDim = 8;
+std::vector<std::string> tiny(const std::string& out) {
+  return {"--data", "mnist:" + fixture().data, "--out", out, "--device", "cpu", "--width", "4",
+          "--head-hidden", "16", "--head-dim", std::to_string(kHeadDim), "--batch-size", std::to_string(kBatch),
+          "--queue", std::to_string(kQueue), "--bn-splits", "4", "--epochs", "2", "--lr", "0.8",
+          "--momentum", "0.9", "--log-every", "1", "--save-every", "3", "--eval-batch", "32", "--probe-epochs", "3"};
+}
+
+std::vector<std::string> with(std::vector<std::string> base, std::vector<std::string> more) {
+  base.insert(base.end(), more.begin(), more.end());
+  return base;
+}
+
+int moco(std::vector<std::string> args) {
+  std::vector<const char*> argv{"moco"};
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  clear_stop_request();
+  return run_program("moco", [&] { return moco_main(static_cast<int>(argv.size()), argv.data()); });
+}
+
+std::vector<nlohmann::json> metrics(const std::string& dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+// A test-set score: a whole number of the fixture's 40 test images, in percent.
+bool is_score_of_40(double percent) {
+  const double images = percent * 40.0 / 100.0;
+  return percent >= 0 && percent <= 100 && std::fabs(images - std::round(images)) < 1e-9;
+}
+
+TEST(Moco, SmokeRunWritesARunWithItsQueueAndRoundTripsItsCheckpoint) {
+  const std::string out = fixture().root + "/smoke";
+  ASSERT_EQ(moco(with(tiny(out), {"--eval-baseline"})), 0);
+  const std::vector<nlohmann::json> m = metrics(out);
+  int train_events = 0;
+  for (const nlohmann::json& e : m) {
+    if (e["event"] != "train") continue;
+    ++train_events;
+    const double loss = e["loss"].get<double>(), acc = e["infonce_top1"].get<double>();
+    EXPECT_TRUE(std::isfinite(loss) && loss > 0) << e.dump();
+    // A whole number of the 16 queries, in percent.
+    EXPECT_NEAR(acc * kBatch / 100.0, std::round(acc * kBatch / 100.0), 1e-4) << e.dump();
+    EXPECT_GE(e["updated_fraction"].get<double>(), 0.0);
+    EXPECT_LE(e["updated_fraction"].get<double>(), 1.0);
+    EXPECT_FLOAT_EQ(e["momentum"].get<float>(), 0.9f);  // constant schedule (MoCo's), the default
+  }
+  EXPECT_EQ(train_events, 8);
+  // Step 0 sees a queue of random unit vectors and the positive key of a view of the same
+  // image: the loss starts below log(K + 1) = 3.50 (uniform logits) only if the positive is
+  // the logit at index 0 and gets a larger share than a random key.
+  EXPECT_LT(m[0]["loss"].get<double>(), std::log(kQueue + 1.0)) << m[0].dump();
+  const nlohmann::json final_event = m.back();
+  ASSERT_EQ(final_event["event"], "final");
+  for (const char* k : {"linear_top1_teacher", "knn_top1_teacher", "linear_top1_student", "knn_top1_student",
+                        "linear_top1_baseline"}) {
+    ASSERT_TRUE(final_event.contains(k)) << k;
+    const double v = final_event[k].get<double>();
+    EXPECT_TRUE(is_score_of_40(v)) << k << " = " << v;
+    EXPECT_GE(v, 30.0) << k;  // 10% is chance; the classes are bright squares at ten places
+  }
+  const nlohmann::json config = nlohmann::json::parse(read_file(out + "/config.json"));
+  EXPECT_EQ(config["bn-splits"], 4);
+  EXPECT_EQ(config["queue"], kQueue);
+  EXPECT_NE(config["key-encoder-bn"].get<std::string>().find("4 sub-batches of 4 images"), std::string::npos);
+
+  // 8 steps of 16 keys into a ring of 32: the pointer is back at 0, every row a unit key.
+  const SafetensorsFile ckpt = SafetensorsFile::read(out + "/last.safetensors");
+  EXPECT_EQ(ckpt.metadata("run.program"), "moco");
+  EXPECT_EQ(ckpt.i64("moco.queue_ptr"), std::vector<int64_t>{0});
+  const std::vector<int64_t> shape{kQueue, kHeadDim};
+  const std::vector<float> queue = ckpt.f32("moco.queue", &shape);
+  for (int r = 0; r < kQueue; ++r) {
+    double norm = 0;
+    for (int c = 0; c < kHeadDim; ++c) norm += static_cast<double>(queue[r * kHeadDim + c]) * queue[r * kHeadDim + c];
+    EXPECT_NEAR(norm, 1.0, 1e-5) << "queue row " << r;
+  }
+  EXPECT_TRUE(ckpt.has("key.head.0.weight"));
+  EXPECT_TRUE(ckpt.has("query.backbone.conv1.weight"));
+
+  ASSERT_EQ(moco({"--resume", out, "--eval-only"}), 0);
+  const nlohmann::json again = metrics(out).back();
+  EXPECT_EQ(again["linear_top1_teacher"], final_event["linear_top1_teacher"]);
+  EXPECT_EQ(again["knn_top1_student"], final_event["knn_top1_student"]);
+}
+
+// The built program, stopped at step 3 and at step 6, each part in a fresh process: the same
+// tensors (queue and pointer included), metadata and metrics as the uninterrupted run.
+TEST(Moco, ResumeInAFreshProcessIsBitIdentical) {
+  const std::string whole = fixture().root + "/whole", parts = fixture().root + "/parts";
+  auto run = [](const std::vector<std::string>& args) {
+    const program_runs::Result r = program_runs::run("moco", args);
+    EXPECT_EQ(r.status, 0) << r.output;
+    return r.status;
+  };
+  ASSERT_EQ(run(with(tiny(whole), {"--probe-epochs", "1"})), 0);
+  ASSERT_EQ(run(with(tiny(parts), {"--probe-epochs", "1", "--stop-after", "3"})), 0);
+  const std::string at3 = fixture().root + "/parts_at_3.safetensors";
+  std::filesystem::copy_file(parts + "/last.safetensors", at3);
+  ASSERT_EQ(run({"--resume", parts, "--stop-after", "4"}), 0);
+  const std::string at4 = fixture().root + "/parts_at_4.safetensors";
+  std::filesystem::copy_file(parts + "/last.safetensors", at4);
+  ASSERT_EQ(run({"--resume", parts, "--stop-after", "6"}), 0);
+  ASSERT_EQ(run({"--resume", parts + "/last.safetensors"}), 0);
+  program_runs::expect_same_run(whole, parts);
+  EXPECT_EQ(metrics(parts).back()["event"], "final");
+
+  // Step index 3 enqueued its 16 keys at the pointer the step-3 checkpoint saved (48 mod 32 =
+  // 16) and nowhere else.
+  const SafetensorsFile f3 = SafetensorsFile::read(at3), f4 = SafetensorsFile::read(at4);
+  ASSERT_EQ(f3.i64("moco.queue_ptr"), std::vector<int64_t>{16});
+  ASSERT_EQ(f4.i64("moco.queue_ptr"), std::vector<int64_t>{0});
+  const std::vector<float> q3 = f3.f32("moco.queue"), q4 = f4.f32("moco.queue");
+  for (int r = 0; r < kQueue; ++r) {
+    const bool written = r >= 16;
+    bool same = true;
+    for (int c = 0; c < kHeadDim; ++c) same = same && q3[r * kHeadDim + c] == q4[r * kHeadDim + c];
+    EXPECT_EQ(same, !written) << "queue row " << r;
+  }
+}
+
+TEST(Moco, BadInputExitsWithTheRightCodeAndWritesNothing) {
+  const std::string root = fixture().root;
+  EXPECT_EQ(moco(with(tiny(root + "/bad1"), {"--queue-size", "64"})), 2);
+  EXPECT_EQ(moco(with(tiny(root + "/bad2"), {"--temperature", "0"})), 2);
+  EXPECT_EQ(moco(with(tiny(root + "/bad3"), {"--bn-splits", "3"})), 2);   // 16 images
+  EXPECT_EQ(moco(with(tiny(root + "/bad4"), {"--bn-splits", "16"})), 2);  // sub-batches of 1
+  EXPECT_EQ(moco(with(tiny(root + "/bad5"), {"--data", "mnist:" + root + "/nowhere"})), 1);
+  EXPECT_EQ(moco(with(tiny(root + "/bad6"), {"--smoothing", "ema"})), 2);
+  // The queue message, from the built program: what was expected and what was found.
+  const program_runs::Result r = program_runs::run("moco", with(tiny(root + "/bad7"), {"--queue", "40"}));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("moco: --queue 40 is not a multiple of --batch-size 16"), std::string::npos) << r.output;
+  for (const char* d : {"/bad1", "/bad2", "/bad3", "/bad4", "/bad5", "/bad6", "/bad7"})
+    EXPECT_FALSE(path_exists(root + d)) << d << " was created by a failed run";
+  // A resumed run keeps its queue length.
+  const std::string kept = root + "/kept";
+  ASSERT_EQ(moco(with(tiny(kept), {"--stop-after", "1"})), 0);
+  const std::string before = read_file(kept + "/last.safetensors");
+  EXPECT_EQ(moco({"--resume", kept, "--queue", "64"}), 2);
+  EXPECT_EQ(read_file(kept + "/last.safetensors"), before);
+}
+
+// --device cuda against --device cpu: the same 4 steps, losses and InfoNCE accuracies close
+// (cuDNN and cuBLAS round differently, so not bit-equal).
+TEST(Moco, CudaRunMatchesTheCpu) {
+  std::string reason;
+  if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "moco on CUDA not run: " << reason;
+  const std::string cpu = fixture().root + "/twin_cpu", gpu = fixture().root + "/twin_cuda";
+  ASSERT_EQ(moco(with(tiny(cpu), {"--stop-after", "4", "--math", "fp32"})), 0);
+  ASSERT_EQ(moco(with(tiny(gpu), {"--stop-after", "4", "--math", "fp32", "--device", "cuda"})), 0);
+  const std::vector<nlohmann::json> a = metrics(cpu), b = metrics(gpu);
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double la = a[i]["loss"].get<double>(), lb = b[i]["loss"].get<double>();
+    EXPECT_NEAR(lb, la, 1e-3 * std::max(1.0, std::fabs(la))) << "step " << i + 1;
+  }
+  EXPECT_EQ(a[0]["infonce_top1"], b[0]["infonce_top1"]);
+}
+
+}  // namespace
+}  // namespace tessera
