@@ -3,7 +3,8 @@
 # per kernel, registers and stack (ptxas --resource-usage), 64-bit divisions left in the PTX,
 # and from the SASS (cuobjdump -sass) the instruction count, subroutine calls (a 64-bit
 # division or remainder is a CALL to a ~70-instruction routine), IMAD.HI (multiply-high: one per
-# FastDivmod, two per Philox round), I2F.U32.RP (the start of a 32-bit division sequence) and the
+# FastDivmod, several per division sequence), I2F.U32.RP (the start of a 32-bit division
+# sequence) and the
 # instruction count of each loop body (a backward branch: the loop's cost per iteration).
 #
 #   bench/ptx-stats.sh [-b REV] [-a sm_90] [kernels/cuda/pool.cu ...]

@@ -36,9 +36,10 @@ struct Philox4 {
   uint32_t x, y, z, w;
 };
 
-// The 64-bit product's two halves. On the device as two 32-bit multiplies (IMAD.HI, IMAD),
-// as cuRAND writes it: the 64-bit form compiles to a wide multiply plus register moves, about
-// 30% more instructions per Philox block.
+// The 64-bit product's two halves. On the device as __umulhi and a 32-bit multiply, as cuRAND
+// writes it (nvcc pairs them into one IMAD.WIDE.U32): the 64-bit product form compiles to the
+// same wide multiply plus moves and adds, 115 instead of 83 instructions for one draw on sm_90
+// (bench/philox_draw_cost.cu).
 TS_HD uint32_t philox_mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
 #if defined(__CUDA_ARCH__)
   *hi = __umulhi(a, b);
