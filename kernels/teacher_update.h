@@ -3,9 +3,9 @@
 //
 // Work: the arena is given as chunks (kernels/common/arena_chunk.h); on the GPU one block per
 // chunk, each thread a group of 4 elements (16-byte loads and stores). Every element of a
-// fragment sees the same draw u = Philox(seed, kStreamTeacher, step, fragment): cuRAND's
-// device generator on the GPU, its bit-identical CPU twin in kernels/common/philox.h. There is
-// no mask buffer and no host round trip. Gaps between slots are never read or written.
+// fragment sees the same draw u = Philox(seed, kStreamTeacher, step, fragment), computed by
+// kernels/common/philox.h on both backends (bit-identical to cuRAND's device generator). There
+// is no mask buffer and no host round trip. Gaps between slots are never read or written.
 // Cost per parameter: read student and teacher, write teacher = 12 bytes and 3 FLOPs when the
 // fragment is updated; a kept fragment is neither read nor written (0 bytes). Philox: one
 // block (10 rounds) per fragment per thread for tensor / channel, one per 4 elements for
