@@ -1,15 +1,26 @@
 // The loader's machinery: a ring of staging slots filled in batch order by one background
 // thread and drained in the same order by next().
 //
-//   producer (thread)                          consumer (next(), the training thread)
-//   wait for slot k % K to be free             free the slot of the previous batch
-//   wait for the slot's last upload (event)    wait for slot k % K to be ready  <- data wait
-//   sample indices, run CPU transforms,        CPU run: hand out the slot's tensors
-//   gather labels into the slot; mark ready    CUDA run: async copies + CUDA transforms on the
-//                                              engine stream, record the slot's event, free it
+//   producer (thread)                            consumer (next(), the training thread)
+//   CPU run:                                     free the slot of the previous batch
+//     wait for slot k % K to be free             wait for slot k % K to be ready  <- data wait
+//     sample indices, run CPU transforms,        hand out the slot's tensors
+//     gather labels into the slot; mark ready
+//   CUDA run, two kinds of work, uploads first:
+//     fill: wait for slot k % K to be free and   record "released" for batch k - 1 on the
+//       its last copy done (blocking-sync          engine stream (the caller queued all its
+//       event: the thread sleeps), fill it         work on it before calling next())
+//     upload batch k once next() released        wait for slot k % K to be ready  <- data wait
+//       batch k - 2: on the copy stream, wait    engine stream waits for the slot's copies
+//       for that "released" event, copy the      (cudaStreamWaitEvent); CUDA transforms on the
+//       slot into device batch k % 2, record     engine stream into device batch k % 2; free
+//       the slot's "uploaded" event; ready       the slot (its copies are waited for on refill)
 //
 // Slot k % K only ever holds batch k, and batch k's contents depend only on the positions
 // the producer reached by drawing batches 0..k-1 in order, so timing never changes a batch.
+// Device batch k % 2 is rewritten (by batch k + 2) only after the engine stream has run the
+// work queued on batch k, and the engine stream reads batch k only after its copies: the
+// copy stream runs one batch ahead of the compute without a host synchronisation.
 #include "data/loader.h"
 
 #include <algorithm>
@@ -73,57 +84,6 @@ struct Layout {
   }
 };
 
-void upload_async(void* device_dst, const void* host_src, size_t bytes) {
-#if TESSERA_CUDA
-  CUDA_CHECK(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, kernels::cuda::runtime().stream));
-#else
-  (void)device_dst, (void)host_src, (void)bytes;
-  no_cuda("loader upload");
-#endif
-}
-
-// Marks the point on the engine stream after which a slot's staging may be rewritten.
-class UploadEvent {
- public:
-  explicit UploadEvent(bool used) {
-#if TESSERA_CUDA
-    if (used) CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
-#else
-    (void)used;
-#endif
-  }
-  // Waits for the last upload (unchecked: destructors must not throw), so the staging this
-  // event guards is never freed under a DMA still in flight.
-  ~UploadEvent() {
-#if TESSERA_CUDA
-    if (event_) {
-      if (pending_) cudaEventSynchronize(event_);
-      cudaEventDestroy(event_);
-    }
-#endif
-  }
-  UploadEvent(const UploadEvent&) = delete;
-  UploadEvent& operator=(const UploadEvent&) = delete;
-  void record() {
-#if TESSERA_CUDA
-    CUDA_CHECK(cudaEventRecord(event_, kernels::cuda::runtime().stream));
-    pending_ = true;
-#endif
-  }
-  void wait() {
-#if TESSERA_CUDA
-    if (pending_) CUDA_CHECK(cudaEventSynchronize(event_));
-    pending_ = false;
-#endif
-  }
-
- private:
-#if TESSERA_CUDA
-  cudaEvent_t event_ = nullptr;
-  bool pending_ = false;
-#endif
-};
-
 }  // namespace
 
 // ---- LoaderPosition --------------------------------------------------------------------
@@ -153,15 +113,36 @@ LoaderPosition LoaderPosition::unpack(const std::vector<int64_t>& v) {
 // ---- Loader ----------------------------------------------------------------------------
 
 struct Loader::Slot {
+  enum class State { Free, Filled, Ready };  // Filled: staged on the host, not yet uploaded (CUDA)
   std::unique_ptr<HostMemory> staging;
   std::vector<Tensor> views;             // per view: host f32, undefined for CUDA transforms
   std::vector<Tensor> labels;            // per stream: host i32, undefined without labels
   std::vector<int64_t*> indices, epochs; // per stream: (B) in staging
   LoaderPosition after;                  // positions once this batch is drawn
-  bool ready = false;
-  UploadEvent uploaded;  // declared after staging, so destroyed (and waited for) before it
-  explicit Slot(bool cuda) : uploaded(cuda) {}
+  State state = State::Free;
+#if TESSERA_CUDA
+  // CUDA runs: recorded on the copy stream after this slot's copies; declared after staging,
+  // so destroyed (and waited for) before it.
+  std::unique_ptr<kernels::cuda::Event> uploaded;
+#endif
 };
+
+#if TESSERA_CUDA
+// One device copy of a batch: views (B, C, H, W) per view, labels (B) per stream, and per
+// stream the batch's indices then epochs (int64) for the CUDA transforms.
+struct DeviceBatch {
+  std::vector<OwnedTensor> views, labels;
+  Buffer keys;
+  kernels::cuda::Event released{false};  // engine stream: the work queued on this batch is behind this
+};
+struct Loader::CudaState {
+  int device = 0;  // the producer thread makes it current too
+  kernels::cuda::Stream copy;
+  DeviceBatch batches[2];
+};
+#else
+struct Loader::CudaState {};
+#endif
 
 namespace {
 // Samplers are built (and their arguments checked) in the constructor, used by the thread.
@@ -213,7 +194,10 @@ Loader::Loader(LoaderConfig config, LoaderPosition start) : config_(std::move(co
     epoch_at.push_back(layout.take(size_t(s.batch) * 8));
   }
   for (int k = 0; k <= config_.prefetch; ++k) {
-    auto slot = std::make_unique<Slot>(cuda);
+    auto slot = std::make_unique<Slot>();
+#if TESSERA_CUDA
+    if (cuda) slot->uploaded = std::make_unique<kernels::cuda::Event>(/*blocking_sync=*/true);
+#endif
     slot->staging = std::make_unique<HostMemory>(layout.bytes, cuda);
     char* base = slot->staging->data();
     for (size_t v = 0; v < config_.views.size(); ++v) {
@@ -233,19 +217,25 @@ Loader::Loader(LoaderConfig config, LoaderPosition start) : config_(std::move(co
     slots_.push_back(std::move(slot));
   }
 
-  // CUDA runs: one device copy of the batch, rewritten in stream order by each next().
+  // CUDA runs: two device copies of a batch (double buffering) and the copy stream.
   if (cuda) {
+#if TESSERA_CUDA
+    cuda_ = std::make_unique<CudaState>();
+    CUDA_CHECK(cudaGetDevice(&cuda_->device));
     int64_t keys = 0;
     for (const LoaderStream& s : config_.streams) keys += 2 * s.batch;
-    device_keys_ = Buffer(Device::CUDA, size_t(keys) * 8);
-    for (size_t v = 0; v < config_.views.size(); ++v) {
-      const LoaderView& lv = config_.views[v];
-      const LoaderStream& s = config_.streams[static_cast<size_t>(lv.stream)];
-      const Shape vs = lv.transform->view_shape(*s.dataset);
-      device_views_.emplace_back(Device::CUDA, Shape{s.batch, vs[0], vs[1], vs[2]});
+    for (DeviceBatch& d : cuda_->batches) {
+      d.keys = Buffer(Device::CUDA, size_t(keys) * 8);
+      for (size_t v = 0; v < config_.views.size(); ++v) {
+        const LoaderView& lv = config_.views[v];
+        const LoaderStream& s = config_.streams[static_cast<size_t>(lv.stream)];
+        const Shape vs = lv.transform->view_shape(*s.dataset);
+        d.views.emplace_back(Device::CUDA, Shape{s.batch, vs[0], vs[1], vs[2]});
+      }
+      for (const LoaderStream& s : config_.streams)
+        d.labels.emplace_back(Device::CUDA, s.labels ? Shape{s.batch} : Shape{0}, DType::I32);
     }
-    for (const LoaderStream& s : config_.streams)
-      device_labels_.emplace_back(Device::CUDA, s.labels ? Shape{s.batch} : Shape{0}, DType::I32);
+#endif
   }
 
   batch_.views.resize(config_.views.size());
@@ -254,6 +244,7 @@ Loader::Loader(LoaderConfig config, LoaderPosition start) : config_(std::move(co
   batch_.epochs.resize(config_.streams.size());
   position_ = start_;
   delivered_ = start_.batches;
+  released_below_ = start_.batches;
   thread_ = std::thread([this] { produce(); });
 }
 
@@ -264,6 +255,14 @@ Loader::~Loader() {
   }
   changed_.notify_all();
   thread_.join();
+#if TESSERA_CUDA
+  // The device batches are freed next: let the copies and the work queued on the batches end
+  // first (unchecked: destructors must not throw).
+  if (cuda_) {
+    cudaStreamSynchronize(cuda_->copy.get());
+    cudaStreamSynchronize(kernels::cuda::runtime().stream);
+  }
+#endif
 }
 
 int64_t Loader::batches_per_epoch() const { return samplers_[0].batches_per_epoch(); }
@@ -294,30 +293,81 @@ void Loader::fill(Slot& slot, std::vector<SamplerPosition>* positions) {
   }
 }
 
+void Loader::upload(Slot& slot, int64_t k) {
+#if TESSERA_CUDA
+  DeviceBatch& d = cuda_->batches[k % 2];
+  const cudaStream_t copy = cuda_->copy.get();
+  d.released.wait_in(copy);  // the engine stream has run the work queued on batch k - 2
+  auto h2d = [&](void* dst, const void* src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy));
+  };
+  char* keys = static_cast<char*>(d.keys.data());
+  for (size_t s = 0; s < config_.streams.size(); ++s) {
+    const size_t b = size_t(config_.streams[s].batch);
+    h2d(keys, slot.indices[s], b * 8);
+    h2d(keys + b * 8, slot.epochs[s], b * 8);
+    keys += 2 * b * 8;
+  }
+  for (size_t v = 0; v < config_.views.size(); ++v)
+    if (config_.views[v].transform->device() == Device::CPU) h2d(d.views[v].t.ptr, slot.views[v].ptr, d.views[v].t.bytes());
+  for (size_t s = 0; s < config_.streams.size(); ++s)
+    if (config_.streams[s].labels) h2d(d.labels[s].t.ptr, slot.labels[s].ptr, d.labels[s].t.bytes());
+  slot.uploaded->record(copy);
+#else
+  (void)slot, (void)k;
+  no_cuda("loader upload");
+#endif
+}
+
 void Loader::produce() {
   std::vector<SamplerPosition> positions = start_.streams;
-  const size_t k_slots = slots_.size();
-  for (int64_t k = start_.batches;; ++k) {
-    Slot& slot = *slots_[static_cast<size_t>(k) % k_slots];
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      changed_.wait(lock, [&] { return stop_ || !slot.ready; });
-      if (stop_) return;
-    }
-    try {
-      slot.uploaded.wait();  // the engine stream has finished reading this slot's staging
+  const int64_t k_slots = static_cast<int64_t>(slots_.size());
+  const bool cuda = config_.device == Device::CUDA;
+  int64_t to_fill = start_.batches, to_upload = start_.batches;
+  try {
+#if TESSERA_CUDA
+    if (cuda) CUDA_CHECK(cudaSetDevice(cuda_->device));
+#endif
+    for (;;) {
+      bool upload_now = false;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        changed_.wait(lock, [&] {
+          if (stop_) return true;
+          // Batch k goes into device batch k % 2 once next() has released batch k - 2.
+          upload_now = cuda && to_upload < to_fill &&
+                       (to_upload - 2 < start_.batches || released_below_ > to_upload - 2);
+          return upload_now || slots_[static_cast<size_t>(to_fill % k_slots)]->state == Slot::State::Free;
+        });
+        if (stop_) return;
+      }
+      if (upload_now) {
+        Slot& slot = *slots_[static_cast<size_t>(to_upload % k_slots)];
+        upload(slot, to_upload);
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          slot.state = Slot::State::Ready;
+        }
+        changed_.notify_all();
+        ++to_upload;
+        continue;
+      }
+      Slot& slot = *slots_[static_cast<size_t>(to_fill % k_slots)];
+#if TESSERA_CUDA
+      if (cuda) slot.uploaded->synchronize();  // the copies of its last batch are done (sleeps)
+#endif
       fill(slot, &positions);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      failure_ = std::current_exception();
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        slot.after = LoaderPosition{positions, to_fill + 1};
+        slot.state = cuda ? Slot::State::Filled : Slot::State::Ready;
+      }
       changed_.notify_all();
-      return;
+      ++to_fill;
     }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      slot.after = LoaderPosition{positions, k + 1};
-      slot.ready = true;
-    }
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    failure_ = std::current_exception();
     changed_.notify_all();
   }
 }
@@ -326,15 +376,22 @@ const Batch& Loader::next() {
   const size_t k_slots = slots_.size();
   const size_t index = static_cast<size_t>(delivered_) % k_slots;
   Slot& slot = *slots_[index];
+  const bool cuda = config_.device == Device::CUDA;
+#if TESSERA_CUDA
+  // The caller has queued all its work on the last batch: its device batch may be rewritten
+  // once the engine stream gets past this point.
+  if (cuda && delivered_ > start_.batches) cuda_->batches[(delivered_ - 1) % 2].released.record(kernels::cuda::runtime().stream);
+#endif
   {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (held_ >= 0) slots_[static_cast<size_t>(held_)]->ready = false;  // hand the last slot back
+    if (held_ >= 0) slots_[static_cast<size_t>(held_)]->state = Slot::State::Free;  // hand the last slot back
     held_ = -1;
+    released_below_ = delivered_;
     changed_.notify_all();
     const auto t0 = std::chrono::steady_clock::now();
-    changed_.wait(lock, [&] { return slot.ready || failure_; });
+    changed_.wait(lock, [&] { return slot.state == Slot::State::Ready || failure_; });
     wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (!slot.ready && failure_) std::rethrow_exception(failure_);
+    if (slot.state != Slot::State::Ready && failure_) std::rethrow_exception(failure_);
   }
 
   for (size_t s = 0; s < config_.streams.size(); ++s) {
@@ -343,30 +400,27 @@ const Batch& Loader::next() {
     batch_.epochs[s].assign(slot.epochs[s], slot.epochs[s] + b);
   }
   batch_.number = delivered_;
+  position_ = slot.after;  // before a CUDA run hands the slot back to the producer
 
-  if (config_.device == Device::CPU) {
+  if (!cuda) {
     for (size_t v = 0; v < config_.views.size(); ++v) batch_.views[v] = slot.views[v];
     for (size_t s = 0; s < config_.streams.size(); ++s) batch_.labels[s] = slot.labels[s];
     held_ = static_cast<int>(index);  // the caller reads the staging itself until next()
   } else {
-    // Keys first (CUDA transforms read them), then the host views and labels, all queued on
-    // the engine stream behind the previous step's work, which is done with the last batch.
+#if TESSERA_CUDA
+    DeviceBatch& d = cuda_->batches[delivered_ % 2];
+    slot.uploaded->wait_in(kernels::cuda::runtime().stream);  // the engine stream waits for the copies
+    const int64_t* keys = static_cast<const int64_t*>(d.keys.data());
     std::vector<const int64_t*> keys_device;
-    char* keys = static_cast<char*>(device_keys_.data());
     for (size_t s = 0; s < config_.streams.size(); ++s) {
-      const size_t b = size_t(config_.streams[s].batch);
-      upload_async(keys, slot.indices[s], b * 8);
-      upload_async(keys + b * 8, slot.epochs[s], b * 8);
-      keys_device.push_back(reinterpret_cast<const int64_t*>(keys));
-      keys += 2 * b * 8;
+      keys_device.push_back(keys);
+      keys += 2 * config_.streams[s].batch;
     }
     for (size_t v = 0; v < config_.views.size(); ++v) {
       const LoaderView& lv = config_.views[v];
       const size_t s = static_cast<size_t>(lv.stream);
-      const Tensor& out = device_views_[v].t;
-      if (lv.transform->device() == Device::CPU) {
-        upload_async(out.ptr, slot.views[v].ptr, out.bytes());
-      } else {
+      const Tensor& out = d.views[v].t;
+      if (lv.transform->device() == Device::CUDA) {  // on the engine stream, after the copies
         ViewRequest r;
         r.dataset = config_.streams[s].dataset;
         r.count = config_.streams[s].batch;
@@ -380,16 +434,13 @@ const Batch& Loader::next() {
       }
       batch_.views[v] = out;
     }
-    for (size_t s = 0; s < config_.streams.size(); ++s) {
-      batch_.labels[s] = config_.streams[s].labels ? device_labels_[s].t : Tensor();
-      if (config_.streams[s].labels) upload_async(batch_.labels[s].ptr, slot.labels[s].ptr, batch_.labels[s].bytes());
-    }
-    slot.uploaded.record();
+    for (size_t s = 0; s < config_.streams.size(); ++s)
+      batch_.labels[s] = config_.streams[s].labels ? d.labels[s].t : Tensor();
     std::lock_guard<std::mutex> lock(mutex_);
-    slot.ready = false;  // the producer may refill it once the event has passed
+    slot.state = Slot::State::Free;  // staging read; the producer waits for its copies before refilling
     changed_.notify_all();
+#endif
   }
-  position_ = slot.after;
   delivered_++;
   return batch_;
 }

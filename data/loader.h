@@ -2,9 +2,14 @@
 // Transforms (data/transform.h) and hands the training loop ready batches on its device.
 //
 // A background thread prepares up to `prefetch` batches ahead in host staging memory (pinned
-// with cudaHostAlloc for GPU runs, so uploads are true asynchronous DMA); next() uploads the
-// next one on the engine stream, so loading overlaps compute. The time next() spends waiting
-// for the thread is summed in wait_seconds(): the programs log it as the data-wait share.
+// with cudaHostAlloc for GPU runs, so uploads are true asynchronous DMA). GPU runs: the same
+// thread uploads each batch on a copy stream of its own into one of two device batches
+// (double buffering), so the upload of batch k + 1 overlaps the compute on batch k; next()
+// makes the engine stream wait for that upload (an event, not a host wait), and the upload of
+// batch k + 2 into batch k's buffer waits, on the copy stream, for the engine stream to finish
+// the work queued on batch k. Host waits on copies use blocking-sync events: the thread sleeps
+// instead of spinning a core. The time next() spends waiting for the thread is summed in
+// wait_seconds(): the programs log it as the data-wait share.
 //
 // Deterministic: batch k depends only on the seed and the stream positions, never on thread
 // timing (the thread prepares batches strictly in order). position() after batch k, given to
@@ -84,8 +89,9 @@ class Loader {
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
 
-  // The next batch. Its tensors stay valid until the next call; on CUDA they are written in
-  // engine-stream order, so work queued on them before the next call sees this batch.
+  // The next batch. Its tensors stay valid until the next call; on CUDA, work queued on the
+  // engine stream before the next call sees this batch (the buffer is rewritten only after
+  // that work is done).
   const Batch& next();
   // Where the next batch starts: what a checkpoint saves after the step that used next().
   LoaderPosition position() const;
@@ -94,20 +100,22 @@ class Loader {
 
  private:
   struct Slot;
+  struct CudaState;  // CUDA runs: the copy stream and the two device batches (loader.cpp)
   void produce();
   void fill(Slot& slot, std::vector<SamplerPosition>* positions);
+  void upload(Slot& slot, int64_t k);  // CUDA: batch k's staging into device batch k % 2
 
   LoaderConfig config_;
   LoaderPosition start_;
   std::vector<std::unique_ptr<Slot>> slots_;
-  std::vector<IndexStream> samplers_;                      // used by the thread only
-  std::vector<OwnedTensor> device_views_, device_labels_;  // CUDA runs: the one uploaded batch
-  Buffer device_keys_;  // CUDA runs: per stream, the batch's indices then epochs (int64)
+  std::vector<IndexStream> samplers_;  // used by the thread only
+  std::unique_ptr<CudaState> cuda_;
   Batch batch_;
   LoaderPosition position_;  // after the last batch next() returned
   int64_t delivered_ = 0;
   int held_ = -1;            // slot the caller's batch lives in
   double wait_seconds_ = 0;
+  int64_t released_below_ = 0;  // CUDA: the engine stream's work on batches before this is queued
 
   std::mutex mutex_;
   std::condition_variable changed_;

@@ -60,7 +60,9 @@ Optimizer::Optimizer(const ParamTable& table, Device device, OptimizerConfig con
   chunks_ = DeviceTable<kernels::ArenaChunk>(chunks, device);
   const int arenas = c.kind == OptimizerKind::AdamW ? 2 : 1;
   for (int i = 0; i < arenas; ++i) state_.push_back(std::make_unique<Arena>(table, device));  // zeroed
-  if (c.kind == OptimizerKind::Lars) lars_partials_ = Buffer(device, static_cast<size_t>(2 * chunks_.size()) * sizeof(float));
+  // LARS: (chunks, 2) partial norms, then (slots, 2) trust ratios and applied weight decays.
+  if (c.kind == OptimizerKind::Lars)
+    lars_partials_ = Buffer(device, static_cast<size_t>(2 * chunks_.size() + 2 * slots_.size()) * sizeof(float));
 }
 
 bool Optimizer::excluded(size_t slot) const {
@@ -92,9 +94,14 @@ void Optimizer::step(Arena& params, const Arena& grads, float lr) {
       break;
     case OptimizerKind::Lars: {
       float* partials = static_cast<float*>(lars_partials_.data());
+      float* trust = partials + 2 * n;
+      const int64_t num_slots = slots_.size();
+      const kernels::LarsParams lars{lr, c.momentum, c.eta, c.lars_eps, c.nesterov ? 1 : 0};
       TS_DISPATCH_COST(device_, lars_norms, cost(8, 4), slots, chunks, n, params.data(), grads.data(), partials);
-      TS_DISPATCH_COST(device_, lars_step, cost(20, 6), slots, chunks, n, params.data(), grads.data(), state_[0]->data(), partials,
-                  kernels::LarsParams{lr, c.momentum, c.eta, c.lars_eps, c.nesterov ? 1 : 0});
+      TS_DISPATCH_COST(device_, lars_trust_ratios, (kernels::Cost{8.0 * double(n + num_slots), 2.0 * double(n)}), slots,
+                       num_slots, partials, trust, lars);
+      TS_DISPATCH_COST(device_, lars_step, cost(20, 6), slots, chunks, n, params.data(), grads.data(), state_[0]->data(),
+                       trust, lars);
       break;
     }
     case OptimizerKind::AdamW: {

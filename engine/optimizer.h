@@ -64,7 +64,7 @@ class Optimizer {
   DeviceTable<kernels::OptimizerSlot> slots_;
   DeviceTable<kernels::ArenaChunk> chunks_;
   std::vector<std::unique_ptr<Arena>> state_;  // momentum, or exp_avg and exp_avg_sq
-  Buffer lars_partials_;                       // (chunks, 2), allocated once
+  Buffer lars_partials_;                       // (chunks, 2) partials then (slots, 2) trust, allocated once
 };
 
 }  // namespace tessera

@@ -1,14 +1,17 @@
-// Fused optimizer steps over a whole parameter arena: one launch per step (two for LARS: the
-// per-tensor norms, then the update). The per-element rules are in
+// Fused optimizer steps over a whole parameter arena: one launch per step (three for LARS:
+// per-chunk partial norms, one small deterministic pass turning each slot's partials into its
+// trust ratio, then the update). The per-element rules are in
 // kernels/common/optimizer_rules.h; per-tensor settings (weight decay after exclusions, LARS
 // adaptation) come from an OptimizerSlot table uploaded once.
 // Work: chunks as in kernels/common/arena_chunk.h, one CUDA block per chunk, so every thread
 // knows its slot's settings without a search; gaps are never touched.
 // Cost per parameter: SGD / LARS read w, g, buf and write w, buf (20 bytes, ~6 FLOPs; LARS
-// reads w and g once more for the norms: +8 bytes); AdamW reads w, g, m, v and writes w, m, v
+// reads w and g once more for the norms: +8 bytes, and 8 bytes per chunk and per slot for the
+// trust ratios); AdamW reads w, g, m, v and writes w, m, v
 // (28 bytes, ~12 FLOPs and a sqrt and a division).
 // Tests: tests/optimizer_test.cpp (per-tensor reference, exclusions, PyTorch numbers;
-// CUDA vs CPU where a GPU exists).
+// CUDA vs CPU where a GPU exists), tests/cuda_review_test.cpp (trust ratios per slot against a
+// float64 reference; CUDA trust ratios bit-equal to the CPU's from the same partials).
 #pragma once
 
 #include <cstdint>
@@ -43,9 +46,13 @@ struct AdamWParams {
   /* partials (num_chunks, 2): per chunk, sum of w^2 and sum of g^2 over the chunk. */           \
   void lars_norms(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks,      \
                   const float* w, const float* g, float* partials);                              \
-  /* Sums each slot's partials in chunk order, then applies lars_element. */                     \
+  /* trust (num_slots, 2): per slot, its trust ratio and the weight decay that applies        \
+     (lars_trust of the slot's norms, summed from its partials as lars_slot_sums does). */      \
+  void lars_trust_ratios(const OptimizerSlot* slots, int64_t num_slots, const float* partials,   \
+                         float* trust, LarsParams p);                                            \
+  /* lars_element on every element with its slot's trust (num_slots, 2). */                      \
   void lars_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, \
-                 const float* g, float* buf, const float* partials, LarsParams p);               \
+                 const float* g, float* buf, const float* trust, LarsParams p);                  \
   /* m, v (arena_numel): first and second moments. */                                            \
   void adamw_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, \
                   const float* g, float* m, float* v, AdamWParams p);

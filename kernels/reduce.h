@@ -3,9 +3,9 @@
 //   sum_forward     4 n bytes read, n FLOPs.
 //   sum_backward    8 n bytes (read and write dx), n FLOPs; dy is read on the device, so
 //                   no host sync is needed to learn the loss gradient.
-// The CUDA sum runs in one block with a fixed reduction order, so it is deterministic run to
-// run; it is meant for the small vectors it sees (per-row losses, test tensors), not for
-// whole activations. The CPU reference accumulates in double.
+// The CUDA sum has a fixed reduction order (one block for small n; per-block partials and a
+// fixed-order final pass for large n, no float atomics), so it is deterministic run to run.
+// The CPU reference accumulates in double.
 // Tests: tests/ops_reduce_test.cpp (sum / mean gradient checks, CUDA vs CPU where a GPU exists).
 #pragma once
 

@@ -2,6 +2,8 @@
 // (on a GPU) bit-identity with cuRAND's device generator.
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "kernels/common/philox.h"
 #include "tests/op_case.h"
 
@@ -71,11 +73,68 @@ TEST(Philox, UniformRangeAndMean) {
   EXPECT_EQ(kernels::philox_to_uniform(0), 1.1641532e-10f);  // 2^-33: never exactly 0
 }
 
+// The stateless formulation the CUDA teacher kernel draws with (one Philox block per four
+// indices) gives exactly philox_uniform's draws: indices on every word position (not only
+// multiples of 4, as channel and tensor fragment ids are), around the 2^32 block boundary where
+// the counter's low word carries, large steps, and seeds with both key words set.
+TEST(Philox, OneBlockPerFourIndicesEqualsTheState) {
+  const uint64_t seeds[] = {0, 42, 0xdeadbeefcafef00dull};
+  const uint64_t steps[] = {0, 1, 977, (uint64_t{1} << 48) - 1};
+  std::vector<uint64_t> indices;
+  for (uint64_t i = 0; i < 4100; ++i) indices.push_back(i);
+  for (uint64_t b : {uint64_t{0xffffffffu}, uint64_t{0x100000000ull}, uint64_t{0x3ffffffffffull}})
+    for (uint64_t j = 0; j < 8; ++j) indices.push_back(4 * b - 4 + j);
+  kernels::PhiloxState pick(7, 0, 0);
+  for (int i = 0; i < 2000; ++i) indices.push_back((uint64_t{pick.next_u32()} << 32 | pick.next_u32()) >> 2);
+  int64_t compared = 0;
+  for (uint64_t seed : seeds)
+    for (uint64_t step : steps) {
+      const uint64_t sub = kernels::philox_subsequence(kernels::kStreamTeacher, step);
+      for (uint64_t f : indices) {
+        const float want = kernels::philox_uniform(seed, kernels::kStreamTeacher, step, f);
+        ASSERT_EQ(kernels::philox_uniform_at(seed, sub, f), want) << "seed " << seed << " step " << step << " f " << f;
+        // The element path: block g / 4 of a group start g holds the draws of g .. g + 3.
+        const Philox4 block = kernels::philox_block(seed, sub, f >> 2);
+        ASSERT_EQ(kernels::philox_to_uniform(kernels::philox_word(block, static_cast<uint32_t>(f & 3))), want) << f;
+        ++compared;
+      }
+    }
+  EXPECT_EQ(compared, 3 * 4 * (4100 + 24 + 2000));
+  // A draw that differs from its neighbours: the test above would notice a shifted word.
+  EXPECT_NE(kernels::philox_uniform_at(1, 0, 1), kernels::philox_uniform_at(1, 0, 2));
+}
+
 // Declared in tests/philox_cuda_test.cu; draws with cuRAND on the device.
 #if TESSERA_CUDA
 void curand_reference(uint64_t seed, uint64_t subsequence, uint64_t offset, int n, uint32_t* words,
                       float* uniforms, uint32_t* four);
+void device_draws_at(uint64_t seed, uint64_t subsequence, const uint64_t* index, int n, float* ours,
+                     float* theirs);
 #endif
+
+// On the device: the teacher kernel's one-block draw equals cuRAND's draw at the same
+// coordinates, and both equal the host's philox_uniform.
+TEST(Philox, DeviceOneBlockDrawEqualsCurand) {
+#if TESSERA_CUDA
+  std::string reason;
+  if (!tessera::testing::cuda_testable(&reason)) GTEST_SKIP() << "device draws not compared: " << reason;
+  std::vector<uint64_t> index;
+  for (uint64_t i = 0; i < 1031; ++i) index.push_back(i);
+  for (uint64_t j = 0; j < 8; ++j) index.push_back(4 * uint64_t{0xffffffffu} - 4 + j);
+  const int n = static_cast<int>(index.size());
+  for (uint64_t step : {uint64_t{0}, uint64_t{123456}}) {
+    const uint64_t sub = kernels::philox_subsequence(kernels::kStreamTeacher, step);
+    std::vector<float> ours(index.size()), theirs(index.size());
+    device_draws_at(42, sub, index.data(), n, ours.data(), theirs.data());
+    for (int i = 0; i < n; ++i) {
+      ASSERT_EQ(ours[i], theirs[i]) << "index " << index[i] << " step " << step;
+      ASSERT_EQ(ours[i], kernels::philox_uniform(42, kernels::kStreamTeacher, step, index[i])) << index[i];
+    }
+  }
+#else
+  GTEST_SKIP() << "device draws not compared: built without CUDA";
+#endif
+}
 
 TEST(Philox, BitIdenticalToCurand) {
 #if TESSERA_CUDA

@@ -652,8 +652,8 @@ TEST(Teacher, BadFlagsAreUsageErrors) {
   EXPECT_THROW(TeacherSmoother(p, b, Device::CPU, c), UsageError);
 }
 
-// GPU: the CUDA kernel (cuRAND's device Philox, float4 path) against the CPU reference, bit for
-// bit, for every mode and granularity over several steps.
+// GPU: the CUDA kernel (kernels/common/philox.h on the device, float4 path) against the CPU
+// reference, bit for bit, for every mode and granularity over several steps.
 TEST(TeacherCuda, BitIdenticalToCpu) {
   std::string reason;
   if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "CUDA vs CPU teacher not run: " << reason;

@@ -12,8 +12,8 @@
 // subsequence) and a 64-bit key (the seed). Every draw in the project is a pure function of
 // (seed, stream, step, index): `philox_uniform(seed, stream, step, index)` places
 // (stream, step) in the subsequence and index in the offset. Tested against the Random123
-// known-answer vectors on the CPU (tests/test_philox.cpp) and against cuRAND on a GPU.
-// Cost: 10 rounds of two 32x32->64 multiplies per four 32-bit outputs.
+// known-answer vectors on the CPU (tests/philox_test.cpp) and against cuRAND on a GPU.
+// Cost: 10 rounds of two 32x32->64 multiplies per four 32-bit outputs (one block).
 #pragma once
 
 #include <cstdint>
@@ -36,10 +36,19 @@ struct Philox4 {
   uint32_t x, y, z, w;
 };
 
+// The 64-bit product's two halves. On the device as __umulhi and a 32-bit multiply, as cuRAND
+// writes it (nvcc pairs them into one IMAD.WIDE.U32): the 64-bit product form compiles to the
+// same wide multiply plus moves and adds, 115 instead of 83 instructions for one draw on sm_90
+// (bench/philox_draw_cost.cu).
 TS_HD uint32_t philox_mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
+#if defined(__CUDA_ARCH__)
+  *hi = __umulhi(a, b);
+  return a * b;
+#else
   const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
   *hi = static_cast<uint32_t>(product >> 32);
   return static_cast<uint32_t>(product);
+#endif
 }
 
 // The bijection: ten rounds of the Philox S-box with a Weyl-sequence key schedule.
@@ -140,6 +149,29 @@ TS_HD uint64_t philox_subsequence(uint32_t stream, uint64_t step) {
 TS_HD float philox_uniform(uint64_t seed, uint32_t stream, uint64_t step, uint64_t index) {
   PhiloxState s(seed, philox_subsequence(stream, step), index);
   return s.uniform();
+}
+
+// The same draws without a state, one Philox block per four consecutive indices. The state
+// above costs two blocks whenever it is used once: its constructor computes the block under
+// the offset, and the draw that takes the block's last word (or curand4, always) computes the
+// next one, as cuRAND's does. Positioned at index i, the state's counter is (i / 4 in the low
+// 64 bits, subsequence in the high 64) and the draw is word i % 4 of that counter's block, so
+//   philox_uniform(seed, stream, step, i)
+//     == philox_to_uniform(philox_word(philox_block(seed, philox_subsequence(stream, step), i / 4), i % 4))
+// (tests/philox_test.cpp checks this for many i, subsequences and seeds).
+TS_HD Philox4 philox_block(uint64_t seed, uint64_t subsequence, uint64_t block) {
+  const Philox4 ctr{static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
+                    static_cast<uint32_t>(subsequence), static_cast<uint32_t>(subsequence >> 32)};
+  return philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+TS_HD uint32_t philox_word(const Philox4& b, uint32_t i) {
+  return i == 0 ? b.x : i == 1 ? b.y : i == 2 ? b.z : b.w;
+}
+
+// philox_uniform(seed, stream, step, index) for a caller that has the subsequence: one block.
+TS_HD float philox_uniform_at(uint64_t seed, uint64_t subsequence, uint64_t index) {
+  return philox_to_uniform(philox_word(philox_block(seed, subsequence, index >> 2), static_cast<uint32_t>(index & 3)));
 }
 
 }  // namespace kernels

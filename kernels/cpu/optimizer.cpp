@@ -1,5 +1,6 @@
 // CPU reference of kernels/optimizer.h: chunks handed out by OpenMP, the per-element rules of
-// kernels/common/optimizer_rules.h in plain loops.
+// kernels/common/optimizer_rules.h in plain loops; LARS's norms in the CUDA kernels' summation
+// order (lars_chunk_sums, lars_slot_sums), so the two backends agree bit for bit.
 #include <cmath>
 
 #include "kernels/optimizer.h"
@@ -19,31 +20,29 @@ void sgd_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_
 void lars_norms(const OptimizerSlot*, const ArenaChunk* chunks, int64_t num_chunks, const float* w, const float* g,
                 float* partials) {
 #pragma omp parallel for schedule(dynamic, 4)
-  for (int64_t k = 0; k < num_chunks; ++k) {
+  for (int64_t k = 0; k < num_chunks; ++k)  // the CUDA block's summation order (optimizer_rules.h)
+    lars_chunk_sums(w, g, chunks[k].begin, chunks[k].end, &partials[2 * k], &partials[2 * k + 1]);
+}
+
+void lars_trust_ratios(const OptimizerSlot* slots, int64_t num_slots, const float* partials, float* trust,
+                       LarsParams p) {
+  for (int64_t k = 0; k < num_slots; ++k) {
+    const OptimizerSlot& s = slots[k];
     float ww = 0.0f, gg = 0.0f;
-    for (int64_t i = chunks[k].begin; i < chunks[k].end; ++i) {
-      ww = fmaf(w[i], w[i], ww);
-      gg = fmaf(g[i], g[i], gg);
-    }
-    partials[2 * k] = ww;
-    partials[2 * k + 1] = gg;
+    lars_slot_sums(partials, s.first_chunk, s.num_chunks, &ww, &gg);  // the CUDA kernel's order
+    float wd = 0.0f;
+    trust[2 * k] = lars_trust(sqrtf(ww), sqrtf(gg), s.weight_decay, p.eta, p.eps, s.adapt != 0, &wd);
+    trust[2 * k + 1] = wd;
   }
 }
 
-void lars_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
-               float* buf, const float* partials, LarsParams p) {
+void lars_step(const OptimizerSlot*, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
+               float* buf, const float* trust, LarsParams p) {
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t k = 0; k < num_chunks; ++k) {
     const ArenaChunk c = chunks[k];
-    const OptimizerSlot& s = slots[c.slot];
-    float ww = 0.0f, gg = 0.0f;  // the slot's squared norms, summed in chunk order as on the GPU
-    for (int32_t j = s.first_chunk; j < s.first_chunk + s.num_chunks; ++j) {
-      ww += partials[2 * j];
-      gg += partials[2 * j + 1];
-    }
-    float wd = 0.0f;
-    const float trust = lars_trust(sqrtf(ww), sqrtf(gg), s.weight_decay, p.eta, p.eps, s.adapt != 0, &wd);
-    for (int64_t i = c.begin; i < c.end; ++i) lars_element(w[i], buf[i], g[i], wd, trust, p.lr, p.momentum, p.nesterov);
+    const float ratio = trust[2 * c.slot], wd = trust[2 * c.slot + 1];
+    for (int64_t i = c.begin; i < c.end; ++i) lars_element(w[i], buf[i], g[i], wd, ratio, p.lr, p.momentum, p.nesterov);
   }
 }
 

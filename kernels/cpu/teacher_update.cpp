@@ -1,7 +1,7 @@
 // CPU reference of kernels/teacher_update.h. It walks each chunk fragment by fragment: one
 // draw per fragment, then either nothing (kept) or the blend over the fragment's contiguous
 // elements, which the compiler vectorises. Element granularity draws four fragments per
-// Philox block, exactly as curand_uniform4 does on the GPU.
+// Philox block (philox_block), as the CUDA twin does.
 #include <algorithm>
 
 #include "kernels/common/philox.h"
@@ -33,9 +33,7 @@ void update_chunk_by_element(const ArenaChunk& c, const float* student, float* t
                              const TeacherRule& rule) {
   const uint64_t subsequence = philox_subsequence(kStreamTeacher, rule.step);
   for (int64_t g = c.begin; g < c.end; g += 4) {
-    // Positioned at offset g (a multiple of 4), the state's current block is block g / 4;
-    // next4() would compute a second block for nothing.
-    const Philox4 w = PhiloxState(rule.seed, subsequence, static_cast<uint64_t>(g)).output;
+    const Philox4 w = philox_block(rule.seed, subsequence, static_cast<uint64_t>(g) >> 2);
     const uint32_t words[4] = {w.x, w.y, w.z, w.w};
     const int64_t n = std::min<int64_t>(4, c.end - g);
     for (int64_t j = 0; j < n; ++j)

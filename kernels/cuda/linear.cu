@@ -5,6 +5,7 @@
 //   dx^T (in, n) += w^T (in, out) dy^T (out, n)  -> sgemm(N, N, in, n, out)
 //   dw^T (in, out) += x^T (in, n) dy (n, out)    -> sgemm(N, T, in, out, n)
 // The bias broadcast and the bias gradient's column sums are hand-written kernels.
+// Cost: kernels/linear.h. Tests: tests/ops_basic_test.cpp (CUDA vs CPU), tests/cuda_review_test.cpp.
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/linear.h"
@@ -15,11 +16,13 @@ namespace {
 
 int blas_int(int64_t v) { return static_cast<int>(v); }
 
-// y[i, o] = b[o].  b (out), y (n, out)
-__global__ void broadcast_rows_kernel(const float* b, float* y, int64_t n, int64_t out) {
-  const int64_t total = n * out;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = b[i % out];
+// y[i, o] = b[o].  b (out), y (n, out). Rows are planes on the grid (plane_launch): a 32-bit
+// column index and no `i % out` (a 64-bit remainder per element before).
+__global__ void broadcast_rows_kernel(const float* __restrict__ b, float* __restrict__ y, int64_t n, int out) {
+  for (int64_t row = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; row < n; row += int64_t(gridDim.y) * blockDim.y) {
+    float* yr = y + row * out;
+    for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < out; o += gridDim.x * blockDim.x) yr[o] = b[o];
+  }
 }
 
 // Column sums of dy (n, out): a block of 32 x 8 threads owns 32 adjacent columns (coalesced
@@ -47,7 +50,8 @@ void linear_forward(const float* x, const float* w, const float* b, float* y, in
   if (n == 0 || out == 0) return;
   float beta = 0.0f;
   if (b) {
-    broadcast_rows_kernel<<<grid_for(n * out), 256, 0, runtime().stream>>>(b, y, n, out);
+    const PlaneLaunch l = plane_launch(n, out, "linear_forward (bias)");
+    broadcast_rows_kernel<<<l.grid, l.block, 0, runtime().stream>>>(b, y, n, static_cast<int>(out));
     KERNEL_LAUNCH_CHECK();
     beta = 1.0f;
   }

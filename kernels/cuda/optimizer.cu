@@ -1,8 +1,11 @@
 // CUDA twin of kernels/optimizer.h: one block per chunk, consecutive threads on consecutive
 // elements (coalesced), the slot's settings read once per block. LARS's norms: each block
-// reduces its chunk (warp shuffles, then across warps) into two partial sums; the update
-// launch sums a slot's partials in chunk order in one thread, so no atomics and the result
-// does not depend on scheduling.
+// reduces its chunk (warp shuffles, then across warps) into two partial sums; then one block
+// per slot turns its partials into the slot's trust ratio in the fixed order of
+// lars_slot_sums (kernels/common/optimizer_rules.h, the CPU twin's too), and the update reads
+// the ratio of its chunk's slot. No atomics, and the result does not depend on scheduling.
+// (The update used to have thread 0 of every block re-sum all of its slot's partials: for a
+// slot of K chunks, K blocks each reading K partials serially.)
 #include <cmath>
 #include <climits>
 
@@ -15,6 +18,7 @@ namespace kernels::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+static_assert(kThreads == kLarsChunkThreads, "the CPU twin sums a chunk's norms in this block's order");
 
 __global__ void __launch_bounds__(kThreads)
     sgd_kernel(const OptimizerSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks, float* __restrict__ w,
@@ -59,26 +63,43 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void __launch_bounds__(kThreads)
-    lars_kernel(const OptimizerSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks, float* __restrict__ w,
-                const float* __restrict__ g, float* __restrict__ buf, const float* __restrict__ partials, LarsParams p) {
-  __shared__ float trust_and_wd[2];
-  const ArenaChunk c = chunks[blockIdx.x];
-  if (threadIdx.x == 0) {
-    const OptimizerSlot s = slots[c.slot];
-    float ww = 0.0f, gg = 0.0f;
-    for (int32_t j = s.first_chunk; j < s.first_chunk + s.num_chunks; ++j) {
-      ww += partials[2 * j];
-      gg += partials[2 * j + 1];
-    }
-    float wd = 0.0f;
-    trust_and_wd[0] = lars_trust(sqrtf(ww), sqrtf(gg), s.weight_decay, p.eta, p.eps, s.adapt != 0, &wd);
-    trust_and_wd[1] = wd;
+// One block of kLarsLanes threads per slot: lars_slot_sums in shared memory, then lars_trust.
+// trust (num_slots, 2): the ratio and the weight decay that applies.
+__global__ void __launch_bounds__(kLarsLanes)
+    lars_trust_kernel(const OptimizerSlot* __restrict__ slots, const float* __restrict__ partials,
+                      float* __restrict__ trust, LarsParams p) {
+  __shared__ float a[kLarsLanes], b[kLarsLanes];
+  const OptimizerSlot s = slots[blockIdx.x];
+  const int t = threadIdx.x;
+  float ww = 0.0f, gg = 0.0f;
+  for (int32_t j = t; j < s.num_chunks; j += kLarsLanes) {
+    ww += partials[2 * (s.first_chunk + j)];
+    gg += partials[2 * (s.first_chunk + j) + 1];
   }
+  a[t] = ww;
+  b[t] = gg;
   __syncthreads();
-  const float trust = trust_and_wd[0], wd = trust_and_wd[1];
+  for (int stride = kLarsLanes / 2; stride > 0; stride >>= 1) {
+    if (t < stride) {
+      a[t] += a[t + stride];
+      b[t] += b[t + stride];
+    }
+    __syncthreads();
+  }
+  if (t == 0) {
+    float wd = 0.0f;
+    trust[2 * blockIdx.x] = lars_trust(sqrtf(a[0]), sqrtf(b[0]), s.weight_decay, p.eta, p.eps, s.adapt != 0, &wd);
+    trust[2 * blockIdx.x + 1] = wd;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lars_kernel(const ArenaChunk* __restrict__ chunks, float* __restrict__ w, const float* __restrict__ g,
+                float* __restrict__ buf, const float* __restrict__ trust, LarsParams p) {
+  const ArenaChunk c = chunks[blockIdx.x];
+  const float ratio = trust[2 * c.slot], wd = trust[2 * c.slot + 1];
   for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
-    lars_element(w[i], buf[i], g[i], wd, trust, p.lr, p.momentum, p.nesterov);
+    lars_element(w[i], buf[i], g[i], wd, ratio, p.lr, p.momentum, p.nesterov);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -111,11 +132,18 @@ void lars_norms(const OptimizerSlot*, const ArenaChunk* chunks, int64_t num_chun
   KERNEL_LAUNCH_CHECK();
 }
 
-void lars_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
-               float* buf, const float* partials, LarsParams p) {
+void lars_trust_ratios(const OptimizerSlot* slots, int64_t num_slots, const float* partials, float* trust,
+                       LarsParams p) {
+  if (num_slots == 0) return;
+  lars_trust_kernel<<<grid_of(num_slots, "lars_trust_ratios"), kLarsLanes, 0, runtime().stream>>>(slots, partials,
+                                                                                                  trust, p);
+  KERNEL_LAUNCH_CHECK();
+}
+
+void lars_step(const OptimizerSlot*, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
+               float* buf, const float* trust, LarsParams p) {
   if (num_chunks == 0) return;
-  lars_kernel<<<grid_of(num_chunks, "lars_step"), kThreads, 0, runtime().stream>>>(slots, chunks, w, g, buf,
-                                                                                     partials, p);
+  lars_kernel<<<grid_of(num_chunks, "lars_step"), kThreads, 0, runtime().stream>>>(chunks, w, g, buf, trust, p);
   KERNEL_LAUNCH_CHECK();
 }
 

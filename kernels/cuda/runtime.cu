@@ -12,6 +12,46 @@ Runtime& runtime() {
   return r;
 }
 
+PlaneLaunch plane_launch(int64_t planes, int64_t plane_size, const char* kernel) {
+  if (plane_size > (int64_t{1} << 31) - 1)
+    throw std::runtime_error(std::string(kernel) + ": expected a plane of at most 2^31 - 1 elements (32-bit indices), found " +
+                             std::to_string(plane_size));
+  int x = 32;
+  while (x < 256 && x < plane_size) x *= 2;
+  const int y = 256 / x;
+  const int64_t tiles = (plane_size + x - 1) / x, plane_groups = (planes + y - 1) / y;
+  PlaneLaunch l;
+  l.block = dim3(static_cast<unsigned>(x), static_cast<unsigned>(y));
+  l.grid = dim3(static_cast<unsigned>(tiles < 4096 ? (tiles > 0 ? tiles : 1) : 4096),
+                static_cast<unsigned>(plane_groups < 65535 ? (plane_groups > 0 ? plane_groups : 1) : 65535));
+  return l;
+}
+
+Stream::Stream() { CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+Stream::~Stream() {
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+Event::Event(bool blocking_sync) {
+  const unsigned flags = cudaEventDisableTiming | (blocking_sync ? cudaEventBlockingSync : 0u);
+  CUDA_CHECK(cudaEventCreateWithFlags(&event_, flags));
+}
+Event::~Event() {
+  if (!event_) return;
+  if (recorded_) cudaEventSynchronize(event_);
+  cudaEventDestroy(event_);
+}
+void Event::record(cudaStream_t stream) {
+  CUDA_CHECK(cudaEventRecord(event_, stream));
+  recorded_ = true;
+}
+void Event::synchronize() {
+  if (recorded_) CUDA_CHECK(cudaEventSynchronize(event_));
+}
+void Event::wait_in(cudaStream_t stream) {
+  if (recorded_) CUDA_CHECK(cudaStreamWaitEvent(stream, event_, 0));
+}
+
 void throw_status(const char* api, const char* what, const char* expr, const char* file, int line) {
   throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + api + " error '" +
                            what + "' in " + expr);

@@ -1,6 +1,7 @@
 // The handles every CUDA kernel shares: one stream, one cuBLAS and one cuDNN handle, made
 // once by the engine's device context (engine/device.cpp) and bound to that stream. Kernels
 // launch on runtime().stream and never synchronise; the engine decides when to wait.
+// Also here: the plane launch shape of the index-light kernels, and RAII streams and events.
 #pragma once
 
 #include <cublas_v2.h>
@@ -23,6 +24,52 @@ struct Runtime {
 };
 
 Runtime& runtime();
+
+// Launch shape of the kernels that put planes (an image channel, a matrix row) on the grid
+// so that every index inside a plane is 32-bit and no index is divided by a 64-bit value:
+// a block of 256 threads is `block.x` threads along a plane (the plane's size rounded up to a
+// power of two, 32 to 256) times `block.y` = 256 / block.x planes, so small planes still fill
+// the block; grid.x tiles a plane and grid.y steps over planes, both capped (the kernels loop).
+//   for (int64_t p = blockIdx.y * blockDim.y + threadIdx.y; p < planes; p += gridDim.y * blockDim.y)
+//     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < plane_size; k += gridDim.x * blockDim.x)
+// A plane of more than 2^31 - 1 elements is an error naming `kernel`.
+struct PlaneLaunch {
+  dim3 grid, block;
+};
+PlaneLaunch plane_launch(int64_t planes, int64_t plane_size, const char* kernel);
+
+// Streams and events the engine's own stream does not cover: the loader's copy stream and
+// the events that order it against the engine stream (data/loader.cpp).
+// A stream of its own that does not synchronise with the legacy default stream.
+class Stream {
+ public:
+  Stream();
+  ~Stream();  // unchecked: destructors must not throw
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+// An event without timing. blocking_sync (cudaEventBlockingSync): a host thread waiting in
+// synchronize() sleeps until the device signals, instead of spinning on a core.
+class Event {
+ public:
+  explicit Event(bool blocking_sync);
+  ~Event();  // waits for a pending record first (unchecked), then destroys
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  void record(cudaStream_t stream);
+  void synchronize();                  // host waits for the last record; no-op if none
+  void wait_in(cudaStream_t stream);   // `stream` waits for the last record (cudaStreamWaitEvent)
+  bool recorded() const { return recorded_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+  bool recorded_ = false;
+};
 
 // Grid size for a grid-stride loop over n elements with `threads` per block.
 inline unsigned grid_for(int64_t n, int threads = 256) {

@@ -1,11 +1,17 @@
 // CUDA twin of kernels/teacher_update.h: one launch per arena, one block per chunk, each
 // thread a group of 4 consecutive elements per iteration (float4 loads and stores; chunks
 // start on multiples of 4 elements, arenas on 256 bytes). The block's slot comes from its
-// chunk, so no thread searches the table. Draws come from cuRAND's device Philox with the
-// same (seed, subsequence, offset) as the CPU twin, so both backends keep and update the same
-// fragments, and kernels/common/sts_rule.h makes the arithmetic round identically.
-#include <curand_kernel.h>
-
+// chunk, so no thread searches the table.
+// Draws: Philox4x32-10 computed here from kernels/common/philox.h, the same function the CPU
+// twin runs and bit-identical to cuRAND's device generator (tests/philox_test.cpp): the draw
+// of fragment f at step k is word f % 4 of block f / 4 of subsequence (kStreamTeacher, k).
+// One block per 4 elements at element granularity and per fragment otherwise; a cuRAND state
+// (curand_init + curand_uniform4) computed two. kernels/common/sts_rule.h makes the blend
+// round identically on both backends.
+// Index math: channel fragment ids come from teacher_group_fragments (kernels/teacher_update.h:
+// ChunkRows, one 32-bit division per group of 4), not teacher_fragment's 64-bit division per
+// element.
+// Cost: kernels/teacher_update.h. Tests: tests/teacher_test.cpp (TeacherCuda, bit-identity).
 #include <climits>
 #include <cstdint>
 
@@ -20,14 +26,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// The draw of fragment f: curand_init(seed, philox_subsequence(kStreamTeacher, step), f),
-// then curand_uniform, which is what kernels::philox_uniform computes on the host.
-__device__ float fragment_draw(const TeacherRule& rule, uint64_t fragment) {
-  curandStatePhilox4_32_10_t state;
-  curand_init(rule.seed, philox_subsequence(kStreamTeacher, rule.step), fragment, &state);
-  return curand_uniform(&state);
-}
-
 __global__ void __launch_bounds__(kThreads)
     teacher_update_kernel(const TeacherSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks,
                           const float* __restrict__ student, float* __restrict__ teacher, TeacherRule rule) {
@@ -35,6 +33,11 @@ __global__ void __launch_bounds__(kThreads)
   const TeacherSlot s = slots[c.slot];
   const float p = rule.preserve_prob;
   const float m = rule.momentum;
+  const uint64_t subsequence = philox_subsequence(kStreamTeacher, rule.step);
+  const bool channel = rule.granularity == Granularity::Channel;
+  const bool rows_fit = channel && ChunkRows::fits(s, c.end - c.begin);
+  ChunkRows rows;
+  if (rows_fit) rows = ChunkRows(s, c);
   // A thread's groups usually share a fragment (tensor: always; channel: rows are long), so
   // it keeps the last draw instead of drawing per element.
   uint64_t drawn_fragment = UINT64_MAX;
@@ -44,28 +47,30 @@ __global__ void __launch_bounds__(kThreads)
     float u[4] = {1.0f, 1.0f, 1.0f, 1.0f};  // p = 0: u = 1 is never kept, no draws needed
     if (p > 0.0f) {
       if (rule.granularity == Granularity::Element) {
-        // Fragment id = arena index and g is a multiple of 4: one Philox block holds the draws
-        // of g .. g + 3 (curand_uniform4 = four successive curand_uniform).
-        curandStatePhilox4_32_10_t state;
-        curand_init(rule.seed, philox_subsequence(kStreamTeacher, rule.step), static_cast<uint64_t>(g), &state);
-        const float4 r = curand_uniform4(&state);
-        u[0] = r.x;
-        u[1] = r.y;
-        u[2] = r.z;
-        u[3] = r.w;
+        // Fragment id = arena index and g is a multiple of 4: block g / 4 holds the draws
+        // of g .. g + 3.
+        const Philox4 w = philox_block(rule.seed, subsequence, static_cast<uint64_t>(g) >> 2);
+        u[0] = philox_to_uniform(w.x);
+        u[1] = philox_to_uniform(w.y);
+        u[2] = philox_to_uniform(w.z);
+        u[3] = philox_to_uniform(w.w);
       } else {
-        for (int j = 0; j < n; ++j) {
-          const uint64_t f = teacher_fragment(s, rule.granularity, g + j);
-          if (f != drawn_fragment) {
-            drawn_u = fragment_draw(rule, f);
-            drawn_fragment = f;
+        uint64_t frag[4];
+        teacher_group_fragments(s, rows, rows_fit, rule.granularity, g, frag);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (j >= n) break;
+          if (frag[j] != drawn_fragment) {
+            drawn_u = philox_uniform_at(rule.seed, subsequence, frag[j]);
+            drawn_fragment = frag[j];
           }
           u[j] = drawn_u;
         }
       }
     }
     bool any_update = false;
-    for (int j = 0; j < n; ++j) any_update |= !sts_keep(u[j], p);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) any_update |= j < n && !sts_keep(u[j], p);
     if (!any_update) continue;  // a kept group costs no memory traffic
     if (n == 4) {
       float4 t = *reinterpret_cast<const float4*>(teacher + g);
@@ -76,7 +81,9 @@ __global__ void __launch_bounds__(kThreads)
       t.w = sts_rule(t.w, x.w, u[3], p, m);
       *reinterpret_cast<float4*>(teacher + g) = t;
     } else {  // the last group of a slot whose size is not a multiple of 4: stop at the slot end
-      for (int j = 0; j < n; ++j) teacher[g + j] = sts_rule(teacher[g + j], student[g + j], u[j], p, m);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (j < n) teacher[g + j] = sts_rule(teacher[g + j], student[g + j], u[j], p, m);
     }
   }
 }
