@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Run a sweep of byol or fixmatch runs over a grid of flags and seeds, and tabulate it.
+"""Run a sweep of byol, fixmatch or moco runs over a grid of flags and seeds, and tabulate it.
 
     apps/tools/sweep.py configs/sweeps/byol-fashion-mnist-smoothing.toml
     apps/tools/sweep.py SWEEP --summary          # only the table, from what has finished
@@ -43,7 +43,7 @@ except ImportError:
     print("sweep: needs Python 3.11 or newer (tomllib), found " + sys.version.split()[0], file=sys.stderr)
     sys.exit(77)  # what the tests take for "cannot run here"
 
-PROGRAMS = ("byol", "fixmatch")
+PROGRAMS = ("byol", "fixmatch", "moco")
 TOP_KEYS = {"name", "program", "config", "seeds", "threads", "parallel", "flags", "grid", "cells"}
 # Flags the runner sets itself for every run.
 RESERVED = {"seed", "out", "resume", "threads", "config", "stop-after"}
@@ -55,6 +55,10 @@ COLUMNS = {
              ("linear_top1_student", "student probe"), ("knn_top1_student", "student kNN"),
              ("linear_top1_baseline", "random-init probe"), ("knn_top1_baseline", "random-init kNN")],
     "fixmatch": [("test_top1_teacher", "teacher top-1"), ("test_top1_student", "student top-1")],
+    # MoCo's teacher is its key encoder, its student the query encoder.
+    "moco": [("linear_top1_teacher", "key encoder probe"), ("knn_top1_teacher", "key encoder kNN"),
+             ("linear_top1_student", "query encoder probe"), ("knn_top1_student", "query encoder kNN"),
+             ("linear_top1_baseline", "random-init probe"), ("knn_top1_baseline", "random-init kNN")],
 }
 NOT_SCORES = {"step", "epoch", "wall_s"}
 
