@@ -232,12 +232,12 @@ TEST(Sweep, BadSweepFileIsOneLineAndExit2) {
   if (!fs::exists(kPython)) GTEST_SKIP() << kPython << " not found";
   const std::string dir = cat(::testing::TempDir(), "tessera_sweep_bad_", ::getpid());
   fs::create_directories(dir);
-  std::ofstream(dir + "/bad.toml") << "program = \"moco\"\n";
+  std::ofstream(dir + "/bad.toml") << "program = \"simclr\"\n";
   std::ofstream(dir + "/clash.toml") << "program = \"byol\"\n[grid]\nseed = [1, 2]\n";
   const struct {
     const char* file;
     const char* says;
-  } cases[] = {{"bad.toml", "program: expected one of byol, fixmatch, found 'moco'"},
+  } cases[] = {{"bad.toml", "program: expected one of byol, fixmatch, moco, found 'simclr'"},
                {"clash.toml", "the runner sets --seed itself"},
                {"missing.toml", "cannot read it"}};
   for (const auto& c : cases) {
