@@ -208,32 +208,16 @@ int byol_main(int argc, const char* const* argv) {
   }
 
   // ---- final evaluation ------------------------------------------------------------------------
-  std::fprintf(stderr, "byol: evaluating on %ld train / %ld test images\n", static_cast<long>(eval.train.size),
-               static_cast<long>(eval.test.size));
-  const BackboneScores teacher = eval.run(*nets.t_backbone, true);
-  const BackboneScores student = eval.run(*nets.backbone, true);
-  nlohmann::json final_event = {{"step", step},
-                                {"epoch", step / steps_per_epoch},
-                                {"knn_top1_teacher", teacher.knn_top1},
-                                {"linear_top1_teacher", teacher.linear_top1},
-                                {"knn_top1_student", student.knn_top1},
-                                {"linear_top1_student", student.linear_top1}};
-  std::string line = cat("byol: linear probe top-1: teacher ", fixed2(teacher.linear_top1), "% (kNN ",
-                         fixed2(teacher.knn_top1), "%), student ", fixed2(student.linear_top1), "%");
-  if (c.eval_baseline) {
-    auto random_init = make_model(nets.backbone->spec(), device);
-    random_init->init(part_seed(static_cast<uint64_t>(c.run.seed), kBackbone));  // the student's starting point
-    const BackboneScores base = eval.run(*random_init, true);
-    final_event["knn_top1_baseline"] = base.knn_top1;
-    final_event["linear_top1_baseline"] = base.linear_top1;
-    const double gain = teacher.linear_top1 - base.linear_top1;
-    line += cat("; random-init baseline ", fixed2(base.linear_top1), "% (", gain >= 0 ? "+" : "", fixed2(gain),
-                " points)");
-  }
+  // The random-init baseline starts where the student did.
+  FinalScores final = final_scores("byol", *nets.t_backbone, "teacher", *nets.backbone, "student", c.eval_baseline,
+                                   part_seed(static_cast<uint64_t>(c.run.seed), kBackbone), eval.train, eval.test,
+                                   c.eval_batch, eval.probe);
+  final.event["step"] = step;
+  final.event["epoch"] = step / steps_per_epoch;
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  final_event["wall_s"] = wall;
-  run.metrics().write("final", final_event);
-  std::printf("%s; wall %dm%02ds\n", line.c_str(), static_cast<int>(wall) / 60, static_cast<int>(wall) % 60);
+  final.event["wall_s"] = wall;
+  run.metrics().write("final", final.event);
+  std::printf("%s; wall %dm%02ds\n", final.line.c_str(), static_cast<int>(wall) / 60, static_cast<int>(wall) % 60);
   std::fflush(stdout);
   return 0;
 }

@@ -1,5 +1,9 @@
 #include "apps/run/features.h"
 
+#include <cstdio>
+
+#include "apps/run/run_directory.h"
+
 #include "data/loader.h"
 #include "engine/autograd.h"
 #include "engine/check.h"
@@ -52,6 +56,34 @@ BackboneScores evaluate_backbone(Model& backbone, const data::Dataset& train, co
   s.knn_top1 = knn_top1(train_f, test_f, train.num_classes);
   if (linear) s.linear_top1 = linear_probe(train_f, test_f, train.num_classes, probe).test_top1;
   return s;
+}
+
+FinalScores final_scores(const std::string& program, Model& teacher, const std::string& teacher_name,
+                         Model& student, const std::string& student_name, bool baseline, uint64_t baseline_seed,
+                         const data::Dataset& train, const data::Dataset& test, int64_t batch,
+                         const LinearProbeOptions& probe) {
+  std::fprintf(stderr, "%s: evaluating on %ld train / %ld test images\n", program.c_str(),
+               static_cast<long>(train.size), static_cast<long>(test.size));
+  const BackboneScores t = evaluate_backbone(teacher, train, test, batch, true, probe);
+  const BackboneScores s = evaluate_backbone(student, train, test, batch, true, probe);
+  FinalScores out;
+  out.event = {{"knn_top1_teacher", t.knn_top1},
+               {"linear_top1_teacher", t.linear_top1},
+               {"knn_top1_student", s.knn_top1},
+               {"linear_top1_student", s.linear_top1}};
+  out.line = cat(program, ": linear probe top-1: ", teacher_name, " ", fixed2(t.linear_top1), "% (kNN ",
+                 fixed2(t.knn_top1), "%), ", student_name, " ", fixed2(s.linear_top1), "%");
+  if (baseline) {
+    auto random_init = make_model(student.spec(), student.device());
+    random_init->init(baseline_seed);
+    const BackboneScores b = evaluate_backbone(*random_init, train, test, batch, true, probe);
+    out.event["knn_top1_baseline"] = b.knn_top1;
+    out.event["linear_top1_baseline"] = b.linear_top1;
+    const double gain = t.linear_top1 - b.linear_top1;
+    out.line += cat("; random-init baseline ", fixed2(b.linear_top1), "% (", gain >= 0 ? "+" : "", fixed2(gain),
+                    " points)");
+  }
+  return out;
 }
 
 }  // namespace tessera

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
 
 #include "apps/run/evaluation.h"
 #include "data/dataset.h"
@@ -24,5 +26,19 @@ struct BackboneScores {
 // training set) and of `test` (reported).
 BackboneScores evaluate_backbone(Model& backbone, const data::Dataset& train, const data::Dataset& test,
                                  int64_t batch, bool linear, const LinearProbeOptions& probe = {});
+
+// The final evaluation of a self-supervised run (byol, moco): kNN and linear probe of the
+// teacher and the student and, when `baseline`, of a backbone of the student's spec freshly
+// initialised with `baseline_seed` (the student's starting point). `event` holds the scores
+// under their metrics names (knn_top1_teacher, linear_top1_student, ..._baseline); `line` is
+// the one-line summary, naming the networks as the program does ("teacher" / "key encoder").
+struct FinalScores {
+  nlohmann::json event;
+  std::string line;
+};
+FinalScores final_scores(const std::string& program, Model& teacher, const std::string& teacher_name,
+                         Model& student, const std::string& student_name, bool baseline, uint64_t baseline_seed,
+                         const data::Dataset& train, const data::Dataset& test, int64_t batch,
+                         const LinearProbeOptions& probe);
 
 }  // namespace tessera
