@@ -75,7 +75,7 @@ GTEST_DIR ?= $(if $(DEPS_PREFIX),$(BUILD)/gtest,)
 
 INCLUDES := -I. -I$(BLAS_INC) $(if $(DEPS_PREFIX),-I$(DEPS_PREFIX)/usr/include,) \
             $(if $(GTEST_DIR),-I$(DEPS_PREFIX)/usr/src/googletest/googletest/include,)
-OPT := $(if $(filter 1,$(DEBUG)),-O0 -g,-O3 $(ARCH_FLAGS) -g1)
+OPT := $(if $(filter 1,$(DEBUG)),-O0 -g -DTESSERA_DEBUG=1,-O3 $(ARCH_FLAGS) -g1)
 # Profile builds keep full host symbols and frame pointers (nsys / perf call stacks).
 PROFILE_HOST := $(if $(filter 1,$(PROFILE)),-g -fno-omit-frame-pointer,)
 OPT += $(PROFILE_HOST)

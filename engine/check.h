@@ -1,8 +1,10 @@
 // Errors and checks. Two kinds of failure reach a user:
 //   UsageError  - a bad flag or value; programs exit with code 2 and name the flag.
 //   Error       - anything else at run time (a file, a shape, a device); exit code 1.
-// Both carry one line that says what was expected and what was found. TS_CHECK adds the
-// source location, because a check that fires is a bug report and the place matters.
+// Both carry one line that says what was expected and what was found. What a user reads
+// names their file or flag, not ours: TS_CHECK puts the source location (file:line) in front
+// only in a DEBUG=1 build or after show_check_locations(true) (the programs' --debug), where
+// a check that fires is read as a bug report and the place matters.
 #pragma once
 
 #include <sstream>
@@ -28,10 +30,14 @@ std::string cat(const Args&... args) {
 }
 
 [[noreturn]] void fail_at(const char* file, int line, const std::string& message);
+// Whether TS_CHECK messages start with file:line: (default: only in DEBUG=1 builds).
+void show_check_locations(bool on);
+bool check_locations_shown();
 
 }  // namespace tessera
 
-// TS_CHECK(cond, pieces...): throws tessera::Error("file:line: pieces") when cond is false.
+// TS_CHECK(cond, pieces...): throws tessera::Error("pieces") when cond is false ("file:line:
+// pieces" when check_locations_shown()).
 #define TS_CHECK(cond, ...)                                              \
   do {                                                                   \
     if (!(cond)) ::tessera::fail_at(__FILE__, __LINE__, ::tessera::cat(__VA_ARGS__)); \

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "engine/check.h"
+#include "kernels/nonfinite.h"
 
 namespace tessera {
 
@@ -127,6 +128,19 @@ void SafetensorsWriter::add_u8(const std::string& name, const std::vector<int64_
 
 void SafetensorsWriter::add_metadata(const std::string& key, const std::string& value) {
   metadata_[key] = value;
+}
+
+std::string SafetensorsWriter::first_nonfinite() const {
+  for (const Entry& e : entries_) {
+    if (e.dtype != StDType::F32) continue;
+    const size_t n = e.bytes.size() / sizeof(float);
+    for (size_t i = 0; i < n; ++i) {
+      float v;
+      std::memcpy(&v, e.bytes.data() + i * sizeof(float), sizeof v);
+      if (kernels::is_nonfinite(v)) return cat(e.name, " (element ", i, " = ", v, ")");
+    }
+  }
+  return {};
 }
 
 void SafetensorsWriter::write(const std::string& path) const {

@@ -44,6 +44,10 @@ class SafetensorsWriter {
   void add_u8(const std::string& name, const std::vector<int64_t>& shape, const std::vector<uint8_t>& v);
   void add_metadata(const std::string& key, const std::string& value);
 
+  // The first f32 tensor holding a NaN or an infinity, as "name (element i = value)"; empty
+  // when every one is finite. A scan of the host copies: cheap next to writing them.
+  std::string first_nonfinite() const;
+
   // Writes the file atomically (temporary file, fsync, rename, fsync of the directory).
   void write(const std::string& path) const;
 

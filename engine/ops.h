@@ -96,7 +96,8 @@ Var* infonce_loss(Graph& g, Var* q, const Tensor& k, const Tensor& queue, float 
                   const Tensor& accuracy = Tensor());
 // No-grad: keys (N, D) into rows ptr .. ptr + N - 1 of the ring queue (K, D), on its device.
 // N must divide K and ptr be a multiple of N below K (an Error says which is not); returns
-// the next pointer, (ptr + N) mod K.
-int64_t queue_enqueue(const Tensor& queue, const Tensor& keys, int64_t ptr);
+// the next pointer, (ptr + N) mod K. `skip`: a device flag (kernels/nonfinite.h) that, when
+// non-zero, leaves the queue as it is; the pointer advances either way (no host sync).
+int64_t queue_enqueue(const Tensor& queue, const Tensor& keys, int64_t ptr, const int32_t* skip = nullptr);
 
 }  // namespace tessera::ops

@@ -55,7 +55,7 @@ Var* infonce_loss(Graph& g, Var* q, const Tensor& k, const Tensor& queue, float 
   return loss;
 }
 
-int64_t queue_enqueue(const Tensor& queue, const Tensor& keys, int64_t ptr) {
+int64_t queue_enqueue(const Tensor& queue, const Tensor& keys, int64_t ptr, const int32_t* skip) {
   const Shape &us = queue.shape, &ks = keys.shape;
   TS_CHECK(us.ndim == 2 && us[0] > 0 && us[1] > 0, "queue_enqueue: expected a queue (K, D), found ", us.str());
   TS_CHECK(ks.ndim == 2 && ks[0] > 0 && ks[1] == us[1], "queue_enqueue: expected keys (N, ", us[1],
@@ -67,7 +67,7 @@ int64_t queue_enqueue(const Tensor& queue, const Tensor& keys, int64_t ptr) {
   TS_CHECK(queue.dtype == DType::F32 && keys.dtype == DType::F32, "queue_enqueue: queue and keys must be f32, found ",
            queue.str(), " and ", keys.str());
   check_same_device("queue_enqueue", queue, keys);
-  TS_DISPATCH(queue.device, queue_enqueue, queue.f32(), keys.f32(), us[0], ks[0], ks[1], ptr);
+  TS_DISPATCH(queue.device, queue_enqueue, queue.f32(), keys.f32(), us[0], ks[0], ks[1], ptr, skip);
   return (ptr + ks[0]) % us[0];
 }
 

@@ -90,13 +90,13 @@ void Optimizer::step(Arena& params, const Arena& grads, float lr) {
   switch (c.kind) {
     case OptimizerKind::Sgd:
       TS_DISPATCH_COST(device_, sgd_step, cost(20, 6), slots, chunks, n, params.data(), grads.data(), state_[0]->data(),
-                  kernels::SgdParams{lr, c.momentum, c.nesterov ? 1 : 0});
+                  kernels::SgdParams{lr, c.momentum, c.nesterov ? 1 : 0, skip_});
       break;
     case OptimizerKind::Lars: {
       float* partials = static_cast<float*>(lars_partials_.data());
       float* trust = partials + 2 * n;
       const int64_t num_slots = slots_.size();
-      const kernels::LarsParams lars{lr, c.momentum, c.eta, c.lars_eps, c.nesterov ? 1 : 0};
+      const kernels::LarsParams lars{lr, c.momentum, c.eta, c.lars_eps, c.nesterov ? 1 : 0, skip_};
       TS_DISPATCH_COST(device_, lars_norms, cost(8, 4), slots, chunks, n, params.data(), grads.data(), partials);
       TS_DISPATCH_COST(device_, lars_trust_ratios, (kernels::Cost{8.0 * double(n + num_slots), 2.0 * double(n)}), slots,
                        num_slots, partials, trust, lars);
@@ -110,7 +110,7 @@ void Optimizer::step(Arena& params, const Arena& grads, float lr) {
       const double bc1 = 1.0 - std::pow(static_cast<double>(c.beta1), t);
       const double bc2 = 1.0 - std::pow(static_cast<double>(c.beta2), t);
       const kernels::AdamWParams p{lr, c.beta1, c.beta2, c.adam_eps, static_cast<float>(lr / bc1),
-                                   static_cast<float>(std::sqrt(bc2))};
+                                   static_cast<float>(std::sqrt(bc2)), skip_};
       TS_DISPATCH_COST(device_, adamw_step, cost(28, 12), slots, chunks, n, params.data(), grads.data(), state_[0]->data(),
                   state_[1]->data(), p);
       break;

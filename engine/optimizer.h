@@ -45,6 +45,11 @@ class Optimizer {
 
   // One step with learning rate lr: params -= lr * (direction from grads and state).
   void step(Arena& params, const Arena& grads, float lr);
+  // From now on every step reads *flag on the device and leaves weights and state as they are
+  // when it is non-zero (--on-nonfinite skip: kernels/nonfinite.h). The host's step count
+  // still advances (reading the flag would be a sync), so AdamW's bias correction counts a
+  // skipped step. Null: never skip.
+  void skip_when(const int32_t* flag) { skip_ = flag; }
 
   const OptimizerConfig& config() const { return config_; }
   bool excluded(size_t slot) const;  // from weight decay and adaptation
@@ -61,6 +66,7 @@ class Optimizer {
   Device device_;
   OptimizerConfig config_;
   int64_t steps_ = 0;
+  const int32_t* skip_ = nullptr;  // device flag, see skip_when()
   DeviceTable<kernels::OptimizerSlot> slots_;
   DeviceTable<kernels::ArenaChunk> chunks_;
   std::vector<std::unique_ptr<Arena>> state_;  // momentum, or exp_avg and exp_avg_sq

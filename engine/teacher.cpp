@@ -189,7 +189,7 @@ void TeacherSmoother::update(const Arena& student_params, Arena& teacher_params,
   const TeacherConfig& c = state_.config;
   if (c.mode != SmoothingMode::None) {
     kernels::TeacherRule rule{c.seed, static_cast<uint64_t>(step), preserve_prob(), momentum_at(step),
-                              c.granularity};
+                              c.granularity, skip_};
     apply(rule, params_, param_slots_, param_chunks_, student_params, teacher_params);
     if (c.bn_buffers != BnBufferPolicy::Own) {
       // Buffers are never masked: their fragment numbering is not their layer's, so a mask

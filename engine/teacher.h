@@ -134,6 +134,11 @@ class TeacherSmoother {
   // official code, which passes the initialisation through the mask).
   void initialise(const Arena& student_params, Arena& teacher_params, const Arena& student_buffers,
                   Arena& teacher_buffers);
+  // From now on update() reads *flag on the device and changes nothing when it is non-zero
+  // (--on-nonfinite skip in FixMatch, whose teacher follows the optimizer step: a dropped
+  // step drops both). The step counter still advances and ages_at / stats_at still count the
+  // step's draws: the host cannot know without a sync. initialise() never skips. Null: never.
+  void skip_when(const int32_t* flag) { skip_ = flag; }
 
   float momentum_at(int64_t step) const;  // m_k (0 for se and copy)
   float preserve_prob() const;            // p of the mode (0 for tma and copy)
@@ -157,6 +162,7 @@ class TeacherSmoother {
   TeacherState state_;
   DeviceTable<kernels::TeacherSlot> param_slots_, buffer_slots_;
   DeviceTable<kernels::ArenaChunk> param_chunks_, buffer_chunks_;
+  const int32_t* skip_ = nullptr;  // device flag, see skip_when()
 };
 
 // The TeacherSlot rows of a table (exposed for tests and benchmarks).

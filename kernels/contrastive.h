@@ -33,8 +33,9 @@
   void infonce_backward(const float* k, const float* queue, const float* logits, const float* lse, \
                         const float* dloss, float scale, float* dlogits, float* dq, int64_t n,   \
                         int64_t kq, int64_t d, float inv_temp);                                  \
-  /* queue (kq, d), keys (n, d) */                                                               \
-  void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr);
+  /* queue (kq, d), keys (n, d); skip: a device flag, non-zero writes nothing (or null) */     \
+  void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr,  \
+                     const int32_t* skip);
 
 namespace kernels::cpu {
 TS_CONTRASTIVE_KERNELS
@@ -54,7 +55,7 @@ TS_KERNEL_COST(infonce_backward, const float*, const float*, const float*, const
                float*, int64_t n, int64_t kq, int64_t d, float) {
   return {4.0 * (3.0 * n + kq) * d + 8.0 * n * (kq + 1) + 4.0 * n, 2.0 * n * (kq + 1) * d + 3.0 * n * (kq + 1)};
 }
-TS_KERNEL_COST(queue_enqueue, float*, const float*, int64_t, int64_t n, int64_t d, int64_t) {
+TS_KERNEL_COST(queue_enqueue, float*, const float*, int64_t, int64_t n, int64_t d, int64_t, const int32_t*) {
   return {8.0 * n * d, 0.0};
 }
 }  // namespace kernels

@@ -24,15 +24,20 @@ namespace kernels {
 struct SgdParams {
   float lr, momentum;
   int32_t nesterov;
+  // Device flag (kernels/nonfinite.h's NonfiniteRecord::skip): when it points to a non-zero
+  // value the step does nothing. Null: always apply.
+  const int32_t* skip = nullptr;
 };
 struct LarsParams {
   float lr, momentum, eta, eps;
   int32_t nesterov;
+  const int32_t* skip = nullptr;  // as SgdParams::skip (lars_step; the norms and ratios are only read by it)
 };
 struct AdamWParams {
   float lr, beta1, beta2, eps;
   float step_size;              // lr / (1 - beta1^t), computed in double on the host as PyTorch does
   float bias_correction2_sqrt;  // sqrt(1 - beta2^t), likewise
+  const int32_t* skip = nullptr;  // as SgdParams::skip
 };
 
 }  // namespace kernels

@@ -30,6 +30,7 @@
 #include "apps/byol/step.h"
 #include "apps/run/evaluation.h"
 #include "apps/run/features.h"
+#include "apps/run/nonfinite.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
 #include "apps/run/teacher_log.h"
@@ -113,6 +114,19 @@ int byol_main(int argc, const char* const* argv) {
   if (step > total_steps)
     throw Error(cat("the checkpoint is at step ", step, ", past the run's ", total_steps, " steps"));
 
+  // --on-nonfinite: the loss and every gradient checked on the device after each backward,
+  // read at metrics lines and by run.save (apps/run/nonfinite.h).
+  NonfiniteGuard nonfinite(c.run.on_nonfinite, device);
+  nonfinite.monitor().watch_gradients("backbone.", nets.backbone->grads());
+  nonfinite.monitor().watch_gradients("projector.", nets.projector->grads());
+  nonfinite.monitor().watch_gradients("predictor.", nets.predictor->grads());
+  nonfinite.arm_test_hook();
+  if (run.resuming()) nonfinite.restore(run.checkpoint());
+  for (Optimizer* o : {nets.opt_backbone.get(), nets.opt_projector.get(), nets.opt_predictor.get()})
+    o->skip_when(nonfinite.skip_flag());
+  nets.nonfinite = &nonfinite.monitor();
+  run.attach(nonfinite);
+
   run.begin(options.to_json());
   std::fprintf(stderr, "byol: %s, %ld images, %ld steps of %ld (%.2f epochs); run directory %s\n", train.name.c_str(),
                static_cast<long>(train.size), static_cast<long>(total_steps), static_cast<long>(c.batch_size),
@@ -172,19 +186,21 @@ int byol_main(int argc, const char* const* argv) {
           write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
       }
       if (step % c.run.log_every == 0 || step == stop_at) {
-        float loss_value = 0;
+        const int64_t skipped = nonfinite.read(run.last_checkpoint_note());  // stop: ends the run here
+        float loss_value = 0;  // NaN when this step was skipped (written as null)
         copy_to_host(&loss_value, loss->value, sizeof loss_value);
-        TS_CHECK(std::isfinite(loss_value), "the loss is ", loss_value, " at step ", step, "; lower --lr");
         double ips = 0, wait = 0;
         timer.take(&ips, &wait);
         const TeacherStats sb = nets.smooth_backbone->stats_at(step - 1), sp = nets.smooth_projector->stats_at(step - 1);
         const double updated =
             (sb.params_updated * static_cast<double>(nets.backbone->param_table().total_numel()) +
              sp.params_updated * static_cast<double>(nets.projector->param_table().total_numel())) / param_count;
-        run.metrics().write("train", {{"step", step}, {"epoch", static_cast<double>(step) / steps_per_epoch},
-                                      {"loss", loss_value}, {"lr", lr},
-                                      {"momentum", nets.smooth_backbone->momentum_at(step - 1)},
-                                      {"updated_fraction", updated}, {"images_per_s", ips}, {"data_wait", wait}});
+        nlohmann::json ev = {{"step", step}, {"epoch", static_cast<double>(step) / steps_per_epoch},
+                             {"loss", loss_value}, {"lr", lr},
+                             {"momentum", nets.smooth_backbone->momentum_at(step - 1)},
+                             {"updated_fraction", updated}, {"images_per_s", ips}, {"data_wait", wait}};
+        if (nonfinite.skipping()) ev["nonfinite_skipped"] = skipped;
+        run.metrics().write("train", ev);
         progress.update(step, loss_value, ips, wait);
       }
       const bool epoch_end = step % steps_per_epoch == 0;

@@ -10,6 +10,7 @@
 #include "data/loader.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
+#include "engine/nonfinite.h"
 #include "engine/optimizer.h"
 #include "engine/teacher.h"
 #include "models/model.h"
@@ -27,6 +28,9 @@ struct Nets {
   std::unique_ptr<Model> t_backbone, t_projector;            // teacher
   std::unique_ptr<TeacherSmoother> smooth_backbone, smooth_projector;
   std::unique_ptr<Optimizer> opt_backbone, opt_projector, opt_predictor;
+  // Checks the loss and gradients after backward, on the device (apps/run/nonfinite.h); the
+  // run sets it, a test may leave it null.
+  NonfiniteMonitor* nonfinite = nullptr;
 };
 
 // The student initialised from the run's seed, the teacher an exact copy of it, the optimizers'

@@ -32,6 +32,7 @@ Var* train_step(Nets& n, Graph& g, const data::Batch& batch, int64_t step, float
   Var* loss = ops::add(g, ops::byol_loss(g, q[0], z[1]), ops::byol_loss(g, q[1], z[0]));
   phases.enter("backward");
   g.backward(loss);
+  if (n.nonfinite) n.nonfinite->check_step(step, loss->value);  // before anything reads the gradients
   phases.enter("optimizer");
   n.opt_backbone->step(n.backbone->params(), n.backbone->grads(), lr);
   n.opt_projector->step(n.projector->params(), n.projector->grads(), lr);

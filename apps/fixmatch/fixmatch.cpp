@@ -27,6 +27,7 @@
 #include "apps/fixmatch/config.h"
 #include "apps/fixmatch/nets.h"
 #include "apps/fixmatch/step.h"
+#include "apps/run/nonfinite.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
 #include "apps/run/teacher_log.h"
@@ -133,6 +134,18 @@ int fixmatch_main(int argc, const char* const* argv) {
       throw Error(cat(run.checkpoint().path(), ": the checkpoint is at step ", step, ", past the run's ", c.steps));
   }
 
+  // --on-nonfinite: the loss and the gradients checked on the device after each backward,
+  // read with the step slots below and by run.save (apps/run/nonfinite.h). The teacher
+  // follows the optimizer here, so a skipped step skips both.
+  NonfiniteGuard nonfinite(c.run.on_nonfinite, device);
+  nonfinite.monitor().watch_gradients("", nets.student->grads());
+  nonfinite.arm_test_hook();
+  if (run.resuming()) nonfinite.restore(run.checkpoint());
+  nets.opt->skip_when(nonfinite.skip_flag());
+  nets.smoother->skip_when(nonfinite.skip_flag());
+  nets.nonfinite = &nonfinite.monitor();
+  run.attach(nonfinite);
+
   run.begin(options.to_json());
   if (!run.resuming()) data::write_labeled_subset(run.dir().path(data::kLabeledSubsetFile), train, seed, subset);
   std::fprintf(stderr, "fixmatch: %s, %ld labels, %s, %ld steps of %ld labeled + %ld unlabeled; run directory %s\n",
@@ -184,16 +197,24 @@ int fixmatch_main(int argc, const char* const* argv) {
     fill_zero(step_losses);
     fill_zero(step_counts);
     int64_t pending = 0;  // steps in the slots not yet read
+    int64_t skipped = 0;  // --on-nonfinite skip: steps dropped so far (the whole run)
     auto read_back = [&] {
+      skipped = nonfinite.read(run.last_checkpoint_note());  // stop: ends the run here
       if (pending == 0) return;
       std::vector<float> l(static_cast<size_t>(2 * pending));
       std::vector<int32_t> n(static_cast<size_t>(2 * pending));
-      copy_to_host(l.data(), step_losses, l.size() * sizeof(float));
-      copy_to_host(n.data(), step_counts, n.size() * sizeof(int32_t));
+      // The first `pending` rows only: a checkpoint or Ctrl-C can come mid-window (copying the
+      // whole (log_every, 2) buffer into the shorter vectors used to fail there).
+      copy_to_host(l.data(), Tensor(step_losses.t.ptr, Shape{pending, 2}, DType::F32, device), l.size() * sizeof(float));
+      copy_to_host(n.data(), Tensor(step_counts.t.ptr, Shape{pending, 2}, DType::I32, device), n.size() * sizeof(int32_t));
       for (int64_t s = 0; s < pending; ++s) {
         const float sup_loss = l[static_cast<size_t>(2 * s)], unsup_loss = l[static_cast<size_t>(2 * s + 1)];
-        TS_CHECK(std::isfinite(sup_loss) && std::isfinite(unsup_loss), "the loss is not finite at step ",
-                 step - pending + s, " (supervised ", sup_loss, ", unsupervised ", unsup_loss, "); lower --lr");
+        if (!std::isfinite(sup_loss) || !std::isfinite(unsup_loss)) {
+          TS_CHECK(nonfinite.skipping(), "the loss is not finite at step ", step - pending + s, " (supervised ",
+                   sup_loss, ", unsupervised ", unsup_loss, "); lower --lr");
+          --win.steps;  // a skipped step: not in the means
+          continue;
+        }
         win.sup += sup_loss;
         win.unsup += unsup_loss;
         if (unlabeled) {
@@ -254,6 +275,7 @@ int fixmatch_main(int argc, const char* const* argv) {
           ev["mask_rate"] = win.mean(win.mask);
           ev["pseudo_label_acc"] = win.mean(win.pseudo_acc);
         }
+        if (nonfinite.skipping()) ev["nonfinite_skipped"] = skipped;
         run.metrics().write("train", ev);
         progress.update(step, win.mean(win.sup) + c.lambda_u * win.mean(win.unsup), ips, wait,
                         unlabeled ? cat("mask ", fixed2(100 * win.mean(win.mask)), "% pl-acc ",

@@ -10,6 +10,7 @@
 #include "data/loader.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
+#include "engine/nonfinite.h"
 #include "engine/optimizer.h"
 #include "engine/teacher.h"
 #include "models/model.h"
@@ -24,6 +25,9 @@ struct Nets {
   std::unique_ptr<Model> student, teacher;
   std::unique_ptr<TeacherSmoother> smoother;
   std::unique_ptr<Optimizer> opt;  // SGD with Nesterov momentum
+  // Checks the loss and gradients after backward, on the device (apps/run/nonfinite.h); the
+  // run sets it, a test may leave it null.
+  NonfiniteMonitor* nonfinite = nullptr;
 };
 
 // The student initialised from the run's seed, the teacher an exact copy of it, the optimizer's

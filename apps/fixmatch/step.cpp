@@ -82,6 +82,7 @@ void train_step(Nets& n, const Config& c, Graph& g, const data::Batch& batch, in
   }
   phases.enter("backward");
   g.backward(loss);
+  if (n.nonfinite) n.nonfinite->check_step(step, loss->value);  // before anything reads the gradients
   phases.enter("optimizer");
   n.opt->step(n.student->params(), n.student->grads(), lr);
   phases.enter("teacher_update");

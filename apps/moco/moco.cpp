@@ -31,6 +31,7 @@
 #include "apps/moco/step.h"
 #include "apps/run/evaluation.h"
 #include "apps/run/features.h"
+#include "apps/run/nonfinite.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
 #include "apps/run/training_run.h"
@@ -128,6 +129,18 @@ int moco_main(int argc, const char* const* argv) {
   if (step > total_steps)
     throw Error(cat("the checkpoint is at step ", step, ", past the run's ", total_steps, " steps"));
 
+  // --on-nonfinite: the loss and every gradient checked on the device after each backward,
+  // read at metrics lines and by run.save (apps/run/nonfinite.h).
+  NonfiniteGuard nonfinite(c.run.on_nonfinite, device);
+  nonfinite.monitor().watch_gradients("backbone.", nets.backbone->grads());
+  nonfinite.monitor().watch_gradients("head.", nets.head->grads());
+  nonfinite.arm_test_hook();
+  if (run.resuming()) nonfinite.restore(run.checkpoint());
+  for (Optimizer* o : {nets.opt_backbone.get(), nets.opt_head.get()}) o->skip_when(nonfinite.skip_flag());
+  nets.nonfinite = &nonfinite.monitor();
+  nets.skip_nonfinite = nonfinite.skipping();
+  run.attach(nonfinite);
+
   run.begin(options.to_json());
   {
     // config.json also says how the key encoder's BatchNorm is split, and why (the checkpoint
@@ -182,20 +195,22 @@ int moco_main(int argc, const char* const* argv) {
       ++step;
 
       if (step % c.run.log_every == 0 || step == stop_at) {
-        float loss_value = 0, accuracy = 0;
+        const int64_t skipped = nonfinite.read(run.last_checkpoint_note());  // stop: ends the run here
+        float loss_value = 0, accuracy = 0;  // the loss is NaN when this step was skipped (written as null)
         copy_to_host(&loss_value, result.loss->value, sizeof loss_value);
         copy_to_host(&accuracy, result.accuracy, sizeof accuracy);
-        TS_CHECK(std::isfinite(loss_value), "the loss is ", loss_value, " at step ", step, "; lower --lr");
         double ips = 0, wait = 0;
         timer.take(&ips, &wait);
         const TeacherStats sb = nets.smooth_backbone->stats_at(step - 1), sp = nets.smooth_head->stats_at(step - 1);
         const double updated =
             (sb.params_updated * static_cast<double>(nets.backbone->param_table().total_numel()) +
              sp.params_updated * static_cast<double>(nets.head->param_table().total_numel())) / param_count;
-        run.metrics().write("train", {{"step", step}, {"epoch", static_cast<double>(step) / steps_per_epoch},
-                                      {"loss", loss_value}, {"infonce_top1", 100.0 * accuracy}, {"lr", lr},
-                                      {"momentum", nets.smooth_backbone->momentum_at(step - 1)},
-                                      {"updated_fraction", updated}, {"images_per_s", ips}, {"data_wait", wait}});
+        nlohmann::json ev = {{"step", step}, {"epoch", static_cast<double>(step) / steps_per_epoch},
+                             {"loss", loss_value}, {"infonce_top1", 100.0 * accuracy}, {"lr", lr},
+                             {"momentum", nets.smooth_backbone->momentum_at(step - 1)},
+                             {"updated_fraction", updated}, {"images_per_s", ips}, {"data_wait", wait}};
+        if (nonfinite.skipping()) ev["nonfinite_skipped"] = skipped;
+        run.metrics().write("train", ev);
         progress.update(step, loss_value, ips, wait, cat("acc ", fixed2(100.0 * accuracy), "%"));
       }
       const bool epoch_end = step % steps_per_epoch == 0;

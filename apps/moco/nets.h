@@ -10,6 +10,7 @@
 #include "data/loader.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
+#include "engine/nonfinite.h"
 #include "engine/optimizer.h"
 #include "engine/teacher.h"
 #include "engine/tensor.h"
@@ -34,6 +35,10 @@ struct Nets {
   std::unique_ptr<Model> k_backbone, k_head;  // key encoder (the teacher)
   std::unique_ptr<TeacherSmoother> smooth_backbone, smooth_head;
   std::unique_ptr<Optimizer> opt_backbone, opt_head;
+  // Checks the loss and gradients after backward, on the device (apps/run/nonfinite.h); the
+  // run sets it, a test may leave it null.
+  NonfiniteMonitor* nonfinite = nullptr;
+  bool skip_nonfinite = false;  // --on-nonfinite skip: the enqueue reads the monitor's flag too
   KeyQueue queue;
 };
 

@@ -62,11 +62,17 @@ StepResult train_step(Nets& n, Graph& g, const data::Batch& batch, int64_t step,
   r.loss = ops::infonce_loss(g, q, keys, n.queue.keys->t, temperature, r.accuracy);
   phases.enter("backward");
   g.backward(r.loss);
+  // Before anything reads the gradients; in skip mode the optimizers and the enqueue read its flag.
+  const int32_t* skip = nullptr;
+  if (n.nonfinite) {
+    n.nonfinite->check_step(step, r.loss->value);
+    skip = n.skip_nonfinite ? n.nonfinite->skip_flag() : nullptr;
+  }
   phases.enter("optimizer");
   n.opt_backbone->step(n.backbone->params(), n.backbone->grads(), lr);
   n.opt_head->step(n.head->params(), n.head->grads(), lr);
   phases.enter("enqueue");
-  n.queue.ptr = ops::queue_enqueue(n.queue.keys->t, keys, n.queue.ptr);
+  n.queue.ptr = ops::queue_enqueue(n.queue.keys->t, keys, n.queue.ptr, skip);
   phases.leave();
   return r;
 }

@@ -29,6 +29,10 @@ void add_run_options(Options& o, RunOptions& r) {
   o.add("save-every", &r.save_every, "steps between checkpoints (one is always written at the end)").min(1);
   o.add("log-every", &r.log_every, "steps between metrics lines and progress updates").min(1);
   o.add("threads", &r.threads, "CPU threads (0: all cores)").min(0);
+  o.flag("debug", &r.debug, "put the source location (file:line) in front of internal check messages");
+  o.choice("on-nonfinite", &r.on_nonfinite, {"stop", "skip"},
+           "a step whose loss or a gradient is NaN / inf: stop (exit 1 naming the step and tensor, keeping the "
+           "last good checkpoint) or skip (drop that step's update, count it in metrics)");
   o.add("profile-steps", &r.profile_steps,
         "A:B times every kernel in steps A..B-1, prints a per-op table and writes DIR/profile.json")
       .check([&r] {
@@ -83,14 +87,14 @@ void resolve_run_paths(RunOptions& r, const std::string& program) {
 }
 
 bool per_invocation(const std::string& flag) {
-  static const char* const kOnce[] = {"config", "out", "resume", "stop-after", "eval-only", "profile-steps"};
+  static const char* const kOnce[] = {"config", "out", "resume", "stop-after", "eval-only", "profile-steps", "debug"};
   for (const char* f : kOnce)
     if (flag == f) return true;
   return false;
 }
 
 bool changeable_on_resume(const std::string& flag) {
-  static const char* const kFree[] = {"device", "save-every", "log-every", "threads", "cpu-kernels", "knn-every",
+  static const char* const kFree[] = {"device", "save-every", "log-every", "threads", "cpu-kernels", "on-nonfinite", "knn-every",
                                       "eval-baseline", "eval-train-limit", "probe-epochs", "eval-batch",
                                       "mosaic-steps"};
   for (const char* f : kFree)

@@ -35,6 +35,8 @@ struct RunOptions {
   int64_t save_every = 500;   // steps between checkpoints (and one at the end)
   int64_t log_every = 20;     // steps between metrics lines
   int threads = 0;            // CPU threads (0: OpenMP's default)
+  bool debug = false;                 // --debug: source locations in check messages
+  std::string on_nonfinite = "stop";  // --on-nonfinite stop|skip (apps/run/nonfinite.h)
   // "A:B": time every kernel of steps A..B-1. The loop makes
   //   profile::Profiler prof(profile::StepWindow::parse(run.profile_steps), device, dir);
   // and calls prof.begin_step(k) / prof.end_step(k) around each step (engine/profile.h).

@@ -20,13 +20,17 @@ int run_program(const char* program, const std::function<int()>& body) {
 }
 
 TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run) : program_(std::move(program)) {
+  if (run.debug) show_check_locations(true);
   if (run.resume.empty()) {
     resolve_run_paths(run, program_);
+    // An existing directory: its lock first, so a run still going there is named as such.
+    if (path_exists(run.out)) take_lock(run.out);
     dir_ = RunDirectory::for_new_run(run.out);
     set_cuda_options(cuda_options_of(run));
     return;
   }
   dir_ = RunDirectory::for_resume(run.resume);
+  take_lock(dir_.dir());  // before reading the checkpoint another process may be writing
   if (!run.out.empty() && run.out != dir_.dir())
     throw UsageError(cat("--out ", run.out, ": a resumed run continues in its own directory (", dir_.dir(),
                          "); leave --out out"));
@@ -45,6 +49,7 @@ TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run)
   } catch (const std::exception&) {
     throw Error(cat(f.path(), ": step '", f.metadata(kStepKey), "' is not an integer"));
   }
+  saved_step_ = start_step_;
 
   // The command line may not change what the run computes.
   const nlohmann::json now = options.to_json();
@@ -69,19 +74,41 @@ const SafetensorsFile& TrainingRun::checkpoint() const {
   return *checkpoint_;
 }
 
+void TrainingRun::take_lock(const std::string& dir) {
+  std::string stale;
+  lock_ = RunLock::acquire(dir, &stale);
+  if (!stale.empty())
+    std::fprintf(stderr, "%s: took over the lock of a run that is no longer running (%s, %s/%s)\n", program_.c_str(),
+                 stale.c_str(), dir.c_str(), RunLock::kFile);
+}
+
 void TrainingRun::begin(const nlohmann::json& config) {
   config_ = config;
   dir_.create();
+  if (!lock_.held()) {
+    take_lock(dir_.dir());
+    // Another process may have started a run here between our check and our lock.
+    if (!resuming()) RunDirectory::for_new_run(dir_.dir());
+  }
   dir_.write_config(config_);
   metrics_ = MetricsLog(dir_.path(RunDirectory::kMetrics), resuming() ? start_step_ : -1);
   install_stop_handler();
 }
 
+std::string TrainingRun::last_checkpoint_note() const {
+  if (saved_step_ < 0) return cat("no checkpoint was written before it (", dir_.checkpoint(), " does not exist)");
+  return cat("the last checkpoint, ", dir_.checkpoint(), ", holds step ", saved_step_);
+}
+
 void TrainingRun::save(SafetensorsWriter& w, int64_t step) {
+  if (guard_) guard_->before_save(w, last_checkpoint_note());
+  if (const std::string bad = w.first_nonfinite(); !bad.empty())
+    throw Error(cat(dir_.checkpoint(), ": not saving step ", step, ": ", bad, " is not finite; ", last_checkpoint_note()));
   w.add_metadata(kProgramKey, program_);
   w.add_metadata(kConfigKey, config_.dump());
   w.add_metadata(kStepKey, std::to_string(step));
   w.write(dir_.checkpoint());
+  saved_step_ = step;
 }
 
 }  // namespace tessera

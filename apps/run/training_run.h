@@ -9,6 +9,10 @@
 //   for (step = run.start_step(); step < total && !stop_requested(); ++step) { ... }
 //   SafetensorsWriter w; ...add state...; run.save(w, step);
 //
+// One process per run directory: DIR/run.lock is taken as soon as the directory exists (at
+// once on --resume or an existing --out, else by begin()) and held until the run ends; a
+// second process is refused with the holder's pid and host.
+//
 // A resumed run keeps the configuration saved in its checkpoint: a flag given on the command
 // line that would change the computation (architecture, lr, smoothing, seed, ...) and differs
 // from the saved value is a UsageError naming it; flags listed by changeable_on_resume()
@@ -20,8 +24,10 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "apps/run/nonfinite.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
+#include "apps/run/run_lock.h"
 #include "engine/checkpoint.h"
 
 namespace tessera {
@@ -50,14 +56,26 @@ class TrainingRun {
   MetricsLog& metrics() { return metrics_; }
 
   // Adds the run's metadata (program, configuration, step) to `w` and writes
-  // DIR/last.safetensors atomically.
+  // DIR/last.safetensors atomically. First it reads the non-finite guard (when one is
+  // attached: in stop mode a non-finite step since the last read ends the run here, before
+  // anything is written) and scans every f32 tensor of `w`: a checkpoint never holds NaN or
+  // infinity (an Error naming the tensor instead).
   void save(SafetensorsWriter& w, int64_t step);
+  // The guard save() reads; it must outlive the run's saves.
+  void attach(NonfiniteGuard& guard) { guard_ = &guard; }
+  // Where the last good state is, for messages: "the last checkpoint, DIR/last.safetensors,
+  // holds step N" or that there is none yet.
+  std::string last_checkpoint_note() const;
 
  private:
   std::string program_;
   RunDirectory dir_;
   std::unique_ptr<SafetensorsFile> checkpoint_;
   int64_t start_step_ = 0;
+  int64_t saved_step_ = -1;  // the step of DIR/last.safetensors; -1: none yet
+  NonfiniteGuard* guard_ = nullptr;
+  RunLock lock_;  // DIR/run.lock for the life of the run (apps/run/run_lock.h)
+  void take_lock(const std::string& dir);
   nlohmann::json config_;
   MetricsLog metrics_;
 };

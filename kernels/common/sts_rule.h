@@ -41,6 +41,8 @@ struct TeacherRule {
   float preserve_prob;  // p; 0 updates every fragment (and skips the draws)
   float momentum;       // m_k
   Granularity granularity;
+  // Device flag (kernels/nonfinite.h's NonfiniteRecord::skip): non-zero drops the update.
+  const int32_t* skip = nullptr;
 };
 
 // The fragment that arena element i (inside slot s) belongs to.

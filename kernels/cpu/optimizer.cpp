@@ -9,6 +9,7 @@ namespace kernels::cpu {
 
 void sgd_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
               float* buf, SgdParams p) {
+  if (p.skip && *p.skip) return;
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t k = 0; k < num_chunks; ++k) {
     const ArenaChunk c = chunks[k];
@@ -38,6 +39,7 @@ void lars_trust_ratios(const OptimizerSlot* slots, int64_t num_slots, const floa
 
 void lars_step(const OptimizerSlot*, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
                float* buf, const float* trust, LarsParams p) {
+  if (p.skip && *p.skip) return;
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t k = 0; k < num_chunks; ++k) {
     const ArenaChunk c = chunks[k];
@@ -48,6 +50,7 @@ void lars_step(const OptimizerSlot*, const ArenaChunk* chunks, int64_t num_chunk
 
 void adamw_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
                 float* m, float* v, AdamWParams p) {
+  if (p.skip && *p.skip) return;
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t k = 0; k < num_chunks; ++k) {
     const ArenaChunk c = chunks[k];

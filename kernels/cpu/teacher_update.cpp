@@ -46,6 +46,7 @@ void update_chunk_by_element(const ArenaChunk& c, const float* student, float* t
 
 void teacher_update(const TeacherSlot* slots, const ArenaChunk* chunks, int64_t num_chunks,
                     const float* student, float* teacher, TeacherRule rule) {
+  if (rule.skip && *rule.skip) return;
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t k = 0; k < num_chunks; ++k) {
     const ArenaChunk& c = chunks[k];

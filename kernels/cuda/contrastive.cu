@@ -60,7 +60,9 @@ __global__ void infonce_grad_rows_kernel(const float* k, const float* logits, co
   }
 }
 
-__global__ void queue_enqueue_kernel(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr) {
+__global__ void queue_enqueue_kernel(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr,
+                                     const int32_t* skip) {
+  if (skip && *skip) return;
   const int64_t total = n * d;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / d, c = e % d;
@@ -99,9 +101,10 @@ void infonce_backward(const float* k, const float* queue, const float* logits, c
                            &inv_temp, queue, blas_int(d), dlogits + 1, blas_int(kq + 1), &one, dq, blas_int(d)));
 }
 
-void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr) {
+void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr,
+                   const int32_t* skip) {
   if (n == 0) return;
-  queue_enqueue_kernel<<<grid_for(n * d), 256, 0, runtime().stream>>>(queue, keys, kq, n, d, ptr);
+  queue_enqueue_kernel<<<grid_for(n * d), 256, 0, runtime().stream>>>(queue, keys, kq, n, d, ptr, skip);
   KERNEL_LAUNCH_CHECK();
 }
 

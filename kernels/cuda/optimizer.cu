@@ -23,6 +23,7 @@ static_assert(kThreads == kLarsChunkThreads, "the CPU twin sums a chunk's norms 
 __global__ void __launch_bounds__(kThreads)
     sgd_kernel(const OptimizerSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks, float* __restrict__ w,
                const float* __restrict__ g, float* __restrict__ buf, SgdParams p) {
+  if (p.skip && *p.skip) return;  // a step with a non-finite value (kernels/nonfinite.h)
   const ArenaChunk c = chunks[blockIdx.x];
   const float wd = slots[c.slot].weight_decay;
   for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
@@ -96,6 +97,7 @@ __global__ void __launch_bounds__(kLarsLanes)
 __global__ void __launch_bounds__(kThreads)
     lars_kernel(const ArenaChunk* __restrict__ chunks, float* __restrict__ w, const float* __restrict__ g,
                 float* __restrict__ buf, const float* __restrict__ trust, LarsParams p) {
+  if (p.skip && *p.skip) return;
   const ArenaChunk c = chunks[blockIdx.x];
   const float ratio = trust[2 * c.slot], wd = trust[2 * c.slot + 1];
   for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
@@ -105,6 +107,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(const OptimizerSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks, float* __restrict__ w,
                  const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v, AdamWParams p) {
+  if (p.skip && *p.skip) return;
   const ArenaChunk c = chunks[blockIdx.x];
   const float decay = fmaf(-p.lr, slots[c.slot].weight_decay, 1.0f);  // 1 - lr * wd, fused on both backends
   for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)

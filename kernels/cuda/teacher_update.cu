@@ -29,6 +29,7 @@ constexpr int kThreads = 256;
 __global__ void __launch_bounds__(kThreads)
     teacher_update_kernel(const TeacherSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks,
                           const float* __restrict__ student, float* __restrict__ teacher, TeacherRule rule) {
+  if (rule.skip && *rule.skip) return;  // a step with a non-finite value (kernels/nonfinite.h)
   const ArenaChunk c = chunks[blockIdx.x];
   const TeacherSlot s = slots[c.slot];
   const float p = rule.preserve_prob;

@@ -1,0 +1,395 @@
+// Non-finite values in a training step (kernels/nonfinite.h, engine/nonfinite.h,
+// apps/run/nonfinite.h):
+//
+//   kernel     the CPU reference finds NaN, +inf and -inf and nothing else (not FLT_MAX, not
+//              denormals, not -0), reports the lowest tensor id, and commit() keeps the
+//              first bad step while `skip` follows each step; CUDA agrees (skipped, with the
+//              reason, without a GPU)
+//   monitor    names the loss or the gradient slot, by the arena's slot table
+//   skip       an optimizer, a teacher update and the MoCo enqueue given a set flag leave
+//              every weight and state element bit for bit as it was; a cleared flag does not
+//   programs   byol, moco and fixmatch with a NaN injected (TESSERA_INJECT_NONFINITE):
+//              stop exits 1 naming the step and the tensor, the last checkpoint is the one
+//              before that step and holds only finite values; skip finishes, counts the
+//              skipped steps in metrics.jsonl and the checkpoint, and every weight is finite
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "apps/run/nonfinite.h"
+#include "engine/arena.h"
+#include "engine/check.h"
+#include "engine/checkpoint.h"
+#include "engine/nonfinite.h"
+#include "engine/ops.h"
+#include "engine/optimizer.h"
+#include "engine/slot_tables.h"
+#include "engine/teacher.h"
+#include "kernels/nonfinite.h"
+#include "tests/op_case.h"
+#include "tests/program_runs.h"
+
+namespace tessera {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// ---- the kernel -------------------------------------------------------------------------
+
+TEST(NonfiniteKernel, FindsNanAndInfinitiesOnly) {
+  const std::vector<float> finite = {0.0f, -0.0f, 1.0f, -FLT_MAX, FLT_MAX, FLT_MIN, 1e-45f, -1e-45f};
+  kernels::NonfiniteRecord r = kernels::nonfinite_record_init();
+  kernels::cpu::nonfinite_check(finite.data(), static_cast<int64_t>(finite.size()), 3, &r);
+  EXPECT_EQ(r.step_tensor, kernels::kNonfiniteNone);
+  for (float bad : {kNaN, -kNaN, kInf, -kInf}) {
+    std::vector<float> x = finite;
+    x[5] = bad;
+    kernels::NonfiniteRecord s = kernels::nonfinite_record_init();
+    kernels::cpu::nonfinite_check(x.data(), static_cast<int64_t>(x.size()), 3, &s);
+    EXPECT_EQ(s.step_tensor, 3) << bad;
+  }
+}
+
+// A table of three slots; the arena's chunks of 4 elements cut the first slot in several.
+struct Three {
+  ParamTable t;
+  Three() {
+    t.add("a.weight", Shape{2, 9}, ParamKind::LinearWeight);
+    t.add("a.bias", Shape{2}, ParamKind::Bias);
+    t.add("b.weight", Shape{3, 5}, ParamKind::LinearWeight);
+  }
+};
+
+TEST(NonfiniteKernel, LowestIdWinsAndCommitKeepsTheFirstStep) {
+  Three three;
+  const std::vector<kernels::ArenaChunk> chunks = arena_chunks(three.t, 4);
+  std::vector<float> x(static_cast<size_t>(three.t.arena_numel()), 0.5f);
+  kernels::NonfiniteRecord r = kernels::nonfinite_record_init();
+  auto check = [&](int64_t step) {
+    kernels::cpu::nonfinite_check_arena(chunks.data(), static_cast<int64_t>(chunks.size()), x.data(), 10, &r);
+    kernels::cpu::nonfinite_commit(&r, step);
+  };
+  check(0);
+  EXPECT_EQ(r.skip, 0);
+  EXPECT_EQ(r.first_step, -1);
+  x[static_cast<size_t>(three.t[2].offset + 7)] = kInf;   // b.weight: id 12
+  x[static_cast<size_t>(three.t[1].offset + 1)] = -kNaN;  // a.bias: id 11, the lower
+  check(1);
+  EXPECT_EQ(r.skip, 1);
+  EXPECT_EQ(r.first_step, 1);
+  EXPECT_EQ(r.first_tensor, 11);
+  EXPECT_EQ(r.bad_steps, 1);
+  EXPECT_EQ(r.step_tensor, kernels::kNonfiniteNone);  // reset for the next step
+  x[static_cast<size_t>(three.t[1].offset + 1)] = 1.0f;
+  check(2);  // b.weight still infinite: skipped, but the first finding stays
+  EXPECT_EQ(r.skip, 1);
+  EXPECT_EQ(r.first_step, 1);
+  EXPECT_EQ(r.first_tensor, 11);
+  EXPECT_EQ(r.bad_steps, 2);
+  x[static_cast<size_t>(three.t[2].offset + 7)] = 1.0f;
+  check(3);
+  EXPECT_EQ(r.skip, 0);
+  EXPECT_EQ(r.bad_steps, 2);
+}
+
+// Gaps between slots are never read: a NaN canary there is not a finding.
+TEST(NonfiniteKernel, IgnoresArenaGaps) {
+  Three three;
+  Arena a(three.t, Device::CPU);
+  a.write_canaries();  // quiet NaNs in every gap
+  NonfiniteMonitor m(Device::CPU);
+  m.watch_gradients("", a);
+  const OwnedTensor loss(Device::CPU, Shape{1});
+  fill_zero(loss.t);
+  m.check_step(0, loss.t);
+  EXPECT_EQ(m.read().first_step, -1);
+}
+
+TEST(NonfiniteCuda, MatchesCpu) {
+  std::string reason;
+  if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "CUDA vs CPU non-finite check not run: " << reason;
+  Three three;
+  for (int bad_slot = -1; bad_slot < 3; ++bad_slot) {
+    for (float bad : {kNaN, kInf, -kInf}) {
+      kernels::NonfiniteRecord want{}, got{};
+      for (Device d : {Device::CPU, Device::CUDA}) {
+        Arena g(three.t, d);
+        if (bad_slot >= 0) {
+          const Tensor s = g.slot(static_cast<size_t>(bad_slot));
+          std::vector<float> v(static_cast<size_t>(s.numel()), 2.0f);
+          v.back() = bad;
+          copy_from_host(s, v.data(), v.size() * sizeof(float));
+        }
+        const OwnedTensor loss(d, Shape{4});
+        const std::vector<float> l = {1, 2, 3, bad_slot == 0 ? bad : 4.0f};
+        copy_from_host(loss.t, l.data(), l.size() * sizeof(float));
+        NonfiniteMonitor m(d);
+        m.watch_gradients("x.", g);
+        m.check_step(5, loss.t);
+        m.check_step(6, loss.t);
+        (d == Device::CPU ? want : got) = m.read();
+      }
+      EXPECT_EQ(got.first_step, want.first_step) << bad_slot << " " << bad;
+      EXPECT_EQ(got.first_tensor, want.first_tensor) << bad_slot << " " << bad;
+      EXPECT_EQ(got.bad_steps, want.bad_steps) << bad_slot << " " << bad;
+      EXPECT_EQ(got.skip, want.skip) << bad_slot << " " << bad;
+    }
+  }
+}
+
+// ---- the monitor ------------------------------------------------------------------------
+
+TEST(NonfiniteMonitor, NamesTheLossOrTheGradientSlot) {
+  Three one, two;
+  Arena g1(one.t, Device::CPU), g2(two.t, Device::CPU);
+  NonfiniteMonitor m(Device::CPU);
+  m.watch_gradients("backbone.", g1);
+  m.watch_gradients("head.", g2);
+  const OwnedTensor loss(Device::CPU, Shape{1});
+  fill_zero(loss.t);
+  m.check_step(0, loss.t);
+  EXPECT_EQ(m.read().first_step, -1);
+  m.poison_at(1, "head.a.bias");
+  m.check_step(1, loss.t);
+  kernels::NonfiniteRecord r = m.read();
+  EXPECT_EQ(r.first_step, 1);
+  EXPECT_EQ(m.describe(r.first_tensor), "the gradient of 'head.a.bias'");
+  EXPECT_TRUE(std::isnan(g2.slot(1).f32()[0]));
+  NonfiniteMonitor m2(Device::CPU);
+  m2.watch_gradients("backbone.", g1);
+  m2.poison_at(3, "loss");
+  m2.check_step(3, loss.t);
+  r = m2.read();
+  EXPECT_EQ(r.first_step, 3);
+  EXPECT_EQ(m2.describe(r.first_tensor), "the loss");
+  m2.poison_at(4, "no.such.tensor");
+  EXPECT_THROW(m2.check_step(4, loss.t), Error);
+}
+
+TEST(NonfiniteGuard, StopThrowsNamingStepTensorAndCheckpoint) {
+  Three three;
+  Arena g(three.t, Device::CPU);
+  NonfiniteGuard guard("stop", Device::CPU);
+  EXPECT_EQ(guard.skip_flag(), nullptr);  // stop mode never skips: the run ends instead
+  guard.monitor().watch_gradients("", g);
+  const OwnedTensor loss(Device::CPU, Shape{1});
+  fill_zero(loss.t);
+  guard.monitor().check_step(0, loss.t);
+  EXPECT_EQ(guard.read("NOTE"), 0);
+  g.slot(2).f32()[4] = kNaN;
+  guard.monitor().check_step(1, loss.t);
+  try {
+    guard.read("the last checkpoint, D/last.safetensors, holds step 1");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("step 1: the gradient of 'b.weight' is not finite"), std::string::npos) << m;
+    EXPECT_NE(m.find("holds step 1"), std::string::npos) << m;
+  }
+  EXPECT_THROW(NonfiniteGuard("sometimes", Device::CPU), UsageError);
+}
+
+// ---- skip: the updates read the flag ----------------------------------------------------
+
+std::vector<float> host(const Arena& a) {
+  const float* p = a.data();
+  return std::vector<float>(p, p + a.table().arena_numel());
+}
+
+void fill(Arena& a, float base) {
+  for (int64_t i = 0; i < a.table().arena_numel(); ++i) a.data()[i] = base + 0.01f * static_cast<float>(i % 17);
+}
+
+TEST(NonfiniteSkip, OptimizersLeaveWeightsAndStateUntouched) {
+  Three three;
+  for (OptimizerKind kind : {OptimizerKind::Sgd, OptimizerKind::Lars, OptimizerKind::AdamW}) {
+    OptimizerConfig c;
+    c.kind = kind;
+    c.weight_decay = 0.1f;
+    Optimizer opt(three.t, Device::CPU, c);
+    Arena w(three.t, Device::CPU), g(three.t, Device::CPU);
+    fill(w, 1.0f);
+    fill(g, 0.5f);
+    opt.step(w, g, 0.1f);  // non-zero momentum / moments
+    int32_t flag = 1;
+    opt.skip_when(&flag);
+    const std::vector<float> w0 = host(w);
+    std::vector<std::vector<float>> s0;
+    for (auto& [name, a] : opt.state_arenas()) s0.push_back(host(*a));
+    g.data()[3] = kNaN;
+    opt.step(w, g, 0.1f);
+    EXPECT_EQ(host(w), w0) << optimizer_name(kind);
+    size_t k = 0;
+    for (auto& [name, a] : opt.state_arenas()) EXPECT_EQ(host(*a), s0[k++]) << optimizer_name(kind) << " " << name;
+    flag = 0;  // the next good step applies
+    g.data()[3] = 0.5f;
+    opt.step(w, g, 0.1f);
+    EXPECT_NE(host(w), w0) << optimizer_name(kind);
+  }
+}
+
+TEST(NonfiniteSkip, TeacherUpdateAndEnqueueLeaveTheirStateUntouched) {
+  Three three;
+  ParamTable no_buffers;
+  TeacherConfig c;
+  c.mode = SmoothingMode::Tma;
+  c.momentum = 0.9f;
+  c.schedule = MomentumSchedule::Constant;
+  TeacherSmoother sm(three.t, no_buffers, Device::CPU, c);
+  Arena student(three.t, Device::CPU), teacher(three.t, Device::CPU), sb(no_buffers, Device::CPU),
+      tb(no_buffers, Device::CPU);
+  fill(student, 1.0f);
+  fill(teacher, 2.0f);
+  int32_t flag = 1;
+  sm.skip_when(&flag);
+  const std::vector<float> t0 = host(teacher);
+  sm.update(student, teacher, sb, tb, 0);
+  EXPECT_EQ(host(teacher), t0);
+  flag = 0;
+  sm.update(student, teacher, sb, tb, 1);
+  EXPECT_NE(host(teacher), t0);
+
+  const OwnedTensor queue(Device::CPU, Shape{4, 2}), keys(Device::CPU, Shape{2, 2});
+  fill_zero(queue.t);
+  for (int i = 0; i < 4; ++i) keys.t.f32()[i] = kNaN;
+  flag = 1;
+  EXPECT_EQ(ops::queue_enqueue(queue.t, keys.t, 2, &flag), 0);  // the pointer moves on
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(queue.t.f32()[i], 0.0f);
+  flag = 0;
+  ops::queue_enqueue(queue.t, keys.t, 2, &flag);
+  EXPECT_TRUE(std::isnan(queue.t.f32()[4]));
+}
+
+TEST(NonfiniteCheckpoint, WriterFindsTheFirstNonfiniteTensor) {
+  SafetensorsWriter w;
+  const std::vector<float> ok = {1, 2}, bad = {3, -kInf};
+  w.add_f32("a", {2}, ok.data());
+  EXPECT_EQ(w.first_nonfinite(), "");
+  w.add_f32("b", {2}, bad.data());
+  EXPECT_EQ(w.first_nonfinite(), "b (element 1 = -inf)");
+}
+
+// ---- the programs -----------------------------------------------------------------------
+
+struct Fixture {
+  std::string root, data;
+  Fixture() {
+    root = ::testing::TempDir() + "tessera_nonfinite_" + std::to_string(::getpid());
+    fs::remove_all(root);
+    fs::create_directories(root + "/data");
+    data = root + "/data";
+    program_runs::write_synthetic_idx(data, "train", 64, 1);
+    program_runs::write_synthetic_idx(data, "t10k", 40, 2);
+  }
+  ~Fixture() { fs::remove_all(root); }
+};
+
+const Fixture& fixture() {
+  static Fixture f;
+  return f;
+}
+
+std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Tiny runs of 8 steps (as tests/byol_test.cpp, tests/moco_test.cpp, tests/fixmatch_test.cpp),
+// a checkpoint every 3 steps.
+std::vector<std::string> tiny(const std::string& program, const std::string& out) {
+  const std::string data = "mnist:" + fixture().data;
+  if (program == "byol")
+    return {"--data", data, "--out", out, "--device", "cpu", "--width", "4", "--proj-hidden", "16", "--proj-dim", "8",
+            "--pred-hidden", "16", "--batch-size", "16", "--epochs", "2", "--optimizer", "sgd", "--lr", "0.05",
+            "--warmup-epochs", "1", "--save-every", "3", "--eval-batch", "32", "--probe-epochs", "1"};
+  if (program == "moco")
+    return {"--data", data, "--out", out, "--device", "cpu", "--width", "4", "--head-hidden", "16", "--head-dim", "8",
+            "--batch-size", "16", "--queue", "32", "--bn-splits", "4", "--epochs", "2", "--lr", "0.8",
+            "--save-every", "3", "--eval-batch", "32", "--probe-epochs", "1"};
+  return {"--data", data, "--out", out, "--device", "cpu", "--arch", "wrn-10-1", "--labels", "20", "--batch-size",
+          "4", "--mu", "2", "--steps", "8", "--threshold", "0.1", "--eval-every", "0", "--eval-batch", "25",
+          "--save-every", "3"};
+}
+
+void expect_all_finite(const std::string& checkpoint) {
+  const SafetensorsFile f = SafetensorsFile::read(checkpoint);
+  int checked = 0;
+  for (const auto& [name, e] : f.tensors()) {
+    if (e.dtype != StDType::F32) continue;
+    for (float v : f.f32(name)) ASSERT_TRUE(std::isfinite(v)) << checkpoint << ": " << name;
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
+struct ProgramCase {
+  const char* program;
+  const char* tensor;  // a gradient the hook poisons (its checkpoint name, with the part's prefix)
+};
+
+class NonfinitePrograms : public ::testing::TestWithParam<ProgramCase> {};
+
+// Stop, read at a checkpoint: a NaN in a gradient at step 4 (0-based) with no log line
+// until the end; the checkpoint of step 6 would be the first to hold it, and is refused.
+TEST_P(NonfinitePrograms, StopExitsNamingStepAndTensorKeepingTheLastGoodCheckpoint) {
+  const ProgramCase pc = GetParam();
+  const std::string out = fixture().root + "/" + pc.program + "-stop";
+  const program_runs::Result r =
+      program_runs::run(pc.program, with(tiny(pc.program, out), {"--log-every", "100"}),
+                        {std::string("TESSERA_INJECT_NONFINITE=4:") + pc.tensor});
+  ASSERT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find(std::string("step 4: the gradient of '") + pc.tensor + "' is not finite"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("holds step 3"), std::string::npos) << r.output;
+  const SafetensorsFile f = SafetensorsFile::read(out + "/last.safetensors");
+  EXPECT_EQ(f.metadata("run.step"), "3");
+  expect_all_finite(out + "/last.safetensors");
+  EXPECT_FALSE(fs::exists(out + "/run.lock"));  // released on the way out
+}
+
+// Skip: NaNs at steps 2 (a gradient) and 5 (the loss) are dropped; the run finishes with
+// finite weights (SGD momentum would have spread a NaN that reached the weights into every
+// later checkpoint, which the save refuses), and metrics and checkpoint count two skips.
+TEST_P(NonfinitePrograms, SkipDropsTheStepsAndCountsThem) {
+  const ProgramCase pc = GetParam();
+  const std::string out = fixture().root + "/" + pc.program + "-skip";
+  const program_runs::Result r =
+      program_runs::run(pc.program, with(tiny(pc.program, out), {"--on-nonfinite", "skip", "--log-every", "1"}),
+                        {std::string("TESSERA_INJECT_NONFINITE=2:") + pc.tensor + ",5:loss"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  expect_all_finite(out + "/last.safetensors");
+  EXPECT_EQ(SafetensorsFile::read(out + "/last.safetensors").metadata(NonfiniteGuard::kSkippedKey), "2");
+  std::vector<int64_t> counts;
+  for (const nlohmann::json& e : program_runs::events(out))
+    if (e["event"] == "train") counts.push_back(e.at("nonfinite_skipped").get<int64_t>());
+  ASSERT_EQ(counts.size(), 8u);
+  EXPECT_EQ(counts, (std::vector<int64_t>{0, 0, 1, 1, 1, 2, 2, 2}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Programs, NonfinitePrograms,
+                         ::testing::Values(ProgramCase{"byol", "backbone.conv1.weight"},
+                                           ProgramCase{"moco", "head.0.weight"},
+                                           ProgramCase{"fixmatch", "conv1.weight"}),
+                         [](const ::testing::TestParamInfo<ProgramCase>& i) { return std::string(i.param.program); });
+
+// A learning rate that overflows: no hook, the arithmetic itself. The run stops at the first
+// non-finite step and never saves one.
+TEST(NonfiniteByol, HugeLearningRateStopsWithoutSavingNonfiniteWeights) {
+  const std::string out = fixture().root + "/byol-huge-lr";
+  const program_runs::Result r =
+      program_runs::run("byol", with(tiny("byol", out), {"--lr", "1e30", "--log-every", "1", "--save-every", "1"}));
+  ASSERT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("is not finite"), std::string::npos) << r.output;
+  if (fs::exists(out + "/last.safetensors")) expect_all_finite(out + "/last.safetensors");
+}
+
+}  // namespace
+}  // namespace tessera
