@@ -39,9 +39,7 @@ class NonfiniteGuard {
   // Metadata key of the count of skipped steps in a checkpoint.
   static constexpr const char* kSkippedKey = "run.nonfinite_skipped";
 
-  // `program` prefixes nothing (run_program does); `policy` is the flag's value. Reads the
-  // test hook $TESSERA_INJECT_NONFINITE ("STEP:TENSOR[,STEP:TENSOR...]", TENSOR "loss" or a
-  // gradient's name): a NaN put there at that step (tests/nonfinite_test.cpp).
+  // `policy`: the flag's value, stop|skip (UsageError otherwise); the monitor on `device`.
   NonfiniteGuard(const std::string& policy, Device device);
 
   NonfiniteMonitor& monitor() { return monitor_; }
@@ -50,7 +48,9 @@ class NonfiniteGuard {
   const int32_t* skip_flag() const { return skipping() ? monitor_.skip_flag() : nullptr; }
   // Resumed runs: the skipped steps counted before (kSkippedKey; absent: 0).
   void restore(const SafetensorsFile& checkpoint);
-  // Call after watch_gradients: applies the test hook (it needs the tensor names).
+  // Test hook, after watch_gradients (it needs the names): $TESSERA_INJECT_NONFINITE =
+  // "STEP:TENSOR[,STEP:TENSOR...]" (TENSOR "loss" or a gradient's name) puts a NaN there at
+  // that step (tests/nonfinite_test.cpp). Unset, it does nothing.
   void arm_test_hook();
 
   // Reads the record (waits for the device). Stop: throws an Error when a step was not

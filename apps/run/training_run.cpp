@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 
 #include "engine/check.h"
 
@@ -24,7 +25,7 @@ TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run)
   if (run.resume.empty()) {
     resolve_run_paths(run, program_);
     // An existing directory: its lock first, so a run still going there is named as such.
-    if (path_exists(run.out)) take_lock(run.out);
+    if (std::filesystem::is_directory(run.out)) take_lock(run.out);
     dir_ = RunDirectory::for_new_run(run.out);
     set_cuda_options(cuda_options_of(run));
     return;
