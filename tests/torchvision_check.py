@@ -192,7 +192,12 @@ def check(model_path, io_path, tol, grad_tol):
                 scale = max(p.grad.abs().max().item(), 1e-30)
                 rel = (ours - p.grad).abs().max().item() / scale
                 rel_torch = (torch32[name] - p.grad).abs().max().item() / scale
-            grads_ok = grads_ok and rel <= max(grad_tol, min(4 * rel_torch, GRAD_CAP))
+            # Where PyTorch float32 is itself further than GRAD_CAP from float64 (a flipped ReLU
+            # in a tiny batch: resnet50 cifar at 16x16, batch 2, under the -O1 sanitizer build),
+            # the case cannot judge that tensor beyond the conditioning; the other cases, with no
+            # flips, still catch a wrong factor or a missing term.
+            cap = 4 * rel_torch if rel_torch > GRAD_CAP else min(4 * rel_torch, GRAD_CAP)
+            grads_ok = grads_ok and rel <= max(grad_tol, cap)
             if rel > worst:
                 worst, worst_name, worst_torch = rel, name, rel_torch
         ok = ok and train_rel <= grad_tol and grads_ok

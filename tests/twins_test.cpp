@@ -192,7 +192,11 @@ const Program& fixmatch_program() {
                      "--granularity", "channel", "--preserve-prob", "0.5", "--momentum", "0.99", "--pseudo-labels",
                      "teacher", "--seed", "3", "--eval-every", "0", "--eval-batch", "25", "--log-every", "1",
                      "--save-every", "1000", "--threads", "1", "--cpu-kernels", "reference"};
-    f.run_recipe = f.step_recipe;
+    // The 20-step run at the recipe's lr 0.03 is chaotic: a difference of one ulp grew 10x per
+    // step from step 13 on (1e-6 -> 1e-3 in the loss by step 20) between two OpenBLAS kernels
+    // in the -O1 sanitizer build, so its drift measured luck, not the backends. At lr 1e-3 it
+    // stays near the one-step drift, as BYOL's run at lr 1e-4 does.
+    f.run_recipe = with(f.step_recipe, {"--lr", "1e-3"});
     f.parts = {{"teacher", "", "student.", "smoothing."}};
     f.teacher_moves_first = false;
     f.loss_keys = {"sup_loss", "unsup_loss"};
