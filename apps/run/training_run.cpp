@@ -3,19 +3,29 @@
 #include <cstdio>
 #include <exception>
 
+#include "apps/run/distributed_run.h"
 #include "engine/check.h"
+#include "engine/distributed.h"
 
 namespace tessera {
 
 int run_program(const char* program, const std::function<int()>& body) {
+  // One of several ranks: the error ends the job on every rank, with this rank's message
+  // (MPI_Abort), rather than leaving the others waiting in a collective.
+  auto fail = [&](const char* what, int code) {
+    if (dist::Communicator* w = dist::started_world(); w && w->size() > 1) {
+      dist::set_program_name(program);
+      w->abort(what, code);
+    }
+    std::fprintf(stderr, "%s: %s\n", program, what);
+    return code;
+  };
   try {
     return body();
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "%s: %s\n", program, e.what());
-    return 2;
+    return fail(e.what(), 2);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: %s\n", program, e.what());
-    return 1;
+    return fail(e.what(), 1);
   }
 }
 
@@ -50,7 +60,9 @@ TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run)
   const nlohmann::json now = options.to_json();
   for (auto it = saved.begin(); it != saved.end(); ++it) {
     const std::string& flag = it.key();
-    if (!options.given(flag) || changeable_on_resume(flag) || !now.contains(flag)) continue;
+    if (!options.given(flag) || changeable_on_resume(flag) || distributed_changeable_on_resume(flag) ||
+        !now.contains(flag))
+      continue;
     if (now[flag] != it.value())
       throw UsageError(cat("--", flag, " ", now[flag].dump(), " differs from the run being resumed (",
                            it.value().dump(), " in ", f.path(), "); a resumed run keeps its configuration"));
@@ -71,6 +83,15 @@ const SafetensorsFile& TrainingRun::checkpoint() const {
 
 void TrainingRun::begin(const nlohmann::json& config) {
   config_ = config;
+  // Rank 0 alone writes the run directory. The barrier first: every rank has checked the
+  // directory (for_new_run refuses one that holds a run) before rank 0 starts filling it.
+  dist::Communicator& ranks = dist::world();
+  ranks.barrier("the start of the run");
+  if (!ranks.root()) {
+    metrics_ = MetricsLog("/dev/null", -1);
+    install_stop_handler();
+    return;
+  }
   dir_.create();
   dir_.write_config(config_);
   metrics_ = MetricsLog(dir_.path(RunDirectory::kMetrics), resuming() ? start_step_ : -1);
@@ -78,6 +99,7 @@ void TrainingRun::begin(const nlohmann::json& config) {
 }
 
 void TrainingRun::save(SafetensorsWriter& w, int64_t step) {
+  if (!dist::world().root()) return;  // rank 0's state is the run's (docs/DISTRIBUTED.md)
   w.add_metadata(kProgramKey, program_);
   w.add_metadata(kConfigKey, config_.dump());
   w.add_metadata(kStepKey, std::to_string(step));
