@@ -51,15 +51,15 @@ void write_error_line(const Communicator& c, const std::string& message) {
   (void)written;  // nowhere left to report a failed write
 }
 
-// The launcher's variables: set when mpirun (OpenMPI), srun (PMIx / PMI-2) or another MPI's
-// hydra started this process.
+// The launcher's variables, set when mpirun (OpenMPI), srun (PMIx, PMI-2) or another MPI's
+// hydra started this process: the number of processes, -1 when a launcher is there but does not
+// say how many (srun --mpi=pmix sets PMIX_RANK alone), 0 without one. SLURM_NTASKS is not
+// one of them: a batch script's plain `build/byol` sees it too.
 int launcher_size() {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS"}) {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"}) {
     if (const char* s = std::getenv(v)) return std::atoi(s);
   }
-  // srun --mpi=pmix sets PMIX_RANK without a size variable: a launcher is there.
-  if (std::getenv("PMIX_RANK")) return 2;
-  return 0;
+  return std::getenv("PMIX_RANK") ? -1 : 0;
 }
 
 // ---- one process -------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class Mpi final : public Communicator {
   }
 
   std::string description() const override {
-    return cat(size_, " ranks over MPI (", library_, ")",
+    return cat(size_, size_ == 1 ? " rank" : " ranks", " over MPI (", library_, ")",
                nccl_ ? ", NCCL for device buffers" : "", ", collective timeout ", timeout_s_, " s");
   }
 
@@ -261,12 +261,13 @@ class Mpi final : public Communicator {
 std::unique_ptr<Communicator> make_world() {
   const int launched = launcher_size();
 #if TESSERA_MPI
-  if (launched > 0) return std::make_unique<Mpi>();
+  if (launched != 0) return std::make_unique<Mpi>();
   return std::make_unique<Single>("not started by mpirun / srun");
 #else
-  if (launched > 1)
-    throw Error(cat("started as one of ", launched, " processes by a launcher, and this build has no MPI (MPI=0): ",
-                    "install libopenmpi-dev (make deps) and rebuild, or run one process"));
+  if (launched > 1 || launched < 0)
+    throw Error(cat("started by an MPI launcher (", launched > 1 ? cat(launched, " processes") : std::string("PMIx"),
+                    "), and this build has no MPI (MPI=0): each process would train alone; install libopenmpi-dev ",
+                    "(make deps) and rebuild, or run one process"));
   return std::make_unique<Single>("this build has no MPI: make deps, then rebuild");
 #endif
 }

@@ -23,8 +23,8 @@
 // `count` is the global M.
 // Bytes: sums read x once (4 per element), backward sums read x and dy (8), apply reads both
 // and writes dx (12); the per-channel vectors are negligible.
-// Tests: tests/ops_norm_test.cpp (one process: equals batch_norm2d on the same batch),
-// tests/distributed_test.cpp (two ranks: equals one process on the global batch).
+// Tests: tests/distributed_test.cpp (DistributedRanks.SyncBatchNormEqualsOneProcessOnTheGlobalBatch:
+// two ranks against batch_norm2d on the whole batch; SyncBatchNormKernels.CudaMatchesCpu).
 #pragma once
 
 #include <cstdint>
