@@ -58,12 +58,16 @@ endif
 # or pkg-config; without MPI the programs run as one process and say so on their first line.
 # From a bundle unpacked with dpkg -x (DEPS_PREFIX) the wrapper cannot run: name its folders.
 MPI_BUNDLE := $(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu/openmpi
-ifneq ($(and $(DEPS_PREFIX),$(wildcard $(MPI_BUNDLE)/include/mpi.h)),)
-  MPI_CFLAGS ?= -I$(MPI_BUNDLE)/include -I$(MPI_BUNDLE)/include/openmpi
-  MPI_LIBS ?= -L$(MPI_BUNDLE)/lib -Wl,-rpath,$(MPI_BUNDLE)/lib -lmpi
+# MPI_CFLAGS / MPI_LIBS given on the command line win.
+ifeq ($(origin MPI_LIBS), undefined)
+  ifneq ($(and $(DEPS_PREFIX),$(wildcard $(MPI_BUNDLE)/include/mpi.h)),)
+    MPI_CFLAGS := -I$(MPI_BUNDLE)/include -I$(MPI_BUNDLE)/include/openmpi
+    MPI_LIBS := -L$(MPI_BUNDLE)/lib -Wl,-rpath,$(MPI_BUNDLE)/lib -lmpi
+  else
+    MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null || pkg-config --cflags ompi 2>/dev/null)
+    MPI_LIBS := $(shell mpicc --showme:link 2>/dev/null || pkg-config --libs ompi 2>/dev/null)
+  endif
 endif
-MPI_CFLAGS ?= $(shell mpicc --showme:compile 2>/dev/null || pkg-config --cflags ompi 2>/dev/null)
-MPI_LIBS ?= $(shell mpicc --showme:link 2>/dev/null || pkg-config --libs ompi 2>/dev/null)
 ifeq ($(origin MPI), undefined)
   MPI := $(if $(strip $(MPI_LIBS)),1,0)
 endif
@@ -193,12 +197,9 @@ ifeq ($(CUDA),1)
   # NCCL: the collectives on device buffers of a multi-process run (MPI bootstraps it).
   NCCL_INC := $(call place_inc,$(NCCL_PLACE))
   NCCL_LIB := $(call place_lib,$(NCCL_PLACE))
-  ifeq ($(MPI),1)
-    ifeq ($(NCCL_PLACE),)
-      ifneq ($(filter-out cuda-config checklist clean deps gpu-bundle gpu-check gpu-session,$(or $(MAKECMDGOALS),all)),)
-        $(error NCCL (nccl.h with libnccl.so*) not found for CUDA=1 MPI=1: searched $(CUDA_SEARCHED); build with MPI=0 for one process a machine)
-      endif
-    endif
+  # Without NCCL an MPI build still runs several ranks on the CPU; a multi-rank CUDA run is
+  # refused with the reason (engine/distributed.cpp), and the checklist says nccl=0.
+  ifneq ($(and $(filter 1,$(MPI)),$(NCCL_PLACE)),)
     NCCL := 1
     CUDA_LIB_DIRS += $(filter-out $(MULTIARCH_LIB) $(CUDA_LIB_DIRS),$(NCCL_LIB))
     CUDA_INC_DIRS += $(filter-out $(CUDA_HOME)/include /usr/include $(CUDA_INC_DIRS),$(NCCL_INC))
@@ -338,7 +339,7 @@ checklist:
 	 openblas=$(call have,$(BLAS_INC)/cblas.h) openmp=yes stb=$(call have,$(DEPS_PREFIX)/usr/include/stb/stb_image.h)\
 	 gtest=$(call have,$(DEPS_PREFIX)/usr/include/gtest/gtest.h $(DEPS_PREFIX)/usr/src/googletest)\
 	 zlib=$(call have,$(DEPS_PREFIX)/usr/include/zlib.h) onednn=$(call have,$(ONEDNN_HEADER))\
-	 mpi=$(MPI)$(if $(filter 0,$(MPI)), (one process only),)$(if $(filter 1,$(CUDA)), nccl=$(NCCL),)\
+	 mpi=$(MPI)$(if $(filter 0,$(MPI)), (one process only),)$(if $(filter 1,$(CUDA)), nccl=$(NCCL)$(if $(filter 1,$(MPI)),$(if $(filter 0,$(NCCL)), (not found: multi-rank runs on the CPU only),),),)\
 	 cuda-backend=$(CUDA) cpu-fast-tier=$(ONEDNN)$(if $(filter 0,$(ONEDNN)), (reference CPU kernels only),)"
 
 # ---- the demo ----------------------------------------------------------------------------
@@ -367,7 +368,7 @@ ifeq ($(CUDA),1)
 	@echo "cuda-config: cudnn: $(if $(CUDNN_INC),headers $(CUDNN_INC) library $(CUDNN_LIB) ($(call link_flag,$(CUDNN_LIB),cudnn)),NOT FOUND)"
 	@echo "cuda-config: cublas: $(if $(CUBLAS_INC),headers $(CUBLAS_INC) library $(CUBLAS_LIB) ($(call link_flag,$(CUBLAS_LIB),cublas)),NOT FOUND)"
 	@echo "cuda-config: curand: $(if $(CURAND_INC),headers $(CURAND_INC) library $(CURAND_LIB) ($(call link_flag,$(CURAND_LIB),curand)),NOT FOUND)"
-	@echo "cuda-config: nccl: $(if $(NCCL_PLACE),headers $(call place_inc,$(NCCL_PLACE)) library $(call place_lib,$(NCCL_PLACE)),not found) ($(if $(filter 1,$(NCCL)),linked: the collectives of multi-process runs,not linked: MPI=0))"
+	@echo "cuda-config: nccl: $(if $(NCCL_PLACE),headers $(call place_inc,$(NCCL_PLACE)) library $(call place_lib,$(NCCL_PLACE)),not found) ($(if $(filter 1,$(NCCL)),linked: the collectives of multi-process runs,not linked$(if $(filter 0,$(MPI)),: MPI=0,)))"
 	@echo "cuda-config: rpath $(CUDA_LIB_DIRS)"
 	@$(if $(CUDA_NOT_FOUND),echo "cuda-config: $(CUDA_MISSING)" >&2; false,true)
 else

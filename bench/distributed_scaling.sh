@@ -7,7 +7,6 @@
 #
 #   bench/distributed_scaling.sh [N (2)] [bench train-step flags...]
 #   e.g. bench/distributed_scaling.sh 2 --arch resnet18 --width 16 --size 32 --batch 32 --steps 10
-# As root, OpenMPI also needs OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2}

@@ -113,7 +113,7 @@ class Mpi final : public Communicator {
 
   std::string description() const override {
     return cat(size_, size_ == 1 ? " rank" : " ranks", " over MPI (", library_, ")",
-               nccl_ ? ", NCCL for device buffers" : "", ", collective timeout ", timeout_s_, " s");
+               TESSERA_NCCL ? ", NCCL for device buffers" : "", ", collective timeout ", timeout_s_, " s");
   }
 
   void all_reduce_mean(float* data, int64_t count, Device device, const char* what) override {
@@ -155,6 +155,7 @@ class Mpi final : public Communicator {
   }
 
   void attach_cuda() override {
+    if (size_ == 1) return;  // nothing to exchange
 #if TESSERA_NCCL
     if (nccl_) return;
     ncclUniqueId id;
@@ -162,7 +163,8 @@ class Mpi final : public Communicator {
     broadcast(&id, sizeof id, Device::CPU, "the NCCL unique id", 0);
     nccl_check(ncclCommInitRank(&nccl_, size_, id, rank_), "ncclCommInitRank");
 #else
-    throw Error("this build has MPI but no NCCL (CUDA=0): device buffers cannot be reduced across ranks");
+    throw Error("this build has MPI but no NCCL: GPU buffers cannot be reduced across ranks; run the ranks on the "
+                "CPU (--device cpu) or build where NCCL is found (make cuda-config)");
 #endif
   }
 
@@ -272,20 +274,12 @@ std::unique_ptr<Communicator> make_world() {
 #endif
 }
 
+// Set by world() once it is initialised: error paths look here instead of starting MPI.
+Communicator* g_started = nullptr;
+
 }  // namespace
 
 bool built_with_mpi() { return TESSERA_MPI != 0; }
-bool built_with_nccl() {
-#if defined(TESSERA_NCCL) && TESSERA_NCCL
-  return true;
-#else
-  return false;
-#endif
-}
-
-namespace {
-Communicator* g_started = nullptr;
-}
 
 Communicator& world() {
   static std::unique_ptr<Communicator> w = make_world();

@@ -63,7 +63,6 @@ class Communicator {
 
   // Seconds a collective may take before the job is ended (default 600).
   void set_timeout(double seconds) { timeout_s_ = seconds; }
-  double timeout() const { return timeout_s_; }
 
  protected:
   int rank_ = 0, size_ = 1, local_rank_ = 0;
@@ -77,9 +76,8 @@ class Communicator {
 Communicator& world();
 // world() if a call has initialised it, else null (error paths: they must not start MPI).
 Communicator* started_world();
-// Whether this build has MPI (TESSERA_MPI) and NCCL (TESSERA_NCCL).
+// Whether this build has MPI (TESSERA_MPI).
 bool built_with_mpi();
-bool built_with_nccl();
 
 // Ranks other than 0 print nothing from here on (stdout and stderr go to /dev/null); abort()
 // still reaches the terminal. The programs call it once the first line is printed.
