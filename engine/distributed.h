@@ -16,8 +16,10 @@
 //
 // Failure: no collective waits forever. Host collectives are MPI's non-blocking ones
 // (MPI_Iallreduce, MPI_Ibcast, MPI_Ibarrier) polled with MPI_Test until a deadline
-// (set_timeout, --collective-timeout); device collectives are polled likewise with
-// cudaStreamQuery and ncclCommGetAsyncError. Past the deadline, or on any error a rank
+// (set_timeout, --collective-timeout); NCCL's gradient all-reduces and broadcasts are waited
+// for likewise, polling cudaStreamQuery and ncclCommGetAsyncError (SyncBN's NCCL all-reduces
+// are not waited for one by one: they run on the same stream before the step's gradient
+// all-reduce, whose wait covers them). Past the deadline, or on any error a rank
 // reports (abort()), the job ends on every rank through MPI_Abort with that rank's message.
 // A rank killed outright (kill -9) is noticed by the launcher (mpirun, srun), which ends the
 // others; the deadline covers what a launcher cannot see (a rank stopped or stuck).
