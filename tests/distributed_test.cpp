@@ -10,14 +10,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <string>
 #include <thread>
+#include <vector>
 
-#include "apps/run/distributed_run.h"
 #include "engine/arena.h"
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
