@@ -152,7 +152,8 @@ int byol_main(int argc, const char* const* argv) {
     const double param_count = static_cast<double>(nets.backbone->param_table().total_numel() +
                                                    nets.projector->param_table().total_numel());
     // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
-    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
+    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device,
+                               ranks.root() ? run.dir().dir() : std::string());  // rank 0 writes profile.json
     const std::vector<TeacherPart> teacher_parts{{"", nets.smooth_backbone.get()},
                                                  {"projector.", nets.smooth_projector.get()}};
     const std::vector<int64_t> mosaic_steps = parse_mosaic_steps(c.mosaic_steps);

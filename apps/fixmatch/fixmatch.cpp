@@ -224,7 +224,8 @@ int fixmatch_main(int argc, const char* const* argv) {
     };
     const int64_t stop_at = c.stop_after > 0 ? std::min(c.stop_after, c.steps) : c.steps;
     // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
-    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
+    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device,
+                               ranks.root() ? run.dir().dir() : std::string());  // rank 0 writes profile.json
     const std::vector<TeacherPart> teacher_parts{{"", nets.smoother.get()}};
     const std::vector<int64_t> mosaic_steps = parse_mosaic_steps(c.mosaic_steps);
     while (step < stop_at && !stop_requested_on_any_rank(ranks)) {
