@@ -18,7 +18,9 @@
 # Switches: CUDA=0|1 (default: 1 when nvcc is found), CUDA_HOME, CUDA_ARCHS (nvcc -gencode
 # list), ONEDNN=0|1 (the CPU's fast tier, kernels/onednn; default: 1 when oneDNN's header is
 # found), DEBUG=1 (-O0 -g), SANITIZE=1 (ASan + UBSan) or SANITIZE=thread (TSan), both CUDA=0,
-# FUZZ=1 (the clang libFuzzer build of make fuzz), DEPS_PREFIX (a folder where Debian packages
+# FUZZ=1 (the clang libFuzzer build of make fuzz), MPI=0|1 (multi-process data-parallel
+# training, engine/distributed.h; default: 1 when OpenMPI's mpicc is found; with CUDA=1 it
+# also links NCCL), DEPS_PREFIX (a folder where Debian packages
 # were unpacked with dpkg -x, for machines without a package registry).
 
 SHELL := /bin/bash
@@ -51,6 +53,30 @@ ifeq ($(origin ONEDNN), undefined)
   ONEDNN := $(if $(wildcard $(ONEDNN_HEADER)),1,0)
 endif
 
+# MPI (Debian's OpenMPI, libopenmpi-dev): data-parallel training over processes started by
+# mpirun / srun (docs/DISTRIBUTED.md). The flags come from OpenMPI's wrapper (mpicc --showme)
+# or pkg-config; without MPI the programs run as one process and say so on their first line.
+# From a bundle unpacked with dpkg -x (DEPS_PREFIX) the wrapper cannot run: name its folders.
+MPI_BUNDLE := $(DEPS_PREFIX)/usr/lib/x86_64-linux-gnu/openmpi
+# MPI_CFLAGS / MPI_LIBS given on the command line win.
+ifeq ($(origin MPI_LIBS), undefined)
+  ifneq ($(and $(DEPS_PREFIX),$(wildcard $(MPI_BUNDLE)/include/mpi.h)),)
+    MPI_CFLAGS := -I$(MPI_BUNDLE)/include -I$(MPI_BUNDLE)/include/openmpi
+    MPI_LIBS := -L$(MPI_BUNDLE)/lib -Wl,-rpath,$(MPI_BUNDLE)/lib -lmpi
+  else
+    MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null || pkg-config --cflags ompi 2>/dev/null)
+    MPI_LIBS := $(shell mpicc --showme:link 2>/dev/null || pkg-config --libs ompi 2>/dev/null)
+  endif
+endif
+ifeq ($(origin MPI), undefined)
+  MPI := $(if $(strip $(MPI_LIBS)),1,0)
+endif
+# The sanitizer and fuzz builds stay single-process: OpenMPI's own allocations would be
+# reported as leaks, and no parser needs it.
+ifneq ($(SANITIZE),0)
+  MPI := 0
+endif
+
 # FUZZ=1: the libFuzzer build of `make fuzz` (clang, ASan + UBSan, CPU reference kernels only).
 FUZZ ?= 0
 CXX_STD := c++17
@@ -58,12 +84,13 @@ ifeq ($(FUZZ),1)
   CXX := clang++
   CUDA := 0
   ONEDNN := 0
+  MPI := 0
   # clang 14 accepts lambdas that capture structured bindings (as g++ does in C++17) from C++20 on.
   CXX_STD := c++20
 endif
 
-# A build without oneDNN keeps its objects apart (their TESSERA_ONEDNN differs).
-CONFIG := $(if $(filter 1,$(CUDA)),cuda,cpu)$(if $(filter 0,$(ONEDNN)),-noonednn,)$(if $(filter 1,$(DEBUG)),-debug,)$(if $(filter 1,$(SANITIZE)),-asan,)$(if $(filter thread,$(SANITIZE)),-tsan,)$(if $(filter 1,$(PROFILE)),-profile,)$(if $(filter 1,$(FUZZ)),-fuzz,)
+# A build without oneDNN (or MPI) keeps its objects apart (their TESSERA_ONEDNN / TESSERA_MPI differ).
+CONFIG := $(if $(filter 1,$(CUDA)),cuda,cpu)$(if $(filter 0,$(ONEDNN)),-noonednn,)$(if $(filter 0,$(MPI)),-nompi,)$(if $(filter 1,$(DEBUG)),-debug,)$(if $(filter 1,$(SANITIZE)),-asan,)$(if $(filter thread,$(SANITIZE)),-tsan,)$(if $(filter 1,$(PROFILE)),-profile,)$(if $(filter 1,$(FUZZ)),-fuzz,)
 BUILD := build
 OBJ := $(BUILD)/obj/$(CONFIG)
 
@@ -99,10 +126,15 @@ endif
 # than this project's (a new warning must not cost the GPU visit; the build row lists them).
 WERROR ?= 1
 CXXFLAGS := -std=$(CXX_STD) $(OPT) $(SAN) -fopenmp -Wall -Wextra $(if $(filter 1,$(WERROR)),-Werror,) -MMD -MP $(INCLUDES) \
-            -DTESSERA_CUDA=$(CUDA) -DTESSERA_ONEDNN=$(ONEDNN)
+            -DTESSERA_CUDA=$(CUDA) -DTESSERA_ONEDNN=$(ONEDNN) -DTESSERA_MPI=$(MPI)
 SYS_RPATH := -Wl,-rpath,$(SYS_LIB)
 LDLIBS := -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB) -lopenblas \
           -L$(SYS_LIB) $(if $(DEPS_PREFIX),$(SYS_RPATH),) -lstb -lz -lpthread
+ifeq ($(MPI),1)
+  # -isystem: MPI's headers are not held to this project's warnings.
+  CXXFLAGS += $(patsubst -I%,-isystem %,$(MPI_CFLAGS))
+  LDLIBS += $(MPI_LIBS)
+endif
 ifeq ($(ONEDNN),1)
   # libdnnl needs libOpenCL.so.1 (its GPU runtime, unused here). From an unpacked bundle that
   # library is found only through an old-style RPATH, which also serves a library's own
@@ -111,7 +143,7 @@ ifeq ($(ONEDNN),1)
   LDLIBS += -ldnnl $(if $(DEPS_PREFIX),$(OLD_STYLE_RPATH),)
 endif
 # ---- CUDA libraries: wherever they are -----------------------------------------------------
-# cuDNN, cuBLAS and cuRAND (and NCCL, reported only: nothing here uses it) are looked for, in
+# cuDNN, cuBLAS and cuRAND (and NCCL, linked when MPI=1: the GPUs' collectives) are looked for, in
 # this order, in CUDA_HOME, in the system's folders, and in the NVIDIA pip wheels of a Python
 # environment (/opt/torch/.venv, or the python3 on PATH): CUDA 13 wheels put every library in
 # nvidia/cu13/{include,lib}, cuDNN and NCCL in nvidia/cudnn and nvidia/nccl, CUDA 12 wheels in
@@ -169,19 +201,32 @@ ifeq ($(CUDA),1)
   endif
   CUDA_LIB_DIRS := $(filter-out $(MULTIARCH_LIB),$(sort $(CUDNN_LIB) $(CUBLAS_LIB) $(CURAND_LIB) $(CUDART_LIB)))
   CUDA_INC_DIRS := $(filter-out $(CUDA_HOME)/include /usr/include,$(sort $(CUDART_INC) $(CUDNN_INC) $(CUBLAS_INC) $(CURAND_INC)))
+  # NCCL: the collectives on device buffers of a multi-process run (MPI bootstraps it).
+  NCCL_INC := $(call place_inc,$(NCCL_PLACE))
+  NCCL_LIB := $(call place_lib,$(NCCL_PLACE))
+  # Without NCCL an MPI build still runs several ranks on the CPU; a multi-rank CUDA run is
+  # refused with the reason (engine/distributed.cpp), and the checklist says nccl=0.
+  ifneq ($(and $(filter 1,$(MPI)),$(NCCL_PLACE)),)
+    NCCL := 1
+    CUDA_LIB_DIRS += $(filter-out $(MULTIARCH_LIB) $(CUDA_LIB_DIRS),$(NCCL_LIB))
+    CUDA_INC_DIRS += $(filter-out $(CUDA_HOME)/include /usr/include $(CUDA_INC_DIRS),$(NCCL_INC))
+  endif
 endif
+NCCL ?= 0
+CXXFLAGS += -DTESSERA_NCCL=$(NCCL)
 
 ifeq ($(CUDA),1)
   NVCCFLAGS := -std=c++17 $(if $(filter 1,$(DEBUG)),-O0 -g -G,-O3 -lineinfo) $(CUDA_ARCHS) \
                $(if $(filter 1,$(PROFILE)),-g -Xcompiler -fno-omit-frame-pointer,) \
                --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall,-Wextra$(if $(filter 1,$(WERROR)),$(comma)-Werror,) -MMD -MP \
-               $(INCLUDES) -DTESSERA_CUDA=1
+               $(INCLUDES) -DTESSERA_CUDA=1 -DTESSERA_MPI=$(MPI) -DTESSERA_NCCL=$(NCCL) $(if $(filter 1,$(MPI)),$(patsubst -I%,-isystem %,$(MPI_CFLAGS)),)
   # -ldl: NVTX (engine/profile.cpp) loads a profiler's injection library; in libc since glibc 2.34.
   # An old-style RPATH (as for oneDNN above) also serves the libraries' own lookups: cuDNN 9
   # loads its sub-libraries (libcudnn_cnn.so.9, ...) from where libcudnn.so.9 is.
   LDLIBS += $(foreach d,$(CUDA_LIB_DIRS),-L$(d) -Wl,-rpath,$(d)) -Wl,--disable-new-dtags \
             $(call link_flag,$(CUDNN_LIB),cudnn) $(call link_flag,$(CUBLAS_LIB),cublas) \
-            $(call link_flag,$(CURAND_LIB),curand) $(call link_flag,$(CUDART_LIB),cudart) -ldl
+            $(call link_flag,$(CURAND_LIB),curand) $(call link_flag,$(CUDART_LIB),cudart) -ldl \
+            $(if $(filter 1,$(NCCL)),$(call link_flag,$(NCCL_LIB),nccl),)
   # The folders found first: a toolkit may hold a cudnn.h without its library, and the header
   # must match the library that is linked.
   CXXFLAGS += $(addprefix -I,$(CUDA_INC_DIRS)) -I$(CUDA_HOME)/include
@@ -281,7 +326,7 @@ test: deps
 
 # ---- dependencies: install what is missing ---------------------------------------------
 DEB_PACKAGES := g++ make googletest libgtest-dev libopenblas-openmp-dev libdnnl-dev libstb-dev zlib1g-dev \
-                nlohmann-json3-dev dataset-fashion-mnist python3-matplotlib
+                nlohmann-json3-dev dataset-fashion-mnist python3-matplotlib libopenmpi-dev openmpi-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	@if [ -n "$(DEPS_PREFIX)" ]; then echo "deps: using packages unpacked under $(DEPS_PREFIX)"; exit 0; fi; \
@@ -301,6 +346,7 @@ checklist:
 	 openblas=$(call have,$(BLAS_INC)/cblas.h) openmp=yes stb=$(call have,$(DEPS_PREFIX)/usr/include/stb/stb_image.h)\
 	 gtest=$(call have,$(DEPS_PREFIX)/usr/include/gtest/gtest.h $(DEPS_PREFIX)/usr/src/googletest)\
 	 zlib=$(call have,$(DEPS_PREFIX)/usr/include/zlib.h) onednn=$(call have,$(ONEDNN_HEADER))\
+	 mpi=$(MPI)$(if $(filter 0,$(MPI)), (one process only),)$(if $(filter 1,$(CUDA)), nccl=$(NCCL)$(if $(filter 1,$(MPI)),$(if $(filter 0,$(NCCL)), (not found: multi-rank runs on the CPU only),),),)\
 	 cuda-backend=$(CUDA) cpu-fast-tier=$(ONEDNN)$(if $(filter 0,$(ONEDNN)), (reference CPU kernels only),)"
 
 # ---- the demo ----------------------------------------------------------------------------
@@ -329,7 +375,7 @@ ifeq ($(CUDA),1)
 	@echo "cuda-config: cudnn: $(if $(CUDNN_INC),headers $(CUDNN_INC) library $(CUDNN_LIB) ($(call link_flag,$(CUDNN_LIB),cudnn)),NOT FOUND)"
 	@echo "cuda-config: cublas: $(if $(CUBLAS_INC),headers $(CUBLAS_INC) library $(CUBLAS_LIB) ($(call link_flag,$(CUBLAS_LIB),cublas)),NOT FOUND)"
 	@echo "cuda-config: curand: $(if $(CURAND_INC),headers $(CURAND_INC) library $(CURAND_LIB) ($(call link_flag,$(CURAND_LIB),curand)),NOT FOUND)"
-	@echo "cuda-config: nccl: $(if $(NCCL_PLACE),headers $(call place_inc,$(NCCL_PLACE)) library $(call place_lib,$(NCCL_PLACE)),not found) (not linked: nothing here uses it)"
+	@echo "cuda-config: nccl: $(if $(NCCL_PLACE),headers $(call place_inc,$(NCCL_PLACE)) library $(call place_lib,$(NCCL_PLACE)),not found) ($(if $(filter 1,$(NCCL)),linked: the collectives of multi-process runs,not linked$(if $(filter 0,$(MPI)),: MPI=0,)))"
 	@echo "cuda-config: rpath $(CUDA_LIB_DIRS)"
 	@$(if $(CUDA_NOT_FOUND),echo "cuda-config: $(CUDA_MISSING)" >&2; false,true)
 else
@@ -343,10 +389,14 @@ endif
 # session trains on generated images. make is in it in case the image has none
 # (tests/gpu_check.py unpacks the bundle into build/gpu-bundle-root and uses its make, when
 # `python3 bench/gpu_session.py --out DIR` is run without make); libquadmath0 is what
-# libgfortran5 (OpenBLAS) needs.
+# libgfortran5 (OpenBLAS) needs. OpenMPI and what it links (about 7 MiB) let the GPU machine
+# build with MPI=1 (and NCCL) and run the multi-process tests with the bundle's mpirun.
 GPU_BUNDLE_PACKAGES := libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0 libstb0 libstb-dev \
                        zlib1g-dev nlohmann-json3-dev googletest libgtest-dev libdnnl2 libdnnl-dev \
-                       ocl-icd-libopencl1 make
+                       ocl-icd-libopencl1 make \
+                       libopenmpi-dev libopenmpi3 openmpi-bin openmpi-common libhwloc15 libhwloc-plugins libpmix2 \
+                       libevent-core-2.1-7 libevent-pthreads-2.1-7 libevent-2.1-7 libfabric1 libucx0 libpsm2-2 \
+                       libpsm-infinipath1 libibverbs1 librdmacm1 libnl-3-200 libnl-route-3-200 libnuma1 libltdl7
 GPU_BUNDLE_MAX_MIB := 50
 gpu-bundle:
 	@mkdir -p .gpu-bundle && cd .gpu-bundle && rm -rf *.deb root && apt-get download $(GPU_BUNDLE_PACKAGES) 2>&1 | grep -v "^Get:\|^Fetched\|unsandboxed" ; \

@@ -160,6 +160,12 @@ Loader::Loader(LoaderConfig config, LoaderPosition start) : config_(std::move(co
 #endif
   if (config_.streams.empty() || config_.views.empty()) throw Error("loader: expected at least one stream and one view");
   if (config_.prefetch < 1) throw Error(cat("loader: expected prefetch >= 1, found ", config_.prefetch));
+  if (config_.shards < 1 || config_.shard < 0 || config_.shard >= config_.shards)
+    throw Error(cat("loader: expected shard in [0, ", config_.shards, "), found ", config_.shard));
+  for (const LoaderStream& s : config_.streams)
+    if (s.batch % config_.shards != 0)
+      throw Error(cat("loader: a global batch of ", s.batch, " does not split evenly over ", config_.shards,
+                      " ranks: expected a multiple of ", config_.shards));
   if (start_.streams.empty()) start_.streams.assign(config_.streams.size(), SamplerPosition{});
   if (start_.streams.size() != config_.streams.size())
     throw Error(cat("loader: a saved position for ", start_.streams.size(), " streams, expected ",
@@ -186,12 +192,12 @@ Loader::Loader(LoaderConfig config, LoaderPosition start) : config_(std::move(co
   for (const LoaderView& v : config_.views) {
     const LoaderStream& s = config_.streams[static_cast<size_t>(v.stream)];
     const Shape vs = v.transform->view_shape(*s.dataset);
-    view_at.push_back(v.transform->device() == Device::CPU ? layout.take(size_t(s.batch * vs.numel()) * 4) : 0);
+    view_at.push_back(v.transform->device() == Device::CPU ? layout.take(size_t(local_batch(s) * vs.numel()) * 4) : 0);
   }
   for (const LoaderStream& s : config_.streams) {
-    label_at.push_back(layout.take(size_t(s.batch) * 4));
-    index_at.push_back(layout.take(size_t(s.batch) * 8));
-    epoch_at.push_back(layout.take(size_t(s.batch) * 8));
+    label_at.push_back(layout.take(size_t(local_batch(s)) * 4));
+    index_at.push_back(layout.take(size_t(local_batch(s)) * 8));
+    epoch_at.push_back(layout.take(size_t(local_batch(s)) * 8));
   }
   for (int k = 0; k <= config_.prefetch; ++k) {
     auto slot = std::make_unique<Slot>();
@@ -205,12 +211,12 @@ Loader::Loader(LoaderConfig config, LoaderPosition start) : config_(std::move(co
       const LoaderStream& s = config_.streams[static_cast<size_t>(lv.stream)];
       const Shape vs = lv.transform->view_shape(*s.dataset);
       slot->views.push_back(lv.transform->device() == Device::CPU
-                                ? Tensor(base + view_at[v], Shape{s.batch, vs[0], vs[1], vs[2]}, DType::F32, Device::CPU)
+                                ? Tensor(base + view_at[v], Shape{local_batch(s), vs[0], vs[1], vs[2]}, DType::F32, Device::CPU)
                                 : Tensor());
     }
     for (size_t i = 0; i < config_.streams.size(); ++i) {
       const LoaderStream& s = config_.streams[i];
-      slot->labels.push_back(s.labels ? Tensor(base + label_at[i], Shape{s.batch}, DType::I32, Device::CPU) : Tensor());
+      slot->labels.push_back(s.labels ? Tensor(base + label_at[i], Shape{local_batch(s)}, DType::I32, Device::CPU) : Tensor());
       slot->indices.push_back(reinterpret_cast<int64_t*>(base + index_at[i]));
       slot->epochs.push_back(reinterpret_cast<int64_t*>(base + epoch_at[i]));
     }
@@ -223,17 +229,17 @@ Loader::Loader(LoaderConfig config, LoaderPosition start) : config_(std::move(co
     cuda_ = std::make_unique<CudaState>();
     CUDA_CHECK(cudaGetDevice(&cuda_->device));
     int64_t keys = 0;
-    for (const LoaderStream& s : config_.streams) keys += 2 * s.batch;
+    for (const LoaderStream& s : config_.streams) keys += 2 * local_batch(s);
     for (DeviceBatch& d : cuda_->batches) {
       d.keys = Buffer(Device::CUDA, size_t(keys) * 8);
       for (size_t v = 0; v < config_.views.size(); ++v) {
         const LoaderView& lv = config_.views[v];
         const LoaderStream& s = config_.streams[static_cast<size_t>(lv.stream)];
         const Shape vs = lv.transform->view_shape(*s.dataset);
-        d.views.emplace_back(Device::CUDA, Shape{s.batch, vs[0], vs[1], vs[2]});
+        d.views.emplace_back(Device::CUDA, Shape{local_batch(s), vs[0], vs[1], vs[2]});
       }
       for (const LoaderStream& s : config_.streams)
-        d.labels.emplace_back(Device::CUDA, s.labels ? Shape{s.batch} : Shape{0}, DType::I32);
+        d.labels.emplace_back(Device::CUDA, s.labels ? Shape{local_batch(s)} : Shape{0}, DType::I32);
     }
 #endif
   }
@@ -270,15 +276,27 @@ int64_t Loader::batches_per_epoch() const { return samplers_[0].batches_per_epoc
 LoaderPosition Loader::position() const { return position_; }
 
 void Loader::fill(Slot& slot, std::vector<SamplerPosition>* positions) {
-  for (size_t s = 0; s < config_.streams.size(); ++s)
-    samplers_[s].next_batch(&(*positions)[s], slot.indices[s], slot.epochs[s]);
+  // Every rank draws the whole global batch (the same on every rank: the seed and the
+  // positions are shared) and keeps its contiguous shard: rank r of R takes samples
+  // [r B / R, (r + 1) B / R). Augmentations are keyed by (seed, image, epoch, view), not by
+  // where a sample sits in the batch, so the ranks' shards together are exactly the batch
+  // one process would have drawn.
+  for (size_t s = 0; s < config_.streams.size(); ++s) {
+    const int64_t local = local_batch(config_.streams[s]);
+    drawn_indices_.resize(static_cast<size_t>(config_.streams[s].batch));
+    drawn_epochs_.resize(drawn_indices_.size());
+    samplers_[s].next_batch(&(*positions)[s], drawn_indices_.data(), drawn_epochs_.data());
+    const size_t first = static_cast<size_t>(config_.shard * local);
+    std::copy(drawn_indices_.begin() + first, drawn_indices_.begin() + first + local, slot.indices[s]);
+    std::copy(drawn_epochs_.begin() + first, drawn_epochs_.begin() + first + local, slot.epochs[s]);
+  }
   for (size_t v = 0; v < config_.views.size(); ++v) {
     const LoaderView& lv = config_.views[v];
     if (lv.transform->device() != Device::CPU) continue;
     const LoaderStream& s = config_.streams[static_cast<size_t>(lv.stream)];
     ViewRequest r;
     r.dataset = s.dataset;
-    r.count = s.batch;
+    r.count = local_batch(s);
     r.indices = slot.indices[static_cast<size_t>(lv.stream)];
     r.epochs = slot.epochs[static_cast<size_t>(lv.stream)];
     r.seed = config_.seed;
@@ -288,7 +306,7 @@ void Loader::fill(Slot& slot, std::vector<SamplerPosition>* positions) {
   for (size_t s = 0; s < config_.streams.size(); ++s) {
     if (!config_.streams[s].labels) continue;
     int32_t* y = slot.labels[s].i32();
-    for (int64_t b = 0; b < config_.streams[s].batch; ++b)
+    for (int64_t b = 0; b < local_batch(config_.streams[s]); ++b)
       y[b] = config_.streams[s].dataset->labels[static_cast<size_t>(slot.indices[s][b])];
   }
 }
@@ -303,7 +321,7 @@ void Loader::upload(Slot& slot, int64_t k) {
   };
   char* keys = static_cast<char*>(d.keys.data());
   for (size_t s = 0; s < config_.streams.size(); ++s) {
-    const size_t b = size_t(config_.streams[s].batch);
+    const size_t b = size_t(local_batch(config_.streams[s]));
     h2d(keys, slot.indices[s], b * 8);
     h2d(keys + b * 8, slot.epochs[s], b * 8);
     keys += 2 * b * 8;
@@ -395,7 +413,7 @@ const Batch& Loader::next() {
   }
 
   for (size_t s = 0; s < config_.streams.size(); ++s) {
-    const int64_t b = config_.streams[s].batch;
+    const int64_t b = local_batch(config_.streams[s]);
     batch_.indices[s].assign(slot.indices[s], slot.indices[s] + b);
     batch_.epochs[s].assign(slot.epochs[s], slot.epochs[s] + b);
   }
@@ -414,7 +432,7 @@ const Batch& Loader::next() {
     std::vector<const int64_t*> keys_device;
     for (size_t s = 0; s < config_.streams.size(); ++s) {
       keys_device.push_back(keys);
-      keys += 2 * config_.streams[s].batch;
+      keys += 2 * local_batch(config_.streams[s]);
     }
     for (size_t v = 0; v < config_.views.size(); ++v) {
       const LoaderView& lv = config_.views[v];
@@ -423,7 +441,7 @@ const Batch& Loader::next() {
       if (lv.transform->device() == Device::CUDA) {  // on the engine stream, after the copies
         ViewRequest r;
         r.dataset = config_.streams[s].dataset;
-        r.count = config_.streams[s].batch;
+        r.count = local_batch(config_.streams[s]);
         r.indices = batch_.indices[s].data();
         r.epochs = batch_.epochs[s].data();
         r.indices_device = keys_device[s];
@@ -448,8 +466,10 @@ const Batch& Loader::next() {
 // ---- the two recipes and evaluation ----------------------------------------------------
 
 std::unique_ptr<Loader> make_byol_loader(const Dataset& d, int64_t batch, Transform& view1, Transform& view2,
-                                         uint64_t seed, Device device, LoaderPosition start) {
+                                         uint64_t seed, Device device, LoaderPosition start, int shard, int shards) {
   LoaderConfig c;
+  c.shard = shard;
+  c.shards = shards;
   c.streams.push_back(LoaderStream{&d, all_indices(d.size), batch, SamplerPurpose::Main, true, true, false});
   c.views = {LoaderView{0, &view1, 0}, LoaderView{0, &view2, 1}};
   c.seed = seed;
@@ -460,8 +480,10 @@ std::unique_ptr<Loader> make_byol_loader(const Dataset& d, int64_t batch, Transf
 std::unique_ptr<Loader> make_fixmatch_loader(const Dataset& labeled, const std::vector<int64_t>& subset,
                                              const Dataset& unlabeled, int64_t batch, int64_t mu,
                                              Transform& weak, Transform& strong, uint64_t seed, Device device,
-                                             LoaderPosition start) {
+                                             LoaderPosition start, int shard, int shards) {
   LoaderConfig c;
+  c.shard = shard;
+  c.shards = shards;
   // Batches run across epoch boundaries: 40 labels still fill a labeled batch of 64.
   c.streams.push_back(LoaderStream{&labeled, subset, batch, SamplerPurpose::Main, true, false, true});
   c.streams.push_back(

@@ -62,6 +62,10 @@ struct LoaderConfig {
   uint64_t seed = 0;
   Device device = Device::CPU;  // where the batch tensors live
   int prefetch = 2;             // batches prepared ahead of the one in use (>= 1)
+  // Data parallel (engine/distributed.h): this rank's shard of each global batch. Streams'
+  // `batch` stays the global batch; the loader delivers batch / shards samples of it, and its
+  // position is that of the global sequence (the same on every rank).
+  int shard = 0, shards = 1;
 };
 
 // The resumable state of a loader: one position per stream and the batches delivered.
@@ -104,11 +108,13 @@ class Loader {
   void produce();
   void fill(Slot& slot, std::vector<SamplerPosition>* positions);
   void upload(Slot& slot, int64_t k);  // CUDA: batch k's staging into device batch k % 2
+  int64_t local_batch(const LoaderStream& s) const { return s.batch / config_.shards; }
 
   LoaderConfig config_;
   LoaderPosition start_;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::vector<IndexStream> samplers_;  // used by the thread only
+  std::vector<int64_t> drawn_indices_, drawn_epochs_;  // the thread's: a global batch before sharding
   std::unique_ptr<CudaState> cuda_;
   Batch batch_;
   LoaderPosition position_;  // after the last batch next() returned
@@ -124,8 +130,10 @@ class Loader {
   std::thread thread_;
 };
 
+// `batch` is the global batch; `shard` / `shards` pick this rank's part (LoaderConfig).
 std::unique_ptr<Loader> make_byol_loader(const Dataset& d, int64_t batch, Transform& view1, Transform& view2,
-                                         uint64_t seed, Device device, LoaderPosition start = {});
+                                         uint64_t seed, Device device, LoaderPosition start = {}, int shard = 0,
+                                         int shards = 1);
 
 // FixMatch: views[0] labeled (B), labels[0]; views[1] unlabeled weak (mu B), views[2] strong.
 // The unlabeled stream draws from all of `unlabeled`; when that dataset has labels they come as
@@ -133,7 +141,7 @@ std::unique_ptr<Loader> make_byol_loader(const Dataset& d, int64_t batch, Transf
 std::unique_ptr<Loader> make_fixmatch_loader(const Dataset& labeled, const std::vector<int64_t>& subset,
                                              const Dataset& unlabeled, int64_t batch, int64_t mu,
                                              Transform& weak, Transform& strong, uint64_t seed, Device device,
-                                             LoaderPosition start = {});
+                                             LoaderPosition start = {}, int shard = 0, int shards = 1);
 
 // Evaluation: the whole dataset in order, synchronously, in batches of `batch` (the last one
 // smaller): fn(images f32 (b, C, H, W) on device, labels i32 (b) on device or undefined,

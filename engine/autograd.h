@@ -35,6 +35,9 @@
 #include "engine/workspace.h"
 
 namespace tessera {
+namespace dist {
+class Communicator;
+}
 
 struct Var {
   Tensor value;
@@ -96,6 +99,12 @@ class Graph {
   // layer and forward used to be (80 one-thread launches in a ResNet-18 BYOL step). Read a
   // counter after one of those.
   void count_batch(const Tensor& counter);
+
+  // SyncBN (engine/distributed.h): train-mode batch norms of this graph take their statistics
+  // over the global batch of `group`'s ranks. Null (the default) or one rank: each process
+  // normalises its own batch.
+  void set_batch_norm_group(dist::Communicator* group) { bn_group_ = group; }
+  dist::Communicator* batch_norm_group() const { return bn_group_; }
   size_t tape_size() const { return tape_.size(); }
 
  private:
@@ -114,6 +123,7 @@ class Graph {
   std::vector<Var*> made_since_record_;
   std::vector<Node> tape_;
   bool grad_enabled_ = true;
+  dist::Communicator* bn_group_ = nullptr;
   std::vector<std::pair<float*, float>> batch_counts_;  // counter, forwards since the last add
 };
 

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "engine/check.h"
+#include "engine/distributed.h"
 
 #if TESSERA_CUDA
 #include "kernels/cuda/check.h"
@@ -118,13 +119,20 @@ void init_cuda() {
 #if TESSERA_CUDA
   auto& rt = kernels::cuda::runtime();
   if (rt.stream) return;
-  CUDA_CHECK(cudaSetDevice(0));
+  // One GPU per rank of this machine (engine/distributed.h); GPU 0 for one process.
+  int count = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&count));
+  const int local = dist::world().local_rank();
+  if (local >= count)
+    throw Error(cat("rank ", dist::world().rank(), " is local rank ", local, " of its machine, which has ", count,
+                    " GPUs: expected at most one rank per GPU"));
+  CUDA_CHECK(cudaSetDevice(local));
   CUDA_CHECK(cudaStreamCreateWithFlags(&rt.stream, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasCreate(&rt.cublas));
   CUBLAS_CHECK(cublasSetStream(rt.cublas, rt.stream));
   CUDNN_CHECK(cudnnCreate(&rt.cudnn));
   CUDNN_CHECK(cudnnSetStream(rt.cudnn, rt.stream));
-  CUDA_CHECK(cudaDeviceGetAttribute(&rt.sm_count, cudaDevAttrMultiProcessorCount, 0));
+  CUDA_CHECK(cudaDeviceGetAttribute(&rt.sm_count, cudaDevAttrMultiProcessorCount, local));
   apply_cuda_options();
 #else
   no_cuda("init_cuda");
@@ -159,7 +167,9 @@ std::string device_description(Device d) {
   if (d == Device::CPU) return cat("cpu (", omp_get_max_threads(), " threads)");
 #if TESSERA_CUDA
   cudaDeviceProp p{};
-  CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+  int current = 0;
+  CUDA_CHECK(cudaGetDevice(&current));
+  CUDA_CHECK(cudaGetDeviceProperties(&p, current));
   return cat("cuda ", p.name, " (sm_", p.major, p.minor, ", ",
              p.totalGlobalMem / (1024 * 1024 * 1024), " GiB)");
 #else

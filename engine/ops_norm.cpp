@@ -10,8 +10,10 @@
 
 #include "engine/check.h"
 #include "engine/dispatch.h"
+#include "engine/distributed.h"
 #include "engine/ops.h"
 #include "kernels/batch_norm.h"
+#include "kernels/sync_batch_norm.h"
 
 namespace tessera::ops {
 namespace {
@@ -42,6 +44,44 @@ void outputs(Graph& g, Var* x, Var* gamma, Var* beta, int64_t c, Outputs& o) {
                  (beta->requires_grad ? kernels::kBnAccumulateDbeta : 0u);
 }
 
+// SyncBN's train mode (kernels/sync_batch_norm.h): x (N, C, HW) is this rank's shard; the
+// statistics are those of the global batch, one all-reduce of 2C doubles each way.
+void sync_batch_norm_train(Graph& g, Var* x, Var* gamma, Var* beta, Var* y, const BatchNormBuffers& buf,
+                           const BatchNormOptions& opt, int64_t n, int64_t c, int64_t hw, dist::Communicator& group) {
+  Workspace& ws = g.workspace();
+  // Doubles (2, C) as 4C floats of workspace (each allocation is 256-byte aligned).
+  auto doubles = [&](int64_t count) { return reinterpret_cast<double*>(ws.alloc(Shape{2 * count}).f32()); };
+  double* sums = doubles(2 * c);
+  float* mean = ws.alloc(Shape{c}).f32();
+  float* var = ws.alloc(Shape{c}).f32();
+  float* invstd = ws.alloc(Shape{c}).f32();
+  // Shifted by the running mean (identical on every rank): see kernels/sync_batch_norm.h.
+  TS_DISPATCH(g.device(), batch_norm_sums, x->value.f32(), buf.running_mean.f32(), sums, n, c, hw);
+  group.all_reduce_sum(sums, 2 * c, g.device(), "SyncBN forward statistics");
+  // Every rank's shard has the same N HW (the sampler splits the global batch evenly).
+  const double count = static_cast<double>(n * hw) * group.size();
+  TS_DISPATCH(g.device(), batch_norm_sync_stats, sums, count, mean, var, invstd, buf.running_mean.f32(),
+              buf.running_var.f32(), c, opt.momentum, opt.eps);
+  TS_DISPATCH(g.device(), batch_norm_forward_eval, x->value.f32(), gamma->value.f32(), beta->value.f32(), mean, var,
+              y->value.f32(), n, c, hw, opt.eps);
+  g.count_batch(buf.num_batches);
+  if (!y->requires_grad) return;
+  g.record("batch_norm", layer_of(gamma), [&g, x, gamma, beta, y, mean, invstd, n, c, hw, count, &group] {
+    Outputs o;
+    outputs(g, x, gamma, beta, c, o);
+    Workspace& w = g.workspace();
+    double* local = reinterpret_cast<double*>(w.alloc(Shape{4 * c}).f32());
+    double* global = reinterpret_cast<double*>(w.alloc(Shape{4 * c}).f32());
+    TS_DISPATCH(g.device(), batch_norm_backward_sums, x->value.f32(), g.grad(y).f32(), mean, invstd, local, global, n,
+                c, hw);
+    group.all_reduce_sum(global, 2 * c, g.device(), "SyncBN backward sums");
+    TS_DISPATCH(g.device(), batch_norm_backward_apply, x->value.f32(), g.grad(y).f32(), gamma->value.f32(), mean,
+                invstd, local, global, count, o.dx, o.dgamma, o.dbeta, n, c, hw, o.accumulate);
+    w.release(reinterpret_cast<float*>(global));
+    w.release(reinterpret_cast<float*>(local));
+  });
+}
+
 // x viewed as (N, C, HW).
 Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf, const BatchNormOptions& opt,
                 int64_t n, int64_t c, int64_t hw) {
@@ -66,7 +106,10 @@ Var* batch_norm(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers&
   Var* y = g.make(x->value.shape, {x, gamma, beta});
   y->overwritable = true;  // the backward reads x and the saved statistics, never y
   const float eps = opt.eps;
-  if (opt.train) {
+  dist::Communicator* group = g.batch_norm_group();
+  if (opt.train && group && group->size() > 1) {
+    sync_batch_norm_train(g, x, gamma, beta, y, buf, opt, n, c, hw, *group);
+  } else if (opt.train) {
     // Batch mean and inverse std for the backward: two workspace allocations, each aligned
     // (256 bytes) as cuDNN's resultSaveMean / resultSaveInvVariance expect; one (2, C) block
     // would put the inverse std at an offset of C floats.

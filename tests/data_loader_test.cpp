@@ -333,3 +333,66 @@ TEST(Loader, CudaBatchesMatchCpu) {
     EXPECT_TRUE(snapshot(g) == c) << "batch " << step;
   }
 }
+
+namespace {
+
+// The shards of ranks 0..R-1 side by side, per view / label stream: what one process gets.
+Snapshot joined(const std::vector<Snapshot>& shards) {
+  Snapshot all = shards[0];
+  for (size_t r = 1; r < shards.size(); ++r) {
+    for (size_t v = 0; v < all.views.size(); ++v)
+      all.views[v].insert(all.views[v].end(), shards[r].views[v].begin(), shards[r].views[v].end());
+    for (size_t s = 0; s < all.labels.size(); ++s) {
+      all.labels[s].insert(all.labels[s].end(), shards[r].labels[s].begin(), shards[r].labels[s].end());
+      all.indices[s].insert(all.indices[s].end(), shards[r].indices[s].begin(), shards[r].indices[s].end());
+    }
+  }
+  return all;
+}
+
+}  // namespace
+
+// Data parallel (engine/distributed.h): the shards of 4 ranks, side by side, are the batches of
+// one process with the same global batch, across an epoch boundary and after a resume from the
+// position one rank saved; each rank's position is the global one.
+TEST(Loader, ShardsOfTheGlobalBatchAreTheOneProcessBatch) {
+  const Dataset labeled = make_dataset(30, 3), unlabeled = make_dataset(50, 3);
+  const std::vector<int64_t> subset = choose_labeled_subset(labeled, 9, 5);
+  KeyTransform weak, strong;
+  auto one = make_fixmatch_loader(labeled, subset, unlabeled, 8, 2, weak, strong, 8, Device::CPU);
+  std::vector<std::unique_ptr<Loader>> ranks;
+  for (int r = 0; r < 4; ++r)
+    ranks.push_back(make_fixmatch_loader(labeled, subset, unlabeled, 8, 2, weak, strong, 8, Device::CPU, {}, r, 4));
+  LoaderPosition saved;
+  for (int step = 0; step < 5; ++step) {  // 5 x 16 unlabeled: past the 50-image epoch
+    const Snapshot whole = snapshot(one->next());
+    std::vector<Snapshot> shards;
+    for (auto& l : ranks) {
+      const Batch& b = l->next();
+      EXPECT_EQ(b.views[0].shape[0], 2);  // 8 labeled / 4 ranks
+      EXPECT_EQ(b.views[1].shape[0], 4);  // 16 unlabeled / 4 ranks
+      shards.push_back(snapshot(b));
+    }
+    EXPECT_TRUE(joined(shards) == whole) << "step " << step;
+    for (auto& l : ranks) EXPECT_EQ(l->position(), one->position());
+    if (step == 2) saved = ranks[3]->position();
+  }
+  // Resumed from rank 3's position by 2 ranks: the one process's batches 3 and 4 again.
+  auto again = make_fixmatch_loader(labeled, subset, unlabeled, 8, 2, weak, strong, 8, Device::CPU, saved);
+  auto half0 = make_fixmatch_loader(labeled, subset, unlabeled, 8, 2, weak, strong, 8, Device::CPU, saved, 0, 2);
+  auto half1 = make_fixmatch_loader(labeled, subset, unlabeled, 8, 2, weak, strong, 8, Device::CPU, saved, 1, 2);
+  for (int step = 3; step < 5; ++step) {
+    const Snapshot whole = snapshot(again->next());
+    std::vector<Snapshot> shards{snapshot(half0->next()), snapshot(half1->next())};
+    EXPECT_TRUE(joined(shards) == whole) << "resumed step " << step;
+  }
+  // A global batch that does not split: the error names expected and found.
+  try {
+    make_fixmatch_loader(labeled, subset, unlabeled, 6, 2, weak, strong, 8, Device::CPU, {}, 0, 4);
+    ADD_FAILURE() << "a batch of 6 over 4 ranks was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("a global batch of 6 does not split evenly over 4 ranks: expected a multiple of 4"),
+              std::string::npos)
+        << e.what();
+  }
+}

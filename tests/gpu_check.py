@@ -527,6 +527,20 @@ def is_gpu_test(t):
     return bool(GPU_NAME.search(t["name"]) or GPU_MESSAGE.search(t["message"]))
 
 
+def mpi_env(env):
+    """The bundle's OpenMPI (unpacked with dpkg -x) for the multi-process tests
+    (tests/distributed_test.cpp run mpirun) on a machine without one of its own: mpirun on the
+    PATH, OPAL_PREFIX (OpenMPI finds its helpers and plugins there) and its libraries."""
+    mpirun = os.path.join(BUNDLE_ROOT, "usr/bin/mpirun")
+    if shutil.which("mpirun", path=env.get("PATH")) or not os.path.exists(mpirun):
+        return {}
+    lib = os.path.join(BUNDLE_ROOT, "usr/lib/x86_64-linux-gnu")
+    return {"PATH": os.path.dirname(mpirun) + os.pathsep + env.get("PATH", ""),
+            "OPAL_PREFIX": os.path.join(BUNDLE_ROOT, "usr"),
+            "LD_LIBRARY_PATH": os.pathsep.join(p for p in (lib, os.path.join(lib, "openmpi/lib"),
+                                                             env.get("LD_LIBRARY_PATH", "")) if p)}
+
+
 def start_gtest(args, res, phase, gtest_filter, shards=1, env_extra=None, wrapper=None, threads=0):
     """Starts the test binary in `shards` parallel processes; returns their (Boxed, xml path)."""
     cpus = os.cpu_count() or 2
@@ -536,6 +550,7 @@ def start_gtest(args, res, phase, gtest_filter, shards=1, env_extra=None, wrappe
         env.setdefault("OMP_NUM_THREADS", str(threads or max(1, cpus // shards)))
         if shards > 1:
             env.update(GTEST_TOTAL_SHARDS=str(shards), GTEST_SHARD_INDEX=str(k))
+        env.update(mpi_env(env))
         env.update(env_extra or {})
         suffix = f"-{k}" if shards > 1 else ""
         xml = res.path(f"{phase}{suffix}.xml")

@@ -41,6 +41,7 @@
 #include "engine/check.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
+#include "engine/distributed.h"
 #include "engine/profile.h"
 #include "engine/schedule.h"
 #include "engine/workspace.h"
@@ -74,9 +75,12 @@ int byol_main(int argc, const char* const* argv) {
   TrainingRun run("byol", options, c.run);  // on --resume: the saved configuration, checked
   if (c.eval_only && !run.resuming()) throw UsageError("--eval-only evaluates a finished run: give it --resume DIR");
   if (c.run.threads > 0) omp_set_num_threads(c.run.threads);
+  dist::Communicator& ranks = start_processes("byol", c.dist);  // the first line; rank 0 alone prints on
+  check_global_batch(ranks, "--batch-size", c.batch_size);
 
   std::string device_note;
   const Device device = select_device(c.run.device, &device_note);
+  if (device == Device::CUDA) ranks.attach_cuda();
   std::fprintf(stderr, "%s\n", device_note.c_str());
   const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
   if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());
@@ -110,6 +114,8 @@ int byol_main(int argc, const char* const* argv) {
   Nets nets = build_nets(c, train.channels, device, total_steps);
   data::LoaderPosition position;
   if (run.resuming()) position = load_state(run.checkpoint(), nets);
+  nets.ranks = &ranks;
+  replicate_from_root(ranks, state_arenas(nets));
   int64_t step = run.start_step();
   if (step > total_steps)
     throw Error(cat("the checkpoint is at step ", step, ", past the run's ", total_steps, " steps"));
@@ -137,6 +143,8 @@ int byol_main(int argc, const char* const* argv) {
   eval.probe.seed = static_cast<uint64_t>(c.run.seed);
 
   auto save = [&](int64_t at, const data::LoaderPosition& pos) {
+    if (c.dist.check_replicas) check_replicas(ranks, replica_arenas(nets, c.dist.sync_bn), at);
+    if (!ranks.root()) return;
     SafetensorsWriter w;
     add_state(w, nets, pos);
     run.save(w, at);
@@ -148,20 +156,22 @@ int byol_main(int argc, const char* const* argv) {
   // ---- training ----------------------------------------------------------------------------
   if (!c.eval_only && step < total_steps) {
     auto loader = data::make_byol_loader(train, c.batch_size, augment, augment, static_cast<uint64_t>(c.run.seed),
-                                         device, position);
+                                         device, position, ranks.rank(), ranks.size());
     Workspace ws(device);
     Graph g(ws);
+    g.set_batch_norm_group(c.dist.sync_bn ? &ranks : nullptr);
     StepTimer timer;
     Progress progress(total_steps, step);
     const int64_t stop_at = c.stop_after > 0 ? std::min(c.stop_after, total_steps) : total_steps;
     const double param_count = static_cast<double>(nets.backbone->param_table().total_numel() +
                                                    nets.projector->param_table().total_numel());
     // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
-    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
+    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device,
+                               ranks.root() ? run.dir().dir() : std::string());  // rank 0 writes profile.json
     const std::vector<TeacherPart> teacher_parts{{"", nets.smooth_backbone.get()},
                                                  {"projector.", nets.smooth_projector.get()}};
     const std::vector<int64_t> mosaic_steps = parse_mosaic_steps(c.mosaic_steps);
-    while (step < stop_at && !stop_requested()) {
+    while (step < stop_at && !stop_requested_on_any_rank(ranks)) {
       profiler.begin_step(step);
       profile::PhaseSequence phases;
       phases.enter("data");
@@ -182,13 +192,14 @@ int byol_main(int argc, const char* const* argv) {
         nlohmann::json ev = teacher_event_fields(ages);
         ev["step"] = step;
         run.metrics().write("teacher", ev);
-        if (mosaic_step)
+        if (mosaic_step && ranks.root())
           write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
       }
       if (step % c.run.log_every == 0 || step == stop_at) {
         const int64_t skipped = nonfinite.read(run.last_checkpoint_note());  // stop: ends the run here
         float loss_value = 0;  // NaN when this step was skipped (written as null)
         copy_to_host(&loss_value, loss->value, sizeof loss_value);
+        ranks.all_reduce_mean(&loss_value, 1, Device::CPU, "the logged loss");  // the global batch's
         double ips = 0, wait = 0;
         timer.take(&ips, &wait);
         const TeacherStats sb = nets.smooth_backbone->stats_at(step - 1), sp = nets.smooth_projector->stats_at(step - 1);
@@ -204,7 +215,7 @@ int byol_main(int argc, const char* const* argv) {
         progress.update(step, loss_value, ips, wait);
       }
       const bool epoch_end = step % steps_per_epoch == 0;
-      if (epoch_end && c.knn_every > 0 && (step / steps_per_epoch) % c.knn_every == 0 && step < total_steps) {
+      if (epoch_end && ranks.root() && c.knn_every > 0 && (step / steps_per_epoch) % c.knn_every == 0 && step < total_steps) {
         const double kt = eval.run(*nets.t_backbone, false).knn_top1, ks = eval.run(*nets.backbone, false).knn_top1;
         run.metrics().write("knn", {{"step", step}, {"epoch", step / steps_per_epoch}, {"knn_top1_teacher", kt},
                                     {"knn_top1_student", ks}});
@@ -224,6 +235,7 @@ int byol_main(int argc, const char* const* argv) {
   }
 
   // ---- final evaluation ------------------------------------------------------------------------
+  if (!ranks.root()) return 0;  // rank 0 evaluates; the others' part is done
   // The random-init baseline starts where the student did.
   FinalScores final = final_scores("byol", *nets.t_backbone, "teacher", *nets.backbone, "student", c.eval_baseline,
                                    part_seed(static_cast<uint64_t>(c.run.seed), kBackbone), eval.train, eval.test,

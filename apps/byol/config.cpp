@@ -48,6 +48,7 @@ void add_options(Options& o, Config& c) {
   o.add("probe-epochs", &c.probe_epochs, "epochs of the linear probe").min(1);
   o.add("eval-batch", &c.eval_batch, "images per forward when extracting features").min(1);
   add_run_options(o, c.run);
+  add_distributed_options(o, c.dist);
 }
 
 }  // namespace tessera::byol

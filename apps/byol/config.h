@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "apps/run/distributed_run.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
 
@@ -13,6 +14,7 @@ namespace tessera::byol {
 
 struct Config {
   RunOptions run;
+  DistributedOptions dist;  // --sync-bn, --collective-timeout, --check-replicas
   // data
   std::string data = "fashion-mnist";
   int crop_size = 0;

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "apps/byol/config.h"
+#include "apps/run/distributed_run.h"
 #include "data/loader.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
@@ -31,7 +32,16 @@ struct Nets {
   // Checks the loss and gradients after backward, on the device (apps/run/nonfinite.h); the
   // run sets it, a test may leave it null.
   NonfiniteMonitor* nonfinite = nullptr;
+  // Data parallel: the ranks the gradients are averaged over right after backward (null: one
+  // process).
+  dist::Communicator* ranks = nullptr;
 };
+// Every arena of the run's state: student and teacher parameters and BN buffers, optimizer
+// state (what rank 0 broadcasts at the start and on resume).
+NamedArenas state_arenas(Nets& n);
+// The arenas that must stay identical on every rank whatever the BN mode: the student's and
+// the teacher's parameters and the optimizer state (BN buffers too when `sync_bn`).
+NamedArenas replica_arenas(Nets& n, bool sync_bn);
 
 // The student initialised from the run's seed, the teacher an exact copy of it, the optimizers'
 // state zero. `total_steps` is the K of the teacher's cosine momentum schedule.

@@ -1,5 +1,6 @@
 #include "apps/byol/step.h"
 
+#include "engine/distributed.h"
 #include "engine/ops.h"
 #include "engine/workspace.h"
 
@@ -32,7 +33,18 @@ Var* train_step(Nets& n, Graph& g, const data::Batch& batch, int64_t step, float
   Var* loss = ops::add(g, ops::byol_loss(g, q[0], z[1]), ops::byol_loss(g, q[1], z[0]));
   phases.enter("backward");
   g.backward(loss);
-  if (n.nonfinite) n.nonfinite->check_step(step, loss->value);  // before anything reads the gradients
+  if (n.ranks && n.ranks->size() > 1) {
+    // Data parallel: each rank's loss is the mean over its shard, so the mean of the ranks'
+    // gradients is the gradient of the global batch. One all-reduce per arena, issued once
+    // backward is done. Bucketed overlap would start each arena's (or each bucket's)
+    // all-reduce from Graph::backward as soon as its last gradient is final (the predictor's
+    // first, the backbone's last), on a stream / request of its own, and wait here.
+    phases.enter("gradient_all_reduce");
+    dist::all_reduce_mean_arena(*n.ranks, n.predictor->grads(), "the predictor's gradients");
+    dist::all_reduce_mean_arena(*n.ranks, n.projector->grads(), "the projector's gradients");
+    dist::all_reduce_mean_arena(*n.ranks, n.backbone->grads(), "the backbone's gradients");
+  }
+  if (n.nonfinite) n.nonfinite->check_step(step, loss->value);  // after the all-reduce: every rank judges the same gradients
   phases.enter("optimizer");
   n.opt_backbone->step(n.backbone->params(), n.backbone->grads(), lr);
   n.opt_projector->step(n.projector->params(), n.projector->grads(), lr);

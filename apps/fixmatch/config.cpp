@@ -36,6 +36,7 @@ void add_options(Options& o, Config& c) {
   o.add("eval-batch", &c.eval_batch, "images per evaluation batch").min(1);
   o.add("stop-after", &c.stop_after, "stop (with a checkpoint) after this step, to continue with --resume (0: never)").min(0);
   add_run_options(o, c.run);
+  add_distributed_options(o, c.dist);
 }
 
 }  // namespace tessera::fixmatch

@@ -91,9 +91,12 @@ int fixmatch_main(int argc, const char* const* argv) {
   TrainingRun run("fixmatch", options, c.run);  // on --resume: the saved configuration, checked
   if (c.run.threads > 0) omp_set_num_threads(c.run.threads);
   const uint64_t seed = static_cast<uint64_t>(c.run.seed);
+  dist::Communicator& ranks = start_processes("fixmatch", c.dist);  // the first line; rank 0 alone prints on
+  check_global_batch(ranks, "--batch-size", c.batch_size);
 
   std::string device_note;
   const Device device = select_device(c.run.device, &device_note);
+  if (device == Device::CUDA) ranks.attach_cuda();
   std::fprintf(stderr, "%s\n", device_note.c_str());
   const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
   if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());
@@ -125,6 +128,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   ms.num_classes = train.num_classes;
   if (const std::string p = ms.problem(); !p.empty()) throw UsageError(cat("--arch ", c.arch, ": ", p));
   Nets nets = build_nets(c, ms, device);
+  nets.ranks = &ranks;
 
   data::LoaderPosition position;
   int64_t step = run.start_step();
@@ -146,14 +150,17 @@ int fixmatch_main(int argc, const char* const* argv) {
   nets.nonfinite = &nonfinite.monitor();
   run.attach(nonfinite);
 
+  replicate_from_root(ranks, state_arenas(nets));
+
   run.begin(options.to_json());
-  if (!run.resuming()) data::write_labeled_subset(run.dir().path(data::kLabeledSubsetFile), train, seed, subset);
+  if (!run.resuming() && ranks.root()) data::write_labeled_subset(run.dir().path(data::kLabeledSubsetFile), train, seed, subset);
   std::fprintf(stderr, "fixmatch: %s, %ld labels, %s, %ld steps of %ld labeled + %ld unlabeled; run directory %s\n",
                train.name.c_str(), static_cast<long>(c.labels), c.arch.c_str(), static_cast<long>(c.steps),
                static_cast<long>(c.batch_size), static_cast<long>(unlabeled ? c.batch_size * c.mu : 0),
                run.dir().dir().c_str());
 
   auto save = [&](int64_t at, const data::LoaderPosition& pos) {
+    if (c.dist.check_replicas) check_replicas(ranks, replica_arenas(nets, c.dist.sync_bn), at);
     SafetensorsWriter w;
     add_state(w, nets, pos);
     run.save(w, at);
@@ -172,19 +179,23 @@ int fixmatch_main(int argc, const char* const* argv) {
     if (unlabeled) {
       // The unlabeled batch's true labels come with it (pinned staging, async upload): the
       // pseudo-label accuracy is counted on the device.
-      loader = data::make_fixmatch_loader(train, subset, train, c.batch_size, c.mu, weak, strong, seed, device, position);
+      loader = data::make_fixmatch_loader(train, subset, train, c.batch_size, c.mu, weak, strong, seed, device, position,
+                                          ranks.rank(), ranks.size());
     } else {  // the labeled stream and view of the FixMatch loader, alone
       data::LoaderConfig lc;
       lc.streams.push_back(data::LoaderStream{&train, subset, c.batch_size, data::SamplerPurpose::Main, true, false, true});
       lc.views = {data::LoaderView{0, &weak, 2}};
       lc.seed = seed;
       lc.device = device;
+      lc.shard = ranks.rank();
+      lc.shards = ranks.size();
       loader = std::make_unique<data::Loader>(std::move(lc), position);
     }
     const int64_t B = c.batch_size, U = unlabeled ? c.batch_size * c.mu : 0;
 
     Workspace ws(device);
     Graph g(ws);
+    g.set_batch_norm_group(c.dist.sync_bn ? &ranks : nullptr);
     StepTimer timer;
     Progress progress(c.steps, step);
     Window win;
@@ -207,6 +218,12 @@ int fixmatch_main(int argc, const char* const* argv) {
       // whole (log_every, 2) buffer into the shorter vectors used to fail there).
       copy_to_host(l.data(), Tensor(step_losses.t.ptr, Shape{pending, 2}, DType::F32, device), l.size() * sizeof(float));
       copy_to_host(n.data(), Tensor(step_counts.t.ptr, Shape{pending, 2}, DType::I32, device), n.size() * sizeof(int32_t));
+      if (ranks.size() > 1) {  // the global batch's: losses averaged, counts summed over the ranks
+        ranks.all_reduce_mean(l.data(), static_cast<int64_t>(l.size()), Device::CPU, "the logged losses");
+        std::vector<double> counts(n.begin(), n.end());
+        ranks.all_reduce_sum(counts.data(), static_cast<int64_t>(counts.size()), Device::CPU, "the logged counts");
+        for (size_t i = 0; i < n.size(); ++i) n[i] = static_cast<int32_t>(counts[i]);
+      }
       for (int64_t s = 0; s < pending; ++s) {
         const float sup_loss = l[static_cast<size_t>(2 * s)], unsup_loss = l[static_cast<size_t>(2 * s + 1)];
         if (!std::isfinite(sup_loss) || !std::isfinite(unsup_loss)) {
@@ -228,10 +245,11 @@ int fixmatch_main(int argc, const char* const* argv) {
     };
     const int64_t stop_at = c.stop_after > 0 ? std::min(c.stop_after, c.steps) : c.steps;
     // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
-    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
+    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device,
+                               ranks.root() ? run.dir().dir() : std::string());  // rank 0 writes profile.json
     const std::vector<TeacherPart> teacher_parts{{"", nets.smoother.get()}};
     const std::vector<int64_t> mosaic_steps = parse_mosaic_steps(c.mosaic_steps);
-    while (step < stop_at && !stop_requested()) {
+    while (step < stop_at && !stop_requested_on_any_rank(ranks)) {
       profiler.begin_step(step);
       profile::PhaseSequence phases;
       phases.enter("data");
@@ -256,7 +274,7 @@ int fixmatch_main(int argc, const char* const* argv) {
         nlohmann::json tev = teacher_event_fields(ages);
         tev["step"] = step;
         run.metrics().write("teacher", tev);
-        if (mosaic_step)
+        if (mosaic_step && ranks.root())
           write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
       }
       if (step % c.run.log_every == 0 || step == stop_at) {
@@ -283,7 +301,7 @@ int fixmatch_main(int argc, const char* const* argv) {
                                   : std::string());
         win.clear();
       }
-      if (c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
+      if (ranks.root() && c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
         const auto [t, s] = evaluate();
         run.metrics().write("eval", {{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}});
         progress.print(cat("step ", step, ": test top-1 teacher ", fixed2(t), "%, student ", fixed2(s), "%"));
@@ -306,6 +324,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   }
 
   // ---- final evaluation ----------------------------------------------------------------------
+  if (!ranks.root()) return 0;  // rank 0 evaluates; the others' part is done
   const auto [t, s] = evaluate();
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   run.metrics().write("final", {{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}, {"wall_s", wall}});

@@ -61,4 +61,16 @@ data::LoaderPosition load_state(const SafetensorsFile& f, Nets& n) {
   return data::LoaderPosition::unpack(f.i64("run.loader"));
 }
 
+NamedArenas replica_arenas(Nets& n, bool sync_bn) {
+  NamedArenas out{{"student parameters", &n.student->params()}, {"teacher parameters", &n.teacher->params()}};
+  if (sync_bn) {
+    out.emplace_back("student BN buffers", &n.student->buffers());
+    out.emplace_back("teacher BN buffers", &n.teacher->buffers());
+  }
+  for (const auto& [key, arena] : n.opt->state_arenas()) out.emplace_back("optimizer " + key, arena);
+  return out;
+}
+
+NamedArenas state_arenas(Nets& n) { return replica_arenas(n, /*sync_bn=*/true); }
+
 }  // namespace tessera::fixmatch

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "apps/fixmatch/config.h"
+#include "apps/run/distributed_run.h"
 #include "data/loader.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
@@ -28,7 +29,14 @@ struct Nets {
   // Checks the loss and gradients after backward, on the device (apps/run/nonfinite.h); the
   // run sets it, a test may leave it null.
   NonfiniteMonitor* nonfinite = nullptr;
+  // Data parallel: the ranks the gradients are averaged over right after backward (null: one
+  // process).
+  dist::Communicator* ranks = nullptr;
 };
+// Every arena of the run's state (what rank 0 broadcasts at the start and on resume), and
+// those that stay identical on every rank (BN buffers only when `sync_bn`).
+NamedArenas state_arenas(Nets& n);
+NamedArenas replica_arenas(Nets& n, bool sync_bn);
 
 // The student initialised from the run's seed, the teacher an exact copy of it, the optimizer's
 // state zero. `spec` is the classifier (its problem() already checked).

@@ -2,6 +2,7 @@
 
 #include "engine/check.h"
 #include "engine/dispatch.h"
+#include "engine/distributed.h"
 #include "engine/ops.h"
 #include "engine/workspace.h"
 #include "kernels/fixmatch_targets.h"
@@ -21,7 +22,9 @@ Tensor rows(const Tensor& t, int64_t begin, int64_t count) {
 void train_step(Nets& n, const Config& c, Graph& g, const data::Batch& batch, int64_t step, float lr, StepSlots slots,
                 profile::PhaseSequence& phases) {
   const bool unlabeled = c.lambda_u > 0;
-  const int64_t B = c.batch_size, U = unlabeled ? c.batch_size * c.mu : 0, N = B + 2 * U;
+  // This rank's shard of the global batch (--batch-size is global; its split is checked).
+  const int64_t ranks = n.ranks ? n.ranks->size() : 1;
+  const int64_t B = c.batch_size / ranks, U = unlabeled ? B * c.mu : 0, N = B + 2 * U;
   const Device device = n.student->device();
   Workspace& ws = g.workspace();
   phases.enter("zero_grad");
@@ -82,7 +85,15 @@ void train_step(Nets& n, const Config& c, Graph& g, const data::Batch& batch, in
   }
   phases.enter("backward");
   g.backward(loss);
-  if (n.nonfinite) n.nonfinite->check_step(step, loss->value);  // before anything reads the gradients
+  if (n.ranks && n.ranks->size() > 1) {
+    // Data parallel: the weighted cross-entropy is a mean over this rank's shard (its weights
+    // are n / b and n / u of the shard), so the ranks' mean gradient is the global batch's.
+    // One all-reduce of the gradient arena; bucketed overlap with backward would go into
+    // Graph::backward (see apps/byol/step.cpp).
+    phases.enter("gradient_all_reduce");
+    dist::all_reduce_mean_arena(*n.ranks, n.student->grads(), "the student's gradients");
+  }
+  if (n.nonfinite) n.nonfinite->check_step(step, loss->value);  // after the all-reduce: every rank judges the same gradients
   phases.enter("optimizer");
   n.opt->step(n.student->params(), n.student->grads(), lr);
   phases.enter("teacher_update");

@@ -41,6 +41,7 @@
 #include "engine/check.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
+#include "engine/distributed.h"
 #include "engine/profile.h"
 #include "engine/schedule.h"
 #include "engine/workspace.h"
@@ -81,6 +82,8 @@ int moco_main(int argc, const char* const* argv) {
   add_options(options, c);
   if (!options.parse(argc, argv)) return 0;
   TrainingRun run("moco", options, c.run);  // on --resume: the saved configuration, checked
+  if (const int n = dist::world().size(); n > 1)  // its queue and shuffled BN are not sharded yet
+    throw UsageError(cat("moco runs as one process: expected 1 rank, found ", n, " (docs/DISTRIBUTED.md)"));
   if (c.eval_only && !run.resuming()) throw UsageError("--eval-only evaluates a finished run: give it --resume DIR");
   if (c.run.threads > 0) omp_set_num_threads(c.run.threads);
 

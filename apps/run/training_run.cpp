@@ -4,19 +4,29 @@
 #include <exception>
 #include <filesystem>
 
+#include "apps/run/distributed_run.h"
 #include "engine/check.h"
+#include "engine/distributed.h"
 
 namespace tessera {
 
 int run_program(const char* program, const std::function<int()>& body) {
+  // One of several ranks: the error ends the job on every rank, with this rank's message
+  // (MPI_Abort), rather than leaving the others waiting in a collective.
+  auto fail = [&](const char* what, int code) {
+    if (dist::Communicator* w = dist::started_world(); w && w->size() > 1) {
+      dist::set_program_name(program);
+      w->abort(what, code);
+    }
+    std::fprintf(stderr, "%s: %s\n", program, what);
+    return code;
+  };
   try {
     return body();
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "%s: %s\n", program, e.what());
-    return 2;
+    return fail(e.what(), 2);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: %s\n", program, e.what());
-    return 1;
+    return fail(e.what(), 1);
   }
 }
 
@@ -56,7 +66,9 @@ TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run)
   const nlohmann::json now = options.to_json();
   for (auto it = saved.begin(); it != saved.end(); ++it) {
     const std::string& flag = it.key();
-    if (!options.given(flag) || changeable_on_resume(flag) || !now.contains(flag)) continue;
+    if (!options.given(flag) || changeable_on_resume(flag) || distributed_changeable_on_resume(flag) ||
+        !now.contains(flag))
+      continue;
     if (now[flag] != it.value())
       throw UsageError(cat("--", flag, " ", now[flag].dump(), " differs from the run being resumed (",
                            it.value().dump(), " in ", f.path(), "); a resumed run keeps its configuration"));
@@ -85,6 +97,15 @@ void TrainingRun::take_lock(const std::string& dir) {
 
 void TrainingRun::begin(const nlohmann::json& config) {
   config_ = config;
+  // Rank 0 alone writes the run directory. The barrier first: every rank has checked the
+  // directory (for_new_run refuses one that holds a run) before rank 0 starts filling it.
+  dist::Communicator& ranks = dist::world();
+  ranks.barrier("the start of the run");
+  if (!ranks.root()) {
+    metrics_ = MetricsLog("/dev/null", -1);
+    install_stop_handler();
+    return;
+  }
   dir_.create();
   if (!lock_.held()) {
     take_lock(dir_.dir());
@@ -103,6 +124,7 @@ std::string TrainingRun::last_checkpoint_note() const {
 
 void TrainingRun::save(SafetensorsWriter& w, int64_t step) {
   if (guard_) guard_->before_save(w, last_checkpoint_note());
+  if (!dist::world().root()) return;  // rank 0's state is the run's (docs/DISTRIBUTED.md)
   if (const std::string bad = w.first_nonfinite(); !bad.empty())
     throw Error(cat(dir_.checkpoint(), ": not saving step ", step, ": ", bad, " is not finite; ", last_checkpoint_note()));
   w.add_metadata(kProgramKey, program_);

@@ -4,9 +4,11 @@
 //   bench augment         the augmentation pipeline, images/s (augment.cpp)
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <exception>
 
 #include "apps/tools/bench/bench.h"
+#include "apps/run/training_run.h"
 #include "engine/check.h"
 #include "kernels/cpu/blas_kernels.h"
 
@@ -24,15 +26,9 @@ int main(int argc, char** argv) {
   if (argc >= 2) {
     for (const Command& c : commands) {
       if (std::strcmp(argv[1], c.name) != 0) continue;
-      try {
-        return c.run(argc - 1, argv + 1);
-      } catch (const tessera::UsageError& e) {
-        std::fprintf(stderr, "bench %s: %s\n", c.name, e.what());
-        return 2;
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "bench %s: %s\n", c.name, e.what());
-        return 1;
-      }
+      // Exit 2 on a usage error, 1 on another; under mpirun the error ends every rank.
+      const std::string program = std::string("bench ") + c.name;
+      return tessera::run_program(program.c_str(), [&] { return c.run(argc - 1, argv + 1); });
     }
   }
   std::fprintf(stderr, "usage: bench train-step|teacher-update|augment [flags] (each takes --help)\n");

@@ -8,7 +8,13 @@
 // Prints the median ms per step over --steps timed steps after --warmup untimed ones (the
 // first step sizes the workspace and, on CUDA, picks the cuDNN algorithms), images/s and the
 // workspace high-water mark (and what the tape holds when the forward ends: the saved
-// activations); the last line is one JSON object. bench/torch_train_step.py is
+// activations); the last line is one JSON object.
+//
+// Under mpirun (`mpirun -np N build/bench train-step --batch B ...`) --batch is the global
+// batch: each rank steps on B / N images and the gradients are averaged with one all-reduce
+// (as byol and fixmatch do); rank 0 reports the step time, the global images/s and the
+// all-reduce's share. bench/distributed_scaling.sh runs 1 and N ranks and prints the scaling
+// efficiency. bench/torch_train_step.py is
 // PyTorch's side of the same measurement.
 #include <nlohmann/json.hpp>
 
@@ -28,6 +34,7 @@
 #include "engine/check.h"
 #include "engine/cpu_kernels.h"
 #include "engine/device.h"
+#include "engine/distributed.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
 #include "engine/optimizer.h"
@@ -95,8 +102,20 @@ int bench_train_step(int argc, char** argv) {
   if (const std::string p = spec.problem(); !p.empty()) throw UsageError(p);
   if (spec.num_classes < 1) throw UsageError("--num-classes: the step needs a classifier, expected >= 1");
 
+  dist::set_program_name("bench");
+  dist::Communicator& ranks = dist::world();
+  std::printf("processes: %s\n", ranks.description().c_str());
+  std::fflush(stdout);
+  dist::silence_other_ranks(ranks);
+  if (batch % ranks.size() != 0)
+    throw UsageError(cat("--batch ", batch, " is the global batch: expected a multiple of the ", ranks.size(),
+                         " ranks, found ", batch));
+  const int global_batch = batch;
+  batch /= ranks.size();  // this rank's shard
+
   std::string note;
   const Device device = select_device(device_flag, &note);
+  if (device == Device::CUDA) ranks.attach_cuda();
   std::printf("%s\n", note.c_str());
   const std::string kernels_note = select_cpu_kernels(cpu_kernels_flag);  // UsageError on a bad value
   if (device == Device::CPU) std::printf("%s\n", kernels_note.c_str());
@@ -116,7 +135,7 @@ int bench_train_step(int argc, char** argv) {
 
   Workspace ws(device);
   Graph g(ws);
-  std::vector<double> ms, cpu_ms;  // wall, and the process's CPU time (all threads)
+  std::vector<double> ms, cpu_ms, reduce_ms;  // wall, the process's CPU time (all threads), the all-reduce
   auto cpu_now = [] {
     timespec t;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
@@ -141,6 +160,13 @@ int bench_train_step(int argc, char** argv) {
     forward_held = ws.used();
     phases.enter("backward");
     g.backward(loss);
+    synchronize(device);
+    const auto r0 = std::chrono::steady_clock::now();
+    if (ranks.size() > 1) {
+      phases.enter("gradient_all_reduce");
+      dist::all_reduce_mean_arena(ranks, model->grads(), "the gradients");
+    }
+    const double step_reduce_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - r0).count();
     phases.enter("optimizer");
     sgd.step(model->params(), model->grads(), 0.01f);
     phases.leave();
@@ -148,7 +174,7 @@ int bench_train_step(int argc, char** argv) {
     const double step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     const double step_cpu_ms = cpu_now() - c0;
     profiler.end_step(k);  // the last step of a window prints the table: not in step_ms
-    if (k >= warmup) ms.push_back(step_ms), cpu_ms.push_back(step_cpu_ms);
+    if (k >= warmup) ms.push_back(step_ms), cpu_ms.push_back(step_cpu_ms), reduce_ms.push_back(step_reduce_ms);
     if (k + 1 == warmup + steps) loss_value = to_host_f32(loss->value)[0];
   }
   profiler.finish();
@@ -172,7 +198,14 @@ int bench_train_step(int argc, char** argv) {
   // the step's own cost; with more it also counts OpenMP threads spinning at barriers.
   std::sort(cpu_ms.begin(), cpu_ms.end());
   const double cpu_median = cpu_ms[cpu_ms.size() / 2];
-  const double images_per_s = batch / median * 1e3;
+  const double images_per_s = global_batch / median * 1e3;  // all ranks together
+  std::sort(reduce_ms.begin(), reduce_ms.end());
+  const double reduce_median = reduce_ms[reduce_ms.size() / 2];
+  if (ranks.size() > 1)
+    std::printf("%d ranks, global batch %d (%d a rank): gradient all-reduce %.2f ms/step (median; %.1f%% of the step), "
+                "%.2f MB a rank a step\n",
+                ranks.size(), global_batch, batch, reduce_median, 100 * reduce_median / median,
+                static_cast<double>(model->param_table().arena_numel()) * 4 / 1e6);
   // The workspace's peak: the step's activations and saved tensors plus the scratch region.
   const double mib = 1 << 20, peak_mb = static_cast<double>(ws.peak_bytes()) / mib;
   rusage usage{};
@@ -194,7 +227,8 @@ int bench_train_step(int argc, char** argv) {
                       {"workspace_high_water_bytes", ws.peak_bytes()},
                       {"workspace_step_bytes", ws.high_water()}, {"workspace_scratch_bytes", ws.scratch_high_water()},
                       {"workspace_forward_held_bytes", forward_held}, {"peak_rss_mib", rss_mb},
-                      {"ms_all", ms},
+                      {"ms_all", ms}, {"ranks", ranks.size()}, {"global_batch", global_batch},
+                      {"all_reduce_ms_per_step", reduce_median},
                       {"loss", loss_value}};
   std::printf("%s\n", j.dump().c_str());
   return 0;

@@ -1,0 +1,60 @@
+#include "apps/run/distributed_run.h"
+
+#include <cstdio>
+
+#include "apps/run/run_directory.h"
+#include "engine/arena.h"
+#include "engine/check.h"
+
+namespace tessera {
+
+void add_distributed_options(Options& o, DistributedOptions& d) {
+  o.section("processes (mpirun / srun; docs/DISTRIBUTED.md)");
+  o.flag("sync-bn", &d.sync_bn,
+         "batch norm statistics over the global batch of all ranks (one all-reduce per layer each way); "
+         "without it each rank normalises its own shard");
+  o.add("collective-timeout", &d.collective_timeout,
+        "seconds a collective may wait for the other ranks before the job is ended on all of them")
+      .min(0, /*inclusive=*/false);
+  o.flag("check-replicas", &d.check_replicas,
+         "at every checkpoint, check that every rank's parameters and teacher equal rank 0's bit for bit");
+}
+
+bool distributed_changeable_on_resume(const std::string& flag) {
+  return flag == "collective-timeout" || flag == "check-replicas";
+}
+
+dist::Communicator& start_processes(const char* program, const DistributedOptions& d) {
+  dist::set_program_name(program);
+  dist::Communicator& c = dist::world();
+  c.set_timeout(d.collective_timeout);
+  std::fprintf(stderr, "processes: %s\n", c.description().c_str());
+  dist::silence_other_ranks(c);
+  return c;
+}
+
+void check_global_batch(const dist::Communicator& c, const char* flag, int64_t batch) {
+  if (batch % c.size() != 0)
+    throw UsageError(cat(flag, " ", batch, " is the global batch and must split evenly over the ", c.size(),
+                         " ranks: expected a multiple of ", c.size(), ", found ", batch, " (remainder ",
+                         batch % c.size(), ")"));
+}
+
+bool stop_requested_on_any_rank(dist::Communicator& c) {
+  double stop = stop_requested() ? 1.0 : 0.0;
+  if (c.size() > 1) c.all_reduce_sum(&stop, 1, Device::CPU, "the stop check");
+  return stop > 0;
+}
+
+void replicate_from_root(dist::Communicator& c, const NamedArenas& arenas) {
+  for (const auto& [name, a] : arenas) dist::broadcast_arena(c, *a, name.c_str());
+}
+
+void check_replicas(dist::Communicator& c, const NamedArenas& arenas, int64_t step) {
+  if (c.size() == 1) return;
+  for (const auto& [name, a] : arenas) dist::check_replicas(c, *a, name);
+  std::fprintf(stderr, "replicas: %zu arenas bit-identical on all %d ranks at step %ld\n", arenas.size(), c.size(),
+               static_cast<long>(step));
+}
+
+}  // namespace tessera
