@@ -88,6 +88,8 @@ const SafetensorsFile& TrainingRun::checkpoint() const {
 }
 
 void TrainingRun::take_lock(const std::string& dir) {
+  // One lock per job: rank 0 holds it for all ranks (they write nothing in the directory).
+  if (!dist::world().root()) return;
   std::string stale;
   lock_ = RunLock::acquire(dir, &stale);
   if (!stale.empty())
