@@ -73,9 +73,13 @@ std::string decode(const std::string& path, int channels, int side, uint8_t* out
   const int crop = std::min(w, h);
   const int x0 = (w - crop) / 2, y0 = (h - crop) / 2;
   std::vector<uint8_t> resized(static_cast<size_t>(side) * side * channels);
+  // Catmull-Rom (PIL's bicubic), not the triangle filter: Debian's stb_image_resize fails an
+  // assertion (total < 1.1f, an abort) when it shrinks with the triangle filter from 41-43 and
+  // many other sides to 32 (tests/fuzz/folder_fuzz.cpp found it; a 43x43 PNG is enough).
+  // Box, cubic B-spline, Catmull-Rom and Mitchell pass every side from 1 to 448 into 8..96.
   const int ok = stbir_resize_uint8_generic(pixels + (int64_t{y0} * w + x0) * channels, crop, crop,
                                             w * channels, resized.data(), side, side, side * channels, channels,
-                                            STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_CLAMP, STBIR_FILTER_TRIANGLE,
+                                            STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_CLAMP, STBIR_FILTER_CATMULLROM,
                                             STBIR_COLORSPACE_LINEAR, nullptr);
   stbi_image_free(pixels);
   if (!ok) return cat(path, ": expected an image stb_image_resize can scale, found ", w, "x", h);

@@ -347,6 +347,25 @@ TEST(FolderReader, ClassesCropResizeAndSplits) {
                {"nothing", "no such folder"});
 }
 
+// Shrinking to 32 from every side between 33 and 130 (the fuzzer found a 43x43 PNG aborting
+// inside stb_image_resize's triangle filter), and a flat image stays flat.
+TEST(ImageFolder, ResizesEverySideWithoutAborting) {
+  TempDir dir;
+  fs::create_directories(dir / "train/flat");
+  std::vector<uint8_t> grey(130 * 130, 100);
+  for (int side = 33; side <= 130; ++side) {
+    const std::string file = (dir / "train/flat/a.png");
+    ASSERT_TRUE(stbi_write_png(file.c_str(), side, side, 1, grey.data(), side));
+    DataOptions opt;
+    opt.channels = 1;
+    opt.image_size = 32;
+    const Dataset d = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, opt);
+    ASSERT_EQ(d.size, 1) << side;
+    EXPECT_NEAR(d.image(0)[0], 100, 1) << side;
+    EXPECT_NEAR(d.image(0)[32 * 32 - 1], 100, 1) << side;
+  }
+}
+
 // ---- the Debian package ----------------------------------------------------------------
 
 TEST(FashionMnist, LoadsFromDebianPackageWithNoPath) {
