@@ -3,6 +3,7 @@
 // elements of a 64 x 32 x 32 batch loses about 3 digits); each contiguous HW row is summed
 // in float first, so the inner loops still vectorise.
 #include "kernels/batch_norm.h"
+#include "kernels/cpu/batch_norm_sums.h"
 
 #include <cmath>
 #include <utility>
@@ -92,18 +93,7 @@ void backward(const float* x, const float* dy, const float* gamma, Stats stats, 
     const std::pair<float, float> channel_stats = stats(ch);
     const float mean = channel_stats.first, invstd = channel_stats.second;
     double sum_dy = 0, sum_dy_xhat = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* xr = x + (i * c + ch) * hw;
-      const float* gr = dy + (i * c + ch) * hw;
-      float s = 0, sx = 0;
-#pragma omp simd reduction(+ : s, sx)
-      for (int64_t p = 0; p < hw; ++p) {
-        s += gr[p];
-        sx += gr[p] * (xr[p] - mean);
-      }
-      sum_dy += s;
-      sum_dy_xhat += static_cast<double>(sx) * invstd;
-    }
+    batch_norm_channel_sums(x, dy, mean, invstd, n, c, hw, ch, &sum_dy, &sum_dy_xhat);
     dgamma[ch] = (accumulate & kBnAccumulateDgamma ? dgamma[ch] : 0.0f) + static_cast<float>(sum_dy_xhat);
     dbeta[ch] = (accumulate & kBnAccumulateDbeta ? dbeta[ch] : 0.0f) + static_cast<float>(sum_dy);
     const float k = gamma[ch] * invstd;

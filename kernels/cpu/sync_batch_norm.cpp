@@ -4,6 +4,8 @@
 // kernels/cpu/batch_norm.cpp does.
 #include "kernels/sync_batch_norm.h"
 
+#include "kernels/cpu/batch_norm_sums.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -47,20 +49,8 @@ void batch_norm_backward_sums(const float* x, const float* dy, const float* mean
                               double* global, int64_t n, int64_t c, int64_t hw) {
 #pragma omp parallel for schedule(static)
   for (int64_t ch = 0; ch < c; ++ch) {
-    const float mu = mean[ch];
     double s = 0, sx = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* xr = x + (i * c + ch) * hw;
-      const float* gr = dy + (i * c + ch) * hw;
-      float rs = 0, rx = 0;
-#pragma omp simd reduction(+ : rs, rx)
-      for (int64_t p = 0; p < hw; ++p) {
-        rs += gr[p];
-        rx += gr[p] * (xr[p] - mu);
-      }
-      s += rs;
-      sx += static_cast<double>(rx) * invstd[ch];
-    }
+    batch_norm_channel_sums(x, dy, mean[ch], invstd[ch], n, c, hw, ch, &s, &sx);
     local[ch] = global[ch] = s;
     local[c + ch] = global[c + ch] = sx;
   }
