@@ -70,6 +70,10 @@ class Single final : public Communicator {
   std::string description() const override { return cat("1 process (", why_, ")"); }
   void all_reduce_mean(float*, int64_t, Device, const char*) override {}
   void all_reduce_sum(double*, int64_t, Device, const char*) override {}
+  void all_gather(const float* send, float* recv, int64_t count, Device device, const char*) override {
+    if (send == recv) return;
+    copy(Tensor(recv, Shape{count}, DType::F32, device), Tensor(const_cast<float*>(send), Shape{count}, DType::F32, device));
+  }
   void broadcast(void*, int64_t, Device, const char*, int) override {}
   void barrier(const char*) override {}
   [[noreturn]] void abort(const std::string& message, int exit_code) override {
@@ -129,6 +133,19 @@ class Mpi final : public Communicator {
     if (device == Device::CUDA) return device_all_reduce(data, count, /*mean=*/false, what);
     MPI_Request r;
     check(MPI_Iallreduce(MPI_IN_PLACE, data, to_int(count, what), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &r), what);
+    wait(r, what);
+  }
+
+  void all_gather(const float* send, float* recv, int64_t count, Device device, const char* what) override {
+    to_int(count * size_, what);  // the receive buffer's size is an MPI int too
+    // In place when the rank's own part already sits at its place in recv (MPI_IN_PLACE, NCCL's
+    // sendbuff == recvbuff + rank * count).
+    const bool in_place = send == recv + count * rank_;
+    if (device == Device::CUDA) return device_all_gather(send, recv, count, what);
+    MPI_Request r;
+    check(MPI_Iallgather(in_place ? MPI_IN_PLACE : send, to_int(count, what), MPI_FLOAT, recv, to_int(count, what),
+                         MPI_FLOAT, MPI_COMM_WORLD, &r),
+          what);
     wait(r, what);
   }
 
@@ -238,6 +255,17 @@ class Mpi final : public Communicator {
     throw Error(cat(what, ": a CUDA buffer, and this build has no NCCL"));
 #endif
   }
+  void device_all_gather(const float* send, float* recv, int64_t count, const char* what) {
+#if TESSERA_NCCL
+    TS_CHECK(nccl_, what, ": a device buffer gathered before attach_cuda()");
+    nccl_check(ncclAllGather(send, recv, static_cast<size_t>(count), ncclFloat32, nccl_, kernels::cuda::runtime().stream),
+               what);
+    wait_device(what);
+#else
+    (void)send, (void)recv, (void)count;
+    throw Error(cat(what, ": a CUDA buffer, and this build has no NCCL"));
+#endif
+  }
   void device_broadcast(void* data, int64_t bytes, const char* what, int root) {
 #if TESSERA_NCCL
     TS_CHECK(nccl_, what, ": a device buffer broadcast before attach_cuda()");
@@ -343,6 +371,33 @@ void check_replicas(Communicator& c, const Arena& a, const std::string& what) {
     message += cat(message.empty() ? "" : "; ", "rank ", r, "'s ", what, " differs from rank 0's in ", count, " of ",
                    a.table().total_numel(), " values, first in '", a.table()[static_cast<size_t>(a.table().slot_of(at))].name,
                    "'");
+  }
+  if (!message.empty()) throw Error(message);
+}
+
+void check_replicas(Communicator& c, const Tensor& t, const std::string& what) {
+  if (c.size() == 1) return;
+  const size_t bytes = t.bytes(), elem = dtype_size(t.dtype);
+  std::vector<char> mine(bytes), root(bytes);
+  copy_to_host(mine.data(), t, bytes);
+  root = mine;
+  c.broadcast(root.data(), static_cast<int64_t>(bytes), Device::CPU, "the replica check");
+  std::vector<double> report(static_cast<size_t>(2 * c.size()), 0.0);  // per rank: count, first (as above)
+  int64_t differ = 0, first = -1;
+  for (size_t i = 0; i < bytes; i += elem) {
+    if (std::memcmp(&mine[i], &root[i], elem) == 0) continue;
+    if (first < 0) first = static_cast<int64_t>(i / elem);
+    ++differ;
+  }
+  report[static_cast<size_t>(2 * c.rank())] = static_cast<double>(differ);
+  report[static_cast<size_t>(2 * c.rank() + 1)] = static_cast<double>(first);
+  c.all_reduce_sum(report.data(), static_cast<int64_t>(report.size()), Device::CPU, "the replica check");
+  std::string message;
+  for (int r = 1; r < c.size(); ++r) {
+    const auto count = static_cast<int64_t>(report[static_cast<size_t>(2 * r)]);
+    if (count == 0) continue;
+    message += cat(message.empty() ? "" : "; ", "rank ", r, "'s ", what, " differs from rank 0's in ", count, " of ",
+                   t.numel(), " values, first at flat index ", static_cast<int64_t>(report[static_cast<size_t>(2 * r + 1)]));
   }
   if (!message.empty()) throw Error(message);
 }

@@ -8,19 +8,21 @@
 //                    (sum dy, sum dy * xhat) per layer backward (engine/ops_norm.cpp)
 //   start / resume   broadcast of every parameter, buffer and optimizer-state arena from rank 0
 //   logging          all_reduce of a few floats (the loss, FixMatch's counts) at log steps
+//   MoCo shuffle BN  all_gather of the key views and of the keys per step (apps/moco/step.h)
 //
 // Transports: MPI's collectives for host buffers, NCCL's for device buffers (one GPU per
 // local rank; the NCCL communicator is bootstrapped by broadcasting its unique id over MPI).
 // Nothing is home-made. A build without MPI, or a program not started by a launcher, is one
-// process: every collective is then a no-op on its own data.
+// process: every collective is then a no-op on its own data (all_gather a copy).
 //
 // Failure: no collective waits forever. Host collectives are MPI's non-blocking ones
-// (MPI_Iallreduce, MPI_Ibcast, MPI_Ibarrier) polled with MPI_Test until a deadline
-// (set_timeout, --collective-timeout); NCCL's gradient all-reduces and broadcasts are waited
-// for likewise, polling cudaStreamQuery and ncclCommGetAsyncError (SyncBN's NCCL all-reduces
-// are not waited for one by one: they run on the same stream before the step's gradient
-// all-reduce, whose wait covers them). Past the deadline, or on any error a rank
-// reports (abort()), the job ends on every rank through MPI_Abort with that rank's message.
+// (MPI_Iallreduce, MPI_Iallgather, MPI_Ibcast, MPI_Ibarrier) polled with MPI_Test until a
+// deadline (set_timeout, --collective-timeout); NCCL's gradient all-reduces, all-gathers and
+// broadcasts are waited for likewise, polling cudaStreamQuery and ncclCommGetAsyncError
+// (SyncBN's NCCL all-reduces are not waited for one by one: they run on the same stream
+// before the step's gradient all-reduce, whose wait covers them). Past the deadline, or on
+// any error a rank reports (abort()), the job ends on every rank through MPI_Abort with that
+// rank's message.
 // A rank killed outright (kill -9) is noticed by the launcher (mpirun, srun), which ends the
 // others; the deadline covers what a launcher cannot see (a rank stopped or stuck).
 #pragma once
@@ -32,6 +34,7 @@
 
 namespace tessera {
 class Arena;
+struct Tensor;
 }
 
 namespace tessera::dist {
@@ -53,6 +56,10 @@ class Communicator {
   virtual void all_reduce_mean(float* data, int64_t count, Device device, const char* what) = 0;
   // data (count) on `device`, in place: the sum over ranks (statistics, counts).
   virtual void all_reduce_sum(double* data, int64_t count, Device device, const char* what) = 0;
+  // send (count) on `device` -> recv (size() * count) on `device`: every rank's `count` floats
+  // concatenated in rank order, on every rank (rank r's at recv + r * count). recv must not
+  // overlap send unless send == recv + rank() * count (in place). One process: a copy.
+  virtual void all_gather(const float* send, float* recv, int64_t count, Device device, const char* what) = 0;
   // data (bytes) on `device`: rank `root`'s bytes on every rank.
   virtual void broadcast(void* data, int64_t bytes, Device device, const char* what, int root = 0) = 0;
   virtual void barrier(const char* what) = 0;
@@ -93,5 +100,8 @@ void all_reduce_mean_arena(Communicator& c, Arena& a, const char* what);
 // An Error on every rank when some rank's copy of `a` differs from rank 0's in any bit, naming
 // the ranks, the first slot that differs and how many values do. Every rank must call it.
 void check_replicas(Communicator& c, const Arena& a, const std::string& what);
+// The same for a tensor that is not in an arena (MoCo's queue and its pointer): the first
+// element (flat index) that differs.
+void check_replicas(Communicator& c, const Tensor& t, const std::string& what);
 
 }  // namespace tessera::dist

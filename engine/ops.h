@@ -94,10 +94,15 @@ Var* global_avg_pool(Graph& g, Var* x);
 // logit is the row's first maximum (InfoNCE top-1).
 Var* infonce_loss(Graph& g, Var* q, const Tensor& k, const Tensor& queue, float temperature,
                   const Tensor& accuracy = Tensor());
-// No-grad: keys (N, D) into rows ptr .. ptr + N - 1 of the ring queue (K, D), on its device.
-// N must divide K and ptr be a multiple of N below K (an Error says which is not); returns
-// the next pointer, (ptr + N) mod K. `skip`: a device flag (kernels/nonfinite.h) that, when
-// non-zero, leaves the queue as it is; the pointer advances either way (no host sync).
+// No-grad: keys (N, D) into rows ptr .. ptr + N - 1 of the ring queue (K, D), on its device,
+// then ptr <- (ptr + N) mod K, where ptr is an i32 (1) tensor on the queue's device (its value
+// is never read on the host: no sync). N must divide K (an Error says so otherwise); ptr must
+// hold a multiple of N below K. `skip`: a device flag (kernels/nonfinite.h) that, when
+// non-zero, leaves the rows and the pointer as they are: a skipped step changes nothing.
+void queue_enqueue(const Tensor& queue, const Tensor& keys, const Tensor& ptr, const int32_t* skip = nullptr);
+// The same with the pointer on the host: returns (ptr + N) mod K, which cannot see a device
+// skip flag, so the pointer moves on even when `skip` kept the keys out. Tests use it; a
+// training loop wants the form above.
 int64_t queue_enqueue(const Tensor& queue, const Tensor& keys, int64_t ptr, const int32_t* skip = nullptr);
 
 }  // namespace tessera::ops

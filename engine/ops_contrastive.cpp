@@ -4,6 +4,8 @@
 // The keys and the queue are read again by the backward: the caller enqueues after backward().
 #include <climits>
 #include <cmath>
+#include <cstdint>
+#include <vector>
 
 #include "engine/check.h"
 #include "engine/dispatch.h"
@@ -55,20 +57,41 @@ Var* infonce_loss(Graph& g, Var* q, const Tensor& k, const Tensor& queue, float 
   return loss;
 }
 
-int64_t queue_enqueue(const Tensor& queue, const Tensor& keys, int64_t ptr, const int32_t* skip) {
+namespace {
+
+void check_enqueue(const Tensor& queue, const Tensor& keys) {
   const Shape &us = queue.shape, &ks = keys.shape;
   TS_CHECK(us.ndim == 2 && us[0] > 0 && us[1] > 0, "queue_enqueue: expected a queue (K, D), found ", us.str());
   TS_CHECK(ks.ndim == 2 && ks[0] > 0 && ks[1] == us[1], "queue_enqueue: expected keys (N, ", us[1],
            ") for the queue ", us.str(), ", found ", ks.str());
   TS_CHECK(us[0] % ks[0] == 0, "queue_enqueue: the batch of ", ks[0], " keys must divide the queue length ", us[0],
            " (MoCo's ring fills whole batches; choose --queue a multiple of --batch-size)");
-  TS_CHECK(ptr >= 0 && ptr < us[0] && ptr % ks[0] == 0, "queue_enqueue: expected a pointer in [0, ", us[0],
-           ") that is a multiple of ", ks[0], ", found ", ptr);
+  TS_CHECK(us[0] < INT32_MAX, "queue_enqueue: a queue of ", us[0], " rows is over the i32 pointer's range");
   TS_CHECK(queue.dtype == DType::F32 && keys.dtype == DType::F32, "queue_enqueue: queue and keys must be f32, found ",
            queue.str(), " and ", keys.str());
   check_same_device("queue_enqueue", queue, keys);
-  TS_DISPATCH(queue.device, queue_enqueue, queue.f32(), keys.f32(), us[0], ks[0], ks[1], ptr, skip);
-  return (ptr + ks[0]) % us[0];
+}
+
+}  // namespace
+
+void queue_enqueue(const Tensor& queue, const Tensor& keys, const Tensor& ptr, const int32_t* skip) {
+  check_enqueue(queue, keys);
+  TS_CHECK(ptr.shape == Shape{1} && ptr.dtype == DType::I32, "queue_enqueue: expected a pointer i32 (1), found ",
+           ptr.str());
+  check_same_device("queue_enqueue", queue, ptr);
+  TS_DISPATCH(queue.device, queue_enqueue, queue.f32(), keys.f32(), queue.shape[0], keys.shape[0], keys.shape[1],
+              ptr.i32(), skip);
+}
+
+int64_t queue_enqueue(const Tensor& queue, const Tensor& keys, int64_t ptr, const int32_t* skip) {
+  check_enqueue(queue, keys);
+  const int64_t k = queue.shape[0], n = keys.shape[0];
+  TS_CHECK(ptr >= 0 && ptr < k && ptr % n == 0, "queue_enqueue: expected a pointer in [0, ", k,
+           ") that is a multiple of ", n, ", found ", ptr);
+  const OwnedTensor on_device(queue.device, Shape{1}, DType::I32);
+  from_host(on_device.t, std::vector<int32_t>{static_cast<int32_t>(ptr)});
+  queue_enqueue(queue, keys, on_device.t, skip);
+  return (ptr + n) % k;
 }
 
 }  // namespace tessera::ops

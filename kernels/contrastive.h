@@ -12,8 +12,13 @@
 //                     dlogits_ij = s (softmax_ij - [j == 0]) with s = scale dloss[0] (written,
 //                     (n, 1 + K) scratch), dq_i += (1 / T) sum_j dlogits_ij key_j, key_0 = k_i,
 //                     key_{j+1} = queue_j. 2 n (K + 1) d FLOPs (one GEMM) + n (K + 1) exp.
-//   queue_enqueue     queue[(ptr + i) mod K] = keys[i] for i < n: the ring buffer stays in the
-//                     device's memory (no host round trip). 8 n d bytes.
+//   queue_enqueue     queue[(ptr + i) mod K] = keys[i] for i < n, then ptr = (ptr + n) mod K, with
+//                     ptr (the ring's write position) a device int: the ring buffer and its
+//                     position stay in the device's memory (no host round trip). When the skip
+//                     flag is set (--on-nonfinite skip dropped the step) neither the rows nor the
+//                     position change, so a skipped step leaves the queue exactly as it was; a
+//                     position kept on the host could not see the flag without a sync.
+//                     8 n d + 8 bytes.
 // CPU: OpenMP over rows, dot products and row sums in double. CUDA: cuBLAS SGEMM for the
 // (n, K) block of logits and for dq, one warp per row for the rest (kernels/cuda/warp.cuh).
 // Tests: tests/ops_contrastive_test.cpp (float64 reference, gradient checks, the positive
@@ -33,8 +38,8 @@
   void infonce_backward(const float* k, const float* queue, const float* logits, const float* lse, \
                         const float* dloss, float scale, float* dlogits, float* dq, int64_t n,   \
                         int64_t kq, int64_t d, float inv_temp);                                  \
-  /* queue (kq, d), keys (n, d); skip: a device flag, non-zero writes nothing (or null) */     \
-  void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr,  \
+  /* queue (kq, d), keys (n, d), ptr (1) in [0, kq), advanced; skip: device flag or null */   \
+  void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int32_t* ptr, \
                      const int32_t* skip);
 
 namespace kernels::cpu {
@@ -55,7 +60,7 @@ TS_KERNEL_COST(infonce_backward, const float*, const float*, const float*, const
                float*, int64_t n, int64_t kq, int64_t d, float) {
   return {4.0 * (3.0 * n + kq) * d + 8.0 * n * (kq + 1) + 4.0 * n, 2.0 * n * (kq + 1) * d + 3.0 * n * (kq + 1)};
 }
-TS_KERNEL_COST(queue_enqueue, float*, const float*, int64_t, int64_t n, int64_t d, int64_t, const int32_t*) {
-  return {8.0 * n * d, 0.0};
+TS_KERNEL_COST(queue_enqueue, float*, const float*, int64_t, int64_t n, int64_t d, int32_t*, const int32_t*) {
+  return {8.0 * n * d + 8.0, 0.0};
 }
 }  // namespace kernels

@@ -313,6 +313,91 @@ TEST(Distributed, BatchThatDoesNotSplitIsAUsageError) {
   EXPECT_FALSE(fs::exists(data().root + "/odd/config.json"));
 }
 
+// ---- moco: shuffle BN across ranks --------------------------------------------------------
+
+// MoCo v2 on a width-4 ResNet-18: global batch 16 (8 a rank), a queue of 2 global batches, key
+// BN in 4 groups (2 per rank's shuffled slice), 4 steps an epoch.
+std::vector<std::string> moco_args(const std::string& out, std::vector<std::string> more = {}) {
+  std::vector<std::string> a{"--data", "mnist:" + data().root + "/data", "--out", out, "--device", "cpu", "--width",
+                             "4", "--head-hidden", "16", "--head-dim", "8", "--batch-size", "16", "--queue", "32",
+                             "--bn-splits", "4", "--epochs", "2", "--lr", "0.8", "--momentum", "0.9",
+                             "--log-every", "1", "--save-every", "4", "--eval-batch", "32", "--probe-epochs", "1",
+                             "--cpu-kernels", "reference"};
+  a.insert(a.end(), more.begin(), more.end());
+  return a;
+}
+
+// Two ranks with shuffle BN: --check-replicas finds the query and key encoders, the optimizer
+// state, the queue and its pointer bit-identical on both ranks at each checkpoint (the queue
+// too: every rank enqueues the gathered global batch); the program says which BN scheme it
+// used, on its startup line and in config.json; metrics describe the global batch.
+TEST(Distributed, MocoTwoRanksShuffleBnKeepsReplicasAndQueuesIdentical) {
+  SKIP_WITHOUT_MPI();
+  const std::string two = data().out("moco-2");
+  const Result r = run(2, "moco", moco_args(two, {"--check-replicas", "--smoothing", "sts"}));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("processes: 2 ranks over MPI"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("moco: key encoder BN: shuffle BN across 2 ranks: each rank normalises a slice of 8 images "
+                          "of the shuffled global batch as 2 sub-batches of 4"),
+            std::string::npos)
+      << r.output;
+  // 6 arenas: 4 networks' parameters, 2 optimizers' momentum; 2 tensors: queue and pointer.
+  for (const char* step : {"4", "8"})
+    EXPECT_NE(r.output.find(cat("replicas: 6 arenas and 2 tensors bit-identical on all 2 ranks at step ", step)),
+              std::string::npos)
+        << r.output;
+  const nlohmann::json config = nlohmann::json::parse(read_file(two + "/config.json"));
+  EXPECT_EQ(config["key-encoder-bn"].get<std::string>().rfind("shuffle BN across 2 ranks", 0), 0u) << config.dump();
+  // The InfoNCE accuracy of the global batch: a whole number of its 16 queries, in percent.
+  const std::vector<double> acc = train_values(two, "infonce_top1"), loss = train_values(two, "loss");
+  ASSERT_EQ(acc.size(), 8u);
+  for (double a : acc) EXPECT_NEAR(a * 16 / 100.0, std::round(a * 16 / 100.0), 1e-4) << a;
+  // Step 1 against a queue of random unit vectors: below log(K + 1) (uniform logits) only if
+  // each query's positive is the key of its own image, i.e. the un-shuffle put it back.
+  EXPECT_LT(loss[0], std::log(33.0));
+  std::printf("moco 2 ranks, shuffle BN: loss %.4f -> %.4f, InfoNCE top-1 %.2f%% -> %.2f%%\n", loss[0], loss.back(),
+              acc[0], acc.back());
+  size_t finals = 0;
+  for (const nlohmann::json& e : program_runs::events(two)) finals += e["event"] == "final";
+  EXPECT_EQ(finals, 1u);
+}
+
+// A 2-rank moco run stopped at step 3 and resumed under 2 ranks is the uninterrupted 2-rank
+// run, bit for bit: checkpoint (queue and pointer included) and metrics.
+TEST(Distributed, MocoResumeUnderTwoRanksContinuesExactly) {
+  SKIP_WITHOUT_MPI();
+  const std::string whole = data().out("moco-resume-whole"), parts = data().out("moco-resume-parts");
+  const Result a = run(2, "moco", moco_args(whole));
+  ASSERT_EQ(a.status, 0) << a.output;
+  const Result b = run(2, "moco", moco_args(parts, {"--stop-after", "3"}));
+  ASSERT_EQ(b.status, 0) << b.output;
+  const Result c = run(2, "moco", {"--resume", parts, "--cpu-kernels", "reference"});
+  ASSERT_EQ(c.status, 0) << c.output;
+  program_runs::expect_same_run(whole, parts);
+}
+
+// Every rank enqueues the global batch: a queue that is not a multiple of it is a usage error
+// that says so; so are BN groups that do not split over the ranks, and --sync-bn.
+TEST(Distributed, MocoQueueNotAMultipleOfTheGlobalBatchIsAUsageError) {
+  SKIP_WITHOUT_MPI();
+  Result r = run(2, "moco", moco_args(data().out("moco-odd-queue"), {"--queue", "40"}));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("--queue 40 is not a multiple of --batch-size 16: the ring queue is filled a whole batch at a "
+                          "time (the global batch: each of the 2 ranks enqueues the keys of all of them)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(fs::exists(data().root + "/moco-odd-queue/config.json"));
+  r = run(2, "moco", moco_args(data().out("moco-odd-splits"), {"--bn-splits", "1"}));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("--bn-splits 1 counts the key encoder's BN groups over the global batch and must be a "
+                          "multiple of the 2 ranks"),
+            std::string::npos)
+      << r.output;
+  r = run(2, "moco", moco_args(data().out("moco-sync-bn"), {"--sync-bn"}));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("--sync-bn: moco normalises"), std::string::npos) << r.output;
+}
+
 // Starts `mpirun -np 2 byol ...` in the background; returns mpirun's pid (its output goes to `log`).
 pid_t start_background(const std::vector<std::string>& args, const std::string& log) {
   const std::string cmd = command(2, "byol", args) + " >'" + log + "' 2>&1";
@@ -470,7 +555,7 @@ void run_rank_tests(const std::string& filter, const std::string& summary) {
 
 TEST(Distributed, CollectivesAndSyncBnInTwoRanks) {
   SKIP_WITHOUT_MPI();
-  run_rank_tests("DistributedRanks.*:-DistributedRanks.Nccl*", "3 passed, 0 failed, 0 skipped");
+  run_rank_tests("DistributedRanks.*:-DistributedRanks.Nccl*", "4 passed, 0 failed, 0 skipped");
 }
 
 // The NCCL path, one rank per GPU: skipped with the reason on machines without two GPUs (the
@@ -507,6 +592,35 @@ TEST(DistributedRanks, AllReduceAndBroadcast) {
   c.broadcast(&v, sizeof v, Device::CPU, "test");
   EXPECT_EQ(v, 42);
   c.barrier("test");
+}
+
+// One process: all_gather is a copy of its own part (and in place, nothing).
+TEST(Distributed, AllGatherInOneProcessIsACopy) {
+  dist::Communicator& c = dist::world();
+  if (c.size() != 1) GTEST_SKIP() << "one process only; DistributedRanks.AllGather covers 2 ranks";
+  const std::vector<float> mine{1, 2, 3};
+  std::vector<float> all(3, 0.0f);
+  c.all_gather(mine.data(), all.data(), 3, Device::CPU, "test");
+  EXPECT_EQ(all, mine);
+  c.all_gather(all.data(), all.data(), 3, Device::CPU, "test");
+  EXPECT_EQ(all, mine);
+}
+
+// all_gather: every rank's floats in rank order on every rank, from separate buffers and in
+// place (the rank's part already at its place, as moco gathers its keys).
+TEST(DistributedRanks, AllGather) {
+  SKIP_OUTSIDE_MPIRUN();
+  dist::Communicator& c = dist::world();
+  ASSERT_EQ(c.size(), 2);
+  const int r = c.rank();
+  const std::vector<float> mine{float(r), float(10 + r), float(20 + r)};
+  std::vector<float> all(6, -1.0f);
+  c.all_gather(mine.data(), all.data(), 3, Device::CPU, "test");
+  EXPECT_EQ(all, (std::vector<float>{0, 10, 20, 1, 11, 21}));
+  std::vector<float> in_place(6, -1.0f);
+  std::copy(mine.begin(), mine.end(), in_place.begin() + 3 * r);
+  c.all_gather(in_place.data() + 3 * r, in_place.data(), 3, Device::CPU, "test");
+  EXPECT_EQ(in_place, all);
 }
 
 // SyncBN on each rank's half of a batch equals batch_norm2d on the whole batch in one process:
@@ -620,6 +734,11 @@ TEST(DistributedRanks, NcclAllReduceOnDeviceBuffers) {
   copy_from_host(t.t, mine.data(), 12);
   c.all_reduce_mean(t.t.f32(), 3, Device::CUDA, "test");
   EXPECT_EQ(to_host_f32(t.t), (std::vector<float>{0.5f, 1.0f, 4.0f}));
+  // all_gather (ncclAllGather): both ranks' 3 floats, in rank order.
+  OwnedTensor all(Device::CUDA, Shape{6});
+  copy_from_host(t.t, mine.data(), 12);
+  c.all_gather(t.t.f32(), all.t.f32(), 3, Device::CUDA, "test");
+  EXPECT_EQ(to_host_f32(all.t), (std::vector<float>{0.0f, 0.0f, 4.0f, 1.0f, 2.0f, 4.0f}));
 #else
   GTEST_SKIP() << "this build has no NCCL (it is linked by builds with MPI=1 and the device backend)";
 #endif

@@ -9,10 +9,14 @@
 //            uninterrupted run's; between two consecutive checkpoints only the batch of rows
 //            at the saved pointer changed in the queue
 //   bad input  exit codes, the queue message, nothing written
+//   skip     a step dropped by --on-nonfinite skip leaves the queue and its pointer as they were
+//   shuffle  shuffle BN's permutation and its inverse (the 2-rank runs are in
+//            tests/distributed_test.cpp, under mpirun)
 //   cuda     the same run on CUDA against the CPU (SKIPPED without a GPU)
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -21,9 +25,13 @@
 #include <vector>
 
 #include "apps/moco/moco.h"
+#include "apps/moco/step.h"
+#include "apps/run/nonfinite.h"
 #include "apps/run/run_directory.h"
 #include "apps/run/training_run.h"
+#include "engine/check.h"
 #include "engine/checkpoint.h"
+#include "engine/ops.h"
 #include "tests/op_case.h"
 #include "tests/program_runs.h"
 
@@ -214,6 +222,77 @@ TEST(Moco, BadInputExitsWithTheRightCodeAndWritesNothing) {
   const std::string before = read_file(kept + "/last.safetensors");
   EXPECT_EQ(moco({"--resume", kept, "--queue", "64"}), 2);
   EXPECT_EQ(read_file(kept + "/last.safetensors"), before);
+}
+
+// --on-nonfinite skip drops step 2 (0-based; a NaN injected into its loss): its keys stay out
+// of the queue and the pointer stays where it was, so the checkpoint after step 3 holds the
+// queue of the checkpoint after step 2 - rows and pointer - and the dropped step is counted.
+// (A pointer kept on the host moved on: the next batch then overwrote the wrong rows.)
+TEST(Moco, SkippedStepLeavesTheQueueAsItWas) {
+  const std::string before = fixture().root + "/skip_before", skipped = fixture().root + "/skip_skipped";
+  const std::vector<std::string> skip{"--on-nonfinite", "skip", "--probe-epochs", "1"};
+  program_runs::Result r = program_runs::run("moco", with(tiny(before), with(skip, {"--stop-after", "2"})));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = program_runs::run("moco", with(tiny(skipped), with(skip, {"--stop-after", "3"})),
+                        {"TESSERA_INJECT_NONFINITE=2:loss"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  const SafetensorsFile a = SafetensorsFile::read(before + "/last.safetensors"),
+                        b = SafetensorsFile::read(skipped + "/last.safetensors");
+  EXPECT_EQ(b.metadata("run.step"), "3");
+  EXPECT_EQ(b.metadata(NonfiniteGuard::kSkippedKey), "1");
+  EXPECT_EQ(a.i64("moco.queue_ptr"), std::vector<int64_t>{0});  // 2 batches of 16 in a ring of 32
+  EXPECT_EQ(b.i64("moco.queue_ptr"), a.i64("moco.queue_ptr"));
+  EXPECT_EQ(b.f32("moco.queue"), a.f32("moco.queue"));
+}
+
+// The op itself, on the CPU: a set skip flag leaves rows and device pointer; a clear one writes
+// and advances (the CUDA twin runs the same op in CudaRunMatchesTheCpu's runs).
+TEST(Moco, EnqueueWithADevicePointerHonoursTheSkipFlag) {
+  const OwnedTensor queue(Device::CPU, Shape{4, 2}), keys(Device::CPU, Shape{2, 2}), ptr(Device::CPU, Shape{1}, DType::I32);
+  from_host(queue.t, std::vector<float>(8, 0.0f));
+  from_host(keys.t, std::vector<float>{1, 2, 3, 4});
+  from_host(ptr.t, std::vector<int32_t>{2});
+  int32_t flag = 1;
+  ops::queue_enqueue(queue.t, keys.t, ptr.t, &flag);
+  EXPECT_EQ(to_host_f32(queue.t), std::vector<float>(8, 0.0f));
+  EXPECT_EQ(ptr.t.i32()[0], 2);
+  flag = 0;
+  ops::queue_enqueue(queue.t, keys.t, ptr.t, &flag);
+  EXPECT_EQ(to_host_f32(queue.t), (std::vector<float>{0, 0, 0, 0, 1, 2, 3, 4}));
+  EXPECT_EQ(ptr.t.i32()[0], 0);  // wrapped
+}
+
+// Shuffle BN's permutation: a true permutation of the global batch, a pure function of (seed,
+// step) (every rank draws it alone), different from step to step; gathering with it and then
+// with its inverse gives back every row.
+TEST(MocoShuffle, KeyShuffleIsAPermutationAndUnshuffleItsInverse) {
+  constexpr int64_t kN = 16, kRow = 3;
+  const std::vector<int64_t> p = moco::key_shuffle(7, 3, kN);
+  std::vector<int64_t> sorted = p;
+  std::sort(sorted.begin(), sorted.end());
+  for (int64_t i = 0; i < kN; ++i) EXPECT_EQ(sorted[static_cast<size_t>(i)], i);
+  EXPECT_EQ(moco::key_shuffle(7, 3, kN), p);
+  EXPECT_NE(moco::key_shuffle(7, 4, kN), p);
+  EXPECT_NE(moco::key_shuffle(8, 3, kN), p);
+  int64_t fixed = 0;
+  for (int64_t i = 0; i < kN; ++i) fixed += p[static_cast<size_t>(i)] == i;
+  EXPECT_LT(fixed, kN / 2) << "the shuffle should move most rows";
+
+  const std::vector<int64_t> inverse = moco::inverse_permutation(p);
+  for (int64_t i = 0; i < kN; ++i) EXPECT_EQ(inverse[static_cast<size_t>(p[static_cast<size_t>(i)])], i);
+  std::vector<float> rows(kN * kRow);
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<float>(i);
+  const OwnedTensor x(Device::CPU, Shape{kN, kRow}), shuffled(Device::CPU, Shape{kN, kRow}),
+      back(Device::CPU, Shape{kN, kRow});
+  from_host(x.t, rows);
+  moco::gather_rows(shuffled.t, x.t, p.data());
+  for (int64_t i = 0; i < kN; ++i)
+    for (int64_t c = 0; c < kRow; ++c)
+      EXPECT_EQ(shuffled.t.f32()[i * kRow + c], rows[static_cast<size_t>(p[static_cast<size_t>(i)] * kRow + c)]);
+  moco::gather_rows(back.t, shuffled.t, inverse.data());
+  EXPECT_EQ(to_host_f32(back.t), rows);
+  const std::vector<int64_t> repeated{0, 2, 2};
+  EXPECT_THROW(moco::inverse_permutation(repeated), Error);
 }
 
 // --device cuda against --device cpu: the same 4 steps, losses and InfoNCE accuracies close

@@ -24,9 +24,12 @@ void add_options(Options& o, Config& c) {
   o.add("warmup-epochs", &c.warmup_epochs, "linear warm-up length in epochs (MoCo v2: none)").min(0);
   o.add("stop-after", &c.stop_after, "stop with a checkpoint at this step, as Ctrl-C would (0: run to the end)").min(0);
   o.section("Contrastive");
-  o.add("queue", &c.queue, "K: negative keys kept in the ring queue (a multiple of --batch-size)").min(1);
+  o.add("queue", &c.queue, "K: negative keys kept in the ring queue (a multiple of --batch-size, the global batch)").min(1);
   o.add("temperature", &c.temperature, "InfoNCE temperature").min(0, false);
-  o.add("bn-splits", &c.bn_splits, "key encoder BatchNorm over this many sub-batches (split BN, in place of shuffle BN)")
+  o.add("bn-splits", &c.bn_splits,
+        "key encoder BatchNorm groups over the global batch: one process splits it into this many sub-batches "
+        "(split BN); N ranks shuffle it across ranks (shuffle BN) and split each rank's slice into bn-splits / N "
+        "(a multiple of N; N gives MoCo's shuffle BN)")
       .min(1);
   o.section("Key encoder (the teacher)");
   o.choice("smoothing", &c.smoothing, {"none", "tma", "se", "sts"}, "key encoder smoothing (MoCo itself: tma)");
@@ -43,6 +46,7 @@ void add_options(Options& o, Config& c) {
   o.add("probe-epochs", &c.probe_epochs, "epochs of the linear probe").min(1);
   o.add("eval-batch", &c.eval_batch, "images per forward when extracting features").min(1);
   add_run_options(o, c.run);
+  add_distributed_options(o, c.dist);
 }
 
 double peak_lr(const Config& c) { return c.lr * static_cast<double>(c.batch_size) / 256.0; }

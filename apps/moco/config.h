@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "apps/run/distributed_run.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
 
@@ -13,6 +14,7 @@ namespace tessera::moco {
 
 struct Config {
   RunOptions run;
+  DistributedOptions dist;  // --collective-timeout, --check-replicas (--sync-bn is refused: see moco.cpp)
   // data: MoCo v2's augmentation is BYOL's views with blur p 0.5 on both and no solarize
   std::string data = "fashion-mnist";
   int crop_size = 0;

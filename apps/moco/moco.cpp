@@ -9,12 +9,20 @@
 //                 loss = InfoNCE(q, k, queue, T); backward; SGD step
 //                 enqueue k into the ring queue of K negatives
 //
+// Data parallel under mpirun / srun (docs/DISTRIBUTED.md), as byol: --batch-size is the global
+// batch, each rank steps on its shard and the query encoder's gradients are averaged after
+// backward. The keys use MoCo's shuffle BN across the ranks instead of split BN (step.h): the
+// global key batch is gathered, shuffled by a permutation every rank draws alike, forwarded a
+// slice per rank, gathered back and un-shuffled; every rank enqueues the whole global batch,
+// so the queues stay identical without being sent. Rank 0 writes the run and evaluates.
+//
 // The files: config.h (the flags), nets.h (encoders, smoothers, optimizers, queue and the
 // checkpoint layout), step.h (one training step), this file (the run: data, loop, logging,
 // checkpoints, evaluation) and main.cpp. The run machinery (apps/run) is byol's.
 //
 // Every random draw is Philox(seed, stream, step, index); the loader position, the queue and
-// its pointer are saved, so a run stopped at any step resumes bit-identically on the CPU.
+// its pointer are saved, so a run stopped at any step resumes bit-identically on the CPU (also
+// under the same number of ranks).
 #include "apps/moco/moco.h"
 
 #include <omp.h>
@@ -62,13 +70,28 @@ struct Evaluator {
   }
 };
 
-// What config.json says about the key encoder's BatchNorm.
-std::string key_bn_note(int64_t splits, int64_t batch) {
-  return cat("split BN: the key encoder forwards the batch as ", splits, " sub-batches of ", batch / splits,
-             " images, each normalised with its own statistics. MoCo shuffles the key batch across GPUs (shuffle "
-             "BN) so that a query and its positive key are not normalised with the same batch statistics, a "
-             "signal the encoders could use to find the positive instead of learning; on one device split BN "
-             "is the common stand-in (the official CIFAR-10 demo's SplitBatchNorm).");
+// The key encoder's BatchNorm scheme in a few words, for the startup line and config.json.
+std::string key_bn_scheme(int64_t splits, int64_t batch, int ranks) {
+  if (ranks == 1) return cat("split BN into ", splits, " sub-batches of ", batch / splits, " images");
+  const int64_t slice = batch / ranks, per_rank = splits / ranks;
+  return cat("shuffle BN across ", ranks, " ranks: each rank normalises a slice of ", slice,
+             " images of the shuffled global batch",
+             per_rank > 1 ? cat(" as ", per_rank, " sub-batches of ", slice / per_rank) : std::string());
+}
+
+// What config.json says about the key encoder's BatchNorm, and why.
+std::string key_bn_note(int64_t splits, int64_t batch, int ranks) {
+  const std::string why =
+      "MoCo keeps a query and its positive key from being normalised with the same batch statistics, a signal "
+      "the encoders could use to find the positive instead of learning (He et al. 2020, shuffling BN)";
+  if (ranks == 1)
+    return cat(key_bn_scheme(splits, batch, ranks), ", each normalised with its own statistics. ", why,
+               "; on one device split BN is the common stand-in for shuffle BN (the official CIFAR-10 demo's "
+               "SplitBatchNorm).");
+  return cat(key_bn_scheme(splits, batch, ranks), ". The key views of all ranks are gathered, permuted (the same "
+             "permutation on every rank, from the seed and the step) and each rank forwards its slice, so its key "
+             "BN statistics mix images whose queries other ranks hold; the keys are gathered back and un-shuffled. ",
+             why, ". --bn-splits ", splits, " counts BN groups over the global batch of ", batch, ".");
 }
 
 }  // namespace
@@ -82,13 +105,20 @@ int moco_main(int argc, const char* const* argv) {
   add_options(options, c);
   if (!options.parse(argc, argv)) return 0;
   TrainingRun run("moco", options, c.run);  // on --resume: the saved configuration, checked
-  if (const int n = dist::world().size(); n > 1)  // its queue and shuffled BN are not sharded yet
-    throw UsageError(cat("moco runs as one process: expected 1 rank, found ", n, " (docs/DISTRIBUTED.md)"));
   if (c.eval_only && !run.resuming()) throw UsageError("--eval-only evaluates a finished run: give it --resume DIR");
   if (c.run.threads > 0) omp_set_num_threads(c.run.threads);
+  dist::Communicator& ranks = start_processes("moco", c.dist);  // the first line; rank 0 alone prints on
+  check_global_batch(ranks, "--batch-size", c.batch_size);
+  // MoCo's BN is per GPU: each rank's queries with its shard's statistics, the keys with
+  // shuffle BN. SyncBN would normalise the keys over the global batch, the very statistics
+  // shuffle BN keeps apart from their queries'.
+  if (c.dist.sync_bn)
+    throw UsageError("--sync-bn: moco normalises each rank's queries with the rank's own statistics and its keys with "
+                     "shuffle BN across ranks (--bn-splits), as MoCo does; SyncBN is not offered");
 
   std::string device_note;
   const Device device = select_device(c.run.device, &device_note);
+  if (device == Device::CUDA) ranks.attach_cuda();
   std::fprintf(stderr, "%s\n", device_note.c_str());
   const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
   if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());
@@ -106,14 +136,25 @@ int moco_main(int argc, const char* const* argv) {
   if (warmup_steps >= total_steps)
     throw UsageError(cat("--warmup-epochs ", c.warmup_epochs, " is ", warmup_steps, " steps, not shorter than the run (",
                          total_steps, " steps)"));
-  // MoCo's ring fills whole batches (its enqueue asserts K % batch == 0), and a BN sub-batch
-  // of one image has no variance to normalise by.
+  // MoCo's ring fills whole batches (its enqueue asserts K % batch == 0; with several ranks
+  // every rank enqueues the whole global batch, so that the queues stay identical), and a BN
+  // sub-batch of one image has no variance to normalise by.
   if (c.queue % c.batch_size != 0)
     throw UsageError(cat("--queue ", c.queue, " is not a multiple of --batch-size ", c.batch_size,
-                         ": the ring queue is filled a whole batch at a time"));
+                         ": the ring queue is filled a whole batch at a time",
+                         ranks.size() > 1 ? cat(" (the global batch: each of the ", ranks.size(),
+                                                " ranks enqueues the keys of all of them)")
+                                          : std::string()));
   if (c.batch_size % c.bn_splits != 0 || c.batch_size / c.bn_splits < 2)
     throw UsageError(cat("--bn-splits ", c.bn_splits, " must divide --batch-size ", c.batch_size,
                          " into sub-batches of at least 2 images"));
+  // Shuffle BN: --bn-splits counts BN groups over the global batch, each rank's slice holding
+  // bn-splits / ranks of them (bn-splits = ranks is MoCo's one BN batch per GPU).
+  if (c.bn_splits % ranks.size() != 0)
+    throw UsageError(cat("--bn-splits ", c.bn_splits, " counts the key encoder's BN groups over the global batch and "
+                         "must be a multiple of the ", ranks.size(), " ranks (each rank normalises its slice of the "
+                         "shuffled batch as bn-splits / ranks sub-batches); --bn-splits ", ranks.size(),
+                         " is MoCo's shuffle BN, one group per rank"));
 
   data::AugmentOptions aug;
   aug.out_size = c.crop_size;
@@ -128,6 +169,8 @@ int moco_main(int argc, const char* const* argv) {
   Nets nets = build_nets(c, train.channels, device, total_steps);
   data::LoaderPosition position;
   if (run.resuming()) position = load_state(run.checkpoint(), nets);
+  nets.ranks = &ranks;
+  replicate_from_root(ranks, state_arenas(nets), replica_tensors(nets));
   int64_t step = run.start_step();
   if (step > total_steps)
     throw Error(cat("the checkpoint is at step ", step, ", past the run's ", total_steps, " steps"));
@@ -149,9 +192,10 @@ int moco_main(int argc, const char* const* argv) {
     // config.json also says how the key encoder's BatchNorm is split, and why (the checkpoint
     // keeps the flags alone).
     nlohmann::json config = options.to_json();
-    config["key-encoder-bn"] = key_bn_note(c.bn_splits, c.batch_size);
-    run.dir().write_config(config);
+    config["key-encoder-bn"] = key_bn_note(c.bn_splits, c.batch_size, ranks.size());
+    if (ranks.root()) run.dir().write_config(config);
   }
+  std::fprintf(stderr, "moco: key encoder BN: %s\n", key_bn_scheme(c.bn_splits, c.batch_size, ranks.size()).c_str());
   std::fprintf(stderr, "moco: %s, %ld images, %ld steps of %ld (%.2f epochs); run directory %s\n", train.name.c_str(),
                static_cast<long>(train.size), static_cast<long>(total_steps), static_cast<long>(c.batch_size),
                static_cast<double>(total_steps) / static_cast<double>(steps_per_epoch), run.dir().dir().c_str());
@@ -161,6 +205,8 @@ int moco_main(int argc, const char* const* argv) {
   eval.probe.seed = static_cast<uint64_t>(c.run.seed);
 
   auto save = [&](int64_t at, const data::LoaderPosition& pos) {
+    if (c.dist.check_replicas) check_replicas(ranks, replica_arenas(nets), at, replica_tensors(nets));
+    if (!ranks.root()) return;
     SafetensorsWriter w;
     add_state(w, nets, pos);
     run.save(w, at);
@@ -173,7 +219,7 @@ int moco_main(int argc, const char* const* argv) {
   if (!c.eval_only && step < total_steps) {
     // Two augmented views of each image: view 0 the query's, view 1 the key's.
     auto loader = data::make_byol_loader(train, c.batch_size, augment, augment, static_cast<uint64_t>(c.run.seed),
-                                         device, position);
+                                         device, position, ranks.rank(), ranks.size());
     Workspace ws(device);
     Graph g(ws);
     StepTimer timer;
@@ -183,8 +229,9 @@ int moco_main(int argc, const char* const* argv) {
                                                    nets.head->param_table().total_numel());
     const float peak = static_cast<float>(peak_lr(c));
     // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
-    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device, run.dir().dir());
-    while (step < stop_at && !stop_requested()) {
+    profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device,
+                               ranks.root() ? run.dir().dir() : std::string());  // rank 0 writes profile.json
+    while (step < stop_at && !stop_requested_on_any_rank(ranks)) {
       profiler.begin_step(step);
       profile::PhaseSequence phases;
       phases.enter("data");
@@ -202,6 +249,10 @@ int moco_main(int argc, const char* const* argv) {
         float loss_value = 0, accuracy = 0;  // the loss is NaN when this step was skipped (written as null)
         copy_to_host(&loss_value, result.loss->value, sizeof loss_value);
         copy_to_host(&accuracy, result.accuracy, sizeof accuracy);
+        // The global batch's: every shard is the same size, so the mean of the ranks' means.
+        float logged[2] = {loss_value, accuracy};
+        ranks.all_reduce_mean(logged, 2, Device::CPU, "the logged loss and accuracy");
+        loss_value = logged[0], accuracy = logged[1];
         double ips = 0, wait = 0;
         timer.take(&ips, &wait);
         const TeacherStats sb = nets.smooth_backbone->stats_at(step - 1), sp = nets.smooth_head->stats_at(step - 1);
@@ -217,7 +268,8 @@ int moco_main(int argc, const char* const* argv) {
         progress.update(step, loss_value, ips, wait, cat("acc ", fixed2(100.0 * accuracy), "%"));
       }
       const bool epoch_end = step % steps_per_epoch == 0;
-      if (epoch_end && c.knn_every > 0 && (step / steps_per_epoch) % c.knn_every == 0 && step < total_steps) {
+      if (epoch_end && ranks.root() && c.knn_every > 0 && (step / steps_per_epoch) % c.knn_every == 0 &&
+          step < total_steps) {
         const double kt = eval.run(*nets.k_backbone, false).knn_top1, ks = eval.run(*nets.backbone, false).knn_top1;
         run.metrics().write("knn", {{"step", step}, {"epoch", step / steps_per_epoch}, {"knn_top1_teacher", kt},
                                     {"knn_top1_student", ks}});
@@ -237,6 +289,7 @@ int moco_main(int argc, const char* const* argv) {
   }
 
   // ---- final evaluation ------------------------------------------------------------------------
+  if (!ranks.root()) return 0;  // rank 0 evaluates; the others' part is done
   // The random-init baseline starts where the query encoder did.
   FinalScores final = final_scores("moco", *nets.k_backbone, "key encoder", *nets.backbone, "query encoder",
                                    c.eval_baseline, part_seed(static_cast<uint64_t>(c.run.seed), kBackbone),

@@ -102,9 +102,41 @@ Nets build_nets(const Config& c, int in_channels, Device device, int64_t total_s
   n.opt_head = std::make_unique<Optimizer>(n.head->param_table(), device, oc);
   n.queue.keys = std::make_unique<OwnedTensor>(device, Shape{c.queue, c.head_dim});
   from_host(n.queue.keys->t, random_unit_rows(c.queue, c.head_dim, part_seed(seed, kQueue)));
-  n.queue.ptr = 0;
+  n.queue.ptr = std::make_unique<OwnedTensor>(device, Shape{1}, DType::I32);
+  from_host(n.queue.ptr->t, std::vector<int32_t>{0});
+  n.shuffle_seed = part_seed(seed, kKeyShuffle);
   return n;
 }
+
+int64_t KeyQueue::read_ptr() const {
+  int32_t v = 0;
+  copy_to_host(&v, ptr->t, sizeof v);
+  return v;
+}
+
+namespace {
+void add_model(NamedArenas& out, const std::string& name, Model& m, bool buffers) {
+  out.emplace_back(name + " parameters", &m.params());
+  if (buffers) out.emplace_back(name + " BN buffers", &m.buffers());
+}
+void add_optimizer(NamedArenas& out, const std::string& name, Optimizer& o) {
+  for (const auto& [key, arena] : o.state_arenas()) out.emplace_back(name + " optimizer " + key, arena);
+}
+NamedArenas arenas(Nets& n, bool buffers) {
+  NamedArenas out;
+  add_model(out, "query backbone", *n.backbone, buffers);
+  add_model(out, "query head", *n.head, buffers);
+  add_model(out, "key backbone", *n.k_backbone, buffers);
+  add_model(out, "key head", *n.k_head, buffers);
+  add_optimizer(out, "backbone", *n.opt_backbone);
+  add_optimizer(out, "head", *n.opt_head);
+  return out;
+}
+}  // namespace
+
+NamedArenas replica_arenas(Nets& n) { return arenas(n, /*buffers=*/false); }
+NamedArenas state_arenas(Nets& n) { return arenas(n, /*buffers=*/true); }
+NamedTensors replica_tensors(Nets& n) { return {{"queue", n.queue.keys->t}, {"queue pointer", n.queue.ptr->t}}; }
 
 namespace {
 
@@ -135,7 +167,7 @@ void add_state(SafetensorsWriter& w, const Nets& n, const data::LoaderPosition& 
   save_optimizer(w, *n.opt_backbone, "optim.backbone.");
   save_optimizer(w, *n.opt_head, "optim.head.");
   w.add_f32("moco.queue", n.queue.keys->t);
-  w.add_i64("moco.queue_ptr", {1}, {n.queue.ptr});
+  w.add_i64("moco.queue_ptr", {1}, {n.queue.read_ptr()});
   const std::vector<int64_t> packed = loader.pack();
   w.add_i64("run.loader", {static_cast<int64_t>(packed.size())}, packed);
   for (const auto& kv : n.smooth_backbone->state().to_strings()) w.add_metadata("backbone." + kv.first, kv.second);
@@ -152,9 +184,9 @@ data::LoaderPosition load_state(const SafetensorsFile& f, Nets& n) {
   const Shape& qs = n.queue.keys->t.shape;
   const std::vector<int64_t> want{qs[0], qs[1]}, one{1};
   from_host(n.queue.keys->t, f.f32("moco.queue", &want));
-  n.queue.ptr = f.i64("moco.queue_ptr", &one)[0];
-  TS_CHECK(n.queue.ptr >= 0 && n.queue.ptr < qs[0], f.path(), ": moco.queue_ptr ", n.queue.ptr,
-           " is outside the queue of ", qs[0], " keys");
+  const int64_t ptr = f.i64("moco.queue_ptr", &one)[0];
+  TS_CHECK(ptr >= 0 && ptr < qs[0], f.path(), ": moco.queue_ptr ", ptr, " is outside the queue of ", qs[0], " keys");
+  from_host(n.queue.ptr->t, std::vector<int32_t>{static_cast<int32_t>(ptr)});
   n.smooth_backbone->restore(TeacherState::from_strings(metadata_under(f, "backbone.")));
   n.smooth_head->restore(TeacherState::from_strings(metadata_under(f, "head.")));
   return data::LoaderPosition::unpack(f.i64("run.loader"));

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "apps/moco/config.h"
+#include "apps/run/distributed_run.h"
 #include "data/loader.h"
 #include "engine/checkpoint.h"
 #include "engine/device.h"
@@ -21,13 +22,17 @@ namespace tessera::moco {
 // Independent seeds for the parts of a run, from the run's seed (program 3 of the family: byol
 // is 1, fixmatch 2), so no two parts share their draws.
 uint64_t part_seed(uint64_t seed, uint32_t part);
-enum Part : uint32_t { kBackbone = 0, kHead = 1, kKeyBackbone = 2, kKeyHead = 3, kQueue = 4 };
+enum Part : uint32_t { kBackbone = 0, kHead = 1, kKeyBackbone = 2, kKeyHead = 3, kQueue = 4, kKeyShuffle = 5 };
 
 // The ring of negative keys: K rows of the head's dimension on the nets' device, each an
-// L2-normalised key; `ptr` is the row the next batch overwrites (a multiple of the batch).
+// L2-normalised key; `ptr` is the row the next batch overwrites (a multiple of the global
+// batch). The pointer lives on the device beside the rows: the enqueue kernel advances it
+// only when the step is not skipped (--on-nonfinite skip), which the host cannot know
+// without waiting for the device.
 struct KeyQueue {
-  std::unique_ptr<OwnedTensor> keys;  // (K, D)
-  int64_t ptr = 0;
+  std::unique_ptr<OwnedTensor> keys;  // (K, D) f32
+  std::unique_ptr<OwnedTensor> ptr;   // (1) i32
+  int64_t read_ptr() const;           // the pointer's value (waits for the device)
 };
 
 struct Nets {
@@ -40,7 +45,19 @@ struct Nets {
   NonfiniteMonitor* nonfinite = nullptr;
   bool skip_nonfinite = false;  // --on-nonfinite skip: the enqueue reads the monitor's flag too
   KeyQueue queue;
+  // Data parallel (null: one process): the ranks the query gradients are averaged over and the
+  // key batch is shuffled across (shuffle BN, step.h); the shuffle's seed.
+  dist::Communicator* ranks = nullptr;
+  uint64_t shuffle_seed = 0;
 };
+
+// What every rank must hold identically: the query and key encoders' parameters, the
+// optimizers' state (arenas), and the queue with its pointer (tensors). BN buffers are not in
+// it: each rank's BN sees its own shard (queries) or slice (keys), as MoCo's GPUs do.
+NamedArenas replica_arenas(Nets& n);
+NamedTensors replica_tensors(Nets& n);
+// Everything a start or resume copies from rank 0: the above and the BN buffers.
+NamedArenas state_arenas(Nets& n);
 
 // The query encoder initialised from the run's seed, the key encoder an exact copy of it, the
 // optimizers' state zero, the queue random unit vectors (as MoCo's randn + normalize).

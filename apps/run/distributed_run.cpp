@@ -46,15 +46,19 @@ bool stop_requested_on_any_rank(dist::Communicator& c) {
   return stop > 0;
 }
 
-void replicate_from_root(dist::Communicator& c, const NamedArenas& arenas) {
+void replicate_from_root(dist::Communicator& c, const NamedArenas& arenas, const NamedTensors& tensors) {
   for (const auto& [name, a] : arenas) dist::broadcast_arena(c, *a, name.c_str());
+  if (c.size() == 1) return;
+  for (const auto& [name, t] : tensors) c.broadcast(t.ptr, static_cast<int64_t>(t.bytes()), t.device, name.c_str());
 }
 
-void check_replicas(dist::Communicator& c, const NamedArenas& arenas, int64_t step) {
+void check_replicas(dist::Communicator& c, const NamedArenas& arenas, int64_t step, const NamedTensors& tensors) {
   if (c.size() == 1) return;
   for (const auto& [name, a] : arenas) dist::check_replicas(c, *a, name);
-  std::fprintf(stderr, "replicas: %zu arenas bit-identical on all %d ranks at step %ld\n", arenas.size(), c.size(),
-               static_cast<long>(step));
+  for (const auto& [name, t] : tensors) dist::check_replicas(c, t, name);
+  const std::string and_tensors = tensors.empty() ? "" : cat(" and ", tensors.size(), " tensors");
+  std::fprintf(stderr, "replicas: %zu arenas%s bit-identical on all %d ranks at step %ld\n", arenas.size(),
+               and_tensors.c_str(), c.size(), static_cast<long>(step));
 }
 
 }  // namespace tessera

@@ -1,5 +1,5 @@
 // What a training program does to run as one of several processes (engine/distributed.h,
-// docs/DISTRIBUTED.md), written once for byol and fixmatch:
+// docs/DISTRIBUTED.md), written once for byol, fixmatch and moco:
 //
 //   DistributedOptions d; add_distributed_options(options, d);   // --sync-bn, --collective-timeout, ...
 //   ... parse, TrainingRun ...
@@ -18,6 +18,7 @@
 
 #include "apps/run/options.h"
 #include "engine/distributed.h"
+#include "engine/tensor.h"
 
 namespace tessera {
 
@@ -43,12 +44,14 @@ void check_global_batch(const dist::Communicator& c, const char* flag, int64_t b
 // left waiting in a collective. With several ranks, one all-reduce of one number a step.
 bool stop_requested_on_any_rank(dist::Communicator& c);
 
-// Named arenas of a run's state (parameters, buffers, optimizer state, teachers).
+// Named arenas of a run's state (parameters, buffers, optimizer state, teachers), and state
+// held in plain tensors (moco's queue and its pointer).
 using NamedArenas = std::vector<std::pair<std::string, Arena*>>;
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 // Rank 0's values on every rank: at the start and after a resume.
-void replicate_from_root(dist::Communicator& c, const NamedArenas& arenas);
+void replicate_from_root(dist::Communicator& c, const NamedArenas& arenas, const NamedTensors& tensors = {});
 // --check-replicas: an Error unless every rank's copy equals rank 0's bit for bit; prints one
 // line on rank 0 when they do.
-void check_replicas(dist::Communicator& c, const NamedArenas& arenas, int64_t step);
+void check_replicas(dist::Communicator& c, const NamedArenas& arenas, int64_t step, const NamedTensors& tensors = {});
 
 }  // namespace tessera

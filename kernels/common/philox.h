@@ -29,6 +29,7 @@ enum RngStream : uint32_t {
   kStreamAugment = 2,    // per-image augmentation parameters
   kStreamTeacher = 3,    // STS / SE fragment masks
   kStreamSampler = 4,    // epoch shuffles, labeled-subset choice
+  kStreamKeyShuffle = 5, // MoCo's shuffle BN: the permutation of the global key batch
   kStreamTest = 15,      // tests and benchmarks
 };
 

@@ -59,11 +59,13 @@ void infonce_backward(const float* k, const float* queue, const float* logits, c
   }
 }
 
-void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr,
+void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int32_t* ptr,
                    const int32_t* skip) {
-  if (skip && *skip) return;
+  if (skip && *skip) return;  // a skipped step: rows and position as they were
+  const int64_t at = *ptr;
   for (int64_t i = 0; i < n; ++i)
-    std::memcpy(queue + ((ptr + i) % kq) * d, keys + i * d, static_cast<size_t>(d) * sizeof(float));
+    std::memcpy(queue + ((at + i) % kq) * d, keys + i * d, static_cast<size_t>(d) * sizeof(float));
+  *ptr = static_cast<int32_t>((at + n) % kq);
 }
 
 }  // namespace kernels::cpu

@@ -1,7 +1,8 @@
 // CUDA twin of kernels/contrastive.h. The (n, K) block of negative logits and the queue's
 // share of dq are GEMMs (cuBLAS, the handle's math mode, on the engine stream); the positive
 // logit, the row softmax and the positive key's share of dq are one warp per row (blocks of
-// 32 x kWarpRows, grid-stride over rows); the enqueue is a grid-stride copy into the ring.
+// 32 x kWarpRows, grid-stride over rows); the enqueue is a grid-stride copy into the ring and
+// a one-thread launch that advances its device-side position.
 #include <cmath>
 
 #include "kernels/common/softmax.h"
@@ -60,14 +61,21 @@ __global__ void infonce_grad_rows_kernel(const float* k, const float* logits, co
   }
 }
 
-__global__ void queue_enqueue_kernel(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr,
-                                     const int32_t* skip) {
+__global__ void queue_enqueue_kernel(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d,
+                                     const int32_t* ptr, const int32_t* skip) {
   if (skip && *skip) return;
-  const int64_t total = n * d;
+  const int64_t total = n * d, at = *ptr;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e / d, c = e % d;
-    queue[((ptr + i) % kq) * d + c] = keys[e];
+    queue[((at + i) % kq) * d + c] = keys[e];
   }
+}
+
+// A launch of its own after the copy (stream order): every copy thread has read the position
+// before it moves, which one grid could only ensure with a grid-wide barrier.
+__global__ void queue_advance_kernel(int32_t* ptr, int64_t kq, int64_t n, const int32_t* skip) {
+  if (skip && *skip) return;
+  *ptr = static_cast<int32_t>((*ptr + n) % kq);
 }
 
 #undef TS_FOR_EACH_ROW
@@ -101,10 +109,12 @@ void infonce_backward(const float* k, const float* queue, const float* logits, c
                            &inv_temp, queue, blas_int(d), dlogits + 1, blas_int(kq + 1), &one, dq, blas_int(d)));
 }
 
-void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int64_t ptr,
+void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int32_t* ptr,
                    const int32_t* skip) {
   if (n == 0) return;
   queue_enqueue_kernel<<<grid_for(n * d), 256, 0, runtime().stream>>>(queue, keys, kq, n, d, ptr, skip);
+  KERNEL_LAUNCH_CHECK();
+  queue_advance_kernel<<<1, 1, 0, runtime().stream>>>(ptr, kq, n, skip);
   KERNEL_LAUNCH_CHECK();
 }
 
