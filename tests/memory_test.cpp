@@ -360,6 +360,8 @@ TEST(Workspace, RecomputedBatchNormReluIsNotHeldForTheStep) {
     recomputed += 2 * size_t(n * c * s * s) * sizeof(float);
   EXPECT_EQ(held[0] - held[1], recomputed) << "held at the end of the forward: " << held[0] << " unfused, "
                                            << held[1] << " recomputed";
+  // The high-water drops by less: the backward now needs more above what the forward holds
+  // (bench train-step, width 64, batch 64: 48.1 of the 60 MiB).
   EXPECT_LE(high_water[1] + recomputed * 3 / 4, high_water[0])
       << "step high-water: " << high_water[0] << " unfused, " << high_water[1] << " recomputed";
 }
