@@ -85,6 +85,18 @@ Var* max_pool2d(Graph& g, Var* x, int kernel = 3, int stride = 2, int pad = 1);
 // (N, C, H, W) -> (N, C)
 Var* global_avg_pool(Graph& g, Var* x);
 
+// ---- fused (engine/ops_fused.cpp) ----------------------------------------------------------
+
+// conv2d(leaky_relu_(batch_norm2d(x, gamma, beta, buf, opt), slope), w, b, stride, pad): the
+// same output, gradients and running-statistics update as those three ops (on the CPU bit for
+// bit; on CUDA to float rounding), without keeping z = leaky_relu(batch_norm(x)) for the step:
+// the backward makes z again from x and BatchNorm's saved statistics. For a BatchNorm + ReLU
+// output that nothing but this convolution reads (inside a residual block); saves one
+// activation per use for one memory-bound pass in the backward (ARCHITECTURE-NOTES.md,
+// "Step memory"). slope >= 0 (0: relu).  x (N, C, H, W) -> (N, O, HO, WO)
+Var* batch_norm_relu_conv2d(Graph& g, Var* x, Var* gamma, Var* beta, const BatchNormBuffers& buf,
+                            const BatchNormOptions& opt, float slope, Var* w, Var* b, int stride, int pad);
+
 // ---- contrastive (engine/ops_contrastive.cpp) -------------------------------------------
 
 // MoCo's InfoNCE: logits_i = [q_i . k_i, q_i . queue_0, ..., q_i . queue_{K-1}] / temperature

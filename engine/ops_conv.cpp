@@ -14,6 +14,7 @@
 #include "engine/cpu_kernels.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
+#include "engine/ops_detail.h"
 #include "kernels/conv.h"
 #include "kernels/pool.h"
 
@@ -42,10 +43,11 @@ bool fast_tier(Device device) { return device == Device::CPU && cpu_kernels() ==
 
 }  // namespace
 
-Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
-  const char* layer = layer_of(w);
-  profile::LayerScope profile_layer(layer, profile::LayerScope::kRefine);  // names the kernels
-  const Shape& xs = x->value.shape;
+namespace detail {
+
+kernels::Conv2dShape conv2d_shape(const char* layer, const Tensor& x, const Var* w, const Var* b, int stride,
+                                  int pad) {
+  const Shape& xs = x.shape;
   const Shape& ws = w->value.shape;
   TS_CHECK(xs.ndim == 4, layer, ": conv2d expects x (N, C, H, W), found ", xs.str());
   TS_CHECK(ws.ndim == 4, layer, ": conv2d expects w (O, C, KH, KW), found ", ws.str());
@@ -58,7 +60,7 @@ Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
              b->value.shape.str());
     check_same_device("conv2d bias", b->value, w->value);
   }
-  check_same_device("conv2d", x->value, w->value);
+  check_same_device("conv2d", x, w->value);
   kernels::Conv2dShape s;
   s.n = xs[0], s.c = xs[1], s.h = xs[2], s.w = xs[3];
   s.o = ws[0], s.kh = ws[2], s.kw = ws[3];
@@ -67,25 +69,41 @@ Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
            " is larger than the padded input ", xs.str(), " (pad ", pad, ")");
   s.ho = (s.h + 2 * pad - s.kh) / stride + 1;
   s.wo = (s.w + 2 * pad - s.kw) / stride + 1;
+  return s;
+}
 
+void conv2d_forward(Graph& g, const kernels::Conv2dShape& s, const float* x, const Var* w, const Var* b, float* y) {
   size_t scratch_bytes = 0;
   TS_CONV_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Forward, &scratch_bytes);
+  void* scratch = g.workspace().scratch(scratch_bytes);
+  TS_CONV_DISPATCH(g.device(), conv2d_forward, s, x, w->value.f32(), b ? b->value.f32() : nullptr, y, scratch,
+                   scratch_bytes);
+}
+
+void conv2d_backward(Graph& g, const kernels::Conv2dShape& s, const float* x, Var* w, Var* b, const float* dy,
+                     float* dx) {
+  float* dw = w->requires_grad ? g.grad(w).f32() : nullptr;
+  float* db = b && b->requires_grad ? g.grad(b).f32() : nullptr;
+  if (!dx && !dw && !db) return;
+  size_t scratch_bytes = 0;
+  TS_CONV_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Backward, &scratch_bytes);
+  void* scratch = g.workspace().scratch(scratch_bytes);
+  TS_CONV_DISPATCH(g.device(), conv2d_backward, s, x, w->value.f32(), dy, dx, dw, db, scratch, scratch_bytes);
+}
+
+}  // namespace detail
+
+Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
+  const char* layer = layer_of(w);
+  profile::LayerScope profile_layer(layer, profile::LayerScope::kRefine);  // names the kernels
+  const kernels::Conv2dShape s = detail::conv2d_shape(layer, x->value, w, b, stride, pad);
   Var* y = g.make(Shape{s.n, s.o, s.ho, s.wo}, {x, w, b});
   y->overwritable = true;  // the backward reads x and w, never y
-  void* scratch = g.workspace().scratch(scratch_bytes);
-  TS_CONV_DISPATCH(g.device(), conv2d_forward, s, x->value.f32(), w->value.f32(), b ? b->value.f32() : nullptr,
-              y->value.f32(), scratch, scratch_bytes);
+  detail::conv2d_forward(g, s, x->value.f32(), w, b, y->value.f32());
   if (y->requires_grad) {
     g.record("conv2d", layer, [&g, x, w, b, y, s] {
       float* dx = x->requires_grad ? g.grad(x).f32() : nullptr;
-      float* dw = w->requires_grad ? g.grad(w).f32() : nullptr;
-      float* db = b && b->requires_grad ? g.grad(b).f32() : nullptr;
-      if (!dx && !dw && !db) return;
-      size_t scratch_bytes = 0;
-      TS_CONV_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Backward, &scratch_bytes);
-      void* scratch = g.workspace().scratch(scratch_bytes);
-      TS_CONV_DISPATCH(g.device(), conv2d_backward, s, x->value.f32(), w->value.f32(), g.grad(y).f32(), dx, dw, db,
-                  scratch, scratch_bytes);
+      detail::conv2d_backward(g, s, x->value.f32(), w, b, g.grad(y).f32(), dx);
     });
   }
   return y;

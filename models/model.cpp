@@ -105,14 +105,28 @@ Var* Model::apply(Graph& g, const Conv& c, Var* x) {
   return ops::conv2d(g, x, param(g, c.weight), c.bias >= 0 ? param(g, c.bias) : nullptr, c.stride, c.pad);
 }
 
-Var* Model::apply(Graph& g, const BatchNorm& bn, Var* x, bool train) {
-  ops::BatchNormBuffers buf;
-  buf.running_mean = buffers_.slot(static_cast<size_t>(bn.running_mean));
-  buf.running_var = buffers_.slot(static_cast<size_t>(bn.running_var));
-  buf.num_batches = buffers_.slot(static_cast<size_t>(bn.num_batches));
+namespace {
+
+ops::BatchNormOptions bn_options(const BatchNorm& bn, bool train) {
   ops::BatchNormOptions opt;
   opt.train = train;
   opt.momentum = bn.momentum;
+  return opt;
+}
+
+ops::BatchNormBuffers bn_buffers(Arena& buffers, const BatchNorm& bn) {
+  ops::BatchNormBuffers buf;
+  buf.running_mean = buffers.slot(static_cast<size_t>(bn.running_mean));
+  buf.running_var = buffers.slot(static_cast<size_t>(bn.running_var));
+  buf.num_batches = buffers.slot(static_cast<size_t>(bn.num_batches));
+  return buf;
+}
+
+}  // namespace
+
+Var* Model::apply(Graph& g, const BatchNorm& bn, Var* x, bool train) {
+  const ops::BatchNormBuffers buf = bn_buffers(buffers_, bn);
+  const ops::BatchNormOptions opt = bn_options(bn, train);
   Var* gamma = param(g, bn.weight);
   Var* beta = param(g, bn.bias);
   return x->value.shape.ndim == 4 ? ops::batch_norm2d(g, x, gamma, beta, buf, opt)
@@ -121,6 +135,14 @@ Var* Model::apply(Graph& g, const BatchNorm& bn, Var* x, bool train) {
 
 Var* Model::apply(Graph& g, const Linear& l, Var* x) {
   return ops::linear(g, x, param(g, l.weight), l.bias >= 0 ? param(g, l.bias) : nullptr);
+}
+
+Var* Model::apply(Graph& g, const BatchNorm& bn, float slope, const Conv& c, Var* x, bool train) {
+  if (!recompute_bn_relu_) return apply(g, c, ops::leaky_relu_(g, apply(g, bn, x, train), slope));
+  Var* gamma = param(g, bn.weight);
+  Var* beta = param(g, bn.bias);
+  return ops::batch_norm_relu_conv2d(g, x, gamma, beta, bn_buffers(buffers_, bn), bn_options(bn, train), slope,
+                                     param(g, c.weight), c.bias >= 0 ? param(g, c.bias) : nullptr, c.stride, c.pad);
 }
 
 Var* Model::classify(Graph& g, Var* f) { return has_fc_ ? apply(g, fc_, f) : f; }

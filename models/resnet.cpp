@@ -80,9 +80,11 @@ class ResNet : public Model {
     if (imagenet_stem_) x = ops::max_pool2d(g, x, 3, 2, 1);
     for (const Block& k : blocks_) {
       profile::LayerScope block(k.name.c_str());  // its convs refine it to "layer1.0.conv1"
-      Var* out = ops::relu_(g, apply(g, k.bn1, apply(g, k.conv1, x), train));
-      out = apply(g, k.bn2, apply(g, k.conv2, out), train);
-      if (bottleneck_) out = apply(g, k.bn3, apply(g, k.conv3, ops::relu_(g, out)), train);
+      // relu(bn1) feeds only conv2 (and a bottleneck's relu(bn2) only conv3): not kept for the
+      // step but made again in the backward (Model::recompute_bn_relu).
+      Var* out = apply(g, k.bn1, 0.0f, k.conv2, apply(g, k.conv1, x), train);
+      if (bottleneck_) out = apply(g, k.bn2, 0.0f, k.conv3, out, train);
+      out = apply(g, bottleneck_ ? k.bn3 : k.bn2, out, train);
       Var* identity = k.has_downsample ? apply(g, k.down_bn, apply(g, k.down_conv, x), train) : x;
       x = ops::relu_(g, ops::add_(g, out, identity));
     }

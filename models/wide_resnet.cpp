@@ -71,9 +71,18 @@ class WideResNet : public Model {
     x = apply(g, conv1_, x);
     for (const PreActBlock& b : blocks_) {
       const bool skip_bn1 = !b.equal_in_out && !b.activate_before_residual;  // see the file comment
-      Var* a = skip_bn1 ? x : lrelu(g, apply(g, b.bn1, x, train));
-      Var* out = apply(g, b.conv1, a);
-      out = apply(g, b.conv2, lrelu(g, apply(g, b.bn2, out, train)));
+      // Where an activation feeds only the next convolution (a when the shortcut is the
+      // identity; lrelu(bn2) always), it is made again in the backward rather than kept for the
+      // step (Model::recompute_bn_relu).
+      Var* a = nullptr;
+      Var* out = nullptr;
+      if (b.equal_in_out) {
+        out = apply(g, b.bn1, kSlope, b.conv1, x, train);
+      } else {
+        a = skip_bn1 ? x : lrelu(g, apply(g, b.bn1, x, train));
+        out = apply(g, b.conv1, a);
+      }
+      out = apply(g, b.bn2, kSlope, b.conv2, out, train);
       Var* residual = b.equal_in_out ? x : apply(g, b.shortcut, a);
       x = ops::add(g, residual, out);
     }
