@@ -11,6 +11,10 @@
 //                   state from before the step. With --nonfinite-check ops the message also
 //                   names the first op, in execution order, whose output or gradient went
 //                   non-finite (engine/nonfinite.h); without it, it says how to get that.
+//                   Its cost: one read of every op output and gradient and one launch for
+//                   each; on the CPU (BYOL, ResNet-18 width 8, batch 32, 1 thread, 40 steps)
+//                   6.19 s of CPU against 6.05 s without it (+2%, same losses); on a GPU, a
+//                   few hundred small launches per step more: not measured yet.
 //   skip            the step's updates are dropped on the device: the optimizers (and the
 //                   FixMatch teacher, which follows the optimizer) read the record's skip flag
 //                   and leave weights and state as they were; MoCo does not enqueue the step's
