@@ -10,6 +10,7 @@
 #   make plot RUN=DIR figures of runs or sweeps (apps/tools/plot.py; sweeps: apps/tools/sweep.py)
 #   make fuzz         every parser of user files under libFuzzer (docs/hardening.md)
 #   make sanitize-test / tsan-test   the suite under ASan + UBSan / the loader under TSan
+#   make ci-sanitize-test  the part of the suite CI runs under ASan + UBSan (docs/hardening.md)
 #   make profile      the same programs built for Nsight Systems / Compute and compute-sanitizer:
 #                     -O3 with -lineinfo and full host symbols (docs/PROFILING.md)
 #   make deps         install what is missing (Debian/Ubuntu packages)
@@ -107,8 +108,10 @@ OPT := $(if $(filter 1,$(DEBUG)),-O0 -g -DTESSERA_DEBUG=1,-O3 $(ARCH_FLAGS) -g1)
 # their line numbers; the suite still runs at a few times the speed of -O0. GCC 12 at -O1 with
 # the sanitizers reports std::regex's and std::function's members as maybe-uninitialized (a
 # known false positive of that combination), so that one warning is off there.
+# SAN_OPT: CI's sanitized subset compiles at -O0 (make ci-sanitize-test, below).
+SAN_OPT ?= -O1
 ifneq ($(SANITIZE),0)
-  OPT := -O1 $(ARCH_FLAGS) -g1 -Wno-maybe-uninitialized
+  OPT := $(SAN_OPT) $(ARCH_FLAGS) -g1 -Wno-maybe-uninitialized
 endif
 # Profile builds keep full host symbols and frame pointers (nsys / perf call stacks).
 PROFILE_HOST := $(if $(filter 1,$(PROFILE)),-g -fno-omit-frame-pointer,)
@@ -251,6 +254,17 @@ LIB_CU := $(if $(filter 1,$(CUDA)),$(wildcard kernels/cuda/*.cu),)
 TEST_CPP := $(wildcard tests/*.cpp)
 TEST_CU := $(if $(filter 1,$(CUDA)),$(wildcard tests/*.cu),)
 
+# A subset build (make ci-sanitize-test, tsan-test): only the library folders SUBSET_DIRS,
+# the test files SUBSET_TESTS (tests/NAME.cpp) and the programs SUBSET_PROGRAMS, in a build
+# folder of its own. The link says when a subset misses a folder it needs.
+ifneq ($(SUBSET_TESTS),)
+  LIB_CPP := $(filter $(addsuffix /%,$(SUBSET_DIRS)),$(LIB_CPP))
+  TEST_CPP := $(patsubst %,tests/%.cpp,$(SUBSET_TESTS))
+  PROGRAM_MAINS := $(filter $(addsuffix :%,$(SUBSET_PROGRAMS)),$(PROGRAM_MAINS))
+  APP_MAINS := $(foreach p,$(PROGRAM_MAINS),$(word 2,$(subst :, ,$(p))))
+  APPS := $(foreach p,$(PROGRAM_MAINS),$(BUILD)/$(word 1,$(subst :, ,$(p))))
+endif
+
 LIB_OBJS := $(patsubst %,$(OBJ)/%.o,$(LIB_CPP) $(LIB_CU))
 TEST_OBJS := $(patsubst %,$(OBJ)/%.o,$(TEST_CPP) $(TEST_CU))
 LIB := $(OBJ)/libtessera.a
@@ -266,7 +280,7 @@ endif
 
 # ---- rules -----------------------------------------------------------------------------
 .PHONY: all test deps checklist clean demo bench gpu-check gpu-bundle gpu-session cuda-config profile plot \
-        fuzz fuzz-build sanitize-test tsan-test
+        fuzz fuzz-build sanitize-test ci-sanitize-test tsan-test
 # Keep the programs' objects (pattern-rule intermediates). Naming them, rather than a bare
 # .SECONDARY:, keeps the configuration stamp an ordinary file, so switching configuration
 # (CUDA=0, DEBUG=1, make profile) rebuilds instead of finding the old binaries up to date.
@@ -433,12 +447,30 @@ sanitize-test: deps
 	@$(MAKE) --no-print-directory SANITIZE=1 BUILD=build-asan all
 	$(SANITIZE_ENV) OMP_NUM_THREADS=2 build-asan/tessera_tests --gtest_brief=1
 
-# make tsan-test: the loader's producer thread and prefetch queue under ThreadSanitizer
-# (build-tsan/). OpenMP regions are left out: libgomp is not instrumented, so TSan cannot see
-# its barriers and would report every parallel loop (docs/hardening.md).
+# make ci-sanitize-test: what CI runs under ASan + UBSan within its 15 minutes (.ci/run;
+# docs/hardening.md lists what it covers and what it leaves to sanitize-test): the tests of
+# user-facing parsing, checkpoints, the run directory and lock, the loader, injected faults,
+# non-finite values and messages, and a sample of the ops, in a test binary of those files
+# alone, with the programs they start. Compiled at -O0 (half the CPU time of -O1) in
+# build-asan-ci/; the benchmarks are not built.
+CI_ASAN_TESTS := main op_case app_flags_test check_messages_test checkpoint_test data_readers_test \
+                 data_loader_test run_machinery_test run_lock_test fault_injection_test nonfinite_test \
+                 ops_basic_test ops_loss_test ops_norm_test autograd_test optimizer_test memory_test
+CI_ASAN_DIRS := kernels/cpu kernels/onednn engine models data apps/run apps/byol apps/fixmatch apps/moco
+CI_ASAN_PROGRAMS := byol fixmatch moco init embed augment-grid
+ci-sanitize-test: deps
+	@$(MAKE) --no-print-directory SANITIZE=1 SAN_OPT=-O0 BUILD=build-asan-ci SUBSET_TESTS='$(CI_ASAN_TESTS)' \
+	  SUBSET_DIRS='$(CI_ASAN_DIRS)' SUBSET_PROGRAMS='$(CI_ASAN_PROGRAMS)' all
+	$(SANITIZE_ENV) OMP_NUM_THREADS=2 build-asan-ci/tessera_tests --gtest_brief=1
+
+# make tsan-test: the loader's producer thread and prefetch queue under ThreadSanitizer, in a
+# test binary of the loader's tests alone (build-tsan/, -O0). OpenMP regions are left out:
+# libgomp is not instrumented, so TSan cannot see its barriers and would report every parallel
+# loop (docs/hardening.md).
 TSAN_FILTER := Loader.*:Sampler.*:LabeledSubset.*
 tsan-test: deps
-	@$(MAKE) --no-print-directory SANITIZE=thread BUILD=build-tsan build-tsan/tessera_tests
+	@$(MAKE) --no-print-directory SANITIZE=thread SAN_OPT=-O0 BUILD=build-tsan SUBSET_TESTS='main op_case data_loader_test' \
+	  SUBSET_DIRS='kernels/cpu kernels/onednn engine data' build-tsan/tessera_tests
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 OMP_NUM_THREADS=1 build-tsan/tessera_tests \
 	  --gtest_brief=1 --gtest_filter='$(TSAN_FILTER)'
 

@@ -1,5 +1,7 @@
 #include "engine/autograd.h"
 
+#include <algorithm>
+
 #include "engine/check.h"
 #include "engine/dispatch.h"
 #include "engine/profile.h"
@@ -7,7 +9,21 @@
 
 namespace tessera {
 
+namespace {
+thread_local TapeObserver* t_observer = nullptr;
+}
+
+TapeObserverScope::TapeObserverScope(TapeObserver* observer) : saved_(t_observer) { t_observer = observer; }
+TapeObserverScope::~TapeObserverScope() { t_observer = saved_; }
+
 Graph::Graph(Workspace& ws) : ws_(ws) {}
+
+void Graph::note_inputs(std::initializer_list<const Var*> from) {
+  for (const Var* v : from)
+    if (v && v->requires_grad &&
+        std::find(inputs_since_record_.begin(), inputs_since_record_.end(), v) == inputs_since_record_.end())
+      inputs_since_record_.push_back(const_cast<Var*>(v));
+}
 
 Graph::~Graph() {
   try {
@@ -62,6 +78,7 @@ Var* Graph::make(Shape shape, std::initializer_list<const Var*> from, DType dtyp
   Var* v = &vars_.back();
   v->owns_value = true;
   made_since_record_.push_back(v);
+  if (t_observer && needs) note_inputs(from);
   return v;
 }
 
@@ -77,6 +94,7 @@ Var* Graph::take_over(Var* x, std::initializer_list<const Var*> from) {
   x->owns_value = false;
   x->value.ptr = nullptr;  // the shape stays: x's gradient is still allocated from it
   made_since_record_.push_back(v);
+  if (t_observer && needs) note_inputs(from);
   return v;
 }
 
@@ -106,8 +124,15 @@ void Graph::record(const char* op, const char* layer, std::function<void()> back
   // of the model or the op); the op's own name for the layer is the fallback.
   const char* scope = profile::current_layer();
   if (scope[0] != '\0' || layer == nullptr) layer = scope;
-  tape_.push_back(Node{op, layer, std::move(backward), std::move(made_since_record_)});
+  if (t_observer) {  // the op's outputs are computed (ops record after their forward)
+    std::vector<Tensor> outputs;
+    for (const Var* v : made_since_record_)
+      if (v->requires_grad && v->value.ptr && v->value.dtype == DType::F32) outputs.push_back(v->value);
+    t_observer->op_done(tape_.size(), op, layer, false, outputs);
+  }
+  tape_.push_back(Node{op, layer, std::move(backward), std::move(made_since_record_), std::move(inputs_since_record_)});
   made_since_record_.clear();
+  inputs_since_record_.clear();
 }
 
 void Graph::run_tape() {
@@ -116,6 +141,12 @@ void Graph::run_tape() {
     {
       profile::LayerScope layer(it->layer);
       it->backward();
+    }
+    if (t_observer) {
+      std::vector<Tensor> grads;
+      for (const Var* v : it->inputs)
+        if (v->grad.defined()) grads.push_back(v->grad);
+      t_observer->op_done(static_cast<size_t>(tape_.rend() - it) - 1, it->op, it->layer, true, grads);
     }
     for (Var* v : it->made) release(v);  // nothing left on the tape reads them (see the header)
   }
@@ -142,6 +173,7 @@ void Graph::clear() {
   tape_.clear();
   vars_.clear();
   made_since_record_.clear();
+  inputs_since_record_.clear();
 }
 
 }  // namespace tessera

@@ -39,6 +39,32 @@ namespace dist {
 class Communicator;
 }
 
+// A diagnostic's view of the tape (--nonfinite-check ops: engine/nonfinite.h). While one is
+// installed (TapeObserverScope), every Graph of this thread tells it, in execution order, what
+// each recorded op wrote: after the forward, the op's f32 outputs; after its backward node, the
+// gradients of the op's inputs, which the node has just added to. `node` is the op's place on
+// the tape (the same forward and backward). The tensors are on the graph's device; nothing is
+// synchronised.
+class TapeObserver {
+ public:
+  virtual ~TapeObserver() = default;
+  virtual void op_done(size_t node, const char* op, const char* layer, bool backward,
+                       const std::vector<Tensor>& written) = 0;
+};
+
+// RAII: installs `observer` for the graphs of this thread (the previous one is restored on exit).
+// A scope rather than a Graph member so the programs' graphs need no plumbing for a diagnostic.
+class TapeObserverScope {
+ public:
+  explicit TapeObserverScope(TapeObserver* observer);
+  ~TapeObserverScope();
+  TapeObserverScope(const TapeObserverScope&) = delete;
+  TapeObserverScope& operator=(const TapeObserverScope&) = delete;
+
+ private:
+  TapeObserver* saved_;
+};
+
 struct Var {
   Tensor value;
   Tensor grad;                 // undefined until needed
@@ -116,11 +142,14 @@ class Graph {
     const char* layer;
     std::function<void()> backward;
     std::vector<Var*> made;  // Vars made since the node before: released once this node has run
+    std::vector<Var*> inputs;  // the op's inputs that need a gradient (kept only for a TapeObserver)
   };
+  void note_inputs(std::initializer_list<const Var*> from);
   void release(Var* v);
   Workspace& ws_;
   std::deque<Var> vars_;  // deque: pointers stay valid as it grows
   std::vector<Var*> made_since_record_;
+  std::vector<Var*> inputs_since_record_;  // with a TapeObserver: inputs of the ops since the last record
   std::vector<Node> tape_;
   bool grad_enabled_ = true;
   dist::Communicator* bn_group_ = nullptr;

@@ -10,6 +10,14 @@
 //
 // Names: id 0 is the loss, then one id per slot of each watched arena in registration order,
 // named prefix + slot name (PyTorch's names, as in checkpoints).
+//
+// Which op went non-finite first (check_ops, --nonfinite-check ops): the monitor becomes the
+// thread's TapeObserver (engine/autograd.h) and checks, as the tape runs, every recorded op's
+// outputs after its forward and the gradients each backward node wrote, one launch per tensor
+// under a sequence number in execution order; the lowest number found in a bad step is kept in
+// the record, and the host keeps the (op, direction, layer, shape) of every number of the last
+// step checked to name it. A training step's tape is the same every step, so the names of the
+// last step checked are those of the bad one.
 #pragma once
 
 #include <cstdint>
@@ -18,15 +26,17 @@
 #include <vector>
 
 #include "engine/arena.h"
+#include "engine/autograd.h"
 #include "engine/slot_tables.h"
 #include "engine/tensor.h"
 #include "kernels/nonfinite.h"
 
 namespace tessera {
 
-class NonfiniteMonitor {
+class NonfiniteMonitor : private TapeObserver {
  public:
   explicit NonfiniteMonitor(Device device);
+  ~NonfiniteMonitor() override;
 
   // Checks `grads` at every check_step from now on; its slots are named prefix + slot name.
   // The arena must outlive the monitor.
@@ -36,14 +46,31 @@ class NonfiniteMonitor {
   // Three to five kernel launches; nothing waits.
   void check_step(int64_t step, const Tensor& loss);
 
+  // From now on (until the monitor is destroyed) check every op of this thread's graphs as
+  // above; the steps are numbered from `first_step` (the run's start step). Costs one check
+  // launch per op output and per backward node's gradient: a diagnostic mode.
+  void check_ops(int64_t first_step);
+  bool checking_ops() const { return scope_ != nullptr; }
+
   // Test hook: at `step`, before the checks, element 0 of the named tensor ("loss" or a
-  // watched gradient's name) is set to NaN (a host-to-device copy: for tests only).
+  // watched gradient's name) is set to NaN (a host-to-device copy: for tests only). With
+  // check_ops, "forward:OP" / "backward:OP" poison the first tensor the step's first op named
+  // OP wrote in that direction, before it is checked.
   void poison_at(int64_t step, const std::string& tensor);
 
   const int32_t* skip_flag() const;      // on the device: NonfiniteRecord::skip
   kernels::NonfiniteRecord read() const;  // the record on the host (waits for the device)
+  // The steps that had a non-finite value, ascending, the ones restore_bad_steps() gave
+  // first: reads the record (waits for the device). bad_steps_lost(): how many went bad
+  // between two reads beyond the record's ring (kernels::kNonfiniteRing), so are not listed.
+  std::vector<int64_t> bad_steps() const;
+  int64_t bad_steps_lost() const { return lost_; }
+  void restore_bad_steps(std::vector<int64_t> steps);  // a resumed run: those of the run before
   // "the loss" or "the gradient of 'layer1.0.conv1.weight'".
   std::string describe(int32_t tensor) const;
+  // "forward relu in layer 'layer1.0', output (8, 16, 4, 4)": op number `op` of the last step
+  // checked (NonfiniteRecord::first_op).
+  std::string describe_op(int32_t op) const;
   Device device() const { return device_; }
 
  private:
@@ -53,13 +80,31 @@ class NonfiniteMonitor {
     DeviceTable<kernels::ArenaChunk> chunks;
     int32_t first_id;
   };
+  struct OpName {
+    std::string op, layer;  // layer: the op's, or "after 'L'" with L the last layer named before it
+    bool backward;
+    Shape shape;
+  };
   kernels::NonfiniteRecord* record() const { return static_cast<kernels::NonfiniteRecord*>(record_.data()); }
+  void op_done(size_t node, const char* op, const char* layer, bool backward,
+               const std::vector<Tensor>& written) override;
+  void poison(const Tensor& t) const;  // element 0 = NaN
 
   Device device_;
   Buffer record_;
   std::vector<Watched> watched_;
   int32_t next_id_ = 1;  // 0: the loss
   std::vector<std::pair<int64_t, std::string>> poison_;
+  // Steps with a non-finite value, as far as the host has read them (bad_steps()).
+  mutable std::vector<int64_t> bad_steps_;
+  mutable int64_t bad_steps_read_ = 0;  // NonfiniteRecord::bad_steps at the last read
+  mutable int64_t lost_ = 0;
+  // check_ops: the step the tape is running, its ops so far, and the last checked step's.
+  std::unique_ptr<TapeObserverScope> scope_;
+  int64_t op_step_ = 0;
+  std::vector<OpName> step_ops_, last_ops_;
+  std::vector<std::string> node_layers_;  // per tape node of the step: its layer as OpName says
+  std::vector<std::string> step_poisoned_;  // "forward:OP" hooks already used this step
 };
 
 }  // namespace tessera

@@ -56,6 +56,8 @@ Optimizer::Optimizer(const ParamTable& table, Device device, OptimizerConfig con
     if (s.first_chunk < 0) s.first_chunk = static_cast<int32_t>(k);
     ++s.num_chunks;
   }
+  steps_ = Buffer(device, sizeof(int64_t));
+  set_steps(0);
   slots_ = DeviceTable<kernels::OptimizerSlot>(std::move(slots), device);
   chunks_ = DeviceTable<kernels::ArenaChunk>(chunks, device);
   const int arenas = c.kind == OptimizerKind::AdamW ? 2 : 1;
@@ -76,7 +78,8 @@ void Optimizer::step(Arena& params, const Arena& grads, float lr) {
            device_name(params.device()), " and ", device_name(grads.device()), ", optimizer built for ",
            device_name(device_));
   TS_CHECK(std::isfinite(lr) && lr >= 0.0f, "optimizer step: learning rate must be finite and >= 0, found ", lr);
-  ++steps_;
+  int64_t* steps = static_cast<int64_t*>(steps_.data());
+  TS_DISPATCH_COST(device_, optimizer_count_step, (kernels::Cost{16.0, 1.0}), steps, skip_);
   if (chunks_.size() == 0) return;
   const OptimizerConfig& c = config_;
   const kernels::OptimizerSlot* slots = slots_.data();
@@ -105,12 +108,8 @@ void Optimizer::step(Arena& params, const Arena& grads, float lr) {
       break;
     }
     case OptimizerKind::AdamW: {
-      // Bias corrections in double, as PyTorch computes them in Python.
-      const double t = static_cast<double>(steps_);
-      const double bc1 = 1.0 - std::pow(static_cast<double>(c.beta1), t);
-      const double bc2 = 1.0 - std::pow(static_cast<double>(c.beta2), t);
-      const kernels::AdamWParams p{lr, c.beta1, c.beta2, c.adam_eps, static_cast<float>(lr / bc1),
-                                   static_cast<float>(std::sqrt(bc2)), skip_};
+      // The bias corrections of the device's step count (kernels/optimizer.h).
+      const kernels::AdamWParams p{lr, c.beta1, c.beta2, c.adam_eps, steps, skip_};
       TS_DISPATCH_COST(device_, adamw_step, cost(28, 12), slots, chunks, n, params.data(), grads.data(), state_[0]->data(),
                   state_[1]->data(), p);
       break;
@@ -123,8 +122,18 @@ std::vector<std::pair<std::string, Arena*>> Optimizer::state_arenas() {
   return {{"momentum_buffer", state_[0].get()}};
 }
 
+int64_t Optimizer::steps() const {
+  int64_t n = 0;
+  copy_to_host(&n, steps_.view(Shape{static_cast<int64_t>(sizeof n)}, DType::U8), sizeof n);
+  return n;
+}
+
+void Optimizer::set_steps(int64_t n) {
+  copy_from_host(steps_.view(Shape{static_cast<int64_t>(sizeof n)}, DType::U8), &n, sizeof n);
+}
+
 std::map<std::string, std::string> Optimizer::state_strings() const {
-  return {{"optim.kind", optimizer_name(config_.kind)}, {"optim.steps", std::to_string(steps_)}};
+  return {{"optim.kind", optimizer_name(config_.kind)}, {"optim.steps", std::to_string(steps())}};
 }
 
 void Optimizer::restore_state_strings(const std::map<std::string, std::string>& kv) {
@@ -142,7 +151,7 @@ void Optimizer::restore_state_strings(const std::map<std::string, std::string>& 
   const long long steps = std::strtoll(v.c_str(), &end, 10);
   if (v.empty() || *end != '\0' || errno != 0 || steps < 0)
     throw Error(cat("optimizer state: key 'optim.steps' expected a count, found '", v, "'"));
-  steps_ = steps;
+  set_steps(steps);
 }
 
 }  // namespace tessera

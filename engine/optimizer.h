@@ -46,14 +46,16 @@ class Optimizer {
   // One step with learning rate lr: params -= lr * (direction from grads and state).
   void step(Arena& params, const Arena& grads, float lr);
   // From now on every step reads *flag on the device and leaves weights and state as they are
-  // when it is non-zero (--on-nonfinite skip: kernels/nonfinite.h). The host's step count
-  // still advances (reading the flag would be a sync), so AdamW's bias correction counts a
-  // skipped step. Null: never skip.
+  // when it is non-zero (--on-nonfinite skip: kernels/nonfinite.h), the step count included:
+  // it lives on the device and counts only the steps taken, so AdamW's bias correction after
+  // a skipped step is the one of a run that never had it. Null: never skip.
   void skip_when(const int32_t* flag) { skip_ = flag; }
 
   const OptimizerConfig& config() const { return config_; }
   bool excluded(size_t slot) const;  // from weight decay and adaptation
-  int64_t steps() const { return steps_; }  // steps taken (AdamW's bias-correction t)
+  // Steps taken (AdamW's bias-correction t), skipped ones left out. Reads the device counter:
+  // waits for the device (checkpoints and tests only).
+  int64_t steps() const;
 
   // For checkpoints: the state arenas by name ("momentum_buffer"; "exp_avg", "exp_avg_sq",
   // PyTorch's names), and the step count as strings under "optim." (engine/checkpoint.h's prefix).
@@ -62,10 +64,12 @@ class Optimizer {
   void restore_state_strings(const std::map<std::string, std::string>& kv);  // Error naming a bad key
 
  private:
+  void set_steps(int64_t n);  // the device counter
+
   const ParamTable& table_;
   Device device_;
   OptimizerConfig config_;
-  int64_t steps_ = 0;
+  Buffer steps_;  // one int64 on the device: steps taken (optimizer_count_step)
   const int32_t* skip_ = nullptr;  // device flag, see skip_when()
   DeviceTable<kernels::OptimizerSlot> slots_;
   DeviceTable<kernels::ArenaChunk> chunks_;

@@ -210,6 +210,12 @@ void TeacherSmoother::initialise(const Arena& student_params, Arena& teacher_par
   apply(copy, buffers_, buffer_slots_, buffer_chunks_, student_buffers, teacher_buffers);
 }
 
+namespace {
+bool is_skipped(const std::vector<int64_t>& skipped, int64_t step) {
+  return std::binary_search(skipped.begin(), skipped.end(), step);
+}
+}  // namespace
+
 TeacherStats TeacherSmoother::stats_at(int64_t step) const {
   const TeacherConfig& c = state_.config;
   const float p = preserve_prob();
@@ -221,6 +227,7 @@ TeacherStats TeacherSmoother::stats_at(int64_t step) const {
     case Granularity::Element: st.fragments = params_.total_numel(); break;
   }
   if (c.mode == SmoothingMode::None || st.fragments == 0) return st;
+  if (skipped_steps_ && is_skipped(skipped_steps_(), step)) return st;  // nothing was updated
   if (p <= 0.0f) {
     st.fragments_updated = st.params_updated = 1.0;
     return st;
@@ -259,13 +266,16 @@ TeacherStats TeacherSmoother::stats_at(int64_t step) const {
 
 // ---- the mosaic -----------------------------------------------------------------------------
 
-int64_t fragment_age(uint64_t seed, float preserve_prob, uint64_t fragment, int64_t step) {
+int64_t fragment_age(uint64_t seed, float preserve_prob, uint64_t fragment, int64_t step,
+                     const std::vector<int64_t>& skipped) {
   TS_CHECK(step >= 0, "fragment age: step must be >= 0, found ", step);
-  if (preserve_prob <= 0.0f) return 0;  // the kernel updates every fragment without a draw
-  for (int64_t j = step; j >= 0; --j)
+  for (int64_t j = step; j >= 0; --j) {
+    if (!skipped.empty() && is_skipped(skipped, j)) continue;
+    if (preserve_prob <= 0.0f) return step - j;  // the kernel updates every fragment without a draw
     if (!kernels::sts_keep(kernels::philox_uniform(seed, kernels::kStreamTeacher, static_cast<uint64_t>(j), fragment),
                            preserve_prob))
       return step - j;
+  }
   return step + 1;
 }
 
@@ -275,7 +285,8 @@ namespace {
 // start on aligned offsets). As in the kernel, the draws of elements g .. g + 3 are the four
 // words of Philox block g / 4, so one block per step walked serves four elements: the same
 // ages as fragment_age, with fewer blocks.
-void element_ages(uint64_t seed, float p, int64_t begin, int64_t end, int64_t step, int64_t* age) {
+void element_ages(uint64_t seed, float p, int64_t begin, int64_t end, int64_t step, const std::vector<int64_t>& skipped,
+                  int64_t* age) {
 #pragma omp parallel for schedule(dynamic, 256)
   for (int64_t g = begin; g < end; g += 4) {
     const int64_t n = std::min<int64_t>(4, end - g);
@@ -283,6 +294,7 @@ void element_ages(uint64_t seed, float p, int64_t begin, int64_t end, int64_t st
     int open = static_cast<int>(n);  // elements whose last update is not found yet
     bool found[4] = {false, false, false, false};
     for (int64_t j = step; j >= 0 && open > 0; --j) {
+      if (!skipped.empty() && is_skipped(skipped, j)) continue;
       const kernels::Philox4 w =
           kernels::PhiloxState(seed, kernels::philox_subsequence(kernels::kStreamTeacher, static_cast<uint64_t>(j)),
                                static_cast<uint64_t>(g))
@@ -315,6 +327,7 @@ std::vector<SlotAges> TeacherSmoother::ages_at(int64_t step) const {
   TS_CHECK(step >= 0, "teacher ages: step must be >= 0, found ", step);
   const TeacherConfig& c = state_.config;
   const float p = preserve_prob();
+  const std::vector<int64_t> skipped = skipped_steps_ ? skipped_steps_() : std::vector<int64_t>();
   std::vector<SlotAges> out;
   int64_t next_channel = 0;  // channel ids below this belong to an earlier slot
   for (size_t k = 0; k < params_.size(); ++k) {
@@ -344,10 +357,10 @@ std::vector<SlotAges> TeacherSmoother::ages_at(int64_t step) const {
       a.age.assign(static_cast<size_t>(n), step + 1);
     } else if (c.granularity == Granularity::Element && p > 0.0f) {
       TS_CHECK(s.offset % 4 == 0, "teacher ages: slot '", s.name, "' starts at ", s.offset, ", not a multiple of 4");
-      element_ages(c.seed, p, s.offset, s.offset + s.numel, step, a.age.data());
+      element_ages(c.seed, p, s.offset, s.offset + s.numel, step, skipped, a.age.data());
     } else {
 #pragma omp parallel for schedule(dynamic, 64) if (n > 1024)
-      for (int64_t r = 0; r < n; ++r) a.age[static_cast<size_t>(r)] = fragment_age(c.seed, p, id(r), step);
+      for (int64_t r = 0; r < n; ++r) a.age[static_cast<size_t>(r)] = fragment_age(c.seed, p, id(r), step, skipped);
     }
     out.push_back(std::move(a));
   }

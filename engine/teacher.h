@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -85,7 +86,9 @@ struct TeacherStats {
 // Computed by walking back from step k through the kernel's own draws
 // Philox(seed, kStreamTeacher, j, f) until one updates f, capped at step 0: 1 / (1 - p) draws per
 // fragment on average (3.3 at p = 0.7). `preserve_prob` is the mode's p (0: every step updates).
-int64_t fragment_age(uint64_t seed, float preserve_prob, uint64_t fragment, int64_t step);
+// `skipped` (ascending): steps whose update did not happen (--on-nonfinite skip); walked past.
+int64_t fragment_age(uint64_t seed, float preserve_prob, uint64_t fragment, int64_t step,
+                     const std::vector<int64_t>& skipped = {});
 
 // The ages of one slot's fragments (tensor: 1, channel: one per output channel, element: one
 // per element), in arena order.
@@ -136,9 +139,15 @@ class TeacherSmoother {
                   Arena& teacher_buffers);
   // From now on update() reads *flag on the device and changes nothing when it is non-zero
   // (--on-nonfinite skip in FixMatch, whose teacher follows the optimizer step: a dropped
-  // step drops both). The step counter still advances and ages_at / stats_at still count the
-  // step's draws: the host cannot know without a sync. initialise() never skips. Null: never.
-  void skip_when(const int32_t* flag) { skip_ = flag; }
+  // step drops both). `skipped_steps` (may be empty) lists the steps skipped so far, ascending
+  // (engine/nonfinite.h's record, read when called): ages_at and stats_at leave those steps'
+  // draws out, as for a run whose update at that step never happened. The draws of the other
+  // steps stay keyed by their step, so the step counter advances as before. initialise()
+  // never skips. Null: never.
+  void skip_when(const int32_t* flag, std::function<std::vector<int64_t>()> skipped_steps = {}) {
+    skip_ = flag;
+    skipped_steps_ = std::move(skipped_steps);
+  }
 
   float momentum_at(int64_t step) const;  // m_k (0 for se and copy)
   float preserve_prob() const;            // p of the mode (0 for tma and copy)
@@ -163,6 +172,7 @@ class TeacherSmoother {
   DeviceTable<kernels::TeacherSlot> param_slots_, buffer_slots_;
   DeviceTable<kernels::ArenaChunk> param_chunks_, buffer_chunks_;
   const int32_t* skip_ = nullptr;  // device flag, see skip_when()
+  std::function<std::vector<int64_t>()> skipped_steps_;  // likewise
 };
 
 // The TeacherSlot rows of a table (exposed for tests and benchmarks).

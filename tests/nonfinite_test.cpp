@@ -20,6 +20,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 #include "apps/run/nonfinite.h"
@@ -29,6 +30,7 @@
 #include "engine/nonfinite.h"
 #include "engine/ops.h"
 #include "engine/optimizer.h"
+#include "engine/profile.h"
 #include "engine/slot_tables.h"
 #include "engine/teacher.h"
 #include "kernels/nonfinite.h"
@@ -141,6 +143,7 @@ TEST(NonfiniteCuda, MatchesCpu) {
       EXPECT_EQ(got.first_tensor, want.first_tensor) << bad_slot << " " << bad;
       EXPECT_EQ(got.bad_steps, want.bad_steps) << bad_slot << " " << bad;
       EXPECT_EQ(got.skip, want.skip) << bad_slot << " " << bad;
+      for (int32_t b = 0; b < want.bad_steps; ++b) EXPECT_EQ(got.bad_step_ring[b], want.bad_step_ring[b]) << b;
     }
   }
 }
@@ -268,6 +271,182 @@ TEST(NonfiniteSkip, TeacherUpdateAndEnqueueLeaveTheirStateUntouched) {
   EXPECT_TRUE(std::isnan(queue.t.f32()[4]));
 }
 
+// Skip must leave no trace. Two runs of 6 steps: one in skip mode whose step 3 has a NaN
+// gradient, one that never takes step 3. They must end with the same weights, AdamW moments
+// and step count (the bias corrections of steps 4 and 5 count the steps taken, not the steps
+// seen) and the same teacher. The teacher's ages, reconstructed on the host from the draws,
+// must be those the kernel made: an SE teacher (replace) of a student that holds k + 1 at step
+// k tells in every element when the kernel last replaced it.
+TEST(NonfiniteSkip, ASkippedStepLeavesOptimizerAndTeacherAsIfItNeverHappened) {
+  constexpr int kSteps = 6, kBad = 3;
+  Three three;
+  ParamTable no_buffers;
+  OptimizerConfig oc;
+  oc.kind = OptimizerKind::AdamW;
+  oc.weight_decay = 0.1f;
+  TeacherConfig tc;
+  tc.mode = SmoothingMode::Se;
+  tc.preserve_prob = 0.5f;
+  tc.granularity = Granularity::Element;
+  tc.schedule = MomentumSchedule::Constant;
+  tc.seed = 11;
+  struct Run {
+    Optimizer opt;
+    TeacherSmoother sm;
+    Arena w, g, student, teacher, sb, tb;
+    Run(const ParamTable& t, const ParamTable& nb, const OptimizerConfig& oc, const TeacherConfig& tc)
+        : opt(t, Device::CPU, oc), sm(t, nb, Device::CPU, tc), w(t, Device::CPU), g(t, Device::CPU),
+          student(t, Device::CPU), teacher(t, Device::CPU), sb(nb, Device::CPU), tb(nb, Device::CPU) {
+      fill(w, 1.0f);
+    }
+    void step(int k) {
+      opt.step(w, g, 0.01f);
+      fill(student, 0.0f);
+      for (int64_t i = 0; i < student.table().arena_numel(); ++i) student.data()[i] = static_cast<float>(k + 1);
+      sm.update(student, teacher, sb, tb, k);
+    }
+  };
+  Run skipped(three.t, no_buffers, oc, tc), never(three.t, no_buffers, oc, tc);
+  NonfiniteGuard guard("skip", Device::CPU);
+  guard.monitor().watch_gradients("", skipped.g);
+  guard.monitor().poison_at(kBad, "b.weight");
+  skipped.opt.skip_when(guard.skip_flag());
+  guard.skip_teacher(skipped.sm);
+  const OwnedTensor loss(Device::CPU, Shape{1});
+  fill_zero(loss.t);
+  for (int k = 0; k < kSteps; ++k) {
+    fill(skipped.g, 0.1f * static_cast<float>(k + 1));
+    guard.monitor().check_step(k, loss.t);
+    skipped.step(k);
+    if (k == kBad) continue;
+    fill(never.g, 0.1f * static_cast<float>(k + 1));
+    never.step(k);
+  }
+  EXPECT_EQ(guard.read("NOTE"), 1);
+  EXPECT_EQ(skipped.opt.steps(), kSteps - 1);
+  EXPECT_EQ(never.opt.steps(), kSteps - 1);
+  EXPECT_EQ(host(skipped.w), host(never.w));
+  for (size_t i = 0; i < 2; ++i)
+    EXPECT_EQ(host(*skipped.opt.state_arenas()[i].second), host(*never.opt.state_arenas()[i].second)) << i;
+  EXPECT_EQ(host(skipped.teacher), host(never.teacher));
+
+  // Ages: the kernel's (from the teacher's values) against the host's, step 3 left out.
+  const std::vector<SlotAges> ages = skipped.sm.ages_at(kSteps - 1), naive = never.sm.ages_at(kSteps - 1);
+  int differ = 0;
+  for (size_t k = 0; k < ages.size(); ++k) {
+    const Slot& s = three.t[k];
+    for (int64_t e = 0; e < s.numel; ++e) {
+      const float v = skipped.teacher.data()[s.offset + e];
+      const int64_t kernel_age = v == 0.0f ? kSteps : kSteps - static_cast<int64_t>(v);
+      EXPECT_EQ(ages[k].age[static_cast<size_t>(e)], kernel_age) << s.name << " " << e;
+      differ += naive[k].age[static_cast<size_t>(e)] != kernel_age;
+    }
+  }
+  EXPECT_GT(differ, 0) << "step 3's draws replace nothing that matters: the test would not see a miscount";
+  EXPECT_EQ(skipped.sm.stats_at(kBad).params_updated, 0.0);
+  EXPECT_GT(never.sm.stats_at(kBad).params_updated, 0.0);
+
+  // The checkpoint keeps the optimizer's count and the skipped steps for a resumed run.
+  EXPECT_EQ(skipped.opt.state_strings().at("optim.steps"), std::to_string(kSteps - 1));
+  const std::string path = ::testing::TempDir() + "tessera_nonfinite_skip_" + std::to_string(::getpid());
+  SafetensorsWriter w;
+  const std::vector<float> one = {1.0f};
+  w.add_f32("x", {1}, one.data());
+  guard.before_save(w, "NOTE");
+  w.write(path);
+  NonfiniteGuard resumed("skip", Device::CPU);
+  resumed.restore(SafetensorsFile::read(path));
+  fs::remove(path);
+  EXPECT_EQ(resumed.monitor().bad_steps(), (std::vector<int64_t>{kBad}));
+  EXPECT_EQ(resumed.read("NOTE"), 1);
+}
+
+// ---- --nonfinite-check ops: the first op, in execution order ------------------------------
+
+// A small MLP on one parameter arena, the hidden layer's relu under a layer name.
+struct MlpStep {
+  static ParamTable table() {
+    ParamTable t;
+    t.add("fc1.weight", Shape{8, 5}, ParamKind::LinearWeight);
+    t.add("fc1.bias", Shape{8}, ParamKind::Bias);
+    t.add("fc2.weight", Shape{3, 8}, ParamKind::LinearWeight);
+    t.add("fc2.bias", Shape{3}, ParamKind::Bias);
+    return t;
+  }
+  ParamTable t = table();
+  Arena w{t, Device::CPU}, g{t, Device::CPU};
+  OwnedTensor x{Device::CPU, Shape{4, 5}}, labels{Device::CPU, Shape{4}, DType::I32};
+  MlpStep() {
+    fill(w, 0.1f);
+    for (int64_t i = 0; i < 20; ++i) x.t.f32()[i] = 0.05f * static_cast<float>(i % 7) - 0.1f;
+    for (int32_t i = 0; i < 4; ++i) labels.t.i32()[i] = i % 3;
+  }
+  // Forward and backward of step `step`, then the monitor's check.
+  void run(NonfiniteMonitor& m, int64_t step) {
+    fill_zero(g.all());
+    Workspace ws(Device::CPU);
+    Graph graph(ws);
+    Var* in = graph.input(x.t, "x");
+    Var* h = ops::linear(graph, in, graph.param(w.slot(0), g.slot(0), "fc1.weight"),
+                         graph.param(w.slot(1), g.slot(1), "fc1.bias"));
+    {
+      profile::LayerScope layer("block1.act");
+      h = ops::relu(graph, h);
+    }
+    Var* logits = ops::linear(graph, h, graph.param(w.slot(2), g.slot(2), "fc2.weight"),
+                              graph.param(w.slot(3), g.slot(3), "fc2.bias"));
+    Var* loss = ops::cross_entropy(graph, logits, labels.t);
+    graph.backward(loss);
+    m.check_step(step, loss->value);
+  }
+};
+
+std::string stop_message(NonfiniteGuard& guard) {
+  try {
+    guard.read("NOTE");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+// A NaN put into the relu's output (forward) reaches the loss and every gradient; one put into
+// the first gradient the backward of the last linear writes reaches the first layer's
+// gradients. Either way the message names the op that made it first: op, direction, layer
+// and shape; before, it named only the loss or the first gradient slot.
+TEST(NonfiniteOps, NamesTheFirstOpThatWentNonfinite) {
+  for (const char* hook : {"forward:relu", "backward:linear"}) {
+    MlpStep mlp;
+    NonfiniteGuard guard("stop", Device::CPU);
+    guard.monitor().watch_gradients("", mlp.g);
+    guard.monitor().check_ops(0);
+    guard.monitor().poison_at(1, hook);
+    mlp.run(guard.monitor(), 0);
+    EXPECT_EQ(guard.read("NOTE"), 0) << hook;
+    mlp.run(guard.monitor(), 1);
+    const std::string m = stop_message(guard);
+    EXPECT_NE(m.find("step 1: "), std::string::npos) << m;
+    if (std::string(hook) == "forward:relu") {
+      EXPECT_NE(m.find("the loss is not finite"), std::string::npos) << m;
+      EXPECT_NE(m.find("the first op that went non-finite: relu in 'block1.act', output (4, 8)"), std::string::npos)
+          << m;
+    } else {
+      EXPECT_NE(m.find("the gradient of 'fc1.weight' is not finite"), std::string::npos) << m;
+      EXPECT_NE(m.find("the first op that went non-finite: the backward of linear"), std::string::npos) << m;
+      EXPECT_NE(m.find("gradient (4, 8)"), std::string::npos) << m;
+    }
+  }
+  // Without the mode the message says how to get the op.
+  MlpStep mlp;
+  NonfiniteGuard guard("stop", Device::CPU);
+  guard.monitor().watch_gradients("", mlp.g);
+  guard.monitor().poison_at(0, "fc2.bias");
+  mlp.run(guard.monitor(), 0);
+  const std::string m = stop_message(guard);
+  EXPECT_NE(m.find("the gradient of 'fc2.bias' is not finite"), std::string::npos) << m;
+  EXPECT_NE(m.find("resume from the last checkpoint with --nonfinite-check ops"), std::string::npos) << m;
+}
+
 TEST(NonfiniteCheckpoint, WriterFindsTheFirstNonfiniteTensor) {
   SafetensorsWriter w;
   const std::vector<float> ok = {1, 2}, bad = {3, -kInf};
@@ -389,6 +568,24 @@ TEST(NonfiniteByol, HugeLearningRateStopsWithoutSavingNonfiniteWeights) {
   ASSERT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("is not finite"), std::string::npos) << r.output;
   if (fs::exists(out + "/last.safetensors")) expect_all_finite(out + "/last.safetensors");
+}
+
+// --nonfinite-check ops in a program: a NaN put into the output of step 4's first relu. The
+// message names that op and its layer; the flag may be given to a resumed run.
+TEST(NonfiniteByol, OpsCheckNamesTheFirstOpThatWentNonfinite) {
+  const std::string out = fixture().root + "/byol-ops";
+  const program_runs::Result r = program_runs::run(
+      "byol", with(tiny("byol", out), {"--nonfinite-check", "ops", "--log-every", "1"}),
+      {"TESSERA_INJECT_NONFINITE=4:forward:relu"});
+  ASSERT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("step 4: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the first op that went non-finite: relu after '"), std::string::npos) << r.output;
+  const program_runs::Result resumed = program_runs::run(
+      "byol", {"--resume", out, "--nonfinite-check", "ops"}, {"TESSERA_INJECT_NONFINITE=5:backward:conv2d"});
+  ASSERT_EQ(resumed.status, 1) << resumed.output;
+  EXPECT_NE(resumed.output.find("step 5: "), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("the first op that went non-finite: the backward of conv2d in '"), std::string::npos)
+      << resumed.output;
 }
 
 }  // namespace

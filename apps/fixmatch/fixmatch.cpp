@@ -146,7 +146,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   nonfinite.arm_test_hook();
   if (run.resuming()) nonfinite.restore(run.checkpoint());
   nets.opt->skip_when(nonfinite.skip_flag());
-  nets.smoother->skip_when(nonfinite.skip_flag());
+  nonfinite.skip_teacher(*nets.smoother);  // the flag, and the skipped steps for the mosaic
   nets.nonfinite = &nonfinite.monitor();
   run.attach(nonfinite);
 

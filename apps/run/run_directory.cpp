@@ -33,6 +33,10 @@ void add_run_options(Options& o, RunOptions& r) {
   o.choice("on-nonfinite", &r.on_nonfinite, {"stop", "skip"},
            "a step whose loss or a gradient is NaN / inf: stop (exit 1 naming the step and tensor, keeping the "
            "last good checkpoint) or skip (drop that step's update, count it in metrics)");
+  o.choice("nonfinite-check", &r.nonfinite_check, {"grads", "ops"},
+           "what is checked for NaN / inf on the device: the loss and gradients after backward (grads), or also "
+           "every op's output and gradient as the step runs, to name the first op that went non-finite (ops: a "
+           "diagnostic, slower; resume from the last checkpoint with it)");
   o.add("profile-steps", &r.profile_steps,
         "A:B times every kernel in steps A..B-1, prints a per-op table and writes DIR/profile.json")
       .check([&r] {
@@ -87,7 +91,8 @@ void resolve_run_paths(RunOptions& r, const std::string& program) {
 }
 
 bool per_invocation(const std::string& flag) {
-  static const char* const kOnce[] = {"config", "out", "resume", "stop-after", "eval-only", "profile-steps", "debug"};
+  static const char* const kOnce[] = {"config", "out", "resume", "stop-after", "eval-only", "profile-steps", "debug",
+                                      "nonfinite-check"};
   for (const char* f : kOnce)
     if (flag == f) return true;
   return false;

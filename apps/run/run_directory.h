@@ -37,6 +37,7 @@ struct RunOptions {
   int threads = 0;            // CPU threads (0: OpenMP's default)
   bool debug = false;                 // --debug: source locations in check messages
   std::string on_nonfinite = "stop";  // --on-nonfinite stop|skip (apps/run/nonfinite.h)
+  std::string nonfinite_check = "grads";  // --nonfinite-check grads|ops (likewise)
   // "A:B": time every kernel of steps A..B-1. The loop makes
   //   profile::Profiler prof(profile::StepWindow::parse(run.profile_steps), device, dir);
   // and calls prof.begin_step(k) / prof.end_step(k) around each step (engine/profile.h).

@@ -30,7 +30,8 @@ int run_program(const char* program, const std::function<int()>& body) {
   }
 }
 
-TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run) : program_(std::move(program)) {
+TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run)
+    : program_(std::move(program)), check_ops_(run.nonfinite_check == "ops") {
   if (run.debug) show_check_locations(true);
   if (run.resume.empty()) {
     resolve_run_paths(run, program_);
@@ -134,6 +135,11 @@ void TrainingRun::save(SafetensorsWriter& w, int64_t step) {
   w.add_metadata(kStepKey, std::to_string(step));
   w.write(dir_.checkpoint());
   saved_step_ = step;
+}
+
+void TrainingRun::attach(NonfiniteGuard& guard) {
+  guard_ = &guard;
+  if (check_ops_) guard.monitor().check_ops(start_step_);
 }
 
 }  // namespace tessera

@@ -61,8 +61,9 @@ class TrainingRun {
   // anything is written) and scans every f32 tensor of `w`: a checkpoint never holds NaN or
   // infinity (an Error naming the tensor instead).
   void save(SafetensorsWriter& w, int64_t step);
-  // The guard save() reads; it must outlive the run's saves.
-  void attach(NonfiniteGuard& guard) { guard_ = &guard; }
+  // The guard save() reads; it must outlive the run's saves. With --nonfinite-check ops its
+  // monitor checks every op from here on (NonfiniteMonitor::check_ops).
+  void attach(NonfiniteGuard& guard);
   // Where the last good state is, for messages: "the last checkpoint, DIR/last.safetensors,
   // holds step N" or that there is none yet.
   std::string last_checkpoint_note() const;
@@ -74,6 +75,7 @@ class TrainingRun {
   int64_t start_step_ = 0;
   int64_t saved_step_ = -1;  // the step of DIR/last.safetensors; -1: none yet
   NonfiniteGuard* guard_ = nullptr;
+  bool check_ops_ = false;  // --nonfinite-check ops
   RunLock lock_;  // DIR/run.lock for the life of the run (apps/run/run_lock.h)
   void take_lock(const std::string& dir);
   nlohmann::json config_;

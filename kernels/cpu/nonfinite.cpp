@@ -25,16 +25,13 @@ void nonfinite_check_arena(const ArenaChunk* chunks, int64_t num_chunks, const f
   rec->step_tensor = std::min(rec->step_tensor, lowest);
 }
 
-void nonfinite_commit(NonfiniteRecord* rec, int64_t step) {
-  rec->skip = rec->step_tensor != kNonfiniteNone ? 1 : 0;
-  if (rec->skip) {
-    ++rec->bad_steps;
-    if (rec->first_step < 0) {
-      rec->first_step = step;
-      rec->first_tensor = rec->step_tensor;
-    }
-  }
-  rec->step_tensor = kNonfiniteNone;
+void nonfinite_check_op(const float* x, int64_t n, int32_t op, NonfiniteRecord* rec) {
+  int found = 0;
+#pragma omp parallel for simd schedule(static) reduction(| : found)
+  for (int64_t i = 0; i < n; ++i) found |= is_nonfinite(x[i]) ? 1 : 0;
+  if (found) rec->step_op = std::min(rec->step_op, op);
 }
+
+void nonfinite_commit(NonfiniteRecord* rec, int64_t step) { nonfinite_commit_rule(rec, step); }
 
 }  // namespace kernels::cpu

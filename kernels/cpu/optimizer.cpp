@@ -7,6 +7,10 @@
 
 namespace kernels::cpu {
 
+void optimizer_count_step(int64_t* steps, const int32_t* skip) {
+  if (!(skip && *skip)) ++*steps;
+}
+
 void sgd_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
               float* buf, SgdParams p) {
   if (p.skip && *p.skip) return;
@@ -51,12 +55,14 @@ void lars_step(const OptimizerSlot*, const ArenaChunk* chunks, int64_t num_chunk
 void adamw_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
                 float* m, float* v, AdamWParams p) {
   if (p.skip && *p.skip) return;
+  float step_size, bc2_sqrt;
+  adamw_bias_corrections(p.lr, p.beta1, p.beta2, *p.steps, &step_size, &bc2_sqrt);
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t k = 0; k < num_chunks; ++k) {
     const ArenaChunk c = chunks[k];
     const float decay = fmaf(-p.lr, slots[c.slot].weight_decay, 1.0f);  // 1 - lr * wd, fused on both backends
     for (int64_t i = c.begin; i < c.end; ++i)
-      adamw_element(w[i], m[i], v[i], g[i], decay, p.beta1, p.beta2, p.eps, p.step_size, p.bias_correction2_sqrt);
+      adamw_element(w[i], m[i], v[i], g[i], decay, p.beta1, p.beta2, p.eps, step_size, bc2_sqrt);
   }
 }
 

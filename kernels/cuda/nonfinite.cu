@@ -15,12 +15,13 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 1024;
 
+// `lowest`: the record's step_tensor, or its step_op.
 __global__ void __launch_bounds__(kThreads)
-    check_kernel(const float* __restrict__ x, int64_t n, int32_t tensor, NonfiniteRecord* rec) {
+    check_kernel(const float* __restrict__ x, int64_t n, int32_t id, int32_t* lowest) {
   int found = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     found |= is_nonfinite(x[i]);
-  if (__syncthreads_or(found) && threadIdx.x == 0) atomicMin(&rec->step_tensor, tensor);
+  if (__syncthreads_or(found) && threadIdx.x == 0) atomicMin(lowest, id);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -32,25 +33,23 @@ __global__ void __launch_bounds__(kThreads)
   if (__syncthreads_or(found) && threadIdx.x == 0) atomicMin(&rec->step_tensor, first_tensor + c.slot);
 }
 
-__global__ void commit_kernel(NonfiniteRecord* rec, int64_t step) {
-  rec->skip = rec->step_tensor != kNonfiniteNone ? 1 : 0;
-  if (rec->skip) {
-    ++rec->bad_steps;
-    if (rec->first_step < 0) {
-      rec->first_step = step;
-      rec->first_tensor = rec->step_tensor;
-    }
-  }
-  rec->step_tensor = kNonfiniteNone;
+__global__ void commit_kernel(NonfiniteRecord* rec, int64_t step) { nonfinite_commit_rule(rec, step); }
+
+void launch_check(const float* x, int64_t n, int32_t id, int32_t* lowest) {
+  if (n == 0) return;
+  const int64_t blocks = std::min<int64_t>(kMaxBlocks, (n + kThreads - 1) / kThreads);
+  check_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, runtime().stream>>>(x, n, id, lowest);
+  KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void nonfinite_check(const float* x, int64_t n, int32_t tensor, NonfiniteRecord* rec) {
-  if (n == 0) return;
-  const int64_t blocks = std::min<int64_t>(kMaxBlocks, (n + kThreads - 1) / kThreads);
-  check_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, runtime().stream>>>(x, n, tensor, rec);
-  KERNEL_LAUNCH_CHECK();
+  launch_check(x, n, tensor, &rec->step_tensor);
+}
+
+void nonfinite_check_op(const float* x, int64_t n, int32_t op, NonfiniteRecord* rec) {
+  launch_check(x, n, op, &rec->step_op);
 }
 
 void nonfinite_check_arena(const ArenaChunk* chunks, int64_t num_chunks, const float* x, int32_t first_tensor,

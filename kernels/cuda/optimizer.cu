@@ -108,10 +108,18 @@ __global__ void __launch_bounds__(kThreads)
     adamw_kernel(const OptimizerSlot* __restrict__ slots, const ArenaChunk* __restrict__ chunks, float* __restrict__ w,
                  const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v, AdamWParams p) {
   if (p.skip && *p.skip) return;
+  // The bias corrections of step *p.steps, once per block (a few dozen double multiplications).
+  __shared__ float step_size, bc2_sqrt;
+  if (threadIdx.x == 0) adamw_bias_corrections(p.lr, p.beta1, p.beta2, *p.steps, &step_size, &bc2_sqrt);
+  __syncthreads();
   const ArenaChunk c = chunks[blockIdx.x];
   const float decay = fmaf(-p.lr, slots[c.slot].weight_decay, 1.0f);  // 1 - lr * wd, fused on both backends
   for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
-    adamw_element(w[i], m[i], v[i], g[i], decay, p.beta1, p.beta2, p.eps, p.step_size, p.bias_correction2_sqrt);
+    adamw_element(w[i], m[i], v[i], g[i], decay, p.beta1, p.beta2, p.eps, step_size, bc2_sqrt);
+}
+
+__global__ void count_step_kernel(int64_t* steps, const int32_t* skip) {
+  if (!(skip && *skip)) ++*steps;
 }
 
 unsigned grid_of(int64_t num_chunks, const char* kernel) {
@@ -120,6 +128,11 @@ unsigned grid_of(int64_t num_chunks, const char* kernel) {
 }
 
 }  // namespace
+
+void optimizer_count_step(int64_t* steps, const int32_t* skip) {
+  count_step_kernel<<<1, 1, 0, runtime().stream>>>(steps, skip);
+  KERNEL_LAUNCH_CHECK();
+}
 
 void sgd_step(const OptimizerSlot* slots, const ArenaChunk* chunks, int64_t num_chunks, float* w, const float* g,
               float* buf, SgdParams p) {
