@@ -342,51 +342,24 @@ void all_reduce_mean_arena(Communicator& c, Arena& a, const char* what) {
   c.all_reduce_mean(a.data(), a.table().arena_numel(), a.device(), what);
 }
 
-void check_replicas(Communicator& c, const Arena& a, const std::string& what) {
-  if (c.size() == 1) return;
-  const int64_t n = a.table().arena_numel();
-  std::vector<float> mine(static_cast<size_t>(n)), root(static_cast<size_t>(n));
-  copy_to_host(mine.data(), a.all(), mine.size() * sizeof(float));
-  root = mine;
-  c.broadcast(root.data(), n * static_cast<int64_t>(sizeof(float)), Device::CPU, "the replica check");
+namespace {
+
+// Compares this rank's bytes with rank 0's, `elem` bytes a value, over the values `counted`
+// accepts; throws the same Error on every rank when some rank differs, naming each such rank,
+// how many of `total` values differ and, through `where`, the first. Every rank must call it.
+template <class Counted, class Where>
+void compare_with_root(Communicator& c, const char* mine, size_t bytes, size_t elem, int64_t total,
+                       const std::string& what, Counted counted, Where where) {
+  std::vector<char> root(mine, mine + bytes);
+  c.broadcast(root.data(), static_cast<int64_t>(bytes), Device::CPU, "the replica check");
   // Per rank: how many values differ from rank 0's, and the first that does; summed so every
   // rank sees every rank's answer and throws the same message.
   std::vector<double> report(static_cast<size_t>(2 * c.size()), 0.0);
   int64_t differ = 0, first = -1;
-  for (int64_t i = 0; i < n; ++i) {
-    if (a.table().slot_of(i) < 0) continue;  // alignment gaps hold nothing
-    if (std::memcmp(&mine[static_cast<size_t>(i)], &root[static_cast<size_t>(i)], sizeof(float)) != 0) {
-      if (first < 0) first = i;
-      ++differ;
-    }
-  }
-  report[static_cast<size_t>(2 * c.rank())] = static_cast<double>(differ);
-  report[static_cast<size_t>(2 * c.rank() + 1)] = static_cast<double>(first);
-  c.all_reduce_sum(report.data(), static_cast<int64_t>(report.size()), Device::CPU, "the replica check");
-  std::string message;
-  for (int r = 1; r < c.size(); ++r) {
-    const auto count = static_cast<int64_t>(report[static_cast<size_t>(2 * r)]);
-    if (count == 0) continue;
-    const auto at = static_cast<int64_t>(report[static_cast<size_t>(2 * r + 1)]);
-    message += cat(message.empty() ? "" : "; ", "rank ", r, "'s ", what, " differs from rank 0's in ", count, " of ",
-                   a.table().total_numel(), " values, first in '", a.table()[static_cast<size_t>(a.table().slot_of(at))].name,
-                   "'");
-  }
-  if (!message.empty()) throw Error(message);
-}
-
-void check_replicas(Communicator& c, const Tensor& t, const std::string& what) {
-  if (c.size() == 1) return;
-  const size_t bytes = t.bytes(), elem = dtype_size(t.dtype);
-  std::vector<char> mine(bytes), root(bytes);
-  copy_to_host(mine.data(), t, bytes);
-  root = mine;
-  c.broadcast(root.data(), static_cast<int64_t>(bytes), Device::CPU, "the replica check");
-  std::vector<double> report(static_cast<size_t>(2 * c.size()), 0.0);  // per rank: count, first (as above)
-  int64_t differ = 0, first = -1;
   for (size_t i = 0; i < bytes; i += elem) {
-    if (std::memcmp(&mine[i], &root[i], elem) == 0) continue;
-    if (first < 0) first = static_cast<int64_t>(i / elem);
+    const auto k = static_cast<int64_t>(i / elem);
+    if (!counted(k) || std::memcmp(mine + i, root.data() + i, elem) == 0) continue;
+    if (first < 0) first = k;
     ++differ;
   }
   report[static_cast<size_t>(2 * c.rank())] = static_cast<double>(differ);
@@ -397,9 +370,31 @@ void check_replicas(Communicator& c, const Tensor& t, const std::string& what) {
     const auto count = static_cast<int64_t>(report[static_cast<size_t>(2 * r)]);
     if (count == 0) continue;
     message += cat(message.empty() ? "" : "; ", "rank ", r, "'s ", what, " differs from rank 0's in ", count, " of ",
-                   t.numel(), " values, first at flat index ", static_cast<int64_t>(report[static_cast<size_t>(2 * r + 1)]));
+                   total, " values, first ", where(static_cast<int64_t>(report[static_cast<size_t>(2 * r + 1)])));
   }
   if (!message.empty()) throw Error(message);
+}
+
+}  // namespace
+
+void check_replicas(Communicator& c, const Arena& a, const std::string& what) {
+  if (c.size() == 1) return;
+  const size_t bytes = static_cast<size_t>(a.table().arena_numel()) * sizeof(float);
+  std::vector<char> mine(bytes);
+  copy_to_host(mine.data(), a.all(), bytes);
+  const ParamTable& table = a.table();
+  compare_with_root(c, mine.data(), bytes, sizeof(float), table.total_numel(), what,
+                    [&](int64_t i) { return table.slot_of(i) >= 0; },  // alignment gaps hold nothing
+                    [&](int64_t i) { return cat("in '", table[static_cast<size_t>(table.slot_of(i))].name, "'"); });
+}
+
+void check_replicas(Communicator& c, const Tensor& t, const std::string& what) {
+  if (c.size() == 1) return;
+  const size_t bytes = t.bytes();
+  std::vector<char> mine(bytes);
+  copy_to_host(mine.data(), t, bytes);
+  compare_with_root(c, mine.data(), bytes, dtype_size(t.dtype), t.numel(), what, [](int64_t) { return true; },
+                    [](int64_t i) { return cat("at flat index ", i); });
 }
 
 }  // namespace tessera::dist
