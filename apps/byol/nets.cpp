@@ -138,26 +138,17 @@ data::LoaderPosition load_state(const SafetensorsFile& f, Nets& n) {
   return data::LoaderPosition::unpack(f.i64("run.loader"));
 }
 
-namespace {
-void add_model(NamedArenas& out, const std::string& name, Model& m, bool buffers) {
-  out.emplace_back(name + " parameters", &m.params());
-  if (buffers) out.emplace_back(name + " BN buffers", &m.buffers());
-}
-void add_optimizer(NamedArenas& out, const std::string& name, Optimizer& o) {
-  for (const auto& [key, arena] : o.state_arenas()) out.emplace_back(name + " optimizer " + key, arena);
-}
-}  // namespace
 
 NamedArenas replica_arenas(Nets& n, bool sync_bn) {
   NamedArenas out;
-  add_model(out, "student backbone", *n.backbone, sync_bn);
-  add_model(out, "student projector", *n.projector, sync_bn);
-  add_model(out, "student predictor", *n.predictor, sync_bn);
-  add_model(out, "teacher backbone", *n.t_backbone, sync_bn);
-  add_model(out, "teacher projector", *n.t_projector, sync_bn);
-  add_optimizer(out, "backbone", *n.opt_backbone);
-  add_optimizer(out, "projector", *n.opt_projector);
-  add_optimizer(out, "predictor", *n.opt_predictor);
+  add_model_arenas(out, "student backbone", *n.backbone, sync_bn);
+  add_model_arenas(out, "student projector", *n.projector, sync_bn);
+  add_model_arenas(out, "student predictor", *n.predictor, sync_bn);
+  add_model_arenas(out, "teacher backbone", *n.t_backbone, sync_bn);
+  add_model_arenas(out, "teacher projector", *n.t_projector, sync_bn);
+  add_optimizer_arenas(out, "backbone", *n.opt_backbone);
+  add_optimizer_arenas(out, "projector", *n.opt_projector);
+  add_optimizer_arenas(out, "predictor", *n.opt_predictor);
   return out;
 }
 

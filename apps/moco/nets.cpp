@@ -115,21 +115,14 @@ int64_t KeyQueue::read_ptr() const {
 }
 
 namespace {
-void add_model(NamedArenas& out, const std::string& name, Model& m, bool buffers) {
-  out.emplace_back(name + " parameters", &m.params());
-  if (buffers) out.emplace_back(name + " BN buffers", &m.buffers());
-}
-void add_optimizer(NamedArenas& out, const std::string& name, Optimizer& o) {
-  for (const auto& [key, arena] : o.state_arenas()) out.emplace_back(name + " optimizer " + key, arena);
-}
 NamedArenas arenas(Nets& n, bool buffers) {
   NamedArenas out;
-  add_model(out, "query backbone", *n.backbone, buffers);
-  add_model(out, "query head", *n.head, buffers);
-  add_model(out, "key backbone", *n.k_backbone, buffers);
-  add_model(out, "key head", *n.k_head, buffers);
-  add_optimizer(out, "backbone", *n.opt_backbone);
-  add_optimizer(out, "head", *n.opt_head);
+  add_model_arenas(out, "query backbone", *n.backbone, buffers);
+  add_model_arenas(out, "query head", *n.head, buffers);
+  add_model_arenas(out, "key backbone", *n.k_backbone, buffers);
+  add_model_arenas(out, "key head", *n.k_head, buffers);
+  add_optimizer_arenas(out, "backbone", *n.opt_backbone);
+  add_optimizer_arenas(out, "head", *n.opt_head);
   return out;
 }
 }  // namespace

@@ -5,6 +5,8 @@
 #include "apps/run/run_directory.h"
 #include "engine/arena.h"
 #include "engine/check.h"
+#include "engine/optimizer.h"
+#include "models/model.h"
 
 namespace tessera {
 
@@ -59,6 +61,15 @@ void check_replicas(dist::Communicator& c, const NamedArenas& arenas, int64_t st
   const std::string and_tensors = tensors.empty() ? "" : cat(" and ", tensors.size(), " tensors");
   std::fprintf(stderr, "replicas: %zu arenas%s bit-identical on all %d ranks at step %ld\n", arenas.size(),
                and_tensors.c_str(), c.size(), static_cast<long>(step));
+}
+
+void add_model_arenas(NamedArenas& out, const std::string& name, Model& m, bool buffers) {
+  out.emplace_back(name + " parameters", &m.params());
+  if (buffers) out.emplace_back(name + " BN buffers", &m.buffers());
+}
+
+void add_optimizer_arenas(NamedArenas& out, const std::string& name, Optimizer& o) {
+  for (const auto& [key, arena] : o.state_arenas()) out.emplace_back(name + " optimizer " + key, arena);
 }
 
 }  // namespace tessera

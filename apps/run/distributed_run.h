@@ -23,6 +23,8 @@
 namespace tessera {
 
 class Arena;
+class Model;
+class Optimizer;
 
 struct DistributedOptions {
   bool sync_bn = false;             // batch statistics over the global batch
@@ -47,6 +49,9 @@ bool stop_requested_on_any_rank(dist::Communicator& c);
 // Named arenas of a run's state (parameters, buffers, optimizer state, teachers), and state
 // held in plain tensors (moco's queue and its pointer).
 using NamedArenas = std::vector<std::pair<std::string, Arena*>>;
+// out += name's parameters (and BN buffers when `buffers`), or the optimizer's state arenas.
+void add_model_arenas(NamedArenas& out, const std::string& name, Model& m, bool buffers);
+void add_optimizer_arenas(NamedArenas& out, const std::string& name, Optimizer& o);
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 // Rank 0's values on every rank: at the start and after a resume.
 void replicate_from_root(dist::Communicator& c, const NamedArenas& arenas, const NamedTensors& tensors = {});
