@@ -28,6 +28,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <omp.h>
+
 #include "engine/check.h"
 #include "engine/device.h"
 
@@ -346,6 +348,13 @@ void Loader::produce() {
 #if TESSERA_CUDA
     if (cuda) CUDA_CHECK(cudaSetDevice(cuda_->device));
 #endif
+    // CPU runs: this thread prepares batches on one core, beside the training thread's OpenMP
+    // team that has all of them. A team of its own here would put more OpenMP threads on the
+    // machine than it has cores, and libgomp then stops spinning at barriers (its "throttled"
+    // spin count): every one of the step's hundreds of parallel regions would start with a
+    // futex wake-up, which cost the BYOL demo 40% of its speed on 2 cores (bench/RESULTS.md,
+    // "Threads"). GPU runs keep every core for the views: there the host waits on the device.
+    if (!cuda) omp_set_num_threads(1);  // a per-thread setting: the training thread's team is unchanged
     for (;;) {
       bool upload_now = false;
       {

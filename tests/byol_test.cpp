@@ -367,15 +367,16 @@ TEST(Byol, ResumeInAFreshProcessIsBitIdentical) {
 
 TEST(Byol, CtrlCSavesACheckpointAndExitsCleanly) {
   const std::string out = fixture().root + "/interrupted";
-  // A watcher sends SIGINT to this process once two steps are logged; the run must finish
-  // its step, save, and return 0 long before its 80 steps are done.
+  // A watcher sends SIGINT to this process once two steps are logged (two "train" events: each
+  // logging step also writes a "teacher" line); the run must finish its step, save, and return
+  // 0 long before its 80 steps are done.
   std::atomic<bool> done{false};
   std::thread watcher([&] {
     while (!done) {
       std::ifstream in(out + "/metrics.jsonl");
-      int lines = 0;
-      for (std::string line; std::getline(in, line);) ++lines;
-      if (lines >= 2) {
+      int steps = 0;
+      for (std::string line; std::getline(in, line);) steps += line.find("\"event\":\"train\"") != std::string::npos;
+      if (steps >= 2) {
         ::kill(::getpid(), SIGINT);
         return;
       }

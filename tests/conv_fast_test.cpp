@@ -373,8 +373,8 @@ TEST(ConvFast, EachGradientAloneAndInPairs) {
   }
 }
 
-// The measured table (kernels/onednn/conv.cpp, conv2d_on_onednn): 3x3 and 7x7 forward and data
-// gradient on oneDNN, their filter gradient only on 8x8 and larger outputs, 1x1 on the reference.
+// The measured table (kernels/onednn/conv.cpp, conv2d_on_onednn): everything on oneDNN but the
+// data gradient of a 1x1 convolution with an output of 8x8 or more.
 TEST(ConvFast, MeasuredRoutingTable) {
   using kernels::onednn::ConvPart;
   auto shape = [](int64_t c, int64_t h, int64_t o, int64_t k, int64_t stride) {
@@ -393,9 +393,10 @@ TEST(ConvFast, MeasuredRoutingTable) {
     RoutingScope measured(kernels::onednn::ConvRouting::Measured);
     EXPECT_EQ(route(shape(64, 32, 64, 3, 1)), "DDD");     // layer1 3x3
     EXPECT_EQ(route(shape(256, 8, 256, 3, 1)), "DDD");    // layer3 3x3, 8x8 output
-    EXPECT_EQ(route(shape(512, 4, 512, 3, 1)), "DDr");    // layer4 3x3, 4x4 output
-    EXPECT_EQ(route(shape(256, 8, 512, 3, 2)), "DDr");    // layer4.0, 4x4 output
-    EXPECT_EQ(route(shape(64, 32, 128, 1, 2)), "rrr");    // downsample 1x1
+    EXPECT_EQ(route(shape(512, 4, 512, 3, 1)), "DDD");    // layer4 3x3, 4x4 output
+    EXPECT_EQ(route(shape(256, 8, 512, 3, 2)), "DDD");    // layer4.0, 4x4 output
+    EXPECT_EQ(route(shape(64, 32, 128, 1, 2)), "DrD");    // downsample 1x1, 16x16 output
+    EXPECT_EQ(route(shape(256, 8, 512, 1, 2)), "DDD");    // downsample 1x1, 4x4 output
     EXPECT_EQ(route(shape(3, 224, 64, 7, 2)), "DDD");     // ImageNet stem 7x7
   }
   RoutingScope all(kernels::onednn::ConvRouting::AllOneDnn);
@@ -403,19 +404,19 @@ TEST(ConvFast, MeasuredRoutingTable) {
   EXPECT_EQ(route(shape(512, 4, 512, 3, 1)), "DDD");
 }
 
-// The measured routes mix the tiers inside one backward (oneDNN's data gradient with the
-// reference's filter gradient, and the other way round): each gradient alone, together, with
-// the bias, into non-zero buffers, and one scratch sized for both.
+// The measured routes mix the tiers inside one backward (a 1x1 convolution's data gradient on the
+// reference with its filter gradient on oneDNN): each gradient alone, together, with the bias,
+// into non-zero buffers, and one scratch sized for both.
 TEST(ConvFast, MeasuredRoutingMixesTheTiersCorrectly) {
-  kernels::Conv2dShape small;  // 4x4 output: data on oneDNN, weights on the reference
-  small.n = 4, small.c = 32, small.h = small.w = 4, small.o = 48, small.kh = small.kw = 3, small.stride = 1;
-  small.pad = 1, small.ho = small.wo = 4;
-  kernels::Conv2dShape large = small;  // 8x8 output: both on oneDNN
-  large.h = large.w = large.ho = large.wo = 8;
-  kernels::Conv2dShape pointwise = large;  // 1x1: all on the reference
+  kernels::Conv2dShape large;  // 3x3, 8x8 output: both gradients on oneDNN
+  large.n = 4, large.c = 32, large.h = large.w = 8, large.o = 48, large.kh = large.kw = 3, large.stride = 1;
+  large.pad = 1, large.ho = large.wo = 8;
+  kernels::Conv2dShape pointwise = large;  // 1x1, 8x8 output: data on the reference, weights on oneDNN
   pointwise.kh = pointwise.kw = 1, pointwise.pad = 0;
+  kernels::Conv2dShape small_pointwise = pointwise;  // 1x1, 4x4 output: both on oneDNN
+  small_pointwise.h = small_pointwise.w = small_pointwise.ho = small_pointwise.wo = 4;
   uint64_t seed = 11000;
-  for (const kernels::Conv2dShape& s : {small, large, pointwise})
+  for (const kernels::Conv2dShape& s : {large, pointwise, small_pointwise})
     for (int mask = 1; mask < 8; ++mask) {
       Want want;
       want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4;

@@ -347,23 +347,27 @@ std::atomic<int> g_routing{-1};  // ConvRouting, or -1 before the first read
 }  // namespace
 
 // ---- per-pass routing ----------------------------------------------------------------------
-// Measured per layer of the ResNet-18 CIFAR step (batch 64), one thread, process CPU time, best
-// of 7, two interleaved runs of `conv_layers --kernels reference|fast --split 1` (bench/RESULTS.md):
+// Measured on the 2-core AVX-512 machine (avx512_core_bf16) on two sets of shapes, one thread,
+// process CPU time, best of 8: ResNet-18 CIFAR at batch 64 (32x32 to 4x4 maps, 64 to 512
+// channels) and the BYOL demo's ResNet-18 on Fashion-MNIST at batch 128 (7x7 to 1x1 maps, 16 to
+// 128 channels), `conv_layers --kernels fast --split 1` under each routing (bench/RESULTS.md,
+// "Per-pass routing, 2026-12-03"):
 //
 //   pass     kernel        output      runs on     why (reference ms / oneDNN ms, one layer)
-//   forward  3x3, 7x7      any         oneDNN      0.65-0.95x the reference's time on every 3x3 layer
-//                                                  (layer1 68 / 49-52, layer4 60-67 / 40-41)
-//   forward  1x1           any         reference   a tie (4.0-7.6 / 3.6-7.5): no reorders needed
-//   data     3x3, 7x7      any         oneDNN      0.45-1.0x (layer4 80 / 36: col2im of 4x4 maps is
-//                                                  slow; a tie on layer2.0, 30 / 29-30)
-//   data     1x1           any         reference   2x faster on the layer2 downsample (4.4-4.7 / 8.8-10.2)
-//   weights  3x3, 7x7      >= 8x8      oneDNN      0.65-0.85x (layer1 78-83 / 61-63, layer3 59 / 47)
-//   weights  3x3, 7x7      < 8x8       reference   the chunked GEMM is wider: layer4 63-65 / 65-78,
-//                                                  layer4.0 29-32 / 34-38
-//   weights  1x1           any         reference   a tie (4.4-8.3 / 4.1-7.7), and no reorders
+//   forward  any           any         oneDNN      3x3: 0.2-0.9x the reference (demo layer1 1.18 /
+//                                                  0.24); 1x1: a tie on CIFAR (3.2-6.5 / 3.1-5.8),
+//                                                  0.5x on the demo (0.10-0.13 / 0.05-0.07)
+//   data     3x3, 7x7      any         oneDNN      0.1-1.0x (demo layer2 1.18 / 0.26)
+//   data     1x1           >= 8x8      reference   CIFAR layer2 ds 4.3 / 7.8, layer3 ds 3.5 / 4.4
+//   data     1x1           < 8x8       oneDNN      CIFAR layer4 ds 3.3 / 3.0, demo 0.12-0.19 / 0.05-0.06
+//   weights  any           any         oneDNN      CIFAR: 0.85-1.0x (layer4 4x4 55 / 51); demo
+//                                                  0.23-0.3x (layer1 1.25 / 0.30, layer4 1.75 / 0.51)
 //
-// Changing an entry changes only speed: every pass of every shape is compared with the reference
-// under AllOneDnn (tests/conv_fast_test.cpp), and the reference is the reference.
+// An earlier table, measured on CIFAR shapes alone on a slower machine, kept the filter gradient
+// of maps under 8x8 on the reference (there the reference's chunked GEMM won on 512-channel 4x4
+// maps by 10-20%); on the demo's narrow layers that cost 3-4x, and on this machine oneDNN wins
+// both. Changing an entry changes only speed: every pass of every shape is compared with the
+// reference under AllOneDnn (tests/conv_fast_test.cpp), and the reference is the reference.
 ConvRouting conv_routing() {
   int r = g_routing.load();
   if (r < 0) {
@@ -385,9 +389,9 @@ bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part) {
   if (conv_routing() == ConvRouting::AllOneDnn) return true;
   const bool pointwise = s.kh == 1 && s.kw == 1;
   switch (part) {
-    case ConvPart::Forward: return !pointwise;
-    case ConvPart::Data: return !pointwise;
-    case ConvPart::Weights: return !pointwise && s.ho * s.wo >= 64;
+    case ConvPart::Forward: return true;
+    case ConvPart::Data: return !(pointwise && s.ho * s.wo >= 64);
+    case ConvPart::Weights: return true;
   }
   return true;
 }
