@@ -7,6 +7,7 @@
 #   make gpu-check    on a GPU machine: probe, build, suite, twins, compute-sanitizer; one table
 #   make gpu-session OUT=DIR  the prepared GPU run: gpu-check, benches beside PyTorch's, programs
 #   make cuda-config  where the CUDA build finds cuDNN, cuBLAS, cuRAND (CUDA_HOME, system, pip wheels)
+#   make bench        CPU speed against PyTorch, back to back: train step, BYOL and FixMatch recipes (bench/cpu_vs_torch.py)
 #   make plot RUN=DIR figures of runs or sweeps (apps/tools/plot.py; sweeps: apps/tools/sweep.py)
 #   make fuzz         every parser of user files under libFuzzer (docs/hardening.md)
 #   make sanitize-test / tsan-test   the suite under ASan + UBSan / the loader under TSan
@@ -371,6 +372,13 @@ demo: deps
 	@$(MAKE) --no-print-directory checklist $(BUILD)/byol
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(BUILD)/byol --config configs/byol-fashion-mnist-cpu.conf \
 	  --device auto --out $${DEMO_OUT:-runs/demo-$$(date -u +%Y%m%d-%H%M%S)}
+
+# ---- speed against PyTorch -------------------------------------------------------------------
+# make bench [BENCH_ARGS='--rounds 5 --only byol,fixmatch']: the CPU speed targets (ResNet-18
+# train step, the BYOL and FixMatch recipes) run back to back with the same step in PyTorch,
+# interleaved, medians and ratios as a Markdown table (bench/cpu_vs_torch.py; bench/RESULTS.md).
+bench: $(BUILD)/bench $(BUILD)/byol $(BUILD)/fixmatch
+	/usr/bin/python3 bench/cpu_vs_torch.py --build $(BUILD) $(BENCH_ARGS)
 
 # ---- figures ----------------------------------------------------------------------------
 # make plot RUN="runs/a runs/sweep/sts" [PLOT_OUT=DIR]: loss, lr, momentum, updated fraction,

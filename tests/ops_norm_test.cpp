@@ -3,11 +3,14 @@
 // checks them too. Plain tests pin the running-statistics update to its formula.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <cmath>
 #include <vector>
 
 #include "engine/check.h"
 #include "engine/ops.h"
+#include "kernels/batch_norm.h"
 #include "tests/op_case.h"
 
 namespace tessera::testing {
@@ -40,6 +43,10 @@ TS_OP_CASES(norm_cases) {
       bn_case("batch_norm2d_eval", Shape{4, 3, 5, 5}, false, 0.1f, 0.1f, 0.7f),
       bn_case("batch_norm1d_train", Shape{8, 5}, true, 0.1f, 0.0f, 1.0f),
       bn_case("batch_norm1d_eval", Shape{6, 4}, false, 0.1f, -0.2f, 1.3f),
+      // More channels than one block of the CPU kernel's loop (16), ragged last block.
+      bn_case("batch_norm1d_train_37_channels", Shape{6, 37}, true, 0.1f, 0.1f, 0.9f),
+      bn_case("batch_norm2d_train_21_channels_2x2", Shape{3, 21, 2, 2}, true, 0.1f, 0.0f, 1.0f),
+      bn_case("batch_norm2d_eval_19_channels", Shape{2, 19, 1, 3}, false, 0.1f, 0.2f, 1.1f),
   };
 }
 
@@ -132,6 +139,93 @@ TEST(BatchNorm, ErrorsNameTheLayerAndShapes) {
   EXPECT_THROW(ops::batch_norm1d(r.g, r.g.input(r.x.t), r.g.input(r.gamma.t), r.g.input(r.beta.t),
                                  {r.mean.t, r.var.t, r.count.t}, opt),
                Error);  // 4-D input to the 1-d op
+}
+
+// The CPU kernels straight, on the shapes that matter for their loop order (HW = 1 with many
+// channels: BatchNorm1d and 1x1 maps; a few channels with a larger map), against sums in double
+// written out the plain way, at one and two threads: the channel blocks are shared among the
+// threads but each channel's sums run in one order, so the two agree to the bit.
+TEST(BatchNorm, CpuKernelsMatchThePlainSumsAtEveryThreadCount) {
+  struct Case {
+    int64_t n, c, hw;
+  };
+  for (const Case k : {Case{32, 1, 1}, Case{24, 40, 1}, Case{8, 17, 9}, Case{5, 3, 49}}) {
+    SCOPED_TRACE(cat("n ", k.n, " c ", k.c, " hw ", k.hw));
+    const size_t numel = static_cast<size_t>(k.n * k.c * k.hw), nc = static_cast<size_t>(k.c);
+    std::vector<float> x(numel), dy(numel), gamma(nc), beta(nc);
+    for (size_t i = 0; i < numel; ++i) {
+      x[i] = std::sin(0.71f * static_cast<float>(i)) * 3.0f + 1.0f;
+      dy[i] = std::cos(0.29f * static_cast<float>(i));
+    }
+    for (size_t ch = 0; ch < nc; ++ch) gamma[ch] = 0.5f + 0.1f * ch, beta[ch] = -0.2f * ch;
+    struct Out {
+      std::vector<float> y, rm, rv, mean, invstd, dx, dgamma, dbeta, y_eval, dx_eval;
+    };
+    auto run = [&](int threads) {
+      Out o{std::vector<float>(numel), std::vector<float>(nc, 0.5f), std::vector<float>(nc, 2.0f),
+            std::vector<float>(nc), std::vector<float>(nc), std::vector<float>(numel, 1.0f),
+            std::vector<float>(nc, 1.0f), std::vector<float>(nc, 1.0f), std::vector<float>(numel),
+            std::vector<float>(numel, 7.0f)};
+      const int saved = omp_get_max_threads();
+      omp_set_num_threads(threads);
+      kernels::cpu::batch_norm_forward_train(x.data(), gamma.data(), beta.data(), o.y.data(), o.rm.data(),
+                                             o.rv.data(), o.mean.data(), o.invstd.data(), k.n, k.c, k.hw, 0.1f,
+                                             1e-5f);
+      // dx, dgamma added into (they start at 1); the eval backward overwrites dx (it starts at 7)
+      kernels::cpu::batch_norm_backward_train(x.data(), dy.data(), gamma.data(), o.mean.data(), o.invstd.data(),
+                                              o.dx.data(), o.dgamma.data(), o.dbeta.data(), k.n, k.c, k.hw, 1e-5f,
+                                              kernels::kBnAccumulateDx | kernels::kBnAccumulateDgamma);
+      kernels::cpu::batch_norm_forward_eval(x.data(), gamma.data(), beta.data(), o.rm.data(), o.rv.data(),
+                                            o.y_eval.data(), k.n, k.c, k.hw, 1e-5f);
+      std::vector<float> g2(nc), b2(nc);
+      kernels::cpu::batch_norm_backward_eval(x.data(), dy.data(), gamma.data(), o.rm.data(), o.rv.data(),
+                                             o.dx_eval.data(), g2.data(), b2.data(), k.n, k.c, k.hw, 1e-5f, 0,
+                                             nullptr);
+      omp_set_num_threads(saved);
+      return o;
+    };
+    const Out one = run(1), two = run(2);
+    EXPECT_EQ(one.y, two.y);
+    EXPECT_EQ(one.rv, two.rv);
+    EXPECT_EQ(one.dx, two.dx);
+    EXPECT_EQ(one.dgamma, two.dgamma);
+    EXPECT_EQ(one.y_eval, two.y_eval);
+    EXPECT_EQ(one.dx_eval, two.dx_eval);
+
+    const double m = static_cast<double>(k.n * k.hw);
+    auto at = [&](int64_t i, int64_t ch, int64_t p) { return static_cast<size_t>((i * k.c + ch) * k.hw + p); };
+    for (int64_t ch = 0; ch < k.c; ++ch) {
+      double s = 0, ss = 0, sdy = 0, sdyx = 0;
+      for (int64_t i = 0; i < k.n; ++i)
+        for (int64_t p = 0; p < k.hw; ++p) s += x[at(i, ch, p)];
+      const double mean = s / m;
+      for (int64_t i = 0; i < k.n; ++i)
+        for (int64_t p = 0; p < k.hw; ++p) ss += (x[at(i, ch, p)] - mean) * (x[at(i, ch, p)] - mean);
+      const double var = ss / m, invstd = 1.0 / std::sqrt(var + 1e-5);
+      for (int64_t i = 0; i < k.n; ++i)
+        for (int64_t p = 0; p < k.hw; ++p) {
+          sdy += dy[at(i, ch, p)];
+          sdyx += dy[at(i, ch, p)] * (x[at(i, ch, p)] - mean) * invstd;
+        }
+      const size_t c = static_cast<size_t>(ch);
+      EXPECT_NEAR(two.mean[c], mean, 1e-5);
+      EXPECT_NEAR(two.invstd[c], invstd, 1e-5 * invstd);
+      EXPECT_NEAR(two.rv[c], 0.9 * 2.0 + 0.1 * var * m / (m - 1), 1e-5);
+      EXPECT_NEAR(two.dgamma[c], 1.0 + sdyx, 1e-4);
+      EXPECT_NEAR(two.dbeta[c], sdy, 1e-4);  // overwritten: its accumulate bit is clear
+      const double scale_eval = gamma[c] / std::sqrt(two.rv[c] + 1e-5);
+      for (int64_t i = 0; i < k.n; ++i)
+        for (int64_t p = 0; p < k.hw; ++p) {
+          const size_t e = at(i, ch, p);
+          const double xhat = (x[e] - mean) * invstd;
+          EXPECT_NEAR(two.y[e], gamma[c] * xhat + beta[c], 1e-4);
+          const double dx = gamma[c] * invstd * (dy[e] - sdy / m - xhat * sdyx / m);
+          EXPECT_NEAR(two.dx[e], 1.0 + dx, 1e-4);
+          EXPECT_NEAR(two.y_eval[e], (x[e] - two.rm[c]) * scale_eval + beta[c], 1e-4);
+          EXPECT_NEAR(two.dx_eval[e], scale_eval * dy[e], 1e-5);
+        }
+    }
+  }
 }
 
 }  // namespace tessera::testing

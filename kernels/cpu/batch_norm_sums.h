@@ -7,25 +7,29 @@
 
 namespace kernels::cpu {
 
+// One row (HW contiguous floats of one sample and channel) added to the channel's sums:
+// *sum_dy += sum dy, *sum_dy_xhat += sum dy * (x - mean) * invstd; the row in float, the
+// running sums in double.
+inline void batch_norm_row_sums(const float* xr, const float* gr, float mean, float invstd, int64_t hw,
+                                double* sum_dy, double* sum_dy_xhat) {
+  float s = 0, sx = 0;
+#pragma omp simd reduction(+ : s, sx)
+  for (int64_t p = 0; p < hw; ++p) {
+    s += gr[p];
+    sx += gr[p] * (xr[p] - mean);
+  }
+  *sum_dy += s;
+  *sum_dy_xhat += static_cast<double>(sx) * invstd;
+}
+
 // x, dy: (N, C, HW); channel ch with its batch mean and inverse std.
 // *sum_dy = sum dy, *sum_dy_xhat = sum dy * (x - mean) * invstd, in double across rows.
 inline void batch_norm_channel_sums(const float* x, const float* dy, float mean, float invstd, int64_t n, int64_t c,
                                     int64_t hw, int64_t ch, double* sum_dy, double* sum_dy_xhat) {
-  double s_all = 0, sx_all = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float* xr = x + (i * c + ch) * hw;
-    const float* gr = dy + (i * c + ch) * hw;
-    float s = 0, sx = 0;
-#pragma omp simd reduction(+ : s, sx)
-    for (int64_t p = 0; p < hw; ++p) {
-      s += gr[p];
-      sx += gr[p] * (xr[p] - mean);
-    }
-    s_all += s;
-    sx_all += static_cast<double>(sx) * invstd;
-  }
-  *sum_dy = s_all;
-  *sum_dy_xhat = sx_all;
+  *sum_dy = 0;
+  *sum_dy_xhat = 0;
+  for (int64_t i = 0; i < n; ++i)
+    batch_norm_row_sums(x + (i * c + ch) * hw, dy + (i * c + ch) * hw, mean, invstd, hw, sum_dy, sum_dy_xhat);
 }
 
 }  // namespace kernels::cpu
