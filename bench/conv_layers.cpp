@@ -137,16 +137,16 @@ int main(int argc, char** argv) {
       const bool first = l.c == in_channels;  // conv1: no data gradient
       if (split) {
         const double t0 = now_ms();
-        if (!first) backward(s, x.data(), w.data(), y.data(), dx.data(), nullptr, nullptr, ws.data(), bytes);
+        if (!first) backward(s, x.data(), w.data(), y.data(), dx.data(), nullptr, nullptr, true, ws.data(), bytes);
         const double t1 = now_ms();
-        backward(s, x.data(), w.data(), y.data(), nullptr, dw.data(), nullptr, ws.data(), bytes);
+        backward(s, x.data(), w.data(), y.data(), nullptr, dw.data(), nullptr, true, ws.data(), bytes);
         const double t2 = now_ms();
         if (r > 0) td.push_back(t1 - t0), tw.push_back(t2 - t1);
       }
       const double t0 = now_ms();
       forward(s, x.data(), w.data(), nullptr, y.data(), ws.data(), bytes);
       const double t1 = now_ms();
-      backward(s, x.data(), w.data(), y.data(), l.c == in_channels ? nullptr : dx.data(), dw.data(), nullptr,
+      backward(s, x.data(), w.data(), y.data(), l.c == in_channels ? nullptr : dx.data(), dw.data(), nullptr, true,
                ws.data(), bytes);
       const double t2 = now_ms();
       if (r == 0) continue;  // warm-up

@@ -99,12 +99,19 @@ Var* Graph::take_over(Var* x, std::initializer_list<const Var*> from) {
 }
 
 Tensor Graph::grad(Var* v) {
+  bool accumulate = true;
+  const Tensor t = grad_to_write(v, &accumulate);
+  if (!accumulate) fill_zero(t);
+  return t;
+}
+
+Tensor Graph::grad_to_write(Var* v, bool* accumulate) {
   TS_CHECK(!v->released, "the gradient of an intermediate", v->name[0] ? cat(" (", v->name, ")") : std::string(),
            " was asked for after backward released it: expected Graph::keep(v) before backward, found none");
-  if (!v->grad.defined()) {
+  *accumulate = v->grad.defined();
+  if (!*accumulate) {
     v->grad = ws_.alloc(v->value.shape, DType::F32);
     v->owns_grad = true;
-    fill_zero(v->grad);
   }
   return v->grad;
 }

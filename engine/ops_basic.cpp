@@ -51,6 +51,14 @@ Var* linear(Graph& g, Var* x, Var* w, Var* b) {
 }
 
 namespace {
+// dx += s dy, or dx = s dy when this is the first contribution to x's gradient (no zero fill).
+void pass_down(Graph& g, const float* dy, Var* x, int64_t n, float s) {
+  bool accumulate = false;
+  float* dx = g.grad_to_write(x, &accumulate).f32();
+  if (accumulate) TS_DISPATCH(g.device(), scale_accumulate, dy, dx, n, s);
+  else TS_DISPATCH(g.device(), scale_forward, dy, dx, n, s);
+}
+
 // y = a + b into `y` (a's own memory for add_); the backward reads no values.
 Var* add_into(Graph& g, const Tensor& a_value, Var* a, Var* b, Var* y) {
   const int64_t n = a_value.numel();
@@ -58,9 +66,9 @@ Var* add_into(Graph& g, const Tensor& a_value, Var* a, Var* b, Var* y) {
   TS_DISPATCH(g.device(), add_forward, a_value.f32(), b->value.f32(), y->value.f32(), n);
   if (y->requires_grad) {
     g.record("add", a->name, [&g, a, b, y, n] {
-      // a and b may be the same Var (x + x): both contributions accumulate into its gradient.
-      if (a->requires_grad) TS_DISPATCH(g.device(), scale_accumulate, g.grad(y).f32(), g.grad(a).f32(), n, 1.0f);
-      if (b->requires_grad) TS_DISPATCH(g.device(), scale_accumulate, g.grad(y).f32(), g.grad(b).f32(), n, 1.0f);
+      // a and b may be the same Var (x + x): the second contribution adds to the first.
+      if (a->requires_grad) pass_down(g, g.grad(y).f32(), a, n, 1.0f);
+      if (b->requires_grad) pass_down(g, g.grad(y).f32(), b, n, 1.0f);
     });
   }
   return y;
@@ -92,7 +100,7 @@ Var* scale(Graph& g, Var* x, float s) {
   TS_DISPATCH(g.device(), scale_forward, x->value.f32(), y->value.f32(), n, s);
   if (y->requires_grad) {
     g.record("scale", x->name, [&g, x, y, n, s] {
-      TS_DISPATCH(g.device(), scale_accumulate, g.grad(y).f32(), g.grad(x).f32(), n, s);
+      pass_down(g, g.grad(y).f32(), x, n, s);
     });
   }
   return y;
@@ -108,8 +116,10 @@ Var* leaky_relu_into(Graph& g, const Tensor& x_value, Var* x, Var* y, float slop
   if (y->requires_grad) {
     g.record(slope == 0.0f ? "relu" : "leaky_relu", x->name, [&g, x, y, slope] {
       if (!x->requires_grad) return;
-      TS_DISPATCH(g.device(), leaky_relu_backward, y->value.f32(), g.grad(y).f32(), g.grad(x).f32(),
-                  y->value.numel(), slope);
+      bool accumulate = false;
+      float* dx = g.grad_to_write(x, &accumulate).f32();
+      TS_DISPATCH(g.device(), leaky_relu_backward, y->value.f32(), g.grad(y).f32(), dx, y->value.numel(), slope,
+                  accumulate);
     });
   }
   return y;

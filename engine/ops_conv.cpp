@@ -81,14 +81,15 @@ void conv2d_forward(Graph& g, const kernels::Conv2dShape& s, const float* x, con
 }
 
 void conv2d_backward(Graph& g, const kernels::Conv2dShape& s, const float* x, Var* w, Var* b, const float* dy,
-                     float* dx) {
+                     float* dx, bool accumulate_dx) {
   float* dw = w->requires_grad ? g.grad(w).f32() : nullptr;
   float* db = b && b->requires_grad ? g.grad(b).f32() : nullptr;
   if (!dx && !dw && !db) return;
   size_t scratch_bytes = 0;
   TS_CONV_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Backward, &scratch_bytes);
   void* scratch = g.workspace().scratch(scratch_bytes);
-  TS_CONV_DISPATCH(g.device(), conv2d_backward, s, x, w->value.f32(), dy, dx, dw, db, scratch, scratch_bytes);
+  TS_CONV_DISPATCH(g.device(), conv2d_backward, s, x, w->value.f32(), dy, dx, dw, db, accumulate_dx, scratch,
+                   scratch_bytes);
 }
 
 }  // namespace detail
@@ -102,8 +103,9 @@ Var* conv2d(Graph& g, Var* x, Var* w, Var* b, int stride, int pad) {
   detail::conv2d_forward(g, s, x->value.f32(), w, b, y->value.f32());
   if (y->requires_grad) {
     g.record("conv2d", layer, [&g, x, w, b, y, s] {
-      float* dx = x->requires_grad ? g.grad(x).f32() : nullptr;
-      detail::conv2d_backward(g, s, x->value.f32(), w, b, g.grad(y).f32(), dx);
+      bool add_dx = false;  // false also when this is the first contribution to x's gradient
+      float* dx = x->requires_grad ? g.grad_to_write(x, &add_dx).f32() : nullptr;
+      detail::conv2d_backward(g, s, x->value.f32(), w, b, g.grad(y).f32(), dx, add_dx);
     });
   }
   return y;

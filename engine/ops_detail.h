@@ -27,7 +27,7 @@ void conv2d_forward(Graph& g, const kernels::Conv2dShape& s, const float* x, con
 // Adds into dx (nullptr: not wanted) and into the gradients of w and b where they need one.
 // dy (N, O, HO, WO) is the output's gradient.
 void conv2d_backward(Graph& g, const kernels::Conv2dShape& s, const float* x, Var* w, Var* b, const float* dy,
-                     float* dx);
+                     float* dx, bool accumulate_dx);
 
 // ---- batch_norm (engine/ops_norm.cpp) ------------------------------------------------------
 

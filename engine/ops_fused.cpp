@@ -77,19 +77,17 @@ Var* batch_norm_relu_conv2d(Graph& g, Var* x, Var* gamma, Var* beta, const Batch
         profile::LayerScope profile_layer(bn_layer, profile::LayerScope::kRefine);
         normalise_and_activate(g, saved, x, gamma, beta, slope, z);
       }
-      if (bn_grads) {
-        dz = ws.alloc(xs);
-        fill_zero(dz);  // the convolution adds into it
-      }
+      if (bn_grads) dz = ws.alloc(xs);  // the convolution writes it (no zero fill)
       {
         profile::LayerScope profile_layer(conv_layer, profile::LayerScope::kRefine);
-        detail::conv2d_backward(g, s, z.f32(), w, b, g.grad(y).f32(), bn_grads ? dz.f32() : nullptr);
+        detail::conv2d_backward(g, s, z.f32(), w, b, g.grad(y).f32(), bn_grads ? dz.f32() : nullptr,
+                                /*accumulate_dx=*/false);
       }
       if (bn_grads) {
         profile::LayerScope profile_layer(bn_layer, profile::LayerScope::kRefine);
-        const Tensor dbn = ws.alloc(xs);
-        fill_zero(dbn);  // the ReLU's backward adds into it
-        TS_DISPATCH(g.device(), leaky_relu_backward, z.f32(), dz.f32(), dbn.f32(), z.numel(), slope);
+        const Tensor dbn = ws.alloc(xs);  // the ReLU's backward writes it
+        TS_DISPATCH(g.device(), leaky_relu_backward, z.f32(), dz.f32(), dbn.f32(), z.numel(), slope,
+                    /*accumulate=*/false);
         ws.release(dz);
         ws.release(z);
         detail::batch_norm_backward(g, saved, x, gamma, beta, dbn.f32());

@@ -21,8 +21,9 @@ namespace {
 
 const char* layer_of(const Var* v) { return v->name && v->name[0] ? v->name : "batch_norm"; }
 
-// The backward's three outputs: the gradient where the input needs one (added into), else
-// workspace memory (overwritten, never read), handed back when the kernel has run.
+// The backward's three outputs: the gradient where the input needs one (added into, or written
+// when it is the first contribution to x's), else workspace memory (overwritten, never read),
+// handed back when the kernel has run.
 struct Outputs {
   float *dx, *dgamma, *dbeta;
   uint32_t accumulate = 0;
@@ -37,10 +38,11 @@ struct Outputs {
 void outputs(Graph& g, Var* x, Var* gamma, Var* beta, int64_t c, Outputs& o) {
   o.g = &g;
   auto unwanted = [&](Shape s) { return o.unwanted.emplace_back(g.workspace().alloc(s).f32()); };
-  o.dx = x->requires_grad ? g.grad(x).f32() : unwanted(x->value.shape);
+  bool add_dx = false;  // false also when x's gradient is new: the kernel writes it, no zero fill first
+  o.dx = x->requires_grad ? g.grad_to_write(x, &add_dx).f32() : unwanted(x->value.shape);
   o.dgamma = gamma->requires_grad ? g.grad(gamma).f32() : unwanted(Shape{c});
   o.dbeta = beta->requires_grad ? g.grad(beta).f32() : unwanted(Shape{c});
-  o.accumulate = (x->requires_grad ? kernels::kBnAccumulateDx : 0u) |
+  o.accumulate = (add_dx ? kernels::kBnAccumulateDx : 0u) |
                  (gamma->requires_grad ? kernels::kBnAccumulateDgamma : 0u) |
                  (beta->requires_grad ? kernels::kBnAccumulateDbeta : 0u);
 }

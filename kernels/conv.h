@@ -51,11 +51,12 @@ enum class ConvPass { Forward, Backward };
   /* y (N, O, HO, WO) */                                                                        \
   void conv2d_forward(const ::kernels::Conv2dShape& s, const float* x, const float* w,          \
                       const float* b, float* y, void* workspace, size_t workspace_bytes);       \
-  /* Gradients, accumulated (+=) into each of dx (N, C, H, W), dw (O, C, KH, KW), db (O) */     \
-  /* that is not nullptr.  x, w as in the forward, dy (N, O, HO, WO) */                         \
+  /* Gradients into each of dx (N, C, H, W), dw (O, C, KH, KW), db (O) that is not nullptr: */ \
+  /* dw, db accumulated (+=); dx too when accumulate_dx, else overwritten (its old contents */   \
+  /* never read: a new gradient needs no zero fill).  x, w as in the forward, dy (N, O, HO, WO) */ \
   void conv2d_backward(const ::kernels::Conv2dShape& s, const float* x, const float* w,         \
-                       const float* dy, float* dx, float* dw, float* db, void* workspace,       \
-                       size_t workspace_bytes);
+                       const float* dy, float* dx, float* dw, float* db, bool accumulate_dx,    \
+                       void* workspace, size_t workspace_bytes);
 
 namespace kernels::cpu {
 TS_CONV_KERNELS
@@ -82,7 +83,7 @@ TS_KERNEL_COST(conv2d_forward, const Conv2dShape& s, const float*, const float*,
   return {4.0 * (x + w + y + (b ? s.o : 0)), 2.0 * y * s.c * s.kh * s.kw + (b ? y : 0.0)};
 }
 TS_KERNEL_COST(conv2d_backward, const Conv2dShape& s, const float*, const float*, const float*, float* dx,
-               float* dw, float* db, void*, size_t) {
+               float* dw, float* db, bool, void*, size_t) {
   const double x = s.n * s.c * s.h * s.w, w = s.o * s.c * s.kh * s.kw, y = s.n * s.o * s.ho * s.wo;
   const double gemm = 2.0 * y * s.c * s.kh * s.kw;
   double bytes = 4.0 * y, flops = 0;  // dy read once

@@ -21,8 +21,10 @@
   void scale_accumulate(const float* dy, float* dx, int64_t n, float s);              \
   /* y = max(x, 0) and y = x >= 0 ? x : slope * x (slope = 0 gives relu). x, y (n) */ \
   void leaky_relu_forward(const float* x, float* y, int64_t n, float slope);          \
-  /* dx += dy * (y > 0 ? 1 : slope), y the forward's output, slope >= 0.  y, dy, dx (n) */ \
-  void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope);
+  /* dx += dy * (y > 0 ? 1 : slope), y the forward's output, slope >= 0; dx = ... (dx not */ \
+  /* read) when !accumulate.  y, dy, dx (n) */                                            \
+  void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope, \
+                           bool accumulate);
 
 namespace kernels::cpu {
 TS_ELEMENTWISE_KERNELS
@@ -39,7 +41,7 @@ TS_KERNEL_COST(add_forward, const float*, const float*, float*, int64_t n) { ret
 TS_KERNEL_COST(scale_forward, const float*, float*, int64_t n, float) { return {8.0 * n, 1.0 * n}; }
 TS_KERNEL_COST(scale_accumulate, const float*, float*, int64_t n, float) { return {12.0 * n, 2.0 * n}; }
 TS_KERNEL_COST(leaky_relu_forward, const float*, float*, int64_t n, float) { return {8.0 * n, 1.0 * n}; }
-TS_KERNEL_COST(leaky_relu_backward, const float*, const float*, float*, int64_t n, float) {
+TS_KERNEL_COST(leaky_relu_backward, const float*, const float*, float*, int64_t n, float, bool) {
   return {16.0 * n, 2.0 * n};  // reads y, dy and dx, writes dx
 }
 }  // namespace kernels

@@ -208,6 +208,7 @@ struct Inputs {
 };
 struct Want {
   bool dx = true, dw = true, db = true;
+  bool dx_overwrite = false;  // dx written over (accumulate_dx false) from a buffer of NaN
   bool bias_forward = true;  // also the forward with a bias (the models' convolutions have none)
 };
 
@@ -242,8 +243,10 @@ Results run_tier(const kernels::Conv2dShape& s, const Inputs& in, Want want, boo
   Tier::workspace_size(s, kernels::ConvPass::Backward, &bytes);
   Scratch scratch(bytes);
   r.dx = in.dx0, r.dw = in.dw0, r.db = in.db0;
+  if (want.dx && want.dx_overwrite) r.dx.assign(in.dx0.size(), std::numeric_limits<float>::quiet_NaN());
   Tier::backward(s, in.x.data(), in.w.data(), in.dy.data(), want.dx ? r.dx.data() : nullptr,
-                 want.dw ? r.dw.data() : nullptr, want.db ? r.db.data() : nullptr, scratch.data(), bytes);
+                 want.dw ? r.dw.data() : nullptr, want.db ? r.db.data() : nullptr, !want.dx_overwrite,
+                 scratch.data(), bytes);
   EXPECT_TRUE(scratch.guard_intact()) << Tier::name << " backward wrote past its scratch: " << text(s);
   return r;
 }
@@ -296,7 +299,9 @@ double compare(const kernels::Conv2dShape& s, uint64_t seed, Want want = {}, boo
     check("y", fast.y, ref.y, nullptr, static_cast<double>(s.c) * taps);
     if (want.bias_forward) check("y with bias", fast.yb, ref.yb, nullptr, static_cast<double>(s.c) * taps + 1);
   }
-  if (want.dx) check("dx", fast.dx, ref.dx, &in.dx0, static_cast<double>(s.o) * taps);
+  if (want.dx)
+    check(want.dx_overwrite ? "dx written" : "dx", fast.dx, ref.dx, want.dx_overwrite ? nullptr : &in.dx0,
+          static_cast<double>(s.o) * taps);
   else EXPECT_EQ(fast.dx, in.dx0) << "dx was not asked for but changed";
   if (want.dw) check("dw", fast.dw, ref.dw, &in.dw0, pixels);
   else EXPECT_EQ(fast.dw, in.dw0) << "dw was not asked for but changed";
@@ -331,9 +336,9 @@ ModelSpec spec_of(const std::string& arch, const std::string& stem, int width, i
   return s;
 }
 
-// Every shape of the model: forward, and the three gradients accumulated into non-zero buffers
-// (the bias paths on the first shape only: the models' convolutions have no bias, and the
-// odd-shape test below covers them).
+// Every shape of the model: forward, and the three gradients accumulated into non-zero buffers,
+// dx written over instead on every other shape (the bias paths on the first shape only: the
+// models' convolutions have no bias, and the odd-shape test below covers them).
 void compare_model(const ModelSpec& spec, int size, size_t expected_shapes) {
   const std::vector<kernels::Conv2dShape> shapes = conv_shapes(spec, size);
   EXPECT_EQ(shapes.size(), expected_shapes) << "the model's distinct convolution shapes";
@@ -343,6 +348,7 @@ void compare_model(const ModelSpec& spec, int size, size_t expected_shapes) {
   for (const kernels::Conv2dShape& s : shapes) {
     worst = std::max(worst, compare(s, seed += 10, want));
     want.bias_forward = false;
+    want.dx_overwrite = !want.dx_overwrite;
   }
   std::printf("%s %s stem, width %d, %d channels, %dx%d, batch 2: %zu shapes, worst error %.3f of the tolerance\n",
               spec.arch.c_str(), spec.stem.c_str(), spec.width, spec.in_channels, size, size, shapes.size(), worst);
@@ -365,10 +371,10 @@ TEST(ConvFast, EachGradientAloneAndInPairs) {
   s.n = 2, s.c = 16, s.h = s.w = 9, s.o = 24, s.kh = s.kw = 3, s.stride = 2, s.pad = 1;
   s.ho = s.wo = 5;
   uint64_t seed = 7000;
-  for (int mask = 1; mask < 8; ++mask) {
+  for (int mask = 1; mask < 16; ++mask) {
     Want want;
-    want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4;
-    SCOPED_TRACE(cat("dx ", want.dx, " dw ", want.dw, " db ", want.db));
+    want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4, want.dx_overwrite = mask & 8;
+    SCOPED_TRACE(cat("dx ", want.dx, " dw ", want.dw, " db ", want.db, " dx written ", want.dx_overwrite));
     compare(s, seed += 10, want, /*forward=*/false);
   }
 }
@@ -417,10 +423,10 @@ TEST(ConvFast, MeasuredRoutingMixesTheTiersCorrectly) {
   small_pointwise.h = small_pointwise.w = small_pointwise.ho = small_pointwise.wo = 4;
   uint64_t seed = 11000;
   for (const kernels::Conv2dShape& s : {large, pointwise, small_pointwise})
-    for (int mask = 1; mask < 8; ++mask) {
+    for (int mask = 1; mask < 16; ++mask) {
       Want want;
-      want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4;
-      SCOPED_TRACE(cat("dx ", want.dx, " dw ", want.dw, " db ", want.db));
+      want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4, want.dx_overwrite = mask & 8;
+      SCOPED_TRACE(cat("dx ", want.dx, " dw ", want.dw, " db ", want.db, " dx written ", want.dx_overwrite));
       compare(s, seed += 10, want, /*forward=*/mask == 7, kernels::onednn::ConvRouting::Measured);
     }
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "engine/check.h"
@@ -141,13 +142,19 @@ void check_against_direct(const kernels::Conv2dShape& s, bool expect_several_chu
   }
   std::vector<float> ws(bytes / sizeof(float) + 1), y(dy.size()), dx(x.size(), 0.5f), dw(w.size(), 0.25f);
   kernels::cpu::conv2d_forward(s, x.data(), w.data(), nullptr, y.data(), ws.data(), bytes);
-  kernels::cpu::conv2d_backward(s, x.data(), w.data(), dy.data(), dx.data(), dw.data(), nullptr, ws.data(), bytes);
+  kernels::cpu::conv2d_backward(s, x.data(), w.data(), dy.data(), dx.data(), dw.data(), nullptr,
+                                /*accumulate_dx=*/true, ws.data(), bytes);
+  // Overwriting: dx starts as NaN, which must never be read.
+  std::vector<float> dx_set(x.size(), std::numeric_limits<float>::quiet_NaN());
+  kernels::cpu::conv2d_backward(s, x.data(), w.data(), dy.data(), dx_set.data(), nullptr, nullptr,
+                                /*accumulate_dx=*/false, ws.data(), bytes);
   std::vector<double> y_ref, dx_ref, dw_ref;
   direct_conv(s, x, w, dy, y_ref, dx_ref, dw_ref);
-  for (double& v : dx_ref) v += 0.5;  // the backward accumulates into what was there
-  for (double& v : dw_ref) v += 0.25;
   // float32 sums of up to a few thousand products of values in [-1, 1]: relative error well
   // under 1e-4 of the larger of the result and 1.
+  expect_close("dx written", dx_set, dx_ref, 1e-4);
+  for (double& v : dx_ref) v += 0.5;  // the backward accumulates into what was there
+  for (double& v : dw_ref) v += 0.25;
   expect_close("y", y, y_ref, 1e-4);
   expect_close("dx", dx, dx_ref, 1e-4);
   expect_close("dw", dw, dw_ref, 1e-4);

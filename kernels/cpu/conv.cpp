@@ -252,9 +252,14 @@ void conv2d_bias_gradient(const Conv2dShape& s, const float* dy, float* db) {
 }
 
 void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
-                     float* dw, float* db, void* workspace, size_t /*workspace_bytes*/) {
+                     float* dw, float* db, bool accumulate_dx, void* workspace, size_t /*workspace_bytes*/) {
   const int64_t K = rows_of(s), P = pixels_of(s), nb_max = chunk_images(s);
   if (db) conv2d_bias_gradient(s, dy, db);
+  if (dx && !accumulate_dx) {  // col2im adds into dx: start it at zero
+    const int64_t numel = s.n * s.c * s.h * s.w;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < numel; ++i) dx[i] = 0.0f;
+  }
   if (!dx && !dw) return;
   if (use_per_image(s)) return backward_per_image(s, x, w, dy, dx, dw, static_cast<float*>(workspace));
   float* cols = static_cast<float*>(workspace);

@@ -30,9 +30,14 @@ void leaky_relu_forward(const float* x, float* y, int64_t n, float slope) {
   for (int64_t i = 0; i < n; ++i) y[i] = leaky_relu(x[i], slope);
 }
 
-void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope) {
+void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope, bool accumulate) {
+  if (accumulate) {
 #pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * leaky_relu_grad(y[i], slope);
+    for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * leaky_relu_grad(y[i], slope);
+  } else {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * leaky_relu_grad(y[i], slope);
+  }
 }
 
 }  // namespace kernels::cpu

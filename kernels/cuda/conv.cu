@@ -192,14 +192,14 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 }
 
 void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
-                     float* db, void* workspace, size_t workspace_bytes) {
+                     float* db, bool accumulate_dx, void* workspace, size_t workspace_bytes) {
   const ConvPlan& p = plan_for(s);
   check_workspace(p.backward_bytes, workspace_bytes);
-  const float one = 1.0f;
+  const float one = 1.0f, zero = 0.0f;
   cudnnHandle_t h = runtime().cudnn;
-  if (dx)
+  if (dx)  // beta 0: cuDNN writes dx without reading it
     CUDNN_CHECK(cudnnConvolutionBackwardData(h, &one, p.w, w, p.y, dy, p.data_conv, p.data_algo, workspace,
-                                             workspace_bytes, &one, p.x, dx));
+                                             workspace_bytes, accumulate_dx ? &one : &zero, p.x, dx));
   if (dw)
     CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &one, p.x, x, p.y, dy, p.filter_conv, p.filter_algo, workspace,
                                                workspace_bytes, &one, p.w, dw));

@@ -36,9 +36,11 @@ __global__ void leaky_relu_forward_kernel(const float* x, float* y, int64_t n, f
 // y is the forward's output (its sign is the input's, slope >= 0), so an in-place relu_ that
 // overwrote its input can still be differentiated.
 __global__ void leaky_relu_backward_kernel(const float* y, const float* dy, float* dx, int64_t n,
-                                           float slope) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dx[i] += dy[i] * leaky_relu_grad(y[i], slope);
+                                           float slope, bool accumulate) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = dy[i] * leaky_relu_grad(y[i], slope);
+    dx[i] = accumulate ? dx[i] + g : g;
+  }
 }
 
 }  // namespace
@@ -73,9 +75,9 @@ void leaky_relu_forward(const float* x, float* y, int64_t n, float slope) {
   KERNEL_LAUNCH_CHECK();
 }
 
-void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope) {
+void leaky_relu_backward(const float* y, const float* dy, float* dx, int64_t n, float slope, bool accumulate) {
   if (n == 0) return;
-  leaky_relu_backward_kernel<<<grid_for(n), 256, 0, runtime().stream>>>(y, dy, dx, n, slope);
+  leaky_relu_backward_kernel<<<grid_for(n), 256, 0, runtime().stream>>>(y, dy, dx, n, slope, accumulate);
   KERNEL_LAUNCH_CHECK();
 }
 

@@ -27,11 +27,13 @@
 // oihw straight to the primitive) needs no reorders but oneDNN then runs its gemm-based
 // convolution, which measured slower here; Nhwc is there to measure too.
 //
-// Accumulation. Backward kernels add into dx, dw, db (kernels/conv.h). oneDNN's backward
-// primitives overwrite their outputs and take no sum post-op in 2.6, so the gradients are
-// written into scratch and the reorder back to the caller's layout carries a sum post-op: it
-// adds the result into dx / dw in the same pass that converts it (a plain -> plain reorder when
-// no conversion is needed). The bias gradient is always the reference's reduction over dy.
+// Accumulation. Backward kernels add into dw, db and, unless told to overwrite it, dx
+// (kernels/conv.h). oneDNN's backward primitives overwrite their outputs and take no sum
+// post-op in 2.6, so the gradients are written into scratch and the reorder back to the caller's
+// layout carries a sum post-op: it adds the result into dx / dw in the same pass that converts
+// it (a plain -> plain reorder when no conversion is needed). An overwritten dx takes the reorder
+// without the sum, or no reorder at all when the formats agree. The bias gradient is always the
+// reference's reduction over dy.
 //
 // Threads. Debian's libdnnl runs on OpenMP (runtime_is_openmp()): its parallel regions use the
 // engine's libgomp pool and its size (omp_get_max_threads). oneDNN does its own GEMM work, so
@@ -222,7 +224,7 @@ ForwardVariant make_forward(const Descs& d, bool bias) {
 struct DataPart {
   Lazy<dnnl::convolution_backward_data::primitive_desc, dnnl::convolution_backward_data> conv;
   int dy = 0;  // index into BackwardPlan::dy
-  Operand w, dx;
+  Operand w, dx, dx_set;  // dx added into the caller's gradient, or written over it (a new one)
   size_t scratchpad_offset = 0, scratchpad_bytes = 0;
 };
 struct WeightsPart {
@@ -261,11 +263,13 @@ Backward make_backward(const Descs& d) {
   const int weights_dy = dy_operand(b, d.y, weights_pd.diff_dst_desc(), shared);
 
   Carve data_carve{shared.used};
-  DataPart dp{{data_pd, std::nullopt}, data_dy, {}, {}, 0, 0};
+  DataPart dp{{data_pd, std::nullopt}, data_dy, {}, {}, {}, 0, 0};
   dp.w = Operand::input(d.w, data_pd.weights_desc(), data_carve);
+  Carve before_dx = data_carve;  // a call runs one of dx, dx_set: they share the staging buffer
   dp.dx = Operand::output(d.x, data_pd.diff_src_desc(), /*accumulate=*/true, data_carve);
+  dp.dx_set = Operand::output(d.x, data_pd.diff_src_desc(), /*accumulate=*/false, before_dx);
   dp.scratchpad_bytes = std::max({data_pd.scratchpad_desc().get_size(), dp.w.pad_bytes(), dp.dx.pad_bytes(),
-                                  b.dy[static_cast<size_t>(data_dy)].pad_bytes()});
+                                  dp.dx_set.pad_bytes(), b.dy[static_cast<size_t>(data_dy)].pad_bytes()});
   dp.scratchpad_offset = data_carve.take(dp.scratchpad_bytes);
   b.data = std::move(dp);
 
@@ -438,14 +442,15 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 }
 
 void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
-                     float* dw, float* db, void* workspace, size_t workspace_bytes) {
+                     float* dw, float* db, bool accumulate_dx, void* workspace, size_t workspace_bytes) {
   // The reference's parts first (with the bias gradient), then oneDNN's; both add into their outputs.
   float* own_dx = dx && conv2d_on_onednn(s, ConvPart::Data) ? dx : nullptr;
   float* own_dw = dw && conv2d_on_onednn(s, ConvPart::Weights) ? dw : nullptr;
   float* reference_dx = own_dx ? nullptr : dx;
   float* reference_dw = own_dw ? nullptr : dw;
   if (reference_dx || reference_dw)
-    kernels::cpu::conv2d_backward(s, x, w, dy, reference_dx, reference_dw, db, workspace, workspace_bytes);
+    kernels::cpu::conv2d_backward(s, x, w, dy, reference_dx, reference_dw, db, accumulate_dx, workspace,
+                                  workspace_bytes);
   else if (db)
     kernels::cpu::conv2d_bias_gradient(s, dy, db);
   if (!own_dx && !own_dw) return;
@@ -473,13 +478,14 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
     }
     if (own_dx) {
       DataPart& dp = b.data;
+      const Operand& out = accumulate_dx ? dp.dx : dp.dx_set;
       char* pad = scratch + dp.scratchpad_offset;
       dp.w.to_primitive(w, scratch, pad);
       dp.conv.get().execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, dy_for(dp.dy, pad)},
                                            {DNNL_ARG_WEIGHTS, dp.w.bind(w, scratch)},
-                                           {DNNL_ARG_DIFF_SRC, dp.dx.bind(dx, scratch)},
+                                           {DNNL_ARG_DIFF_SRC, out.bind(dx, scratch)},
                                            {DNNL_ARG_SCRATCHPAD, scratchpad(dp.conv.pd, scratch, dp.scratchpad_offset)}});
-      dp.dx.to_user(dx, scratch, pad);
+      out.to_user(dx, scratch, pad);
     }
     cpu_stream().wait();
   } catch (const dnnl::error& e) {
