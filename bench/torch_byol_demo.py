@@ -28,6 +28,9 @@ only, and a difference inside the seeds' spread is noise.
 
     /usr/bin/python3 bench/torch_byol_demo.py --seed 0 [--threads 2] [--steps 1600] [--out F.json]
 
+(1,600 steps: the recipe's length in the BYOL study it was written for; `make demo` runs 3,000
+since 2026-12-03, `--steps 3000` for that.)
+
 Prints one line per 100 steps and a final JSON line (also written to --out).
 """
 import argparse

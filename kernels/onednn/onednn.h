@@ -9,7 +9,9 @@
 // Kernels so far: convolution forward, data and filter gradients (kernels/onednn/conv.cpp), each
 // pass routed to oneDNN or to the reference by a measured table (ConvRouting below).
 // Pooling and BatchNorm stay on the reference tier: their kernels are memory-bound passes that
-// would need the same layer-boundary reorders the convolution pays (see conv.cpp's header).
+// would need the same layer-boundary reorders the convolution pays (see conv.cpp's header), and
+// once the reference BatchNorm read memory in order (kernels/cpu/batch_norm.cpp: 8x faster on
+// BatchNorm1d) it was no longer above a few percent of a step (bench/RESULTS.md, 2026-12-03).
 //
 // This file holds what the tier says about itself: which library and ISA it runs, the plan
 // cache (for tests and benchmarks), and the activation layout the primitives are asked for
