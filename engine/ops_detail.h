@@ -24,7 +24,8 @@ kernels::Conv2dShape conv2d_shape(const char* layer, const Tensor& x, const Var*
                                   int pad);
 // y = conv(x, w) + b, scratch from the workspace's region.  x (N, C, H, W), y (N, O, HO, WO)
 void conv2d_forward(Graph& g, const kernels::Conv2dShape& s, const float* x, const Var* w, const Var* b, float* y);
-// Adds into dx (nullptr: not wanted) and into the gradients of w and b where they need one.
+// Adds into dx (nullptr: not wanted), or writes it when !accumulate_dx (a new gradient: no zero
+// fill first), and adds into the gradients of w and b where they need one.
 // dy (N, O, HO, WO) is the output's gradient.
 void conv2d_backward(Graph& g, const kernels::Conv2dShape& s, const float* x, Var* w, Var* b, const float* dy,
                      float* dx, bool accumulate_dx);

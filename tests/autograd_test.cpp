@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "engine/check.h"
 #include "engine/ops.h"
@@ -124,6 +125,26 @@ TEST(Autograd, GradientsAccumulateAcrossBackwardPasses) {
   g.backward(m.loss(g));
   const std::vector<float> twice = to_host_f32(m.dw2.t);
   for (size_t i = 0; i < once.size(); ++i) EXPECT_NEAR(twice[i], 2 * once[i], 1e-6f) << i;
+}
+
+// A gradient's first contribution is written over whatever its workspace block held
+// (Graph::grad_to_write), later ones add to it: the block starts as NaN, so a first kernel that
+// added instead of writing, or a later one that wrote instead of adding, shows.
+TEST(Autograd, FirstGradientContributionIsWrittenLaterOnesAdd) {
+  Workspace ws(Device::CPU, size_t{1} << 16);
+  ws.poison();
+  OwnedTensor x(Device::CPU, Shape{2, 8}), dx(Device::CPU, Shape{2, 8});
+  std::vector<float> xs(16);
+  for (size_t i = 0; i < xs.size(); ++i) xs[i] = static_cast<float>(i % 3) - 0.75f;  // both signs
+  from_host(x.t, xs);
+  fill_zero(dx.t);
+  Graph g(ws);
+  Var* h = ops::scale(g, g.param(x.t, dx.t, "x"), 1.0f);  // h's gradient: a workspace block
+  Var* y = ops::add(g, ops::relu(g, h), ops::scale(g, h, 2.0f));
+  g.backward(ops::sum(g, y));
+  const std::vector<float> got = to_host_f32(dx.t);
+  for (size_t i = 0; i < xs.size(); ++i) EXPECT_EQ(got[i], (xs[i] > 0 ? 1.0f : 0.0f) + 2.0f) << i;  // relu' + 2
+  EXPECT_EQ(ws.spills(), 0) << "the graph outgrew the poisoned block: the test would not test";
 }
 
 TEST(Autograd, NoGradScopeRecordsNothing) {

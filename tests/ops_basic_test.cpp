@@ -41,6 +41,15 @@ TS_OP_CASES(basic_cases) {
            [](CaseContext& k) { return ops::add(k.g, k.in[0], k.in[1]); });
   // x + x: both contributions must accumulate into one gradient.
   add_case("add_same_input", {uniform({7})}, [](CaseContext& k) { return ops::add(k.g, k.in[0], k.in[0]); });
+  // One intermediate read by three ops: the first backward to reach its gradient writes it
+  // (Graph::grad_to_write: no zero fill), the other two add to it.
+  add_case("fan_out_first_gradient_written",
+           {InputSpec{Shape{2, 3, 5, 5}, InputSpec::Uniform, true, -1, 1, 0, /*kink=*/0.02f}, uniform({3, 3, 3, 3})},
+           [](CaseContext& k) {
+             Var* h = ops::scale(k.g, k.in[0], 1.5f);
+             Var* y = ops::add(k.g, ops::conv2d(k.g, h, k.in[1], nullptr, 1, 1), ops::relu(k.g, h));
+             return ops::add(k.g, y, ops::scale(k.g, h, -0.5f));
+           });
   // The in-place forms on an input they may overwrite (an add's output: Var::overwritable), so
   // the in-place path runs; the kink spacing of x keeps x + x at least 0.04 from relu's kink.
   const InputSpec kinked{Shape{3, 2, 5}, InputSpec::Uniform, true, -1, 1, 0, 0.02f};

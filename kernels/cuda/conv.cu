@@ -197,7 +197,7 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
   check_workspace(p.backward_bytes, workspace_bytes);
   const float one = 1.0f, zero = 0.0f;
   cudnnHandle_t h = runtime().cudnn;
-  if (dx)  // beta 0: cuDNN writes dx without reading it
+  if (dx)  // beta 0 (a new gradient): cuDNN writes dx without reading it
     CUDNN_CHECK(cudnnConvolutionBackwardData(h, &one, p.w, w, p.y, dy, p.data_conv, p.data_algo, workspace,
                                              workspace_bytes, accumulate_dx ? &one : &zero, p.x, dx));
   if (dw)

@@ -355,7 +355,7 @@ std::atomic<int> g_routing{-1};  // ConvRouting, or -1 before the first read
 // process CPU time, best of 8: ResNet-18 CIFAR at batch 64 (32x32 to 4x4 maps, 64 to 512
 // channels) and the BYOL demo's ResNet-18 on Fashion-MNIST at batch 128 (7x7 to 1x1 maps, 16 to
 // 128 channels), `conv_layers --kernels fast --split 1` under each routing (bench/RESULTS.md,
-// "Per-pass routing, 2026-12-03"):
+// "CPU speed against PyTorch, 2026-12-03", convolution routing):
 //
 //   pass     kernel        output      runs on     why (reference ms / oneDNN ms, one layer)
 //   forward  any           any         oneDNN      3x3: 0.2-0.9x the reference (demo layer1 1.18 /
