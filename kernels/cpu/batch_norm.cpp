@@ -188,18 +188,9 @@ void backward(const float* x, const float* dy, const float* gamma, Stats stats, 
     }
     for (int64_t i = 0; i < n; ++i)
       for (int64_t ch = c0; ch < c1; ++ch) {
-        const int64_t j = ch - c0;
-        const float* xr = x + (i * c + ch) * hw;
-        const float* gr = dy + (i * c + ch) * hw;
-        float* out = dx + (i * c + ch) * hw;
-        const float kj = k[j], mu = mean[j], is = invstd[j], mdy = mean_dy[j], mdyx = mean_dy_xhat[j];
-        if (add_dx) {
-#pragma omp simd
-          for (int64_t p = 0; p < hw; ++p) out[p] += kj * (gr[p] - mdy - (xr[p] - mu) * is * mdyx);
-        } else {
-#pragma omp simd
-          for (int64_t p = 0; p < hw; ++p) out[p] = kj * (gr[p] - mdy - (xr[p] - mu) * is * mdyx);
-        }
+        const int64_t j = ch - c0, at = (i * c + ch) * hw;
+        batch_norm_dx_row(x + at, dy + at, dx + at, hw, k[j], mean[j], invstd[j], mean_dy[j], mean_dy_xhat[j],
+                          add_dx);
       }
   }
 }

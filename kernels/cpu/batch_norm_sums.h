@@ -1,4 +1,4 @@
-// The per-channel sums BatchNorm's backward needs, shared by the plain kernel
+// The per-channel sums and the data-gradient row BatchNorm's backward needs, shared by the plain kernel
 // (kernels/cpu/batch_norm.cpp) and SyncBN's (kernels/cpu/sync_batch_norm.cpp), which all-reduces
 // them across ranks before using them. Cost: one read of x and dy for the channel.
 #pragma once
@@ -20,6 +20,19 @@ inline void batch_norm_row_sums(const float* xr, const float* gr, float mean, fl
   }
   *sum_dy += s;
   *sum_dy_xhat += static_cast<double>(sx) * invstd;
+}
+
+// One row's data gradient, dx = k (dy - mean_dy - (x - mean) invstd mean_dy_xhat) with
+// k = gamma invstd (eval: mean_dy = mean_dy_xhat = 0), added into or written over `out`.
+inline void batch_norm_dx_row(const float* xr, const float* gr, float* out, int64_t hw, float k, float mean,
+                              float invstd, float mean_dy, float mean_dy_xhat, bool add) {
+  if (add) {
+#pragma omp simd
+    for (int64_t p = 0; p < hw; ++p) out[p] += k * (gr[p] - mean_dy - (xr[p] - mean) * invstd * mean_dy_xhat);
+  } else {
+#pragma omp simd
+    for (int64_t p = 0; p < hw; ++p) out[p] = k * (gr[p] - mean_dy - (xr[p] - mean) * invstd * mean_dy_xhat);
+  }
 }
 
 // x, dy: (N, C, HW); channel ch with its batch mean and inverse std.

@@ -69,16 +69,8 @@ void batch_norm_backward_apply(const float* x, const float* dy, const float* gam
     const float mean_dy = static_cast<float>(global[ch] / count);
     const float mean_dy_xhat = static_cast<float>(global[c + ch] / count);
     for (int64_t i = 0; i < n; ++i) {
-      const float* xr = x + (i * c + ch) * hw;
-      const float* gr = dy + (i * c + ch) * hw;
-      float* out = dx + (i * c + ch) * hw;
-      if (add_dx) {
-#pragma omp simd
-        for (int64_t p = 0; p < hw; ++p) out[p] += k * (gr[p] - mean_dy - (xr[p] - mu) * is * mean_dy_xhat);
-      } else {
-#pragma omp simd
-        for (int64_t p = 0; p < hw; ++p) out[p] = k * (gr[p] - mean_dy - (xr[p] - mu) * is * mean_dy_xhat);
-      }
+      const int64_t at = (i * c + ch) * hw;
+      batch_norm_dx_row(x + at, dy + at, dx + at, hw, k, mu, is, mean_dy, mean_dy_xhat, add_dx);
     }
   }
 }
