@@ -1,8 +1,15 @@
-// CPU fast tier of kernels/conv.h: oneDNN's direct convolution (forward, data gradient, filter
+// CPU fast tier of kernels/conv.h: oneDNN's convolution (forward, data gradient, filter
 // gradient), the CPU mirror of kernels/cuda/conv.cu. Each pass of a shape runs on oneDNN or on
-// the reference, whichever measured faster (conv2d_on_onednn: the table and its reasons). Same math as the reference
-// (kernels/cpu/conv.cpp), float32 throughout; the sums run in another order, so results
-// differ from the reference by float32 rounding (tests/conv_fast_test.cpp bounds it).
+// the reference, whichever measured faster (conv2d_on_onednn: the table and its reasons), and
+// on oneDNN with its direct algorithm or, for 3x3 stride-1 convolutions on large enough maps,
+// Winograd's F(4x4, 3x3) (conv2d_wants_winograd: 2-2.7x faster on the CIFAR ResNet's layers), as
+// cuDNN picks Winograd on the GPU. Same math as the reference (kernels/cpu/conv.cpp), float32
+// throughout; the sums run in another order (Winograd: through tile transforms), so results
+// differ from the reference by float32 rounding (tests/conv_fast_test.cpp bounds both).
+//
+// Cost: direct, 2 N O C KH KW HO WO flops per pass; Winograd F(4x4, 3x3), 36 multiply-adds per
+// 4x4 output tile and (input, output) channel pair where direct does 9 x 16 = 144, plus the tile
+// transforms, which are linear in N (C + O) HO WO and dominate when channels are few.
 //
 // Plans. Per (shape, OpenMP thread count, layout) and per pass, once: the primitive descriptors
 // (oneDNN's choice of implementation, e.g. jit:avx512_core), the primitives (JIT code), the
@@ -13,7 +20,10 @@
 //
 // Scratch. Every primitive runs with scratchpad_mode::user: oneDNN allocates nothing; its
 // scratchpad and our reorder buffers are carved out of the `workspace` the caller passes (the
-// engine's one scratch region, engine/workspace.h), and conv2d_workspace_size reports their sum.
+// engine's one scratch region, engine/workspace.h), and conv2d_workspace_size reports their sum
+// plus one cache line, so that the carving can start on a line whatever the caller's alignment.
+// Winograd's scratchpad holds the transformed tiles of a whole pass: 7-16 MB per call at the
+// CIFAR shapes of batch 64 (53 MB for a 3-channel stem, which the table keeps direct).
 //
 // Layout (kernels/onednn/onednn.h, Layout). The engine's tensors are NCHW. With Blocked, the
 // default, the primitives are made with format_tag::any and pick their own formats (nChw16c
@@ -44,6 +54,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -80,7 +91,15 @@ std::string shape_text(const Conv2dShape& s) {
          std::to_string(s.pad);
 }
 
-// Buffers of one call placed one after another in the scratch, each on a cache line.
+// Buffers of one call placed one after another in the scratch, each on a cache line. The scratch
+// itself starts on a line too (aligned()): oneDNN's Winograd kernels use aligned vector loads on
+// their scratchpad and crash on a buffer that is not (the engine's workspace is 256-byte aligned,
+// a test's std::vector only 16), so every size asked for carries one line of slack.
+constexpr size_t kLine = 64;
+char* aligned(void* workspace) {
+  const auto at = reinterpret_cast<uintptr_t>(workspace);
+  return static_cast<char*>(workspace) + ((kLine - at % kLine) % kLine);
+}
 struct Carve {
   size_t used = 0;
   size_t take(size_t bytes) {
@@ -153,7 +172,12 @@ struct Descs {
   memory::desc x, w, y, bias;           // NCHW / OIHW / x as the engine holds them
   memory::desc x_any, w_any, y_any;     // what the primitives are given to choose from
   memory::dims strides, pad_l, pad_r;
+  // Per ConvPart (forward, data, weights): convolution_direct, or convolution_winograd.
+  std::array<dnnl::algorithm, 3> algorithm{dnnl::algorithm::convolution_direct, dnnl::algorithm::convolution_direct,
+                                           dnnl::algorithm::convolution_direct};
 };
+constexpr int kForward = static_cast<int>(ConvPart::Forward), kData = static_cast<int>(ConvPart::Data),
+              kWeights = static_cast<int>(ConvPart::Weights);
 
 Descs descs_of(const Conv2dShape& s, Layout layout) {
   const auto f32 = memory::data_type::f32;
@@ -176,11 +200,50 @@ Descs descs_of(const Conv2dShape& s, Layout layout) {
   return d;
 }
 
-dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool bias) {
-  const dnnl::convolution_forward::desc desc(
-      dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, d.x_any, d.w_any,
-      bias ? d.bias : memory::desc(), d.y_any, d.strides, d.pad_l, d.pad_r);
+// Winograd's scratchpad for one pass of `d` (forward: the larger of the bias variants); throws
+// dnnl::error when oneDNN does not offer Winograd for it (strides other than 1, plain layouts).
+size_t winograd_scratchpad(const Descs& d, int part);
+
+dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool bias, dnnl::algorithm a) {
+  const dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training, a, d.x_any, d.w_any,
+                                             bias ? d.bias : memory::desc(), d.y_any, d.strides, d.pad_l, d.pad_r);
   return dnnl::convolution_forward::primitive_desc(desc, attributes(), cpu_engine());
+}
+dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool bias) {
+  return forward_pd(d, bias, d.algorithm[kForward]);
+}
+
+// The backward descriptors take a forward one of their own algorithm as the hint (oneDNN matches
+// their formats to it).
+dnnl::convolution_backward_data::primitive_desc data_pd(const Descs& d, dnnl::algorithm a) {
+  const dnnl::convolution_backward_data::desc desc(a, d.x_any, d.w_any, d.y_any, d.strides, d.pad_l, d.pad_r);
+  return dnnl::convolution_backward_data::primitive_desc(desc, attributes(), cpu_engine(), forward_pd(d, false, a));
+}
+dnnl::convolution_backward_weights::primitive_desc weights_pd(const Descs& d, dnnl::algorithm a) {
+  const dnnl::convolution_backward_weights::desc desc(a, d.x_any, d.w_any, d.y_any, d.strides, d.pad_l, d.pad_r);
+  return dnnl::convolution_backward_weights::primitive_desc(desc, attributes(), cpu_engine(),
+                                                            forward_pd(d, false, a));
+}
+
+// Winograd's scratchpad holds a pass's transformed tiles (and, for the filter gradient, one
+// transformed filter per thread): 8-10 MB per pass for the CIFAR ResNet's layer1 at batch 64,
+// 35-131 MB for its layers 2-4, which would raise the train step's workspace from 289 to 394 MiB
+// (issue 13's bar is 300). Under the measured routing a pass runs Winograd only if its scratchpad
+// fits this cap, over the whole batch or over slices of it (n / 2, n / 4, ... down to kMinChunk
+// samples, each a call of its own: the tiles scale with the batch, the transformed filters do
+// not, so layer4 never fits). 24 MiB keeps every Winograd call's scratch (reorders included)
+// under what layer1's call needs anyway: the step's workspace went from 288.5 to 297.7 MiB, all of
+// it layer1's larger scratchpad, for a step 1.3x faster (bench/RESULTS.md).
+constexpr size_t kWinogradScratchpadCap = size_t{24} << 20;
+constexpr int64_t kMinChunk = 8;
+
+size_t winograd_scratchpad(const Descs& d, int part) {
+  const auto wino = dnnl::algorithm::convolution_winograd;
+  if (part == kForward)
+    return std::max(forward_pd(d, false, wino).scratchpad_desc().get_size(),
+                    forward_pd(d, true, wino).scratchpad_desc().get_size());
+  if (part == kData) return data_pd(d, wino).scratchpad_desc().get_size();
+  return weights_pd(d, wino).scratchpad_desc().get_size();
 }
 
 // A primitive with its descriptor, made on first use: a bias variant that a model never runs
@@ -211,7 +274,7 @@ ForwardVariant make_forward(const Descs& d, bool bias) {
   v.scratchpad_bytes =
       std::max({v.conv.pd.scratchpad_desc().get_size(), v.x.pad_bytes(), v.w.pad_bytes(), v.y.pad_bytes()});
   v.scratchpad_offset = carve.take(v.scratchpad_bytes);
-  v.bytes = carve.used;
+  v.bytes = carve.used + kLine;
   return v;
 }
 
@@ -238,7 +301,11 @@ struct Backward {
   std::vector<Operand> dy;
   DataPart data;
   WeightsPart weights;
-  size_t bytes = 0;
+  size_t data_bytes = 0, weights_bytes = 0;  // scratch of a call that runs the one part, the other
+  // Scratch of a call that runs the parts given.
+  size_t bytes(bool data_part, bool weights_part) const {
+    return std::max(data_part ? data_bytes : 0, weights_part ? weights_bytes : 0);
+  }
 };
 
 int dy_operand(Backward& b, const memory::desc& user, const memory::desc& md, Carve& shared) {
@@ -249,40 +316,36 @@ int dy_operand(Backward& b, const memory::desc& user, const memory::desc& md, Ca
 }
 
 Backward make_backward(const Descs& d) {
-  const auto hint = forward_pd(d, /*bias=*/false);
-  const dnnl::convolution_backward_data::desc data_desc(dnnl::algorithm::convolution_direct, d.x_any, d.w_any,
-                                                        d.y_any, d.strides, d.pad_l, d.pad_r);
-  dnnl::convolution_backward_data::primitive_desc data_pd(data_desc, attributes(), cpu_engine(), hint);
-  const dnnl::convolution_backward_weights::desc weights_desc(dnnl::algorithm::convolution_direct, d.x_any,
-                                                              d.w_any, d.y_any, d.strides, d.pad_l, d.pad_r);
-  dnnl::convolution_backward_weights::primitive_desc weights_pd(weights_desc, attributes(), cpu_engine(), hint);
+  const dnnl::convolution_backward_data::primitive_desc data = data_pd(d, d.algorithm[kData]);
+  const dnnl::convolution_backward_weights::primitive_desc weights = weights_pd(d, d.algorithm[kWeights]);
 
   Backward b;
   Carve shared;  // the dy buffers
-  const int data_dy = dy_operand(b, d.y, data_pd.diff_dst_desc(), shared);
-  const int weights_dy = dy_operand(b, d.y, weights_pd.diff_dst_desc(), shared);
+  const int data_dy = dy_operand(b, d.y, data.diff_dst_desc(), shared);
+  const int weights_dy = dy_operand(b, d.y, weights.diff_dst_desc(), shared);
 
   Carve data_carve{shared.used};
-  DataPart dp{{data_pd, std::nullopt}, data_dy, {}, {}, {}, 0, 0};
-  dp.w = Operand::input(d.w, data_pd.weights_desc(), data_carve);
+  DataPart dp{{data, std::nullopt}, data_dy, {}, {}, {}, 0, 0};
+  dp.w = Operand::input(d.w, data.weights_desc(), data_carve);
   Carve before_dx = data_carve;  // a call runs one of dx, dx_set: they share the staging buffer
-  dp.dx = Operand::output(d.x, data_pd.diff_src_desc(), /*accumulate=*/true, data_carve);
-  dp.dx_set = Operand::output(d.x, data_pd.diff_src_desc(), /*accumulate=*/false, before_dx);
-  dp.scratchpad_bytes = std::max({data_pd.scratchpad_desc().get_size(), dp.w.pad_bytes(), dp.dx.pad_bytes(),
+  dp.dx = Operand::output(d.x, data.diff_src_desc(), /*accumulate=*/true, data_carve);
+  dp.dx_set = Operand::output(d.x, data.diff_src_desc(), /*accumulate=*/false, before_dx);
+  dp.scratchpad_bytes = std::max({data.scratchpad_desc().get_size(), dp.w.pad_bytes(), dp.dx.pad_bytes(),
                                   dp.dx_set.pad_bytes(), b.dy[static_cast<size_t>(data_dy)].pad_bytes()});
   dp.scratchpad_offset = data_carve.take(dp.scratchpad_bytes);
   b.data = std::move(dp);
 
   Carve carve{shared.used};
   WeightsPart& wp = b.weights;
-  wp.conv.pd = weights_pd;
+  wp.conv.pd = weights;
   wp.dy = weights_dy;
-  wp.x = Operand::input(d.x, weights_pd.src_desc(), carve);
-  wp.dw = Operand::output(d.w, weights_pd.diff_weights_desc(), /*accumulate=*/true, carve);
-  wp.scratchpad_bytes = std::max({weights_pd.scratchpad_desc().get_size(), wp.x.pad_bytes(), wp.dw.pad_bytes(),
+  wp.x = Operand::input(d.x, weights.src_desc(), carve);
+  wp.dw = Operand::output(d.w, weights.diff_weights_desc(), /*accumulate=*/true, carve);
+  wp.scratchpad_bytes = std::max({weights.scratchpad_desc().get_size(), wp.x.pad_bytes(), wp.dw.pad_bytes(),
                                   b.dy[static_cast<size_t>(wp.dy)].pad_bytes()});
   wp.scratchpad_offset = carve.take(wp.scratchpad_bytes);
-  b.bytes = std::max(data_carve.used, carve.used);
+  b.data_bytes = data_carve.used + kLine;
+  b.weights_bytes = carve.used + kLine;
   return b;
 }
 
@@ -290,11 +353,14 @@ Backward make_backward(const Descs& d) {
 struct Plan {
   Conv2dShape shape;
   Descs d;
+  // Per ConvPart: samples per oneDNN call. shape.n, or a slice of the batch that runs Winograd
+  // within kWinogradScratchpadCap (the pass then runs as n / chunk calls of that shape's plan).
+  std::array<int64_t, 3> chunk{0, 0, 0};
   std::optional<ForwardVariant> forward[2];  // [bias]
   std::optional<Backward> backward;
 };
 
-using PlanKey = std::array<int64_t, 11>;  // n, c, h, w, o, kh, kw, stride, pad, threads, layout
+using PlanKey = std::array<int64_t, 12>;  // n, c, h, w, o, kh, kw, stride, pad, threads, layout, winograd asked
 
 struct Cache {
   std::mutex mu;
@@ -307,19 +373,46 @@ Cache& cache() {
   return c;
 }
 
+// Sets Winograd for each pass of the plan that oneDNN offers it for and, when `capped`, whose
+// scratchpad fits kWinogradScratchpadCap over the whole batch (the plan runs it) or over a slice
+// (plan.chunk: the slice's plan runs it). Descriptors only, no JIT: once per plan.
+void choose_winograd(Plan& p, Layout layout, bool capped) {
+  for (int part : {kForward, kData, kWeights}) {
+    for (int64_t n = p.shape.n; n >= 1; n /= 2) {
+      Conv2dShape slice = p.shape;
+      slice.n = n;
+      size_t bytes = 0;
+      try {
+        bytes = winograd_scratchpad(n == p.shape.n ? p.d : descs_of(slice, layout), part);
+      } catch (const dnnl::error&) {
+        break;  // not offered for this shape
+      }
+      if (!capped || bytes <= kWinogradScratchpadCap) {
+        if (n == p.shape.n) p.d.algorithm[static_cast<size_t>(part)] = dnnl::algorithm::convolution_winograd;
+        else p.chunk[static_cast<size_t>(part)] = n;
+        break;
+      }
+      if (n % 2 != 0 || n / 2 < kMinChunk) break;  // stays direct
+    }
+  }
+}
+
 // The plan of a shape with the requested passes made. Plans live for the process (a handful
 // per model), like the cuDNN plans; the pointer stays valid until clear_conv2d_plans().
 Plan& plan_for(const Conv2dShape& s, bool forward, bool backward) {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
+  const bool winograd = conv2d_wants_winograd(s);
   const PlanKey key{s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.pad, omp_get_max_threads(),
-                    static_cast<int64_t>(c.layout)};
+                    static_cast<int64_t>(c.layout), winograd};
   auto it = c.plans.find(key);
   try {
     if (it == c.plans.end()) {
       auto p = std::make_unique<Plan>();
       p->shape = s;
       p->d = descs_of(s, c.layout);
+      p->chunk = {s.n, s.n, s.n};
+      if (winograd) choose_winograd(*p, c.layout, /*capped=*/conv_routing() == ConvRouting::Measured);
       it = c.plans.emplace(key, std::move(p)).first;
       if (std::find(c.shapes.begin(), c.shapes.end(), s) == c.shapes.end()) c.shapes.push_back(s);
     }
@@ -372,14 +465,19 @@ std::atomic<int> g_routing{-1};  // ConvRouting, or -1 before the first read
 // maps by 10-20%); on the demo's narrow layers that cost 3-4x, and on this machine oneDNN wins
 // both. Changing an entry changes only speed: every pass of every shape is compared with the
 // reference under AllOneDnn (tests/conv_fast_test.cpp), and the reference is the reference.
+ConvRouting parse_conv_routing(const std::string& text, const std::string& what) {
+  if (text == "measured") return ConvRouting::Measured;
+  if (text == "onednn") return ConvRouting::AllOneDnn;
+  if (text == "winograd") return ConvRouting::AllWinograd;
+  throw std::invalid_argument(what + ": expected measured, onednn or winograd, found '" + text + "'");
+}
+
 ConvRouting conv_routing() {
   int r = g_routing.load();
   if (r < 0) {
     const char* env = std::getenv("TESSERA_CONV_ROUTING");
-    const std::string text = env ? env : "";
-    if (text.empty() || text == "measured") r = static_cast<int>(ConvRouting::Measured);
-    else if (text == "onednn") r = static_cast<int>(ConvRouting::AllOneDnn);
-    else throw std::invalid_argument("TESSERA_CONV_ROUTING: expected measured or onednn, found '" + text + "'");
+    const std::string text = env && *env ? env : "measured";
+    r = static_cast<int>(parse_conv_routing(text, "TESSERA_CONV_ROUTING"));
     g_routing.store(r);
   }
   return static_cast<ConvRouting>(r);
@@ -387,10 +485,17 @@ ConvRouting conv_routing() {
 
 void set_conv_routing(ConvRouting r) { g_routing.store(static_cast<int>(r)); }
 
-const char* conv_routing_name(ConvRouting r) { return r == ConvRouting::AllOneDnn ? "onednn" : "measured"; }
+const char* conv_routing_name(ConvRouting r) {
+  switch (r) {
+    case ConvRouting::Measured: return "measured";
+    case ConvRouting::AllOneDnn: return "onednn";
+    case ConvRouting::AllWinograd: return "winograd";
+  }
+  return "?";
+}
 
 bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part) {
-  if (conv_routing() == ConvRouting::AllOneDnn) return true;
+  if (conv_routing() != ConvRouting::Measured) return true;
   const bool pointwise = s.kh == 1 && s.kw == 1;
   switch (part) {
     case ConvPart::Forward: return true;
@@ -400,30 +505,59 @@ bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part) {
   return true;
 }
 
-// ---- the kernels ---------------------------------------------------------------------------
-
-void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
-  // The parts run one after the other in the same scratch: the larger of the two tiers' needs.
-  size_t reference = 0, own = 0;
-  if (pass == ConvPass::Forward) {
-    if (conv2d_on_onednn(s, ConvPart::Forward)) own = std::max(plan_for(s, true, false).forward[0]->bytes,
-                                                               plan_for(s, true, false).forward[1]->bytes);
-    else kernels::cpu::conv2d_workspace_size(s, pass, &reference);
-  } else {
-    const bool data = conv2d_on_onednn(s, ConvPart::Data), weights = conv2d_on_onednn(s, ConvPart::Weights);
-    if (data || weights) own = plan_for(s, false, true).backward->bytes;
-    if (!data || !weights) kernels::cpu::conv2d_workspace_size(s, pass, &reference);
-  }
-  *bytes = std::max(reference, own);
+// Winograd's F(4x4, 3x3) (oneDNN's jit_wino_4x3) against the direct kernel, whole batch, 2
+// threads, best of 6 calls, ms forward / data gradient / filter gradient, and Winograd's
+// scratchpads in MB (2026-12-03, quiet machine; bench/RESULTS.md "Winograd"):
+//
+//   shape (batch, in -> out channels, map)  direct                Winograd            scratchpads     asked for
+//   CIFAR 64, 3 -> 64, 32x32 (stem)         1.17 / 5.42 / 1.36    4.70 / 3.82 / 3.21  54 / 7 / 10     no: 3 channels
+//   CIFAR 64, 64 -> 64, 32x32               21.5 / 20.8 / 24.1    9.3 / 9.3 / 10.6    8 / 8 / 10      yes
+//   CIFAR 64, 128 -> 128, 16x16             20.0 / 20.4 / 22.7    9.0 / 8.3 / 8.8     46 / 46 / 53    yes
+//   CIFAR 64, 256 -> 256, 8x8               17.7 / 18.1 / 20.8    8.2 / 8.1 / 8.5     35 / 35 / 56    yes
+//   CIFAR 64, 512 -> 512, 4x4               16.3 / 15.5 / 22.0    8.7 / 8.4 / 9.5     54 / 54 / 131   yes
+//   WRN 224, 1 -> 16, 28x28 (stem)          0.27 / 3.51 / 0.23    2.72 / 2.69 / 2.54  7 / 7 / 10      no: 1 channel
+//   WRN 224, 16 -> 32, 28x28                7.09 / 6.87 / 7.09    5.30 / 4.24 / 3.81  7 / 7 / 9       yes
+//   WRN 224, 32 -> 32, 28x28                14.0 / 13.9 / 14.1    8.5 / 7.0 / 7.6     7 / 7 / 9       yes
+//   WRN 224, 64 -> 64, 14x14                12.8 / 14.0 / 14.6    7.2 / 7.7 / 10.0    8 / 8 / 10      yes
+//   WRN 224, 128 -> 128, 7x7                11.6 / 11.6 / 15.2    7.7 / 7.7 / 9.4     42 / 42 / 11    yes
+//   demo 128, 16 -> 16, 7x7                 0.10 / 0.10 / 0.13    0.40 / 0.39 / 0.15  9 / 9 / 9       no: 16 channels, 7x7
+//   demo 128, 32 -> 32, 4x4                 0.12 / 0.12 / 0.18    0.10 / 0.10 / 0.22  7 / 7 / 10      no: a tie
+//   demo 128, 64 -> 64, 2x2                 0.14 / 0.11 / 0.31    0.29 / 0.30 / 0.35  8 / 8 / 10      no: 2x2 map
+//   demo 128, 128 -> 128, 1x1               0.09 / 0.07 / 0.31    1.35 / 1.41 / 1.04  13 / 13 / 20    no: 1x1 map
+//
+// Winograd computes 4x4 output tiles from 6x6 input tiles: on maps under 4x4 most of a tile is
+// padding, and with few channels the tile transforms outweigh the saved multiplications. So: 3x3,
+// stride 1, 16 or more input channels, an output of at least 8x8, or at least 4x4 with 64 or more
+// input channels. The scratchpads are what kWinogradScratchpadCap weighs (choose_winograd): the
+// CIFAR layer2 and layer3 passes run in slices of the batch, layer4 and layer3's filter
+// gradient stay direct.
+// Its rounding error is larger than the direct sum's (the transforms scale terms up to 8x and
+// add them back); tests/conv_fast_test.cpp bounds it on every model shape.
+bool conv2d_wants_winograd(const Conv2dShape& s) {
+  const ConvRouting r = conv_routing();
+  if (r == ConvRouting::AllOneDnn) return false;
+  const bool eligible = s.kh == 3 && s.kw == 3 && s.stride == 1;
+  if (r == ConvRouting::AllWinograd) return eligible;
+  const int64_t pixels = s.ho * s.wo;
+  return eligible && s.c >= 16 && (pixels >= 64 || (pixels >= 16 && s.c >= 64));
 }
 
-void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
-                    void* workspace, size_t workspace_bytes) {
-  if (!conv2d_on_onednn(s, ConvPart::Forward))
-    return kernels::cpu::conv2d_forward(s, x, w, b, y, workspace, workspace_bytes);
-  ForwardVariant& v = *plan_for(s, true, false).forward[b ? 1 : 0];
-  check_workspace(s, v.bytes, workspace_bytes);
-  char* scratch = static_cast<char*>(workspace);
+// ---- the kernels ---------------------------------------------------------------------------
+
+namespace {
+
+Conv2dShape slice_of(const Conv2dShape& s, int64_t n) {
+  Conv2dShape slice = s;
+  slice.n = n;
+  return slice;
+}
+
+// One oneDNN forward over the whole batch of the plan's shape.
+void forward_whole(Plan& p, const float* x, const float* w, const float* b, float* y, void* workspace,
+                   size_t workspace_bytes) {
+  ForwardVariant& v = *p.forward[b ? 1 : 0];
+  check_workspace(p.shape, v.bytes, workspace_bytes);
+  char* scratch = aligned(workspace);
   try {
     char* pad = scratch + v.scratchpad_offset;
     v.x.to_primitive(x, scratch, pad);
@@ -437,8 +571,91 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     v.y.to_user(y, scratch, pad);
     cpu_stream().wait();
   } catch (const dnnl::error& e) {
-    throw std::runtime_error("oneDNN forward of " + shape_text(s) + ": " + e.what());
+    throw std::runtime_error("oneDNN forward of " + shape_text(p.shape) + ": " + e.what());
   }
+}
+
+// One oneDNN backward over the whole batch of the plan's shape: the gradients that are not null.
+void backward_whole(Plan& p, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                    bool accumulate_dx, void* workspace, size_t workspace_bytes) {
+  Backward& b = *p.backward;
+  check_workspace(p.shape, b.bytes(dx != nullptr, dw != nullptr), workspace_bytes);
+  char* scratch = aligned(workspace);
+  std::vector<bool> dy_ready(b.dy.size(), false);
+  // dy in the format a part wants, converted at most once per call.
+  auto dy_for = [&](int i, char* pad) {
+    const Operand& o = b.dy[static_cast<size_t>(i)];
+    if (!dy_ready[static_cast<size_t>(i)]) o.to_primitive(dy, scratch, pad);
+    dy_ready[static_cast<size_t>(i)] = true;
+    return o.bind(dy, scratch);
+  };
+  try {
+    if (dw) {
+      WeightsPart& wp = b.weights;
+      char* pad = scratch + wp.scratchpad_offset;
+      wp.x.to_primitive(x, scratch, pad);
+      wp.conv.get().execute(cpu_stream(), {{DNNL_ARG_SRC, wp.x.bind(x, scratch)},
+                                           {DNNL_ARG_DIFF_DST, dy_for(wp.dy, pad)},
+                                           {DNNL_ARG_DIFF_WEIGHTS, wp.dw.bind(dw, scratch)},
+                                           {DNNL_ARG_SCRATCHPAD, scratchpad(wp.conv.pd, scratch, wp.scratchpad_offset)}});
+      wp.dw.to_user(dw, scratch, pad);
+    }
+    if (dx) {
+      DataPart& dp = b.data;
+      const Operand& out = accumulate_dx ? dp.dx : dp.dx_set;
+      char* pad = scratch + dp.scratchpad_offset;
+      dp.w.to_primitive(w, scratch, pad);
+      dp.conv.get().execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, dy_for(dp.dy, pad)},
+                                           {DNNL_ARG_WEIGHTS, dp.w.bind(w, scratch)},
+                                           {DNNL_ARG_DIFF_SRC, out.bind(dx, scratch)},
+                                           {DNNL_ARG_SCRATCHPAD, scratchpad(dp.conv.pd, scratch, dp.scratchpad_offset)}});
+      out.to_user(dx, scratch, pad);
+    }
+    cpu_stream().wait();
+  } catch (const dnnl::error& e) {
+    throw std::runtime_error("oneDNN backward of " + shape_text(p.shape) + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
+  // The parts run one after the other in the same scratch: the largest of their needs.
+  size_t reference = 0, own = 0;
+  if (pass == ConvPass::Forward) {
+    if (conv2d_on_onednn(s, ConvPart::Forward)) {
+      Plan& p = plan_for(s, true, false);
+      Plan& runs = p.chunk[kForward] < s.n ? plan_for(slice_of(s, p.chunk[kForward]), true, false) : p;
+      own = std::max(runs.forward[0]->bytes, runs.forward[1]->bytes);
+    } else {
+      kernels::cpu::conv2d_workspace_size(s, pass, &reference);
+    }
+  } else {
+    const bool data = conv2d_on_onednn(s, ConvPart::Data), weights = conv2d_on_onednn(s, ConvPart::Weights);
+    if (data || weights) {
+      Plan& p = plan_for(s, false, true);
+      const bool data_sliced = data && p.chunk[kData] < s.n, weights_sliced = weights && p.chunk[kWeights] < s.n;
+      own = p.backward->bytes(data && !data_sliced, weights && !weights_sliced);
+      if (data_sliced) own = std::max(own, plan_for(slice_of(s, p.chunk[kData]), false, true).backward->bytes(true, false));
+      if (weights_sliced)
+        own = std::max(own, plan_for(slice_of(s, p.chunk[kWeights]), false, true).backward->bytes(false, true));
+    }
+    if (!data || !weights) kernels::cpu::conv2d_workspace_size(s, pass, &reference);
+  }
+  *bytes = std::max(reference, own);
+}
+
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    void* workspace, size_t workspace_bytes) {
+  if (!conv2d_on_onednn(s, ConvPart::Forward))
+    return kernels::cpu::conv2d_forward(s, x, w, b, y, workspace, workspace_bytes);
+  Plan& p = plan_for(s, true, false);
+  const int64_t n = p.chunk[kForward];
+  if (n == s.n) return forward_whole(p, x, w, b, y, workspace, workspace_bytes);
+  // Winograd over slices of the batch (NCHW: a slice is a contiguous run of samples).
+  Plan& slice = plan_for(slice_of(s, n), true, false);
+  for (int64_t i = 0; i < s.n; i += n)
+    forward_whole(slice, x + i * s.c * s.h * s.w, w, b, y + i * s.o * s.ho * s.wo, workspace, workspace_bytes);
 }
 
 void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
@@ -454,43 +671,24 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
   else if (db)
     kernels::cpu::conv2d_bias_gradient(s, dy, db);
   if (!own_dx && !own_dw) return;
-  Backward& b = *plan_for(s, false, true).backward;
-  check_workspace(s, b.bytes, workspace_bytes);
-  char* scratch = static_cast<char*>(workspace);
-  std::vector<bool> dy_ready(b.dy.size(), false);
-  // dy in the format a part wants, converted at most once per call.
-  auto dy_for = [&](int i, char* pad) {
-    const Operand& o = b.dy[static_cast<size_t>(i)];
-    if (!dy_ready[static_cast<size_t>(i)]) o.to_primitive(dy, scratch, pad);
-    dy_ready[static_cast<size_t>(i)] = true;
-    return o.bind(dy, scratch);
+  Plan& p = plan_for(s, false, true);
+  const int64_t data_n = p.chunk[kData], weights_n = p.chunk[kWeights];
+  float* whole_dx = data_n == s.n ? own_dx : nullptr;
+  float* whole_dw = weights_n == s.n ? own_dw : nullptr;
+  if (whole_dx || whole_dw) backward_whole(p, x, w, dy, whole_dx, whole_dw, accumulate_dx, workspace, workspace_bytes);
+  // Winograd over slices of the batch: each slice's dx is its own rows; every slice adds into dw.
+  const int64_t x_sample = s.c * s.h * s.w, y_sample = s.o * s.ho * s.wo;
+  auto sliced = [&](int64_t n, float* slice_dx, float* slice_dw) {
+    Plan& slice = plan_for(slice_of(s, n), false, true);
+    for (int64_t i = 0; i < s.n; i += n)
+      backward_whole(slice, x + i * x_sample, w, dy + i * y_sample, slice_dx ? slice_dx + i * x_sample : nullptr,
+                     slice_dw, accumulate_dx, workspace, workspace_bytes);
   };
-  try {
-    if (own_dw) {
-      WeightsPart& wp = b.weights;
-      char* pad = scratch + wp.scratchpad_offset;
-      wp.x.to_primitive(x, scratch, pad);
-      wp.conv.get().execute(cpu_stream(), {{DNNL_ARG_SRC, wp.x.bind(x, scratch)},
-                                           {DNNL_ARG_DIFF_DST, dy_for(wp.dy, pad)},
-                                           {DNNL_ARG_DIFF_WEIGHTS, wp.dw.bind(dw, scratch)},
-                                           {DNNL_ARG_SCRATCHPAD, scratchpad(wp.conv.pd, scratch, wp.scratchpad_offset)}});
-      wp.dw.to_user(dw, scratch, pad);
-    }
-    if (own_dx) {
-      DataPart& dp = b.data;
-      const Operand& out = accumulate_dx ? dp.dx : dp.dx_set;
-      char* pad = scratch + dp.scratchpad_offset;
-      dp.w.to_primitive(w, scratch, pad);
-      dp.conv.get().execute(cpu_stream(), {{DNNL_ARG_DIFF_DST, dy_for(dp.dy, pad)},
-                                           {DNNL_ARG_WEIGHTS, dp.w.bind(w, scratch)},
-                                           {DNNL_ARG_DIFF_SRC, out.bind(dx, scratch)},
-                                           {DNNL_ARG_SCRATCHPAD, scratchpad(dp.conv.pd, scratch, dp.scratchpad_offset)}});
-      out.to_user(dx, scratch, pad);
-    }
-    cpu_stream().wait();
-  } catch (const dnnl::error& e) {
-    throw std::runtime_error("oneDNN backward of " + shape_text(s) + ": " + e.what());
-  }
+  float* sliced_dx = whole_dx ? nullptr : own_dx;
+  float* sliced_dw = whole_dw ? nullptr : own_dw;
+  if (sliced_dx && sliced_dw && data_n == weights_n) return sliced(data_n, sliced_dx, sliced_dw);
+  if (sliced_dw) sliced(weights_n, nullptr, sliced_dw);
+  if (sliced_dx) sliced(data_n, sliced_dx, nullptr);
 }
 
 // ---- what the tier says about itself (kernels/onednn/onednn.h) -----------------------------
@@ -558,8 +756,16 @@ void clear_conv2d_plans() {
 
 std::string conv2d_implementations(const Conv2dShape& s) {
   Plan& p = plan_for(s, true, true);
-  return std::string("fwd ") + p.forward[0]->conv.pd.impl_info_str() + ", data " +
-         p.backward->data.conv.pd.impl_info_str() + ", weights " + p.backward->weights.conv.pd.impl_info_str();
+  auto name = [&](int part) {
+    const int64_t n = p.chunk[static_cast<size_t>(part)];
+    Plan& runs = n < s.n ? plan_for(slice_of(s, n), true, true) : p;
+    std::string text = part == kForward ? runs.forward[0]->conv.pd.impl_info_str()
+                       : part == kData  ? runs.backward->data.conv.pd.impl_info_str()
+                                        : runs.backward->weights.conv.pd.impl_info_str();
+    if (n < s.n) text += " (" + std::to_string(n) + " samples per call)";
+    return text;
+  };
+  return "fwd " + name(kForward) + ", data " + name(kData) + ", weights " + name(kWeights);
 }
 
 }  // namespace kernels::onednn

@@ -7,7 +7,8 @@
 // libgomp team the reference kernels use, so the two never compete for the cores).
 //
 // Kernels so far: convolution forward, data and filter gradients (kernels/onednn/conv.cpp), each
-// pass routed to oneDNN or to the reference by a measured table (ConvRouting below).
+// pass routed to oneDNN (direct or Winograd) or to the reference by a measured table
+// (ConvRouting below).
 // Pooling and BatchNorm stay on the reference tier: their kernels are memory-bound passes that
 // would need the same layer-boundary reorders the convolution pays (see conv.cpp's header), and
 // once the reference BatchNorm read memory in order (kernels/cpu/batch_norm.cpp: 8x faster on
@@ -49,21 +50,32 @@ void set_layout(Layout l);
 
 // Per-pass routing. The fast tier's convolution runs each pass on whichever implementation
 // measured faster for that kind of shape on the 2-core AVX-512 machine (bench/RESULTS.md,
-// "per-pass routing"): oneDNN or the reference (im2col + OpenBLAS). The table and the reason for
-// each entry are in conv2d_on_onednn (kernels/onednn/conv.cpp). `AllOneDnn` sends every pass to
-// oneDNN: for measuring the table again on another machine, and for the tests that compare
-// oneDNN's kernels with the reference on every shape.
+// "per-pass routing"): oneDNN or the reference (im2col + OpenBLAS), and on oneDNN with its direct
+// algorithm or, for 3x3 stride-1 convolutions on large enough maps, Winograd's F(4x4, 3x3)
+// (2-2.7x fewer cycles there; larger rounding error, bounded in tests/conv_fast_test.cpp). The
+// table and the reason for each entry are in conv2d_on_onednn and conv2d_wants_winograd
+// (kernels/onednn/conv.cpp). `AllOneDnn` sends every pass to oneDNN's direct algorithm and
+// `AllWinograd` every pass to oneDNN with Winograd wherever oneDNN offers it: for measuring the
+// table again on another machine, and for the tests that compare oneDNN's kernels with the
+// reference on every shape.
 enum class ConvPart { Forward, Data, Weights };
-enum class ConvRouting { Measured, AllOneDnn };
-// First call: from TESSERA_CONV_ROUTING ("measured" | "onednn"; unset: measured); an unknown
-// value throws std::invalid_argument naming it.
+enum class ConvRouting { Measured, AllOneDnn, AllWinograd };
+// First call: from TESSERA_CONV_ROUTING ("measured" | "onednn" | "winograd"; unset: measured);
+// an unknown value throws std::invalid_argument naming it.
 ConvRouting conv_routing();
 void set_conv_routing(ConvRouting r);
-const char* conv_routing_name(ConvRouting r);  // "measured" | "onednn"
+const char* conv_routing_name(ConvRouting r);  // "measured" | "onednn" | "winograd"
+// Parses a routing name; throws std::invalid_argument("<what>: expected ..., found '<text>'").
+ConvRouting parse_conv_routing(const std::string& text, const std::string& what);
 // Whether `part` of shape `s` runs on oneDNN under the current routing.
 bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part);
+// Whether the current routing asks oneDNN for Winograd on shape `s` (all three passes: the
+// backward primitives take the forward's as their hint). oneDNN may still decline a shape (its
+// Winograd wants channel counts its blocking handles); the plan then runs direct, and
+// conv2d_implementations says which ran ("jit_wino_4x3:avx512_core" or "jit:avx512_core").
+bool conv2d_wants_winograd(const Conv2dShape& s);
 
-// The convolution plans cached so far: one per (shape, thread count, layout).
+// The convolution plans cached so far: one per (shape, thread count, layout, algorithm asked).
 size_t conv2d_plan_count();
 std::vector<Conv2dShape> conv2d_plan_shapes();  // distinct shapes, in the order first seen
 void clear_conv2d_plans();

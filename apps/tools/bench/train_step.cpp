@@ -3,7 +3,7 @@
 //
 //   build/bench train-step --arch resnet18 --stem cifar --width 64 --in-channels 3 --size 32
 //                          --batch 64 --steps 5 --device cpu|cuda [--profile-steps A:B]
-//                          [--cpu-kernels reference|fast] [--conv-routing measured|onednn]
+//                          [--cpu-kernels reference|fast] [--conv-routing measured|onednn|winograd]
 //
 // Prints the median ms per step over --steps timed steps after --warmup untimed ones (the
 // first step sizes the workspace and, on CUDA, picks the cuDNN algorithms), images/s and the
@@ -64,8 +64,9 @@ int bench_train_step(int argc, char** argv) {
           "  [--steps N (5)] [--warmup N (2)] [--device auto|cpu|cuda (cpu)]\n"
           "  [--profile-steps A:B: per-kernel table of steps A..B-1, counting warm-up steps from 0]\n"
           "  [--cpu-kernels reference|fast (%s): CPU convolutions by im2col + OpenBLAS or by oneDNN]\n"
-          "  [--conv-routing measured|onednn (measured, or $TESSERA_CONV_ROUTING): the fast tier's passes by\n"
-          "   the measured table (kernels/onednn/conv.cpp), or all on oneDNN]\n",
+          "  [--conv-routing measured|onednn|winograd (measured, or $TESSERA_CONV_ROUTING): the fast tier's\n"
+          "   passes by the measured table (kernels/onednn/conv.cpp), all on oneDNN's direct algorithm, or all\n"
+          "   on oneDNN with Winograd for every 3x3 stride-1 convolution it takes]\n",
           cpu_kernels_flag.c_str());
       return 0;
     }
@@ -85,10 +86,10 @@ int bench_train_step(int argc, char** argv) {
       else if (a == "--profile-steps") profile_window = profile::StepWindow::parse(v);
       else if (a == "--cpu-kernels") cpu_kernels_flag = v;
       else if (a == "--conv-routing") {
-        if (v != "measured" && v != "onednn") throw UsageError(cat("--conv-routing: expected measured or onednn, found '", v, "'"));
+        if (v != "measured" && v != "onednn" && v != "winograd")
+          throw UsageError(cat("--conv-routing: expected measured, onednn or winograd, found '", v, "'"));
 #if TESSERA_ONEDNN
-        kernels::onednn::set_conv_routing(v == "onednn" ? kernels::onednn::ConvRouting::AllOneDnn
-                                                        : kernels::onednn::ConvRouting::Measured);
+        kernels::onednn::set_conv_routing(kernels::onednn::parse_conv_routing(v, "--conv-routing"));
 #endif
       }
       else throw UsageError(cat("unknown flag '", a, "' (see --help)"));
