@@ -75,7 +75,8 @@ bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part);
 // conv2d_implementations says which ran ("jit_wino_4x3:avx512_core" or "jit:avx512_core").
 bool conv2d_wants_winograd(const Conv2dShape& s);
 
-// The convolution plans cached so far: one per (shape, thread count, layout, algorithm asked).
+// The convolution plans cached so far: one per (shape, thread count, layout, Winograd asked); a
+// pass that runs Winograd on slices of the batch adds the plan of the slice's shape.
 size_t conv2d_plan_count();
 std::vector<Conv2dShape> conv2d_plan_shapes();  // distinct shapes, in the order first seen
 void clear_conv2d_plans();
