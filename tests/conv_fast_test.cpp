@@ -35,8 +35,8 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -387,7 +387,8 @@ void compare_model(const ModelSpec& spec, int size, size_t expected_shapes,
   for (const kernels::Conv2dShape& s : shapes) {
     const bool wino = runs_winograd(s);
     const double ratio = compare(s, seed += 10, want, /*forward=*/true, routing);
-    (wino ? worst_winograd : worst) = std::max(wino ? worst_winograd : worst, ratio);
+    double& worst_of_kind = wino ? worst_winograd : worst;
+    worst_of_kind = std::max(worst_of_kind, ratio);
     winograd += wino;
     want.bias_forward = false;
     want.dx_overwrite = !want.dx_overwrite;
