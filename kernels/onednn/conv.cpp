@@ -2,8 +2,8 @@
 // gradient), the CPU mirror of kernels/cuda/conv.cu. Each pass of a shape runs on oneDNN or on
 // the reference, whichever measured faster (conv2d_on_onednn: the table and its reasons), and
 // on oneDNN with its direct algorithm or, for 3x3 stride-1 convolutions on large enough maps,
-// Winograd's F(4x4, 3x3) (conv2d_wants_winograd: 2-2.7x faster on the CIFAR ResNet's layers), as
-// cuDNN picks Winograd on the GPU. Same math as the reference (kernels/cpu/conv.cpp), float32
+// Winograd's F(4x4, 3x3) (conv2d_wants_winograd: 1.9-2.6x faster per pass on the CIFAR
+// ResNet's layers), as cuDNN picks Winograd on the GPU. Same math as the reference (kernels/cpu/conv.cpp), float32
 // throughout; the sums run in another order (Winograd: through tile transforms), so results
 // differ from the reference by float32 rounding (tests/conv_fast_test.cpp bounds both).
 //

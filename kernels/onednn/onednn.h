@@ -52,12 +52,12 @@ void set_layout(Layout l);
 // measured faster for that kind of shape on the 2-core AVX-512 machine (bench/RESULTS.md,
 // "per-pass routing"): oneDNN or the reference (im2col + OpenBLAS), and on oneDNN with its direct
 // algorithm or, for 3x3 stride-1 convolutions on large enough maps, Winograd's F(4x4, 3x3)
-// (2-2.7x fewer cycles there; larger rounding error, bounded in tests/conv_fast_test.cpp). The
-// table and the reason for each entry are in conv2d_on_onednn and conv2d_wants_winograd
-// (kernels/onednn/conv.cpp). `AllOneDnn` sends every pass to oneDNN's direct algorithm and
-// `AllWinograd` every pass to oneDNN with Winograd wherever oneDNN offers it: for measuring the
-// table again on another machine, and for the tests that compare oneDNN's kernels with the
-// reference on every shape.
+// (1.9-2.6x faster on the CIFAR ResNet's layers; a larger rounding error, bounded in
+// tests/conv_fast_test.cpp). The table and the reason for each entry are in conv2d_on_onednn and
+// conv2d_wants_winograd (kernels/onednn/conv.cpp). `AllOneDnn` sends every pass to oneDNN's
+// direct algorithm and `AllWinograd` every pass to oneDNN with Winograd wherever oneDNN offers
+// it: for measuring the table again on another machine, and for the tests that compare
+// oneDNN's kernels with the reference on every shape.
 enum class ConvPart { Forward, Data, Weights };
 enum class ConvRouting { Measured, AllOneDnn, AllWinograd };
 // First call: from TESSERA_CONV_ROUTING ("measured" | "onednn" | "winograd"; unset: measured);
