@@ -299,17 +299,15 @@ bool runs_winograd(const kernels::Conv2dShape& s) {
 }
 
 // oneDNN 2.6 has its f32 Winograd for AVX-512 only: on other CPUs every plan runs direct, and
-// the Winograd tests say so instead of failing.
-bool winograd_on_this_cpu() {
+// the Winograd tests skip with this reason instead of failing. Empty where Winograd runs.
+std::string why_no_winograd() {
   RoutingScope winograd(kernels::onednn::ConvRouting::AllWinograd);
   kernels::Conv2dShape s;
   s.n = 2, s.c = s.o = 16, s.h = s.w = s.ho = s.wo = 8, s.kh = s.kw = 3, s.stride = 1, s.pad = 1;
-  return runs_winograd(s);
+  if (runs_winograd(s)) return "";
+  return "oneDNN offers no Winograd convolution on this CPU (" + kernels::onednn::runtime_description() +
+         "): every plan runs direct";
 }
-#define SKIP_WITHOUT_WINOGRAD()                                                                        \
-  if (!winograd_on_this_cpu())                                                                         \
-  GTEST_SKIP() << "oneDNN offers no Winograd convolution on this CPU (" << kernels::onednn::runtime_description() \
-               << "): every plan runs direct"
 
 // Compares the tiers on one shape; returns the worst error / tolerance ratio.
 double compare(const kernels::Conv2dShape& s, uint64_t seed, Want want = {}, bool forward = true,
@@ -411,27 +409,20 @@ TEST(ConvFast, ByolDemoResNet18) { compare_model(spec_of("resnet18", "imagenet",
 TEST(ConvFast, FixMatchDemoWideResNet10x2) { compare_model(spec_of("wrn-10-2", "cifar", 64, 1), 28, 10); }
 
 // Winograd (oneDNN's F(4x4, 3x3)) on every 3x3 stride-1 shape it takes, whatever the measured
-// table would choose: the models whose shapes the table sends to it.
-using kernels::onednn::ConvRouting;
-TEST(ConvFast, WinogradResNet18CifarStem) {
-  SKIP_WITHOUT_WINOGRAD();
-  compare_model(spec_of("resnet18", "cifar", 64, 3), 32, 11, ConvRouting::AllWinograd, 4);
+// table would choose: the models whose shapes the table sends to it. Skips (the test with it)
+// where this CPU has no Winograd.
+void compare_model_on_winograd(const ModelSpec& spec, int size, size_t expected_shapes, size_t min_winograd) {
+  if (const std::string why = why_no_winograd(); !why.empty()) GTEST_SKIP() << why;
+  compare_model(spec, size, expected_shapes, kernels::onednn::ConvRouting::AllWinograd, min_winograd);
 }
-TEST(ConvFast, WinogradResNet50CifarStem) {
-  SKIP_WITHOUT_WINOGRAD();
-  compare_model(spec_of("resnet50", "cifar", 64, 3), 32, 23, ConvRouting::AllWinograd, 4);
-}
-TEST(ConvFast, WinogradWideResNet28x2) {
-  SKIP_WITHOUT_WINOGRAD();
-  compare_model(spec_of("wrn-28-2", "cifar", 64, 3), 32, 10, ConvRouting::AllWinograd, 3);
-}
+TEST(ConvFast, WinogradResNet18CifarStem) { compare_model_on_winograd(spec_of("resnet18", "cifar", 64, 3), 32, 11, 4); }
+TEST(ConvFast, WinogradResNet50CifarStem) { compare_model_on_winograd(spec_of("resnet50", "cifar", 64, 3), 32, 23, 4); }
+TEST(ConvFast, WinogradWideResNet28x2) { compare_model_on_winograd(spec_of("wrn-28-2", "cifar", 64, 3), 32, 10, 3); }
 TEST(ConvFast, WinogradFixMatchDemoWideResNet10x2) {
-  SKIP_WITHOUT_WINOGRAD();
-  compare_model(spec_of("wrn-10-2", "cifar", 64, 1), 28, 10, ConvRouting::AllWinograd, 3);
+  compare_model_on_winograd(spec_of("wrn-10-2", "cifar", 64, 1), 28, 10, 3);
 }
 TEST(ConvFast, WinogradByolDemoResNet18) {
-  SKIP_WITHOUT_WINOGRAD();
-  compare_model(spec_of("resnet18", "imagenet", 16, 1), 28, 11, ConvRouting::AllWinograd, 4);
+  compare_model_on_winograd(spec_of("resnet18", "imagenet", 16, 1), 28, 11, 4);
 }
 
 // Each gradient alone and in pairs: the kernel's paths for a missing dx, dw or db (the bias
@@ -520,7 +511,7 @@ TEST(ConvFast, MeasuredRoutingMixesTheTiersCorrectly) {
 // 64 runs every pass in slices of 16; layer3 its forward and data gradient in slices of 32 and
 // its filter gradient direct over the whole batch, so one backward mixes whole and sliced calls.
 TEST(ConvFast, MeasuredRoutingSlicesWinogradBatches) {
-  SKIP_WITHOUT_WINOGRAD();
+  if (const std::string why = why_no_winograd(); !why.empty()) GTEST_SKIP() << why;
   RoutingScope measured(kernels::onednn::ConvRouting::Measured);
   kernels::Conv2dShape layer2;
   layer2.n = 64, layer2.c = layer2.o = 128, layer2.h = layer2.w = layer2.ho = layer2.wo = 16;

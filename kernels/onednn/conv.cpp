@@ -416,12 +416,15 @@ Plan& plan_for(const Conv2dShape& s, bool forward, bool backward) {
       it = c.plans.emplace(key, std::move(p)).first;
       if (std::find(c.shapes.begin(), c.shapes.end(), s) == c.shapes.end()) c.shapes.push_back(s);
     }
+    // A pass that runs on slices never runs over the whole batch: its slice's plan holds its primitives.
     Plan& p = *it->second;
-    if (forward && !p.forward[0]) {
+    const bool whole_forward = p.chunk[kForward] == s.n;
+    const bool whole_backward = p.chunk[kData] == s.n || p.chunk[kWeights] == s.n;
+    if (forward && whole_forward && !p.forward[0]) {
       p.forward[0] = make_forward(p.d, false);
       p.forward[1] = make_forward(p.d, true);
     }
-    if (backward && !p.backward) p.backward = make_backward(p.d);
+    if (backward && whole_backward && !p.backward) p.backward = make_backward(p.d);
     return p;
   } catch (const dnnl::error& e) {
     throw std::runtime_error("oneDNN: cannot make the primitives of " + shape_text(s) + ": " + e.what());
@@ -466,9 +469,8 @@ std::atomic<int> g_routing{-1};  // ConvRouting, or -1 before the first read
 // both. Changing an entry changes only speed: every pass of every shape is compared with the
 // reference under AllOneDnn (tests/conv_fast_test.cpp), and the reference is the reference.
 ConvRouting parse_conv_routing(const std::string& text, const std::string& what) {
-  if (text == "measured") return ConvRouting::Measured;
-  if (text == "onednn") return ConvRouting::AllOneDnn;
-  if (text == "winograd") return ConvRouting::AllWinograd;
+  for (ConvRouting r : {ConvRouting::Measured, ConvRouting::AllOneDnn, ConvRouting::AllWinograd})
+    if (text == conv_routing_name(r)) return r;
   throw std::invalid_argument(what + ": expected measured, onednn or winograd, found '" + text + "'");
 }
 
@@ -635,7 +637,8 @@ void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
     if (data || weights) {
       Plan& p = plan_for(s, false, true);
       const bool data_sliced = data && p.chunk[kData] < s.n, weights_sliced = weights && p.chunk[kWeights] < s.n;
-      own = p.backward->bytes(data && !data_sliced, weights && !weights_sliced);
+      const bool data_whole = data && !data_sliced, weights_whole = weights && !weights_sliced;
+      if (data_whole || weights_whole) own = p.backward->bytes(data_whole, weights_whole);
       if (data_sliced) own = std::max(own, plan_for(slice_of(s, p.chunk[kData]), false, true).backward->bytes(true, false));
       if (weights_sliced)
         own = std::max(own, plan_for(slice_of(s, p.chunk[kWeights]), false, true).backward->bytes(false, true));
