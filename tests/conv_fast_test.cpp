@@ -372,14 +372,15 @@ ModelSpec spec_of(const std::string& arch, const std::string& stem, int width, i
 // models' convolutions have no bias, and the odd-shape test below covers them).
 // Under AllWinograd every 3x3 stride-1 shape that oneDNN takes runs Winograd (at least
 // `min_winograd` of the model's shapes), the others direct, each against its own tolerance.
+// Under Measured the shapes within the kernel's reach run as dense GEMMs (at least `min_dense`).
 void compare_model(const ModelSpec& spec, int size, size_t expected_shapes,
                    kernels::onednn::ConvRouting routing = kernels::onednn::ConvRouting::AllOneDnn,
-                   size_t min_winograd = 0) {
+                   size_t min_winograd = 0, size_t min_dense = 0) {
   const std::vector<kernels::Conv2dShape> shapes = conv_shapes(spec, size);
   EXPECT_EQ(shapes.size(), expected_shapes) << "the model's distinct convolution shapes";
   RoutingScope route(routing);
   double worst = 0, worst_winograd = 0;
-  size_t winograd = 0;
+  size_t winograd = 0, dense = 0;
   uint64_t seed = 100;
   Want want;
   for (const kernels::Conv2dShape& s : shapes) {
@@ -388,14 +389,16 @@ void compare_model(const ModelSpec& spec, int size, size_t expected_shapes,
     double& worst_of_kind = wino ? worst_winograd : worst;
     worst_of_kind = std::max(worst_of_kind, ratio);
     winograd += wino;
+    dense += kernels::onednn::conv2d_runs_dense(s);
     want.bias_forward = false;
     want.dx_overwrite = !want.dx_overwrite;
   }
   EXPECT_GE(winograd, min_winograd) << "shapes that ran Winograd";
+  EXPECT_GE(dense, min_dense) << "shapes that ran as dense GEMMs";
   std::printf("%s %s stem, width %d, %d channels, %dx%d, batch 2, routing %s: %zu shapes, worst error %.3f of the "
-              "tolerance; %zu on Winograd, worst %.3f of its tolerance\n",
+              "tolerance; %zu on Winograd, worst %.3f of its tolerance; %zu as dense GEMMs\n",
               spec.arch.c_str(), spec.stem.c_str(), spec.width, spec.in_channels, size, size,
-              kernels::onednn::conv_routing_name(routing), shapes.size(), worst, winograd, worst_winograd);
+              kernels::onednn::conv_routing_name(routing), shapes.size(), worst, winograd, worst_winograd, dense);
 }
 
 // The programs' models at their input sizes: CIFAR-size inputs for the cifar stems, STL-10's 96
@@ -423,6 +426,50 @@ TEST(ConvFast, WinogradFixMatchDemoWideResNet10x2) {
 }
 TEST(ConvFast, WinogradByolDemoResNet18) {
   compare_model_on_winograd(spec_of("resnet18", "imagenet", 16, 1), 28, 11, 4);
+}
+
+// The measured routing on the BYOL demo's model: its 2x2 and 1x1 layers (layer3's 3x3s, layer4's
+// stride-2 3x3 from 2x2 to 1x1 and its 3x3s on 1x1) run as dense GEMMs, the rest direct.
+TEST(ConvFast, DenseGemmByolDemoResNet18) {
+  compare_model(spec_of("resnet18", "imagenet", 16, 1), 28, 11, kernels::onednn::ConvRouting::Measured, 0, 3);
+}
+
+// Shapes within the kernel's reach that the models do not have (a bias, a non-square map, a 2x2
+// kernel without padding, a 1x1 kernel on a 1x1 map, a 5x5 kernel on 3x3, odd channel counts),
+// each gradient alone and together, dx added and written; and shapes just outside the reach
+// stay off it.
+TEST(ConvFast, DenseGemmShapes) {
+  auto make = [](int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t stride,
+                 int64_t pad) {
+    kernels::Conv2dShape s;
+    s.n = n, s.c = c, s.h = h, s.w = w, s.o = o, s.kh = kh, s.kw = kw, s.stride = stride, s.pad = pad;
+    s.ho = (h + 2 * pad - kh) / stride + 1;
+    s.wo = (w + 2 * pad - kw) / stride + 1;
+    return s;
+  };
+  RoutingScope measured(kernels::onednn::ConvRouting::Measured);
+  const std::vector<kernels::Conv2dShape> dense = {make(3, 5, 1, 2, 7, 3, 3, 1, 1), make(4, 9, 1, 1, 6, 1, 1, 1, 0),
+                                                   make(2, 3, 3, 3, 4, 5, 5, 1, 2), make(5, 6, 2, 2, 10, 3, 3, 2, 1),
+                                                   make(2, 4, 2, 2, 3, 2, 2, 1, 0)};
+  uint64_t seed = 13000;
+  for (const kernels::Conv2dShape& s : dense) {
+    EXPECT_TRUE(kernels::onednn::conv2d_runs_dense(s)) << text(s);
+    EXPECT_EQ(kernels::onednn::conv2d_implementations(s), "fwd dense:sgemm, data dense:sgemm, weights dense:sgemm");
+    for (int mask = 1; mask < 16; ++mask) {
+      Want want;
+      want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4, want.dx_overwrite = mask & 8;
+      want.bias_forward = true;
+      SCOPED_TRACE(cat("dx ", want.dx, " dw ", want.dw, " db ", want.db, " dx written ", want.dx_overwrite));
+      compare(s, seed += 10, want, /*forward=*/mask == 7, kernels::onednn::ConvRouting::Measured);
+    }
+  }
+  // A 3x3 map under a 3x3 kernel (the corner outputs miss the far corner), a stride-2 3x3 from
+  // 4x4 to 2x2, a 1x1 stride-2 downsample from 2x2: not every window covers the map.
+  for (const kernels::Conv2dShape& s : {make(2, 4, 3, 3, 4, 3, 3, 1, 1), make(2, 4, 4, 4, 4, 3, 3, 2, 1),
+                                        make(2, 4, 2, 2, 4, 1, 1, 2, 0)})
+    EXPECT_FALSE(kernels::onednn::conv2d_runs_dense(s)) << text(s);
+  RoutingScope all(kernels::onednn::ConvRouting::AllOneDnn);
+  EXPECT_FALSE(kernels::onednn::conv2d_runs_dense(dense[0])) << "AllOneDnn runs oneDNN's direct kernels everywhere";
 }
 
 // Each gradient alone and in pairs: the kernel's paths for a missing dx, dw or db (the bias
@@ -455,7 +502,10 @@ TEST(ConvFast, MeasuredRoutingTable) {
   auto route = [](const kernels::Conv2dShape& s) {
     std::string r;
     for (ConvPart p : {ConvPart::Forward, ConvPart::Data, ConvPart::Weights})
-      r += kernels::onednn::conv2d_on_onednn(s, p) ? (kernels::onednn::conv2d_wants_winograd(s) ? "W" : "D") : "r";
+      r += kernels::onednn::conv2d_runs_dense(s)       ? "G"
+           : !kernels::onednn::conv2d_on_onednn(s, p)    ? "r"
+           : kernels::onednn::conv2d_wants_winograd(s)   ? "W"
+                                                         : "D";
     return r;
   };
   {
@@ -472,7 +522,10 @@ TEST(ConvFast, MeasuredRoutingTable) {
     EXPECT_EQ(route(shape(128, 7, 128, 3, 1)), "WWW");    // WRN block3, 7x7 output, 128 channels
     EXPECT_EQ(route(shape(16, 7, 16, 3, 1)), "DDD");      // the demo's layer1: 7x7, 16 channels
     EXPECT_EQ(route(shape(32, 4, 32, 3, 1)), "DDD");      // the demo's layer2: 4x4, 32 channels
-    EXPECT_EQ(route(shape(128, 1, 128, 3, 1)), "DDD");    // the demo's layer4: 1x1
+    EXPECT_EQ(route(shape(64, 4, 64, 3, 2)), "DDD");      // the demo's layer3.0: 4x4 to 2x2
+    EXPECT_EQ(route(shape(64, 2, 64, 3, 1)), "GGG");      // the demo's layer3: 2x2, dense GEMM
+    EXPECT_EQ(route(shape(64, 2, 128, 3, 2)), "GGG");     // the demo's layer4.0: 2x2 to 1x1
+    EXPECT_EQ(route(shape(128, 1, 128, 3, 1)), "GGG");    // the demo's layer4: 1x1
   }
   {
     RoutingScope all(kernels::onednn::ConvRouting::AllOneDnn);
@@ -483,6 +536,7 @@ TEST(ConvFast, MeasuredRoutingTable) {
   EXPECT_EQ(route(shape(64, 32, 128, 1, 2)), "DDD");
   EXPECT_EQ(route(shape(128, 1, 128, 3, 1)), "WWW");
   EXPECT_EQ(route(shape(3, 32, 64, 3, 1)), "WWW");
+  EXPECT_EQ(route(shape(64, 2, 128, 3, 2)), "DDD");
 }
 
 // The measured routes mix the tiers inside one backward (a 1x1 convolution's data gradient on the

@@ -66,6 +66,7 @@
 #include <vector>
 
 #include "kernels/conv.h"
+#include "kernels/onednn/conv_dense.h"
 #include "kernels/onednn/onednn.h"
 
 namespace kernels::onednn {
@@ -544,6 +545,10 @@ bool conv2d_wants_winograd(const Conv2dShape& s) {
   return eligible && s.c >= 16 && (pixels >= 64 || (pixels >= 16 && s.c >= 64));
 }
 
+bool conv2d_runs_dense(const Conv2dShape& s) {
+  return conv_routing() == ConvRouting::Measured && conv2d_is_dense(s);
+}
+
 // ---- the kernels ---------------------------------------------------------------------------
 
 namespace {
@@ -622,6 +627,10 @@ void backward_whole(Plan& p, const float* x, const float* w, const float* dy, fl
 }  // namespace
 
 void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
+  if (conv2d_runs_dense(s)) {
+    *bytes = dense_workspace_size(s);
+    return;
+  }
   // The parts run one after the other in the same scratch: the largest of their needs.
   size_t reference = 0, own = 0;
   if (pass == ConvPass::Forward) {
@@ -650,6 +659,10 @@ void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     void* workspace, size_t workspace_bytes) {
+  if (conv2d_runs_dense(s)) {
+    check_workspace(s, dense_workspace_size(s), workspace_bytes);
+    return dense_forward(s, x, w, b, y, static_cast<float*>(workspace));
+  }
   if (!conv2d_on_onednn(s, ConvPart::Forward))
     return kernels::cpu::conv2d_forward(s, x, w, b, y, workspace, workspace_bytes);
   Plan& p = plan_for(s, true, false);
@@ -663,6 +676,10 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 
 void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
                      float* dw, float* db, bool accumulate_dx, void* workspace, size_t workspace_bytes) {
+  if (conv2d_runs_dense(s)) {
+    check_workspace(s, dense_workspace_size(s), workspace_bytes);
+    return dense_backward(s, x, w, dy, dx, dw, db, accumulate_dx, static_cast<float*>(workspace));
+  }
   // The reference's parts first (with the bias gradient), then oneDNN's; both add into their outputs.
   float* own_dx = dx && conv2d_on_onednn(s, ConvPart::Data) ? dx : nullptr;
   float* own_dw = dw && conv2d_on_onednn(s, ConvPart::Weights) ? dw : nullptr;
@@ -758,6 +775,7 @@ void clear_conv2d_plans() {
 }
 
 std::string conv2d_implementations(const Conv2dShape& s) {
+  if (conv2d_runs_dense(s)) return "fwd dense:sgemm, data dense:sgemm, weights dense:sgemm";
   Plan& p = plan_for(s, true, true);
   auto name = [&](int part) {
     const int64_t n = p.chunk[static_cast<size_t>(part)];

@@ -74,6 +74,11 @@ bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part);
 // Winograd wants channel counts its blocking handles); the plan then runs direct, and
 // conv2d_implementations says which ran ("jit_wino_4x3:avx512_core" or "jit:avx512_core").
 bool conv2d_wants_winograd(const Conv2dShape& s);
+// Whether the current routing runs shape `s` as one dense GEMM per pass, with no oneDNN
+// convolution primitive (kernels/onednn/conv_dense.cpp): under the measured routing, every shape
+// whose output pixels' windows each cover the whole input map (3x3 on the 1x1 and 2x2 maps of a
+// ResNet's last stages on 28 px images), where the direct kernels spend most products on padding.
+bool conv2d_runs_dense(const Conv2dShape& s);
 
 // The convolution plans cached so far: one per (shape, thread count, layout, Winograd asked); a
 // pass that runs Winograd on slices of the batch adds the plan of the slice's shape.
