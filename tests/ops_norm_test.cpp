@@ -142,14 +142,16 @@ TEST(BatchNorm, ErrorsNameTheLayerAndShapes) {
 }
 
 // The CPU kernels straight, on the shapes that matter for their loop order (HW = 1 with many
-// channels: BatchNorm1d and 1x1 maps; a few channels with a larger map), against sums in double
+// channels: BatchNorm1d and 1x1 maps; small maps, element-wise, over more than one block of
+// channels; a few channels with a larger map, row by row), against sums in double
 // written out the plain way, at one and two threads: the channel blocks are shared among the
 // threads but each channel's sums run in one order, so the two agree to the bit.
 TEST(BatchNorm, CpuKernelsMatchThePlainSumsAtEveryThreadCount) {
   struct Case {
     int64_t n, c, hw;
   };
-  for (const Case k : {Case{32, 1, 1}, Case{24, 40, 1}, Case{8, 17, 9}, Case{5, 3, 49}}) {
+  for (const Case k : {Case{32, 1, 1}, Case{24, 40, 1}, Case{8, 17, 9}, Case{6, 70, 16}, Case{5, 3, 49},
+                       Case{4, 8, 200}}) {
     SCOPED_TRACE(cat("n ", k.n, " c ", k.c, " hw ", k.hw));
     const size_t numel = static_cast<size_t>(k.n * k.c * k.hw), nc = static_cast<size_t>(k.c);
     std::vector<float> x(numel), dy(numel), gamma(nc), beta(nc);
