@@ -11,6 +11,7 @@
 #include "engine/ops.h"
 #include "kernels/common/philox.h"
 #include "kernels/conv.h"
+#include "kernels/pool.h"
 #include "tests/op_case.h"
 
 namespace tessera::testing {
@@ -76,6 +77,13 @@ TS_OP_CASES(conv_cases) {
     OpCase c;
     c.name = "global_avg_pool";
     c.inputs = {InputSpec{Shape{2, 3, 4, 5}}};
+    c.build = [](CaseContext& k) { return ops::global_avg_pool(k.g, k.in[0]); };
+    cases.push_back(c);
+  }
+  {
+    OpCase c;  // 1x1 maps: the CPU kernel's copy
+    c.name = "global_avg_pool_1x1";
+    c.inputs = {InputSpec{Shape{3, 4, 1, 1}}};
     c.build = [](CaseContext& k) { return ops::global_avg_pool(k.g, k.in[0]); };
     cases.push_back(c);
   }
@@ -191,6 +199,20 @@ TEST(ConvOps, PaddingNeverWinsAMax) {
   // Corner window (rows 0-1, cols 0-1 of plane 0): its largest element is x[0] = -1.
   EXPECT_EQ(out[0], -1.0f);
   for (float o : out) EXPECT_LT(o, 0.0f) << "a padding zero won the max";
+}
+
+// Equal values: the first element of the window in scan order (rows, then columns) wins, and
+// the gradient goes to it alone, on both the clipped border windows and the inner ones.
+TEST(ConvOps, MaxPoolTiesGoToTheFirstElementOfTheWindow) {
+  std::vector<float> x(16, 2.0f), y(4), dx(16, 0.0f), dy(4, 1.0f);
+  std::vector<int32_t> argmax(4);
+  kernels::cpu::max_pool2d_forward(x.data(), y.data(), argmax.data(), 1, 4, 4, 2, 2, 3, 2, 1);
+  EXPECT_EQ(argmax, (std::vector<int32_t>{0, 1, 4, 5}));  // windows from (0,0), (0,1), (1,0), (1,1)
+  EXPECT_EQ(y, (std::vector<float>(4, 2.0f)));
+  kernels::cpu::max_pool2d_backward(dy.data(), argmax.data(), dx.data(), 1, 4, 4, 2, 2, 3, 2, 1);
+  std::vector<float> want(16, 0.0f);
+  want[0] = want[1] = want[4] = want[5] = 1.0f;
+  EXPECT_EQ(dx, want);
 }
 
 TEST(ConvOps, ShapeErrorsNameBothShapes) {
