@@ -3,7 +3,9 @@
 // the reference, whichever measured faster (conv2d_on_onednn: the table and its reasons), and
 // on oneDNN with its direct algorithm or, for 3x3 stride-1 convolutions on large enough maps,
 // Winograd's F(4x4, 3x3) (conv2d_wants_winograd: 1.9-2.6x faster per pass on the CIFAR
-// ResNet's layers), as cuDNN picks Winograd on the GPU. Same math as the reference (kernels/cpu/conv.cpp), float32
+// ResNet's layers), as cuDNN picks Winograd on the GPU; a shape whose every output window
+// covers the whole input map runs as one dense GEMM instead (conv2d_runs_dense,
+// kernels/onednn/conv_dense.cpp). Same math as the reference (kernels/cpu/conv.cpp), float32
 // throughout; the sums run in another order (Winograd: through tile transforms), so results
 // differ from the reference by float32 rounding (tests/conv_fast_test.cpp bounds both).
 //

@@ -8,7 +8,8 @@
 //
 // Kernels so far: convolution forward, data and filter gradients (kernels/onednn/conv.cpp), each
 // pass routed to oneDNN (direct or Winograd) or to the reference by a measured table
-// (ConvRouting below).
+// (ConvRouting below), and on maps within the kernel's reach one dense GEMM per pass on
+// oneDNN's sgemm (kernels/onednn/conv_dense.cpp).
 // Pooling and BatchNorm stay on the reference tier: their kernels are memory-bound passes that
 // would need the same layer-boundary reorders the convolution pays (see conv.cpp's header), and
 // once the reference BatchNorm read memory in order (kernels/cpu/batch_norm.cpp: 8x faster on
