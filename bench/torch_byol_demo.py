@@ -12,7 +12,7 @@ only, and a difference inside the seeds' spread is noise.
               torchvision and models/resnet.cpp do
   heads       projector and predictor 128 -> 1024 -> 128 (Linear, BatchNorm1d, ReLU, Linear)
   data        the 60,000 train images, a new shuffle each epoch, whole batches of 128 only;
-              two views per image (bench/torch_byol_step.py's augment: crop scale [0.5, 1],
+              two views per image (bench/torch_byol_step.py's augment: crop scale [0.7, 1],
               flip, brightness / contrast 0.4 with p 0.8, solarize 0 / 0.2, no blur)
   optimizer   SGD lr 0.2, momentum 0.9, weight decay 5e-4 on weight matrices only; lr warm-up
               over round(0.2 x 468) steps from lr/W, then cosine to 0 (engine/schedule.cpp)
@@ -26,10 +26,10 @@ only, and a difference inside the seeds' spread is noise.
               L2 1e-5 on the weights) as apps/run/evaluation.h describes; the same for the
               student and a random-init backbone (the student's initial weights)
 
-    /usr/bin/python3 bench/torch_byol_demo.py --seed 0 [--threads 2] [--steps 1600] [--out F.json]
+    /usr/bin/python3 bench/torch_byol_demo.py --seed 0 [--threads 2] [--steps 1600] [--crop-scale-min 0.7] [--out F.json]
 
-(1,600 steps: the recipe's length in the BYOL study it was written for; `make demo` runs 3,000
-since 2026-12-03, `--steps 3000` for that.)
+(1,600 steps and crops from 0.5: the recipe when the BYOL study it was written for ran; `make
+demo` runs 4,000 steps with crops from 0.7 since 2026-12-03, `--steps 4000` for that.)
 
 Prints one line per 100 steps and a final JSON line (also written to --out).
 """
@@ -129,6 +129,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--crop-scale-min", type=float, default=0.7, help="smallest crop area (the study ran 0.5)")
     p.add_argument("--smoothing", choices=["sts", "tma", "se", "none"], default="sts")
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -173,7 +174,7 @@ def main() -> None:
             lr = base_lr * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) / 2
         for group in opt.param_groups:
             group["lr"] = lr
-        views = [augment(images, g, 0.0), augment(images, g, 0.2)]
+        views = [augment(images, g, 0.0, args.crop_scale_min), augment(images, g, 0.2, args.crop_scale_min)]
         opt.zero_grad(set_to_none=False)
         q = [predictor(projector(backbone(v))) for v in views]
         with torch.no_grad():

@@ -10,7 +10,7 @@ momentum 0.9, weight decay 5e-4 except biases and norms; then the STS teacher up
 granularity, preserve probability 0.7, momentum 0.96).
 
 Augmentation, batched on the CPU like the engine's (kernels/common/augment_pipeline.h): random
-resized crop with scale [0.5, 1] and ratio [3/4, 4/3] plus horizontal flip as one bilinear
+resized crop with scale [0.7, 1] and ratio [3/4, 4/3] plus horizontal flip as one bilinear
 affine resampling per image (affine_grid + grid_sample), then per image with probability 0.8
 brightness and contrast jitter (0.4), grey (a no-op on one channel), no blur (the config sets
 0), solarize with probability 0.2 on the second view, and normalisation. Images are drawn from a
@@ -75,12 +75,12 @@ def mlp(i: int, h: int, o: int) -> nn.Module:
     return nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, o))
 
 
-def augment(images: torch.Tensor, g: torch.Generator, solarize_p: float) -> torch.Tensor:
+def augment(images: torch.Tensor, g: torch.Generator, solarize_p: float, crop_min: float = 0.7) -> torch.Tensor:
     """images (N, 1, 28, 28) in [0, 1] -> one augmented view, normalised."""
     n = images.shape[0]
-    # Random resized crop: area fraction in [0.5, 1], log-uniform aspect in [3/4, 4/3], clipped
-    # to the image; centre anywhere the crop fits. Flip: the x scale's sign.
-    area = 0.5 + 0.5 * torch.rand(n, generator=g)
+    # Random resized crop: area fraction in [crop_min, 1] (the recipe's crop-scale-min), log-uniform
+    # aspect in [3/4, 4/3], clipped to the image; centre anywhere the crop fits. Flip: the x scale's sign.
+    area = crop_min + (1 - crop_min) * torch.rand(n, generator=g)
     log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(n, generator=g)
     ratio = torch.exp(log_r)
     w = torch.sqrt(area * ratio).clamp(max=1.0)

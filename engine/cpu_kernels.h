@@ -2,9 +2,9 @@
 //
 //   reference  kernels/cpu: im2col + OpenBLAS, OpenMP. The readable version and the oracle
 //              every other implementation is tested against.
-//   fast       kernels/onednn where a kernel family has one (convolution so far), the
-//              reference elsewhere. Exists only in builds with oneDNN (make ONEDNN=1, the
-//              default when /usr/include/oneapi/dnnl/dnnl.hpp is found).
+//   fast       kernels/onednn where a kernel family has one (convolution, the linear layer's
+//              gradients), the reference elsewhere. Exists only in builds with oneDNN (make
+//              ONEDNN=1, the default when /usr/include/oneapi/dnnl/dnnl.hpp is found).
 //
 // The choice is process-wide, like the device: programs take `--cpu-kernels reference|fast`
 // (default: $TESSERA_CPU_KERNELS, else fast); tests and tools that take no flag read

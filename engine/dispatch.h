@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "engine/check.h"
+#include "engine/cpu_kernels.h"
 #include "engine/device.h"
 #include "engine/profile.h"
 #include "engine/tensor.h"
@@ -103,6 +104,24 @@ void cuda_call(const char* kernel, Call&& call, const Args&... args) {
   ::tessera::profile::dispatch<::kernels::kernel_id(#fn)>(                                  \
       (device), #fn, [](auto&&... ts_args) { ::kernels::cpu::fn(ts_args...); },             \
       TS_DISPATCH_CUDA_(fn), __VA_ARGS__)
+
+// TS_TIER_DISPATCH(device, fn, args...): TS_DISPATCH, except that on the CPU with the fast tier
+// selected (engine/cpu_kernels.h) it calls kernels::onednn::fn, profiled as "fn_onednn" with
+// fn's cost, so a profile says which tier ran and rates both against the same counts. For the
+// kernel families that have a fast-tier twin (convolution, the linear layer's gradients).
+#if TESSERA_ONEDNN
+#define TS_TIER_DISPATCH(device, fn, ...)                                                                    \
+  do {                                                                                                       \
+    if ((device) == ::tessera::Device::CPU && ::tessera::cpu_kernels() == ::tessera::CpuKernels::Fast)       \
+      ::tessera::profile::dispatch<::kernels::kernel_id(#fn)>(                                               \
+          (device), #fn "_onednn", [](auto&&... a) { ::kernels::onednn::fn(a...); }, [](auto&&...) {},       \
+          __VA_ARGS__);                                                                                      \
+    else                                                                                                     \
+      TS_DISPATCH(device, fn, __VA_ARGS__);                                                                  \
+  } while (0)
+#else
+#define TS_TIER_DISPATCH(device, fn, ...) TS_DISPATCH(device, fn, __VA_ARGS__)
+#endif
 
 #define TS_DISPATCH_COST(device, fn, cost, ...)                                                \
   ::tessera::profile::dispatch_with_cost(                                                      \

@@ -41,9 +41,9 @@ Var* linear(Graph& g, Var* x, Var* w, Var* b) {
     g.record("linear", w->name, [&g, x, w, b, y, n, in, out] {
       const float* dy = g.grad(y).f32();
       if (x->requires_grad)
-        TS_DISPATCH(g.device(), linear_backward_input, dy, w->value.f32(), g.grad(x).f32(), n, in, out);
+        TS_TIER_DISPATCH(g.device(), linear_backward_input, dy, w->value.f32(), g.grad(x).f32(), n, in, out);
       if (w->requires_grad)
-        TS_DISPATCH(g.device(), linear_backward_weight, dy, x->value.f32(), g.grad(w).f32(), n, in, out);
+        TS_TIER_DISPATCH(g.device(), linear_backward_weight, dy, x->value.f32(), g.grad(w).f32(), n, in, out);
       if (b && b->requires_grad) TS_DISPATCH(g.device(), linear_backward_bias, dy, g.grad(b).f32(), n, out);
     });
   }

@@ -6,10 +6,9 @@
 // backward, from its bump allocator.
 //
 // On the CPU the convolution runs on the tier engine/cpu_kernels.h selects: the reference
-// (kernels/cpu, through TS_DISPATCH like every kernel) or the fast tier (kernels/onednn, same
-// signatures). The fast tier's calls go through the same profiler hook under their own names
-// ("conv2d_forward_onednn") with the family's cost, so a profile says which tier ran and rates
-// both against the same byte and FLOP counts.
+// (kernels/cpu) or the fast tier (kernels/onednn, same signatures), through TS_TIER_DISPATCH
+// (engine/dispatch.h): the fast tier's calls are profiled under their own names
+// ("conv2d_forward_onednn") with the family's cost.
 #include "engine/check.h"
 #include "engine/cpu_kernels.h"
 #include "engine/dispatch.h"
@@ -22,24 +21,6 @@ namespace tessera::ops {
 namespace {
 
 const char* layer_of(const Var* v) { return v && v->name && v->name[0] ? v->name : "conv2d"; }
-
-// TS_CONV_DISPATCH: the convolution kernel of the tier that runs on `device`. Only a CPU device
-// ever reaches the oneDNN calls; their CUDA slot is never taken.
-#if TESSERA_ONEDNN
-bool fast_tier(Device device) { return device == Device::CPU && cpu_kernels() == CpuKernels::Fast; }
-
-#define TS_CONV_DISPATCH(device, fn, ...)                                                                    \
-  do {                                                                                                       \
-    if (fast_tier(device))                                                                                   \
-      ::tessera::profile::dispatch<::kernels::kernel_id(#fn)>(                                               \
-          (device), #fn "_onednn", [](auto&&... a) { ::kernels::onednn::fn(a...); }, [](auto&&...) {},       \
-          __VA_ARGS__);                                                                                      \
-    else                                                                                                     \
-      TS_DISPATCH(device, fn, __VA_ARGS__);                                                                  \
-  } while (0)
-#else
-#define TS_CONV_DISPATCH(device, fn, ...) TS_DISPATCH(device, fn, __VA_ARGS__)
-#endif
 
 }  // namespace
 
@@ -74,9 +55,9 @@ kernels::Conv2dShape conv2d_shape(const char* layer, const Tensor& x, const Var*
 
 void conv2d_forward(Graph& g, const kernels::Conv2dShape& s, const float* x, const Var* w, const Var* b, float* y) {
   size_t scratch_bytes = 0;
-  TS_CONV_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Forward, &scratch_bytes);
+  TS_TIER_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Forward, &scratch_bytes);
   void* scratch = g.workspace().scratch(scratch_bytes);
-  TS_CONV_DISPATCH(g.device(), conv2d_forward, s, x, w->value.f32(), b ? b->value.f32() : nullptr, y, scratch,
+  TS_TIER_DISPATCH(g.device(), conv2d_forward, s, x, w->value.f32(), b ? b->value.f32() : nullptr, y, scratch,
                    scratch_bytes);
 }
 
@@ -86,9 +67,9 @@ void conv2d_backward(Graph& g, const kernels::Conv2dShape& s, const float* x, Va
   float* db = b && b->requires_grad ? g.grad(b).f32() : nullptr;
   if (!dx && !dw && !db) return;
   size_t scratch_bytes = 0;
-  TS_CONV_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Backward, &scratch_bytes);
+  TS_TIER_DISPATCH(g.device(), conv2d_workspace_size, s, kernels::ConvPass::Backward, &scratch_bytes);
   void* scratch = g.workspace().scratch(scratch_bytes);
-  TS_CONV_DISPATCH(g.device(), conv2d_backward, s, x, w->value.f32(), dy, dx, dw, db, accumulate_dx, scratch,
+  TS_TIER_DISPATCH(g.device(), conv2d_backward, s, x, w->value.f32(), dy, dx, dw, db, accumulate_dx, scratch,
                    scratch_bytes);
 }
 

@@ -3,8 +3,9 @@
 //   backward_input   dx += dy w:    2 N IN OUT FLOPs (one GEMM, beta = 1).
 //   backward_weight  dw += dy^T x:  2 N IN OUT FLOPs (one GEMM, beta = 1).
 //   backward_bias    db += column sums of dy: N OUT FLOPs, 4 N OUT bytes read.
-// The GEMMs go to OpenBLAS (cblas_sgemm) on the CPU and cuBLAS (cublasSgemm, FP32 math) on
-// CUDA; the bias kernels are hand-written. Gradients accumulate (+=, GEMM beta = 1) because a
+// The GEMMs go to OpenBLAS (cblas_sgemm) on the CPU, oneDNN's sgemm for the two gradients on
+// the CPU's fast tier, and cuBLAS (cublasSgemm, FP32 math) on CUDA; the bias kernels are
+// hand-written. Gradients accumulate (+=, GEMM beta = 1) because a
 // weight can be used twice in one step (the two BYOL views through one projector).
 // Tests: tests/ops_basic_test.cpp (gradient checks of every input, N = 1, large IN; CUDA vs
 // CPU where a GPU exists), tests/autograd_test.cpp (an MLP against hand-derived gradients).
@@ -34,6 +35,14 @@ namespace kernels::cuda {
 TS_LINEAR_KERNELS
 }
 #undef TS_LINEAR_KERNELS
+
+// The CPU fast tier's twins of the two weight-sized GEMMs (kernels/onednn/linear.cpp, oneDNN's
+// sgemm; defined only in builds with oneDNN). The forward stays on OpenBLAS on both tiers: its
+// x w^T (a transposed B) ran slower on oneDNN's sgemm at IN = 1024 (bench/RESULTS.md).
+namespace kernels::onednn {
+void linear_backward_input(const float* dy, const float* w, float* dx, int64_t n, int64_t in, int64_t out);
+void linear_backward_weight(const float* dy, const float* x, float* dw, int64_t n, int64_t in, int64_t out);
+}
 
 // Costs for the profiler (kernels/common/cost.h): each operand read once, the output written
 // once (read too where it accumulates).

@@ -20,6 +20,7 @@
 
 #include "engine/autograd.h"
 #include "engine/check.h"
+#include "engine/cpu_kernels.h"
 #include "engine/device.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
@@ -313,6 +314,7 @@ TEST(Profile, CudaEventTimingAttributesStreamWork) {
 }
 
 TEST(Profile, OpsLabelKernelsWithTheirWeightUnlessTheModelDid) {
+  CpuKernelsScope reference(CpuKernels::Reference);  // the kernels' plain names (the fast tier adds "_onednn")
   Workspace ws(Device::CPU);
   OwnedTensor x(Device::CPU, Shape{4, 8}), w(Device::CPU, Shape{3, 8}), dw(Device::CPU, Shape{3, 8}),
       seed(Device::CPU, Shape{4, 3});

@@ -51,8 +51,8 @@ void add_run_options(Options& o, RunOptions& r) {
   // The CPU kernel tier: its own block, it picks an implementation, not the computation.
   r.cpu_kernels = default_cpu_kernels_flag();
   o.choice("cpu-kernels", &r.cpu_kernels, {"reference", "fast"},
-           "CPU convolutions: fast (oneDNN, when built with it) or reference (im2col + OpenBLAS, the "
-           "readable oracle); default $TESSERA_CPU_KERNELS, else fast");
+           "CPU convolutions and linear gradients: fast (oneDNN, when built with it) or reference (im2col + "
+           "OpenBLAS, the readable oracle); default $TESSERA_CPU_KERNELS, else fast");
 
   // The CUDA backend's numerics and debugging (no effect on the CPU).
   o.choice("math", &r.math, {"pytorch", "fp32", "tf32"},
