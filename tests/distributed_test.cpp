@@ -172,7 +172,8 @@ double max_checkpoint_difference(const std::string& a, const std::string& b, std
       diff = std::max(diff, std::abs(double(x[i]) - y[i]));
       scale = std::max(scale, std::abs(double(y[i])));
     }
-    if (diff / scale > worst && where) *where = name + " (largest |value| " + std::to_string(scale) + ", difference " + std::to_string(diff) + ")";
+    if (diff / scale > worst && where)
+      *where = cat(name, " (largest |value| ", scale, ", difference ", diff, ")");
     worst = std::max(worst, diff / scale);
   }
   return worst;
@@ -238,7 +239,8 @@ TEST(Distributed, ByolTwoRanksWithSyncBnEqualOneProcess) {
   EXPECT_LE(weights, weight_bound) << where;
   EXPECT_GT(per_shard, 10 * weight_bound) << "2 ranks without --sync-bn should not match one process";
   std::printf("byol 4 steps, 2 ranks --sync-bn vs 1 process: losses within %.2g relative, weights within %.2g; "
-              "rounding alone (1 process, 2 threads vs 1, fast kernels vs reference): %.2g, %.2g; 2 ranks without --sync-bn: weights %.2g\n",
+              "rounding alone (1 process, 2 threads vs 1, fast kernels vs reference): %.2g, %.2g; 2 ranks without "
+              "--sync-bn: weights %.2g\n",
               loss, weights, loss_envelope, weight_envelope, per_shard);
   // Rank 0 alone wrote the run: one config, one log, one "final" line.
   size_t finals = 0;

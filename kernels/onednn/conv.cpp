@@ -663,7 +663,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
                     void* workspace, size_t workspace_bytes) {
   if (conv2d_runs_dense(s)) {
     check_workspace(s, dense_workspace_size(s), workspace_bytes);
-    return dense_forward(s, x, w, b, y, static_cast<float*>(workspace));
+    return dense_forward(s, x, w, b, y, workspace);
   }
   if (!conv2d_on_onednn(s, ConvPart::Forward))
     return kernels::cpu::conv2d_forward(s, x, w, b, y, workspace, workspace_bytes);
@@ -680,7 +680,7 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
                      float* dw, float* db, bool accumulate_dx, void* workspace, size_t workspace_bytes) {
   if (conv2d_runs_dense(s)) {
     check_workspace(s, dense_workspace_size(s), workspace_bytes);
-    return dense_backward(s, x, w, dy, dx, dw, db, accumulate_dx, static_cast<float*>(workspace));
+    return dense_backward(s, x, w, dy, dx, dw, db, accumulate_dx, workspace);
   }
   // The reference's parts first (with the bias gradient), then oneDNN's; both add into their outputs.
   float* own_dx = dx && conv2d_on_onednn(s, ConvPart::Data) ? dx : nullptr;

@@ -19,7 +19,8 @@
 //
 // Cost: 2 N (O HO WO) (C H W) flops per pass, the taps that touch the image only; plus building
 // Wd (O C HO WO H W floats, from w) per forward and backward and folding dWd back into dw.
-// Scratch: one Wd (or dWd) of O HO WO x C H W floats, 64 KB to 256 KB on the BYOL demo's shapes.
+// Scratch: the tap table, then one Wd (or dWd) of O HO WO x C H W floats, 64 KB to 256 KB on
+// the BYOL demo's shapes; nothing is allocated.
 // The sums run in another order than the reference's (the filter gradient: over the batch in
 // the GEMM, then over the pixels that share a tap in the fold), so results agree to rounding
 // (tests/conv_fast_test.cpp, ConvFast.Dense*).
@@ -27,7 +28,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include <vector>
+#include <cstdint>
 
 #include "kernels/conv.h"
 
@@ -44,48 +45,51 @@ int64_t cols(const Conv2dShape& s) { return s.c * s.h * s.w; }    // of Wd: inpu
 
 // Where the taps of one (output channel, input channel) pair sit: Wd's block for the pair (HO WO
 // rows by H W columns, at rows o HO WO.., columns c H W..) holds, at (row, col), the pair's tap
-// `tap` (u KW + v). The same for every pair, so built once per call and walked for each.
+// `tap` (u KW + v). The same for every pair, so listed once per call (in the scratch, before Wd:
+// HO WO H W entries, 16 on a 2x2 map) and walked for each.
 struct Entry {
-  int64_t row, col, tap;
+  int32_t row, col, tap;
 };
-std::vector<Entry> block_entries(const Conv2dShape& s) {
-  std::vector<Entry> e;
-  e.reserve(static_cast<size_t>(s.ho * s.wo * s.h * s.w));
+int64_t entry_count(const Conv2dShape& s) { return s.ho * s.wo * s.h * s.w; }
+
+// Lists the entries into `e` and returns where Wd starts in the scratch, right after them.
+float* list_entries(const Conv2dShape& s, Entry* e) {
   for (int64_t i = 0; i < s.ho; ++i)
     for (int64_t j = 0; j < s.wo; ++j)
       for (int64_t r = 0; r < s.h; ++r)
         for (int64_t q = 0; q < s.w; ++q)
-          e.push_back({i * s.wo + j, r * s.w + q, (r - i * s.stride + s.pad) * s.kw + (q - j * s.stride + s.pad)});
-  return e;
+          *e++ = {static_cast<int32_t>(i * s.wo + j), static_cast<int32_t>(r * s.w + q),
+                  static_cast<int32_t>((r - i * s.stride + s.pad) * s.kw + (q - j * s.stride + s.pad))};
+  return reinterpret_cast<float*>(e);
 }
 
 // Wd (rows x cols) from w; `transposed`: Wd^T (cols x rows) instead. Threads split the output
 // channels (each writes its own rows, or its own run of every column of Wd^T).
-void build(const Conv2dShape& s, const float* w, float* wd, bool transposed) {
+void build(const Conv2dShape& s, const Entry* entries, const float* w, float* wd, bool transposed) {
   const int64_t m = rows(s), k = cols(s), out_pixels = s.ho * s.wo, in_pixels = s.h * s.w, taps = s.kh * s.kw;
-  const std::vector<Entry> entries = block_entries(s);
+  const Entry* end = entries + entry_count(s);
 #pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < s.o; ++o)
     for (int64_t c = 0; c < s.c; ++c) {
       const float* pair = w + (o * s.c + c) * taps;
       const int64_t row0 = o * out_pixels, col0 = c * in_pixels;
       if (transposed)
-        for (const Entry& e : entries) wd[(col0 + e.col) * m + row0 + e.row] = pair[e.tap];
+        for (const Entry* e = entries; e != end; ++e) wd[(col0 + e->col) * m + row0 + e->row] = pair[e->tap];
       else
-        for (const Entry& e : entries) wd[(row0 + e.row) * k + col0 + e.col] = pair[e.tap];
+        for (const Entry* e = entries; e != end; ++e) wd[(row0 + e->row) * k + col0 + e->col] = pair[e->tap];
     }
 }
 
 // dw += the entries of dWd (rows x cols) that each tap applies to. Threads split the output channels.
-void fold(const Conv2dShape& s, const float* dwd, float* dw) {
+void fold(const Conv2dShape& s, const Entry* entries, const float* dwd, float* dw) {
   const int64_t k = cols(s), out_pixels = s.ho * s.wo, in_pixels = s.h * s.w, taps = s.kh * s.kw;
-  const std::vector<Entry> entries = block_entries(s);
+  const Entry* end = entries + entry_count(s);
 #pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < s.o; ++o)
     for (int64_t c = 0; c < s.c; ++c) {
       float* pair = dw + (o * s.c + c) * taps;
       const int64_t row0 = o * out_pixels, col0 = c * in_pixels;
-      for (const Entry& e : entries) pair[e.tap] += dwd[(row0 + e.row) * k + col0 + e.col];
+      for (const Entry* e = entries; e != end; ++e) pair[e->tap] += dwd[(row0 + e->row) * k + col0 + e->col];
     }
 }
 
@@ -101,12 +105,14 @@ bool conv2d_is_dense(const Conv2dShape& s) {
 }
 
 size_t dense_workspace_size(const Conv2dShape& s) {
-  return static_cast<size_t>(rows(s) * cols(s)) * sizeof(float);
+  return static_cast<size_t>(entry_count(s)) * sizeof(Entry) + static_cast<size_t>(rows(s) * cols(s)) * sizeof(float);
 }
 
-void dense_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, float* wd) {
+void dense_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, void* scratch) {
   const int64_t m = rows(s), k = cols(s);
-  build(s, w, wd, /*transposed=*/true);
+  Entry* entries = static_cast<Entry*>(scratch);
+  float* wd = list_entries(s, entries);
+  build(s, entries, w, wd, /*transposed=*/true);
   sgemm('N', 'N', s.n, m, k, x, k, wd, m, 0.0f, y, m);  // y (N, m) = x (N, k) Wd^T (k, m)
   if (!b) return;
   const int64_t pixels = s.ho * s.wo;
@@ -117,17 +123,19 @@ void dense_forward(const Conv2dShape& s, const float* x, const float* w, const f
 }
 
 void dense_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
-                    float* db, bool accumulate_dx, float* wd) {
+                    float* db, bool accumulate_dx, void* scratch) {
   const int64_t m = rows(s), k = cols(s);
+  Entry* entries = static_cast<Entry*>(scratch);
+  float* wd = list_entries(s, entries);
   if (db) kernels::cpu::conv2d_bias_gradient(s, dy, db);
   if (dx) {
-    build(s, w, wd, /*transposed=*/false);
+    build(s, entries, w, wd, /*transposed=*/false);
     // dx (N, k) (+)= dy (N, m) Wd (m, k); beta 0 writes dx without reading it.
     sgemm('N', 'N', s.n, k, m, dy, m, wd, k, accumulate_dx ? 1.0f : 0.0f, dx, k);
   }
   if (dw) {
     sgemm('T', 'N', m, k, s.n, dy, m, x, k, 0.0f, wd, k);  // dWd (m, k) = dy^T (m, N) x (N, k)
-    fold(s, wd, dw);
+    fold(s, entries, wd, dw);
   }
 }
 

@@ -13,13 +13,14 @@ namespace kernels::onednn {
 // is one dense linear map per sample with no product over padding.
 bool conv2d_is_dense(const Conv2dShape& s);
 
-// Scratch of either pass, in bytes: one (O HO WO) x (C H W) float matrix.
+// Scratch of either pass, in bytes: a table of where w's taps sit and one (O HO WO) x (C H W)
+// float matrix.
 size_t dense_workspace_size(const Conv2dShape& s);
 
-// As kernels/conv.h's conv2d_forward / conv2d_backward; `wd`: dense_workspace_size(s) bytes of
-// scratch (any alignment). x (N, C, H, W), w (O, C, KH, KW), b (O) or nullptr, y / dy (N, O, HO, WO).
-void dense_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, float* wd);
+// As kernels/conv.h's conv2d_forward / conv2d_backward; `scratch`: dense_workspace_size(s)
+// bytes, aligned for a float. x (N, C, H, W), w (O, C, KH, KW), b (O) or nullptr, y / dy (N, O, HO, WO).
+void dense_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, void* scratch);
 void dense_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
-                    float* db, bool accumulate_dx, float* wd);
+                    float* db, bool accumulate_dx, void* scratch);
 
 }  // namespace kernels::onednn
