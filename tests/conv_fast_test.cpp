@@ -176,6 +176,16 @@ std::string text(const kernels::Conv2dShape& s) {
              s.stride, " pad ", s.pad);
 }
 
+// The shape of x (n, c, h, w) * w (o, c, kh, kw) with the given stride and padding.
+kernels::Conv2dShape shape_of(int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw,
+                              int64_t stride, int64_t pad) {
+  kernels::Conv2dShape s;
+  s.n = n, s.c = c, s.h = h, s.w = w, s.o = o, s.kh = kh, s.kw = kw, s.stride = stride, s.pad = pad;
+  s.ho = (h + 2 * pad - kh) / stride + 1;
+  s.wo = (w + 2 * pad - kw) / stride + 1;
+  return s;
+}
+
 // ||(a - base) - (b - base)|| / ||b - base||: the error of what was computed (or added).
 double relative(const std::vector<float>& a, const std::vector<float>& b, const std::vector<float>* base = nullptr) {
   double diff = 0, norm = 0;
@@ -439,18 +449,10 @@ TEST(ConvFast, DenseGemmByolDemoResNet18) {
 // each gradient alone and together, dx added and written; and shapes just outside the reach
 // stay off it.
 TEST(ConvFast, DenseGemmShapes) {
-  auto make = [](int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t stride,
-                 int64_t pad) {
-    kernels::Conv2dShape s;
-    s.n = n, s.c = c, s.h = h, s.w = w, s.o = o, s.kh = kh, s.kw = kw, s.stride = stride, s.pad = pad;
-    s.ho = (h + 2 * pad - kh) / stride + 1;
-    s.wo = (w + 2 * pad - kw) / stride + 1;
-    return s;
-  };
   RoutingScope measured(kernels::onednn::ConvRouting::Measured);
-  const std::vector<kernels::Conv2dShape> dense = {make(3, 5, 1, 2, 7, 3, 3, 1, 1), make(4, 9, 1, 1, 6, 1, 1, 1, 0),
-                                                   make(2, 3, 3, 3, 4, 5, 5, 1, 2), make(5, 6, 2, 2, 10, 3, 3, 2, 1),
-                                                   make(2, 4, 2, 2, 3, 2, 2, 1, 0)};
+  const std::vector<kernels::Conv2dShape> dense = {
+      shape_of(3, 5, 1, 2, 7, 3, 3, 1, 1), shape_of(4, 9, 1, 1, 6, 1, 1, 1, 0), shape_of(2, 3, 3, 3, 4, 5, 5, 1, 2),
+      shape_of(5, 6, 2, 2, 10, 3, 3, 2, 1), shape_of(2, 4, 2, 2, 3, 2, 2, 1, 0)};
   uint64_t seed = 13000;
   for (const kernels::Conv2dShape& s : dense) {
     EXPECT_TRUE(kernels::onednn::conv2d_runs_dense(s)) << text(s);
@@ -465,8 +467,8 @@ TEST(ConvFast, DenseGemmShapes) {
   }
   // A 3x3 map under a 3x3 kernel (the corner outputs miss the far corner), a stride-2 3x3 from
   // 4x4 to 2x2, a 1x1 stride-2 downsample from 2x2: not every window covers the map.
-  for (const kernels::Conv2dShape& s : {make(2, 4, 3, 3, 4, 3, 3, 1, 1), make(2, 4, 4, 4, 4, 3, 3, 2, 1),
-                                        make(2, 4, 2, 2, 4, 1, 1, 2, 0)})
+  for (const kernels::Conv2dShape& s : {shape_of(2, 4, 3, 3, 4, 3, 3, 1, 1), shape_of(2, 4, 4, 4, 4, 3, 3, 2, 1),
+                                        shape_of(2, 4, 2, 2, 4, 1, 1, 2, 0)})
     EXPECT_FALSE(kernels::onednn::conv2d_runs_dense(s)) << text(s);
   RoutingScope all(kernels::onednn::ConvRouting::AllOneDnn);
   EXPECT_FALSE(kernels::onednn::conv2d_runs_dense(dense[0])) << "AllOneDnn runs oneDNN's direct kernels everywhere";
@@ -494,10 +496,7 @@ TEST(ConvFast, EachGradientAloneAndInPairs) {
 TEST(ConvFast, MeasuredRoutingTable) {
   using kernels::onednn::ConvPart;
   auto shape = [](int64_t c, int64_t h, int64_t o, int64_t k, int64_t stride) {
-    kernels::Conv2dShape s;
-    s.n = 64, s.c = c, s.h = s.w = h, s.o = o, s.kh = s.kw = k, s.stride = stride, s.pad = k / 2;
-    s.ho = s.wo = (h + 2 * s.pad - k) / stride + 1;
-    return s;
+    return shape_of(64, c, h, h, o, k, k, stride, k / 2);
   };
   auto route = [](const kernels::Conv2dShape& s) {
     std::string r;
@@ -619,18 +618,10 @@ TEST(ConvFast, RoutingEnvironmentValueIsChecked) {
 // Odd shapes the models do not have: non-square kernel, padding larger than needed, an output
 // of one pixel, a stride that skips input columns.
 TEST(ConvFast, OddShapes) {
-  auto make = [](int64_t n, int64_t c, int64_t h, int64_t w, int64_t o, int64_t kh, int64_t kw, int64_t stride,
-                 int64_t pad) {
-    kernels::Conv2dShape s;
-    s.n = n, s.c = c, s.h = h, s.w = w, s.o = o, s.kh = kh, s.kw = kw, s.stride = stride, s.pad = pad;
-    s.ho = (h + 2 * pad - kh) / stride + 1;
-    s.wo = (w + 2 * pad - kw) / stride + 1;
-    return s;
-  };
   uint64_t seed = 9000;
-  for (const kernels::Conv2dShape& s : {make(2, 3, 7, 5, 5, 3, 1, 1, 0), make(1, 5, 4, 4, 3, 3, 3, 1, 2),
-                                        make(2, 8, 3, 3, 16, 3, 3, 1, 0), make(2, 4, 11, 11, 6, 2, 2, 3, 0),
-                                        make(3, 17, 6, 6, 9, 5, 5, 2, 2)})
+  for (const kernels::Conv2dShape& s : {shape_of(2, 3, 7, 5, 5, 3, 1, 1, 0), shape_of(1, 5, 4, 4, 3, 3, 3, 1, 2),
+                                        shape_of(2, 8, 3, 3, 16, 3, 3, 1, 0), shape_of(2, 4, 11, 11, 6, 2, 2, 3, 0),
+                                        shape_of(3, 17, 6, 6, 9, 5, 5, 2, 2)})
     compare(s, seed += 10);
 }
 

@@ -590,7 +590,7 @@ void backward_whole(Plan& p, const float* x, const float* w, const float* dy, fl
   Backward& b = *p.backward;
   check_workspace(p.shape, b.bytes(dx != nullptr, dw != nullptr), workspace_bytes);
   char* scratch = aligned(workspace);
-  std::vector<bool> dy_ready(b.dy.size(), false);
+  bool dy_ready[2] = {false, false};  // b.dy holds one operand per part at most (dy_operand)
   // dy in the format a part wants, converted at most once per call.
   auto dy_for = [&](int i, char* pad) {
     const Operand& o = b.dy[static_cast<size_t>(i)];
@@ -650,7 +650,8 @@ void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
       const bool data_sliced = data && p.chunk[kData] < s.n, weights_sliced = weights && p.chunk[kWeights] < s.n;
       const bool data_whole = data && !data_sliced, weights_whole = weights && !weights_sliced;
       if (data_whole || weights_whole) own = p.backward->bytes(data_whole, weights_whole);
-      if (data_sliced) own = std::max(own, plan_for(slice_of(s, p.chunk[kData]), false, true).backward->bytes(true, false));
+      if (data_sliced)
+        own = std::max(own, plan_for(slice_of(s, p.chunk[kData]), false, true).backward->bytes(true, false));
       if (weights_sliced)
         own = std::max(own, plan_for(slice_of(s, p.chunk[kWeights]), false, true).backward->bytes(false, true));
     }

@@ -63,7 +63,7 @@ int bench_train_step(int argc, char** argv) {
           "  [--width W (64)] [--in-channels 1|3 (3)] [--num-classes K (10)] [--size S (32)] [--batch B (64)]\n"
           "  [--steps N (5)] [--warmup N (2)] [--device auto|cpu|cuda (cpu)]\n"
           "  [--profile-steps A:B: per-kernel table of steps A..B-1, counting warm-up steps from 0]\n"
-          "  [--cpu-kernels reference|fast (%s): CPU convolutions by im2col + OpenBLAS or by oneDNN]\n"
+          "  [--cpu-kernels reference|fast (%s): CPU convolutions and linear gradients by the reference or by oneDNN]\n"
           "  [--conv-routing measured|onednn|winograd (measured, or $TESSERA_CONV_ROUTING): the fast tier's\n"
           "   passes by the measured table (kernels/onednn/conv.cpp), all on oneDNN's direct algorithm, or all\n"
           "   on oneDNN with Winograd for every 3x3 stride-1 convolution it takes]\n",
