@@ -5,6 +5,7 @@
 
 #include "engine/check.h"
 #include "engine/dispatch.h"
+#include "engine/distributed.h"
 
 namespace tessera {
 
@@ -82,7 +83,14 @@ void NonfiniteMonitor::check_step(int64_t step, const Tensor& loss) {
     TS_CHECK(target.ptr != nullptr, "non-finite test hook: no tensor named '", name, "'");
     poison(target);
   }
-  TS_DISPATCH(device_, nonfinite_check, loss.f32(), loss.numel(), int32_t{0}, record());
+  Tensor judged = loss;
+  if (ranks_ && ranks_->size() > 1) {
+    if (loss_mean_.bytes() < loss.bytes()) loss_mean_ = Buffer(device_, loss.bytes());
+    judged = loss_mean_.view(loss.shape, DType::F32);
+    copy(judged, loss);
+    ranks_->all_reduce_mean(judged.f32(), judged.numel(), device_, "the loss, for the non-finite check");
+  }
+  TS_DISPATCH(device_, nonfinite_check, judged.f32(), judged.numel(), int32_t{0}, record());
   for (const Watched& w : watched_)
     TS_DISPATCH_COST(device_, nonfinite_check_arena,
                      (kernels::Cost{4.0 * static_cast<double>(w.arena->table().total_numel()), 0.0}), w.chunks.data(),

@@ -33,6 +33,10 @@
 
 namespace tessera {
 
+namespace dist {
+class Communicator;
+}
+
 class NonfiniteMonitor : private TapeObserver {
  public:
   explicit NonfiniteMonitor(Device device);
@@ -45,6 +49,11 @@ class NonfiniteMonitor : private TapeObserver {
   // monitor's device) and every watched arena, then commits the step (sets or clears skip).
   // Three to five kernel launches; nothing waits.
   void check_step(int64_t step, const Tensor& loss);
+  // Data parallel (more than one rank): check_step judges the mean of the ranks' losses (one
+  // small all-reduce per step), not this rank's own. The gradients are all-reduced already, so
+  // every rank then takes the same decision: a loss that is non-finite on one rank only skips
+  // or stops them all, instead of one replica skipping a step the others take.
+  void judge_across(dist::Communicator* ranks) { ranks_ = ranks; }
 
   // From now on (until the monitor is destroyed) check every op of this thread's graphs as
   // above; the steps are numbered from `first_step` (the run's start step). Costs one check
@@ -92,6 +101,8 @@ class NonfiniteMonitor : private TapeObserver {
 
   Device device_;
   Buffer record_;
+  dist::Communicator* ranks_ = nullptr;  // judge_across
+  Buffer loss_mean_;                     // judge_across: the ranks' mean loss
   std::vector<Watched> watched_;
   int32_t next_id_ = 1;  // 0: the loss
   std::vector<std::pair<int64_t, std::string>> poison_;

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "apps/run/nonfinite.h"
 #include "engine/arena.h"
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
@@ -73,15 +74,19 @@ std::string command(int ranks, const std::string& program, const std::vector<std
              quoted(args));
 }
 
-Result run(int ranks, const std::string& program, const std::vector<std::string>& args, int threads = 1) {
+Result run_command(const std::string& command) {
   Result r;
-  FILE* p = ::popen((command(ranks, program, args, threads) + " 2>&1").c_str(), "r");
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
   if (!p) return r;
   char buf[4096];
   for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, n);
   const int status = ::pclose(p);
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+Result run(int ranks, const std::string& program, const std::vector<std::string>& args, int threads = 1) {
+  return run_command(command(ranks, program, args, threads));
 }
 
 // An IDX split of n 8 x 8 images of pseudo-random bytes (labels i % 10): the BYOL SyncBN
@@ -298,6 +303,22 @@ TEST(Distributed, TeachersStayBitIdenticalAcrossRanks) {
   // without --sync-bn and are not compared).
   EXPECT_NE(r.output.find("replicas: 8 arenas bit-identical on all 2 ranks at step 4"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("replicas: 8 arenas bit-identical on all 2 ranks at step 8"), std::string::npos) << r.output;
+}
+
+// A loss that is non-finite on rank 0 only, its gradients finite (the hook puts the NaN into
+// the loss after backward; rank 1 is started without it, MPMD). In skip mode every rank must
+// skip that step: judged by its own loss, rank 0 alone would skip, the replicas would part,
+// and --check-replicas would end the run at step 4.
+TEST(Distributed, ALossNonfiniteOnOneRankIsSkippedByEveryRank) {
+  SKIP_WITHOUT_MPI();
+  const std::string out = data().out("byol-nonfinite-rank0");
+  const std::string program = quoted({built("byol").string()}),
+                    args = quoted(byol_args(out, {"--on-nonfinite", "skip", "--check-replicas"}));
+  const Result r = run_command(cat("env ", kMpiEnv, " OMP_NUM_THREADS=1 mpirun --oversubscribe --bind-to none -np 1 env ",
+                                   "TESSERA_INJECT_NONFINITE=3:loss", program, args, " : -np 1", program, args));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("replicas: 8 arenas bit-identical on all 2 ranks at step 8"), std::string::npos) << r.output;
+  EXPECT_EQ(SafetensorsFile::read(out + "/last.safetensors").metadata(NonfiniteGuard::kSkippedKey), "1");
 }
 
 // A 2-rank run stopped at step 4 and resumed under 2 ranks is the uninterrupted 2-rank run, bit

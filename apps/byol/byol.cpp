@@ -131,6 +131,7 @@ int byol_main(int argc, const char* const* argv) {
   for (Optimizer* o : {nets.opt_backbone.get(), nets.opt_projector.get(), nets.opt_predictor.get()})
     o->skip_when(nonfinite.skip_flag());
   nets.nonfinite = &nonfinite.monitor();
+  nonfinite.monitor().judge_across(&ranks);  // every rank takes the same skip / stop decision
   run.attach(nonfinite);
 
   run.begin(options.to_json());

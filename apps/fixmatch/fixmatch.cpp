@@ -148,6 +148,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   nets.opt->skip_when(nonfinite.skip_flag());
   nonfinite.skip_teacher(*nets.smoother);  // the flag, and the skipped steps for the mosaic
   nets.nonfinite = &nonfinite.monitor();
+  nonfinite.monitor().judge_across(&ranks);  // every rank takes the same skip / stop decision
   run.attach(nonfinite);
 
   replicate_from_root(ranks, state_arenas(nets));

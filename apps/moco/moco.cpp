@@ -184,6 +184,7 @@ int moco_main(int argc, const char* const* argv) {
   if (run.resuming()) nonfinite.restore(run.checkpoint());
   for (Optimizer* o : {nets.opt_backbone.get(), nets.opt_head.get()}) o->skip_when(nonfinite.skip_flag());
   nets.nonfinite = &nonfinite.monitor();
+  nonfinite.monitor().judge_across(&ranks);  // every rank takes the same skip / stop decision
   nets.skip_nonfinite = nonfinite.skipping();
   run.attach(nonfinite);
 
