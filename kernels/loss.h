@@ -15,7 +15,9 @@
 //   cross_entropy_soft  row_i = sum_j t_ij (lse_i - x_ij); backward dx_ij += g (T_i softmax_ij
 //                    - t_ij) with T_i = sum_j t_ij (1 for a distribution). 8 n k bytes forward.
 //   argmax_max_prob  no gradient: index of each row's maximum (first on ties) and its softmax
-//                    probability 1 / sum_j exp(x_ij - max). 4 n k bytes.
+//                    probability 1 / sum_j exp(x_ij - max). A NaN is the answer only at index 0
+//                    (the rule `x_j > x_best` from best = 0), and its row's probability is NaN.
+//                    4 n k bytes.
 // Shared math: kernels/common/softmax.h, kernels/common/l2norm.h.
 // Tests: tests/ops_loss_test.cpp (gradient checks incl. N = 1 and K = 1000, CUDA vs CPU
 // where a GPU exists, large-logit stability, bad labels), tests/autograd_test.cpp.

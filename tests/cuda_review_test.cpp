@@ -45,6 +45,7 @@
 #include "kernels/common/philox.h"
 #include "kernels/cuda/fast_divmod.h"
 #include "kernels/linear.h"
+#include "kernels/loss.h"
 #include "kernels/optimizer.h"
 #include "kernels/pool.h"
 #include "kernels/reduce.h"
@@ -117,6 +118,20 @@ TEST(ConvAlgoPicker, NoDeterministicCandidateIsAnErrorNotAFallback) {
   EXPECT_EQ(kernels::pick_conv_algo(c.data(), 4, request(false, false)), 0);
   EXPECT_EQ(kernels::pick_conv_algo(c.data(), 0, request(false, false), &why), -1);
   EXPECT_NE(why.find("none listed"), std::string::npos) << why;
+}
+
+// A candidate the heuristics listed can still refuse to run; conv.cu then asks the rule again
+// from the next candidate on, within the scratch the call was given.
+TEST(ConvAlgoPicker, FallbackTakesTheNextUsableCandidateThatFitsTheScratch) {
+  const std::vector<AlgoCandidate> c = {cand(1, true, AlgoMath::Fma, 100), cand(2, false, AlgoMath::Fma, 10),
+                                        cand(3, true, AlgoMath::Fma, 5000), cand(4, true, AlgoMath::Fma, 50)};
+  AlgoRequest r = request(false, true);
+  r.max_memory = 1000;  // the scratch given
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 4, r), 0);
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 4, r, nullptr, 1), 3);  // 2 nondeterministic, 3 over the scratch
+  std::string why;
+  EXPECT_EQ(kernels::pick_conv_algo(c.data(), 4, r, &why, 4), -1);
+  EXPECT_NE(why.find("none after those tried"), std::string::npos) << why;
 }
 
 // ---- failure reports of the CUDA dispatch ---------------------------------------------------
@@ -722,6 +737,69 @@ TEST(SumCuda, LargeSumsSplitOverBlocksAndStayDeterministic) {
     EXPECT_EQ(to_host_f32(gy.t)[0], got) << "n " << n << ": not deterministic";
   }
 }
+
+// argmax_max_prob with NaN logits (FixMatch's pseudo-labels of a diverging teacher). The CPU's
+// rule, `x[j] > x[best]` from best = 0: a NaN at index 0 is the answer, a NaN elsewhere is
+// never taken. The CUDA kernel reduces over 32 lanes; a lane that started from a NaN kept it
+// and hid the values of its partners (NaN at 1, the maximum at 3: the answer was an even one).
+struct NanRow {
+  std::vector<float> x;
+  int want;  // the CPU rule's answer
+};
+std::vector<NanRow> nan_rows() {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  auto row = [&](std::vector<std::pair<int, float>> set, int want) {
+    NanRow r{std::vector<float>(70), want};
+    for (int j = 0; j < 70; ++j) r.x[size_t(j)] = -1.0f - 0.01f * float(j % 13);
+    for (auto [j, v] : set) r.x[size_t(j)] = v;
+    return r;
+  };
+  return {row({{1, nan}, {3, 5.0f}}, 3),          row({{0, nan}, {3, 5.0f}}, 0),
+          row({{33, nan}, {65, 2.0f}}, 65),       row({{1, nan}, {2, nan}, {31, nan}, {40, 7.0f}}, 40),
+          row({{5, inf}, {6, nan}, {7, inf}}, 5), row({{69, nan}, {68, 3.0f}, {36, 3.0f}}, 36)};
+}
+
+TEST(ArgmaxMaxProb, CpuSkipsNaNExceptAtIndexZero) {
+  for (const NanRow& r : nan_rows()) {
+    int32_t arg = -1;
+    float prob = 0;
+    kernels::cpu::argmax_max_prob(r.x.data(), &arg, &prob, 1, 70);
+    EXPECT_EQ(arg, r.want);
+  }
+}
+
+TEST(ArgmaxMaxProbCuda, NaNLogitsGiveTheCpusAnswer) {
+  std::string reason;
+  if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "argmax_max_prob on CUDA not run: " << reason;
+  std::vector<float> x;
+  for (const NanRow& r : nan_rows()) x.insert(x.end(), r.x.begin(), r.x.end());
+  const int64_t n = int64_t(nan_rows().size());
+  std::vector<int32_t> arg[2];
+  std::vector<float> prob[2];
+  for (int b = 0; b < 2; ++b) {
+    const Device d = b ? Device::CUDA : Device::CPU;
+    OwnedTensor tx = on(d, x), ta(d, Shape{n}, DType::I32), tp(d, Shape{n});
+    TS_DISPATCH(d, argmax_max_prob, tx.t.f32(), static_cast<int32_t*>(ta.t.ptr), tp.t.f32(), n, int64_t{70});
+    arg[b] = to_host_i32(ta.t);
+    prob[b] = to_host_f32(tp.t);
+  }
+  EXPECT_EQ(arg[1], arg[0]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(prob[0][size_t(i)])) EXPECT_TRUE(std::isnan(prob[1][size_t(i)])) << "row " << i;
+    else EXPECT_NEAR(prob[1][size_t(i)], prob[0][size_t(i)], 1e-6f) << "row " << i;
+  }
+}
+
+#if TESSERA_CUDA
+// Host-side launch shape (no device needed). The plane kernels step `int k += gridDim.x *
+// blockDim.x`: the largest plane accepted must leave room for that last step below 2^31.
+TEST(PlaneLaunch, LargestAcceptedPlaneCannotWrapItsIndex) {
+  const kernels::cuda::PlaneLaunch l = kernels::cuda::plane_launch(3, kernels::cuda::kMaxPlaneElements, "test");
+  EXPECT_LE(kernels::cuda::kMaxPlaneElements + int64_t{l.grid.x} * l.block.x, int64_t{INT32_MAX});
+  EXPECT_THROW(kernels::cuda::plane_launch(3, kernels::cuda::kMaxPlaneElements + 1, "test"), std::runtime_error);
+  EXPECT_THROW(kernels::cuda::plane_launch(1, int64_t{INT32_MAX}, "test"), std::runtime_error);
+}
+#endif
 
 // ---- loader: double-buffered uploads on the copy stream ------------------------------------
 

@@ -21,6 +21,7 @@
 #include "engine/checkpoint.h"
 #include "engine/teacher.h"
 #include "kernels/common/philox.h"
+#include "kernels/common/sts_rule.h"
 #include "models/model.h"
 #include "tests/op_case.h"
 #include "tests/teacher_replay.h"
@@ -155,6 +156,18 @@ INSTANTIATE_TEST_SUITE_P(Granularities, TeacherInvariants,
                          [](const auto& info) { return std::string(granularity_name(info.param)); });
 
 // Channel c of a conv, its bias and the BatchNorm after it go together.
+// The draw can be exactly 1.0f: float(x) rounds the top 128 words up to 2^32. preserve_prob 1
+// must keep the teacher even then (`u < p` alone updated it once in 2^25 draws); p = 0 never
+// keeps, since no draw is 0.
+TEST(Teacher, PreserveProbOneKeepsEvenADrawOfOne) {
+  EXPECT_EQ(kernels::philox_to_uniform(0xFFFFFFFFu), 1.0f);
+  EXPECT_LT(kernels::philox_to_uniform(0xFFFFFF7Fu), 1.0f);
+  EXPECT_TRUE(kernels::sts_keep(kernels::philox_to_uniform(0xFFFFFFFFu), 1.0f));
+  EXPECT_GT(kernels::philox_to_uniform(0u), 0.0f);
+  EXPECT_FALSE(kernels::sts_keep(kernels::philox_to_uniform(0u), 0.0f));
+  EXPECT_FALSE(kernels::sts_keep(kernels::philox_to_uniform(0xFFFFFFFFu), 0.999f));
+}
+
 TEST(Teacher, ChannelFragmentsFollowTheLayer) {
   World w;
   const ParamTable& t = w.params;

@@ -12,6 +12,10 @@
 //   - Determinism: a run repeats bit for bit only if every algorithm is deterministic, so
 //     there is no silent fallback: with none usable the caller reports an error that names
 //     the layer and the flag (--allow-nondeterministic) that lets the fastest one run.
+//   - A candidate the heuristics called a success can still refuse to run (cuDNN's
+//     NOT_SUPPORTED or EXECUTION_FAILED at the call, as PyTorch's try-all loop also expects):
+//     the caller then takes the next usable one whose workspace fits the scratch it was given,
+//     and says so on stderr.
 #pragma once
 
 #include <cstddef>
@@ -57,10 +61,12 @@ inline const char* algo_math_name(AlgoMath m) {
 }
 
 // Index of the chosen candidate, or -1; then `why` (when given) says, candidate by candidate,
-// what ruled each out.
-inline int pick_conv_algo(const AlgoCandidate* c, int count, const AlgoRequest& r, std::string* why = nullptr) {
+// what ruled each out. `first`: candidates before it are not considered (the fallback when
+// the chosen one fails to run: the next usable one, its workspace within what was given).
+inline int pick_conv_algo(const AlgoCandidate* c, int count, const AlgoRequest& r, std::string* why = nullptr,
+                          int first = 0) {
   std::string reasons;
-  for (int i = 0; i < count; ++i) {
+  for (int i = first; i < count; ++i) {
     const char* reason = nullptr;
     if (!c[i].succeeded) reason = "not supported";
     else if (c[i].memory > r.max_memory) reason = "workspace over the limit";
@@ -72,7 +78,7 @@ inline int pick_conv_algo(const AlgoCandidate* c, int count, const AlgoRequest& 
   if (why)
     *why = std::string("no ") + (r.deterministic ? "deterministic " : "") + "algorithm with " +
            (r.tf32 ? "FP32 or TF32" : "FP32") + " math among cuDNN's " + std::to_string(count) + " candidates (" +
-           (count ? reasons : std::string("none listed")) + ")";
+           (!reasons.empty() ? reasons : std::string(first > 0 ? "none after those tried" : "none listed")) + ")";
   return -1;
 }
 

@@ -66,9 +66,11 @@ TS_HD int64_t teacher_fragment_end(const TeacherSlot& s, Granularity g, int64_t 
   return i + 1;
 }
 
-// The Bernoulli decision. u is in (0, 1] (curand_uniform's range), so p = 0 never keeps and
-// p = 1 always keeps; P(update) = 1 - p up to the 2^-32 spacing of the draws.
-TS_HD bool sts_keep(float u, float preserve_prob) { return u < preserve_prob; }
+// The Bernoulli decision. u is in (0, 1] (curand_uniform's range), so p = 0 never keeps;
+// P(update) = 1 - p up to the 2^-32 spacing of the draws. The draw can be exactly 1.0f
+// (philox_to_uniform of the top 128 words rounds up), which `u < p` would update at p = 1:
+// p >= 1 keeps by rule, as its name promises.
+TS_HD bool sts_keep(float u, float preserve_prob) { return preserve_prob >= 1.0f || u < preserve_prob; }
 
 // teacher' = m * teacher + (1 - m) * student, rounded the same way on every compiler.
 //

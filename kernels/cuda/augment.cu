@@ -48,10 +48,14 @@ __global__ void augment_kernel(const uint8_t* images, int64_t num_images, const 
   const int64_t i = blockIdx.x;
   const int64_t index = indices[i];
   if (index < 0 || index >= num_images) {
-    if (threadIdx.x == 0)
+    // Thread 0 alone prints, then traps: were every thread to trap, another warp could end the
+    // kernel before the message was written.
+    if (threadIdx.x == 0) {
       printf("augment: image index %lld at batch position %lld, expected in [0, %lld)\n",
              static_cast<long long>(index), static_cast<long long>(i), static_cast<long long>(num_images));
-    __trap();
+      __trap();
+    }
+    return;
   }
   const int64_t in_size = int64_t{spec.channels} * spec.in_h * spec.in_w;
   const int64_t out_size = int64_t{spec.channels} * spec.out_h * spec.out_w;

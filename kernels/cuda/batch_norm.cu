@@ -128,15 +128,17 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void backward_eval_sum_kernel(const float* __restrict__ partials, float* __restrict__ dgamma,
                                          float* __restrict__ dbeta, int64_t c, int64_t segments, bool add_dgamma,
                                          bool add_dbeta) {
-  const int64_t ch = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (ch >= c) return;
-  float dg = 0.0f, db = 0.0f;
-  for (int64_t s = 0; s < segments; ++s) {
-    dg += partials[2 * (ch * segments + s)];
-    db += partials[2 * (ch * segments + s) + 1];
+  // Grid-stride: the launch's grid is capped, the channel count is not.
+  for (int64_t ch = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; ch < c;
+       ch += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float dg = 0.0f, db = 0.0f;
+    for (int64_t s = 0; s < segments; ++s) {
+      dg += partials[2 * (ch * segments + s)];
+      db += partials[2 * (ch * segments + s) + 1];
+    }
+    dgamma[ch] = add_dgamma ? dgamma[ch] + dg : dg;
+    dbeta[ch] = add_dbeta ? dbeta[ch] + db : db;
   }
-  dgamma[ch] = add_dgamma ? dgamma[ch] + dg : dg;
-  dbeta[ch] = add_dbeta ? dbeta[ch] + db : db;
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // CUDA twin of kernels/loss.h: one warp per row (blocks of 32 x kWarpRows, grid-stride over
 // rows), row sums and maxima by warp shuffles (kernels/cuda/warp.cuh).
 #include <cmath>
+#include <string>
 
 #include "kernels/common/l2norm.h"
 #include "kernels/common/softmax.h"
@@ -127,10 +128,13 @@ __global__ void argmax_max_prob_kernel(const float* logits, int32_t* argmax, flo
   TS_FOR_EACH_ROW(i, n) {
     const float* x = logits + i * k;
     // Each lane's first maximum, then a shuffle reduction that prefers the lower index on
-    // ties, so the answer is the row's first maximum as on the CPU.
+    // ties, so the answer is the row's first maximum as on the CPU. NaN as on the CPU
+    // (`x[j] > x[best]` from best = 0): a NaN at index 0 is the answer (nothing compares
+    // greater), a NaN elsewhere is never taken. So only lane 0 may start from a NaN; another
+    // lane starting from one would keep it and hide its partners' values in the reduction.
     float best = -INFINITY;
-    int best_j = static_cast<int>(k);  // k < 2^31, checked by the launcher
-    if (threadIdx.x < k) {
+    int best_j = static_cast<int>(k);  // k <= 2^31 - 33, checked by the launcher
+    if (threadIdx.x < k && (threadIdx.x == 0 || !isnan(x[threadIdx.x]))) {
       best = x[threadIdx.x];
       best_j = static_cast<int>(threadIdx.x);
     }
@@ -211,6 +215,9 @@ void cross_entropy_soft_backward(const float* logits, const float* targets, cons
 
 void argmax_max_prob(const float* logits, int32_t* argmax, float* max_prob, int64_t n, int64_t k) {
   if (n == 0) return;
+  if (k < 1 || k > (int64_t{1} << 31) - 33)  // 32-bit column indices, whose last `j += 32` stays in int
+    throw_status("CUDA", ("expected 1 to 2^31 - 33 classes, found " + std::to_string(k)).c_str(), "argmax_max_prob",
+                 __FILE__, __LINE__);
   argmax_max_prob_kernel<<<row_blocks(n), kRowBlock, 0, runtime().stream>>>(logits, argmax, max_prob, n, k);
   KERNEL_LAUNCH_CHECK();
 }

@@ -155,8 +155,8 @@ void max_pool2d_backward(const float* dy, const int32_t* argmax, float* dx, int6
 
 void global_avg_pool_forward(const float* x, float* y, int64_t planes, int64_t hw) {
   if (planes == 0) return;
-  if (hw > kMaxIndex32)
-    throw_status("CUDA", ("expected a plane of at most 2^31 - 1 elements, found " + std::to_string(hw)).c_str(),
+  if (hw > kMaxIndex32 - 32)  // a lane's last `k += 32` stays in int
+    throw_status("CUDA", ("expected a plane of at most 2^31 - 33 elements, found " + std::to_string(hw)).c_str(),
                  "global_avg_pool_forward", __FILE__, __LINE__);
   avg_pool_forward_kernel<<<grid_for(planes * 32), 256, 0, runtime().stream>>>(x, y, planes, static_cast<int>(hw));
   KERNEL_LAUNCH_CHECK();

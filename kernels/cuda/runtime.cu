@@ -13,16 +13,16 @@ Runtime& runtime() {
 }
 
 PlaneLaunch plane_launch(int64_t planes, int64_t plane_size, const char* kernel) {
-  if (plane_size > (int64_t{1} << 31) - 1)
-    throw std::runtime_error(std::string(kernel) + ": expected a plane of at most 2^31 - 1 elements (32-bit indices), found " +
-                             std::to_string(plane_size));
+  if (plane_size > kMaxPlaneElements)
+    throw std::runtime_error(std::string(kernel) + ": expected a plane of at most " + std::to_string(kMaxPlaneElements) +
+                             " elements (32-bit indices), found " + std::to_string(plane_size));
   int x = 32;
-  while (x < 256 && x < plane_size) x *= 2;
-  const int y = 256 / x;
+  while (x < kPlaneBlock && x < plane_size) x *= 2;
+  const int y = kPlaneBlock / x;
   const int64_t tiles = (plane_size + x - 1) / x, plane_groups = (planes + y - 1) / y;
   PlaneLaunch l;
   l.block = dim3(static_cast<unsigned>(x), static_cast<unsigned>(y));
-  l.grid = dim3(static_cast<unsigned>(tiles < 4096 ? (tiles > 0 ? tiles : 1) : 4096),
+  l.grid = dim3(static_cast<unsigned>(tiles < kPlaneGridX ? (tiles > 0 ? tiles : 1) : kPlaneGridX),
                 static_cast<unsigned>(plane_groups < 65535 ? (plane_groups > 0 ? plane_groups : 1) : 65535));
   return l;
 }

@@ -32,7 +32,10 @@ Runtime& runtime();
 // the block; grid.x tiles a plane and grid.y steps over planes, both capped (the kernels loop).
 //   for (int64_t p = blockIdx.y * blockDim.y + threadIdx.y; p < planes; p += gridDim.y * blockDim.y)
 //     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < plane_size; k += gridDim.x * blockDim.x)
-// A plane of more than 2^31 - 1 elements is an error naming `kernel`.
+// A plane of more than kMaxPlaneElements is an error naming `kernel`: the inner loop's last
+// `k += gridDim.x * blockDim.x` (at most 4096 * 256) must not pass 2^31 - 1 and wrap.
+constexpr int kPlaneGridX = 4096, kPlaneBlock = 256;
+constexpr int64_t kMaxPlaneElements = ((int64_t{1} << 31) - 1) - int64_t{kPlaneGridX} * kPlaneBlock;
 struct PlaneLaunch {
   dim3 grid, block;
 };

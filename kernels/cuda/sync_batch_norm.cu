@@ -47,17 +47,19 @@ __global__ void sums_kernel(const float* x, const float* shift, double* sums, in
 
 __global__ void stats_kernel(const double* sums, double count, float* mean, float* var, float* invstd,
                              float* running_mean, float* running_var, int64_t c, float momentum, float eps) {
-  const int64_t ch = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (ch >= c) return;
-  const double shifted = sums[ch] / count;  // the mean of x - running_mean
-  const double m = running_mean[ch] + shifted;
-  const double v = fmax(0.0, sums[c + ch] / count - shifted * shifted);
-  mean[ch] = static_cast<float>(m);
-  var[ch] = static_cast<float>(v);
-  invstd[ch] = static_cast<float>(1.0 / sqrt(v + eps));
-  const double unbiased = count > 1 ? v * count / (count - 1) : v;
-  running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * m);
-  running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] + momentum * unbiased);
+  // Grid-stride: the launch's grid is capped, the channel count is not.
+  for (int64_t ch = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; ch < c;
+       ch += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const double shifted = sums[ch] / count;  // the mean of x - running_mean
+    const double m = running_mean[ch] + shifted;
+    const double v = fmax(0.0, sums[c + ch] / count - shifted * shifted);
+    mean[ch] = static_cast<float>(m);
+    var[ch] = static_cast<float>(v);
+    invstd[ch] = static_cast<float>(1.0 / sqrt(v + eps));
+    const double unbiased = count > 1 ? v * count / (count - 1) : v;
+    running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * m);
+    running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] + momentum * unbiased);
+  }
 }
 
 __global__ void backward_sums_kernel(const float* x, const float* dy, const float* mean, const float* invstd,
@@ -79,10 +81,12 @@ __global__ void backward_sums_kernel(const float* x, const float* dy, const floa
 
 __global__ void grads_kernel(const double* local, float* dgamma, float* dbeta, int64_t c, bool add_dgamma,
                              bool add_dbeta) {
-  const int64_t ch = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (ch >= c) return;
-  dgamma[ch] = (add_dgamma ? dgamma[ch] : 0.0f) + static_cast<float>(local[c + ch]);
-  dbeta[ch] = (add_dbeta ? dbeta[ch] : 0.0f) + static_cast<float>(local[ch]);
+  // Grid-stride: the launch's grid is capped, the channel count is not.
+  for (int64_t ch = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; ch < c;
+       ch += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dgamma[ch] = (add_dgamma ? dgamma[ch] : 0.0f) + static_cast<float>(local[c + ch]);
+    dbeta[ch] = (add_dbeta ? dbeta[ch] : 0.0f) + static_cast<float>(local[ch]);
+  }
 }
 
 __global__ void apply_kernel(const float* x, const float* dy, const float* gamma, const float* mean,
@@ -106,6 +110,7 @@ unsigned blocks_for(int64_t n, int threads) {
 }  // namespace
 
 void batch_norm_sums(const float* x, const float* shift, double* sums, int64_t n, int64_t c, int64_t hw) {
+  if (c == 0) return;  // a grid of no blocks is a launch error
   sums_kernel<<<static_cast<unsigned>(c), kThreads, 0, runtime().stream>>>(x, shift, sums, n, c, hw);
   KERNEL_LAUNCH_CHECK();
 }
@@ -119,6 +124,7 @@ void batch_norm_sync_stats(const double* sums, double count, float* mean, float*
 
 void batch_norm_backward_sums(const float* x, const float* dy, const float* mean, const float* invstd, double* local,
                               double* global, int64_t n, int64_t c, int64_t hw) {
+  if (c == 0) return;
   backward_sums_kernel<<<static_cast<unsigned>(c), kThreads, 0, runtime().stream>>>(x, dy, mean, invstd, local, global,
                                                                                     n, c, hw);
   KERNEL_LAUNCH_CHECK();
