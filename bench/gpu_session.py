@@ -207,6 +207,9 @@ def phase_check(s):
     for name in ("suite", "twins"):
         if name in p:
             s.row(f"gpu-check {name}", p[name]["status"], "", "", p[name]["detail"][:200])
+    if "census_line" in summary:  # which kernels the tests ran on CUDA (tests/gpu_check.py, census)
+        s.facts["census"] = summary.get("census", {})
+        s.row("kernel census", f"{len(s.facts['census'].get('cuda', []))} on CUDA", "", "", summary["census_line"][:400])
     statuses = [p[n]["status"] for n in ("suite", "twins") if n in p]
     status = ("FAIL" if "FAIL" in statuses else "INCOMPLETE" if timed_out or "INCOMPLETE" in statuses or not statuses
               else "PASS" if all(x == "PASS" for x in statuses) else "CPU-ONLY")

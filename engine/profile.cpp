@@ -7,7 +7,11 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <mutex>
+#include <string>
 #include <tuple>
+
+#include <unistd.h>
 
 #include "engine/check.h"
 #include "engine/device.h"
@@ -29,11 +33,44 @@ namespace {
 // is read once, so a run without a tool never builds a range name. TESSERA_NVTX=0|1
 // overrides the guess.
 unsigned initial_hooks() {
+  unsigned hooks = 0;
 #if TESSERA_CUDA
-  if (const char* force = std::getenv("TESSERA_NVTX")) return force[0] == '1' ? detail::kNvtx : 0u;
-  if (std::getenv("NVTX_INJECTION64_PATH")) return detail::kNvtx;
+  if (const char* force = std::getenv("TESSERA_NVTX")) hooks = force[0] == '1' ? detail::kNvtx : 0u;
+  else if (std::getenv("NVTX_INJECTION64_PATH")) hooks = detail::kNvtx;
 #endif
-  return 0u;
+  const char* census = std::getenv("TESSERA_KERNEL_CENSUS");
+  if (census && *census) hooks |= detail::kCensus;
+  return hooks;
+}
+
+// The kernel census (TESSERA_KERNEL_CENSUS=DIR): calls per (device, kernel), written when the
+// process exits normally (a static's destructor). Kernel names are string literals.
+class Census {
+ public:
+  void count(const char* kernel, Device device) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++calls_[{device == Device::CUDA ? "cuda" : "cpu", kernel}];
+  }
+  ~Census() {
+    const char* dir = std::getenv("TESSERA_KERNEL_CENSUS");
+    if (!dir || !*dir || calls_.empty()) return;
+    char path[4096];
+    std::snprintf(path, sizeof path, "%s/kernels-%ld.tsv", dir, static_cast<long>(::getpid()));
+    if (FILE* f = std::fopen(path, "w")) {
+      for (const auto& [key, n] : calls_)
+        std::fprintf(f, "%s\t%s\t%lld\n", key.first.c_str(), key.second.c_str(), static_cast<long long>(n));
+      std::fclose(f);
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<std::pair<std::string, std::string>, int64_t> calls_;
+};
+
+Census& census() {
+  static Census c;
+  return c;
 }
 
 // A point in time: a host clock reading or a CUDA event recorded on the engine's stream.
@@ -148,6 +185,7 @@ std::atomic<unsigned> g_hooks{initial_hooks()};
 void KernelScope::start(const char* kernel) {
   active_ = true;
   const unsigned hooks = detail::g_hooks.load(std::memory_order_relaxed);
+  if (hooks & detail::kCensus) census().count(kernel, device_);
   if (hooks & detail::kNvtx) {
     char name[192];
     if (t_layer[0]) std::snprintf(name, sizeof name, "%s/%s", kernel, layer_display_name(t_layer).c_str());

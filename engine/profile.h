@@ -14,7 +14,12 @@
 //             (phase, kernel, layer) and printed as a table with share of the step time and,
 //             where the kernel declares its cost (kernels/common/cost.h), GB/s and TFLOP/s.
 //
-// With neither listening a dispatch costs one relaxed atomic load and a branch: no clock,
+//   Census    with TESSERA_KERNEL_CENSUS=DIR in the environment, every kernel call is counted
+//             by (device, kernel), and the counts are written at exit to DIR/kernels-PID.tsv
+//             (device, kernel, calls per line). gpu-check sets it for the suite and the twins:
+//             which kernels the tests ran on CUDA, and which only on the CPU.
+//
+// With none listening a dispatch costs one relaxed atomic load and a branch: no clock,
 // no event, no string, no synchronisation. tests/profile_test.cpp counts this.
 //
 // Names. The layer label is thread-local: a LayerScope sets it (model code around a layer,
@@ -36,7 +41,7 @@
 namespace tessera::profile {
 
 namespace detail {
-enum : unsigned { kNvtx = 1u, kTiming = 2u };
+enum : unsigned { kNvtx = 1u, kTiming = 2u, kCensus = 4u };
 extern std::atomic<unsigned> g_hooks;  // which listeners are on; 0 = the fast path
 }  // namespace detail
 

@@ -175,6 +175,8 @@ class Results:
         lines += ["", "| phase | status | seconds | detail |", "|---|---|---|---|"]
         for name, p in d["phases"].items():
             lines.append(f"| {name} | {p['status']} | {p['seconds']} | {p['detail']} |")
+        if "census_line" in d:
+            lines += ["", d["census_line"]]
         for phase, suites in d["tests"].items():
             lines += ["", f"## {phase}: tests by suite", "", "| suite | passed | failed | skipped | GPU skips |",
                       "|---|---|---|---|---|"]
@@ -551,6 +553,9 @@ def start_gtest(args, res, phase, gtest_filter, shards=1, env_extra=None, wrappe
         if shards > 1:
             env.update(GTEST_TOTAL_SHARDS=str(shards), GTEST_SHARD_INDEX=str(k))
         env.update(mpi_env(env))
+        # Every kernel call counted by device, written at exit (engine/profile.h): census()
+        env["TESSERA_KERNEL_CENSUS"] = res.path("census")
+        os.makedirs(env["TESSERA_KERNEL_CENSUS"], exist_ok=True)
         env.update(env_extra or {})
         suffix = f"-{k}" if shards > 1 else ""
         xml = res.path(f"{phase}{suffix}.xml")
@@ -650,6 +655,31 @@ def gtest_phase(args, res, phase, gtest_filter, seconds, gpu_listed, shards=1, e
         tests, problems, timed_out, running = run_gtest(args, res, phase, gtest_filter, seconds, shards, env_extra)
     status, detail = judge_tests(res, phase, tests, problems, timed_out, running, gpu_listed, seconds, note)
     res.phase(phase, status, time.monotonic() - t0, detail, filter=gtest_filter, shards=shards)
+
+
+def census(res):
+    """Which kernels the suite and the twins (and the programs they started) ran on CUDA and on
+    the CPU, from the files TESSERA_KERNEL_CENSUS made them write at exit. A kernel the CPU ran
+    and CUDA never did had no CUDA-vs-CPU comparison in this run."""
+    d = res.path("census")
+    calls = {}
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        with open(os.path.join(d, name), errors="replace") as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) == 3 and parts[2].isdigit():
+                    calls[(parts[0], parts[1])] = calls.get((parts[0], parts[1]), 0) + int(parts[2])
+    if not calls:
+        return
+    on = {dev: sorted(k for dv, k in calls if dv == dev) for dev in ("cuda", "cpu")}
+    # The CPU's fast tier (*_onednn) has no CUDA twin by design: its reference is the CPU's own.
+    never = sorted(k for k in set(on["cpu"]) - set(on["cuda"]) if not k.endswith("_onednn"))
+    res.data["census"] = {"cuda": on["cuda"], "cpu": on["cpu"], "never_on_cuda": never,
+                          "calls": {f"{dv} {k}": n for (dv, k), n in sorted(calls.items())}}
+    res.data["census_line"] = (f"kernel census: {len(on['cuda'])} kernels ran on CUDA, {len(on['cpu'])} on the CPU; "
+                               f"never on CUDA (the CPU's *_onednn tier aside): {', '.join(never) or 'none'}")
+    res.save()
+    log("gpu-check: " + res.data["census_line"])
 
 
 # ---- memcheck --------------------------------------------------------------------------------
@@ -800,6 +830,7 @@ def main(argv):
         elif phase == "memcheck":
             memcheck(args, res, box("memcheck"), gpu_listed)
 
+    census(res)
     statuses = [p["status"] for p in res.data["phases"].values()]
     failed = [n for n, p in res.data["phases"].items() if p["status"] == FAIL]
     if failed:

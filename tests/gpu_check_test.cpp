@@ -200,6 +200,22 @@ TEST_F(GpuCheck, RehearsalExpectsGpuSkipsAndIsNeverAPass) {
   EXPECT_NE(phase_detail(r, "suite").find("1 GPU tests skipped as expected"), std::string::npos) << r.output;
 }
 
+// The kernel census: gpu-check hands the test binary TESSERA_KERNEL_CENSUS=DIR and sums the
+// files it writes there; a kernel the CPU ran and CUDA did not is named (the CPU fast tier's
+// *_onednn kernels aside, which have no CUDA twin).
+TEST_F(GpuCheck, KernelCensusNamesTheKernelsNeverRunOnCuda) {
+  const std::string stub = stub_tests("stub suite", suite_xml(false),
+                                      "printf 'cpu\\tconv2d_forward\\t4\\ncuda\\tconv2d_forward\\t4\\ncpu\\tsum_forward\\t2\\n"
+                                      "cpu\\tconv2d_forward_onednn\\t3\\n' > \"$TESSERA_KERNEL_CENSUS/kernels-$$.tsv\"");
+  const CheckRun r = check("--rehearse --phases suite --shards 1 --tests-bin " + stub);
+  EXPECT_NE(r.output.find("kernel census: 1 kernels ran on CUDA, 3 on the CPU; never on CUDA (the CPU's *_onednn "
+                          "tier aside): sum_forward"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.summary.value("/census/never_on_cuda"_json_pointer, nlohmann::json::array()),
+            nlohmann::json::array({"sum_forward"}));
+}
+
 TEST_F(GpuCheck, BinaryThatDiesWithoutItsXmlFails) {
   with_fake_gpu();
   const std::string stub = stub_tests("[ RUN      ] Conv.Forward", "", "kill -SEGV $$");

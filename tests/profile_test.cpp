@@ -5,14 +5,17 @@
 // checked through what holds on any machine (spans nested inside others are no longer than
 // them, sums add up, a known sleep takes at least its length, in the bucket it was in).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
+#include <string>
 #include <thread>
 #include <tuple>
 
@@ -436,6 +439,32 @@ TEST(Profile, WindowCutShortIsReportedByFinish) {
   prof.finish();
   ASSERT_TRUE(prof.window_done());
   EXPECT_EQ(prof.report()->steps, 3);
+}
+
+// The kernel census (TESSERA_KERNEL_CENSUS=DIR): this binary, run on one op case, writes
+// DIR/kernels-PID.tsv at exit with the kernels it dispatched, by device, and their calls.
+TEST(Profile, KernelCensusListsTheDispatchedKernelsAtExit) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / ("tessera_census_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  const std::string cmd = "TESSERA_KERNEL_CENSUS='" + dir.string() + "' OMP_NUM_THREADS=1 '" + self +
+                          "' --gtest_filter=BackendOpsGrad.max_pool2d_3x3_s2_p1 >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::map<std::string, long> calls;  // "device kernel" -> calls
+  int files = 0;
+  for (const auto& f : fs::directory_iterator(dir)) {
+    ++files;
+    std::ifstream in(f.path());
+    std::string device, kernel;
+    for (long n; in >> device >> kernel >> n;) calls[device + " " + kernel] += n;
+  }
+  EXPECT_EQ(files, 1);
+  EXPECT_GT(calls["cpu max_pool2d_forward"], 0);
+  EXPECT_GT(calls["cpu max_pool2d_backward"], 0);
+  for (const auto& [key, n] : calls) EXPECT_EQ(key.rfind("cpu ", 0), 0u) << key << ": not on the CPU";
+  fs::remove_all(dir);
 }
 
 TEST(Profile, StepWindowParsing) {
