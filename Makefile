@@ -427,7 +427,10 @@ gpu-bundle:
 	  kib=$$(du -sk --apparent-size . | cut -f1); \
 	  echo "gpu-bundle: $$(ls *.deb | wc -l) packages, $$((kib / 1024)) MiB in .gpu-bundle/ (limit $(GPU_BUNDLE_MAX_MIB) MiB)"; \
 	  if [ $$kib -gt $$(($(GPU_BUNDLE_MAX_MIB) * 1024)) ]; then \
-	    echo "gpu-bundle: $$((kib / 1024)) MiB is over the $(GPU_BUNDLE_MAX_MIB) MiB limit (the working tree that travels is 64 MiB in all): trim GPU_BUNDLE_PACKAGES" >&2; exit 1; fi
+	    echo "gpu-bundle: $$((kib / 1024)) MiB is over the $(GPU_BUNDLE_MAX_MIB) MiB limit (the working tree that travels is 64 MiB in all): trim GPU_BUNDLE_PACKAGES" >&2; exit 1; fi; \
+	  commit=$$(git rev-parse --short HEAD 2>/dev/null || echo '?'); \
+	  if [ -n "$$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit="$$commit+changes"; fi; \
+	  echo "$$commit" > COMMIT; echo "gpu-bundle: commit $$commit (.gpu-bundle/COMMIT: the gpu-log row's, where .git does not travel)"
 
 # gpu-check: tests/gpu_check.py (phases probe, build, suite, twins, memcheck; exit 0 PASS,
 # 1 FAIL, 3 no GPU here, 4 incomplete). GPU_CHECK_ARGS='--rehearse' runs it without a GPU.
@@ -436,7 +439,8 @@ gpu-check:
 
 # gpu-session: the one prepared GPU run (bench/gpu_session.py, docs/gpu-log.md): build,
 # gpu-check, the benches beside PyTorch's, 300-step byol and fixmatch, one table. OUT=DIR
-# receives the results; GPU_SESSION_ARGS='--budget 200 --phases check,bench' for a rerun.
+# receives the results; GPU_SESSION_ARGS='--phases check,bench' for part of it. On a machine
+# without make: python3 bench/gpu_session.py --out DIR (it builds with the bundle's make).
 gpu-session:
 	@if [ -z "$(OUT)" ]; then echo "gpu-session: expected OUT=DIR (the results folder), found none" >&2; exit 2; fi
 	@PYTHONUNBUFFERED=1 python3 bench/gpu_session.py --out "$(OUT)" $(GPU_SESSION_ARGS)

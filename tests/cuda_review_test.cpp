@@ -462,7 +462,8 @@ TEST(AugmentBoundsCuda, OutOfRangeIndexTrapsAndIsReportedByTheKernel) {
   namespace fs = std::filesystem;
   const fs::path self = fs::read_symlink("/proc/self/exe");
   const fs::path log = fs::temp_directory_path() / ("tessera_augment_trap_" + std::to_string(::getpid()));
-  const std::string cmd = "TESSERA_TESTS_AUGMENT_TRAP=1 '" + self.string() +
+  // Not a shard of a sharded run (gpu-check): the child's one test would land in shard 0 only.
+  const std::string cmd = "env -u GTEST_TOTAL_SHARDS -u GTEST_SHARD_INDEX TESSERA_TESTS_AUGMENT_TRAP=1 '" + self.string() +
                           "' --gtest_filter=AugmentBoundsCuda.OutOfRangeIndexTrapsAndIsReportedByTheKernel > '" +
                           log.string() + "' 2>&1";
   const int rc = std::system(cmd.c_str());

@@ -571,7 +571,9 @@ TEST(Distributed, AStoppedRankIsCaughtByTheCollectiveTimeout) {
 // `summary` (tests/main.cpp's last line) from both ranks: rank 1's gtest lines are in the
 // output too (the test binary does not silence other ranks).
 void run_rank_tests(const std::string& filter, const std::string& summary) {
-  const std::string cmd = cat("env ", kMpiEnv, " OMP_NUM_THREADS=1 mpirun -np 2 --oversubscribe --bind-to none '",
+  // Without the shard variables of a sharded run (gpu-check): the ranks run all of `filter`.
+  const std::string cmd = cat("env -u GTEST_TOTAL_SHARDS -u GTEST_SHARD_INDEX ", kMpiEnv,
+                              " OMP_NUM_THREADS=1 mpirun -np 2 --oversubscribe --bind-to none '",
                               fs::read_symlink("/proc/self/exe").string(), "' --gtest_filter='", filter,
                               "' --gtest_brief=1 2>&1");
   std::string output;

@@ -77,7 +77,10 @@ def log(msg=""):
 
 class Boxed:
     """One child process in its own session, its output in a file, killed with its whole
-    process group when its deadline passes."""
+    process group when its deadline passes, or when this checker is itself stopped (SIGTERM
+    from gpu-session's time box: see on_sigterm)."""
+
+    running = []  # every Boxed started and not yet waited for
 
     def __init__(self, cmd, log_path, env=None, cwd=ROOT):
         self.log_path = log_path
@@ -89,6 +92,7 @@ class Boxed:
             self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                          start_new_session=True)
             self.error = None
+            Boxed.running.append(self)
         except OSError as e:
             self.proc, self.error = None, str(e)
         self.rc, self.timed_out, self.seconds = None, False, 0.0
@@ -104,6 +108,8 @@ class Boxed:
                 self.kill()
         self.seconds = time.monotonic() - self.start
         self.out.close()
+        if self in Boxed.running:
+            Boxed.running.remove(self)
         return self
 
     def kill(self):
@@ -117,6 +123,19 @@ class Boxed:
                 break
             except subprocess.TimeoutExpired:
                 continue
+
+
+def on_sigterm(signum, frame):
+    """Stopped from outside: the children run in sessions of their own, so they would outlive
+    this process (and keep the GPU busy during the next phase): end them first."""
+    for b in list(Boxed.running):
+        if b.proc is not None and b.proc.poll() is None:
+            try:
+                os.killpg(b.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    log("gpu-check: stopped from outside (SIGTERM); its children were ended")
+    sys.exit(EXIT_INCOMPLETE)
 
 
 def run_boxed(cmd, log_path, seconds, env=None):
@@ -432,7 +451,11 @@ def build(args, res, seconds, gpu_listed):
     # project is -Werror clean with, and a new warning must not cost the visit (they are listed).
     make_args = ["CUDA=1", "WERROR=0"]
     if prefix:
-        make_args.append(f"DEPS_PREFIX={prefix}")
+        # MPI=0: the bundle's libmpi.so.40 carries a RUNPATH of Debian's own folder, so the loader
+        # would look for its libopen-rte / libopen-pal / libhwloc there and not in the bundle
+        # (the programs' rpath does not reach a library's own dependencies once it has a
+        # RUNPATH); and one GPU runs no multi-rank test. The MPI and NCCL code is built here.
+        make_args += [f"DEPS_PREFIX={prefix}", "MPI=0"]
     cc = res.data.get("nvidia_smi", {}).get("compute_cap", "")
     if gpu_listed and re.fullmatch(r"\d+\.\d+", cc) and not any(a.startswith("CUDA_ARCHS=") for a in args.make_arg):
         sm = cc.replace(".", "")
@@ -449,7 +472,9 @@ def build(args, res, seconds, gpu_listed):
         res.phase("build", FAIL, time.monotonic() - t0, f"make cuda-config failed: {first[-1] if first else '?'}")
         return False
     jobs = args.jobs or os.cpu_count() or 2
-    b = Boxed([make, f"-j{jobs}", "--no-print-directory", *make_args, "all"], res.path("build.log"), env).wait(deadline)
+    # The loader check and the library probe after make (up to 25 s) stay inside the box.
+    b = Boxed([make, f"-j{jobs}", "--no-print-directory", *make_args, "all"], res.path("build.log"), env).wait(
+        max(time.monotonic() + 1, deadline - 25))
     secs = time.monotonic() - t0
     if b.timed_out:
         res.phase("build", INCOMPLETE, secs, f"make did not finish within {seconds:.0f} s (build.log)")
@@ -550,6 +575,8 @@ def start_gtest(args, res, phase, gtest_filter, shards=1, env_extra=None, wrappe
     for k in range(shards):
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(threads or max(1, cpus // shards)))
+        for v in ("GTEST_TOTAL_SHARDS", "GTEST_SHARD_INDEX"):  # ours only, not inherited
+            env.pop(v, None)
         if shards > 1:
             env.update(GTEST_TOTAL_SHARDS=str(shards), GTEST_SHARD_INDEX=str(k))
         env.update(mpi_env(env))
@@ -772,6 +799,7 @@ def parse_args(argv):
 
 
 def main(argv):
+    signal.signal(signal.SIGTERM, on_sigterm)
     args = parse_args(argv)
     start = time.monotonic()
     res = Results(os.path.abspath(args.out))
