@@ -162,7 +162,7 @@ TEST_F(GpuCheck, ListedGpuThatDoesNotInitialiseFailsAndSaysWhy) {
   const CheckRun r = check("--phases probe --tests-bin /nonexistent");
   EXPECT_EQ(r.rc, 1) << r.output;
   // The first line is the GPU and driver as nvidia-smi gives them; then the libraries; then why.
-  EXPECT_EQ(r.output.rfind("gpu-check: GPU NVIDIA H200 (143771 MiB, compute 9.0); driver 580.159.03", 0), 0)
+  EXPECT_EQ(r.output.rfind("gpu-check: GPU NVIDIA H200 (143771 MiB, compute 9.0); driver 580.159.03", 0), 0u)
       << r.output;
   EXPECT_NE(r.output.find("gpu-check: libraries ("), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("gpu-check: CUDA did not initialise: "), std::string::npos) << r.output;
