@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """gpu-session: the one prepared GPU run (issue 13, section 4; docs/gpu-log.md).
 
-    make gpu-session OUT=DIR [GPU_SESSION_ARGS='--budget 200 --phases check,bench']
-    python3 bench/gpu_session.py --out DIR [--budget 450] [--phases ...] [--no-build]
+    python3 bench/gpu_session.py --out DIR [--budget 540] [--phases ...] [--no-build]
+    make gpu-session OUT=DIR [GPU_SESSION_ARGS='--phases check,bench']   (where make exists)
 
 Phases, in this order (the most decisive first, so a run cut short has learned the most):
 
