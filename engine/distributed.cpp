@@ -95,6 +95,10 @@ class Mpi final : public Communicator {
     // Only the training thread calls MPI (the loader's thread never does).
     if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
       throw Error("MPI_Init_thread failed: is this process started by mpirun / srun with a matching MPI?");
+    // The main thread alone calls MPI, but OpenMP and the loader run threads beside it.
+    if (provided < MPI_THREAD_FUNNELED)
+      throw Error(cat("MPI_Init_thread: expected thread support MPI_THREAD_FUNNELED (", int(MPI_THREAD_FUNNELED),
+                      ") or more, found ", provided));
     // Errors come back as codes (checked below), so a failure ends the job with a message.
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
@@ -232,7 +236,7 @@ class Mpi final : public Communicator {
       if (q == cudaSuccess) return;
       if (q != cudaErrorNotReady) abort(cat(what, ": CUDA error: ", cudaGetErrorString(q)), 1);
       ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(nccl_, &async);
+      nccl_check(ncclCommGetAsyncError(nccl_, &async), what);
       nccl_check(async, what);
       if (polls > 200) std::this_thread::sleep_for(std::chrono::microseconds(20));
       if (polls % 64 == 0 && seconds_since(start) > timeout_s_) timed_out(what);
