@@ -122,17 +122,20 @@ void init_cuda() {
   // One GPU per rank of this machine (engine/distributed.h); GPU 0 for one process.
   int count = 0;
   CUDA_CHECK(cudaGetDeviceCount(&count));
+  // A launcher that gives each rank only its own GPU (srun --gpus-per-task=1, a per-rank
+  // CUDA_VISIBLE_DEVICES) leaves every rank seeing one: that one is the rank's.
   const int local = dist::world().local_rank();
-  if (local >= count)
+  if (count > 1 && local >= count)
     throw Error(cat("rank ", dist::world().rank(), " is local rank ", local, " of its machine, which has ", count,
                     " GPUs: expected at most one rank per GPU"));
-  CUDA_CHECK(cudaSetDevice(local));
+  const int gpu = count == 1 ? 0 : local;
+  CUDA_CHECK(cudaSetDevice(gpu));
   CUDA_CHECK(cudaStreamCreateWithFlags(&rt.stream, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasCreate(&rt.cublas));
   CUBLAS_CHECK(cublasSetStream(rt.cublas, rt.stream));
   CUDNN_CHECK(cudnnCreate(&rt.cudnn));
   CUDNN_CHECK(cudnnSetStream(rt.cudnn, rt.stream));
-  CUDA_CHECK(cudaDeviceGetAttribute(&rt.sm_count, cudaDevAttrMultiProcessorCount, local));
+  CUDA_CHECK(cudaDeviceGetAttribute(&rt.sm_count, cudaDevAttrMultiProcessorCount, gpu));
   apply_cuda_options();
 #else
   no_cuda("init_cuda");
@@ -182,6 +185,7 @@ std::atomic<int64_t> g_synchronize_count{0};
 }
 
 int64_t synchronize_count() { return g_synchronize_count.load(); }
+void count_host_wait() { g_synchronize_count.fetch_add(1, std::memory_order_relaxed); }
 
 void synchronize(Device d) {
   g_synchronize_count.fetch_add(1, std::memory_order_relaxed);

@@ -24,11 +24,14 @@ Device select_device(const std::string& flag, std::string* note);
 void init_cuda();
 std::string device_description(Device d);  // "cpu (2 threads)" or "NVIDIA H100 (sm_90, 80 GiB)"
 
-// Waits for all queued work on the device (no-op on the CPU). Only at I/O boundaries.
+// Waits for the work queued on the engine's stream (not the loader's copy stream; no-op on the
+// CPU). Only at I/O boundaries.
 void synchronize(Device d);
-// How many times synchronize() was called (any device): tests check that a step, with
+// How many times the host waited for the device: synchronize() calls and copies between a
+// CUDA tensor and host memory (copy() waits for those). Tests check that a step, with
 // profiling off, adds none.
 int64_t synchronize_count();
+void count_host_wait();  // copy()'s waits
 
 // Called by the dispatch macro when a CUDA tensor reaches a CPU-only build.
 [[noreturn]] void no_cuda(const char* op);

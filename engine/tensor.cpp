@@ -168,8 +168,10 @@ void copy(const Tensor& dst, const Tensor& src) {
 #if TESSERA_CUDA
   CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, src.bytes(), cudaMemcpyDefault,
                              kernels::cuda::runtime().stream));
-  if (dst.device == Device::CPU || src.device == Device::CPU)
+  if (dst.device == Device::CPU || src.device == Device::CPU) {
     CUDA_CHECK(cudaStreamSynchronize(kernels::cuda::runtime().stream));
+    count_host_wait();
+  }
 #else
   no_cuda("copy");
 #endif

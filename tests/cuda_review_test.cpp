@@ -337,6 +337,7 @@ struct BnBackwardCase {
     OwnedTensor tx = up(x), tdy = up(dy), tg = up(gamma), tm = up(mean), ts = up(invstd), tv = up(var);
     OwnedTensor dx(d, Shape{n * c * hw}), dgamma(d, Shape{c}), dbeta(d, Shape{c});
     OwnedTensor scratch(d, Shape{kernels::batch_norm_backward_eval_scratch(n, c, hw)});
+    fill_value(scratch.t, std::numeric_limits<float>::quiet_NaN());  // read before written: NaN
     fill_value(dx.t, init);
     fill_value(dgamma.t, init);
     fill_value(dbeta.t, init);

@@ -575,7 +575,9 @@ def start_gtest(args, res, phase, gtest_filter, shards=1, env_extra=None, wrappe
     for k in range(shards):
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(threads or max(1, cpus // shards)))
-        for v in ("GTEST_TOTAL_SHARDS", "GTEST_SHARD_INDEX"):  # ours only, not inherited
+        # Ours only, not inherited: the shards, and the twins' stand-in (the CPU in the GPU's
+        # place), which only --twins-stand-in on a machine without a GPU may set (env_extra).
+        for v in ("GTEST_TOTAL_SHARDS", "GTEST_SHARD_INDEX", "TESSERA_TWINS_STAND_IN"):
             env.pop(v, None)
         if shards > 1:
             env.update(GTEST_TOTAL_SHARDS=str(shards), GTEST_SHARD_INDEX=str(k))

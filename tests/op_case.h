@@ -90,7 +90,7 @@ struct OpCase {
   float eps = 1e-2f;       // finite-difference step h
   float grad_tol = 1e-2f;  // vector rule (see above); loosen only with a comment saying why
   float elem_tol = 1e-2f;  // element rule (see above); the same
-  float cuda_tol = 1e-4f;  // CUDA vs CPU: |cuda - cpu| <= cuda_tol * max(1, |cpu|)
+  float cuda_tol = 1e-4f;  // CUDA vs CPU: |cuda_i - cpu_i| <= cuda_tol * max_j |cpu_j| per tensor
   int full_check_limit = 4096;  // inputs with at most this many elements are checked whole
   int max_checked = 256;        // larger ones: this many spread elements plus the label positions
   bool differentiable = true;  // false: no gradient check (forward-only ops)
@@ -111,6 +111,10 @@ struct OpCaseRegistrar {
 // Runs the checks; returns "" on success or the failure report.
 std::string run_gradient_check(const OpCase& c);
 std::string run_cuda_comparison(const OpCase& c);
+// The comparison run_cuda_comparison makes per tensor: "" or the first element outside
+// |got_i - want_i| <= tol * max_j |want_j|, and how many; a non-finite got_i fails.
+std::string compare_to_reference(const char* what, const std::vector<float>& got, const std::vector<float>& want,
+                                 float tol);
 
 // What the gradient check works from, for tests of the cases themselves: input k's values
 // (f32 inputs; labels as floats) and the elements of input k it checks, in increasing order

@@ -62,6 +62,22 @@ TEST(GradientCheck, RejectsAWrongScaleOfATinyGradient) {
   }
 }
 
+// The CUDA-vs-CPU rule is relative to the tensor's largest value: a gradient of size 1e-4
+// (a mean over 10,000) scaled by 0.7, or left unwritten, fails; float32 drift passes.
+TEST(CudaComparisonRule, RejectsAWrongScaleOfATinyTensor) {
+  std::vector<float> want(100), drift(100), scaled(100), zero(100, 0.0f), nan(100);
+  for (size_t i = 0; i < want.size(); ++i) {
+    want[i] = 1e-4f * std::sin(0.3f * float(i) + 0.1f);
+    drift[i] = want[i] * (1.0f + 3e-7f * float(i % 5));
+    scaled[i] = 0.7f * want[i];
+    nan[i] = i == 42 ? std::nanf("") : want[i];
+  }
+  EXPECT_EQ(compare_to_reference("g", drift, want, 1e-4f), "");
+  EXPECT_TRUE(contains(compare_to_reference("g", scaled, want, 1e-4f), "outside tolerance"));
+  EXPECT_TRUE(contains(compare_to_reference("g", zero, want, 1e-4f), "outside tolerance"));
+  EXPECT_TRUE(contains(compare_to_reference("g", nan, want, 1e-4f), "g[42]"));
+}
+
 // One element off by 30% among 3000 right ones moves the vector by 0.3 / sqrt(3000) = 0.5%
 // of its length, inside grad_tol: the element rule is what sees it.
 TEST(GradientCheck, RejectsOneWrongElementAmongThousands) {

@@ -158,7 +158,8 @@ const Program& byol_program() {
         "--preserve-prob", "0.7", "--granularity", "channel", "--bn-buffers", "own", "--seed", "3",
         "--log-every", "1", "--save-every", "1000", "--threads", "1", "--eval-batch", "50", "--probe-epochs", "1",
         // The CPU side is the oracle: the reference kernels, whose drift the tolerances were measured on.
-        "--cpu-kernels", "reference"};
+        // FP32 math on the GPU: the default (pytorch) lets cuDNN use TF32, ~1e-3 from the CPU.
+        "--cpu-kernels", "reference", "--math", "fp32"};
     b.step_recipe = with(common, {"--lr", "0.05"});
     b.run_recipe = with(common, {"--lr", "1e-4"});
     b.parts = {{"backbone", "", "student.backbone.", "backbone.smoothing."},
@@ -191,7 +192,7 @@ const Program& fixmatch_program() {
                      "--mu", "2", "--steps", std::to_string(kSteps + 1), "--threshold", "0.15", "--smoothing", "sts",
                      "--granularity", "channel", "--preserve-prob", "0.5", "--momentum", "0.99", "--pseudo-labels",
                      "teacher", "--seed", "3", "--eval-every", "0", "--eval-batch", "25", "--log-every", "1",
-                     "--save-every", "1000", "--threads", "1", "--cpu-kernels", "reference"};
+                     "--save-every", "1000", "--threads", "1", "--cpu-kernels", "reference", "--math", "fp32"};
     // The 20-step run at the recipe's lr 0.03 is chaotic: a difference of one ulp grew 10x per
     // step from step 13 on (1e-6 -> 1e-3 in the loss by step 20) between two OpenBLAS kernels
     // in the -O1 sanitizer build, so its drift measured luck, not the backends. At lr 1e-3 it
@@ -318,19 +319,20 @@ const Trajectory* cpu_chain(const Program& p) {
 }
 
 // One uninterrupted run of the run recipe on `device`, in this process. Built once per
-// (program, device). On the CPU, where the run recipe is the step recipe, the CPU chain is that
-// run (bit for bit: the CPU halves check it).
-const std::string* whole_run(const Program& p, const std::string& device) {
+// (program, device, side). On the CPU, where the run recipe is the step recipe, the CPU chain is
+// that run (bit for bit: the CPU halves check it). `gpu_side`: the run a GPU half compares, a
+// run of its own even when the CPU stands in for the GPU (else it would be compared with itself).
+const std::string* whole_run(const Program& p, const std::string& device, bool gpu_side = false) {
   static std::map<std::string, std::unique_ptr<std::string>> done;
-  const std::string key = p.name + "/" + device;
+  const std::string key = p.name + "/" + device + (gpu_side ? "/gpu-side" : "");
   if (done.count(key)) return done[key].get();
   std::unique_ptr<std::string>& slot = done[key];
-  if (device == "cpu" && p.run_recipe == p.step_recipe) {
+  if (device == "cpu" && !gpu_side && p.run_recipe == p.step_recipe) {
     const Trajectory* chain = cpu_chain(p);
     if (chain) slot = std::make_unique<std::string>(chain->dir);
     return slot.get();
   }
-  const std::string dir = fixture().root + "/" + p.name + "_whole_" + device;
+  const std::string dir = fixture().root + "/" + p.name + "_whole_" + device + (gpu_side ? "_gpu_side" : "");
   const int rc =
       run_here(p, with(p.run_recipe, {"--out", dir, "--device", device, "--stop-after", std::to_string(kSteps)}));
   if (rc != 0) {
@@ -697,7 +699,7 @@ void check_run(const Program& p, const std::string& other, const std::string& ti
 
 // N steps on the GPU from the seed against N steps on the CPU.
 void cuda_run(const Program& p, const std::string& device) {
-  const std::string* gpu = whole_run(p, device);
+  const std::string* gpu = whole_run(p, device, /*gpu_side=*/true);
   ASSERT_NE(gpu, nullptr);
   check_run(p, *gpu, p.name + ", " + device + " against cpu, " + std::to_string(kSteps) + " steps from the seed");
 }
@@ -713,12 +715,13 @@ TEST(Twins, FixMatchCudaRunMatchesCpuRun) {
 
 // Stopped after 7 and 13 steps and resumed, each part in a fresh process, on the GPU: the same
 // run as the uninterrupted one, bit for bit. Every algorithm the programs run on the GPU is
-// deterministic: cuDNN's are chosen so (kernels/cuda/conv.cu), cuBLAS's sgemm is, and the
-// reductions of the engine's own kernels have a fixed order (the atomics left are integer
-// counts). One exception is possible: when no deterministic cuDNN algorithm fits a shape,
-// conv.cu falls back to the fastest one; nothing reports that, so if this fails, look there first.
+// deterministic: cuDNN's are chosen so (kernels/cuda/conv.cu: with none deterministic for a
+// shape the run stops with an error), cuBLAS's sgemm is, and the reductions of the engine's own
+// kernels have a fixed order (the atomics left are integer counts). Should a chosen cuDNN
+// algorithm refuse to run, conv.cu moves to the next deterministic one and says so on stderr;
+// if this fails, look for that line first.
 void cuda_resume(const Program& p, const std::string& device) {
-  const std::string* whole = whole_run(p, device);
+  const std::string* whole = whole_run(p, device, /*gpu_side=*/true);
   ASSERT_NE(whole, nullptr);
   const std::string parts = fixture().root + "/" + p.name + "_parts_" + device;
   ASSERT_EQ(run_apart(p, with(p.run_recipe, {"--out", parts, "--device", device, "--stop-after", "7"})), 0);
@@ -747,7 +750,7 @@ TEST(Twins, FixMatchCudaResumeIsBitIdentical) {
 // tensor (weights, BN statistics, optimizer state, loader position) and every metadata entry
 // round-trips through both devices unchanged.
 void cuda_checkpoint_round_trip(const Program& p, const std::string& device) {
-  const std::string* gpu = whole_run(p, device);
+  const std::string* gpu = whole_run(p, device, /*gpu_side=*/true);
   ASSERT_NE(gpu, nullptr);
   const std::string dir = fixture().root + "/" + p.name + "_round_trip";
   fs::remove_all(dir);

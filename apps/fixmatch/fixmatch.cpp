@@ -162,6 +162,7 @@ int fixmatch_main(int argc, const char* const* argv) {
 
   auto save = [&](int64_t at, const data::LoaderPosition& pos) {
     if (c.dist.check_replicas) check_replicas(ranks, replica_arenas(nets, c.dist.sync_bn), at);
+    if (!ranks.root()) return;  // rank 0 writes; the others would copy every arena to the host for nothing
     SafetensorsWriter w;
     add_state(w, nets, pos);
     run.save(w, at);
