@@ -52,6 +52,7 @@
 #include "kernels/common/philox.h"
 #include "kernels/conv.h"
 #include "models/model.h"
+#include "tests/fast_tier_compare.h"
 #include "tests/program_runs.h"
 #if TESSERA_ONEDNN
 #include "kernels/onednn/onednn.h"
@@ -186,19 +187,8 @@ kernels::Conv2dShape shape_of(int64_t n, int64_t c, int64_t h, int64_t w, int64_
   return s;
 }
 
-// ||(a - base) - (b - base)|| / ||b - base||: the error of what was computed (or added).
-double relative(const std::vector<float>& a, const std::vector<float>& b, const std::vector<float>* base = nullptr) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double r = static_cast<double>(b[i]) - (base ? (*base)[i] : 0.0);
-    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    norm += r * r;
-  }
-  return std::sqrt(diff / std::max(norm, 1e-300));
-}
-
-// 4 sqrt(L) u for a sum of L terms (the header says why).
-double tolerance(double terms) { return 4.0 * std::sqrt(terms) * std::ldexp(1.0, -24); }
+using testing::relative_error;
+using testing::sum_tolerance;
 // Winograd's allowance over that (the header says why).
 constexpr double kWinogradScale = 2.0;
 
@@ -331,7 +321,7 @@ double compare(const kernels::Conv2dShape& s, uint64_t seed, Want want = {}, boo
   double worst = 0;
   auto check = [&](const char* what, const std::vector<float>& f, const std::vector<float>& r,
                    const std::vector<float>* base, double terms) {
-    const double err = relative(f, r, base), tol = scale * tolerance(terms);
+    const double err = relative_error(f, r, base), tol = scale * sum_tolerance(terms);
     EXPECT_LE(err, tol) << what << ": relative error " << err << " over " << terms << " terms";
     worst = std::max(worst, err / tol);
   };

@@ -575,14 +575,10 @@ void run_rank_tests(const std::string& filter, const std::string& summary) {
   const std::string cmd = cat("env -u GTEST_TOTAL_SHARDS -u GTEST_SHARD_INDEX ", kMpiEnv,
                               " OMP_NUM_THREADS=1 mpirun -np 2 --oversubscribe --bind-to none '",
                               fs::read_symlink("/proc/self/exe").string(), "' --gtest_filter='", filter,
-                              "' --gtest_brief=1 2>&1");
-  std::string output;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) output.append(buf, n);
-  const int status = ::pclose(p);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
+                              "' --gtest_brief=1");
+  const Result r = run_command(cmd);
+  const std::string& output = r.output;
+  EXPECT_EQ(r.status, 0) << output;
   size_t found = 0;
   for (size_t at = 0; (at = output.find(summary, at)) != std::string::npos; ++at) ++found;
   EXPECT_EQ(found, 2u) << "expected '" << summary << "' from both ranks:\n" << output;

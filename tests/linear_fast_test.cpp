@@ -1,9 +1,7 @@
 // The CPU fast tier's linear-layer gradients (kernels/onednn/linear.cpp, oneDNN's sgemm) against
 // the reference's (kernels/cpu/linear.cpp, OpenBLAS) on the heads' shapes and odd ones, added into
-// buffers that already hold values, as every backward does. Tolerance as in
-// tests/conv_fast_test.cpp: the same float32 sums of L terms in another blocking agree to about
-// sqrt(L) u of the result each; the test allows 4 sqrt(L) u in relative 2-norm, over what was
-// added. A wrong transpose or a lost accumulation is off by order 1.
+// buffers that already hold values, as every backward does. Tolerance: tests/fast_tier_compare.h,
+// over what was added. A wrong transpose or a lost accumulation is off by order 1.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +11,7 @@
 #include "engine/check.h"
 #include "kernels/common/philox.h"
 #include "kernels/linear.h"
+#include "tests/fast_tier_compare.h"
 
 namespace tessera {
 namespace {
@@ -26,17 +25,8 @@ std::vector<float> uniform(size_t n, uint64_t step) {
   return v;
 }
 
-// ||(a - base) - (b - base)|| / ||b - base||
-double relative_added(const std::vector<float>& a, const std::vector<float>& b, const std::vector<float>& base) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    norm += (double(b[i]) - base[i]) * (double(b[i]) - base[i]);
-  }
-  return std::sqrt(diff / std::max(norm, 1e-300));
-}
-
-double tolerance(double terms) { return 4.0 * std::sqrt(terms) * std::ldexp(1.0, -24); }
+using testing::relative_error;
+using testing::sum_tolerance;
 
 TEST(LinearFast, GradientsMatchTheReference) {
   struct Shape {
@@ -56,9 +46,9 @@ TEST(LinearFast, GradientsMatchTheReference) {
     kernels::onednn::linear_backward_input(dy.data(), w.data(), dx_fast.data(), s.n, s.in, s.out);
     kernels::cpu::linear_backward_weight(dy.data(), x.data(), dw_ref.data(), s.n, s.in, s.out);
     kernels::onednn::linear_backward_weight(dy.data(), x.data(), dw_fast.data(), s.n, s.in, s.out);
-    const double dx_err = relative_added(dx_fast, dx_ref, dx0), dw_err = relative_added(dw_fast, dw_ref, dw0);
-    EXPECT_LE(dx_err, tolerance(double(s.out))) << "dx, " << s.out << " terms per element";
-    EXPECT_LE(dw_err, tolerance(double(s.n))) << "dw, " << s.n << " terms per element";
+    const double dx_err = relative_error(dx_fast, dx_ref, &dx0), dw_err = relative_error(dw_fast, dw_ref, &dw0);
+    EXPECT_LE(dx_err, sum_tolerance(double(s.out))) << "dx, " << s.out << " terms per element";
+    EXPECT_LE(dw_err, sum_tolerance(double(s.n))) << "dw, " << s.n << " terms per element";
   }
 }
 
