@@ -103,10 +103,18 @@ void AugmentPipeline::run(Device device, const uint8_t* images, int64_t num_imag
 AugmentTransform::AugmentTransform(Recipe recipe, const Dataset& d, Device device, const AugmentOptions& options)
     : pipeline_(recipe, d.channels, d.height, d.width, d.mean, d.std, options), device_(device), dataset_(&d) {
   if (device == Device::CUDA) {
-    device_images_ = OwnedTensor(Device::CUDA, Shape{d.size, d.channels, d.height, d.width}, DType::U8);
-    copy(device_images_.t, d.images_view());
+    auto images = std::make_shared<OwnedTensor>(Device::CUDA, Shape{d.size, d.channels, d.height, d.width}, DType::U8);
+    copy(images->t, d.images_view());
+    device_images_ = std::move(images);
   }
 }
+
+AugmentTransform::AugmentTransform(Recipe recipe, const AugmentTransform& other, const AugmentOptions& options)
+    : pipeline_(recipe, other.dataset_->channels, other.dataset_->height, other.dataset_->width,
+                other.dataset_->mean, other.dataset_->std, options),
+      device_(other.device_),
+      dataset_(other.dataset_),
+      device_images_(other.device_images_) {}
 
 Shape AugmentTransform::view_shape(const Dataset& d) const {
   TS_CHECK(&d == dataset_, "augmentation ", recipe_name(pipeline_.recipe()), ": made for ", dataset_->name,
@@ -127,7 +135,7 @@ void AugmentTransform::apply(const ViewRequest& r, const Tensor& out) {
   float* scratch = static_cast<float*>(scratch_.data());
   if (device_ == Device::CUDA) {
     TS_CHECK(r.indices_device && r.epochs_device, "augmentation on cuda: the request has no device indices");
-    pipeline_.run(Device::CUDA, device_images_.t.u8(), dataset_->size, r.indices_device, r.epochs_device, r.count,
+    pipeline_.run(Device::CUDA, device_images_->t.u8(), dataset_->size, r.indices_device, r.epochs_device, r.count,
                   r.view, r.seed, out.f32(), scratch);
   } else {
     pipeline_.run(Device::CPU, dataset_->images.data(), dataset_->size, r.indices, r.epochs, r.count, r.view, r.seed,

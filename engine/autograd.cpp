@@ -6,6 +6,7 @@
 #include "engine/dispatch.h"
 #include "engine/profile.h"
 #include "kernels/batch_norm.h"
+#include "kernels/elementwise.h"
 
 namespace tessera {
 
@@ -170,7 +171,12 @@ void Graph::backward(Var* loss) {
 
 void Graph::backward(Var* out, const Tensor& seed) {
   check_same_shape("backward seed", out->value, seed);
-  copy(grad(out), seed);
+  // The seed adds to what out's buffer holds: out can be a view (flatten) of a parameter
+  // whose gradient already has contributions, as PyTorch's out.backward(seed) adds to .grad.
+  bool accumulate = false;
+  const Tensor d_out = grad_to_write(out, &accumulate);
+  if (accumulate) TS_DISPATCH(device(), scale_accumulate, seed.f32(), d_out.f32(), seed.numel(), 1.0f);
+  else copy(d_out, seed);
   keep(out);
   run_tape();
 }

@@ -119,7 +119,8 @@ class Graph {
 
   // Runs the tape in reverse from a scalar loss (shape (1)). Then the tape is cleared.
   void backward(Var* loss);
-  // The same from any output with a given seed gradient d(out) (gradient checks use it).
+  // The same from any output with a given seed gradient d(out) (gradient checks use it); the
+  // seed adds to any gradient out's buffer already holds.
   void backward(Var* out, const Tensor& seed);
 
   // Drops the tape and the Vars (start of a step; the caller resets the workspace).

@@ -306,6 +306,56 @@ TEST(Augment, ByolLoaderDeliversThePipelineViews) {
   }
 }
 
+// A transform made from another (FixMatch's strong view from its weak one) is its recipe's
+// transform over the same dataset: the same views as one made on its own.
+TEST(Augment, TransformMadeFromAnotherGivesItsOwnRecipesViews) {
+  const tessera::data::Dataset d = tessera::data::synthetic_dataset(10, 3, 12, 12, 4);
+  AugmentTransform weak(Recipe::FixmatchWeak, d, Device::CPU);
+  AugmentTransform shared(Recipe::FixmatchStrong, weak), alone(Recipe::FixmatchStrong, d, Device::CPU);
+  EXPECT_EQ(shared.view_shape(d), alone.view_shape(d));
+  const std::vector<int64_t> indices = {7, 2, 9}, epochs = {0, 1, 1};
+  tessera::data::ViewRequest r;
+  r.dataset = &d;
+  r.count = 3;
+  r.indices = indices.data();
+  r.epochs = epochs.data();
+  r.seed = 5;
+  r.view = 1;
+  OwnedTensor a(Device::CPU, Shape{3, 3, 12, 12}), b(Device::CPU, Shape{3, 3, 12, 12});
+  shared.apply(r, a.t);
+  alone.apply(r, b.t);
+  EXPECT_EQ(tessera::to_host_f32(a.t), tessera::to_host_f32(b.t));
+  weak.apply(r, b.t);
+  EXPECT_NE(tessera::to_host_f32(a.t), tessera::to_host_f32(b.t));  // the recipe is the new one
+}
+
+// On CUDA the two share one device copy of the images, and the shared one's views are the
+// CPU's.
+TEST(AugmentCuda, TransformMadeFromAnotherSharesItsDeviceImages) {
+  std::string reason;
+  if (!tessera::testing::cuda_testable(&reason)) GTEST_SKIP() << "CUDA comparison not run: " << reason;
+  const tessera::data::Dataset d = tessera::data::synthetic_dataset(40, 3, 32, 32, 6);
+  AugmentTransform weak(Recipe::FixmatchWeak, d, Device::CUDA);
+  AugmentTransform strong(Recipe::FixmatchStrong, weak), cpu(Recipe::FixmatchStrong, d, Device::CPU);
+  ASSERT_NE(weak.device_images(), nullptr);
+  EXPECT_EQ(strong.device_images(), weak.device_images());
+  const std::vector<int64_t> indices = {3, 39, 0}, epochs = {1, 1, 2};
+  const Buffer idx = upload_i64(Device::CUDA, indices), ep = upload_i64(Device::CUDA, epochs);
+  tessera::data::ViewRequest q;
+  q.dataset = &d;
+  q.count = 3;
+  q.indices = indices.data();
+  q.epochs = epochs.data();
+  q.indices_device = static_cast<const int64_t*>(idx.data());
+  q.epochs_device = static_cast<const int64_t*>(ep.data());
+  q.seed = 3;
+  q.view = 1;
+  OwnedTensor a(Device::CPU, Shape{3, 3, 32, 32}), b(Device::CUDA, Shape{3, 3, 32, 32});
+  cpu.apply(q, a.t);
+  strong.apply(q, b.t);
+  EXPECT_EQ(tessera::to_host_f32(a.t), tessera::to_host_f32(b.t));
+}
+
 // The CUDA transform (its own device copy of the dataset) against the CPU one.
 TEST(AugmentCuda, TransformMatchesTheCpuTransform) {
   std::string reason;

@@ -1,5 +1,5 @@
-// Test entry point: registers one gradient-check test and one CUDA-comparison test per op
-// case (tests/op_case.h), runs GoogleTest, and ends with one plain summary line
+// Test entry point: registers a gradient-check, a gradient-buffer and a CUDA-comparison test
+// per op case (tests/op_case.h), runs GoogleTest, and ends with one plain summary line
 // "N passed, N failed, N skipped" that CI reads. Exit code is non-zero on any failure.
 #include <gtest/gtest.h>
 
@@ -26,6 +26,18 @@ class GradCheck : public ::testing::Test {
   const OpCase* c_;
 };
 
+class GradBuffers : public ::testing::Test {
+ public:
+  explicit GradBuffers(const OpCase* c) : c_(c) {}
+  void TestBody() override {
+    const std::string report = tessera::testing::run_gradient_buffer_check(*c_);
+    EXPECT_TRUE(report.empty()) << "gradient buffers of " << c_->name << ":\n" << report;
+  }
+
+ private:
+  const OpCase* c_;
+};
+
 class CudaVsCpu : public ::testing::Test {
  public:
   explicit CudaVsCpu(const OpCase* c) : c_(c) {}
@@ -46,6 +58,8 @@ void register_op_cases() {
     if (c.differentiable) {
       ::testing::RegisterTest("BackendOpsGrad", c.name.c_str(), nullptr, nullptr, __FILE__, __LINE__,
                               [p]() -> ::testing::Test* { return new GradCheck(p); });
+      ::testing::RegisterTest("BackendOpsGradBuffers", c.name.c_str(), nullptr, nullptr, __FILE__, __LINE__,
+                              [p]() -> ::testing::Test* { return new GradBuffers(p); });
     }
     ::testing::RegisterTest("BackendOpsCuda", c.name.c_str(), nullptr, nullptr, __FILE__, __LINE__,
                             [p]() -> ::testing::Test* { return new CudaVsCpu(p); });

@@ -117,9 +117,19 @@ HostInputs make_inputs(const OpCase& c) {
 struct Run {
   std::unique_ptr<Workspace> ws;
   std::unique_ptr<Graph> g;
-  std::vector<OwnedTensor> values, grads;
+  std::vector<OwnedTensor> values, grads;  // grads: the parameter buffers (GradInto::*Param)
+  std::vector<Var*> in;                    // the inputs as the case's build saw them
+  OwnedTensor anchor_value, anchor_grad;   // GradInto::Intermediate: see build_run
   Var* out = nullptr;
   std::vector<Tensor> extra;
+};
+
+// How a run's inputs that take a gradient receive it (op_case.h: the buffer check).
+enum class GradInto {
+  None,          // no backward: forward only
+  ZeroedParam,   // parameters whose gradient buffers start at zero (the reference)
+  PriorParam,    // parameters whose buffers hold earlier contributions: the backward must add
+  Intermediate,  // intermediates: the first write lands in a fresh, unzeroed buffer
 };
 
 std::vector<float> projection(const OpCase& c, const Shape& s);
@@ -131,14 +141,17 @@ void backward_projected(Run& r, const OpCase& c) {
   r.g->backward(r.out, seed.t);
 }
 
-void build_run(Run& r, const OpCase& c, const HostInputs& h, Device dev, bool with_grad, bool poison) {
+// `priors` (GradInto::PriorParam only): input k's gradient buffer starts at priors[k].
+void build_run(Run& r, const OpCase& c, const HostInputs& h, Device dev, GradInto into, bool poison,
+               const std::vector<std::vector<float>>* priors = nullptr) {
+  const bool with_grad = into != GradInto::None;
   r.ws = std::make_unique<Workspace>(dev, 0);
   if (poison) {
     // Size the workspace with a throw-away run, forward and backward, then fill the block and
     // the scratch region (what a convolution or BatchNorm uses while it runs) with NaN before
     // the real one: memory read before it is written shows up as NaN.
     Run dry;
-    build_run(dry, c, h, dev, with_grad, false);
+    build_run(dry, c, h, dev, into, false, priors);
     if (with_grad && dry.out->requires_grad) backward_projected(dry, c);
     r.ws = std::make_unique<Workspace>(dev, dry.ws->high_water() * 2 + 4096);
     r.ws->scratch(dry.ws->scratch_high_water());
@@ -147,21 +160,38 @@ void build_run(Run& r, const OpCase& c, const HostInputs& h, Device dev, bool wi
   }
   r.g = std::make_unique<Graph>(*r.ws);
   CaseContext ctx{*r.g, {}, {}};
+  // Intermediate inputs are made "from" this one-element parameter, so that they need a
+  // gradient; no op links the two, so nothing flows back to it.
+  Var* anchor = nullptr;
+  if (into == GradInto::Intermediate) {
+    r.anchor_value = OwnedTensor(dev, Shape{1});
+    r.anchor_grad = OwnedTensor(dev, Shape{1});
+    fill_zero(r.anchor_value.t);
+    fill_zero(r.anchor_grad.t);
+    anchor = r.g->param(r.anchor_value.t, r.anchor_grad.t, "anchor");
+  }
   for (size_t k = 0; k < c.inputs.size(); ++k) {
     const InputSpec& s = c.inputs[k];
     const bool labels = s.fill == InputSpec::Labels;
     r.values.emplace_back(dev, s.shape, labels ? DType::I32 : DType::F32);
     if (labels) from_host(r.values.back().t, h.i32[k]);
     else from_host(r.values.back().t, h.f32[k]);
-    if (s.grad && with_grad && !labels) {
-      r.grads.emplace_back(dev, s.shape);
-      fill_zero(r.grads.back().t);
-      ctx.in.push_back(r.g->param(r.values.back().t, r.grads.back().t, "input"));
-    } else {
-      r.grads.emplace_back();
+    r.grads.emplace_back();
+    if (!s.grad || !with_grad || labels) {
       ctx.in.push_back(r.g->input(r.values.back().t, "input"));
+    } else if (into == GradInto::Intermediate) {
+      Var* v = r.g->make(s.shape, {anchor});
+      copy(v->value, r.values.back().t);
+      r.g->keep(v);  // its gradient is read after backward
+      ctx.in.push_back(v);
+    } else {
+      r.grads.back() = OwnedTensor(dev, s.shape);
+      if (into == GradInto::PriorParam) from_host(r.grads.back().t, (*priors)[k]);
+      else fill_zero(r.grads.back().t);
+      ctx.in.push_back(r.g->param(r.values.back().t, r.grads.back().t, "input"));
     }
   }
+  r.in = ctx.in;
   if (!with_grad) {
     NoGradScope no_grad(*r.g);
     r.out = c.build(ctx);
@@ -273,10 +303,10 @@ std::string compare_to_reference(const char* what, const std::vector<float>& got
   for (size_t i = 0; i < got.size(); ++i) {
     const float a = got[i], b = want[i];
     const bool ok = std::isfinite(a) && std::fabs(a - b) <= tol * scale;
-    if (!ok && bad++ == 0) first = cat(what, "[", i, "]: cuda ", a, ", cpu ", b);
+    if (!ok && bad++ == 0) first = cat(what, "[", i, "]: got ", a, ", expected ", b);
   }
   if (bad == 0) return "";
-  return cat(first, " (", bad, " of ", got.size(), " elements outside tolerance ", tol, " of the largest |cpu| ", scale,
+  return cat(first, " (", bad, " of ", got.size(), " elements outside tolerance ", tol, " of the largest |expected| ", scale,
              ")\n");
 }
 
@@ -295,7 +325,7 @@ std::vector<size_t> gradient_check_elements(const OpCase& c, size_t k) {
 std::string run_gradient_check(const OpCase& c) {
   HostInputs h = make_inputs(c);
   Run base;
-  build_run(base, c, h, Device::CPU, true, false);
+  build_run(base, c, h, Device::CPU, GradInto::ZeroedParam, false);
   TS_CHECK(base.out->requires_grad, "case ", c.name, ": the output needs no gradient");
   const std::vector<float> r = projection(c, base.out->value.shape);
   OwnedTensor seed(Device::CPU, base.out->value.shape);
@@ -320,7 +350,7 @@ std::string run_gradient_check(const OpCase& c) {
       for (int side = 0; side < 2; ++side) {
         h.f32[k][j] = xs[side];
         Run probe;
-        build_run(probe, c, h, Device::CPU, false, false);
+        build_run(probe, c, h, Device::CPU, GradInto::None, false);
         l[side] = projected(probe.out->value, r);
       }
       h.f32[k][j] = x;
@@ -336,20 +366,95 @@ std::string run_gradient_check(const OpCase& c) {
   return report;
 }
 
+namespace {
+
+// Input k's gradient after backward, on the host: its parameter buffer, or the intermediate's
+// own gradient (zeros if no backward asked for one). Empty for an input that takes none.
+std::vector<float> gradient_of(const Run& r, const OpCase& c, size_t k) {
+  const InputSpec& s = c.inputs[k];
+  if (!s.grad || s.fill == InputSpec::Labels) return {};
+  if (r.grads[k].t.defined()) return to_host_f32(r.grads[k].t);
+  const Var* v = r.in[k];
+  if (v->grad.defined()) return to_host_f32(v->grad);
+  return std::vector<float>(static_cast<size_t>(v->value.numel()), 0.0f);
+}
+
+// The reference: every input's gradient from a CPU run into zeroed parameter buffers.
+std::vector<std::vector<float>> reference_gradients(const OpCase& c, const HostInputs& h) {
+  Run cpu;
+  build_run(cpu, c, h, Device::CPU, GradInto::ZeroedParam, false);
+  backward_projected(cpu, c);
+  std::vector<std::vector<float>> ref;
+  for (size_t k = 0; k < c.inputs.size(); ++k) ref.push_back(gradient_of(cpu, c, k));
+  return ref;
+}
+
+// The earlier contributions a PriorParam run starts from: uniform in [-m, m), m the input's
+// largest |reference gradient| (1 where that is zero). A backward that overwrites instead of
+// adding is then off by about the gradient's own size, and one that adds loses no precision
+// to a prior much larger than what it adds.
+std::vector<std::vector<float>> prior_gradients(const OpCase& c, const std::vector<std::vector<float>>& ref) {
+  std::vector<std::vector<float>> priors(ref.size());
+  for (size_t k = 0; k < ref.size(); ++k) {
+    if (ref[k].empty()) continue;
+    float m = 0.0f;
+    for (float v : ref[k]) m = std::max(m, std::fabs(v));
+    if (m == 0.0f) m = 1.0f;
+    kernels::PhiloxState rng(name_seed(c.name), kernels::philox_subsequence(kernels::kStreamTest, 200 + k), 0);
+    priors[k].resize(ref[k].size());
+    for (float& v : priors[k]) v = m * (2.0f * rng.uniform() - 1.0f);
+  }
+  return priors;
+}
+
+// The PriorParam and Intermediate runs on `dev` against the reference (see op_case.h).
+std::string gradient_buffer_report(const OpCase& c, const HostInputs& h, Device dev,
+                                   const std::vector<std::vector<float>>& ref, float tol) {
+  const std::vector<std::vector<float>> priors = prior_gradients(c, ref);
+  Run prior, fresh;
+  build_run(prior, c, h, dev, GradInto::PriorParam, true, &priors);
+  backward_projected(prior, c);
+  build_run(fresh, c, h, dev, GradInto::Intermediate, true);
+  backward_projected(fresh, c);
+  std::string report;
+  for (size_t k = 0; k < ref.size(); ++k) {
+    if (ref[k].empty()) continue;
+    std::vector<float> sum(ref[k].size());
+    for (size_t i = 0; i < sum.size(); ++i)
+      sum[i] = static_cast<float>(static_cast<double>(priors[k][i]) + ref[k][i]);
+    report += compare_to_reference(cat("grad of input ", k, " added to earlier contributions").c_str(),
+                                   gradient_of(prior, c, k), sum, tol);
+    report += compare_to_reference(cat("grad of input ", k, " written to a fresh buffer").c_str(),
+                                   gradient_of(fresh, c, k), ref[k], tol);
+  }
+  return report;
+}
+
+}  // namespace
+
+std::string run_gradient_buffer_check(const OpCase& c) {
+  TS_CHECK(c.differentiable, "case ", c.name, " has no backward to check");
+  const HostInputs h = make_inputs(c);
+  return gradient_buffer_report(c, h, Device::CPU, reference_gradients(c, h), c.cuda_tol);
+}
+
 std::string run_cuda_comparison(const OpCase& c) {
   const HostInputs h = make_inputs(c);
   Run cpu, gpu;
-  build_run(cpu, c, h, Device::CPU, c.differentiable, false);
-  build_run(gpu, c, h, Device::CUDA, c.differentiable, true);
+  const GradInto into = c.differentiable ? GradInto::ZeroedParam : GradInto::None;
+  build_run(cpu, c, h, Device::CPU, into, false);
+  build_run(gpu, c, h, Device::CUDA, into, true);
   std::string report = compare_to_reference("output", to_host_f32(gpu.out->value), to_host_f32(cpu.out->value), c.cuda_tol);
   if (c.differentiable && cpu.out->requires_grad) {
     backward_projected(cpu, c);
     backward_projected(gpu, c);
+    std::vector<std::vector<float>> ref;
     for (size_t k = 0; k < c.inputs.size(); ++k) {
-      if (!cpu.grads[k].t.defined()) continue;
-      report += compare_to_reference(cat("grad of input ", k).c_str(), to_host_f32(gpu.grads[k].t),
-                        to_host_f32(cpu.grads[k].t), c.cuda_tol);
+      ref.push_back(gradient_of(cpu, c, k));
+      if (ref.back().empty()) continue;
+      report += compare_to_reference(cat("grad of input ", k).c_str(), gradient_of(gpu, c, k), ref.back(), c.cuda_tol);
     }
+    report += gradient_buffer_report(c, h, Device::CUDA, ref, c.cuda_tol);
   }
   for (size_t e = 0; e < cpu.extra.size(); ++e)
     report += compare_to_reference(cat("extra output ", e).c_str(), to_host_f32(gpu.extra[e]), to_host_f32(cpu.extra[e]),

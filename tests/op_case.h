@@ -4,9 +4,20 @@
 // and how to build the op from them. For every case, tests/main.cpp registers two tests:
 //   BackendOpsGrad.<case>  central-difference gradient check of every input that has a
 //                          gradient, on the CPU (runs on every machine);
+//   BackendOpsGradBuffers.<case>  the backward's two ways into a gradient buffer, on the CPU
+//                          (below);
 //   BackendOpsCuda.<case>  CUDA forward, backward and extra outputs against the CPU
-//                          reference, workspace poisoned with NaN first; SKIPPED with the
-//                          reason where there is no GPU.
+//                          reference, workspace poisoned with NaN first, and the buffer check
+//                          on CUDA; SKIPPED with the reason where there is no GPU.
+//
+// The buffer check. A backward kernel adds (+=) into a gradient buffer that holds earlier
+// contributions (a parameter's slot in the gradient arena, an input used twice), and writes
+// every element of a fresh one it was handed unzeroed (Graph::grad_to_write). The gradient
+// check feeds parameters with zeroed buffers, where adding and writing look the same and the
+// write path never runs. So each case runs twice more against the CPU's zeroed-parameter
+// gradients g: with parameter buffers that start at a prior p (uniform, as large as g), the
+// result must be p + g; with the inputs as intermediates whose buffers come from a workspace
+// filled with NaN, it must be g. Both by the CUDA comparison's rule, at the case's cuda_tol.
 //
 // The gradient check projects the output on a fixed random direction r: L = sum(out * r),
 // takes the analytic dL/dx from the tape seeded with r and the numeric one from central
@@ -90,7 +101,7 @@ struct OpCase {
   float eps = 1e-2f;       // finite-difference step h
   float grad_tol = 1e-2f;  // vector rule (see above); loosen only with a comment saying why
   float elem_tol = 1e-2f;  // element rule (see above); the same
-  float cuda_tol = 1e-4f;  // CUDA vs CPU: |cuda_i - cpu_i| <= cuda_tol * max_j |cpu_j| per tensor
+  float cuda_tol = 1e-4f;  // CUDA vs CPU and the buffer check: |got_i - want_i| <= cuda_tol * max_j |want_j|
   int full_check_limit = 4096;  // inputs with at most this many elements are checked whole
   int max_checked = 256;        // larger ones: this many spread elements plus the label positions
   bool differentiable = true;  // false: no gradient check (forward-only ops)
@@ -110,6 +121,7 @@ struct OpCaseRegistrar {
 
 // Runs the checks; returns "" on success or the failure report.
 std::string run_gradient_check(const OpCase& c);
+std::string run_gradient_buffer_check(const OpCase& c);  // on the CPU; c.differentiable
 std::string run_cuda_comparison(const OpCase& c);
 // The comparison run_cuda_comparison makes per tensor: "" or the first element outside
 // |got_i - want_i| <= tol * max_j |want_j|, and how many; a non-finite got_i fails.

@@ -1,7 +1,8 @@
 // The gradient check of the backend-ops suite (tests/op_case.h), tested on an op with a
 // planted bug: it must pass the right backward and reject each kind of wrong one, on
 // gradients as small as a loss's (a mean over 120 elements: about 1/120 each), where the
-// old absolute threshold of 0.01 passed them all.
+// old absolute threshold of 0.01 passed them all. The same for the gradient-buffer check,
+// on backwards that misuse the buffer they are handed.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -104,6 +105,65 @@ TEST(GradientCheck, NoisyCopyIsItsSourceScaledPlusBoundedNoise) {
     spread = std::max(spread, std::fabs(static_cast<double>(y[i]) + x[i]));
   }
   EXPECT_GT(spread, 0.05);  // the noise is there
+}
+
+// y = 2 x on the CPU, with a backward that hands dx = 2 dy to x's gradient buffer through
+// Graph::grad_to_write in one of four ways: the right one, and three bugs the gradient check
+// cannot see, because its parameters' buffers start at zero.
+enum class BufferUse { Right, OverwritesEarlierContributions, AddsToAFreshBuffer, WritesHalfOfAFreshBuffer };
+
+Var* planted_double(Graph& g, Var* x, BufferUse use) {
+  Var* y = g.make(x->value.shape, {x});
+  std::vector<float> v = to_host_f32(x->value);
+  for (float& e : v) e *= 2.0f;
+  from_host(y->value, v);
+  if (y->requires_grad) {
+    g.record("planted_double", x->name, [&g, x, y, use] {
+      const std::vector<float> dy = to_host_f32(g.grad(y));
+      bool accumulate = false;
+      const Tensor buf = g.grad_to_write(x, &accumulate);
+      std::vector<float> dx = to_host_f32(buf);
+      for (size_t i = 0; i < dx.size(); ++i) {
+        const bool add = use == BufferUse::OverwritesEarlierContributions ? false
+                         : use == BufferUse::AddsToAFreshBuffer          ? true
+                                                                          : accumulate;
+        if (!accumulate && use == BufferUse::WritesHalfOfAFreshBuffer && i >= dx.size() / 2) continue;
+        dx[i] = (add ? dx[i] : 0.0f) + 2.0f * dy[i];
+      }
+      from_host(buf, dx);
+    });
+  }
+  return y;
+}
+
+OpCase planted_buffer_case(BufferUse use) {
+  OpCase c;
+  c.name = "planted_double";
+  c.inputs = {InputSpec{Shape{4, 5}}};
+  c.build = [use](CaseContext& k) { return planted_double(k.g, k.in[0], use); };
+  return c;
+}
+
+TEST(GradientBufferCheck, PassesTheRightBackward) {
+  EXPECT_EQ(run_gradient_check(planted_buffer_case(BufferUse::Right)), "");
+  EXPECT_EQ(run_gradient_buffer_check(planted_buffer_case(BufferUse::Right)), "");
+}
+
+// Each bug passes the gradient check (zeroed parameter buffers) and fails the buffer check.
+TEST(GradientBufferCheck, RejectsEachWrongUseOfTheBuffer) {
+  const struct {
+    BufferUse use;
+    const char* seen_as;
+  } bugs[] = {
+      {BufferUse::OverwritesEarlierContributions, "added to earlier contributions"},
+      {BufferUse::AddsToAFreshBuffer, "written to a fresh buffer"},
+      {BufferUse::WritesHalfOfAFreshBuffer, "written to a fresh buffer"},
+  };
+  for (const auto& bug : bugs) {
+    EXPECT_EQ(run_gradient_check(planted_buffer_case(bug.use)), "") << bug.seen_as;
+    const std::string report = run_gradient_buffer_check(planted_buffer_case(bug.use));
+    EXPECT_TRUE(contains(report, bug.seen_as)) << bug.seen_as << ": " << report;
+  }
 }
 
 }  // namespace

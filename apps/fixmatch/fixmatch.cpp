@@ -176,7 +176,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   // ---- training ----------------------------------------------------------------------------
   if (step < c.steps) {
     data::AugmentTransform weak(data::Recipe::FixmatchWeak, train, device);
-    data::AugmentTransform strong(data::Recipe::FixmatchStrong, train, device);
+    data::AugmentTransform strong(data::Recipe::FixmatchStrong, weak);  // one device copy of the images
     std::unique_ptr<data::Loader> loader;
     if (unlabeled) {
       // The unlabeled batch's true labels come with it (pinned staging, async upload): the
