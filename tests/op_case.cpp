@@ -370,23 +370,42 @@ namespace {
 
 // Input k's gradient after backward, on the host: its parameter buffer, or the intermediate's
 // own gradient (zeros if no backward asked for one). Empty for an input that takes none.
-std::vector<float> gradient_of(const Run& r, const OpCase& c, size_t k) {
-  const InputSpec& s = c.inputs[k];
-  if (!s.grad || s.fill == InputSpec::Labels) return {};
-  if (r.grads[k].t.defined()) return to_host_f32(r.grads[k].t);
+std::vector<float> gradient_of(const Run& r, size_t k) {
   const Var* v = r.in[k];
+  if (!v->requires_grad) return {};
+  if (r.grads[k].t.defined()) return to_host_f32(r.grads[k].t);
   if (v->grad.defined()) return to_host_f32(v->grad);
   return std::vector<float>(static_cast<size_t>(v->value.numel()), 0.0f);
 }
 
-// The reference: every input's gradient from a CPU run into zeroed parameter buffers.
-std::vector<std::vector<float>> reference_gradients(const OpCase& c, const HostInputs& h) {
-  Run cpu;
-  build_run(cpu, c, h, Device::CPU, GradInto::ZeroedParam, false);
-  backward_projected(cpu, c);
-  std::vector<std::vector<float>> ref;
-  for (size_t k = 0; k < c.inputs.size(); ++k) ref.push_back(gradient_of(cpu, c, k));
-  return ref;
+// What a run computed, on the host: the output, every input's gradient (empty for inputs that
+// take none; see gradient_of) and the extra outputs.
+struct Results {
+  std::vector<float> out;
+  std::vector<std::vector<float>> grads, extra;
+};
+
+// Ends the run: the graph is cleared before the extra outputs are read, so that a forward-only
+// run's BatchNorm batch counts, pending until then (Graph::count_batch), are in them.
+Results results_of(Run& r, const OpCase& c) {
+  Results res;
+  res.out = to_host_f32(r.out->value);
+  for (size_t k = 0; k < c.inputs.size(); ++k) res.grads.push_back(gradient_of(r, k));
+  r.g->clear();
+  r.out = nullptr;
+  for (const Tensor& e : r.extra) res.extra.push_back(to_host_f32(e));
+  return res;
+}
+
+// A run's output, gradients and extra outputs against the reference's; `what` names the run.
+std::string compare_results(const std::string& what, const Results& got, const Results& want, float tol) {
+  std::string report = compare_to_reference(cat("output", what).c_str(), got.out, want.out, tol);
+  for (size_t k = 0; k < want.grads.size(); ++k)
+    if (!want.grads[k].empty())
+      report += compare_to_reference(cat("grad of input ", k, what).c_str(), got.grads[k], want.grads[k], tol);
+  for (size_t e = 0; e < want.extra.size(); ++e)
+    report += compare_to_reference(cat("extra output ", e, what).c_str(), got.extra[e], want.extra[e], tol);
+  return report;
 }
 
 // The earlier contributions a PriorParam run starts from: uniform in [-m, m), m the input's
@@ -407,27 +426,29 @@ std::vector<std::vector<float>> prior_gradients(const OpCase& c, const std::vect
   return priors;
 }
 
-// The PriorParam and Intermediate runs on `dev` against the reference (see op_case.h).
-std::string gradient_buffer_report(const OpCase& c, const HostInputs& h, Device dev,
-                                   const std::vector<std::vector<float>>& ref, float tol) {
-  const std::vector<std::vector<float>> priors = prior_gradients(c, ref);
+// The PriorParam, Intermediate and forward-only runs on `dev`, each in a workspace filled with
+// NaN, against the CPU's zeroed-parameter run `ref` (see op_case.h).
+std::string gradient_buffer_report(const OpCase& c, const HostInputs& h, Device dev, const Results& ref) {
+  const std::vector<std::vector<float>> priors = prior_gradients(c, ref.grads);
   Run prior, fresh;
   build_run(prior, c, h, dev, GradInto::PriorParam, true, &priors);
   backward_projected(prior, c);
   build_run(fresh, c, h, dev, GradInto::Intermediate, true);
   backward_projected(fresh, c);
-  std::string report;
-  for (size_t k = 0; k < ref.size(); ++k) {
-    if (ref[k].empty()) continue;
-    std::vector<float> sum(ref[k].size());
-    for (size_t i = 0; i < sum.size(); ++i)
-      sum[i] = static_cast<float>(static_cast<double>(priors[k][i]) + ref[k][i]);
-    report += compare_to_reference(cat("grad of input ", k, " added to earlier contributions").c_str(),
-                                   gradient_of(prior, c, k), sum, tol);
-    report += compare_to_reference(cat("grad of input ", k, " written to a fresh buffer").c_str(),
-                                   gradient_of(fresh, c, k), ref[k], tol);
-  }
-  return report;
+  // And the forward alone, under a NoGradScope (how teachers run): the same output and extra
+  // outputs. A difference there that is the same at x + h and x - h cancels in the gradient
+  // check's differences.
+  Run no_grad;
+  build_run(no_grad, c, h, dev, GradInto::None, true);
+  Results prior_ref = ref;  // what the prior run must give: the prior plus the gradient
+  for (size_t k = 0; k < ref.grads.size(); ++k)
+    for (size_t i = 0; i < ref.grads[k].size(); ++i)
+      prior_ref.grads[k][i] = static_cast<float>(static_cast<double>(priors[k][i]) + ref.grads[k][i]);
+  Results forward_ref = ref;
+  for (auto& g : forward_ref.grads) g.clear();
+  return compare_results(" added to earlier contributions", results_of(prior, c), prior_ref, c.cuda_tol) +
+         compare_results(" written to a fresh buffer", results_of(fresh, c), ref, c.cuda_tol) +
+         compare_results(" without gradients", results_of(no_grad, c), forward_ref, c.cuda_tol);
 }
 
 }  // namespace
@@ -435,7 +456,10 @@ std::string gradient_buffer_report(const OpCase& c, const HostInputs& h, Device 
 std::string run_gradient_buffer_check(const OpCase& c) {
   TS_CHECK(c.differentiable, "case ", c.name, " has no backward to check");
   const HostInputs h = make_inputs(c);
-  return gradient_buffer_report(c, h, Device::CPU, reference_gradients(c, h), c.cuda_tol);
+  Run cpu;
+  build_run(cpu, c, h, Device::CPU, GradInto::ZeroedParam, false);
+  backward_projected(cpu, c);
+  return gradient_buffer_report(c, h, Device::CPU, results_of(cpu, c));
 }
 
 std::string run_cuda_comparison(const OpCase& c) {
@@ -444,21 +468,14 @@ std::string run_cuda_comparison(const OpCase& c) {
   const GradInto into = c.differentiable ? GradInto::ZeroedParam : GradInto::None;
   build_run(cpu, c, h, Device::CPU, into, false);
   build_run(gpu, c, h, Device::CUDA, into, true);
-  std::string report = compare_to_reference("output", to_host_f32(gpu.out->value), to_host_f32(cpu.out->value), c.cuda_tol);
-  if (c.differentiable && cpu.out->requires_grad) {
+  const bool backward = c.differentiable && cpu.out->requires_grad;
+  if (backward) {
     backward_projected(cpu, c);
     backward_projected(gpu, c);
-    std::vector<std::vector<float>> ref;
-    for (size_t k = 0; k < c.inputs.size(); ++k) {
-      ref.push_back(gradient_of(cpu, c, k));
-      if (ref.back().empty()) continue;
-      report += compare_to_reference(cat("grad of input ", k).c_str(), gradient_of(gpu, c, k), ref.back(), c.cuda_tol);
-    }
-    report += gradient_buffer_report(c, h, Device::CUDA, ref, c.cuda_tol);
   }
-  for (size_t e = 0; e < cpu.extra.size(); ++e)
-    report += compare_to_reference(cat("extra output ", e).c_str(), to_host_f32(gpu.extra[e]), to_host_f32(cpu.extra[e]),
-                      c.cuda_tol);
+  const Results ref = results_of(cpu, c);
+  std::string report = compare_results("", results_of(gpu, c), ref, c.cuda_tol);
+  if (backward) report += gradient_buffer_report(c, h, Device::CUDA, ref);
   return report;
 }
 

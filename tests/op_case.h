@@ -15,9 +15,13 @@
 // every element of a fresh one it was handed unzeroed (Graph::grad_to_write). The gradient
 // check feeds parameters with zeroed buffers, where adding and writing look the same and the
 // write path never runs. So each case runs twice more against the CPU's zeroed-parameter
-// gradients g: with parameter buffers that start at a prior p (uniform, as large as g), the
-// result must be p + g; with the inputs as intermediates whose buffers come from a workspace
-// filled with NaN, it must be g. Both by the CUDA comparison's rule, at the case's cuda_tol.
+// gradients g, each in a workspace filled with NaN first: with parameter buffers that start at
+// a prior p (uniform, as large as g), the result must be p + g; with the inputs as
+// intermediates, whose buffers come from that workspace, it must be g. The outputs and extra
+// outputs of both runs must be the reference's too, so a CPU forward that reads memory it did
+// not write shows up here (the gradient check's workspace is not poisoned). A third run, the
+// forward alone under a NoGradScope (how a teacher runs), must give the same output and extra
+// outputs. All by the CUDA comparison's rule, at the case's cuda_tol.
 //
 // The gradient check projects the output on a fixed random direction r: L = sum(out * r),
 // takes the analytic dL/dx from the tape seeded with r and the numeric one from central

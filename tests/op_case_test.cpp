@@ -107,15 +107,27 @@ TEST(GradientCheck, NoisyCopyIsItsSourceScaledPlusBoundedNoise) {
   EXPECT_GT(spread, 0.05);  // the noise is there
 }
 
-// y = 2 x on the CPU, with a backward that hands dx = 2 dy to x's gradient buffer through
-// Graph::grad_to_write in one of four ways: the right one, and three bugs the gradient check
-// cannot see, because its parameters' buffers start at zero.
-enum class BufferUse { Right, OverwritesEarlierContributions, AddsToAFreshBuffer, WritesHalfOfAFreshBuffer };
+// y = 2 x on the CPU, right or with one of five bugs the gradient check cannot see. Three are
+// in how the backward hands dx = 2 dy to x's buffer through Graph::grad_to_write (the gradient
+// check's parameter buffers start at zero, where they go unseen); two are the forward's: it
+// adds to its output, which a fresh workspace happens to give it zeroed, or it computes
+// something else under a NoGradScope.
+enum class BufferUse {
+  Right,
+  OverwritesEarlierContributions,
+  AddsToAFreshBuffer,
+  WritesHalfOfAFreshBuffer,
+  ForwardAddsToItsOutput,
+  ForwardWithoutGradientsIsOffByAConstant
+};
 
 Var* planted_double(Graph& g, Var* x, BufferUse use) {
   Var* y = g.make(x->value.shape, {x});
   std::vector<float> v = to_host_f32(x->value);
-  for (float& e : v) e *= 2.0f;
+  const std::vector<float> before = to_host_f32(y->value);
+  const float offset = use == BufferUse::ForwardWithoutGradientsIsOffByAConstant && !g.grad_enabled() ? 0.5f : 0.0f;
+  for (size_t i = 0; i < v.size(); ++i)
+    v[i] = 2.0f * v[i] + offset + (use == BufferUse::ForwardAddsToItsOutput ? before[i] : 0.0f);
   from_host(y->value, v);
   if (y->requires_grad) {
     g.record("planted_double", x->name, [&g, x, y, use] {
@@ -158,9 +170,14 @@ TEST(GradientBufferCheck, RejectsEachWrongUseOfTheBuffer) {
       {BufferUse::OverwritesEarlierContributions, "added to earlier contributions"},
       {BufferUse::AddsToAFreshBuffer, "written to a fresh buffer"},
       {BufferUse::WritesHalfOfAFreshBuffer, "written to a fresh buffer"},
+      {BufferUse::ForwardAddsToItsOutput, "output written to a fresh buffer"},
+      // The gradient check's probes run without gradients: the constant cancels in L(x+h) - L(x-h).
+      {BufferUse::ForwardWithoutGradientsIsOffByAConstant, "output without gradients"},
   };
   for (const auto& bug : bugs) {
-    EXPECT_EQ(run_gradient_check(planted_buffer_case(bug.use)), "") << bug.seen_as;
+    if (bug.use != BufferUse::ForwardAddsToItsOutput) {  // its forward reads whatever the memory held
+      EXPECT_EQ(run_gradient_check(planted_buffer_case(bug.use)), "") << bug.seen_as;
+    }
     const std::string report = run_gradient_buffer_check(planted_buffer_case(bug.use));
     EXPECT_TRUE(contains(report, bug.seen_as)) << bug.seen_as << ": " << report;
   }
