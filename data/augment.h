@@ -77,8 +77,8 @@ class AugmentTransform : public Transform {
  public:
   AugmentTransform(Recipe recipe, const Dataset& d, Device device, const AugmentOptions& options = {});
   // Another recipe over `other`'s dataset and device that shares its device copy of the
-  // images: FixMatch's weak and strong views upload the dataset once (STL-10's 105,000 images
-  // are 2.9 GB), not twice.
+  // images: FixMatch's weak and strong views upload the dataset once, not twice (CIFAR-10's
+  // training images are 154 MB a copy).
   AugmentTransform(Recipe recipe, const AugmentTransform& other, const AugmentOptions& options = {});
   Device device() const override { return device_; }
   Shape view_shape(const Dataset& d) const override;
