@@ -11,7 +11,8 @@
 //     swap(order[i], order[j])
 //
 // where step = (purpose << 40) | epoch (or | class, for the labeled-subset choice), so the
-// labeled stream, the unlabeled stream and the subset choice never share random numbers.
+// labeled stream, the unlabeled stream, the subset choice and the linear probe never share
+// random numbers.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +26,8 @@ namespace tessera::data {
 enum class SamplerPurpose : uint64_t {
   Main = 0,         // the stream of a BYOL run, the labeled stream of a FixMatch run
   Unlabeled = 1,    // FixMatch's unlabeled stream
-  SubsetChoice = 2  // which images get labels
+  SubsetChoice = 2,  // which images get labels
+  LinearProbe = 3    // the linear probe's epochs over the extracted features (apps/run/evaluation.h)
 };
 uint64_t sampler_step(SamplerPurpose purpose, int64_t epoch_or_class);
 

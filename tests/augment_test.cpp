@@ -195,13 +195,15 @@ TEST(Augment, ParameterRangesAndRates) {
   AugmentPipeline strong(Recipe::FixmatchStrong, 3, 32, 32, kMean3, kStd3);
   const kernels::AugmentSpec s = strong.spec(1, 9);
   EXPECT_EQ(s.pad, 4);
-  int applied = 0, ops[kernels::kRaOpCount] = {};
+  int applied = 0, ops[kernels::kRaOpCount] = {}, shifts_y[9] = {}, shifts_x[9] = {};
   for (int i = 0; i < kDraws; ++i) {
     const kernels::AugmentParams p = kernels::draw_augment_params(s, 0, i);
     ASSERT_GE(p.shift_y, 0);
     ASSERT_LE(p.shift_y, 8);
     ASSERT_GE(p.shift_x, 0);
     ASSERT_LE(p.shift_x, 8);
+    shifts_y[p.shift_y]++;
+    shifts_x[p.shift_x]++;
     for (int k = 0; k < 2; ++k) {
       ASSERT_GE(p.ra_op[k], 0);
       ASSERT_LT(p.ra_op[k], kernels::kRaOpCount);
@@ -221,6 +223,11 @@ TEST(Augment, ParameterRangesAndRates) {
   const double sd = std::sqrt(2 * kDraws * 0.25);
   EXPECT_LE(std::fabs(applied - kDraws), 5 * sd);
   for (int op = 0; op < kernels::kRaOpCount; ++op) EXPECT_GT(ops[op], 2 * kDraws / 14 / 2) << "op " << op;
+  // Every translation in [-pad, pad] is drawn, the extremes included (kDraws / 9 each expected).
+  for (int v = 0; v <= 8; ++v) {
+    EXPECT_GT(shifts_y[v], kDraws / 9 / 2) << "shift_y " << v;
+    EXPECT_GT(shifts_x[v], kDraws / 9 / 2) << "shift_x " << v;
+  }
 }
 
 // Every recipe on 1 and 3 channels: finite values inside the normalised [0, 1] range.

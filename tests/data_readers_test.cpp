@@ -368,6 +368,25 @@ TEST(ImageFolder, ResizesEverySideWithoutAborting) {
 
 // ---- the Debian package ----------------------------------------------------------------
 
+// Per-channel statistics in pixel / 255: a varying channel's population std, and a constant
+// channel's std 1 (its mean still subtracted), never 0, which would divide by zero.
+TEST(ChannelStats, ConstantChannelKeepsStdOne) {
+  Dataset d;
+  d.size = 2;
+  d.channels = 2;
+  d.height = 1;
+  d.width = 2;
+  d.images = {0, 255, 7, 7,    // image 0: channel 0 = {0, 255}, channel 1 = {7, 7}
+              0, 255, 7, 7};   // image 1: the same
+  std::vector<float> mean, std;
+  channel_stats(d, &mean, &std);
+  ASSERT_EQ(mean.size(), 2u);
+  EXPECT_FLOAT_EQ(mean[0], 0.5f);
+  EXPECT_FLOAT_EQ(std[0], 0.5f);
+  EXPECT_FLOAT_EQ(mean[1], 7.0f / 255.0f);
+  EXPECT_EQ(std[1], 1.0f);
+}
+
 TEST(FashionMnist, LoadsFromDebianPackageWithNoPath) {
   if (!fs::exists(std::string(kFashionMnistDir) + "/train-images-idx3-ubyte.gz"))
     GTEST_SKIP() << "Fashion-MNIST not installed at " << kFashionMnistDir << " (Debian package dataset-fashion-mnist)";

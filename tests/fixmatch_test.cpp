@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -22,14 +23,18 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "apps/fixmatch/fixmatch.h"
+#include "apps/fixmatch/step.h"
 #include "apps/run/run_directory.h"
 #include "apps/run/training_run.h"
 #include "data/synthetic_images.h"
 #include "engine/checkpoint.h"
+#include "engine/ops.h"
+#include "engine/workspace.h"
 #include "models/model.h"
 #include "tests/program_runs.h"
 #include "tests/teacher_replay.h"
@@ -138,6 +143,80 @@ TEST(FixMatch, ThresholdNoPseudoLabelReachesMasksEverythingOut) {
   EXPECT_EQ(a[0]["sup_loss"], b[0]["sup_loss"]);
   EXPECT_GT(a[0]["unsup_loss"].get<double>(), 0.0);
   for (const std::string& d : {low, high}) std::filesystem::remove_all(d);
+}
+
+// The pseudo-labels and the mask come from the weak rows of the one forward over
+// [labeled | weak | strong]. The step's counts say which rows it read: with a threshold that
+// keeps a different number of weak rows than strong ones, counts[0] is the weak rows' number;
+// with the true labels set to the weak rows' argmax, every pseudo-label is counted correct.
+TEST(FixMatch, PseudoLabelsComeFromTheWeakRows) {
+  fixmatch::Config c;
+  c.arch = "wrn-10-1";
+  c.batch_size = 4;
+  c.mu = 2;
+  const int64_t B = 4, U = 8, N = B + 2 * U;
+  ModelSpec ms;
+  ms.arch = c.arch;
+  ms.in_channels = 1;
+  ms.num_classes = 10;
+  fixmatch::Nets n = fixmatch::build_nets(c, ms, Device::CPU);
+  // Three independent sets of images: the strong rows are not the weak rows.
+  std::vector<float> pixels(static_cast<size_t>(N * 8 * 8));
+  std::mt19937 rng(31);
+  for (float& p : pixels) p = static_cast<float>(rng() >> 8) * 0x1p-23f - 1.0f;  // uniform in [-1, 1)
+  data::Batch batch;
+  std::vector<OwnedTensor> views;
+  const int64_t counts[3] = {B, U, U};
+  for (int v = 0, at = 0; v < 3; at += static_cast<int>(counts[v] * 64), ++v) {
+    views.emplace_back(Device::CPU, Shape{counts[v], 1, 8, 8});
+    from_host(views.back().t, std::vector<float>(pixels.begin() + at, pixels.begin() + at + counts[v] * 64));
+    batch.views.push_back(views.back().t);
+  }
+  // The forward the step makes, before it (train-mode BN over the whole batch).
+  std::vector<float> weak_conf, strong_conf;
+  std::vector<int32_t> weak_label;
+  {
+    Workspace ws(Device::CPU);
+    Graph g(ws);
+    NoGradScope no_grad(g);
+    OwnedTensor x(Device::CPU, Shape{N, 1, 8, 8});
+    from_host(x.t, pixels);
+    Var* logits = n.student->forward(g, g.input(x.t, "images"), true);
+    OwnedTensor label(Device::CPU, Shape{N}, DType::I32), conf(Device::CPU, Shape{N});
+    ops::argmax_max_prob(logits->value, label.t, conf.t);
+    const std::vector<float> all_conf = to_host_f32(conf.t);
+    const std::vector<int32_t> all_label = to_host_i32(label.t);
+    weak_conf.assign(all_conf.begin() + B, all_conf.begin() + B + U);
+    strong_conf.assign(all_conf.begin() + B + U, all_conf.end());
+    weak_label.assign(all_label.begin() + B, all_label.begin() + B + U);
+  }
+  // A threshold between two confidences at which the weak and strong rows keep different counts.
+  std::vector<float> all(weak_conf);
+  all.insert(all.end(), strong_conf.begin(), strong_conf.end());
+  std::sort(all.begin(), all.end());
+  auto kept = [](const std::vector<float>& conf, double t) {
+    return std::count_if(conf.begin(), conf.end(), [t](float p) { return p >= t; });
+  };
+  c.threshold = -1;
+  for (size_t i = 0; i + 1 < all.size() && c.threshold < 0; ++i) {
+    const double t = 0.5 * (static_cast<double>(all[i]) + all[i + 1]);
+    if (all[i] < all[i + 1] && kept(weak_conf, t) != kept(strong_conf, t)) c.threshold = t;
+  }
+  ASSERT_GE(c.threshold, 0) << "no threshold tells the weak rows from the strong ones";
+
+  OwnedTensor y_labeled(Device::CPU, Shape{B}, DType::I32), y_unlabeled(Device::CPU, Shape{U}, DType::I32);
+  from_host(y_labeled.t, std::vector<int32_t>{1, 2, 3, 4});
+  from_host(y_unlabeled.t, weak_label);
+  batch.labels = {y_labeled.t, y_unlabeled.t};
+  OwnedTensor losses(Device::CPU, Shape{2}), step_counts(Device::CPU, Shape{2}, DType::I32);
+  fill_zero(step_counts.t);
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  profile::PhaseSequence phases;
+  fixmatch::train_step(n, c, g, batch, 0, 0.03f, fixmatch::StepSlots{losses.t.f32(), step_counts.t.i32()}, phases);
+  const std::vector<int32_t> got = to_host_i32(step_counts.t);
+  EXPECT_EQ(got[0], kept(weak_conf, c.threshold)) << "strong rows would keep " << kept(strong_conf, c.threshold);
+  EXPECT_EQ(got[1], U);
 }
 
 TEST(FixMatch, SupervisedBaselineSkipsTheUnlabeledLoss) {

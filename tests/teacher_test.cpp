@@ -498,11 +498,13 @@ TEST(Teacher, MasksArePureFunctionsOfSeedAndStep) {
 
 // update() under the cosine schedule applies the m_k of the step it is given (the formula
 // written out in tests/teacher_replay.h), to the parameters (TMA: every element blended) and,
-// under --bn-buffers ema, to the buffers; past K the momentum stays at 1.
-TEST(Teacher, UpdateAppliesTheCosineMomentumOfItsStep) {
+// under --bn-buffers ema, to the buffers; past K the momentum stays at 1. Under SE the
+// parameters are a masked copy (momentum 0), but the buffers' EMA still takes the schedule's
+// m_k.
+void expect_cosine_momentum_of_each_step(SmoothingMode mode) {
   World w;
   TeacherConfig c = sts_config(Granularity::Tensor);
-  c.mode = SmoothingMode::Tma;
+  c.mode = mode;
   c.momentum = 0.9f;
   c.schedule = MomentumSchedule::Cosine;
   c.total_steps = 10;
@@ -516,22 +518,35 @@ TEST(Teacher, UpdateAppliesTheCosineMomentumOfItsStep) {
     sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, step);
     const float m = replay::cosine_momentum(0.9f, step, 10);
     const std::vector<float> now = host_of(w.teacher), now_buf = host_of(w.teacher_buf);
-    for (const Slot& s : w.params.slots())
-      for (int64_t i = s.offset; i < s.offset + s.numel; ++i) {
-        const size_t j = static_cast<size_t>(i);
-        ASSERT_TRUE(same_bits(now[j], blend(old[j], student[j], m)))
-            << s.name << " at step " << step << ": " << now[j] << ", m_k = " << m << " gives " << blend(old[j], student[j], m);
-      }
+    if (mode == SmoothingMode::Tma)
+      for (const Slot& s : w.params.slots())
+        for (int64_t i = s.offset; i < s.offset + s.numel; ++i) {
+          const size_t j = static_cast<size_t>(i);
+          ASSERT_TRUE(same_bits(now[j], blend(old[j], student[j], m)))
+              << s.name << " at step " << step << ": " << now[j] << ", m_k = " << m << " gives "
+              << blend(old[j], student[j], m);
+        }
     for (const Slot& s : w.buffers.slots())
       for (int64_t i = s.offset; i < s.offset + s.numel; ++i) {
         const size_t j = static_cast<size_t>(i);
         ASSERT_TRUE(same_bits(now_buf[j], blend(old_buf[j], student_buf[j], m))) << s.name << " at step " << step;
       }
   }
+  w.expect_canaries_intact();
+}
+
+TEST(Teacher, UpdateAppliesTheCosineMomentumOfItsStep) {
+  {
+    SCOPED_TRACE("tma");
+    expect_cosine_momentum_of_each_step(SmoothingMode::Tma);
+  }
+  {
+    SCOPED_TRACE("se: the parameters a masked copy, the buffers still an EMA");
+    expect_cosine_momentum_of_each_step(SmoothingMode::Se);
+  }
   // The schedule moves: the steps above did not all share one momentum.
   EXPECT_NE(replay::cosine_momentum(0.9f, 3, 10), replay::cosine_momentum(0.9f, 5, 10));
   EXPECT_EQ(replay::cosine_momentum(0.9f, 12, 10), 1.0f);
-  w.expect_canaries_intact();
 }
 
 // A smoother and its teacher saved the way the programs save them - the teacher model through

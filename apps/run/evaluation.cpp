@@ -6,8 +6,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "data/sampler.h"
 #include "engine/check.h"
-#include "kernels/common/philox.h"
 
 namespace tessera {
 
@@ -151,20 +151,14 @@ LinearProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, 
   const int64_t total_steps = steps_per_epoch * opt.epochs;
   std::vector<float> xb(static_cast<size_t>(bs * d)), logits(static_cast<size_t>(bs * c));
   std::vector<int32_t> yb(static_cast<size_t>(bs));
-  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::vector<int64_t> order;
   constexpr float kBeta1 = 0.9f, kBeta2 = 0.999f, kEps = 1e-8f;
-  // Probe shuffles draw from the sampler stream at steps 2^40 + epoch, far from any
-  // training epoch, so they never share numbers with a training run's shuffles.
-  constexpr uint64_t kProbeStepBase = uint64_t{1} << 40;
   double epoch_loss = 0;
   int64_t step = 0;
   for (int epoch = 0; epoch < opt.epochs; ++epoch) {
-    std::iota(order.begin(), order.end(), int64_t{0});
-    kernels::PhiloxState rng(opt.seed, kernels::philox_subsequence(kernels::kStreamSampler, kProbeStepBase + epoch), 0);
-    for (int64_t i = n - 1; i > 0; --i) {  // Fisher-Yates
-      const int64_t j = static_cast<int64_t>(rng.next_u32() % static_cast<uint32_t>(i + 1));
-      std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(j)]);
-    }
+    // The loader's Fisher-Yates, on a sampler purpose of its own: no training shuffle shares
+    // its random numbers.
+    order = data::shuffled_order(opt.seed, data::sampler_step(data::SamplerPurpose::LinearProbe, epoch), n);
     epoch_loss = 0;
     for (int64_t s0 = 0; s0 < n; s0 += bs, ++step) {
       const int64_t rows = std::min(bs, n - s0);
