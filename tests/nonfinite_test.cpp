@@ -553,6 +553,26 @@ TEST_P(NonfinitePrograms, SkipDropsTheStepsAndCountsThem) {
   EXPECT_EQ(counts, (std::vector<int64_t>{0, 0, 1, 1, 1, 2, 2, 2}));
 }
 
+// The count of skipped steps is part of the run: stopped after step 4 with one skip and
+// resumed in a fresh process, the run counts the second skip as its second.
+TEST_P(NonfinitePrograms, SkippedStepsAreCountedAcrossAResume) {
+  const ProgramCase pc = GetParam();
+  const std::string out = fixture().root + "/" + pc.program + "-skip-resume";
+  const program_runs::Result first = program_runs::run(
+      pc.program, with(tiny(pc.program, out), {"--on-nonfinite", "skip", "--log-every", "1", "--stop-after", "4"}),
+      {std::string("TESSERA_INJECT_NONFINITE=2:") + pc.tensor});
+  ASSERT_EQ(first.status, 0) << first.output;
+  EXPECT_EQ(SafetensorsFile::read(out + "/last.safetensors").metadata(NonfiniteGuard::kSkippedKey), "1");
+  const program_runs::Result resumed =
+      program_runs::run(pc.program, {"--resume", out}, {"TESSERA_INJECT_NONFINITE=5:loss"});
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_EQ(SafetensorsFile::read(out + "/last.safetensors").metadata(NonfiniteGuard::kSkippedKey), "2");
+  int64_t last = -1;
+  for (const nlohmann::json& e : program_runs::events(out))
+    if (e["event"] == "train") last = e.at("nonfinite_skipped").get<int64_t>();
+  EXPECT_EQ(last, 2);
+}
+
 INSTANTIATE_TEST_SUITE_P(Programs, NonfinitePrograms,
                          ::testing::Values(ProgramCase{"byol", "backbone.conv1.weight"},
                                            ProgramCase{"moco", "head.0.weight"},
