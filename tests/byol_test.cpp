@@ -139,6 +139,25 @@ double mean_of(const std::vector<double>& v, size_t begin, size_t end) {
   return sum / static_cast<double>(end - begin);
 }
 
+// The kNN monitor at an epoch's end (--knn-every) scores the teacher and the student under
+// their own names: the same numbers --eval-only gives for the checkpoint of that step.
+TEST(Byol, KnnMonitorNamesTeacherAndStudentScores) {
+  const std::string out = fixture().root + "/knn_monitor";
+  ASSERT_EQ(byol(with(tiny(out), {"--knn-every", "1", "--stop-after", "4"})), 0);  // 4 steps: one epoch
+  nlohmann::json monitor;
+  for (const nlohmann::json& e : metrics(out))
+    if (e["event"] == "knn") monitor = e;
+  ASSERT_FALSE(monitor.is_null()) << "no knn event at the end of epoch 1";
+  EXPECT_EQ(monitor["step"], 4);
+  ASSERT_EQ(byol({"--resume", out, "--eval-only"}), 0);
+  const nlohmann::json evaluated = metrics(out).back();
+  ASSERT_EQ(evaluated["event"], "final");
+  EXPECT_EQ(monitor["knn_top1_teacher"], evaluated["knn_top1_teacher"]);
+  EXPECT_EQ(monitor["knn_top1_student"], evaluated["knn_top1_student"]);
+  // Otherwise a swap of the two would pass.
+  EXPECT_NE(evaluated["knn_top1_teacher"], evaluated["knn_top1_student"]);
+}
+
 TEST(Byol, SmokeRunWritesARunAndRoundTripsItsCheckpoint) {
   const std::string out = fixture().root + "/smoke", frozen = fixture().root + "/frozen";
   ASSERT_EQ(byol(tiny(out)), 0);
