@@ -169,6 +169,24 @@ TEST(Moco, SmokeRunWritesARunWithItsQueueAndRoundTripsItsCheckpoint) {
 
 // The built program, stopped at step 3 and at step 6, each part in a fresh process: the same
 // tensors (queue and pointer included), metadata and metrics as the uninterrupted run.
+// The kNN monitor at an epoch's end (--knn-every) scores the key encoder under "teacher" and
+// the query encoder under "student": the numbers --eval-only gives for that step's checkpoint.
+TEST(Moco, KnnMonitorNamesKeyAndQueryEncoderScores) {
+  const std::string out = fixture().root + "/knn_monitor";
+  ASSERT_EQ(moco(with(tiny(out), {"--knn-every", "1", "--stop-after", "4"})), 0);  // 64 images / 16: one epoch
+  nlohmann::json monitor;
+  for (const nlohmann::json& e : metrics(out))
+    if (e["event"] == "knn") monitor = e;
+  ASSERT_FALSE(monitor.is_null()) << "no knn event at the end of epoch 1";
+  EXPECT_EQ(monitor["step"], 4);
+  ASSERT_EQ(moco({"--resume", out, "--eval-only"}), 0);
+  const nlohmann::json evaluated = metrics(out).back();
+  ASSERT_EQ(evaluated["event"], "final");
+  EXPECT_EQ(monitor["knn_top1_teacher"], evaluated["knn_top1_teacher"]);
+  EXPECT_EQ(monitor["knn_top1_student"], evaluated["knn_top1_student"]);
+  EXPECT_NE(evaluated["knn_top1_teacher"], evaluated["knn_top1_student"]);  // else a swap would pass
+}
+
 TEST(Moco, ResumeInAFreshProcessIsBitIdentical) {
   const std::string whole = fixture().root + "/whole", parts = fixture().root + "/parts";
   auto run = [](const std::vector<std::string>& args) {
