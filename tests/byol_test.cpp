@@ -8,6 +8,8 @@
 //             at the start of step k towards the student of step k - 1), BN buffers
 //   resume    stopped and resumed by the built program in fresh processes: tensors, checkpoint
 //             metadata and every metrics event equal the uninterrupted run's
+//   kNN       the --knn-every monitor's teacher and student scores are --eval-only's for
+//             that step's checkpoint, each under its own name
 //   Ctrl-C and bad input: exit codes, nothing written or overwritten
 //
 // Most runs are in-process (byol_main); the resume test runs build-cpu/byol, next to this

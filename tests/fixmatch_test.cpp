@@ -9,6 +9,7 @@
 //   resume      stopped and resumed by the built program in fresh processes: tensors,
 //               checkpoint metadata and every metrics event (the evaluation at the stop step
 //               included) equal the uninterrupted run's
+//   pseudo-labels  one train_step: the mask and pseudo-labels come from the weak rows
 //   bad input   refused, nothing overwritten
 //
 // Runs are in-process (fixmatch_main) except the resume test's, which run build-cpu/fixmatch.

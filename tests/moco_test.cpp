@@ -8,6 +8,8 @@
 //            queue and its pointer included), metadata entry and metrics event equal the
 //            uninterrupted run's; between two consecutive checkpoints only the batch of rows
 //            at the saved pointer changed in the queue
+//   kNN      the --knn-every monitor's key and query encoder scores are --eval-only's for
+//            that step's checkpoint, each under its own name
 //   bad input  exit codes, the queue message, nothing written
 //   skip     a step dropped by --on-nonfinite skip leaves the queue and its pointer as they were
 //   shuffle  shuffle BN's permutation and its inverse (the 2-rank runs are in
