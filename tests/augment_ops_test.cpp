@@ -131,6 +131,22 @@ TEST(AugmentOps, SolarizeInvertsAtAndAboveTheThreshold) {
   EXPECT_EQ(img[3], 0.0f);
 }
 
+// RandAugment's Solarize at level 0.1 inverts from 1 - 0.1 up (FixMatch: threshold 256 -
+// magnitude, so a weak op inverts only the brightest pixels).
+TEST(AugmentOps, RandAugmentSolarizeThresholdFallsWithTheLevel) {
+  AugmentSpec s;
+  s.channels = 1;
+  s.out_h = 1;
+  s.out_w = 3;
+  std::vector<float> img = {0.2f, 0.5f, 0.95f}, tmp(3);
+  OneWorker t;
+  AugmentShared sh;
+  kernels::apply_randaugment(t, s, kernels::kRaSolarize, 0.1f, img.data(), tmp.data(), sh);
+  EXPECT_EQ(img[0], 0.2f);
+  EXPECT_EQ(img[1], 0.5f);
+  EXPECT_FLOAT_EQ(img[2], 0.05f);
+}
+
 TEST(AugmentOps, PosterizeKeepsTheTopBits) {
   std::vector<float> img = {level(200), level(255), level(15), level(16)};
   OneWorker t;

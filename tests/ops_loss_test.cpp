@@ -75,6 +75,10 @@ TS_OP_CASES(loss_cases) {
       make_case("cross_entropy_n5_k1000", {logits({5, 1000}), labels(5, 1000)}, ce),
       make_case("cross_entropy_soft", {logits({5, 10}), constant({5, 10}, InputSpec::SoftTargets)}, ce_soft),
       make_case("cross_entropy_soft_odd", {logits({2, 37}), constant({2, 37}, InputSpec::SoftTargets)}, ce_soft),
+      // Targets whose rows do not sum to 1 (a label-smoothed row's rounding, a scaled target):
+      // the gradient is sum(t) softmax - t, which rows summing to 1 cannot tell from softmax - t.
+      make_case("cross_entropy_soft_unnormalised_targets", {logits({3, 6}), constant({3, 6}, InputSpec::Uniform, 0.1f, 1)},
+                ce_soft),
       // FixMatch's confidence mask (0 / 1), and general per-sample weights.
       make_case("cross_entropy_masked", {logits({6, 10}), labels(6, 10), constant({6}, InputSpec::Mask)}, ce_weighted),
       make_case("cross_entropy_weighted",
