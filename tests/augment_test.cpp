@@ -43,6 +43,23 @@ Buffer upload_i64(Device device, const std::vector<int64_t>& v) {
   return b;
 }
 
+// A loader's request for view `view` of d's images indices[i] in epochs[i]; with `device`
+// buffers (CUDA transforms), their copies of the two lists on the GPU.
+tessera::data::ViewRequest request(const tessera::data::Dataset& d, const std::vector<int64_t>& indices,
+                                   const std::vector<int64_t>& epochs, uint64_t seed, int view,
+                                   const Buffer* device_indices = nullptr, const Buffer* device_epochs = nullptr) {
+  tessera::data::ViewRequest r;
+  r.dataset = &d;
+  r.count = static_cast<int64_t>(indices.size());
+  r.indices = indices.data();
+  r.epochs = epochs.data();
+  if (device_indices) r.indices_device = static_cast<const int64_t*>(device_indices->data());
+  if (device_epochs) r.epochs_device = static_cast<const int64_t*>(device_epochs->data());
+  r.seed = seed;
+  r.view = view;
+  return r;
+}
+
 // Runs one view of a pipeline on `device` over images[indices[i]] (images: (M, C, H, W)),
 // every sample drawn in `epoch`.
 std::vector<float> run_view(const AugmentPipeline& p, Device device, const std::vector<uint8_t>& images, int C,
@@ -272,13 +289,7 @@ TEST(Augment, TransformFollowsTheRequest) {
   AugmentTransform t(Recipe::FixmatchStrong, d, Device::CPU);
   EXPECT_EQ(t.view_shape(d), (Shape{3, 12, 12}));
   const std::vector<int64_t> indices = {7, 2, 7}, epochs = {0, 0, 1};
-  tessera::data::ViewRequest r;
-  r.dataset = &d;
-  r.count = 3;
-  r.indices = indices.data();
-  r.epochs = epochs.data();
-  r.seed = 5;
-  r.view = 1;
+  const tessera::data::ViewRequest r = request(d, indices, epochs, 5, 1);
   OwnedTensor out(Device::CPU, Shape{3, 3, 12, 12});
   t.apply(r, out.t);
   const std::vector<float> got = tessera::to_host_f32(out.t);
@@ -321,13 +332,7 @@ TEST(Augment, TransformMadeFromAnotherGivesItsOwnRecipesViews) {
   AugmentTransform shared(Recipe::FixmatchStrong, weak), alone(Recipe::FixmatchStrong, d, Device::CPU);
   EXPECT_EQ(shared.view_shape(d), alone.view_shape(d));
   const std::vector<int64_t> indices = {7, 2, 9}, epochs = {0, 1, 1};
-  tessera::data::ViewRequest r;
-  r.dataset = &d;
-  r.count = 3;
-  r.indices = indices.data();
-  r.epochs = epochs.data();
-  r.seed = 5;
-  r.view = 1;
+  const tessera::data::ViewRequest r = request(d, indices, epochs, 5, 1);
   OwnedTensor a(Device::CPU, Shape{3, 3, 12, 12}), b(Device::CPU, Shape{3, 3, 12, 12});
   shared.apply(r, a.t);
   alone.apply(r, b.t);
@@ -348,15 +353,7 @@ TEST(AugmentCuda, TransformMadeFromAnotherSharesItsDeviceImages) {
   EXPECT_EQ(strong.device_images(), weak.device_images());
   const std::vector<int64_t> indices = {3, 39, 0}, epochs = {1, 1, 2};
   const Buffer idx = upload_i64(Device::CUDA, indices), ep = upload_i64(Device::CUDA, epochs);
-  tessera::data::ViewRequest q;
-  q.dataset = &d;
-  q.count = 3;
-  q.indices = indices.data();
-  q.epochs = epochs.data();
-  q.indices_device = static_cast<const int64_t*>(idx.data());
-  q.epochs_device = static_cast<const int64_t*>(ep.data());
-  q.seed = 3;
-  q.view = 1;
+  const tessera::data::ViewRequest q = request(d, indices, epochs, 3, 1, &idx, &ep);
   OwnedTensor a(Device::CPU, Shape{3, 3, 32, 32}), b(Device::CUDA, Shape{3, 3, 32, 32});
   cpu.apply(q, a.t);
   strong.apply(q, b.t);
@@ -372,15 +369,7 @@ TEST(AugmentCuda, TransformMatchesTheCpuTransform) {
   const Buffer idx = upload_i64(Device::CUDA, indices), ep = upload_i64(Device::CUDA, epochs);
   for (Recipe r : {Recipe::Byol, Recipe::FixmatchStrong}) {
     AugmentTransform cpu(r, d, Device::CPU), gpu(r, d, Device::CUDA);
-    tessera::data::ViewRequest q;
-    q.dataset = &d;
-    q.count = 5;
-    q.indices = indices.data();
-    q.epochs = epochs.data();
-    q.indices_device = static_cast<const int64_t*>(idx.data());
-    q.epochs_device = static_cast<const int64_t*>(ep.data());
-    q.seed = 3;
-    q.view = 1;
+    const tessera::data::ViewRequest q = request(d, indices, epochs, 3, 1, &idx, &ep);
     OwnedTensor a(Device::CPU, Shape{5, 3, 32, 32}), b(Device::CUDA, Shape{5, 3, 32, 32});
     cpu.apply(q, a.t);
     gpu.apply(q, b.t);

@@ -14,28 +14,19 @@ namespace {
 
 using tessera::testing::OpCase;
 
-class GradCheck : public ::testing::Test {
+// One CPU check of one case: `run` returns "" or the report; `what` heads the failure.
+class CpuCheck : public ::testing::Test {
  public:
-  explicit GradCheck(const OpCase* c) : c_(c) {}
+  CpuCheck(const OpCase* c, std::string (*run)(const OpCase&), const char* what) : c_(c), run_(run), what_(what) {}
   void TestBody() override {
-    const std::string report = tessera::testing::run_gradient_check(*c_);
-    EXPECT_TRUE(report.empty()) << "gradient check of " << c_->name << " failed:\n" << report;
+    const std::string report = run_(*c_);
+    EXPECT_TRUE(report.empty()) << what_ << " of " << c_->name << " failed:\n" << report;
   }
 
  private:
   const OpCase* c_;
-};
-
-class GradBuffers : public ::testing::Test {
- public:
-  explicit GradBuffers(const OpCase* c) : c_(c) {}
-  void TestBody() override {
-    const std::string report = tessera::testing::run_gradient_buffer_check(*c_);
-    EXPECT_TRUE(report.empty()) << "gradient buffers of " << c_->name << ":\n" << report;
-  }
-
- private:
-  const OpCase* c_;
+  std::string (*run_)(const OpCase&);
+  const char* what_;
 };
 
 class CudaVsCpu : public ::testing::Test {
@@ -57,9 +48,14 @@ void register_op_cases() {
     const OpCase* p = &c;
     if (c.differentiable) {
       ::testing::RegisterTest("BackendOpsGrad", c.name.c_str(), nullptr, nullptr, __FILE__, __LINE__,
-                              [p]() -> ::testing::Test* { return new GradCheck(p); });
+                              [p]() -> ::testing::Test* {
+                                return new CpuCheck(p, tessera::testing::run_gradient_check, "gradient check");
+                              });
       ::testing::RegisterTest("BackendOpsGradBuffers", c.name.c_str(), nullptr, nullptr, __FILE__, __LINE__,
-                              [p]() -> ::testing::Test* { return new GradBuffers(p); });
+                              [p]() -> ::testing::Test* {
+                                return new CpuCheck(p, tessera::testing::run_gradient_buffer_check,
+                                                    "gradient-buffer check");
+                              });
     }
     ::testing::RegisterTest("BackendOpsCuda", c.name.c_str(), nullptr, nullptr, __FILE__, __LINE__,
                             [p]() -> ::testing::Test* { return new CudaVsCpu(p); });
