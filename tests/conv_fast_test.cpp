@@ -4,7 +4,8 @@
 // oneDNN (ConvRouting::AllOneDnn), so each of oneDNN's kernels meets the reference on every
 // shape whatever the measured table sends where, and again with Winograd on every 3x3 stride-1
 // shape oneDNN takes (ConvRouting::AllWinograd); the table itself and the mixed routes are
-// tested apart (ConvFast.MeasuredRouting*).
+// tested apart (ConvFast.MeasuredRouting*), and the three activation layouts on one shape
+// (ConvFast.EveryLayoutAddsAndWritesGradients).
 //
 // Shapes: each model is built and run forward once on the fast tier at batch 2 and its input
 // size; the fast tier's plan cache then lists exactly the shapes that model's convolutions have
@@ -476,6 +477,30 @@ TEST(ConvFast, EachGradientAloneAndInPairs) {
     want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4, want.dx_overwrite = mask & 8;
     SCOPED_TRACE(cat("dx ", want.dx, " dw ", want.dw, " db ", want.db, " dx written ", want.dx_overwrite));
     compare(s, seed += 10, want, /*forward=*/false);
+  }
+}
+
+// The three layouts (kernels/onednn/onednn.h, Layout). Under Plain and Nhwc some operands need
+// no reorder, so a gradient added into the caller's buffer goes through the output stage's
+// accumulate path rather than the format conversion; each layout must still add, and write
+// over when asked.
+TEST(ConvFast, EveryLayoutAddsAndWritesGradients) {
+  struct LayoutScope {
+    kernels::onednn::Layout saved = kernels::onednn::layout();
+    explicit LayoutScope(kernels::onednn::Layout l) { kernels::onednn::set_layout(l); }
+    ~LayoutScope() { kernels::onednn::set_layout(saved); }
+  };
+  const kernels::Conv2dShape s = shape_of(2, 16, 8, 8, 16, 3, 3, 1, 1);
+  for (kernels::onednn::Layout l :
+       {kernels::onednn::Layout::Plain, kernels::onednn::Layout::Nhwc, kernels::onednn::Layout::Blocked}) {
+    LayoutScope layout(l);
+    SCOPED_TRACE(kernels::onednn::layout_name(l));
+    uint64_t seed = 15000;
+    for (bool overwrite : {false, true}) {
+      Want want;
+      want.dx_overwrite = overwrite;
+      compare(s, seed += 10, want, /*forward=*/!overwrite);
+    }
   }
 }
 

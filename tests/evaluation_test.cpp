@@ -1,11 +1,15 @@
 // kNN monitor and linear probe (apps/run/evaluation.h) on generated features whose answer
-// is known: hand-built neighbourhoods, separable clusters, and labels with no signal.
+// is known: hand-built neighbourhoods, separable clusters, labels with no signal, and the
+// probe against a plain double-precision reference of itself.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "apps/run/evaluation.h"
 #include "engine/check.h"
+#include "data/sampler.h"
 #include "kernels/common/philox.h"
 
 namespace tessera {
@@ -84,6 +88,81 @@ TEST(LinearProbe, SeparableClustersAreLearnedDeterministically) {
   const LinearProbeResult again = linear_probe(train, test, 4, opt);
   EXPECT_EQ(r.test_top1, again.test_top1);
   EXPECT_EQ(r.final_loss, again.final_loss);
+}
+
+// The probe written out plainly in double precision: the train split's standardisation,
+// softmax regression in batches of the probe's shuffled order, the mean cross-entropy's
+// gradient plus L2 on the weight, Adam with the cosine learning rate. Returns the last epoch's
+// mean loss, the probe's final_loss.
+double reference_probe_loss(const FeatureSet& f, int classes, const LinearProbeOptions& opt) {
+  const int64_t n = f.n, d = f.dim;
+  std::vector<double> x(f.x.begin(), f.x.end());
+  for (int64_t j = 0; j < d; ++j) {
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < n; ++i) mean += x[i * d + j] / static_cast<double>(n);
+    for (int64_t i = 0; i < n; ++i) var += (x[i * d + j] - mean) * (x[i * d + j] - mean) / static_cast<double>(n);
+    for (int64_t i = 0; i < n; ++i) x[i * d + j] = (x[i * d + j] - mean) / std::sqrt(var + 1e-6);
+  }
+  const size_t np = static_cast<size_t>(classes * (d + 1));  // w (classes, d), then b (classes)
+  std::vector<double> p(np, 0.0), m(np, 0.0), v(np, 0.0);
+  const int64_t bs = std::min<int64_t>(opt.batch_size, n), total = (n + bs - 1) / bs * opt.epochs;
+  int64_t step = 0;
+  double loss = 0;
+  for (int epoch = 0; epoch < opt.epochs; ++epoch) {
+    const std::vector<int64_t> order =
+        data::shuffled_order(opt.seed, data::sampler_step(data::SamplerPurpose::LinearProbe, epoch), n);
+    loss = 0;
+    for (int64_t s0 = 0; s0 < n; s0 += bs, ++step) {
+      const int64_t rows = std::min(bs, n - s0);
+      std::vector<double> g(np, 0.0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = order[static_cast<size_t>(s0 + r)];
+        std::vector<double> z(static_cast<size_t>(classes));
+        for (int k = 0; k < classes; ++k) {
+          z[k] = p[classes * d + k];
+          for (int64_t j = 0; j < d; ++j) z[k] += p[k * d + j] * x[i * d + j];
+        }
+        double total_exp = 0;
+        for (int k = 0; k < classes; ++k) total_exp += std::exp(z[k]);
+        loss += std::log(total_exp) - z[f.y[i]];
+        for (int k = 0; k < classes; ++k) {
+          const double dz = (std::exp(z[k]) / total_exp - (k == f.y[i] ? 1.0 : 0.0)) / static_cast<double>(rows);
+          for (int64_t j = 0; j < d; ++j) g[k * d + j] += dz * x[i * d + j];
+          g[classes * d + k] += dz;
+        }
+      }
+      for (size_t q = 0; q < static_cast<size_t>(classes * d); ++q) g[q] += opt.weight_decay * p[q];
+      const double lr = opt.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(total)));
+      const double t = static_cast<double>(step + 1);
+      for (size_t q = 0; q < np; ++q) {
+        m[q] = 0.9 * m[q] + 0.1 * g[q];
+        v[q] = 0.999 * v[q] + 0.001 * g[q] * g[q];
+        p[q] -= lr * (m[q] / (1 - std::pow(0.9, t))) / (std::sqrt(v[q] / (1 - std::pow(0.999, t))) + 1e-8);
+      }
+    }
+  }
+  return loss / static_cast<double>(n);
+}
+
+// Against the plain reference, with a last batch of 4 rows out of 32 (whose gradient is the
+// mean over its own rows) and labels that are not separable, so the loss still moves.
+TEST(LinearProbe, FollowsTheWrittenOutReference) {
+  const FeatureSet train = clusters(3, 50, 5, 1.0f, 5, false);  // n = 150: batches of 32, last 22
+  LinearProbeOptions opt;
+  opt.epochs = 4;
+  opt.batch_size = 32;
+  opt.lr = 2e-2f;
+  opt.weight_decay = 1e-2f;
+  opt.seed = 9;
+  const double expected = reference_probe_loss(train, 3, opt);
+  const LinearProbeResult r = linear_probe(train, train, 3, opt);
+  EXPECT_NEAR(r.final_loss, expected, 1e-5 * expected);
+  FeatureSet ragged = train;  // n = 132: four batches of 32 and one of 4
+  ragged.n = 132;
+  ragged.x.resize(static_cast<size_t>(132 * 5));
+  ragged.y.resize(132);
+  const double expected_ragged = reference_probe_loss(ragged, 3, opt);
+  EXPECT_NEAR(linear_probe(ragged, ragged, 3, opt).final_loss, expected_ragged, 1e-5 * expected_ragged);
 }
 
 TEST(LinearProbe, NoSignalStaysNearChance) {

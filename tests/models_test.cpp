@@ -1,9 +1,10 @@
 // models/: parameter tables against torchvision's and the FixMatch port's (counts and names),
-// seeded initialisation, specs, and model checkpoints. Forward passes are tested in
-// tests/models_forward_test.cpp and against PyTorch in tests/torchvision_test.cpp.
+// seeded initialisation, BatchNorm momenta, specs, and model checkpoints. Forward passes are
+// tested in tests/models_forward_test.cpp and against PyTorch in tests/torchvision_test.cpp.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -253,6 +254,63 @@ TEST(Models, RecomputedBatchNormReluGivesTheSameStep) {
       EXPECT_EQ(grads[1], grads[0]) << where;
       EXPECT_EQ(buffers[1], buffers[0]) << where;
     }
+  }
+}
+
+// Each BatchNorm's momentum is the reference's: 0.1 (torchvision ResNet, nn.BatchNorm1d in the
+// MLP head) and 0.001 (the FixMatch port's WRN). Read from the running means without knowing
+// the batch means: from running_mean 0, two train-mode forwards of one batch (the same input
+// reaches every BN, parameters do not move) give m*mu, then m*mu + (1-m)*m*mu, so
+// m = 2 - second / first, per channel. The port's WRN never applies bn1 of a stage's first
+// block after stage 1 (wide_resnet.cpp): those stay at zero.
+TEST(Models, BatchNormMomentumFollowsTheReferences) {
+  ModelSpec mlp;
+  mlp.arch = "mlp";
+  mlp.mlp_sizes = {6, 16, 4};
+  struct Case {
+    ModelSpec spec;
+    Shape input;
+    float momentum;
+    std::vector<std::string> unused;
+  };
+  const Case cases[] = {{spec_of("resnet18", 10, "cifar", 3, 8), Shape{4, 3, 16, 16}, 0.1f, {}},
+                        {spec_of("wrn-10-2", 10, "cifar", 3), Shape{4, 3, 16, 16}, 0.001f,
+                         {"block2.layer.0.bn1.running_mean", "block3.layer.0.bn1.running_mean"}},
+                        {mlp, Shape{8, 6}, 0.1f, {}}};
+  for (const Case& c : cases) {
+    auto m = make_model(c.spec, Device::CPU);
+    OwnedTensor x(Device::CPU, c.input);
+    std::vector<float> values(static_cast<size_t>(x.t.numel()));
+    for (size_t i = 0; i < values.size(); ++i) values[i] = 1.0f + std::sin(0.37f * static_cast<float>(i));
+    from_host(x.t, values);
+    std::vector<float> after[2];
+    for (int pass = 0; pass < 2; ++pass) {
+      Workspace ws(Device::CPU);
+      Graph g(ws);
+      NoGradScope no_grad(g);
+      m->forward(g, g.input(x.t, "x"), /*train=*/true);
+      g.clear();
+      after[pass] = to_host_f32(m->buffers().all());
+    }
+    int checked = 0;
+    std::vector<std::string> unused;
+    for (const Slot& s : m->buffer_table().slots()) {
+      if (s.kind != ParamKind::BnRunningMean) continue;
+      const auto begin = after[0].begin() + s.offset, end = begin + s.numel;
+      if (std::all_of(begin, end, [](float v) { return v == 0.0f; })) {
+        unused.push_back(s.name);
+        continue;
+      }
+      // The channel with the largest mean: the ratio is exact there to float rounding.
+      int64_t best = s.offset;
+      for (int64_t i = s.offset; i < s.offset + s.numel; ++i)
+        if (std::fabs(after[0][static_cast<size_t>(i)]) > std::fabs(after[0][static_cast<size_t>(best)])) best = i;
+      const float first = after[0][static_cast<size_t>(best)], second = after[1][static_cast<size_t>(best)];
+      EXPECT_NEAR(2.0f - second / first, c.momentum, 0.01f * c.momentum) << c.spec.arch << " " << s.name;
+      ++checked;
+    }
+    EXPECT_GT(checked, 0) << c.spec.arch;
+    EXPECT_EQ(unused, c.unused) << c.spec.arch;
   }
 }
 
