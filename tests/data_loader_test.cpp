@@ -1,6 +1,7 @@
 // Samplers and the batch loader: the shuffle is the documented Fisher-Yates, the labeled subset
 // is balanced and survives a resume, batches depend only on (seed, position) and never on
-// thread timing, and a loader resumed mid-epoch continues the same order.
+// thread timing, a loader resumed mid-epoch continues the same order, and a malformed saved
+// position is an error.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -121,6 +122,29 @@ TEST(Sampler, DropLastLinesEpochsUpWithBatches) {
   s.next_batch(&at, idx.data(), ep.data());
   EXPECT_EQ(ep, std::vector<int64_t>(4, 1));
   EXPECT_THROW(IndexStream(all_indices(3), 4, 5, SamplerPurpose::Main, true, true), Error);
+}
+
+// A position handed in from outside (a resume): one past the pool is an error naming both,
+// and a drop-last position with less than a batch left starts the next epoch, as a position
+// the stream wrote itself would have.
+TEST(Sampler, ResumedPositionsAreCheckedAndLinedUp) {
+  IndexStream s(all_indices(10), 4, 5, SamplerPurpose::Main, true, true);
+  std::vector<int64_t> idx(4), ep(4);
+  SamplerPosition past{0, 11};
+  try {
+    s.next_batch(&past, idx.data(), ep.data());
+    ADD_FAILURE() << "index 11 of a pool of 10 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sampler position (epoch 0, index 11) does not fit a pool of 10"),
+              std::string::npos)
+        << e.what();
+  }
+  SamplerPosition tail{0, 7};  // 3 left in epoch 0
+  s.next_batch(&tail, idx.data(), ep.data());
+  EXPECT_EQ(ep, std::vector<int64_t>(4, 1));
+  const auto order = shuffled_order(5, sampler_step(SamplerPurpose::Main, 1), 10);
+  EXPECT_EQ(idx, std::vector<int64_t>(order.begin(), order.begin() + 4));
+  EXPECT_EQ(tail, (SamplerPosition{1, 4}));
 }
 
 TEST(Sampler, StreamRunsAcrossEpochsOverAPool) {
@@ -271,6 +295,30 @@ TEST(Loader, ResumingMidEpochContinuesTheSameOrder) {
   EXPECT_THROW(make_byol_loader(d, 8, v1, v2, 4, Device::CPU, saved), Error);  // 2 streams saved, 1 expected
 }
 
+// A checkpoint's loader tensor that is not [batches, epoch, index, ...] with every value
+// non-negative is an Error naming what was expected and found, not a position that resumes
+// somewhere else (a short vector, an even count, a negative batch count, epoch or index).
+TEST(Loader, MalformedSavedPositionsAreRejected) {
+  auto message_of = [](const std::vector<int64_t>& v) -> std::string {
+    try {
+      LoaderPosition::unpack(v);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  const std::string shape = "expected [batches, epoch, index, ...] (an odd count >= 1), found ";
+  EXPECT_NE(message_of({}).find(shape + "0 values"), std::string::npos) << message_of({});
+  EXPECT_NE(message_of({5, 1}).find(shape + "2 values"), std::string::npos) << message_of({5, 1});
+  EXPECT_NE(message_of({5, 1, 2, 3}).find(shape + "4 values"), std::string::npos) << message_of({5, 1, 2, 3});
+  EXPECT_NE(message_of({-1, 0, 0}).find(shape + "3 values"), std::string::npos) << message_of({-1, 0, 0});
+  const std::string sign = "expected non-negative values, found ";
+  EXPECT_NE(message_of({5, -2, 3}).find(sign + "-2, 3"), std::string::npos) << message_of({5, -2, 3});
+  EXPECT_NE(message_of({5, 0, 1, 2, -3}).find(sign + "2, -3"), std::string::npos) << message_of({5, 0, 1, 2, -3});
+  EXPECT_EQ(message_of({7}), "no error");  // a loader without streams
+  EXPECT_EQ(LoaderPosition::unpack({7, 2, 5, 0, 0}).streams.size(), 2u);
+}
+
 namespace {
 class SlowTransform : public NormalizeTransform {
  public:
@@ -394,5 +442,12 @@ TEST(Loader, ShardsOfTheGlobalBatchAreTheOneProcessBatch) {
     EXPECT_NE(std::string(e.what()).find("a global batch of 6 does not split evenly over 4 ranks: expected a multiple of 4"),
               std::string::npos)
         << e.what();
+  }
+  // A rank outside [0, ranks): named, not a shard read past the batch.
+  try {
+    make_fixmatch_loader(labeled, subset, unlabeled, 8, 2, weak, strong, 8, Device::CPU, {}, 2, 2);
+    ADD_FAILURE() << "shard 2 of 2 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected shard in [0, 2), found 2"), std::string::npos) << e.what();
   }
 }
