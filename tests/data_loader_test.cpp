@@ -1,13 +1,14 @@
 // Samplers and the batch loader: the shuffle is the documented Fisher-Yates, the labeled subset
 // is balanced and survives a resume, batches depend only on (seed, position) and never on
 // thread timing, a loader resumed mid-epoch continues the same order, and a malformed saved
-// position is an error.
+// position or loader configuration is an error that names the problem.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <thread>
 
@@ -317,6 +318,59 @@ TEST(Loader, MalformedSavedPositionsAreRejected) {
   EXPECT_NE(message_of({5, 0, 1, 2, -3}).find(sign + "2, -3"), std::string::npos) << message_of({5, 0, 1, 2, -3});
   EXPECT_EQ(message_of({7}), "no error");  // a loader without streams
   EXPECT_EQ(LoaderPosition::unpack({7, 2, 5, 0, 0}).streams.size(), 2u);
+}
+
+// What the loader is given is checked before its thread starts, and each problem is named:
+// the programs build these configurations, and a wrong one must not become a batch read past
+// a buffer.
+TEST(Loader, ConfigurationProblemsAreNamed) {
+  struct CudaOnlyTransform : KeyTransform {
+    Device device() const override { return Device::CUDA; }
+  };
+  const Dataset labeled = make_dataset(12, 3), unlabeled = make_dataset(12, 3, 1, 4, 4, /*labeled=*/false);
+  KeyTransform key;
+  CudaOnlyTransform on_gpu;
+  auto config = [&]() {
+    LoaderConfig c;
+    LoaderStream s;
+    s.dataset = &labeled;
+    s.pool = all_indices(labeled.size);
+    s.batch = 4;
+    s.labels = true;
+    c.streams.push_back(s);
+    c.views.push_back(LoaderView{0, &key, 0});
+    return c;
+  };
+  auto problem_of = [](const LoaderConfig& c) -> std::string {
+    try {
+      Loader loader(c);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_EQ(problem_of(config()), "no error");
+  struct Case {
+    std::function<void(LoaderConfig&)> spoil;
+    std::string message;
+  };
+  const Case cases[] = {
+      {[](LoaderConfig& c) { c.views.clear(); }, "loader: expected at least one stream and one view"},
+      {[](LoaderConfig& c) { c.prefetch = 0; }, "loader: expected prefetch >= 1, found 0"},
+      {[&](LoaderConfig& c) { c.streams[0].dataset = &unlabeled; }, "loader: labels asked of synthetic/train, which has none"},
+      {[](LoaderConfig& c) { c.streams[0].pool.push_back(12); },
+       "loader: expected pool indices in [0, 12) of synthetic/train, found 12"},
+      {[](LoaderConfig& c) { c.streams[0].pool.push_back(-1); },
+       "loader: expected pool indices in [0, 12) of synthetic/train, found -1"},
+      {[](LoaderConfig& c) { c.views[0].stream = 1; }, "loader: a view of stream 1 of 1, or without a transform"},
+      {[](LoaderConfig& c) { c.views[0].transform = nullptr; }, "loader: a view of stream 0 of 1, or without a transform"},
+      {[&](LoaderConfig& c) { c.views[0].transform = &on_gpu; }, "loader: a CUDA transform needs a loader on the CUDA device"},
+  };
+  for (const Case& k : cases) {
+    LoaderConfig c = config();
+    k.spoil(c);
+    EXPECT_EQ(problem_of(c), k.message);
+  }
 }
 
 namespace {
