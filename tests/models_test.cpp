@@ -301,7 +301,7 @@ TEST(Models, BatchNormMomentumFollowsTheReferences) {
         unused.push_back(s.name);
         continue;
       }
-      // The channel with the largest mean: the ratio is exact there to float rounding.
+      // The channel with the largest mean, where rounding moves the ratio least.
       int64_t best = s.offset;
       for (int64_t i = s.offset; i < s.offset + s.numel; ++i)
         if (std::fabs(after[0][static_cast<size_t>(i)]) > std::fabs(after[0][static_cast<size_t>(best)])) best = i;

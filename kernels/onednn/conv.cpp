@@ -237,6 +237,10 @@ dnnl::convolution_backward_weights::primitive_desc weights_pd(const Descs& d, dn
 // not, so layer4 never fits). 24 MiB keeps every Winograd call's scratch (reorders included)
 // under what layer1's call needs anyway: the step's workspace went from 288.5 to 297.7 MiB, all of
 // it layer1's larger scratchpad, for a step 1.3x faster (bench/RESULTS.md).
+// The scratchpad oneDNN asks for depends on the CPU (its cache sizes and the thread count), so
+// which passes run on slices differs between machines: on a 2-core Xeon with 2 MiB of L2 per
+// core, layer2's passes fit whole (11 MB whatever the batch). Tests lower the cap
+// (set_winograd_scratchpad_cap) to make passes slice on any CPU.
 constexpr size_t kWinogradScratchpadCap = size_t{24} << 20;
 constexpr int64_t kMinChunk = 8;
 
@@ -370,6 +374,7 @@ struct Cache {
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
   std::vector<Conv2dShape> shapes;  // distinct, in order first seen
   Layout layout = Layout::Blocked;
+  size_t winograd_cap = kWinogradScratchpadCap;
 };
 Cache& cache() {
   static Cache c;
@@ -377,9 +382,9 @@ Cache& cache() {
 }
 
 // Sets Winograd for each pass of the plan that oneDNN offers it for and, when `capped`, whose
-// scratchpad fits kWinogradScratchpadCap over the whole batch (the plan runs it) or over a slice
-// (plan.chunk: the slice's plan runs it). Descriptors only, no JIT: once per plan.
-void choose_winograd(Plan& p, Layout layout, bool capped) {
+// scratchpad fits `cap` over the whole batch (the plan runs it) or over a slice (plan.chunk: the
+// slice's plan runs it). Descriptors only, no JIT: once per plan.
+void choose_winograd(Plan& p, Layout layout, bool capped, size_t cap) {
   for (int part : {kForward, kData, kWeights}) {
     for (int64_t n = p.shape.n; n >= 1; n /= 2) {
       Conv2dShape slice = p.shape;
@@ -390,7 +395,7 @@ void choose_winograd(Plan& p, Layout layout, bool capped) {
       } catch (const dnnl::error&) {
         break;  // not offered for this shape
       }
-      if (!capped || bytes <= kWinogradScratchpadCap) {
+      if (!capped || bytes <= cap) {
         if (n == p.shape.n) p.d.algorithm[static_cast<size_t>(part)] = dnnl::algorithm::convolution_winograd;
         else p.chunk[static_cast<size_t>(part)] = n;
         break;
@@ -415,7 +420,7 @@ Plan& plan_for(const Conv2dShape& s, bool forward, bool backward) {
       p->shape = s;
       p->d = descs_of(s, c.layout);
       p->chunk = {s.n, s.n, s.n};
-      if (winograd) choose_winograd(*p, c.layout, /*capped=*/conv_routing() == ConvRouting::Measured);
+      if (winograd) choose_winograd(*p, c.layout, /*capped=*/conv_routing() == ConvRouting::Measured, c.winograd_cap);
       it = c.plans.emplace(key, std::move(p)).first;
       if (std::find(c.shapes.begin(), c.shapes.end(), s) == c.shapes.end()) c.shapes.push_back(s);
     }
@@ -534,8 +539,8 @@ bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part) {
 // padding, and with few channels the tile transforms outweigh the saved multiplications. So: 3x3,
 // stride 1, 16 or more input channels, an output of at least 8x8, or at least 4x4 with 64 or more
 // input channels. The scratchpads are what kWinogradScratchpadCap weighs (choose_winograd): the
-// CIFAR layer2 and layer3 passes run in slices of the batch, layer4 and layer3's filter
-// gradient stay direct.
+// CIFAR layer2 and layer3 passes run in slices of the batch on the EPYC (on a Xeon with larger
+// caches, layer2 runs whole), layer4 and layer3's filter gradient stay direct.
 // Its rounding error is larger than the direct sum's (the transforms scale terms up to 8x and
 // add them back); tests/conv_fast_test.cpp bounds it on every model shape.
 bool conv2d_wants_winograd(const Conv2dShape& s) {
@@ -759,6 +764,31 @@ void set_layout(Layout l) {
   cache().layout = l;
   cache().plans.clear();
   cache().shapes.clear();
+}
+
+size_t winograd_scratchpad_cap() {
+  std::lock_guard<std::mutex> lock(cache().mu);
+  return cache().winograd_cap;
+}
+
+void set_winograd_scratchpad_cap(size_t bytes) {
+  std::lock_guard<std::mutex> lock(cache().mu);
+  cache().winograd_cap = bytes;
+  cache().plans.clear();
+  cache().shapes.clear();
+}
+
+size_t conv2d_winograd_scratchpad(const Conv2dShape& s, ConvPart part) {
+  Layout l;
+  {
+    std::lock_guard<std::mutex> lock(cache().mu);
+    l = cache().layout;
+  }
+  try {
+    return winograd_scratchpad(descs_of(s, l), static_cast<int>(part));
+  } catch (const dnnl::error&) {
+    return 0;  // not offered for this shape
+  }
 }
 
 size_t conv2d_plan_count() {
