@@ -1,8 +1,9 @@
 // Backend-ops cases for MoCo's contrastive ops (engine/ops_contrastive.cpp): InfoNCE against a
 // queue and the queue's enqueue; plus what the gradient check cannot see: every case's loss,
 // accuracy and query gradient against a float64 reference written from the definition, a
-// hand-computed case that pins the positive index and the temperature, the ring's wrap-around
-// and the shape errors.
+// hand-computed case that pins the positive index and the temperature, one where the first
+// negative wins with logits too large for exp, the ring's wrap-around (also inside a batch, from
+// a device pointer) and the shape errors.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -211,6 +212,23 @@ TEST_F(ContrastiveTest, PositiveIndexAndTemperatureByHand) {
   EXPECT_NEAR(scalar(acc3), 2.0 / 3.0, 1e-6);
 }
 
+// The first negative (logit 1) wins, by far: q = k = e1, queue = {100 e1, e2}, T = 0.5 give logits
+// {2, 200, 0}. The random cases rarely have logit 1 as the unique row maximum, so a row maximum
+// that skipped it went unseen: the accuracy counted the positive as the winner and exp(198)
+// overflowed the float sum. By hand: lse = 200 (to float precision), loss = 198, accuracy 0,
+// dq = (1 / T) sum_j (p_j - [j == 0]) key_j = 2 ((0 - 1) e1 + 1 * 100 e1) = (198, 0).
+TEST_F(ContrastiveTest, FirstNegativeWinsWithHugeLogits) {
+  Var* q = param({1, 2}, {1, 0});
+  Tensor accuracy = f32({1}, {-1});
+  Var* loss = ops::infonce_loss(g, q, f32({1, 2}, {1, 0}), f32({2, 2}, {100, 0, 0, 1}), 0.5f, accuracy);
+  EXPECT_NEAR(scalar(loss->value), 198.0, 1e-4);
+  EXPECT_EQ(scalar(accuracy), 0.0f);
+  g.backward(loss);
+  const std::vector<float> dq = to_host_f32(q->grad);
+  EXPECT_NEAR(dq[0], 198.0, 1e-4);
+  EXPECT_NEAR(dq[1], 0.0, 1e-6);
+}
+
 TEST_F(ContrastiveTest, EnqueueWrapsTheRingAndRefusesBatchesThatDoNotDivideIt) {
   Tensor queue = f32({4, 2}, {0, 0, 1, 1, 2, 2, 3, 3});
   EXPECT_EQ(ops::queue_enqueue(queue, f32({2, 2}, {9, 9, 8, 8}), 2), 0);  // the last two rows, pointer back to 0
@@ -228,6 +246,20 @@ TEST_F(ContrastiveTest, EnqueueWrapsTheRingAndRefusesBatchesThatDoNotDivideIt) {
   expect_error([&] { ops::queue_enqueue(queue, f32({3, 2}, std::vector<float>(6, 0)), 0); }, "must divide the queue length 4");
   expect_error([&] { ops::queue_enqueue(queue, f32({2, 2}, std::vector<float>(4, 0)), 1); }, "multiple of 2");
   expect_error([&] { ops::queue_enqueue(queue, f32({2, 3}, std::vector<float>(6, 0)), 0); }, "(2, 3)");
+}
+
+// kernels/contrastive.h: row i goes to (ptr + i) mod K. The host-pointer overload only takes
+// multiples of the batch, where a batch never straddles the end; the device-pointer one takes
+// any position (a checkpoint's). From ptr 3 of K 4 the two keys go to rows 3 and 0, ptr to 1,
+// and nothing is written past the queue (two guard rows after it in the same allocation).
+TEST_F(ContrastiveTest, EnqueueFromADevicePointerWrapsInsideTheBatch) {
+  OwnedTensor storage(Device::CPU, Shape{6, 2}), ptr(Device::CPU, Shape{1}, DType::I32);
+  from_host(storage.t, std::vector<float>{0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1});
+  from_host(ptr.t, std::vector<int32_t>{3});
+  const Tensor queue(storage.t.ptr, Shape{4, 2}, DType::F32, Device::CPU);
+  ops::queue_enqueue(queue, f32({2, 2}, {9, 9, 8, 8}), ptr.t, nullptr);
+  EXPECT_EQ(to_host_f32(storage.t), (std::vector<float>{8, 8, 1, 1, 2, 2, 9, 9, -1, -1, -1, -1}));
+  EXPECT_EQ(to_host_i32(ptr.t), std::vector<int32_t>{1});
 }
 
 TEST_F(ContrastiveTest, ShapeErrorsNameBothShapes) {

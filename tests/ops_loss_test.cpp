@@ -1,5 +1,7 @@
 // Backend-ops cases for the losses (engine/ops_loss.cpp), plus the checks a gradient check
-// cannot make: numerical stability with huge logits, bad labels, argmax ties, shape errors.
+// cannot make: numerical stability with huge logits (wherever the row maximum sits), bad
+// labels, BYOL's eps clamp on zero and tiny rows and its gradient to a student z alone, argmax
+// ties, shape errors.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -199,6 +201,22 @@ TEST_F(LossTest, CrossEntropyStableForHugeLogits) {
   for (size_t i = 0; i < dx.size(); ++i) EXPECT_NEAR(dx[i], want[i], 1e-6f) << i;
 }
 
+// The same with the huge logit in the middle and last: CrossEntropyStableForHugeLogits has its
+// maximum first in every row, where a row maximum that skips elements (or starts late) still
+// finds it. Hand values: row 0's lse is 1000 (label 0: loss 1000), row 1's is 1000 at its label
+// (loss 0); the gradient is (softmax - onehot) / N = (-1, 1, 0) / 2 and 0.
+TEST_F(LossTest, CrossEntropyStableWhereTheMaximumIsNotFirst) {
+  Var* x = param({2, 3}, {0, 1000, -1000, -1000, 0, 1000});
+  Var* loss = ops::cross_entropy(g, x, i32({0, 2}));
+  EXPECT_FLOAT_EQ(scalar(loss), 500.0f);
+  g.backward(loss);
+  const std::vector<float> dx = to_host_f32(x->grad);
+  const std::vector<float> want{-0.5f, 0.5f, 0, 0, 0, 0};
+  for (size_t i = 0; i < dx.size(); ++i) EXPECT_NEAR(dx[i], want[i], 1e-6f) << i;
+  // The soft-target loss shares the row logsumexp: one-hot targets give the same loss.
+  EXPECT_FLOAT_EQ(scalar(ops::cross_entropy_soft(g, x, f32({2, 3}, {1, 0, 0, 0, 0, 1}))), 500.0f);
+}
+
 TEST_F(LossTest, CrossEntropyMatchesLogSoftmax) {
   Var* x = param({1, 3}, {1, 2, 3});
   const double lse = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0));
@@ -230,6 +248,40 @@ TEST_F(LossTest, ByolLossOfAlignedAndOppositeRows) {
   Var* p = param({2, 2}, {1, 1, 3, 0});
   Var* z = g.input(f32({2, 2}, {2, 2, -1, 0}));
   EXPECT_NEAR(scalar(ops::byol_loss(g, p, z)), (0.0 + 4.0) / 2, 1e-6);  // cos = 1 and cos = -1
+}
+
+// BYOL normalises with F.normalize's clamp, max(||v||, 1e-12), and the op cases never reach it
+// (their rows have norms near 1). A zero p or z row gives cos 0 (loss 2) and finite gradients:
+// the zero row's is -2 g zn / eps (the clamped Jacobian I / eps), the other input's is 0. A row
+// of norm 1.4e-9 is over the clamp, so it is a unit vector like any other (here aligned: loss
+// 0); a larger eps would clamp it. Expected numbers: tests/oracles/normalize_torch.py (kByolLoss,
+// kByolDp, kByolDz: torch's F.normalize in float64), also the hand values with g = -2 / 3. Row
+// 1's dp is 0 exactly but float rounding there is scaled by 1 / ||p|| = 7e8: not compared.
+TEST_F(LossTest, ByolLossClampsZeroAndTinyRowsAsFNormalize) {
+  Var* p = param({3, 2}, {0, 0, 1e-9f, 1e-9f, 3, 4});
+  Var* z = param({3, 2}, {3, 4, 2, 2, 0, 0});
+  Var* loss = ops::byol_loss(g, p, z);
+  EXPECT_NEAR(scalar(loss), 4.0 / 3.0, 1e-6);
+  g.backward(loss);
+  const std::vector<float> dp = to_host_f32(p->grad), dz = to_host_f32(z->grad);
+  const std::vector<double> want_dp{-4e11, -5.33333333e11, 0, 0, 0, 0}, want_dz{0, 0, 0, 0, -4e11, -5.33333333e11};
+  for (size_t i : {0u, 1u, 4u, 5u}) EXPECT_NEAR(dp[i], want_dp[i], 1e-5 * std::fabs(want_dp[i]) + 1e-6) << "dp " << i;
+  for (size_t i = 0; i < dz.size(); ++i)
+    EXPECT_NEAR(dz[i], want_dz[i], 1e-5 * std::fabs(want_dz[i]) + 1e-6) << "dz " << i;
+}
+
+// The loss needs a gradient when either input does: a constant p with a student z (the cases
+// always give p one) still records the backward. Hand value: p = (1, 0), z = (0, 2), N = 1:
+// cos = 0 and dz = -2 (pn - zn cos) / ||z|| = (-1, 0).
+TEST_F(LossTest, ByolLossReachesZWhenOnlyZNeedsAGradient) {
+  Var* p = g.input(f32({1, 2}, {1, 0}));
+  Var* z = param({1, 2}, {0, 2});
+  Var* loss = ops::byol_loss(g, p, z);
+  ASSERT_TRUE(loss->requires_grad);
+  g.backward(loss);
+  const std::vector<float> dz = to_host_f32(z->grad);
+  EXPECT_NEAR(dz[0], -1.0f, 1e-6f);
+  EXPECT_NEAR(dz[1], 0.0f, 1e-6f);
 }
 
 TEST_F(LossTest, ArgmaxTakesFirstMaximumAndItsProbability) {

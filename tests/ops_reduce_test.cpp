@@ -1,7 +1,10 @@
-// Backend-ops cases for the reductions sum, mean and the row-wise l2_normalize.
+// Backend-ops cases for the reductions sum, mean and the row-wise l2_normalize; plus what the
+// gradient check cannot see: l2_normalize's eps clamp (a zero row, a caller's eps) forward and
+// backward against F.normalize.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "engine/check.h"
 #include "engine/ops.h"
@@ -46,6 +49,41 @@ TEST(L2Normalize, UnitRowsAndClampedZeroRow) {
   std::vector<float> y = to_host_f32(ops::l2_normalize(g, g.input(x.t))->value);
   const std::vector<float> want{0.6f, 0.0f, 0.8f, 0.0f, 0.0f, 0.0f};
   for (size_t i = 0; i < want.size(); ++i) EXPECT_FLOAT_EQ(y[i], want[i]) << i;  // a zero row stays zero, no NaN
+}
+
+// The clamp y = x / max(||x||, eps) with a caller's eps, forward and backward: the gradient
+// check's random rows all have norms far above the default eps, and UnitRowsAndClampedZeroRow
+// checks only the forward at the default. A row under the clamp is scaled by 1 / eps and its
+// Jacobian is I / eps (kernels/common/l2norm.h); a row over it is normalised as usual. Expected
+// numbers: torch's F.normalize (tests/oracles/normalize_torch.py: kY, kDx, kDxZeroRow), which
+// are also the hand values (row 1: (dy - y <y, dy>) / 5).
+TEST(L2Normalize, EpsClampFollowsFNormalize) {
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  OwnedTensor x(Device::CPU, Shape{3, 2}), dx(Device::CPU, Shape{3, 2}), dy(Device::CPU, Shape{3, 2});
+  from_host(x.t, std::vector<float>{0.3f, 0.4f, 3, 4, 0, 0});
+  from_host(dy.t, std::vector<float>{1, -2, 0.5f, 1.5f, 2, -1});
+  fill_zero(dx.t);
+  Var* y = ops::l2_normalize(g, g.param(x.t, dx.t, "x"), 1.0f);
+  const std::vector<float> y_host = to_host_f32(y->value);
+  g.backward(y, dy.t);
+  const std::vector<float> want_y{0.3f, 0.4f, 0.6f, 0.8f, 0, 0}, want_dx{1, -2, -0.08f, 0.06f, 2, -1};
+  const std::vector<float> got_dx = to_host_f32(dx.t);
+  for (size_t i = 0; i < want_y.size(); ++i) {
+    EXPECT_NEAR(y_host[i], want_y[i], 1e-6f) << i;
+    EXPECT_NEAR(got_dx[i], want_dx[i], 1e-6f) << i;
+  }
+
+  // A zero row at the default eps = 1e-12: dx = dy / eps, finite (not dy / 0).
+  g.clear();
+  OwnedTensor x0(Device::CPU, Shape{1, 2}), dx0(Device::CPU, Shape{1, 2}), dy0(Device::CPU, Shape{1, 2});
+  from_host(x0.t, std::vector<float>{0, 0});
+  from_host(dy0.t, std::vector<float>{2, -1});
+  fill_zero(dx0.t);
+  g.backward(ops::l2_normalize(g, g.param(x0.t, dx0.t, "x")), dy0.t);
+  const std::vector<float> got0 = to_host_f32(dx0.t);
+  EXPECT_NEAR(got0[0], 2e12, 1e6) << "kDxZeroRow";
+  EXPECT_NEAR(got0[1], -1e12, 1e6) << "kDxZeroRow";
 }
 
 TEST(ReduceShapeErrors, L2NormalizeNeedsRows) {
