@@ -7,8 +7,10 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 
 #include "engine/check.h"
 #include "kernels/nonfinite.h"
@@ -262,6 +264,9 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
     if (begin > end || end > data_bytes)
       throw bad(where + cat("data_offsets [", begin, ", ", end, "] fall outside the ", data_bytes,
                             " data bytes of the file (truncated?)"));
+    // The byte count must not wrap around 64 bits to a size the data_offsets happen to match.
+    if (numel > std::numeric_limits<uint64_t>::max() / st_dtype_size(e.dtype))
+      throw bad(where + cat("shape ", value["shape"].dump(), " is larger than the file"));
     const uint64_t expected = numel * st_dtype_size(e.dtype);
     if (end - begin != expected)
       throw bad(where + cat("data_offsets [", begin, ", ", end, "] hold ", end - begin, " bytes, expected ", expected,
@@ -271,19 +276,19 @@ SafetensorsFile SafetensorsFile::parse(std::vector<uint8_t> bytes, const std::st
     f.tensors_[name] = e;
   }
 
-  // The byte ranges must tile the data region: sorted by begin, each starts where the last ended.
-  std::vector<std::pair<size_t, const std::string*>> order;
-  for (const auto& [name, e] : f.tensors_) order.push_back({e.begin, &name});
+  // The byte ranges must tile the data region: sorted by (begin, end), so an empty tensor comes
+  // before a non-empty one that starts at its offset, each starts where the last ended.
+  std::vector<std::tuple<size_t, size_t, const std::string*>> order;
+  for (const auto& [name, e] : f.tensors_) order.push_back({e.begin, e.end, &name});
   std::sort(order.begin(), order.end());
   size_t expected_begin = 0;
   const std::string* previous = nullptr;
-  for (const auto& [begin, name] : order) {
-    const Entry& e = f.tensors_.at(*name);
+  for (const auto& [begin, end, name] : order) {
     if (begin != expected_begin) {
       throw bad(cat("tensor '", *name, "': data begins at byte ", begin, ", expected ", expected_begin,
                     begin < expected_begin ? cat(" (overlaps '", *previous, "')") : std::string(" (a gap before it)")));
     }
-    expected_begin = e.end;
+    expected_begin = end;
     previous = name;
   }
   if (expected_begin != data_bytes)

@@ -1,5 +1,6 @@
-// safetensors checkpoints (engine/checkpoint.cpp): round trips, and every way a file can be
-// broken giving an Error that names what is wrong. Files are generated here.
+// safetensors checkpoints (engine/checkpoint.cpp): round trips (empty tensors included), what
+// the writer refuses, every way a file can be broken giving an Error that names what is wrong,
+// and loading arenas (prefixes, the list of problems). Files are generated here.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "engine/autograd.h"
 #include "engine/check.h"
@@ -133,6 +135,38 @@ TEST_F(CheckpointTest, TruncatedFilesAreErrors) {
   // Through the file API too.
   fs::resize_file(path("c.safetensors"), full.size() - 3);
   EXPECT_THROW(SafetensorsFile::read(path("c.safetensors")), Error);
+}
+
+// A header cut short of its length field by fewer than the 8 bytes of that field is still
+// caught by the length check, not parsed from the bytes that follow the vector.
+TEST_F(CheckpointTest, HeaderCutJustShortOfItsLengthIsAnError) {
+  SafetensorsWriter w;
+  const float x[2] = {1, 2};
+  w.add_f32("w", {2}, x);
+  w.write(path("l.safetensors"));
+  const std::vector<uint8_t> full = slurp(path("l.safetensors"));
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | full[static_cast<size_t>(i)];
+  for (size_t missing = 1; missing <= 8; ++missing) {
+    const size_t keep = static_cast<size_t>(8 + n - missing);
+    const std::string msg = error_of(std::vector<uint8_t>(full.begin(), full.begin() + static_cast<long>(keep)));
+    EXPECT_HAS(msg, cat("header length field says ", n, " bytes but the file has ", n - missing, " bytes after it"));
+  }
+}
+
+// Asking for a metadata key the file does not have is an Error naming the key and the file.
+TEST_F(CheckpointTest, MissingMetadataKeyIsNamed) {
+  SafetensorsWriter w;
+  w.add_metadata("model", "resnet18");
+  w.write(path("m.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("m.safetensors"));
+  EXPECT_EQ(f.metadata("model"), "resnet18");
+  try {
+    f.metadata("step");
+    FAIL() << "an absent metadata key was read";
+  } catch (const Error& e) {
+    EXPECT_HAS(e.what(), "checkpoint '" + path("m.safetensors") + "': no metadata key 'step'");
+  }
 }
 
 TEST_F(CheckpointTest, CorruptedHeadersAreErrors) {
@@ -360,6 +394,169 @@ TEST_F(CheckpointTest, LoadListsMissingWrongShapeAndUnexpectedTensors) {
   TinyModel same(4);
   load_arenas(f, {&same.p}, "", /*allow_unexpected=*/true);
   EXPECT_THROW(load_arenas(f, {&same.p}, "", false), Error);
+}
+
+// The writer refuses what would make an unreadable or ambiguous file: an empty name, the
+// reserved "__metadata__", a name given twice, a negative dim, and data whose size disagrees
+// with dtype and shape. Each is an Error naming the tensor.
+TEST_F(CheckpointTest, WriterRefusesBadNamesAndSizes) {
+  SafetensorsWriter w;
+  const float x[2] = {1, 2};
+  w.add_f32("w", {2}, x);
+  const auto error_of_add = [&w](const std::function<void()>& add) -> std::string {
+    try {
+      add();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_HAS(error_of_add([&] { w.add_f32("", {2}, x); }), "invalid tensor name ''");
+  EXPECT_HAS(error_of_add([&] { w.add_f32("__metadata__", {2}, x); }), "invalid tensor name '__metadata__'");
+  EXPECT_HAS(error_of_add([&] { w.add_f32("w", {2}, x); }), "tensor 'w' added twice");
+  EXPECT_HAS(error_of_add([&] { w.add_u8("n", {-1, 2}, {}); }), "tensor 'n' has a negative dim in [-1, 2]");
+  EXPECT_HAS(error_of_add([&] { w.add_i64("c", {3}, {1, 2}); }), "tensor 'c': 16 bytes given for I64 [3]");
+  // None of the refused tensors was kept.
+  w.write(path("h.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("h.safetensors"));
+  EXPECT_EQ(f.tensors().size(), 1u);
+  EXPECT_EQ(f.f32("w"), (std::vector<float>{1, 2}));
+}
+
+// Tensors with a zero dim hold no bytes but keep their shape (an empty label list, a model
+// with no classes yet): both the writer and the reader accept them, first, last and between
+// others. An empty tensor starts where the next one does: the reader's tiling check once broke
+// such ties by where the names sat in memory, and refused a file whose header listed the
+// non-empty tensor first as an overlap.
+TEST_F(CheckpointTest, EmptyTensorsRoundTrip) {
+  SafetensorsWriter w;
+  const float x[2] = {5, 6};
+  for (int i = 0; i < 6; ++i) {
+    w.add_f32(cat("empty", i), {2, 0}, x);
+    w.add_f32(cat("after", i), {2}, x);
+  }
+  w.add_i32("none", {0}, {});
+  w.write(path("i.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("i.safetensors"));
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(f.entry(cat("empty", i)).shape, (std::vector<int64_t>{2, 0}));
+    EXPECT_TRUE(f.f32(cat("empty", i)).empty());
+    EXPECT_EQ(f.f32(cat("after", i)), (std::vector<float>{5, 6}));
+  }
+  EXPECT_EQ(f.entry("none").shape, std::vector<int64_t>{0});
+  EXPECT_TRUE(f.i32("none").empty());
+  // Other writers list tensors in orders of their own (the safetensors library sorts them):
+  // here each empty tensor comes after the one it shares its offset with, in eight pairs.
+  std::string header = "{";
+  for (int i = 0; i < 8; ++i)
+    header += cat(i ? ", " : "", "\"a", i, "\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [", 4 * i, ", ",
+                  4 * i + 4, "]}, \"b", i, "\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [", 4 * i, ", ",
+                  4 * i, "]}");
+  EXPECT_EQ(error_of(handmade(header + "}", 32)), "");
+}
+
+// A shape whose element count, or its byte count, wraps around 64 bits (2^62 * 4 U8 elements
+// "fit" in zero bytes once it wraps, and so do 2^62 F32 values) is refused as larger than the
+// file, before anything is allocated for it.
+TEST_F(CheckpointTest, ShapeLargerThanTheFileIsAnError) {
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "U8", "shape": [4611686018427387904, 4], "data_offsets": [0, 0]}})",
+                               0)),
+             "tensor 'w': shape [4611686018427387904,4] is larger than the file");
+  // The element count fits 64 bits but its bytes wrap: 2^62 F32 values, 2^61 I64 values.
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 0]}})",
+                               0)),
+             "tensor 'w': shape [4611686018427387904] is larger than the file");
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "I64", "shape": [2305843009213693952], "data_offsets": [0, 0]}})",
+                               0)),
+             "tensor 'w': shape [2305843009213693952] is larger than the file");
+}
+
+// The remaining header defects, each named: an entry that is not an object, no shape, a
+// __metadata__ that is not an object, and data_offsets with a third number.
+TEST_F(CheckpointTest, MalformedEntriesAreNamed) {
+  EXPECT_HAS(error_of(handmade(R"({"w": [1, 2]})", 0)), "tensor 'w': entry is not an object");
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "F32", "data_offsets": [0, 4]}})", 4)),
+             "tensor 'w': missing array field 'shape'");
+  EXPECT_HAS(error_of(handmade(R"({"__metadata__": "resnet18"})", 0)), "__metadata__ is not an object of strings");
+  EXPECT_HAS(error_of(handmade(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}})", 4)),
+             "tensor 'w': data_offsets must be two non-negative integers");
+}
+
+// A bare file name is written in the current directory, which is the directory flushed after
+// the rename.
+TEST_F(CheckpointTest, WritesToARelativePath) {
+  const fs::path before = fs::current_path();
+  fs::current_path(dir_);
+  SafetensorsWriter w;
+  const float x[1] = {3};
+  w.add_f32("w", {1}, x);
+  std::string error;
+  try {
+    w.write("relative.safetensors");
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  fs::current_path(before);
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(SafetensorsFile::read(path("relative.safetensors")).f32("w"), std::vector<float>{3});
+}
+
+// When the final rename fails (here the target is a directory), the Error names both paths and
+// the temporary file is removed, not left next to the checkpoints.
+TEST_F(CheckpointTest, FailedRenameLeavesNoTemporaryFile) {
+  fs::create_directories(path("taken.safetensors/inside"));
+  SafetensorsWriter w;
+  const float x[1] = {3};
+  w.add_f32("w", {1}, x);
+  try {
+    w.write(path("taken.safetensors"));
+    FAIL() << "a checkpoint was renamed over a directory";
+  } catch (const Error& e) {
+    EXPECT_HAS(e.what(), "cannot rename");
+    EXPECT_HAS(e.what(), "to '" + path("taken.safetensors") + "'");
+  }
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1) << "a temporary file was left";
+}
+
+// One file holds a model under several prefixes (student and teacher). A strict load of one
+// prefix takes that prefix's values and does not count the other prefix's tensors as
+// unexpected.
+TEST_F(CheckpointTest, StrictLoadIgnoresTensorsUnderOtherPrefixes) {
+  TinyModel student(4), teacher(4);
+  fill_value(student.p.all(), 1.0f);
+  fill_value(teacher.p.all(), 2.0f);
+  SafetensorsWriter w;
+  add_arena(w, student.p, "student.");
+  add_arena(w, teacher.p, "teacher.");
+  w.write(path("j.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("j.safetensors"));
+
+  TinyModel loaded(4);
+  load_arenas(f, {&loaded.p}, "teacher.");
+  expect_same_slots(teacher.p, loaded.p);
+}
+
+// A checkpoint from a very different model has many problems; the Error counts them all but
+// lists the first eight and says how many more there are, so it stays one readable line.
+TEST_F(CheckpointTest, LongProblemListsAreCut) {
+  SafetensorsWriter w;
+  const float x[1] = {0};
+  for (int i = 0; i < 11; ++i) w.add_f32(cat("extra", i), {1}, x);
+  w.write(path("k.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("k.safetensors"));
+  TinyModel m(4);  // 5 slots, all missing, and 11 unexpected tensors
+  try {
+    load_arenas(f, {&m.p, &m.b});
+    FAIL() << "a checkpoint with nothing the model needs was loaded";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_HAS(msg, "(16 problems)");
+    EXPECT_HAS(msg, "missing 'conv.weight'");
+    // The map of tensors is sorted: extra0, extra1, extra10, extra2, ...; the 8th problem
+    // shown is the 3rd unexpected tensor.
+    EXPECT_HAS(msg, "unexpected 'extra10' [1]; and 8 more");
+    EXPECT_EQ(msg.find("extra2"), std::string::npos) << msg;
+  }
 }
 
 }  // namespace

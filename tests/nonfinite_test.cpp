@@ -456,6 +456,19 @@ TEST(NonfiniteCheckpoint, WriterFindsTheFirstNonfiniteTensor) {
   EXPECT_EQ(w.first_nonfinite(), "b (element 1 = -inf)");
 }
 
+// Only f32 tensors are scanned: integer tensors whose bytes would read as a NaN (all ones)
+// are counters and labels, not a sign that training diverged.
+TEST(NonfiniteCheckpoint, WriterSkipsIntegerTensors) {
+  SafetensorsWriter w;
+  w.add_i64("count", {1}, {-1});
+  w.add_i32("labels", {2}, {-1, -1});
+  w.add_u8("mask", {4}, {255, 255, 255, 255});
+  EXPECT_EQ(w.first_nonfinite(), "");
+  const std::vector<float> bad = {kInf};
+  w.add_f32("w", {1}, bad.data());
+  EXPECT_EQ(w.first_nonfinite(), "w (element 0 = inf)");
+}
+
 // ---- the programs -----------------------------------------------------------------------
 
 struct Fixture {

@@ -137,6 +137,195 @@ TEST(Options, SavedConfigBeneathCommandLine) {
   EXPECT_EQ(ob.to_json()["preserve-prob"], saved["preserve-prob"]);
 }
 
+// Bounds are inclusive or exclusive as declared: the bound itself is accepted by min(1),
+// min(0).max(1), and refused by min(0, /*inclusive=*/false).
+TEST(Options, RangeBoundsAreInclusiveOrExclusiveAsDeclared) {
+  EXPECT_EQ(usage_error({"--batch-size", "1"}), "");
+  EXPECT_EQ(usage_error({"--preserve-prob", "0"}), "");
+  EXPECT_EQ(usage_error({"--preserve-prob", "1"}), "");
+  EXPECT_NE(usage_error({"--batch-size", "0"}).find("--batch-size: expected a value >= 1, found 0"), std::string::npos);
+  EXPECT_NE(usage_error({"--lr", "0"}).find("--lr: expected a value > 0, found 0"), std::string::npos);
+}
+
+// Values the number parsers would take in silently are refused: an empty value, an integer
+// past int64, NaN and infinity.
+TEST(Options, EmptyOverflowingAndNonFiniteNumbersAreRefused) {
+  EXPECT_NE(usage_error({"--batch-size="}).find("--batch-size: expected an integer, found ''"), std::string::npos);
+  EXPECT_NE(usage_error({"--batch-size", "99999999999999999999"}).find("--batch-size: expected an integer"),
+            std::string::npos);
+  EXPECT_NE(usage_error({"--lr", "nan"}).find("--lr: expected a number, found 'nan'"), std::string::npos);
+  EXPECT_NE(usage_error({"--lr", "inf"}).find("--lr: expected a number, found 'inf'"), std::string::npos);
+  EXPECT_NE(usage_error({"--lr="}).find("--lr: expected a number, found ''"), std::string::npos);
+}
+
+// A float option holds float's range: a value past it is refused, not stored as inf (which the
+// saved configuration would write as null).
+TEST(Options, FloatOptionsHoldTheirRange) {
+  float x = 0;
+  const auto parse_x = [&x](const std::string& value) -> std::string {
+    Options o("prog", "a test program");
+    o.add("x", &x, "a number");
+    try {
+      parse(o, {"--x", value});
+    } catch (const UsageError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(parse_x("3e38"), "");
+  EXPECT_EQ(x, 3e38f);
+  EXPECT_NE(parse_x("1e39").find("--x: 1e39 is out of range"), std::string::npos) << parse_x("1e39");
+  EXPECT_NE(parse_x("-1e39").find("--x: -1e39 is out of range"), std::string::npos) << parse_x("-1e39");
+  EXPECT_EQ(x, 3e38f);
+}
+
+// An int option holds exactly the int32 range: its ends are accepted, one past them refused.
+TEST(Options, Int32OptionsHoldTheirRange) {
+  int n = 0;
+  const auto parse_n = [&n](const std::string& value) -> std::string {
+    Options o("prog", "a test program");
+    o.add("n", &n, "a count");
+    try {
+      parse(o, {"--n", value});
+    } catch (const UsageError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(parse_n("2147483647"), "");
+  EXPECT_EQ(n, INT32_MAX);
+  EXPECT_EQ(parse_n("-2147483648"), "");
+  EXPECT_EQ(n, INT32_MIN);
+  EXPECT_NE(parse_n("2147483648").find("--n: 2147483648 is out of range"), std::string::npos);
+  EXPECT_NE(parse_n("-2147483649").find("--n: -2147483649 is out of range"), std::string::npos);
+  EXPECT_EQ(n, INT32_MIN);  // a refused value is not stored
+}
+
+// Every documented spelling of a switch's value, on the command line and in a config file.
+TEST(Options, SwitchesTakeEverySpelling) {
+  for (const char* yes : {"true", "1", "yes", "on"}) {
+    Cfg c;
+    Options o = make_options(c);
+    ASSERT_TRUE(parse(o, {std::string("--eval-only=") + yes}));
+    EXPECT_TRUE(c.eval_only) << yes;
+  }
+  for (const char* no : {"false", "0", "no", "off"}) {
+    Cfg c;
+    c.eval_only = true;
+    Options o = make_options(c);
+    ASSERT_TRUE(parse(o, {std::string("--eval-only=") + no}));
+    EXPECT_FALSE(c.eval_only) << no;
+  }
+  EXPECT_NE(usage_error({"--eval-only=maybe"}).find("--eval-only: expected true or false, found 'maybe'"),
+            std::string::npos);
+}
+
+// The text after the first '=' is the value, '=' included; "--" alone is not a flag; a name
+// far from every flag gets no "did you mean" (a wrong hint is worse than none).
+TEST(Options, CommandLineShapes) {
+  Cfg c;
+  Options o = make_options(c);
+  ASSERT_TRUE(parse(o, {"--name=a=b"}));
+  EXPECT_EQ(c.name, "a=b");
+  EXPECT_NE(usage_error({"--"}).find("unexpected argument '--'"), std::string::npos);
+  const std::string far = usage_error({"--bogus", "1"});
+  EXPECT_NE(far.find("unknown flag --bogus; see --help"), std::string::npos) << far;
+}
+
+// Config files: Windows line endings are read, a bad value names the file and line, a file
+// cannot include another, a later line overrides an earlier one, and values from a file are
+// not "given" (a saved configuration may still replace them).
+TEST(Options, ConfigFileDetails) {
+  const std::string dir = temp_dir("config_details");
+  RunDirectory::for_new_run(dir).create();
+  const std::string file = dir + "/a.conf";
+  std::ofstream(file) << "lr = 0.5\r\nsmoothing = tma\r\nlr = 0.25\r\n";
+  Cfg c;
+  Options o = make_options(c);
+  ASSERT_TRUE(parse(o, {"--config", file}));
+  EXPECT_DOUBLE_EQ(c.lr, 0.25);
+  EXPECT_EQ(c.smoothing, "tma");
+  EXPECT_FALSE(o.given("lr"));
+  o.apply_json({{"lr", 0.125}}, "checkpoint");
+  EXPECT_DOUBLE_EQ(c.lr, 0.125);
+  // A saved configuration carries the values the file gave, not the file: a run restored
+  // from it did not read a config file.
+  const nlohmann::json saved = o.to_json();
+  Cfg d;
+  Options restored = make_options(d);
+  ASSERT_TRUE(parse(restored, {}));
+  restored.apply_json(saved, "checkpoint");
+  EXPECT_DOUBLE_EQ(d.lr, 0.125);
+  EXPECT_EQ(restored.source("config"), "default");
+  EXPECT_EQ(restored.to_json()["config"], "");
+
+  std::ofstream(file) << "\nbatch-size = abc\n";
+  EXPECT_NE(usage_error({"--config", file}).find("--batch-size (" + file + ":2): expected an integer, found 'abc'"),
+            std::string::npos);
+  std::ofstream(file) << "config = " << file << "\n";
+  EXPECT_NE(usage_error({"--config", file}).find(file + ":1: a config file cannot include another"),
+            std::string::npos);
+}
+
+// --help shows each option's default as it was declared, even after the command line
+// changed it (`prog --lr 0.3 --help`); whole numbers print as integers, an empty string as
+// "none", and a section heading comes before the first option added after it.
+TEST(Options, HelpShowsDeclaredDefaultsAndSections) {
+  double steps = 100;
+  std::string out;
+  Cfg c;
+  Options o = make_options(c);
+  o.section("Schedule");
+  o.add("steps", &steps, "training steps");
+  o.add("out", &out, "output file");
+  ASSERT_TRUE(parse(o, {"--lr", "0.3"}));
+  const std::string help = o.help_text();
+  EXPECT_NE(help.find("(default: 0.05)"), std::string::npos) << help;
+  EXPECT_EQ(help.find("0.3"), std::string::npos) << help;
+  EXPECT_NE(help.find("(default: 100)"), std::string::npos) << help;
+  EXPECT_NE(help.find("output file (default: none)"), std::string::npos) << help;
+  EXPECT_NE(help.find("a name (default: x)\n\nSchedule:\n  --steps X"), std::string::npos) << help;
+}
+
+// A saved configuration keeps every digit: a value needing all 17 significant digits comes
+// back from to_json() as the same double.
+TEST(Options, SavedNumbersKeepFullPrecision) {
+  Cfg c;
+  Options o = make_options(c);
+  const double lr = 0.1 + 0.2;  // 0.30000000000000004
+  ASSERT_TRUE(parse(o, {"--lr", "0.30000000000000004"}));
+  EXPECT_EQ(c.lr, lr);
+  EXPECT_EQ(o.to_json()["lr"].get<double>(), lr);
+}
+
+// A custom check() refuses a value with a UsageError naming the flag, what was expected and
+// the value found; a value it accepts passes.
+TEST(Options, CustomChecksNameTheFlagAndValue) {
+  const auto parse_name = [](const std::string& value) -> std::string {
+    Cfg c;
+    Options o("prog", "a test program");
+    o.add("tag", &c.name, "a short tag").check([&c] { return c.name.size() > 3 ? "at most 3 characters" : ""; });
+    try {
+      parse(o, {"--tag", value});
+    } catch (const UsageError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(parse_name("abc"), "");
+  EXPECT_NE(parse_name("abcd").find("--tag: expected at most 3 characters, found abcd"), std::string::npos);
+}
+
+// Mistakes in a program's own option table are caught when it is built.
+TEST(Options, TableMistakesAreErrors) {
+  Cfg c;
+  Options o = make_options(c);
+  int64_t other = 1;
+  EXPECT_THROW(o.add("batch-size", &other, "again"), Error);
+  std::string pick = "c";
+  EXPECT_THROW(o.choice("pick", &pick, {"a", "b"}, "a default outside its choices"), Error);
+}
+
 TEST(RunDirectory, RefusesAnExistingRunAndResumesIt) {
   const std::string dir = temp_dir("dir");
   RunDirectory run = RunDirectory::for_new_run(dir + "/nested/run");

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "engine/check.h"
@@ -176,8 +177,13 @@ void Options::set(Option& o, const std::string& value, const std::string& where,
       const double v = std::strtod(value.c_str(), &end);
       if (value.empty() || *end != '\0' || !std::isfinite(v))
         throw UsageError(cat(flag, ": expected a number, found '", value, "'"));
-      if (o.type == Option::Type::Float64) *static_cast<double*>(o.target) = v;
-      else *static_cast<float*>(o.target) = static_cast<float>(v);
+      if (o.type == Option::Type::Float64) {
+        *static_cast<double*>(o.target) = v;
+      } else {
+        // Past float's range the cast would give inf (and the saved config null).
+        if (std::fabs(v) > std::numeric_limits<float>::max()) throw UsageError(cat(flag, ": ", value, " is out of range"));
+        *static_cast<float*>(o.target) = static_cast<float>(v);
+      }
       break;
     }
     case Option::Type::Bool: {
