@@ -100,8 +100,15 @@ Dataset read_folder(const std::string& path, Split split, const DataOptions& opt
 
   const bool has_splits = dir_exists(join_path(path, "train")) || dir_exists(join_path(path, "test"));
   const std::string train_root = has_splits ? join_path(path, "train") : path;
+  // Without train/test folders, DIR/unlabeled sits beside the class folders: it is the unlabeled
+  // split's source, not a class.
+  auto class_folders = [&](const std::string& root) {
+    std::vector<std::string> subs = sorted_entries(root, true);
+    if (!has_splits) subs.erase(std::remove(subs.begin(), subs.end(), "unlabeled"), subs.end());
+    return subs;
+  };
   const std::vector<std::string> classes =
-      dir_exists(train_root) ? sorted_entries(train_root, true) : std::vector<std::string>{};
+      dir_exists(train_root) ? class_folders(train_root) : std::vector<std::string>{};
 
   // (file, label) pairs in a fixed order: class by class, files sorted by name.
   std::vector<std::pair<std::string, int32_t>> files;
@@ -118,7 +125,7 @@ Dataset read_folder(const std::string& path, Split split, const DataOptions& opt
     if (!dir_exists(root))
       bad_file(root, cat("a ", split_name(split), " folder with one sub-folder per class"), "no such folder");
     if (classes.empty()) bad_file(train_root, "one sub-folder per class", "no sub-folders");
-    for (const std::string& sub : sorted_entries(root, true)) {
+    for (const std::string& sub : class_folders(root)) {
       const auto it = std::find(classes.begin(), classes.end(), sub);
       if (it == classes.end())
         bad_file(join_path(root, sub), cat("a class of ", train_root), "a class the train split does not have");

@@ -4,6 +4,7 @@
 // 1-D uint8 labels, then one uint32 per dimension) followed by the bytes row-major.
 //   train-images-idx3-ubyte[.gz]  (60000, 28, 28)    t10k-images-idx3-ubyte[.gz]  (10000, 28, 28)
 //   train-labels-idx1-ubyte[.gz]  (60000)            t10k-labels-idx1-ubyte[.gz]  (10000)
+#include <cstdint>
 #include <cstring>
 
 #include "data/readers.h"
@@ -78,6 +79,12 @@ Dataset read_idx(const std::string& dir, Split split, const std::string& kind) {
   if (label_dims[0] != image_dims[0])
     bad_file(labels_path, cat(image_dims[0], " labels, one per image of ", images_path), cat(label_dims[0]));
 
+  // An empty split, or images of zero (or more than int) rows or columns, are not a dataset the
+  // programs can train on: refused here rather than as a division by zero or a negative height later.
+  if (image_dims[0] < 1 || image_dims[1] < 1 || image_dims[2] < 1 || image_dims[1] > INT32_MAX ||
+      image_dims[2] > INT32_MAX)
+    bad_file(images_path, "at least one image of at least 1x1 pixels (at most 2147483647 a side)",
+             cat("shape ", image_dims[0], "x", image_dims[1], "x", image_dims[2]));
   d.size = image_dims[0];
   d.channels = 1;
   d.height = static_cast<int>(image_dims[1]);

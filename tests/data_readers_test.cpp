@@ -1,10 +1,15 @@
 // Dataset readers: every format loads files the tests write themselves, and every bad-input
-// case (missing file, wrong magic, truncated, label out of range, counts that disagree,
-// undecodable image) gives its one-line error naming the file, the expectation and the find.
+// case (missing file, wrong magic, short header, truncated or trailing bytes, empty file, zero
+// or oversized IDX dimensions, damaged gzip, label out of range at its first bad value, counts
+// that disagree, undecodable image, empty class folder, unsupported options) gives its one-line
+// error naming the file, the expectation and the find. Also: class names and their order,
+// folder crops and unlabeled sources, and the normalisation constants (published for named
+// datasets, measured for folders).
 #include <gtest/gtest.h>
 #include <stb/stb_image_write.h>
 #include <zlib.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -175,6 +180,97 @@ TEST(IdxReader, BadInputErrors) {
   expect_error(load("count"), {"train-labels-idx1-ubyte", "expected 3 labels", "found 2"});
 }
 
+// A file shorter than its IDX header is an error naming both sizes (no header bytes read past
+// the end), and bytes after the data are an error too, not silently ignored: the header's shape
+// must account for the whole file.
+TEST(IdxReader, ShortHeaderAndTrailingBytesAreErrors) {
+  TempDir dir;
+  const auto load = [&](const std::string& sub) {
+    return [&, sub] { load_dataset(parse_data_spec("mnist:" + (dir / sub)), Split::Train); };
+  };
+  write_mnist(dir / "short", "train", 2, false);
+  write_bytes(dir / "short/train-images-idx3-ubyte", {0, 0, 8, 3, 0, 0});  // magic + half a dimension
+  expect_error(load("short"), {"train-images-idx3-ubyte", "an IDX header of 16 bytes", "a file of 6 bytes"});
+
+  write_mnist(dir / "long", "train", 4, false);
+  write_bytes(dir / "long/train-images-idx3-ubyte", idx(0x803, {4, 4, 3}, std::vector<uint8_t>(48 + 4)));
+  expect_error(load("long"), {"train-images-idx3-ubyte", "expected 48 data bytes for shape 4x4x3", "found 52"});
+}
+
+// An IDX images file whose length matches a shape with a zero dimension (no images, or images
+// of no rows or columns) is refused, as the CIFAR and STL-10 readers refuse empty files; so is
+// a side past int, which a zero image count lets through the length check.
+TEST(IdxReader, ZeroAndOversizedDimensionsAreErrors) {
+  TempDir dir;
+  const auto load = [&](const std::string& sub) {
+    return [&, sub] { load_dataset(parse_data_spec("mnist:" + (dir / sub)), Split::Train); };
+  };
+  const std::string expected = "at least one image of at least 1x1 pixels (at most 2147483647 a side)";
+  write_mnist(dir / "flat", "train", 2, false);
+  write_bytes(dir / "flat/train-images-idx3-ubyte", idx(0x803, {2, 0, 28}, {}));
+  expect_error(load("flat"), {"train-images-idx3-ubyte", expected, "found shape 2x0x28"});
+  write_mnist(dir / "none", "train", 0, false);
+  write_bytes(dir / "none/train-images-idx3-ubyte", idx(0x803, {0, 28, 28}, {}));
+  expect_error(load("none"), {"train-images-idx3-ubyte", expected, "found shape 0x28x28"});
+  write_mnist(dir / "tall", "train", 0, false);
+  write_bytes(dir / "tall/train-images-idx3-ubyte", idx(0x803, {0, 2147483648u, 1}, {}));
+  expect_error(load("tall"), {"train-images-idx3-ubyte", expected, "found shape 0x2147483648x1"});
+}
+
+// Label 10 is the first out of range for ten classes (BadInputErrors uses 12).
+TEST(IdxReader, LabelTenIsOutOfRange) {
+  TempDir dir;
+  write_mnist(dir.path(), "train", 3, false);
+  write_bytes(dir / "train-labels-idx1-ubyte", idx(0x801, {3}, {9, 0, 10}));
+  expect_error([&] { load_dataset(parse_data_spec("mnist:" + dir.path()), Split::Train); },
+               {"train-labels-idx1-ubyte", "labels 0..9", "label 10 at index 2"});
+}
+
+// With both the .gz and the raw file present the .gz one is read (the documented choice); here
+// the raw copy holds 2 images and the gzip copy 5, so the size tells which was read.
+TEST(IdxReader, PrefersGzipWhenBothExist) {
+  TempDir dir;
+  write_mnist(dir.path(), "train", 2, false);
+  write_mnist(dir.path(), "train", 5, true);
+  EXPECT_EQ(load_dataset(parse_data_spec("mnist:" + dir.path()), Split::Train).size, 5);
+}
+
+// MNIST's classes are the digits "0".."9" (only Fashion-MNIST has names), its class counts
+// come from the labels, and there is no unlabeled split: asking for one is an error, never
+// another split's images.
+TEST(IdxReader, MnistClassNamesCountsAndNoUnlabeledSplit) {
+  TempDir dir;
+  write_mnist(dir.path(), "train", 12, false);  // labels 0..9, 0, 1
+  const Dataset d = load_dataset(parse_data_spec("mnist:" + dir.path()), Split::Train);
+  EXPECT_EQ(d.class_names, (std::vector<std::string>{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}));
+  EXPECT_EQ(d.class_counts(), (std::vector<int64_t>{2, 2, 1, 1, 1, 1, 1, 1, 1, 1}));
+  write_mnist(dir.path(), "t10k", 2, false);
+  expect_error([&] { load_dataset(parse_data_spec("mnist:" + dir.path()), Split::Unlabeled); },
+               {"mnist has no unlabeled split"});
+}
+
+// A gzip stream with damaged deflate data (not just cut short) is an error, not garbage bytes.
+TEST(IdxReader, DamagedGzipStreamIsAnError) {
+  TempDir dir;
+  write_mnist(dir.path(), "train", 200, true);
+  const std::string path = dir / "train-images-idx3-ubyte.gz";
+  std::ifstream in(path, std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  ASSERT_GT(bytes.size(), 60u);
+  for (size_t k = 20; k < 40; ++k) bytes[k] = uint8_t(~bytes[k]);  // inside the deflate data
+  write_bytes(path, bytes);
+  expect_error([&] { load_dataset(parse_data_spec("mnist:" + dir.path()), Split::Train); },
+               {"train-images-idx3-ubyte.gz", "a complete gzip stream", "a damaged stream"});
+}
+
+// A DIR given with a trailing slash names its files with one slash, not two.
+TEST(IdxReader, TrailingSlashInDirGivesCleanPaths) {
+  TempDir dir;
+  expect_error([&] { load_dataset(parse_data_spec("mnist:" + dir.path() + "/"), Split::Train); },
+               {dir.path() + "/train-images-idx3-ubyte.gz", "no such file"});
+}
+
 // ---- CIFAR -----------------------------------------------------------------------------
 
 namespace {
@@ -229,6 +325,71 @@ TEST(CifarReader, Cifar100UsesFineLabels) {
                {"test.bin", "labels 0..99", "label 100"});
 }
 
+// An empty batch file holds no whole record: an error, not a batch of zero images.
+TEST(CifarReader, EmptyBatchIsAnError) {
+  TempDir dir;
+  write_bytes(dir / "test_batch.bin", {});
+  expect_error([&] { load_dataset(parse_data_spec("cifar10:" + dir.path()), Split::Test); },
+               {"test_batch.bin", "whole number of 3073-byte records", "found 0 bytes"});
+}
+
+// CIFAR-100 has 20 coarse classes: coarse label 20 is the first out of range (the older test
+// uses 25), and there is no unlabeled split.
+TEST(CifarReader, Cifar100CoarseLabelTwentyAndNoUnlabeledSplit) {
+  TempDir dir;
+  write_bytes(dir / "test.bin", cifar_records({{19, 5}, {20, 5}}, 1));
+  write_bytes(dir / "train.bin", cifar_records({{19, 5}}, 1));
+  expect_error([&] { load_dataset(parse_data_spec("cifar100:" + dir.path()), Split::Test); },
+               {"test.bin", "coarse labels 0..19", "label 20 in record 1"});
+  expect_error([&] { load_dataset(parse_data_spec("cifar100:" + dir.path()), Split::Unlabeled); },
+               {"cifar100 has no unlabeled split"});
+}
+
+// A CIFAR-100 record's pixels start after both label bytes: pixel 0 of each plane is the
+// marked one (+7) of cifar_records, and the image buffer holds exactly N x 3072 bytes.
+TEST(CifarReader, Cifar100PixelsStartAfterBothLabelBytes) {
+  TempDir dir;
+  write_bytes(dir / "train.bin", cifar_records({{1, 2}, {3, 4}}, 10));
+  const Dataset d = load_dataset(parse_data_spec("cifar100:" + dir.path()), Split::Train);
+  ASSERT_EQ(d.size, 2);
+  EXPECT_EQ(d.images.size(), 2u * 3072u);
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_EQ(d.image(1)[c * 1024], 10 + 1 + c * 50 + 7) << c;
+    EXPECT_EQ(d.image(1)[c * 1024 + 1], 10 + 1 + c * 50) << c;
+  }
+  EXPECT_EQ(d.image(1)[3071], 10 + 1 + 100);
+}
+
+// Class names come from the dataset's own text file (batches.meta.txt, fine_label_names.txt),
+// blank lines skipped (the real batches.meta.txt ends with one); a file with the wrong number
+// of names is ignored and the classes are numbered instead.
+TEST(CifarReader, ClassNamesFromTheDatasetsTextFile) {
+  TempDir dir;
+  write_bytes(dir / "c10/test_batch.bin", cifar_records({{3}}, 0));
+  std::string names;
+  for (int c = 0; c < 10; ++c) names += "class" + std::to_string(c) + "\n";
+  std::ofstream(dir / "c10/batches.meta.txt") << names << "\n";
+  const Dataset a = load_dataset(parse_data_spec("cifar10:" + (dir / "c10")), Split::Test);
+  ASSERT_EQ(a.class_names.size(), 10u);
+  EXPECT_EQ(a.class_names[0], "class0");
+  EXPECT_EQ(a.class_names[9], "class9");
+
+  std::ofstream(dir / "c10/batches.meta.txt") << "cat\ndog\n";
+  const Dataset b = load_dataset(parse_data_spec("cifar10:" + (dir / "c10")), Split::Test);
+  ASSERT_EQ(b.class_names.size(), 10u);
+  EXPECT_EQ(b.class_names[3], "3");
+
+  write_bytes(dir / "c100/test.bin", cifar_records({{0, 99}}, 0));
+  std::string fine, coarse;
+  for (int c = 0; c < 100; ++c) fine += "fine" + std::to_string(c) + "\n";
+  for (int c = 0; c < 20; ++c) coarse += "coarse" + std::to_string(c) + "\n";
+  std::ofstream(dir / "c100/fine_label_names.txt") << fine;
+  std::ofstream(dir / "c100/coarse_label_names.txt") << coarse;
+  const Dataset c = load_dataset(parse_data_spec("cifar100:" + (dir / "c100")), Split::Test);
+  ASSERT_EQ(c.class_names.size(), 100u);
+  EXPECT_EQ(c.class_names[99], "fine99");
+}
+
 // ---- STL-10 ----------------------------------------------------------------------------
 
 namespace {
@@ -269,6 +430,32 @@ TEST(Stl10Reader, TransposesAndShiftsLabels) {
   write_bytes(root + "/train_X.bin", cut);
   expect_error(load, {"train_X.bin", "27648-byte images", "truncated"});
   expect_error([&] { load_dataset(parse_data_spec("stl10:" + root), Split::Test); }, {"test_X.bin", "no such file"});
+}
+
+// An empty images file is an error, not a dataset of no images; label 11 is out of range
+// (labels are 1..10; TransposesAndShiftsLabels covers 0).
+TEST(Stl10Reader, EmptyImagesAndLabelElevenAreErrors) {
+  TempDir dir;
+  write_bytes(dir / "test_X.bin", {});
+  write_bytes(dir / "test_y.bin", {});
+  expect_error([&] { load_dataset(parse_data_spec("stl10:" + dir.path()), Split::Test); },
+               {"test_X.bin", "27648-byte images", "found 0 bytes"});
+  write_bytes(dir / "train_X.bin", stl_images(2));
+  write_bytes(dir / "train_y.bin", {10, 11});
+  expect_error([&] { load_dataset(parse_data_spec("stl10:" + dir.path()), Split::Train); },
+               {"train_y.bin", "labels 1..10", "label 11 at index 1"});
+}
+
+// class_names.txt gives the names when it has exactly ten; otherwise the classes are numbered.
+TEST(Stl10Reader, ClassNamesFromClassNamesTxt) {
+  TempDir dir;
+  write_bytes(dir / "unlabeled_X.bin", stl_images(1));
+  std::ofstream(dir / "class_names.txt") << "airplane\nbird\ncar\ncat\ndeer\ndog\nhorse\nmonkey\nship\ntruck\n";
+  EXPECT_EQ(load_dataset(parse_data_spec("stl10:" + dir.path()), Split::Unlabeled).class_names[7], "monkey");
+  std::ofstream(dir / "class_names.txt") << "airplane\nbird\n";
+  const Dataset d = load_dataset(parse_data_spec("stl10:" + dir.path()), Split::Unlabeled);
+  ASSERT_EQ(d.class_names.size(), 10u);
+  EXPECT_EQ(d.class_names[1], "1");
 }
 
 // ---- folder ----------------------------------------------------------------------------
@@ -366,6 +553,140 @@ TEST(ImageFolder, ResizesEverySideWithoutAborting) {
   }
 }
 
+namespace {
+// A flat w x h grey PNG of value v (directories created).
+void write_grey_png(const std::string& path, int w, int h, uint8_t v) {
+  fs::create_directories(fs::path(path).parent_path());
+  const std::vector<uint8_t> px(size_t(w) * h, v);
+  ASSERT_TRUE(stbi_write_png(path.c_str(), w, h, 1, px.data(), w));
+}
+DataOptions grey(int image_size) {
+  DataOptions opt;
+  opt.channels = 1;
+  opt.image_size = image_size;
+  return opt;
+}
+}  // namespace
+
+// Extensions match whatever their case, and .jpeg counts as well as .jpg.
+TEST(FolderReader, ExtensionsAreCaseInsensitiveAndIncludeJpeg) {
+  TempDir dir;
+  std::vector<uint8_t> px(4 * 4, 90);
+  fs::create_directories(dir / "cls");
+  ASSERT_TRUE(stbi_write_jpg((dir / "cls/a.jpeg").c_str(), 4, 4, 1, px.data(), 95));
+  ASSERT_TRUE(stbi_write_png((dir / "cls/b.PNG").c_str(), 4, 4, 1, px.data(), 4));
+  EXPECT_EQ(load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, grey(4)).size, 2);
+}
+
+// Classes are numbered in sorted sub-folder order and files are read in sorted name order,
+// whatever order the directory lists them in (created here out of order). Image values tell
+// which file landed where.
+TEST(FolderReader, ClassesAndFilesInSortedOrder) {
+  TempDir dir;
+  const std::vector<std::string> classes = {"zeta", "alpha", "mu", "beta", "omega", "delta", "kappa", "eta"};
+  for (size_t c = 0; c < classes.size(); ++c) write_grey_png(dir / (classes[c] + "/x.png"), 2, 2, uint8_t(10 * c));
+  for (const char* f : {"c.png", "a.png", "d.png", "b.png"})
+    write_grey_png(dir / ("mu/" + std::string(f)), 2, 2, uint8_t(200 + f[0] - 'a'));
+  const Dataset d = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, grey(2));
+  EXPECT_EQ(d.class_names,
+            (std::vector<std::string>{"alpha", "beta", "delta", "eta", "kappa", "mu", "omega", "zeta"}));
+  ASSERT_EQ(d.size, 12);
+  EXPECT_EQ(d.labels, (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 5, 5, 5, 5, 6, 7}));
+  // alpha (created second) first, then mu's a, b, c, d, x; zeta (created first) last.
+  const std::vector<int> first_pixel = {10, 30, 50, 70, 60, 200, 201, 202, 203, 20, 40, 0};
+  for (int64_t i = 0; i < d.size; ++i) EXPECT_NEAR(d.image(i)[0], first_pixel[size_t(i)], 1) << i;
+}
+
+// A tall image is centre-cropped vertically (the older test crops a wide one): 3 wide, 6 high,
+// rows 2-3 grey 200, the rest black; the centre square is rows 1-3 -> 0, 200, 200.
+TEST(FolderReader, TallImageIsCroppedVertically) {
+  TempDir dir;
+  std::vector<uint8_t> px(3 * 6, 0);
+  for (int x = 0; x < 3; ++x) px[size_t(2 * 3 + x)] = px[size_t(3 * 3 + x)] = 200;
+  fs::create_directories(dir / "cls");
+  ASSERT_TRUE(stbi_write_png((dir / "cls/tall.png").c_str(), 3, 6, 1, px.data(), 3));
+  const Dataset d = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, grey(3));
+  for (int x = 0; x < 3; ++x) {
+    EXPECT_NEAR(d.image(0)[0 * 3 + x], 0, 1);
+    EXPECT_NEAR(d.image(0)[1 * 3 + x], 200, 1);
+    EXPECT_NEAR(d.image(0)[2 * 3 + x], 200, 1);
+  }
+}
+
+// Options outside what the reader supports are errors naming the value: 2 channels (grey +
+// alpha would decode silently) and an image size of 0.
+TEST(FolderReader, UnsupportedOptionsAreErrors) {
+  TempDir dir;
+  write_grey_png(dir / "cls/a.png", 2, 2, 1);
+  DataOptions two = grey(2);
+  two.channels = 2;
+  expect_error([&] { load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, two); },
+               {dir.path(), "expected 1 or 3 channels, found 2"});
+  expect_error([&] { load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, grey(0)); },
+               {dir.path(), "expected an image size >= 1, found 0"});
+}
+
+// The unlabeled split of the split layout: without DIR/unlabeled it is train's images; with it,
+// the images directly in DIR/unlabeled (first) and in its sub-folders.
+TEST(FolderReader, UnlabeledSplitSources) {
+  TempDir dir;
+  write_grey_png(dir / "train/cat/a.png", 2, 2, 1);
+  write_grey_png(dir / "train/dog/b.png", 2, 2, 2);
+  write_grey_png(dir / "test/cat/c.png", 2, 2, 3);
+  EXPECT_EQ(load_dataset(parse_data_spec("folder:" + dir.path()), Split::Unlabeled, grey(2)).size, 2);
+  write_grey_png(dir / "unlabeled/more/y.png", 2, 2, 50);
+  write_grey_png(dir / "unlabeled/more/z.png", 2, 2, 60);
+  write_grey_png(dir / "unlabeled/x.png", 2, 2, 40);
+  const Dataset u = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Unlabeled, grey(2));
+  ASSERT_EQ(u.size, 3);
+  EXPECT_FALSE(u.labeled());
+  EXPECT_NEAR(u.image(0)[0], 40, 1);
+  EXPECT_NEAR(u.image(2)[0], 60, 1);
+}
+
+// Without train/test folders, DIR/unlabeled beside the class folders is the unlabeled split's
+// source (data/read_folder.cpp), not a third class: the train split has cat and dog only.
+TEST(FolderReader, UnlabeledFolderBesideTheClassesIsNotAClass) {
+  TempDir dir;
+  write_grey_png(dir / "cat/a.png", 2, 2, 1);
+  write_grey_png(dir / "dog/b.png", 2, 2, 2);
+  write_grey_png(dir / "unlabeled/c.png", 2, 2, 3);
+  const Dataset train = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, grey(2));
+  EXPECT_EQ(train.num_classes, 2);
+  EXPECT_EQ(train.class_names, (std::vector<std::string>{"cat", "dog"}));
+  EXPECT_EQ(train.size, 2);
+  EXPECT_EQ(train.labels, (std::vector<int32_t>{0, 1}));
+  const Dataset unlabeled = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Unlabeled, grey(2));
+  ASSERT_EQ(unlabeled.size, 1);
+  EXPECT_NEAR(unlabeled.image(0)[0], 3, 1);
+}
+
+// A folder with no class sub-folders, and a class sub-folder with no image, are errors saying so.
+TEST(FolderReader, NoClassesOrAnEmptyClassAreErrors) {
+  TempDir dir;
+  fs::create_directories(dir / "empty");
+  expect_error([&] { load_dataset(parse_data_spec("folder:" + (dir / "empty")), Split::Train, grey(2)); },
+               {dir / "empty", "one sub-folder per class", "no sub-folders"});
+  write_grey_png(dir / "two/cat/a.png", 2, 2, 1);
+  fs::create_directories(dir / "two/dog");
+  write_bytes(dir / "two/dog/readme.txt", {'x'});
+  expect_error([&] { load_dataset(parse_data_spec("folder:" + (dir / "two")), Split::Train, grey(2)); },
+               {dir / "two/dog", "at least one .png, .jpg, .jpeg or .bmp image", "found none"});
+}
+
+// A folder has no published constants: its mean / std are measured on the images loaded. One
+// 2x2 grey image of pixels {0, 0, 0, 255}: mean 0.25, population std sqrt(0.25 * 0.75).
+TEST(FolderReader, NormalisationIsMeasuredOnTheImages) {
+  TempDir dir;
+  fs::create_directories(dir / "cls");
+  const std::vector<uint8_t> px = {0, 0, 0, 255};
+  ASSERT_TRUE(stbi_write_png((dir / "cls/a.png").c_str(), 2, 2, 1, px.data(), 2));
+  const Dataset d = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, grey(2));
+  ASSERT_EQ(d.mean.size(), 1u);
+  EXPECT_NEAR(d.mean[0], 0.25, 2e-3);
+  EXPECT_NEAR(d.std[0], std::sqrt(0.25 * 0.75), 2e-3);
+}
+
 // ---- the Debian package ----------------------------------------------------------------
 
 // Per-channel statistics in pixel / 255: a varying channel's population std, and a constant
@@ -385,6 +706,35 @@ TEST(ChannelStats, ConstantChannelKeepsStdOne) {
   EXPECT_FLOAT_EQ(std[0], 0.5f);
   EXPECT_FLOAT_EQ(mean[1], 7.0f / 255.0f);
   EXPECT_EQ(std[1], 1.0f);
+}
+
+// The named datasets normalise with the published per-channel constants (pixel / 255), not
+// with their loaded images' statistics: each kind is loaded from a one-image file here and its
+// constants compared with the literature's values (torchvision examples and papers).
+TEST(ChannelStats, NamedDatasetsUsePublishedConstants) {
+  TempDir dir;
+  using V = std::vector<float>;
+  const auto expect_stats = [](const Dataset& d, const V& mean, const V& std) {
+    ASSERT_EQ(d.mean.size(), mean.size()) << d.name;
+    ASSERT_EQ(d.std.size(), std.size()) << d.name;
+    for (size_t c = 0; c < mean.size(); ++c) {
+      EXPECT_FLOAT_EQ(d.mean[c], mean[c]) << d.name << " channel " << c;
+      EXPECT_FLOAT_EQ(d.std[c], std[c]) << d.name << " channel " << c;
+    }
+  };
+  write_mnist(dir / "idx", "t10k", 1, false);
+  expect_stats(load_dataset(parse_data_spec("mnist:" + (dir / "idx")), Split::Test), {0.1307f}, {0.3081f});
+  expect_stats(load_dataset(parse_data_spec("fashion-mnist:" + (dir / "idx")), Split::Test), {0.2860f}, {0.3530f});
+  write_bytes(dir / "c10/test_batch.bin", cifar_records({{1}}, 0));
+  expect_stats(load_dataset(parse_data_spec("cifar10:" + (dir / "c10")), Split::Test),
+               {0.4914f, 0.4822f, 0.4465f}, {0.2470f, 0.2435f, 0.2616f});
+  write_bytes(dir / "c100/test.bin", cifar_records({{1, 1}}, 0));
+  expect_stats(load_dataset(parse_data_spec("cifar100:" + (dir / "c100")), Split::Test),
+               {0.5071f, 0.4865f, 0.4409f}, {0.2673f, 0.2564f, 0.2762f});
+  write_bytes(dir / "stl/test_X.bin", stl_images(1));
+  write_bytes(dir / "stl/test_y.bin", {1});
+  expect_stats(load_dataset(parse_data_spec("stl10:" + (dir / "stl")), Split::Test),
+               {0.4467f, 0.4398f, 0.4066f}, {0.2603f, 0.2566f, 0.2713f});
 }
 
 TEST(FashionMnist, LoadsFromDebianPackageWithNoPath) {
