@@ -357,14 +357,17 @@ TEST(Loader, ConfigurationProblemsAreNamed) {
   const Case cases[] = {
       {[](LoaderConfig& c) { c.views.clear(); }, "loader: expected at least one stream and one view"},
       {[](LoaderConfig& c) { c.prefetch = 0; }, "loader: expected prefetch >= 1, found 0"},
-      {[&](LoaderConfig& c) { c.streams[0].dataset = &unlabeled; }, "loader: labels asked of synthetic/train, which has none"},
+      {[&](LoaderConfig& c) { c.streams[0].dataset = &unlabeled; },
+       "loader: labels asked of synthetic/train, which has none"},
       {[](LoaderConfig& c) { c.streams[0].pool.push_back(12); },
        "loader: expected pool indices in [0, 12) of synthetic/train, found 12"},
       {[](LoaderConfig& c) { c.streams[0].pool.push_back(-1); },
        "loader: expected pool indices in [0, 12) of synthetic/train, found -1"},
       {[](LoaderConfig& c) { c.views[0].stream = 1; }, "loader: a view of stream 1 of 1, or without a transform"},
-      {[](LoaderConfig& c) { c.views[0].transform = nullptr; }, "loader: a view of stream 0 of 1, or without a transform"},
-      {[&](LoaderConfig& c) { c.views[0].transform = &on_gpu; }, "loader: a CUDA transform needs a loader on the CUDA device"},
+      {[](LoaderConfig& c) { c.views[0].transform = nullptr; },
+       "loader: a view of stream 0 of 1, or without a transform"},
+      {[&](LoaderConfig& c) { c.views[0].transform = &on_gpu; },
+       "loader: a CUDA transform needs a loader on the CUDA device"},
   };
   for (const Case& k : cases) {
     LoaderConfig c = config();

@@ -181,7 +181,8 @@ void Options::set(Option& o, const std::string& value, const std::string& where,
         *static_cast<double*>(o.target) = v;
       } else {
         // Past float's range the cast would give inf (and the saved config null).
-        if (std::fabs(v) > std::numeric_limits<float>::max()) throw UsageError(cat(flag, ": ", value, " is out of range"));
+        if (std::fabs(v) > std::numeric_limits<float>::max())
+          throw UsageError(cat(flag, ": ", value, " is out of range"));
         *static_cast<float*>(o.target) = static_cast<float>(v);
       }
       break;

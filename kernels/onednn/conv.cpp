@@ -420,7 +420,8 @@ Plan& plan_for(const Conv2dShape& s, bool forward, bool backward) {
       p->shape = s;
       p->d = descs_of(s, c.layout);
       p->chunk = {s.n, s.n, s.n};
-      if (winograd) choose_winograd(*p, c.layout, /*capped=*/conv_routing() == ConvRouting::Measured, c.winograd_cap);
+      if (winograd)
+        choose_winograd(*p, c.layout, /*capped=*/conv_routing() == ConvRouting::Measured, c.winograd_cap);
       it = c.plans.emplace(key, std::move(p)).first;
       if (std::find(c.shapes.begin(), c.shapes.end(), s) == c.shapes.end()) c.shapes.push_back(s);
     }
