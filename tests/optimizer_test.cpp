@@ -312,6 +312,82 @@ TEST(Schedule, FixMatchCosine) {
   EXPECT_FLOAT_EQ(fixmatch_lr(0.03f, 1 << 19, 1 << 20), float(0.03 * std::cos(7 * M_PI / 32)));
 }
 
+// Steps outside [0, K] are clamped (engine/schedule.h): before step 0 the schedule gives its
+// step-0 value, past K its value at K. Expected values from the formulas there: warm-up step 0
+// is base / W = 0.1; at K the cosine is at final_lr; FixMatch at K is base cos(7 pi / 16).
+TEST(Schedule, StepsOutsideTheScheduleAreClamped) {
+  EXPECT_FLOAT_EQ(warmup_cosine_lr(1.0f, -5, 10, 110), 0.1f);
+  EXPECT_FLOAT_EQ(warmup_cosine_lr(1.0f, 150, 10, 110, 0.25f), 0.25f);
+  EXPECT_FLOAT_EQ(fixmatch_lr(0.03f, -100, 100), 0.03f);
+  EXPECT_FLOAT_EQ(fixmatch_lr(0.03f, 300, 100), float(0.03 * std::cos(7 * M_PI / 16)));
+}
+
+// LARS sums each slot's norms over its chunks first_chunk .. first_chunk + num_chunks - 1.
+// Here the first slot (offset 0) spans three chunks, so its first chunk is chunk 0: the trust
+// ratio must be eta ||w|| / ||g|| over the whole tensor (as in LarsAdaptsWeightsOnly: momentum
+// and weight decay 0, lr 1, so w0 - w1 = trust * g), checked in every chunk of it.
+TEST(Optimizer, LarsNormsCoverEveryChunkOfAFirstSlotThatSpansSeveral) {
+  ParamTable t;
+  t.add("big.weight", Shape{3, 3001}, ParamKind::LinearWeight);  // 9003 elements: chunks of 4096
+  t.add("fc.bias", Shape{10}, ParamKind::Bias);
+  Arena w(t, Device::CPU), g(t, Device::CPU);
+  from_host(w.all(), random_values(t, 1, 1.0f));
+  from_host(g.all(), random_values(t, 5, 0.1f));
+  OptimizerConfig c = config_for(OptimizerKind::Lars);
+  c.momentum = 0.0f;
+  c.weight_decay = 0.0f;
+  Optimizer opt(t, Device::CPU, c);
+  const std::vector<float> w0 = to_host_f32(w.all()), gh = to_host_f32(g.all());
+  opt.step(w, g, 1.0f);
+  const std::vector<float> w1 = to_host_f32(w.all());
+  const Slot& big = t[0];
+  ASSERT_EQ(big.offset, 0);
+  double ww = 0, gg = 0;
+  for (int64_t i = big.offset; i < big.offset + big.numel; ++i) {
+    ww += double(w0[size_t(i)]) * w0[size_t(i)];
+    gg += double(gh[size_t(i)]) * gh[size_t(i)];
+  }
+  const double trust = 0.02 * std::sqrt(ww) / std::sqrt(gg);
+  for (int64_t e : {int64_t{0}, int64_t{5000}, int64_t{9002}}) {
+    const size_t i = size_t(big.offset + e);
+    EXPECT_NEAR((w0[i] - w1[i]) / gh[i], trust, 1e-4 * trust) << "big.weight[" << e << "]";
+  }
+}
+
+// Hyper-parameters outside their ranges are usage errors; the ends of the ranges are valid.
+// A learning rate of 0 is a step (warmup_cosine_lr reaches final_lr = 0 at K): it leaves the
+// weights as they were; a negative one is refused.
+TEST(Optimizer, OutOfRangeSettingsAreRefusedAndLrZeroIsAStep) {
+  const ParamTable t = net_table();
+  const auto with = [](OptimizerKind k, auto change) {
+    OptimizerConfig c = config_for(k);
+    change(c);
+    return c;
+  };
+  EXPECT_THROW(Optimizer(t, Device::CPU, with(OptimizerKind::Sgd, [](OptimizerConfig& c) { c.momentum = 1.0f; })),
+               UsageError);
+  EXPECT_THROW(Optimizer(t, Device::CPU, with(OptimizerKind::Sgd, [](OptimizerConfig& c) {
+                           c.momentum = 0.0f;
+                           c.nesterov = true;
+                         })),
+               UsageError);
+  EXPECT_THROW(Optimizer(t, Device::CPU, with(OptimizerKind::Lars, [](OptimizerConfig& c) { c.eta = 0.0f; })),
+               UsageError);
+  EXPECT_THROW(Optimizer(t, Device::CPU, with(OptimizerKind::AdamW, [](OptimizerConfig& c) { c.beta2 = 1.0f; })),
+               UsageError);
+  EXPECT_NO_THROW(Optimizer(t, Device::CPU, with(OptimizerKind::Sgd, [](OptimizerConfig& c) { c.momentum = 0.0f; })));
+  for (OptimizerKind kind : {OptimizerKind::Sgd, OptimizerKind::Lars, OptimizerKind::AdamW}) {
+    Net s;
+    s.set_grads(7);
+    Optimizer opt(s.t, Device::CPU, config_for(kind));
+    const std::vector<float> before = to_host_f32(s.w.all());
+    EXPECT_THROW(opt.step(s.w, s.g, -0.1f), Error) << optimizer_name(kind);
+    ASSERT_NO_THROW(opt.step(s.w, s.g, 0.0f)) << optimizer_name(kind);
+    const std::vector<float> after = to_host_f32(s.w.all());
+    EXPECT_EQ(0, std::memcmp(before.data(), after.data(), before.size() * sizeof(float))) << optimizer_name(kind);
+  }
+}
+
 // GPU: the CUDA steps against the CPU reference. SGD and AdamW share every rounding (fmaf,
 // correctly rounded sqrt and division): bit-identical. So does LARS: the CPU sums its norms in
 // the CUDA kernels' order (kernels/common/optimizer_rules.h).

@@ -28,6 +28,7 @@
 #include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "engine/profile.h"
+#include "engine/teacher.h"
 #include "kernels/elementwise.h"
 #include "tests/op_case.h"
 
@@ -374,6 +375,34 @@ TEST(Profile, CallerCostIsEvaluatedOnlyInsideTheWindow) {
   EXPECT_EQ(prof.report()->rows[0].kernel, "fill");
   EXPECT_DOUBLE_EQ(prof.report()->rows[0].bytes, 100.0);  // the caller's, not fill's declared 4 n
   EXPECT_DOUBLE_EQ(prof.report()->rows[0].flops, 7.0);
+}
+
+// The teacher update's declared cost (engine/teacher.cpp, kernels/teacher_update.h): 12 bytes
+// and 3 FLOPs per updated parameter, the expected share 1 - p of them. 100 parameters at
+// p = 0.75: 12 * 0.25 * 100 = 300 bytes and 3 * 0.25 * 100 = 75 FLOPs, under the mode's label.
+TEST(Profile, TeacherUpdateCostCountsTheExpectedUpdatedShare) {
+  ParamTable params, no_buffers;
+  params.add("fc.weight", Shape{10, 10}, ParamKind::LinearWeight);
+  TeacherConfig c;
+  c.mode = SmoothingMode::Sts;
+  c.preserve_prob = 0.75f;
+  c.schedule = MomentumSchedule::Constant;
+  TeacherSmoother sm(params, no_buffers, Device::CPU, c);
+  Arena student(params, Device::CPU), teacher(params, Device::CPU), sb(no_buffers, Device::CPU),
+      tb(no_buffers, Device::CPU);
+  Profiler prof(StepWindow::parse("1:2"), Device::CPU, "", /*print=*/false);
+  for (int k = 0; k < 3; ++k) {
+    prof.begin_step(k);
+    sm.update(student, teacher, sb, tb, k);
+    prof.end_step(k);
+  }
+  ASSERT_TRUE(prof.window_done());
+  ASSERT_EQ(prof.report()->rows.size(), 1u) << prof.report()->table();
+  const auto& row = prof.report()->rows[0];
+  EXPECT_EQ(row.kernel, "teacher_update");
+  EXPECT_EQ(row.layer, "sts");
+  EXPECT_DOUBLE_EQ(row.bytes, 300.0);
+  EXPECT_DOUBLE_EQ(row.flops, 75.0);
 }
 
 TEST(Profile, PhaseSequenceClosesEachPhaseAtTheNext) {

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -239,6 +240,40 @@ TEST(Teacher, ElementStatsAreInsideTheBound) {
   EXPECT_NEAR(st.fragments_updated, 0.5, 3.29 * std::sqrt(0.25 / static_cast<double>(st.fragments)));
 }
 
+// Element granularity: stats_at draws one decision per arena element, with the element's arena
+// index as its fragment id, so its fraction is exactly the fraction of elements the kernel
+// changed (the student and the blend differ from the old value everywhere here).
+TEST(Teacher, ElementStatsMatchTheKernel) {
+  World w;
+  TeacherSmoother sm(w.params, w.buffers, Device::CPU, sts_config(Granularity::Element, 0.5f));
+  const std::vector<float> old = host_of(w.teacher);
+  sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, 3);
+  const std::vector<float> now = host_of(w.teacher);
+  int64_t changed = 0;
+  for (const Slot& s : w.params.slots())
+    for (int64_t i = s.offset; i < s.offset + s.numel; ++i) changed += !same_bits(old[size_t(i)], now[size_t(i)]);
+  const TeacherStats st = sm.stats_at(3);
+  EXPECT_DOUBLE_EQ(st.fragments_updated, static_cast<double>(changed) / static_cast<double>(w.params.total_numel()));
+  EXPECT_DOUBLE_EQ(st.params_updated, st.fragments_updated);
+}
+
+// Element granularity walks four elements per Philox block; a slot whose size is not a
+// multiple of 4 (conv2.bias, conv3.weight, bn3, fc.bias) must stop at its last element. The
+// student's gaps hold 0 here, not canaries, so an SE copy past the end breaks a teacher canary.
+TEST(Teacher, ElementUpdateStopsAtTheEndOfEachSlot) {
+  World w;
+  TeacherConfig c = sts_config(Granularity::Element, 0.5f);
+  c.mode = SmoothingMode::Se;
+  TeacherSmoother sm(w.params, w.buffers, Device::CPU, c);
+  std::vector<float> student(host_of(w.student).size(), 0.0f);
+  const std::vector<float> values = host_of(w.student);
+  for (const Slot& s : w.params.slots())
+    for (int64_t i = s.offset; i < s.offset + s.numel; ++i) student[size_t(i)] = values[size_t(i)];
+  from_host(w.student.all(), student);
+  for (int64_t step = 0; step < 8; ++step) sm.update(w.student, w.teacher, w.student_buf, w.teacher_buf, step);
+  EXPECT_TRUE(w.teacher.broken_canaries().empty()) << "wrote past a slot: " << w.teacher.broken_canaries()[0];
+}
+
 // ---- fragment ages (the mosaic) ----------------------------------------------------------------
 
 // Sets every parameter of `a` to `v` (gaps keep their canaries).
@@ -302,6 +337,26 @@ TEST(TeacherAges, WalkBackEqualsForwardSimulation) {
         ASSERT_EQ(fragment_age(seed, p, f, k), sim[f]) << "p " << p << " step " << k << " fragment " << f;
       }
   }
+}
+
+// With skipped steps (--on-nonfinite skip) the walk back passes over them: a skipped step
+// updates nothing, so in the forward simulation it only ages every fragment by one.
+TEST(TeacherAges, WalkBackPassesOverSkippedSteps) {
+  const uint64_t seed = 9;
+  const float p = 0.5f;
+  const std::vector<int64_t> skipped = {0, 3, 4, 9, 17};
+  std::vector<int64_t> sim(50, 0);
+  int64_t changed_by_skipping = 0;  // ages that differ from the walk without the skips
+  for (int64_t k = 0; k < 30; ++k)
+    for (uint64_t f = 0; f < sim.size(); ++f) {
+      const bool skip = std::binary_search(skipped.begin(), skipped.end(), k);
+      const bool updated = !skip && !(kernels::philox_uniform(seed, kernels::kStreamTeacher, uint64_t(k), f) < p);
+      sim[f] = updated ? 0 : sim[f] + 1;
+      const int64_t got = fragment_age(seed, p, f, k, skipped);
+      ASSERT_EQ(got, sim[f]) << "step " << k << " fragment " << f;
+      changed_by_skipping += got != fragment_age(seed, p, f, k);
+    }
+  EXPECT_GT(changed_by_skipping, 0) << "the skipped steps must matter to some age";
 }
 
 // TMA (p = 0) updates everything every step: age 0. `none` never updates: age k + 1. Ages
@@ -394,6 +449,21 @@ TEST(TeacherAges, SummaryOfKnownAges) {
   EXPECT_THROW(age_stats({bad}), Error);
 }
 
+// Nearest-rank quantiles of the ages 0 .. 99 (one fragment each): the q-quantile is the
+// ceil(100 q)-th smallest age, i.e. ceil(100 q) - 1: p50 = 49, p90 = 89, p99 = 98.
+TEST(TeacherAges, QuantilesOfAHundredAges) {
+  SlotAges a;
+  a.name = "l.weight";
+  a.shape = Shape{100};
+  a.fragment_numel = 1;
+  for (int64_t k = 0; k < 100; ++k) a.age.push_back(k);
+  const TeacherAgeStats st = age_stats({a});
+  EXPECT_EQ(st.p50, 49);
+  EXPECT_EQ(st.p90, 89);
+  EXPECT_EQ(st.p99, 98);
+  EXPECT_EQ(st.max, 99);
+}
+
 // The modes reduce to their definitions.
 TEST(Teacher, ModesReduceToTheirDefinitions) {
   for (SmoothingMode mode : {SmoothingMode::None, SmoothingMode::Tma, SmoothingMode::Se, SmoothingMode::Copy}) {
@@ -478,6 +548,37 @@ TEST(Teacher, CosineMomentumSchedule) {
   EXPECT_FLOAT_EQ(sm.momentum_at(500), 0.995f);
   EXPECT_FLOAT_EQ(sm.momentum_at(1000), 1.0f);
   EXPECT_FLOAT_EQ(sm.momentum_at(250), static_cast<float>(1 - 0.01 * (std::cos(M_PI / 4) + 1) / 2));
+}
+
+// The cosine schedule clamps k to [0, K] (as the learning-rate schedules do): before step 0
+// it gives m_0, not the mirror image cos(-x) = cos(x) of a later step.
+TEST(Teacher, CosineMomentumBeforeStepZeroIsTheBaseMomentum) {
+  World w;
+  TeacherConfig c = sts_config(Granularity::Tensor);
+  c.momentum = 0.99f;
+  c.schedule = MomentumSchedule::Cosine;
+  c.total_steps = 1000;
+  TeacherSmoother sm(w.params, w.buffers, Device::CPU, c);
+  EXPECT_EQ(sm.momentum_at(-500), 0.99f);
+}
+
+// The ends of the ranges are valid: m = 1 (where the cosine schedule ends: a frozen teacher)
+// and p = 1 (never update). Either way the teacher keeps its values bit for bit.
+TEST(Teacher, MomentumOneAndPreserveProbOneAreAcceptedAndKeepTheTeacher) {
+  for (const auto& [mode, m, p] :
+       {std::tuple{SmoothingMode::Tma, 1.0f, 0.7f}, std::tuple{SmoothingMode::Se, 0.9f, 1.0f}}) {
+    World w;
+    TeacherConfig c = sts_config(Granularity::Channel, p);
+    c.mode = mode;
+    c.momentum = m;
+    std::unique_ptr<TeacherSmoother> sm;
+    ASSERT_NO_THROW(sm = std::make_unique<TeacherSmoother>(w.params, w.buffers, Device::CPU, c))
+        << smoothing_mode_name(mode);
+    const std::vector<float> old = host_of(w.teacher);
+    sm->update(w.student, w.teacher, w.student_buf, w.teacher_buf, 2);
+    const std::vector<float> now = host_of(w.teacher);
+    EXPECT_EQ(0, std::memcmp(old.data(), now.data(), old.size() * sizeof(float))) << smoothing_mode_name(mode);
+  }
 }
 
 // Same seed: same masks. Different step: different masks. Different seed: different masks.
@@ -655,6 +756,8 @@ TEST(Teacher, StateStringsRoundTripAndRejectBadInput) {
   kv = s.to_strings();
   kv["smoothing.step"] = "12x";
   EXPECT_THROW(TeacherState::from_strings(kv), Error);
+  kv["smoothing.step"] = "-1";  // strtoull would wrap it to 2^64 - 1
+  EXPECT_THROW(TeacherState::from_strings(kv), Error);
   // A checkpoint made with other flags is refused, naming the key.
   World w;
   TeacherSmoother sm(w.params, w.buffers, Device::CPU, sts_config(Granularity::Tensor));
@@ -664,6 +767,9 @@ TEST(Teacher, StateStringsRoundTripAndRejectBadInput) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("smoothing.bn_buffers"), std::string::npos) << e.what();
   }
+  TeacherState negative = sm.state();
+  negative.step = -1;
+  EXPECT_THROW(sm.restore(negative), Error);
 }
 
 TEST(Teacher, BadFlagsAreUsageErrors) {
