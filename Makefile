@@ -340,8 +340,11 @@ test: deps
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(TEST_BIN) --gtest_brief=1
 
 # ---- dependencies: install what is missing ---------------------------------------------
+# python3-torch / python3-torchvision: PyTorch's CPU build, the oracle of the torchvision tests
+# (tests/torchvision_check.py, skipped without it) and the other side of `make bench`.
 DEB_PACKAGES := g++ make googletest libgtest-dev libopenblas-openmp-dev libdnnl-dev libstb-dev zlib1g-dev \
-                nlohmann-json3-dev dataset-fashion-mnist python3-matplotlib libopenmpi-dev openmpi-bin
+                nlohmann-json3-dev dataset-fashion-mnist python3-matplotlib libopenmpi-dev openmpi-bin \
+                python3-torch python3-torchvision
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deps:
 	@if [ -n "$(DEPS_PREFIX)" ]; then echo "deps: using packages unpacked under $(DEPS_PREFIX)"; exit 0; fi; \
