@@ -1,5 +1,5 @@
 // The run machinery the training programs share (apps/run/options.h, run.h): flags,
-// config files, run directories, the metrics log.
+// config files, run directories, the metrics log, --mosaic-steps.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -9,6 +9,7 @@
 
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
+#include "apps/run/teacher_log.h"
 #include "engine/check.h"
 
 namespace tessera {
@@ -362,6 +363,63 @@ TEST(MetricsLog, ResumeDropsEventsPastTheCheckpoint) {
   EXPECT_EQ(lines[2]["step"], 30);
   EXPECT_EQ(lines[2]["loss"], 0.5);
   EXPECT_EQ(lines[2]["event"], "train");
+}
+
+// A run that ended is resumed for more steps (its checkpoint is the last step): the "final"
+// event goes, though its step is not past the checkpoint's, so the log has one final event. A
+// line cut by a kill ends what is trusted: the lines after it go too, valid or not.
+TEST(MetricsLog, ResumeDropsTheFinalEventAndEverythingAfterACutLine) {
+  const std::string dir = temp_dir("metrics_cut");
+  RunDirectory::for_new_run(dir).create();
+  const std::string path = dir + "/metrics.jsonl";
+  auto steps_in = [&path] {
+    std::ifstream in(path);
+    std::vector<std::string> events;
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      events.push_back(cat(j["event"].get<std::string>(), " ", j.value("step", -1)));
+    }
+    return events;
+  };
+  {
+    MetricsLog log(path, -1);
+    for (int step = 10; step <= 40; step += 10) log.write("train", {{"step", step}});
+    log.write("final", {{"step", 40}, {"knn_top1_teacher", 80.0}});
+  }
+  { MetricsLog log(path, 40); }
+  EXPECT_EQ(steps_in(), (std::vector<std::string>{"train 10", "train 20", "train 30", "train 40"}));
+
+  std::ofstream(path, std::ios::app) << "{\"event\": \"train\", \"st\n{\"event\": \"train\", \"step\": 45}\n";
+  { MetricsLog log(path, 50); }
+  EXPECT_EQ(steps_in(), (std::vector<std::string>{"train 10", "train 20", "train 30", "train 40"}));
+  // A checkpoint at step 0 keeps nothing after it; -1 (a new run's log) keeps the file as is.
+  { MetricsLog log(path, -1); }
+  EXPECT_EQ(steps_in().size(), 4u);
+  { MetricsLog log(path, 0); }
+  EXPECT_TRUE(steps_in().empty());
+}
+
+// --mosaic-steps: step counts >= 1, comma-separated, in the order given; anything else is a
+// usage error naming the bad item, and the option's check gives the expected form.
+TEST(MosaicSteps, ParsesCountsAndNamesTheBadItem) {
+  EXPECT_EQ(parse_mosaic_steps("100,800,1600"), (std::vector<int64_t>{100, 800, 1600}));
+  EXPECT_EQ(parse_mosaic_steps("1"), std::vector<int64_t>{1});
+  EXPECT_TRUE(parse_mosaic_steps("").empty());
+  auto problem = [](const std::string& text) -> std::string {
+    try {
+      parse_mosaic_steps(text);
+    } catch (const UsageError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(problem("100,0").find("--mosaic-steps: expected step counts >= 1, found '0'"), std::string::npos);
+  EXPECT_NE(problem("100,-5").find("found '-5'"), std::string::npos);
+  EXPECT_NE(problem("100,2x").find("found '2x'"), std::string::npos);
+  EXPECT_NE(problem("100,,200").find("found ''"), std::string::npos);
+  EXPECT_NE(problem("100,").find("--mosaic-steps: expected a step after the last comma"), std::string::npos);
+  EXPECT_EQ(mosaic_steps_problem("5,100"), "");
+  EXPECT_EQ(mosaic_steps_problem("5,x"), "a comma-separated list of step counts >= 1, like 100,800,1600");
 }
 
 TEST(StopRequest, FlagSetAndCleared) {
