@@ -52,6 +52,20 @@ std::string usage_error(std::vector<std::string> args) {
   return "";
 }
 
+// The UsageError of a program with one option `--x` of `target`'s type given `value` ("" when
+// it is accepted).
+template <class T>
+std::string one_option_error(T* target, const std::string& value) {
+  Options o("prog", "a test program");
+  o.add("x", target, "a value");
+  try {
+    parse(o, {"--x", value});
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "";
+}
+
 std::string temp_dir(const std::string& name) {
   std::string d = ::testing::TempDir() + "tessera_run_" + name + "_" + std::to_string(::getpid());
   std::system(("rm -rf '" + d + "'").c_str());
@@ -163,16 +177,7 @@ TEST(Options, EmptyOverflowingAndNonFiniteNumbersAreRefused) {
 // saved configuration would write as null).
 TEST(Options, FloatOptionsHoldTheirRange) {
   float x = 0;
-  const auto parse_x = [&x](const std::string& value) -> std::string {
-    Options o("prog", "a test program");
-    o.add("x", &x, "a number");
-    try {
-      parse(o, {"--x", value});
-    } catch (const UsageError& e) {
-      return e.what();
-    }
-    return "";
-  };
+  const auto parse_x = [&x](const std::string& value) { return one_option_error(&x, value); };
   EXPECT_EQ(parse_x("3e38"), "");
   EXPECT_EQ(x, 3e38f);
   EXPECT_NE(parse_x("1e39").find("--x: 1e39 is out of range"), std::string::npos) << parse_x("1e39");
@@ -183,22 +188,13 @@ TEST(Options, FloatOptionsHoldTheirRange) {
 // An int option holds exactly the int32 range: its ends are accepted, one past them refused.
 TEST(Options, Int32OptionsHoldTheirRange) {
   int n = 0;
-  const auto parse_n = [&n](const std::string& value) -> std::string {
-    Options o("prog", "a test program");
-    o.add("n", &n, "a count");
-    try {
-      parse(o, {"--n", value});
-    } catch (const UsageError& e) {
-      return e.what();
-    }
-    return "";
-  };
+  const auto parse_n = [&n](const std::string& value) { return one_option_error(&n, value); };
   EXPECT_EQ(parse_n("2147483647"), "");
   EXPECT_EQ(n, INT32_MAX);
   EXPECT_EQ(parse_n("-2147483648"), "");
   EXPECT_EQ(n, INT32_MIN);
-  EXPECT_NE(parse_n("2147483648").find("--n: 2147483648 is out of range"), std::string::npos);
-  EXPECT_NE(parse_n("-2147483649").find("--n: -2147483649 is out of range"), std::string::npos);
+  EXPECT_NE(parse_n("2147483648").find("--x: 2147483648 is out of range"), std::string::npos);
+  EXPECT_NE(parse_n("-2147483649").find("--x: -2147483649 is out of range"), std::string::npos);
   EXPECT_EQ(n, INT32_MIN);  // a refused value is not stored
 }
 

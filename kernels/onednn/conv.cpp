@@ -375,6 +375,10 @@ struct Cache {
   std::vector<Conv2dShape> shapes;  // distinct, in order first seen
   Layout layout = Layout::Blocked;
   size_t winograd_cap = kWinogradScratchpadCap;
+  void drop_plans() {  // with mu held
+    plans.clear();
+    shapes.clear();
+  }
 };
 Cache& cache() {
   static Cache c;
@@ -763,8 +767,7 @@ Layout layout() {
 void set_layout(Layout l) {
   std::lock_guard<std::mutex> lock(cache().mu);
   cache().layout = l;
-  cache().plans.clear();
-  cache().shapes.clear();
+  cache().drop_plans();
 }
 
 size_t winograd_scratchpad_cap() {
@@ -775,18 +778,12 @@ size_t winograd_scratchpad_cap() {
 void set_winograd_scratchpad_cap(size_t bytes) {
   std::lock_guard<std::mutex> lock(cache().mu);
   cache().winograd_cap = bytes;
-  cache().plans.clear();
-  cache().shapes.clear();
+  cache().drop_plans();
 }
 
 size_t conv2d_winograd_scratchpad(const Conv2dShape& s, ConvPart part) {
-  Layout l;
-  {
-    std::lock_guard<std::mutex> lock(cache().mu);
-    l = cache().layout;
-  }
   try {
-    return winograd_scratchpad(descs_of(s, l), static_cast<int>(part));
+    return winograd_scratchpad(descs_of(s, layout()), static_cast<int>(part));
   } catch (const dnnl::error&) {
     return 0;  // not offered for this shape
   }
@@ -804,8 +801,7 @@ std::vector<Conv2dShape> conv2d_plan_shapes() {
 
 void clear_conv2d_plans() {
   std::lock_guard<std::mutex> lock(cache().mu);
-  cache().plans.clear();
-  cache().shapes.clear();
+  cache().drop_plans();
 }
 
 std::string conv2d_implementations(const Conv2dShape& s) {
