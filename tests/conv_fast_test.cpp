@@ -574,15 +574,16 @@ TEST(ConvFast, MeasuredRoutingMixesTheTiersCorrectly) {
     }
 }
 
-// Under the measured routing, a Winograd pass whose scratchpad would pass the cap over the whole
-// batch runs over slices of it (kernels/onednn/onednn.h, winograd_scratchpad_cap). oneDNN sizes
-// the scratchpad by the CPU's caches, so which passes slice is the machine's: on the 2-core EPYC,
-// CIFAR layer2 at batch 64 ran every pass in slices of 16, layer3 its forward and data gradient
-// in slices of 32 and its filter gradient direct; on a 2-core Xeon with 2 MiB of L2 per core,
-// layer2 fits whole. So the expected plan is the rule applied to the sizes this machine's oneDNN
-// asks for, under the 24 MiB cap and under one lowered to what 16 samples of layer3's forward
-// need; the lowered round then compares sliced passes, alone and beside whole ones, with the
-// reference.
+// Under the measured routing, a Winograd pass whose call (oneDNN's scratchpad plus the blocked
+// copies of its operands) would pass the cap over the whole batch runs over slices of it
+// (kernels/onednn/onednn.h, winograd_scratchpad_cap). oneDNN sizes the scratchpad by the CPU's
+// caches, so which passes slice is the machine's: on a 2-core Xeon with 2 MiB of L2 per core,
+// CIFAR layer2 at batch 64 fits whole and layer3's forward and data gradient run in 32s; layer1
+// runs in 32s everywhere (its copies of x and y alone are 32 MiB at batch 64, a scratchpad-only
+// rule would run it whole). So the expected plan is the rule applied to the sizes this machine's
+// oneDNN asks for, under the 32 MiB cap and under one lowered to what 16 samples of layer3's
+// forward need; the lowered round then compares sliced passes, alone and beside whole ones, with
+// the reference.
 TEST(ConvFast, MeasuredRoutingSlicesWinogradBatches) {
   if (const std::string why = why_no_winograd(); !why.empty()) GTEST_SKIP() << why;
   RoutingScope measured(kernels::onednn::ConvRouting::Measured);
@@ -593,8 +594,9 @@ TEST(ConvFast, MeasuredRoutingSlicesWinogradBatches) {
   kernels::Conv2dShape layer2;
   layer2.n = 64, layer2.c = layer2.o = 128, layer2.h = layer2.w = layer2.ho = layer2.wo = 16;
   layer2.kh = layer2.kw = 3, layer2.stride = 1, layer2.pad = 1;
-  kernels::Conv2dShape layer3 = layer2;
+  kernels::Conv2dShape layer3 = layer2, layer1 = layer2;
   layer3.c = layer3.o = 256, layer3.h = layer3.w = layer3.ho = layer3.wo = 8;
+  layer1.c = layer1.o = 64, layer1.h = layer1.w = layer1.ho = layer1.wo = 32;
   const kernels::onednn::ConvPart parts[] = {kernels::onednn::ConvPart::Forward, kernels::onednn::ConvPart::Data,
                                              kernels::onednn::ConvPart::Weights};
   const char* const part_names[] = {"fwd", "data", "weights"};
@@ -602,13 +604,13 @@ TEST(ConvFast, MeasuredRoutingSlicesWinogradBatches) {
     s.n = n;
     return s;
   };
-  // The rule: the largest of n, n / 2, ... (at least 8) whose scratchpad fits, else direct.
+  // The rule: the largest of n, n / 2, ... (at least 8) whose call fits, else direct.
   auto expected_plan = [&](const kernels::Conv2dShape& s, size_t cap) {
     std::string plan;
     for (int p = 0; p < 3; ++p) {
       std::string runs = "jit:";
       for (int64_t n = s.n; n >= 8; n /= 2) {
-        const size_t bytes = kernels::onednn::conv2d_winograd_scratchpad(slice_of(s, n), parts[p]);
+        const size_t bytes = kernels::onednn::conv2d_call_scratch(slice_of(s, n), parts[p], /*winograd=*/true);
         if (bytes == 0) break;
         if (bytes <= cap) {
           runs = "jit_wino_4x3:" + (n < s.n ? " (" + std::to_string(n) + " samples per call)" : std::string());
@@ -631,14 +633,20 @@ TEST(ConvFast, MeasuredRoutingSlicesWinogradBatches) {
   };
   // The lowered cap: layer3's forward over 16 samples. Its tiles scale with the batch (34.6 MB
   // over 64 samples, 25.2 over 32, 20.4 over 16 on the Xeon), so that pass then runs in 16s.
-  const size_t lowered = kernels::onednn::conv2d_winograd_scratchpad(slice_of(layer3, 16), parts[0]);
+  auto winograd_call = [&](const kernels::Conv2dShape& s, int part) {
+    return kernels::onednn::conv2d_call_scratch(s, parts[part], /*winograd=*/true);
+  };
+  const size_t lowered = winograd_call(slice_of(layer3, 16), 0);
   ASSERT_GT(lowered, 0u) << "oneDNN offers no Winograd forward for 16 samples of layer3";
-  ASSERT_GT(kernels::onednn::conv2d_winograd_scratchpad(slice_of(layer3, 32), parts[0]), lowered)
+  ASSERT_GT(winograd_call(slice_of(layer3, 32), 0), lowered)
       << "oneDNN's scratchpad for layer3's forward does not grow from 16 to 32 samples on this CPU: no cap "
          "makes that pass run on slices";
+  // The copies count: layer1's whole-batch call passes the cap by them, its scratchpad alone would not.
+  ASSERT_GT(winograd_call(layer1, 0), kernels::onednn::winograd_scratchpad_cap());
   for (size_t cap : {kernels::onednn::winograd_scratchpad_cap(), lowered}) {
     kernels::onednn::set_winograd_scratchpad_cap(cap);
     SCOPED_TRACE(cat("cap ", cap, " bytes"));
+    EXPECT_EQ(plan_of(layer1), expected_plan(layer1, cap));
     EXPECT_EQ(plan_of(layer2), expected_plan(layer2, cap));
     EXPECT_EQ(plan_of(layer3), expected_plan(layer3, cap));
   }

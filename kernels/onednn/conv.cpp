@@ -25,7 +25,8 @@
 // engine's one scratch region, engine/workspace.h), and conv2d_workspace_size reports their sum
 // plus one cache line, so that the carving can start on a line whatever the caller's alignment.
 // Winograd's scratchpad holds the transformed tiles of a whole pass: 7-16 MB per call at the
-// CIFAR shapes of batch 64 (53 MB for a 3-channel stem, which the table keeps direct).
+// CIFAR shapes of batch 64 on the EPYC (53 MB for a 3-channel stem, which the table keeps
+// direct); passes whose call would pass a cap run on slices of the batch (choose_winograd).
 //
 // Layout (kernels/onednn/onednn.h, Layout). The engine's tensors are NCHW. With Blocked, the
 // default, the primitives are made with format_tag::any and pick their own formats (nChw16c
@@ -203,9 +204,10 @@ Descs descs_of(const Conv2dShape& s, Layout layout) {
   return d;
 }
 
-// Winograd's scratchpad for one pass of `d` (forward: the larger of the bias variants); throws
-// dnnl::error when oneDNN does not offer Winograd for it (strides other than 1, plain layouts).
-size_t winograd_scratchpad(const Descs& d, int part);
+// The scratch of one call of a pass of `d` under algorithm `a` (forward: the larger of the bias
+// variants); throws dnnl::error when oneDNN does not offer `a` for it (Winograd: strides other
+// than 1, plain layouts).
+size_t call_scratch(const Descs& d, int part, dnnl::algorithm a);
 
 dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool bias, dnnl::algorithm a) {
   const dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training, a, d.x_any, d.w_any,
@@ -230,27 +232,42 @@ dnnl::convolution_backward_weights::primitive_desc weights_pd(const Descs& d, dn
 
 // Winograd's scratchpad holds a pass's transformed tiles (and, for the filter gradient, one
 // transformed filter per thread): 8-10 MB per pass for the CIFAR ResNet's layer1 at batch 64,
-// 35-131 MB for its layers 2-4, which would raise the train step's workspace from 289 to 394 MiB
-// (issue 13's bar is 300). Under the measured routing a pass runs Winograd only if its scratchpad
-// fits this cap, over the whole batch or over slices of it (n / 2, n / 4, ... down to kMinChunk
-// samples, each a call of its own: the tiles scale with the batch, the transformed filters do
-// not, so layer4 never fits). 24 MiB keeps every Winograd call's scratch (reorders included)
-// under what layer1's call needs anyway: the step's workspace went from 288.5 to 297.7 MiB, all of
-// it layer1's larger scratchpad, for a step 1.3x faster (bench/RESULTS.md).
+// 11-131 MB for its layers 2-4, depending on the CPU. A call's scratch is that scratchpad plus the
+// blocked copies of the operands it converts (layer1 at batch 64: 16 MiB for each of x and y),
+// and the engine's scratch region is sized to the step's largest call (engine/workspace.h). Under
+// the measured routing a pass runs Winograd only if its call's scratch fits this cap, over the
+// whole batch or over slices of it (n / 2, n / 4, ... down to kMinChunk samples, each a call of
+// its own: the tiles and the copies scale with the batch, the transformed filters do not, so
+// layer4's filter gradient never fits). 32 MiB is what layer1's direct call needs for its copies
+// alone: on the CIFAR train step Winograd then adds nothing to the scratch the direct kernels
+// need (31.9 MiB, layer2's whole-batch backward; layer1 runs in slices of 32), where capping the
+// scratchpad alone let layer1's whole-batch call take 43.8 MiB (bench/RESULTS.md, same speed).
 // The scratchpad oneDNN asks for depends on the CPU (its cache sizes and the thread count), so
-// which passes run on slices differs between machines: on a 2-core Xeon with 2 MiB of L2 per
-// core, layer2's passes fit whole (11 MB whatever the batch). Tests lower the cap
+// which passes run on slices differs between machines. Tests lower the cap
 // (set_winograd_scratchpad_cap) to make passes slice on any CPU.
-constexpr size_t kWinogradScratchpadCap = size_t{24} << 20;
+constexpr size_t kWinogradScratchpadCap = size_t{32} << 20;
 constexpr int64_t kMinChunk = 8;
 
-size_t winograd_scratchpad(const Descs& d, int part) {
-  const auto wino = dnnl::algorithm::convolution_winograd;
-  if (part == kForward)
-    return std::max(forward_pd(d, false, wino).scratchpad_desc().get_size(),
-                    forward_pd(d, true, wino).scratchpad_desc().get_size());
-  if (part == kData) return data_pd(d, wino).scratchpad_desc().get_size();
-  return weights_pd(d, wino).scratchpad_desc().get_size();
+size_t call_scratch(const Descs& d, int part, dnnl::algorithm a) {
+  // A converted operand's blocked copy; outputs that are added into (dx, dw) always have one.
+  auto copy = [](const memory::desc& user, const memory::desc& md) { return md == user ? 0 : md.get_size(); };
+  if (part == kForward) {
+    size_t bytes = 0;
+    for (bool bias : {false, true}) {
+      const auto pd = forward_pd(d, bias, a);
+      bytes = std::max(bytes, copy(d.x, pd.src_desc()) + copy(d.w, pd.weights_desc()) + copy(d.y, pd.dst_desc()) +
+                                  pd.scratchpad_desc().get_size());
+    }
+    return bytes;
+  }
+  if (part == kData) {
+    const auto pd = data_pd(d, a);
+    return copy(d.y, pd.diff_dst_desc()) + copy(d.w, pd.weights_desc()) + pd.diff_src_desc().get_size() +
+           pd.scratchpad_desc().get_size();
+  }
+  const auto pd = weights_pd(d, a);
+  return copy(d.x, pd.src_desc()) + copy(d.y, pd.diff_dst_desc()) + pd.diff_weights_desc().get_size() +
+         pd.scratchpad_desc().get_size();
 }
 
 // A primitive with its descriptor, made on first use: a bias variant that a model never runs
@@ -386,21 +403,22 @@ Cache& cache() {
 }
 
 // Sets Winograd for each pass of the plan that oneDNN offers it for and, when `capped`, whose
-// scratchpad fits `cap` over the whole batch (the plan runs it) or over a slice (plan.chunk: the
-// slice's plan runs it). Descriptors only, no JIT: once per plan.
+// call fits the budget (call_scratch) over the whole batch (the plan runs it) or over a slice
+// (plan.chunk: the slice's plan runs it). Descriptors only, no JIT: once per plan.
 void choose_winograd(Plan& p, Layout layout, bool capped, size_t cap) {
+  const auto wino = dnnl::algorithm::convolution_winograd;
   for (int part : {kForward, kData, kWeights}) {
     for (int64_t n = p.shape.n; n >= 1; n /= 2) {
       Conv2dShape slice = p.shape;
       slice.n = n;
       size_t bytes = 0;
       try {
-        bytes = winograd_scratchpad(n == p.shape.n ? p.d : descs_of(slice, layout), part);
+        bytes = call_scratch(n == p.shape.n ? p.d : descs_of(slice, layout), part, wino);
       } catch (const dnnl::error&) {
         break;  // not offered for this shape
       }
       if (!capped || bytes <= cap) {
-        if (n == p.shape.n) p.d.algorithm[static_cast<size_t>(part)] = dnnl::algorithm::convolution_winograd;
+        if (n == p.shape.n) p.d.algorithm[static_cast<size_t>(part)] = wino;
         else p.chunk[static_cast<size_t>(part)] = n;
         break;
       }
@@ -543,9 +561,9 @@ bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part) {
 // Winograd computes 4x4 output tiles from 6x6 input tiles: on maps under 4x4 most of a tile is
 // padding, and with few channels the tile transforms outweigh the saved multiplications. So: 3x3,
 // stride 1, 16 or more input channels, an output of at least 8x8, or at least 4x4 with 64 or more
-// input channels. The scratchpads are what kWinogradScratchpadCap weighs (choose_winograd): the
-// CIFAR layer2 and layer3 passes run in slices of the batch on the EPYC (on a Xeon with larger
-// caches, layer2 runs whole), layer4 and layer3's filter gradient stay direct.
+// input channels. The calls' scratch is what kWinogradScratchpadCap weighs (choose_winograd): on
+// the 2-core Xeon, CIFAR layer1 runs in slices of 32, layer2 whole, layer3's forward and data
+// gradient in slices of 32; layer4 and layer3's filter gradient stay direct.
 // Its rounding error is larger than the direct sum's (the transforms scale terms up to 8x and
 // add them back); tests/conv_fast_test.cpp bounds it on every model shape.
 bool conv2d_wants_winograd(const Conv2dShape& s) {
@@ -781,9 +799,10 @@ void set_winograd_scratchpad_cap(size_t bytes) {
   cache().drop_plans();
 }
 
-size_t conv2d_winograd_scratchpad(const Conv2dShape& s, ConvPart part) {
+size_t conv2d_call_scratch(const Conv2dShape& s, ConvPart part, bool winograd) {
   try {
-    return winograd_scratchpad(descs_of(s, layout()), static_cast<int>(part));
+    return call_scratch(descs_of(s, layout()), static_cast<int>(part),
+                        winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct);
   } catch (const dnnl::error&) {
     return 0;  // not offered for this shape
   }

@@ -81,16 +81,18 @@ bool conv2d_wants_winograd(const Conv2dShape& s);
 // ResNet's last stages on 28 px images), where the direct kernels spend most products on padding.
 bool conv2d_runs_dense(const Conv2dShape& s);
 
-// Under the measured routing a pass runs Winograd only if oneDNN's scratchpad for it fits a cap
-// (24 MiB), over the whole batch or over slices of it (n / 2, n / 4, ... down to 8 samples, each
-// slice a call of its own); otherwise it runs direct (kernels/onednn/conv.cpp, choose_winograd).
-// The scratchpad depends on the CPU's caches and the thread count, so which passes slice differs
-// between machines: tests read the sizes and set a cap of their own. Setting drops the plans.
+// Under the measured routing a pass runs Winograd only if its call's scratch (oneDNN's scratchpad
+// plus the blocked copies of the operands it converts) fits a cap (32 MiB), over the whole batch
+// or over slices of it (n / 2, n / 4, ... down to 8 samples, each slice a call of its own);
+// otherwise it runs direct (kernels/onednn/conv.cpp, choose_winograd). The scratchpad depends on
+// the CPU's caches and the thread count, so which passes slice differs between machines: tests
+// read the sizes and set a cap of their own. Setting drops the plans.
 size_t winograd_scratchpad_cap();
 void set_winograd_scratchpad_cap(size_t bytes);
-// Bytes of oneDNN's Winograd scratchpad for one pass of `s` at the current layout and thread
-// count (the larger of the forward's with and without bias); 0 where oneDNN offers no Winograd.
-size_t conv2d_winograd_scratchpad(const Conv2dShape& s, ConvPart part);
+// Bytes of scratch one call of a pass of `s` needs at the current layout and thread count, under
+// Winograd or the direct algorithm (the forward: the larger of its variants with and without
+// bias); 0 where oneDNN does not offer that algorithm for the shape.
+size_t conv2d_call_scratch(const Conv2dShape& s, ConvPart part, bool winograd);
 
 // The convolution plans cached so far: one per (shape, thread count, layout, Winograd asked); a
 // pass that runs Winograd on slices of the batch adds the plan of the slice's shape.
