@@ -160,6 +160,22 @@ TEST(Byol, KnnMonitorNamesTeacherAndStudentScores) {
   EXPECT_NE(evaluated["knn_top1_teacher"], evaluated["knn_top1_student"]);
 }
 
+// The kNN monitor runs between steps in the training step's workspace (apps/byol/byol.cpp) and
+// must change nothing the training reads: the run with it has the losses and the checkpoint of
+// the run without, bit for bit (7 steps: the monitor at step 4, no final evaluation).
+TEST(Byol, KnnMonitorLeavesTrainingUnchanged) {
+  const std::string monitored = fixture().root + "/knn_between", plain = fixture().root + "/knn_none";
+  ASSERT_EQ(byol(with(tiny(monitored), {"--knn-every", "1", "--stop-after", "7"})), 0);
+  ASSERT_EQ(byol(with(tiny(plain), {"--stop-after", "7"})), 0);
+  int monitors = 0;
+  for (const nlohmann::json& e : metrics(monitored)) monitors += e["event"] == "knn";
+  ASSERT_EQ(monitors, 1);
+  const std::vector<double> a = losses(monitored), b = losses(plain);
+  ASSERT_EQ(a.size(), 7u);
+  EXPECT_EQ(a, b);
+  program_runs::expect_same_checkpoint(monitored + "/last.safetensors", plain + "/last.safetensors", {"knn-every"});
+}
+
 TEST(Byol, SmokeRunWritesARunAndRoundTripsItsCheckpoint) {
   const std::string out = fixture().root + "/smoke", frozen = fixture().root + "/frozen";
   ASSERT_EQ(byol(tiny(out)), 0);

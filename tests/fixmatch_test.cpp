@@ -125,6 +125,26 @@ TEST(FixMatch, SmokeRunWritesTheRunDirectory) {
   EXPECT_EQ(f.metadata("run.step"), "6");
 }
 
+// A test-set evaluation between steps (--eval-every) runs in the training step's workspace
+// (apps/fixmatch/fixmatch.cpp) and must change nothing the training reads: eval-mode BatchNorm
+// leaves the running statistics, and nothing of a step outlives the next step's reset. So the run
+// with one gives the losses and the checkpoint of the run without, bit for bit.
+TEST(FixMatch, EvaluationBetweenStepsLeavesTrainingUnchanged) {
+  const std::string evaluated = temp_dir("eval_between"), plain = temp_dir("eval_end_only");
+  ASSERT_EQ(fixmatch({"--out", evaluated}), 0);  // the tiny recipe evaluates at step 3 of 6
+  ASSERT_EQ(fixmatch({"--out", plain, "--eval-every", "0"}), 0);
+  ASSERT_EQ(events(evaluated, "eval").size(), 1u);
+  ASSERT_EQ(events(plain, "eval").size(), 0u);
+  const std::vector<nlohmann::json> a = events(evaluated, "train"), b = events(plain, "train");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const char* k : {"sup_loss", "unsup_loss", "mask_rate", "pseudo_label_acc"}) EXPECT_EQ(a[i][k], b[i][k]) << k << " at step " << i + 1;
+  program_runs::expect_same_checkpoint(evaluated + "/last.safetensors", plain + "/last.safetensors", {"eval-every"});
+  const nlohmann::json fa = events(evaluated, "final").at(0), fb = events(plain, "final").at(0);
+  for (const char* k : {"test_top1_teacher", "test_top1_student"}) EXPECT_EQ(fa[k], fb[k]) << k;
+}
+
 // The threshold is the mask: at 0.999 no pseudo-label of a network two steps from its random
 // start is that confident, so every unlabeled row is masked out and the unlabeled loss is
 // exactly 0 (with 0.1, every row counts and the loss is positive). A mask that ignores the

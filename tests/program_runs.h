@@ -95,8 +95,10 @@ inline nlohmann::json computation_config(const SafetensorsFile& f) {
 
 // Checkpoints `a` and `b` hold the same state: every tensor bit for bit, every metadata entry
 // (optimizer step counters, smoother state, model specs, run.step) but the configuration,
-// which must agree on every flag that changes the computation.
-inline void expect_same_checkpoint(const std::string& a, const std::string& b) {
+// which must agree on every flag that changes the computation, and on the rest but
+// `flags_that_differ` (flags the caller claims change nothing the checkpoint holds).
+inline void expect_same_checkpoint(const std::string& a, const std::string& b,
+                                   const std::vector<std::string>& flags_that_differ = {}) {
   const SafetensorsFile fa = SafetensorsFile::read(a);
   const SafetensorsFile fb = SafetensorsFile::read(b);
   ASSERT_EQ(fa.tensors().size(), fb.tensors().size());
@@ -115,7 +117,13 @@ inline void expect_same_checkpoint(const std::string& a, const std::string& b) {
     EXPECT_EQ(fb.metadata(key), value) << "metadata '" << key << "'";
   }
   EXPECT_EQ(fa.metadata().size(), fb.metadata().size());
-  EXPECT_EQ(computation_config(fa), computation_config(fb));
+  nlohmann::json ca = computation_config(fa), cb = computation_config(fb);
+  for (const std::string& flag : flags_that_differ) {
+    EXPECT_TRUE(ca.contains(flag)) << "no flag '" << flag << "' in " << a << "'s configuration";
+    ca.erase(flag);
+    cb.erase(flag);
+  }
+  EXPECT_EQ(ca, cb);
 }
 
 // Run directories `a` (uninterrupted) and `b` (stopped and resumed) hold the same run: the

@@ -50,10 +50,10 @@ namespace tessera {
 namespace fixmatch {
 namespace {
 
-// Top-1 test accuracy in percent: eval-mode BN, no gradient, normalised images only.
-double test_accuracy(Model& m, const data::Dataset& test, int64_t batch) {
+// Top-1 test accuracy in percent: eval-mode BN, no gradient, normalised images only. Runs in
+// `ws` (between steps, the training step's), reset per batch.
+double test_accuracy(Model& m, const data::Dataset& test, int64_t batch, Workspace& ws) {
   data::NormalizeTransform normalize;
-  Workspace ws(m.device());
   Graph g(ws);
   NoGradScope no_grad(g);
   int64_t correct = 0;
@@ -167,9 +167,9 @@ int fixmatch_main(int argc, const char* const* argv) {
     add_state(w, nets, pos);
     run.save(w, at);
   };
-  auto evaluate = [&] {
-    const double t = test_accuracy(*nets.teacher, test, c.eval_batch),
-                 s = test_accuracy(*nets.student, test, c.eval_batch);
+  auto evaluate = [&](Workspace& ws) {
+    const double t = test_accuracy(*nets.teacher, test, c.eval_batch, ws),
+                 s = test_accuracy(*nets.student, test, c.eval_batch, ws);
     return std::make_pair(t, s);
   };
 
@@ -304,7 +304,7 @@ int fixmatch_main(int argc, const char* const* argv) {
         win.clear();
       }
       if (ranks.root() && c.eval_every > 0 && step % c.eval_every == 0 && step < c.steps) {
-        const auto [t, s] = evaluate();
+        const auto [t, s] = evaluate(ws);  // between steps: the step's workspace is free
         run.metrics().write("eval", {{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}});
         progress.print(cat("step ", step, ": test top-1 teacher ", fixed2(t), "%, student ", fixed2(s), "%"));
       }
@@ -327,7 +327,8 @@ int fixmatch_main(int argc, const char* const* argv) {
 
   // ---- final evaluation ----------------------------------------------------------------------
   if (!ranks.root()) return 0;  // rank 0 evaluates; the others' part is done
-  const auto [t, s] = evaluate();
+  Workspace eval_ws(device);
+  const auto [t, s] = evaluate(eval_ws);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   run.metrics().write("final", {{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}, {"wall_s", wall}});
   std::printf("fixmatch: test top-1 teacher %s%%, student %s%% (%ld labels, lambda-u %g); wall %dm%02ds\n",

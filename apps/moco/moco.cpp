@@ -65,8 +65,8 @@ struct Evaluator {
   data::Dataset train, test;
   LinearProbeOptions probe;
 
-  BackboneScores run(Model& m, bool linear) {
-    return evaluate_backbone(m, train, test, c.eval_batch, linear, probe);
+  BackboneScores run(Model& m, bool linear, Workspace& ws) {
+    return evaluate_backbone(m, train, test, c.eval_batch, linear, probe, ws);
   }
 };
 
@@ -271,7 +271,7 @@ int moco_main(int argc, const char* const* argv) {
       const bool epoch_end = step % steps_per_epoch == 0;
       if (epoch_end && ranks.root() && c.knn_every > 0 && (step / steps_per_epoch) % c.knn_every == 0 &&
           step < total_steps) {
-        const double kt = eval.run(*nets.k_backbone, false).knn_top1, ks = eval.run(*nets.backbone, false).knn_top1;
+        const double kt = eval.run(*nets.k_backbone, false, ws).knn_top1, ks = eval.run(*nets.backbone, false, ws).knn_top1;
         run.metrics().write("knn", {{"step", step}, {"epoch", step / steps_per_epoch}, {"knn_top1_teacher", kt},
                                     {"knn_top1_student", ks}});
         progress.print(cat("epoch ", step / steps_per_epoch, ": kNN top-1 key encoder ", kt, "%, query encoder ", ks, "%"));

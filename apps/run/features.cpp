@@ -27,14 +27,13 @@ data::Dataset first_images(const data::Dataset& d, int64_t limit) {
   return out;
 }
 
-FeatureSet extract_features(Model& backbone, const data::Dataset& d, int64_t batch) {
+FeatureSet extract_features(Model& backbone, const data::Dataset& d, int64_t batch, Workspace& ws) {
   TS_CHECK(d.labeled(), "features of ", d.name, ": evaluation needs labels");
   FeatureSet f;
   f.n = d.size;
   f.dim = backbone.feature_dim();
   f.x.resize(static_cast<size_t>(f.n * f.dim));
   f.y = d.labels;
-  Workspace ws(backbone.device());
   data::NormalizeTransform normalize;
   data::for_each_batch(d, batch, normalize, backbone.device(), [&](const Tensor& images, const Tensor&, int64_t first) {
     ws.reset();
@@ -49,9 +48,9 @@ FeatureSet extract_features(Model& backbone, const data::Dataset& d, int64_t bat
 }
 
 BackboneScores evaluate_backbone(Model& backbone, const data::Dataset& train, const data::Dataset& test,
-                                 int64_t batch, bool linear, const LinearProbeOptions& probe) {
-  const FeatureSet train_f = extract_features(backbone, train, batch);
-  const FeatureSet test_f = extract_features(backbone, test, batch);
+                                 int64_t batch, bool linear, const LinearProbeOptions& probe, Workspace& ws) {
+  const FeatureSet train_f = extract_features(backbone, train, batch, ws);
+  const FeatureSet test_f = extract_features(backbone, test, batch, ws);
   BackboneScores s;
   s.knn_top1 = knn_top1(train_f, test_f, train.num_classes);
   if (linear) s.linear_top1 = linear_probe(train_f, test_f, train.num_classes, probe).test_top1;
@@ -64,8 +63,9 @@ FinalScores final_scores(const std::string& program, Model& teacher, const std::
                          const LinearProbeOptions& probe) {
   std::fprintf(stderr, "%s: evaluating on %ld train / %ld test images\n", program.c_str(),
                static_cast<long>(train.size), static_cast<long>(test.size));
-  const BackboneScores t = evaluate_backbone(teacher, train, test, batch, true, probe);
-  const BackboneScores s = evaluate_backbone(student, train, test, batch, true, probe);
+  Workspace ws(student.device());
+  const BackboneScores t = evaluate_backbone(teacher, train, test, batch, true, probe, ws);
+  const BackboneScores s = evaluate_backbone(student, train, test, batch, true, probe, ws);
   FinalScores out;
   out.event = {{"knn_top1_teacher", t.knn_top1},
                {"linear_top1_teacher", t.linear_top1},
@@ -76,7 +76,7 @@ FinalScores final_scores(const std::string& program, Model& teacher, const std::
   if (baseline) {
     auto random_init = make_model(student.spec(), student.device());
     random_init->init(baseline_seed);
-    const BackboneScores b = evaluate_backbone(*random_init, train, test, batch, true, probe);
+    const BackboneScores b = evaluate_backbone(*random_init, train, test, batch, true, probe, ws);
     out.event["knn_top1_baseline"] = b.knn_top1;
     out.event["linear_top1_baseline"] = b.linear_top1;
     const double gain = t.linear_top1 - b.linear_top1;

@@ -9,6 +9,7 @@
 
 #include "apps/run/evaluation.h"
 #include "data/dataset.h"
+#include "engine/workspace.h"
 #include "models/model.h"
 
 namespace tessera {
@@ -16,8 +17,10 @@ namespace tessera {
 // The first `limit` images of `d` (all when limit <= 0 or larger than d).
 data::Dataset first_images(const data::Dataset& d, int64_t limit);
 
-// backbone.features() of every image of `d`: (d.size, feature_dim) with d's labels.
-FeatureSet extract_features(Model& backbone, const data::Dataset& d, int64_t batch);
+// backbone.features() of every image of `d`: (d.size, feature_dim) with d's labels. Runs in
+// `ws`, reset per batch: between training steps the programs pass the step's own workspace, which
+// then holds the larger of the two needs, not both, and allocates nothing once it has grown.
+FeatureSet extract_features(Model& backbone, const data::Dataset& d, int64_t batch, Workspace& ws);
 
 struct BackboneScores {
   double knn_top1 = 0, linear_top1 = 0;
@@ -25,13 +28,14 @@ struct BackboneScores {
 // kNN and linear probe of one backbone: features of `train` (the bank and the probe's
 // training set) and of `test` (reported).
 BackboneScores evaluate_backbone(Model& backbone, const data::Dataset& train, const data::Dataset& test,
-                                 int64_t batch, bool linear, const LinearProbeOptions& probe = {});
+                                 int64_t batch, bool linear, const LinearProbeOptions& probe, Workspace& ws);
 
 // The final evaluation of a self-supervised run (byol, moco): kNN and linear probe of the
 // teacher and the student and, when `baseline`, of a backbone of the student's spec freshly
 // initialised with `baseline_seed` (the student's starting point). `event` holds the scores
 // under their metrics names (knn_top1_teacher, linear_top1_student, ..._baseline); `line` is
 // the one-line summary, naming the networks as the program does ("teacher" / "key encoder").
+// Every evaluation of the call runs in one workspace of its own.
 struct FinalScores {
   nlohmann::json event;
   std::string line;
