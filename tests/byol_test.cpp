@@ -443,7 +443,8 @@ TEST(Byol, BadInputExitsWithTheRightCodeAndWritesNothing) {
   EXPECT_EQ(byol(with(tiny(root + "/bad4"), {"--batch-size", "65"})), 2);  // 64 images
   EXPECT_EQ(byol(with(tiny(root + "/bad5"), {"--data", "mnist:" + root + "/nowhere"})), 1);
   EXPECT_EQ(byol(with(tiny(root + "/bad6"), {"--eval-only"})), 2);
-  for (const char* d : {"/bad1", "/bad2", "/bad3", "/bad4", "/bad5", "/bad6"})
+  EXPECT_EQ(byol(with(tiny(root + "/bad7"), {"--crop-size", "1"})), 1);  // the recipe, checked before the run starts
+  for (const char* d : {"/bad1", "/bad2", "/bad3", "/bad4", "/bad5", "/bad6", "/bad7"})
     EXPECT_FALSE(path_exists(root + d)) << d << " was created by a failed run";
 
   // A finished run is neither overwritten by a new one nor resumed as another architecture.

@@ -234,7 +234,8 @@ TEST(Moco, BadInputExitsWithTheRightCodeAndWritesNothing) {
   const program_runs::Result r = program_runs::run("moco", with(tiny(root + "/bad7"), {"--queue", "40"}));
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_NE(r.output.find("moco: --queue 40 is not a multiple of --batch-size 16"), std::string::npos) << r.output;
-  for (const char* d : {"/bad1", "/bad2", "/bad3", "/bad4", "/bad5", "/bad6", "/bad7"})
+  EXPECT_EQ(moco(with(tiny(root + "/bad8"), {"--crop-size", "1"})), 1);  // the recipe, checked before the run starts
+  for (const char* d : {"/bad1", "/bad2", "/bad3", "/bad4", "/bad5", "/bad6", "/bad7", "/bad8"})
     EXPECT_FALSE(path_exists(root + d)) << d << " was created by a failed run";
   // A resumed run keeps its queue length.
   const std::string kept = root + "/kept";

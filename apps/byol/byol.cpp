@@ -107,9 +107,11 @@ int byol_main(int argc, const char* const* argv) {
   aug.solarize_prob[0] = c.solarize_prob_1;
   aug.solarize_prob[1] = c.solarize_prob_2;
   // One transform for both views (the loader numbers them 0 and 1; BYOL's views differ in
-  // their blur and solarize probabilities). Built here so a bad recipe fails before anything
-  // is written; on CUDA it holds the images on the device.
-  data::AugmentTransform augment(data::Recipe::Byol, train, device, aug);
+  // their blur and solarize probabilities). The recipe is checked here, so a bad one fails
+  // before anything is written; the transform, which on CUDA holds a device copy of the images,
+  // is made only if the run trains (not under --eval-only).
+  const data::AugmentPipeline recipe_check(data::Recipe::Byol, train.channels, train.height, train.width, train.mean,
+                                           train.std, aug);
 
   Nets nets = build_nets(c, train.channels, device, total_steps);
   data::LoaderPosition position;
@@ -156,6 +158,7 @@ int byol_main(int argc, const char* const* argv) {
 
   // ---- training ----------------------------------------------------------------------------
   if (!c.eval_only && step < total_steps) {
+    data::AugmentTransform augment(data::Recipe::Byol, train, device, aug);
     auto loader = data::make_byol_loader(train, c.batch_size, augment, augment, static_cast<uint64_t>(c.run.seed),
                                          device, position, ranks.rank(), ranks.size());
     Workspace ws(device);

@@ -160,11 +160,12 @@ int moco_main(int argc, const char* const* argv) {
   aug.out_size = c.crop_size;
   aug.crop_scale_lo = c.crop_scale_min;
   // MoCo v2: BYOL's crop, flip, colour jitter and grey, blur with p 0.5 on both views, no
-  // solarize. Built here so a bad recipe fails before anything is written; on CUDA it holds
-  // the images on the device.
+  // solarize. The recipe is checked here, so a bad one fails before anything is written; the
+  // transform, which on CUDA holds a device copy of the images, is made only if the run trains.
   aug.blur_prob[0] = aug.blur_prob[1] = c.blur_prob;
   aug.solarize_prob[0] = aug.solarize_prob[1] = 0.0f;
-  data::AugmentTransform augment(data::Recipe::Byol, train, device, aug);
+  const data::AugmentPipeline recipe_check(data::Recipe::Byol, train.channels, train.height, train.width, train.mean,
+                                           train.std, aug);
 
   Nets nets = build_nets(c, train.channels, device, total_steps);
   data::LoaderPosition position;
@@ -219,6 +220,7 @@ int moco_main(int argc, const char* const* argv) {
   // ---- training ----------------------------------------------------------------------------
   if (!c.eval_only && step < total_steps) {
     // Two augmented views of each image: view 0 the query's, view 1 the key's.
+    data::AugmentTransform augment(data::Recipe::Byol, train, device, aug);
     auto loader = data::make_byol_loader(train, c.batch_size, augment, augment, static_cast<uint64_t>(c.run.seed),
                                          device, position, ranks.rank(), ranks.size());
     Workspace ws(device);
