@@ -610,7 +610,7 @@ TEST(ConvFast, MeasuredRoutingSlicesWinogradBatches) {
     for (int p = 0; p < 3; ++p) {
       std::string runs = "jit:";
       for (int64_t n = s.n; n >= 8; n /= 2) {
-        const size_t bytes = kernels::onednn::conv2d_call_scratch(slice_of(s, n), parts[p], /*winograd=*/true);
+        const size_t bytes = kernels::onednn::conv2d_winograd_call_scratch(slice_of(s, n), parts[p]);
         if (bytes == 0) break;
         if (bytes <= cap) {
           runs = "jit_wino_4x3:" + (n < s.n ? " (" + std::to_string(n) + " samples per call)" : std::string());
@@ -634,7 +634,7 @@ TEST(ConvFast, MeasuredRoutingSlicesWinogradBatches) {
   // The lowered cap: layer3's forward over 16 samples. Its tiles scale with the batch (34.6 MB
   // over 64 samples, 25.2 over 32, 20.4 over 16 on the Xeon), so that pass then runs in 16s.
   auto winograd_call = [&](const kernels::Conv2dShape& s, int part) {
-    return kernels::onednn::conv2d_call_scratch(s, parts[part], /*winograd=*/true);
+    return kernels::onednn::conv2d_winograd_call_scratch(s, parts[part]);
   };
   const size_t lowered = winograd_call(slice_of(layer3, 16), 0);
   ASSERT_GT(lowered, 0u) << "oneDNN offers no Winograd forward for 16 samples of layer3";

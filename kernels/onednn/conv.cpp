@@ -204,10 +204,10 @@ Descs descs_of(const Conv2dShape& s, Layout layout) {
   return d;
 }
 
-// The scratch of one call of a pass of `d` under algorithm `a` (forward: the larger of the bias
-// variants); throws dnnl::error when oneDNN does not offer `a` for it (Winograd: strides other
-// than 1, plain layouts).
-size_t call_scratch(const Descs& d, int part, dnnl::algorithm a);
+// The scratch of one Winograd call of a pass of `d` (forward: the larger of the bias variants);
+// throws dnnl::error when oneDNN does not offer Winograd for it (strides other than 1, plain
+// layouts).
+size_t winograd_call_scratch(const Descs& d, int part);
 
 dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool bias, dnnl::algorithm a) {
   const dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training, a, d.x_any, d.w_any,
@@ -248,7 +248,8 @@ dnnl::convolution_backward_weights::primitive_desc weights_pd(const Descs& d, dn
 constexpr size_t kWinogradScratchpadCap = size_t{32} << 20;
 constexpr int64_t kMinChunk = 8;
 
-size_t call_scratch(const Descs& d, int part, dnnl::algorithm a) {
+size_t winograd_call_scratch(const Descs& d, int part) {
+  const auto a = dnnl::algorithm::convolution_winograd;
   // A converted operand's blocked copy; outputs that are added into (dx, dw) always have one.
   auto copy = [](const memory::desc& user, const memory::desc& md) { return md == user ? 0 : md.get_size(); };
   if (part == kForward) {
@@ -403,7 +404,7 @@ Cache& cache() {
 }
 
 // Sets Winograd for each pass of the plan that oneDNN offers it for and, when `capped`, whose
-// call fits the budget (call_scratch) over the whole batch (the plan runs it) or over a slice
+// call fits `cap` (winograd_call_scratch) over the whole batch (the plan runs it) or over a slice
 // (plan.chunk: the slice's plan runs it). Descriptors only, no JIT: once per plan.
 void choose_winograd(Plan& p, Layout layout, bool capped, size_t cap) {
   const auto wino = dnnl::algorithm::convolution_winograd;
@@ -413,7 +414,7 @@ void choose_winograd(Plan& p, Layout layout, bool capped, size_t cap) {
       slice.n = n;
       size_t bytes = 0;
       try {
-        bytes = call_scratch(n == p.shape.n ? p.d : descs_of(slice, layout), part, wino);
+        bytes = winograd_call_scratch(n == p.shape.n ? p.d : descs_of(slice, layout), part);
       } catch (const dnnl::error&) {
         break;  // not offered for this shape
       }
@@ -799,10 +800,9 @@ void set_winograd_scratchpad_cap(size_t bytes) {
   cache().drop_plans();
 }
 
-size_t conv2d_call_scratch(const Conv2dShape& s, ConvPart part, bool winograd) {
+size_t conv2d_winograd_call_scratch(const Conv2dShape& s, ConvPart part) {
   try {
-    return call_scratch(descs_of(s, layout()), static_cast<int>(part),
-                        winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct);
+    return winograd_call_scratch(descs_of(s, layout()), static_cast<int>(part));
   } catch (const dnnl::error&) {
     return 0;  // not offered for this shape
   }

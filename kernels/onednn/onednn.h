@@ -89,10 +89,10 @@ bool conv2d_runs_dense(const Conv2dShape& s);
 // read the sizes and set a cap of their own. Setting drops the plans.
 size_t winograd_scratchpad_cap();
 void set_winograd_scratchpad_cap(size_t bytes);
-// Bytes of scratch one call of a pass of `s` needs at the current layout and thread count, under
-// Winograd or the direct algorithm (the forward: the larger of its variants with and without
-// bias); 0 where oneDNN does not offer that algorithm for the shape.
-size_t conv2d_call_scratch(const Conv2dShape& s, ConvPart part, bool winograd);
+// Bytes of scratch one Winograd call of a pass of `s` needs at the current layout and thread
+// count, what the cap weighs (the forward: the larger of its variants with and without bias); 0
+// where oneDNN offers no Winograd for the shape.
+size_t conv2d_winograd_call_scratch(const Conv2dShape& s, ConvPart part);
 
 // The convolution plans cached so far: one per (shape, thread count, layout, Winograd asked); a
 // pass that runs Winograd on slices of the batch adds the plan of the slice's shape.
