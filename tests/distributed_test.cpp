@@ -21,7 +21,10 @@
 #include <thread>
 #include <vector>
 
+#include "apps/run/distributed_run.h"
 #include "apps/run/nonfinite.h"
+#include "apps/run/options.h"
+#include "apps/run/run_directory.h"
 #include "engine/arena.h"
 #include "engine/autograd.h"
 #include "engine/checkpoint.h"
@@ -370,6 +373,10 @@ TEST(Distributed, MocoTwoRanksShuffleBnKeepsReplicasAndQueuesIdentical) {
   const Result r = run(2, "moco", moco_args(two, {"--check-replicas", "--smoothing", "sts"}));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("processes: 2 ranks over MPI"), std::string::npos) << r.output;
+  // Rank 1 is silenced after its first line: every line after it comes from rank 0 alone.
+  size_t startup_lines = 0;
+  for (size_t at = 0; (at = r.output.find("moco: key encoder BN: ", at)) != std::string::npos; ++at) ++startup_lines;
+  EXPECT_EQ(startup_lines, 1u) << r.output;
   EXPECT_NE(r.output.find("moco: key encoder BN: shuffle BN across 2 ranks: each rank normalises a slice of 8 images "
                           "of the shuffled global batch as 2 sub-batches of 4"),
             std::string::npos)
@@ -586,7 +593,50 @@ void run_rank_tests(const std::string& filter, const std::string& summary) {
 
 TEST(Distributed, CollectivesAndSyncBnInTwoRanks) {
   SKIP_WITHOUT_MPI();
-  run_rank_tests("DistributedRanks.*:-DistributedRanks.Nccl*", "4 passed, 0 failed, 0 skipped");
+  run_rank_tests("DistributedRanks.*:-DistributedRanks.Nccl*", "5 passed, 0 failed, 0 skipped");
+}
+
+// The programs' process flags: the timeout must be positive (0 would end every collective at
+// once), and a resume may change only the flags that change no result.
+TEST(Distributed, ProcessFlagsAndWhatAResumeMayChange) {
+  auto parse = [](std::vector<std::string> args, DistributedOptions& d) {
+    Options o("prog", "a test program");
+    add_distributed_options(o, d);
+    std::vector<const char*> argv{"prog"};
+    for (const std::string& a : args) argv.push_back(a.c_str());
+    return o.parse(static_cast<int>(argv.size()), argv.data());
+  };
+  DistributedOptions d;
+  ASSERT_TRUE(parse({}, d));
+  EXPECT_FALSE(d.sync_bn);
+  EXPECT_FALSE(d.check_replicas);
+  EXPECT_EQ(d.collective_timeout, 600);
+  ASSERT_TRUE(parse({"--sync-bn", "--check-replicas", "--collective-timeout", "2.5"}, d));
+  EXPECT_TRUE(d.sync_bn);
+  EXPECT_TRUE(d.check_replicas);
+  EXPECT_EQ(d.collective_timeout, 2.5);
+  DistributedOptions zero;
+  EXPECT_THROW(parse({"--collective-timeout", "0"}, zero), UsageError);
+
+  EXPECT_TRUE(distributed_changeable_on_resume("collective-timeout"));
+  EXPECT_TRUE(distributed_changeable_on_resume("check-replicas"));
+  EXPECT_FALSE(distributed_changeable_on_resume("sync-bn"));  // changes the batch statistics
+  EXPECT_FALSE(distributed_changeable_on_resume("batch-size"));
+}
+
+// One process: every batch splits over one rank, the stop check is this process's own flag,
+// and the replica helpers have nothing to compare.
+TEST(Distributed, RunHelpersInOneProcess) {
+  dist::Communicator& c = dist::world();
+  if (c.size() != 1) GTEST_SKIP() << "one process only; DistributedRanks.RunHelpers covers 2 ranks";
+  EXPECT_EQ(c.description(), dist::built_with_mpi() ? "1 process (not started by mpirun / srun)"
+                                                    : "1 process (this build has no MPI: make deps, then rebuild)");
+  EXPECT_NO_THROW(check_global_batch(c, "--batch-size", 15));
+  clear_stop_request();
+  EXPECT_FALSE(stop_requested_on_any_rank(c));
+  request_stop();
+  EXPECT_TRUE(stop_requested_on_any_rank(c));
+  clear_stop_request();
 }
 
 // The NCCL path, one rank per GPU: skipped with the reason on machines without two GPUs (the
@@ -622,6 +672,11 @@ TEST(DistributedRanks, AllReduceAndBroadcast) {
   int64_t v = r == 0 ? 42 : -1;
   c.broadcast(&v, sizeof v, Device::CPU, "test");
   EXPECT_EQ(v, 42);
+  int64_t from_1 = r == 1 ? 7 : -1;
+  c.broadcast(&from_1, sizeof from_1, Device::CPU, "test", /*root=*/1);
+  EXPECT_EQ(from_1, 7);
+  // A negative count is an Error on every rank before any rank reaches MPI.
+  EXPECT_THROW(c.all_reduce_sum(s.data(), -1, Device::CPU, "test"), Error);
   c.barrier("test");
 }
 
@@ -737,6 +792,9 @@ TEST(DistributedRanks, ReplicaCheckNamesTheRankAndSlot) {
   table.add("b.weight", Shape{5}, ParamKind::BnWeight);
   Arena arena(table, Device::CPU);
   for (int64_t i = 0; i < table.arena_numel(); ++i) arena.data()[i] = 0.5f * float(i);
+  // The alignment gaps hold nothing: values there may differ.
+  for (int64_t i = 0; i < table.arena_numel(); ++i)
+    if (table.slot_of(i) < 0) arena.data()[i] = float(c.rank() + 1);
   EXPECT_NO_THROW(dist::check_replicas(c, arena, "the test arena"));
   if (c.rank() == 1) {  // one bit: the next float up
     float& v = arena.slot("b.weight").f32()[2];
@@ -748,6 +806,141 @@ TEST(DistributedRanks, ReplicaCheckNamesTheRankAndSlot) {
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()), "rank 1's the test arena differs from rank 0's in 1 of 17 values, first in 'b.weight'");
   }
+  if (c.rank() == 1) arena.slot("a.weight").f32()[11] = -1.0f;  // now the first difference
+  try {
+    dist::check_replicas(c, arena, "the test arena");
+    ADD_FAILURE() << "differing replicas were not reported";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "rank 1's the test arena differs from rank 0's in 2 of 17 values, first in 'a.weight'");
+  }
+}
+
+// The programs' helpers (apps/run/distributed_run.h) on 2 ranks: a batch that does not split is
+// a UsageError, a stop on one rank stops both, replicate_from_root gives every rank rank 0's
+// arenas and tensors, and check_replicas then passes, and fails once a tensor differs.
+TEST(DistributedRanks, RunHelpers) {
+  SKIP_OUTSIDE_MPIRUN();
+  dist::Communicator& c = dist::world();
+  ASSERT_EQ(c.size(), 2);
+  const int r = c.rank();
+  EXPECT_NO_THROW(check_global_batch(c, "--batch-size", 16));
+  try {
+    check_global_batch(c, "--batch-size", 15);
+    ADD_FAILURE() << "15 was split over 2 ranks";
+  } catch (const UsageError& e) {
+    EXPECT_EQ(std::string(e.what()), "--batch-size 15 is the global batch and must split evenly over the 2 ranks: "
+                                     "expected a multiple of 2, found 15 (remainder 1)");
+  }
+
+  clear_stop_request();
+  EXPECT_FALSE(stop_requested_on_any_rank(c));
+  if (r == 1) request_stop();
+  EXPECT_TRUE(stop_requested_on_any_rank(c)) << "rank " << r;
+  clear_stop_request();
+
+  EXPECT_EQ(c.description().rfind("2 ranks over MPI (", 0), 0u) << c.description();
+
+  ParamTable table;  // two slots: the whole arena travels, not just the first slot or the values
+  table.add("w", Shape{3, 2}, ParamKind::LinearWeight);
+  table.add("v", Shape{5}, ParamKind::Bias);
+  Arena a(table, Device::CPU), b(table, Device::CPU);
+  for (int64_t i = 0; i < table.arena_numel(); ++i) {
+    a.data()[i] = float(100 * r + i);
+    b.data()[i] = float(-100 * r - i);
+  }
+  OwnedTensor t(Device::CPU, Shape{4});
+  for (int64_t i = 0; i < 4; ++i) t.t.f32()[i] = float(10 * r + i);
+  replicate_from_root(c, {{"a", &a}, {"b", &b}}, {{"t", t.t}});
+  for (int64_t i = 0; i < table.arena_numel(); ++i) {
+    EXPECT_EQ(a.data()[i], float(i)) << "a " << i;
+    EXPECT_EQ(b.data()[i], float(-i)) << "b " << i;
+  }
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(t.t.f32()[i], float(i)) << "t " << i;
+  EXPECT_NO_THROW(check_replicas(c, {{"a", &a}, {"b", &b}}, 1, {{"t", t.t}}));
+  if (r == 1) t.t.f32()[3] = 7.0f;
+  try {
+    check_replicas(c, {{"a", &a}}, 2, {{"t", t.t}});
+    ADD_FAILURE() << "a differing tensor was not reported";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "rank 1's t differs from rank 0's in 1 of 4 values, first at flat index 3");
+  }
+  if (r == 1) b.data()[0] = 7.0f;
+  EXPECT_THROW(check_replicas(c, {{"a", &a}, {"b", &b}}, 3), Error);
+  // Values are compared by the tensor's dtype: one byte of eight.
+  OwnedTensor bytes(Device::CPU, Shape{8}, DType::U8);
+  for (int64_t i = 0; i < 8; ++i) bytes.t.u8()[i] = uint8_t(i == 5 && r == 1 ? 99 : i);
+  try {
+    dist::check_replicas(c, bytes.t, "the bytes");
+    ADD_FAILURE() << "a differing byte was not reported";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "rank 1's the bytes differs from rank 0's in 1 of 8 values, first at flat index 5");
+  }
+
+  // The gradient all-reduce: the mean over the ranks of every element, gaps included.
+  for (int64_t i = 0; i < table.arena_numel(); ++i) a.data()[i] = float(r == 0 ? i : 3 * i);
+  dist::all_reduce_mean_arena(c, a, "the test gradients");
+  for (int64_t i = 0; i < table.arena_numel(); ++i) EXPECT_EQ(a.data()[i], float(2 * i)) << i;  // (i + 3i) / 2
+}
+
+// abort() from one rank ends the job with that rank's message on the terminal, although the
+// rank was silenced, prefixed with the program name and the rank; one process prints no rank.
+// The body runs in children of this test (TESSERA_TESTS_DIST_ABORT=1): mpirun -np 2, and one
+// plain process. Rank 0 waits in a barrier that only the abort can end.
+TEST(Distributed, AbortReportsTheRankAndEndsTheJob) {
+  if (const char* child = std::getenv("TESSERA_TESTS_DIST_ABORT"); child && std::string(child) == "1") {
+    dist::Communicator& c = dist::world();
+    c.set_timeout(60);
+    dist::set_program_name("abort-test");
+    dist::silence_other_ranks(c);
+    std::printf("rank %d is not silenced\n", c.rank());
+    std::fflush(stdout);
+    if (c.rank() == c.size() - 1) c.abort("the test's own error", 3);
+    c.barrier("the abort test");
+    std::_Exit(0);
+  }
+  // Distributed.CollectiveDeadlineEndsTheJobOnTime's children.
+  if (const char* child = std::getenv("TESSERA_TESTS_DIST_ABORT"); child && std::string(child) == "timeout") {
+    dist::Communicator& c = dist::world();
+    c.set_timeout(1);
+    dist::set_program_name("timeout-test");
+    if (c.rank() == 1) std::this_thread::sleep_for(std::chrono::seconds(60));  // never joins in time
+    c.barrier("the timeout test");
+    std::_Exit(0);
+  }
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  const std::string child = cat("env -u GTEST_TOTAL_SHARDS -u GTEST_SHARD_INDEX TESSERA_TESTS_DIST_ABORT=1 ", kMpiEnv,
+                                " OMP_NUM_THREADS=1 ");
+  const std::string args = cat("'", self, "' --gtest_filter=Distributed.AbortReportsTheRankAndEndsTheJob");
+  const Result one = run_command(child + args);
+  EXPECT_EQ(one.status, 3) << one.output;
+  EXPECT_NE(one.output.find("\nabort-test: the test's own error\n"), std::string::npos) << one.output;
+
+  SKIP_WITHOUT_MPI();
+  const Result two = run_command(child + "mpirun -np 2 --oversubscribe --bind-to none " + args);
+  EXPECT_NE(two.status, 0) << two.output;
+  EXPECT_NE(two.output.find("abort-test: rank 1 of 2: the test's own error\n"), std::string::npos) << two.output;
+  // (Rank 0's line may be lost: MPI_Abort can kill it before its output is forwarded.)
+  EXPECT_EQ(two.output.find("rank 1 is not silenced"), std::string::npos) << two.output;
+}
+
+// The collective deadline in seconds: a rank that does not join a barrier ends the job about a
+// second after the 1 s deadline (the whole job, its start included, takes under 2 s here),
+// with the message of the rank that waited.
+TEST(Distributed, CollectiveDeadlineEndsTheJobOnTime) {
+  SKIP_WITHOUT_MPI();
+  const std::string cmd = cat("env -u GTEST_TOTAL_SHARDS -u GTEST_SHARD_INDEX TESSERA_TESTS_DIST_ABORT=timeout ", kMpiEnv,
+                              " OMP_NUM_THREADS=1 mpirun -np 2 --oversubscribe --bind-to none '",
+                              fs::read_symlink("/proc/self/exe").string(),
+                              "' --gtest_filter=Distributed.AbortReportsTheRankAndEndsTheJob");
+  const auto t0 = std::chrono::steady_clock::now();
+  const Result r = run_command(cmd);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("timeout-test: rank 0 of 2: the timeout test: the collective did not complete within 1 s "
+                          "(--collective-timeout)"),
+            std::string::npos)
+      << r.output;
+  EXPECT_LT(took, 8.0) << r.output;
 }
 
 // NCCL: device buffers on two GPUs, one per rank (skipped without two GPUs or an NCCL build).

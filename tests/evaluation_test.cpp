@@ -1,16 +1,25 @@
 // kNN monitor and linear probe (apps/run/evaluation.h) on generated features whose answer
 // is known: hand-built neighbourhoods, separable clusters, labels with no signal, and the
-// probe against a plain double-precision reference of itself.
+// probe against a plain double-precision reference of itself. Then the features they are
+// given (apps/run/features.h): a backbone's eval-mode features in dataset order, and the
+// final event and line that name every network's scores.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "apps/run/evaluation.h"
+#include "apps/run/features.h"
+#include "apps/run/run_directory.h"
 #include "engine/check.h"
 #include "data/sampler.h"
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/workspace.h"
 #include "kernels/common/philox.h"
+#include "models/model.h"
 
 namespace tessera {
 namespace {
@@ -72,6 +81,135 @@ TEST(Knn, RejectsBadInput) {
   EXPECT_THROW(knn_top1(a, b, 3), Error);  // dims differ
   a.y[0] = 7;
   EXPECT_THROW(knn_top1(a, a, 3), Error);  // label out of range
+}
+
+// The message of the check that `f` trips, or "" when it returns.
+template <typename F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool mentions(const std::string& message, const std::string& needle) {
+  return message.find(needle) != std::string::npos;
+}
+
+TEST(Knn, RejectsMalformedSetsAndOptionsAtTheirBounds) {
+  const FeatureSet good = clusters(3, 4, 4, 0.1f, 1, false);
+  auto knn = [&](const FeatureSet& train, const FeatureSet& test, KnnOptions opt = {}) {
+    return error_of([&] { knn_top1(train, test, 3, opt); });
+  };
+  EXPECT_EQ(knn(good, good), "");
+  FeatureSet empty = good;
+  empty.n = 0;
+  empty.x.clear();
+  empty.y.clear();
+  EXPECT_TRUE(mentions(knn(good, empty), "kNN test features: empty feature set")) << knn(good, empty);
+  FeatureSet extra_values = good;  // one value more than n x dim
+  extra_values.x.push_back(0.0f);
+  EXPECT_TRUE(mentions(knn(extra_values, good), "values for 12 x 4 features")) << knn(extra_values, good);
+  FeatureSet extra_label = good;
+  extra_label.y.push_back(0);
+  EXPECT_TRUE(mentions(knn(good, extra_label), "13 labels for 12 rows")) << knn(good, extra_label);
+  // Labels live in [0, num_classes): both ends just outside.
+  FeatureSet label = good;
+  label.y[5] = 3;
+  EXPECT_TRUE(mentions(knn(label, good), "label 3 outside [0, 3)")) << knn(label, good);
+  label.y[5] = -1;
+  EXPECT_TRUE(mentions(knn(good, label), "label -1 outside [0, 3)")) << knn(good, label);
+  // Neither dims order gets through.
+  const FeatureSet wider = clusters(3, 4, 5, 0.1f, 1, false);
+  EXPECT_TRUE(mentions(knn(wider, good), "5 dims, test 4")) << knn(wider, good);
+  EXPECT_TRUE(mentions(knn(good, wider), "4 dims, test 5")) << knn(good, wider);
+  EXPECT_TRUE(mentions(knn(good, good, KnnOptions{0, 0.1f}), "kNN: k 0")) << knn(good, good, KnnOptions{0, 0.1f});
+  EXPECT_TRUE(mentions(knn(good, good, KnnOptions{1, 0.0f}), "temperature 0")) << knn(good, good, KnnOptions{1, 0.0f});
+}
+
+TEST(Knn, OnlyDirectionsCount) {
+  // WeightedVoteFollowsSimilarity's bank and query, with lengths that would change every vote
+  // if rows were not L2-normalised: the two class-0 points 10 times longer (unnormalised
+  // similarity 5 each against 1) and a query of length 100 (which at T = 10 would give the
+  // close point e^10 against 2 e^5).
+  FeatureSet bank;
+  bank.n = 3;
+  bank.dim = 2;
+  bank.x = {1.0f, 0.01f, 5.0f, 8.66f, 5.0f, -8.66f};
+  bank.y = {1, 0, 0};
+  FeatureSet query;
+  query.n = 1;
+  query.dim = 2;
+  query.x = {100.0f, 0.0f};
+  query.y = {1};
+  EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{3, 0.1f}), 100.0);
+  EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{3, 10.0f}), 0.0);
+  EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{1, 10.0f}), 100.0);
+}
+
+TEST(Knn, TiesGoToTheLowerBankIndex) {
+  // Rows 0 and 1 are the same direction with different labels: an exact tie for the nearest.
+  FeatureSet bank;
+  bank.n = 3;
+  bank.dim = 2;
+  bank.x = {2.0f, 0.0f, 1.0f, 0.0f, 0.0f, 1.0f};
+  bank.y = {1, 0, 0};
+  FeatureSet query;
+  query.n = 1;
+  query.dim = 2;
+  query.x = {1.0f, 0.0f};
+  query.y = {1};
+  EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{1, 0.1f}), 100.0);
+  bank.y = {0, 1, 0};
+  query.y = {0};
+  EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{1, 0.1f}), 100.0);
+}
+
+TEST(Knn, AZeroRowHasSimilarityZero) {
+  // A zero feature row is not normalised to NaN: it sits at similarity 0 to everything, here
+  // nearer to the query than the opposite point.
+  FeatureSet bank;
+  bank.n = 2;
+  bank.dim = 2;
+  bank.x = {-1.0f, 0.0f, 0.0f, 0.0f};
+  bank.y = {0, 1};
+  FeatureSet query;
+  query.n = 1;
+  query.dim = 2;
+  query.x = {1.0f, 0.0f};
+  query.y = {1};
+  EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{1, 0.1f}), 100.0);
+  // A zero query ties with every bank row, so the lowest index votes alone.
+  query.x = {0.0f, 0.0f};
+  query.y = {0};
+  EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{1, 0.1f}), 100.0);
+}
+
+TEST(Knn, EveryTestRowOfEveryBlockCounts) {
+  // 600 queries (blocks of 256, 256 and 88), each a copy of one of two bank directions; the
+  // label of every third is wrong on purpose, so the accuracy is exactly 400 / 600 only if
+  // each row is scored once against its own label.
+  FeatureSet bank;
+  bank.n = 2;
+  bank.dim = 2;
+  bank.x = {1.0f, 0.0f, 0.0f, 1.0f};
+  bank.y = {0, 1};
+  FeatureSet test;
+  test.n = 600;
+  test.dim = 2;
+  for (int64_t i = 0; i < test.n; ++i) {
+    const int32_t c = static_cast<int32_t>((i / 7) % 2);
+    test.x.push_back(c == 0 ? 1.0f : 0.0f);
+    test.x.push_back(c == 0 ? 0.0f : 1.0f);
+    test.y.push_back(i % 3 == 0 ? 1 - c : c);
+  }
+  EXPECT_DOUBLE_EQ(knn_top1(bank, test, 2, KnnOptions{1, 0.1f}), 100.0 * 400.0 / 600.0);
+  // Only the last row wrong: it lies in the partial block.
+  for (int64_t i = 0; i < test.n; ++i) test.y[static_cast<size_t>(i)] = static_cast<int32_t>((i / 7) % 2);
+  test.y[599] = 1 - test.y[599];
+  EXPECT_DOUBLE_EQ(knn_top1(bank, test, 2, KnnOptions{1, 0.1f}), 100.0 * 599.0 / 600.0);
 }
 
 TEST(LinearProbe, SeparableClustersAreLearnedDeterministically) {
@@ -170,6 +308,266 @@ TEST(LinearProbe, NoSignalStaysNearChance) {
   const FeatureSet test = clusters(4, 100, 16, 0.6f, 4, true);
   const LinearProbeResult r = linear_probe(train, test, 4, LinearProbeOptions{});
   EXPECT_LT(r.test_top1, 40.0);  // 25% expected; 400 test points
+}
+
+TEST(LinearProbe, RejectsBadInput) {
+  const FeatureSet good = clusters(3, 4, 4, 0.1f, 1, false);
+  auto probe = [&](const FeatureSet& train, const FeatureSet& test, LinearProbeOptions opt) {
+    return error_of([&] { linear_probe(train, test, 3, opt); });
+  };
+  LinearProbeOptions opt;
+  opt.epochs = 1;
+  opt.batch_size = 4;
+  EXPECT_EQ(probe(good, good, opt), "");
+  const FeatureSet wider = clusters(3, 4, 5, 0.1f, 1, false);
+  EXPECT_TRUE(mentions(probe(wider, good, opt), "5 dims, test 4")) << probe(wider, good, opt);
+  EXPECT_TRUE(mentions(probe(good, wider, opt), "4 dims, test 5")) << probe(good, wider, opt);
+  FeatureSet label = good;
+  label.y[0] = 3;
+  EXPECT_TRUE(mentions(probe(good, label, opt), "linear probe test features: label 3")) << probe(good, label, opt);
+  LinearProbeOptions no_epochs = opt;
+  no_epochs.epochs = 0;
+  EXPECT_TRUE(mentions(probe(good, good, no_epochs), "epochs 0")) << probe(good, good, no_epochs);
+  LinearProbeOptions no_batch = opt;
+  no_batch.batch_size = 0;
+  EXPECT_TRUE(mentions(probe(good, good, no_batch), "batch 0")) << probe(good, good, no_batch);
+}
+
+TEST(LinearProbe, EachSplitIsScoredOnItsOwnLabelsAfterTheSameStandardisation) {
+  // Features far from the origin and scaled up: only standardised with the train split's
+  // statistics do they match the weights the probe learned.
+  FeatureSet train = clusters(4, 100, 8, 0.3f, 3, false);
+  FeatureSet test = clusters(4, 50, 8, 0.3f, 4, false);
+  for (float& v : train.x) v = 200.0f + 50.0f * v;
+  for (float& v : test.x) v = 200.0f + 50.0f * v;
+  LinearProbeOptions opt;
+  opt.epochs = 5;
+  opt.batch_size = 64;
+  opt.lr = 1e-2f;
+  const LinearProbeResult same = linear_probe(train, train, 4, opt);
+  EXPECT_GT(same.train_top1, 95.0);
+  EXPECT_EQ(same.test_top1, same.train_top1);  // the same rows, scored the same way
+  EXPECT_GT(linear_probe(train, test, 4, opt).test_top1, 95.0);
+  // Test labels rotated by one class: every test prediction the probe gets right for the
+  // clusters is now wrong, while the train accuracy must not move.
+  for (int32_t& y : test.y) y = (y + 1) % 4;
+  const LinearProbeResult rotated = linear_probe(train, test, 4, opt);
+  EXPECT_GT(rotated.train_top1, 95.0);
+  EXPECT_LT(rotated.test_top1, 5.0);
+}
+
+TEST(LinearProbe, TheBiasTakesPartInTheScore) {
+  // One feature: 160 class-0 rows in [0, 1), 40 class-1 rows in [2, 3). The mean is 0.9,
+  // inside class 0, so a classifier with no bias (boundary at the standardised origin) gets
+  // the class-0 rows above 0.9 wrong; with the bias every row is separable.
+  FeatureSet f;
+  f.n = 200;
+  f.dim = 1;
+  for (int64_t i = 0; i < 160; ++i) {
+    f.x.push_back(static_cast<float>(i) / 160.0f);
+    f.y.push_back(0);
+  }
+  for (int64_t i = 0; i < 40; ++i) {
+    f.x.push_back(2.0f + static_cast<float>(i) / 40.0f);
+    f.y.push_back(1);
+  }
+  LinearProbeOptions opt;
+  opt.epochs = 30;
+  opt.batch_size = 32;
+  opt.lr = 5e-2f;
+  const LinearProbeResult r = linear_probe(f, f, 2, opt);
+  EXPECT_EQ(r.train_top1, 100.0);
+  EXPECT_EQ(r.test_top1, 100.0);
+}
+
+// ---- features of a backbone (apps/run/features.h) -------------------------------------------
+
+// n grey 8x8 images: class c (of 4) is a bright 3x3 square in one corner, on Philox noise.
+data::Dataset squares(int64_t n, uint64_t seed) {
+  data::Dataset d;
+  d.name = "squares";
+  d.size = n;
+  d.channels = 1;
+  d.height = d.width = 8;
+  d.num_classes = 4;
+  d.mean = {0.3f};
+  d.std = {0.25f};
+  d.class_names = {"0", "1", "2", "3"};
+  kernels::PhiloxState rng(seed, kernels::philox_subsequence(kernels::kStreamTest, 11), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int c = static_cast<int>((i * 7 + i / 4) % 4);
+    d.labels.push_back(c);
+    const int top = c / 2 * 5, left = c % 2 * 5;
+    for (int y = 0; y < 8; ++y)
+      for (int x = 0; x < 8; ++x) {
+        const bool in = y >= top && y < top + 3 && x >= left && x < left + 3;
+        d.images.push_back(static_cast<uint8_t>((in ? 150 : 0) + rng.next_u32() % 100));
+      }
+  }
+  return d;
+}
+
+ModelSpec tiny_backbone(int width) {
+  ModelSpec s;
+  s.arch = "resnet18";
+  s.stem = "cifar";
+  s.in_channels = 1;
+  s.width = width;
+  return s;
+}
+
+TEST(Features, FirstImagesIsAPrefixWithTheSameDescription) {
+  const data::Dataset d = squares(5, 1);
+  const data::Dataset three = first_images(d, 3);
+  EXPECT_EQ(three.size, 3);
+  EXPECT_EQ(three.images, std::vector<uint8_t>(d.images.begin(), d.images.begin() + 3 * 64));
+  EXPECT_EQ(three.labels, std::vector<int32_t>(d.labels.begin(), d.labels.begin() + 3));
+  EXPECT_EQ(three.name, d.name);
+  EXPECT_EQ(three.channels, 1);
+  EXPECT_EQ(three.height, 8);
+  EXPECT_EQ(three.width, 8);
+  EXPECT_EQ(three.num_classes, 4);
+  EXPECT_EQ(three.mean, d.mean);
+  EXPECT_EQ(three.std, d.std);
+  EXPECT_EQ(three.class_names, d.class_names);
+  // No limit (0 or negative) and a limit of the size or more: all of it.
+  for (int64_t limit : {0, -1, 5, 6}) {
+    const data::Dataset all = first_images(d, limit);
+    EXPECT_EQ(all.size, 5) << limit;
+    EXPECT_EQ(all.images, d.images) << limit;
+    EXPECT_EQ(all.labels, d.labels) << limit;
+  }
+  data::Dataset unlabeled = d;
+  unlabeled.labels.clear();
+  EXPECT_FALSE(first_images(unlabeled, 2).labeled());
+}
+
+// The features of every image, in dataset order, from a plain eval-mode forward of the
+// normalised pixels written out here; in batches of 3, so the last of 10 holds one image.
+TEST(Features, ExtractedBatchByBatchInEvalModeAndInOrder) {
+  const data::Dataset d = squares(10, 2);
+  auto m = make_model(tiny_backbone(4), Device::CPU);
+  m->init(3);
+  const std::vector<float> buffers_before = to_host_f32(m->buffers().all());
+  Workspace ws(Device::CPU);
+  const FeatureSet f = extract_features(*m, d, 3, ws);
+  EXPECT_EQ(f.n, 10);
+  EXPECT_EQ(f.dim, m->feature_dim());
+  EXPECT_EQ(f.y, d.labels);
+  ASSERT_EQ(f.x.size(), static_cast<size_t>(10 * f.dim));
+  EXPECT_EQ(to_host_f32(m->buffers().all()), buffers_before);  // no running statistics moved
+
+  std::vector<float> pixels;
+  for (uint8_t p : d.images) pixels.push_back((static_cast<float>(p) / 255.0f - 0.3f) / 0.25f);
+  ws.reset();
+  Graph g(ws);
+  NoGradScope no_grad(g);
+  const Tensor x = ws.alloc(Shape{10, 1, 8, 8});
+  from_host(x, pixels);
+  const std::vector<float> expected = to_host_f32(m->features(g, g.input(x, "images"), false)->value);
+  ASSERT_EQ(expected.size(), f.x.size());
+  for (size_t i = 0; i < expected.size(); ++i)
+    EXPECT_NEAR(f.x[i], expected[i], 1e-4f * std::max(1.0f, std::fabs(expected[i]))) << "image " << i / f.dim;
+
+  data::Dataset unlabeled = d;
+  unlabeled.labels.clear();
+  EXPECT_TRUE(mentions(error_of([&] { extract_features(*m, unlabeled, 3, ws); }), "squares: evaluation needs labels"));
+}
+
+// A backbone with no parameters whose features are its input, flattened: what
+// extract_features stores is then the normalised pixels themselves. `dim` is the feature_dim
+// it claims, right (64 for 8x8 grey) or not.
+class FlattenBackbone : public Model {
+ public:
+  explicit FlattenBackbone(int dim) : Model(ModelSpec{}) { set_feature_dim(dim); }
+  Var* features(Graph& g, Var* x, bool) override { return ops::flatten(g, x); }
+};
+
+TEST(Features, AreTheNormalisedPixelsForAnIdentityBackbone) {
+  const data::Dataset d = squares(7, 3);
+  FlattenBackbone identity(64);
+  Workspace ws(Device::CPU);
+  const FeatureSet f = extract_features(identity, d, 2, ws);
+  ASSERT_EQ(f.x.size(), d.images.size());
+  for (size_t i = 0; i < f.x.size(); ++i)
+    ASSERT_NEAR(f.x[i], (d.images[i] / 255.0 - 0.3) / 0.25, 1e-5) << "pixel " << i;
+  // A backbone whose output disagrees with its feature_dim is an Error, not an overrun.
+  FlattenBackbone liar(32);
+  const std::string e = error_of([&] { extract_features(liar, d, 2, ws); });
+  EXPECT_TRUE(mentions(e, "features of squares: expected 2 x 32, found (2, 64)")) << e;
+}
+
+// The workspace is reset for every batch: its peak is one batch's, whatever the number of
+// batches (2 or 5 here).
+TEST(Features, TheWorkspaceHoldsOneBatchAtATime) {
+  auto m = make_model(tiny_backbone(4), Device::CPU);
+  Workspace two_batches(Device::CPU), five_batches(Device::CPU);
+  extract_features(*m, squares(4, 1), 2, two_batches);
+  extract_features(*m, squares(10, 1), 2, five_batches);
+  EXPECT_GT(two_batches.high_water(), 0u);
+  EXPECT_EQ(five_batches.high_water(), two_batches.high_water());
+}
+
+TEST(Features, EvaluateBackboneIsKnnAndProbeOfTheFeatures) {
+  const data::Dataset train = squares(24, 4), test = squares(12, 5);
+  auto m = make_model(tiny_backbone(4), Device::CPU);
+  m->init(6);
+  LinearProbeOptions probe;
+  probe.epochs = 3;
+  probe.batch_size = 8;
+  Workspace ws(Device::CPU);
+  const FeatureSet ftr = extract_features(*m, train, 5, ws), fte = extract_features(*m, test, 5, ws);
+  const double knn = knn_top1(ftr, fte, 4);
+  const double linear = linear_probe(ftr, fte, 4, probe).test_top1;
+  const BackboneScores both = evaluate_backbone(*m, train, test, 5, true, probe, ws);
+  EXPECT_EQ(both.knn_top1, knn);
+  EXPECT_EQ(both.linear_top1, linear);
+  const BackboneScores knn_only = evaluate_backbone(*m, train, test, 5, false, probe, ws);
+  EXPECT_EQ(knn_only.knn_top1, knn);
+  EXPECT_EQ(knn_only.linear_top1, 0.0);
+}
+
+// The final event and line name each network's scores: teacher and student of different
+// widths and seeds, and the baseline a fresh backbone of the student's spec initialised with
+// the baseline seed. The seeds are picked so that the six scores all differ (checked first).
+TEST(Features, FinalScoresNameEveryNetwork) {
+  const data::Dataset train = squares(24, 4), test = squares(12, 5);
+  LinearProbeOptions probe;
+  probe.epochs = 3;
+  probe.batch_size = 8;
+  auto teacher = make_model(tiny_backbone(4), Device::CPU), student = make_model(tiny_backbone(8), Device::CPU);
+  teacher->init(3);
+  student->init(4);
+  auto fresh = make_model(tiny_backbone(8), Device::CPU);
+  fresh->init(5);
+  Workspace ws(Device::CPU);
+  const BackboneScores t = evaluate_backbone(*teacher, train, test, 5, true, probe, ws);
+  const BackboneScores s = evaluate_backbone(*student, train, test, 5, true, probe, ws);
+  const BackboneScores b = evaluate_backbone(*fresh, train, test, 5, true, probe, ws);
+  std::vector<double> six{t.knn_top1, t.linear_top1, s.knn_top1, s.linear_top1, b.knn_top1, b.linear_top1};
+  std::sort(six.begin(), six.end());
+  ASSERT_EQ(std::adjacent_find(six.begin(), six.end()), six.end()) << "two scores agree: pick other seeds";
+
+  const FinalScores plain = final_scores("prog", *teacher, "T", *student, "S", false, 5, train, test, 5, probe);
+  EXPECT_EQ(plain.event, (nlohmann::json{{"knn_top1_teacher", t.knn_top1},
+                                         {"linear_top1_teacher", t.linear_top1},
+                                         {"knn_top1_student", s.knn_top1},
+                                         {"linear_top1_student", s.linear_top1}}));
+  const std::string line = "prog: linear probe top-1: T " + fixed2(t.linear_top1) + "% (kNN " + fixed2(t.knn_top1) +
+                           "%), S " + fixed2(s.linear_top1) + "%";
+  EXPECT_EQ(plain.line, line);
+
+  const FinalScores with_baseline = final_scores("prog", *teacher, "T", *student, "S", true, 5, train, test, 5, probe);
+  EXPECT_EQ(with_baseline.event["knn_top1_baseline"], b.knn_top1);
+  EXPECT_EQ(with_baseline.event["linear_top1_baseline"], b.linear_top1);
+  EXPECT_EQ(with_baseline.event["linear_top1_student"], s.linear_top1);
+  const double gain = t.linear_top1 - b.linear_top1;
+  EXPECT_EQ(with_baseline.line, line + "; random-init baseline " + fixed2(b.linear_top1) + "% (" +
+                                    (gain >= 0 ? "+" : "") + fixed2(gain) + " points)");
+  // A teacher that is the baseline's backbone itself: a gain of exactly 0 is written "+0.00".
+  const FinalScores even = final_scores("prog", *fresh, "T", *student, "S", true, 5, train, test, 5, probe);
+  EXPECT_EQ(even.event["linear_top1_baseline"], even.event["linear_top1_teacher"]);
+  EXPECT_NE(even.line.find("% (+0.00 points)"), std::string::npos) << even.line;
 }
 
 }  // namespace

@@ -181,6 +181,69 @@ TEST(Workspace, NeighboursMergeAndBestFitPicksTheSmallestRange) {
   EXPECT_EQ(ws.high_water(), 256u * 2 + 512 + 256 + 768);
 }
 
+// The mirror image of the test above: a block released *before* the block after it merges
+// forwards, and best fit takes the smaller of two ranges that both fit, not the first or largest.
+TEST(Workspace, ReleasedRangesMergeForwardsAndBestFitSkipsLargerRanges) {
+  Workspace ws(Device::CPU, 1 << 16);
+  char* a = static_cast<char*>(ws.alloc_bytes(1024));
+  ws.alloc_bytes(256);  // separates a's range from b's
+  char* b = static_cast<char*>(ws.alloc_bytes(256));
+  char* c = static_cast<char*>(ws.alloc_bytes(256));
+  ws.alloc_bytes(256);  // keeps b and c below the top
+  ws.release(c);
+  ws.release(b);                        // merges with c, which is after it: 512 at b
+  ws.release(a);                        // 1024 at a
+  EXPECT_EQ(ws.alloc_bytes(512), b);    // both ranges fit; b's is the smaller
+  EXPECT_EQ(ws.alloc_bytes(1024), a);
+  EXPECT_EQ(ws.high_water(), 1024u + 4 * 256);
+}
+
+// Zero-byte requests still get a block of their own (a distinct, releasable pointer), and
+// the size of a request follows its dtype.
+TEST(Workspace, EmptyAndNarrowRequests) {
+  Workspace ws(Device::CPU, 1 << 16);
+  void* a = ws.alloc_bytes(0);
+  void* b = ws.alloc(Shape{0}).ptr;
+  EXPECT_NE(a, b);
+  EXPECT_EQ(ws.used(), 2 * Workspace::kAlignBytes);
+  ws.release(a);
+  ws.release(b);
+  EXPECT_EQ(ws.used(), 0u);
+  ws.alloc(Shape{300}, DType::U8);  // 300 bytes -> 512
+  EXPECT_EQ(ws.used(), 512u);
+  ws.alloc(Shape{100}, DType::I32);  // 400 bytes -> 512
+  EXPECT_EQ(ws.used(), 1024u);
+}
+
+// A step that fills the block exactly neither spills nor makes reset() regrow it; one that
+// outgrows it gets a block with headroom above the high-water.
+TEST(Workspace, ExactFitStaysAndGrowthLeavesHeadroom) {
+  Workspace ws(Device::CPU, 1024);
+  char* base = static_cast<char*>(ws.alloc_bytes(512));
+  EXPECT_EQ(ws.alloc_bytes(512), base + 512);  // ends exactly at the capacity: inside the block
+  EXPECT_EQ(ws.spills(), 0);
+  ws.reset();
+  EXPECT_EQ(ws.capacity(), 1024u);
+  ws.alloc_bytes(1024);
+  ws.alloc_bytes(1024);  // spills
+  EXPECT_EQ(ws.spills(), 1);
+  ws.reset();
+  EXPECT_GT(ws.capacity(), ws.high_water()) << "no headroom: a slightly larger step would spill again";
+}
+
+// poison() covers the scratch region as well as the main block, with 0xFF bytes.
+TEST(Workspace, PoisonFillsBlockAndScratchWithOnes) {
+  Workspace ws(Device::CPU, 1024);
+  ws.scratch(512);
+  ws.reset();  // the scratch region now exists
+  ASSERT_EQ(ws.scratch_capacity(), 512u);
+  ws.poison();
+  const unsigned char* main = static_cast<const unsigned char*>(ws.alloc_bytes(1024));
+  const unsigned char* scratch = static_cast<const unsigned char*>(ws.scratch(512));
+  for (size_t i = 0; i < 1024; ++i) ASSERT_EQ(main[i], 0xFF) << "main byte " << i;
+  for (size_t i = 0; i < 512; ++i) ASSERT_EQ(scratch[i], 0xFF) << "scratch byte " << i;
+}
+
 TEST(Workspace, ReleasingWhatIsNotALiveBlockIsAnError) {
   Workspace ws(Device::CPU, 1 << 16);
   char* a = static_cast<char*>(ws.alloc_bytes(512));
@@ -393,6 +456,15 @@ TEST(ParamTable, OffsetsAreAlignedWithAGapAfterEverySlot) {
   EXPECT_EQ(t.find("fc.bias"), 4);
   EXPECT_EQ(t.find("fc.nothing"), -1);
   EXPECT_THROW(ParamTable(t).add("fc.bias", Shape{10}, ParamKind::Bias), Error);
+  EXPECT_THROW(ParamTable(t).add("conv1.weight", Shape{4}, ParamKind::Bias), Error);  // slot 0 counts too
+}
+
+TEST(ParamTable, EmptyShapesAreRejected) {
+  ParamTable t;
+  EXPECT_THROW(t.add("scalar", Shape{}, ParamKind::Bias), Error);
+  EXPECT_THROW(t.add("zero", Shape{0}, ParamKind::Bias), Error);
+  EXPECT_THROW(t.add("zero_rows", Shape{0, 4}, ParamKind::LinearWeight), Error);
+  EXPECT_EQ(t.size(), 0u);
 }
 
 TEST(ParamTable, ChannelFragmentsGroupAWeightWithItsVectors) {
@@ -406,6 +478,24 @@ TEST(ParamTable, ChannelFragmentsGroupAWeightWithItsVectors) {
   EXPECT_EQ(t[4].channel_fragment_base, 8);  // and its bias shares them
   EXPECT_EQ(t[5].channel_fragment_base, 18);
   EXPECT_EQ(t.channel_fragments(), 23);
+}
+
+// Vectors follow the *latest* multi-dim slot of their width (conv2's BN, not conv1's), and a
+// vector never shares with another vector: with no weight of its width it gets fresh ids.
+TEST(ParamTable, ChannelFragmentsFollowTheLatestWeightOnly) {
+  ParamTable t;
+  t.add("conv1.weight", Shape{4, 3, 3, 3}, ParamKind::ConvWeight);  // ids 0..3
+  t.add("bn1.weight", Shape{4}, ParamKind::BnWeight);
+  t.add("conv2.weight", Shape{4, 4, 1, 1}, ParamKind::ConvWeight);  // ids 4..7
+  t.add("bn2.weight", Shape{4}, ParamKind::BnWeight);
+  t.add("a", Shape{6}, ParamKind::Bias);  // ids 8..13
+  t.add("b", Shape{6}, ParamKind::Bias);  // ids 14..19
+  EXPECT_EQ(t[1].channel_fragment_base, 0);
+  EXPECT_EQ(t[2].channel_fragment_base, 4);
+  EXPECT_EQ(t[3].channel_fragment_base, 4);
+  EXPECT_EQ(t[4].channel_fragment_base, 8);
+  EXPECT_EQ(t[5].channel_fragment_base, 14);
+  EXPECT_EQ(t.channel_fragments(), 20);
 }
 
 TEST(ParamTable, SlotOfFindsOwnersAndGaps) {
@@ -426,6 +516,68 @@ TEST(ParamTable, SameLayout) {
   ParamTable c = small_net();
   c.add("extra", Shape{3}, ParamKind::Bias);
   EXPECT_FALSE(a.same_layout(c));
+  // Each of name, shape and kind alone makes a different layout, even with equal offsets.
+  auto one_slot = [](const char* name, Shape shape, ParamKind kind) {
+    ParamTable t;
+    t.add(name, shape, kind);
+    return t;
+  };
+  const ParamTable base = one_slot("w", Shape{4, 6}, ParamKind::LinearWeight);
+  EXPECT_TRUE(base.same_layout(one_slot("w", Shape{4, 6}, ParamKind::LinearWeight)));
+  EXPECT_FALSE(base.same_layout(one_slot("v", Shape{4, 6}, ParamKind::LinearWeight)));
+  EXPECT_FALSE(base.same_layout(one_slot("w", Shape{6, 4}, ParamKind::LinearWeight)));
+  EXPECT_FALSE(base.same_layout(one_slot("w", Shape{4, 6}, ParamKind::ConvWeight)));
+}
+
+TEST(ParamKind, NamesAreDistinct) {
+  const ParamKind all[] = {ParamKind::ConvWeight, ParamKind::LinearWeight, ParamKind::Bias,
+                           ParamKind::BnWeight,   ParamKind::BnBias,       ParamKind::BnRunningMean,
+                           ParamKind::BnRunningVar, ParamKind::BnNumBatches};
+  std::vector<std::string> names;
+  for (ParamKind k : all) names.push_back(param_kind_name(k));
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(std::unique(names.begin(), names.end()), names.end());
+  EXPECT_STREQ(param_kind_name(ParamKind::BnRunningMean), "bn-running-mean");
+  EXPECT_STREQ(param_kind_name(ParamKind::BnRunningVar), "bn-running-var");
+}
+
+TEST(Arena, SlotLookupsOutsideTheTableAreErrors) {
+  const ParamTable t = small_net();
+  Arena a(t, Device::CPU);
+  EXPECT_EQ(a.slot(t.size() - 1).shape, (Shape{10}));
+  EXPECT_THROW(a.slot(t.size()), Error);
+  try {
+    a.slot("fc.nothing");
+    ADD_FAILURE() << "a missing name was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no parameter named 'fc.nothing'"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Arena, CopyFromCopiesEverythingAndNeedsTheSameLayout) {
+  const ParamTable t = small_net(), same = small_net();
+  Arena src(t, Device::CPU), dst(same, Device::CPU);
+  src.write_canaries();
+  for (size_t i = 0; i < t.size(); ++i) fill_value(src.slot(i), static_cast<float>(i + 1));
+  dst.copy_from(src);
+  for (size_t i = 0; i < t.size(); ++i)
+    for (float v : to_host_f32(dst.slot(i))) ASSERT_EQ(v, static_cast<float>(i + 1)) << t[i].name;
+  EXPECT_TRUE(dst.broken_canaries().empty());  // the gaps travel too: one copy of the whole arena
+
+  ParamTable other = small_net();
+  other.add("extra", Shape{3}, ParamKind::Bias);
+  Arena wrong(other, Device::CPU);
+  EXPECT_THROW(wrong.copy_from(src), Error);
+  // Same size, different names: still refused, although one memcpy would fit.
+  ParamTable renamed;
+  renamed.add("conv1.weight", Shape{8, 3, 3, 3}, ParamKind::ConvWeight);
+  renamed.add("bn1.gamma", Shape{8}, ParamKind::BnWeight);
+  renamed.add("bn1.bias", Shape{8}, ParamKind::BnBias);
+  renamed.add("fc.weight", Shape{10, 8}, ParamKind::LinearWeight);
+  renamed.add("fc.bias", Shape{10}, ParamKind::Bias);
+  ASSERT_EQ(renamed.arena_numel(), t.arena_numel());
+  Arena other_names(renamed, Device::CPU);
+  EXPECT_THROW(other_names.copy_from(src), Error);
 }
 
 // Linear forward and backward on arena slots must stay inside them.
@@ -465,6 +617,22 @@ TEST(Arena, BrokenCanaryIsReportedWithItsSlot) {
   const std::vector<std::string> broken = a.broken_canaries();
   ASSERT_EQ(broken.size(), 1u);
   EXPECT_NE(broken[0].find("bn1.weight"), std::string::npos) << broken[0];
+}
+
+// One report per damaged gap, naming its first bad element; the gap after the last slot (up to
+// arena_numel) is checked to its very end.
+TEST(Arena, EachBrokenGapIsReportedOnceAtItsFirstBadElement) {
+  const ParamTable t = small_net();
+  Arena a(t, Device::CPU);
+  a.write_canaries();
+  float* p = a.data();
+  p[217] = 0.0f;  // conv1.weight is elements 0..215; its gap runs to 224
+  p[220] = 0.0f;
+  p[t.arena_numel() - 1] = 0.0f;  // last element of the arena, in the gap after fc.bias
+  const std::vector<std::string> broken = a.broken_canaries();
+  ASSERT_EQ(broken.size(), 2u);
+  EXPECT_EQ(broken[0], "after slot 'conv1.weight' (element 217)");
+  EXPECT_EQ(broken[1], "after slot 'fc.bias' (element " + std::to_string(t.arena_numel() - 1) + ")");
 }
 
 }  // namespace

@@ -16,8 +16,11 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <limits>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <unistd.h>
@@ -175,6 +178,70 @@ TEST(NonfiniteMonitor, NamesTheLossOrTheGradientSlot) {
   EXPECT_EQ(m2.describe(r.first_tensor), "the loss");
   m2.poison_at(4, "no.such.tensor");
   EXPECT_THROW(m2.check_step(4, loss.t), Error);
+}
+
+// Two arenas with the same slot names under different prefixes: a hook for the first one's
+// slot poisons that slot, not the second one's of the same name.
+TEST(NonfiniteMonitor, HookFindsTheSlotUnderItsOwnPrefix) {
+  Three one, two;
+  Arena g1(one.t, Device::CPU), g2(two.t, Device::CPU);
+  fill_zero(g1.all());
+  fill_zero(g2.all());
+  NonfiniteMonitor m(Device::CPU);
+  m.watch_gradients("x.", g1);
+  m.watch_gradients("y.", g2);
+  const OwnedTensor loss(Device::CPU, Shape{1});
+  fill_zero(loss.t);
+  m.poison_at(0, "x.a.bias");
+  m.check_step(0, loss.t);
+  EXPECT_EQ(m.describe(m.read().first_tensor), "the gradient of 'x.a.bias'");
+  EXPECT_TRUE(std::isnan(g1.slot(1).f32()[0]));
+  EXPECT_FALSE(std::isnan(g2.slot(1).f32()[0]));
+}
+
+// Ids and op numbers outside what the monitor knows are named plainly, never read past the
+// tables: ids 1-3 are the first arena's three slots, 4-6 the second's, 7 nothing.
+TEST(NonfiniteMonitor, UnknownIdsAndOpsAreNamedPlainly) {
+  Three one, two;
+  Arena g1(one.t, Device::CPU), g2(two.t, Device::CPU);
+  NonfiniteMonitor m(Device::CPU);
+  m.watch_gradients("x.", g1);
+  m.watch_gradients("y.", g2);
+  EXPECT_EQ(m.describe(0), "the loss");
+  EXPECT_EQ(m.describe(1), "the gradient of 'x.a.weight'");
+  EXPECT_EQ(m.describe(3), "the gradient of 'x.b.weight'");
+  EXPECT_EQ(m.describe(4), "the gradient of 'y.a.weight'");
+  EXPECT_EQ(m.describe(6), "the gradient of 'y.b.weight'");
+  EXPECT_EQ(m.describe(7), "tensor 7");
+  EXPECT_EQ(m.describe(-1), "tensor -1");
+  EXPECT_EQ(m.describe_op(-1), "op -1");
+  EXPECT_EQ(m.describe_op(0), "op 0");  // no step checked with check_ops: no op known
+}
+
+TEST(NonfiniteMonitor, RefusesALossThatIsNotF32OnItsDevice) {
+  NonfiniteMonitor m(Device::CPU);
+  const OwnedTensor loss(Device::CPU, Shape{1}, DType::I32);
+  try {
+    m.check_step(0, loss.t);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "non-finite check: expected an f32 loss on cpu, found i32(1) on cpu");
+  }
+}
+
+// The steps of the run before are restored into a monitor that has counted none; once it has
+// read its own, a restore would mix the two lists and is refused.
+TEST(NonfiniteMonitor, RestoresBadStepsOnlyBeforeCounting) {
+  NonfiniteMonitor m(Device::CPU);
+  m.restore_bad_steps({5, 1});
+  EXPECT_EQ(m.bad_steps(), (std::vector<int64_t>{1, 5}));
+  EXPECT_THROW(m.restore_bad_steps({2}), Error);
+  NonfiniteMonitor counted(Device::CPU);
+  const OwnedTensor loss(Device::CPU, Shape{1});
+  fill_value(loss.t, kNaN);
+  counted.check_step(0, loss.t);
+  EXPECT_EQ(counted.bad_steps(), std::vector<int64_t>{0});
+  EXPECT_THROW(counted.restore_bad_steps({2}), Error);
 }
 
 TEST(NonfiniteGuard, StopThrowsNamingStepTensorAndCheckpoint) {
@@ -445,6 +512,229 @@ TEST(NonfiniteOps, NamesTheFirstOpThatWentNonfinite) {
   const std::string m = stop_message(guard);
   EXPECT_NE(m.find("the gradient of 'fc2.bias' is not finite"), std::string::npos) << m;
   EXPECT_NE(m.find("resume from the last checkpoint with --nonfinite-check ops"), std::string::npos) << m;
+}
+
+// The first op of the step (number 0) is named like any other; a loss that goes bad with no
+// op before it says so. A bad step 0 stops the run like any other step.
+TEST(NonfiniteOps, TheFirstOpAndNoOpAtAll) {
+  {
+    MlpStep mlp;
+    NonfiniteGuard guard("stop", Device::CPU);
+    guard.monitor().watch_gradients("", mlp.g);
+    guard.monitor().check_ops(0);
+    guard.monitor().poison_at(0, "forward:linear");
+    mlp.run(guard.monitor(), 0);
+    const std::string m = stop_message(guard);
+    EXPECT_NE(m.find("step 0: the loss is not finite"), std::string::npos) << m;
+    EXPECT_NE(m.find("the first op that went non-finite: linear in 'fc1.weight', output (4, 8)"), std::string::npos)
+        << m;
+  }
+  MlpStep mlp;
+  NonfiniteGuard guard("stop", Device::CPU);
+  guard.monitor().watch_gradients("", mlp.g);
+  guard.monitor().check_ops(0);
+  guard.monitor().poison_at(0, "loss");  // after every op ran clean
+  mlp.run(guard.monitor(), 0);
+  const std::string m = stop_message(guard);
+  EXPECT_NE(m.find("step 0: the loss is not finite (NaN or infinity); no op's output or gradient was non-finite "
+                   "before it; stopped without saving that step (--on-nonfinite stop); NOTE. Lower --lr"),
+            std::string::npos)
+      << m;
+}
+
+// check_ops called again (a resumed run attaching its guard) keeps checking; the same hook at
+// two steps poisons both; the names of a later step's ops are that step's.
+TEST(NonfiniteOps, LaterStepsAndRepeatedCalls) {
+  MlpStep mlp;
+  NonfiniteGuard guard("skip", Device::CPU);
+  guard.monitor().watch_gradients("", mlp.g);
+  guard.monitor().check_ops(0);
+  guard.monitor().check_ops(0);
+  EXPECT_TRUE(guard.monitor().checking_ops());
+  guard.monitor().poison_at(2, "forward:relu");
+  guard.monitor().poison_at(3, "forward:relu");
+  for (int64_t step = 0; step < 5; ++step) mlp.run(guard.monitor(), step);
+  EXPECT_EQ(guard.monitor().bad_steps(), (std::vector<int64_t>{2, 3}));
+  const kernels::NonfiniteRecord r = guard.monitor().read();
+  EXPECT_EQ(r.first_step, 2);
+  EXPECT_EQ(guard.monitor().describe_op(r.first_op), "relu in 'block1.act', output (4, 8)");
+}
+
+// An op the model does not name is placed after the last op it did name, past any unnamed ops
+// between them: here the sum after the relu after fc1's linear.
+TEST(NonfiniteOps, UnnamedOpsArePlacedAfterTheLastNamedOne) {
+  MlpStep mlp;
+  NonfiniteGuard guard("stop", Device::CPU);
+  guard.monitor().check_ops(0);
+  guard.monitor().poison_at(0, "forward:sum");
+  Workspace ws(Device::CPU);
+  Graph graph(ws);
+  Var* h = ops::linear(graph, graph.input(mlp.x.t, "x"), graph.param(mlp.w.slot(0), mlp.g.slot(0), "fc1.weight"),
+                       graph.param(mlp.w.slot(1), mlp.g.slot(1), "fc1.bias"));
+  Var* loss = ops::sum(graph, ops::relu(graph, h));
+  guard.monitor().check_step(0, loss->value);
+  const std::string m = stop_message(guard);
+  EXPECT_NE(m.find("the first op that went non-finite: sum after 'fc1.weight', output (1)"), std::string::npos) << m;
+}
+
+// "forward:OP" poisons the first op of that name in the step, not every one: of two linears
+// of the same input, the second one's output stays finite.
+TEST(NonfiniteOps, TheHookPoisonsOnlyTheFirstOpOfItsName) {
+  MlpStep mlp;
+  NonfiniteGuard guard("skip", Device::CPU);
+  guard.monitor().check_ops(0);
+  guard.monitor().poison_at(0, "forward:linear");
+  Workspace ws(Device::CPU);
+  Graph graph(ws);
+  Var* x = graph.input(mlp.x.t, "x");
+  Var* w = graph.param(mlp.w.slot(0), mlp.g.slot(0), "fc1.weight");
+  Var* b = graph.param(mlp.w.slot(1), mlp.g.slot(1), "fc1.bias");
+  Var* first = ops::linear(graph, x, w, b);
+  Var* second = ops::linear(graph, x, w, b);
+  guard.monitor().check_step(0, ops::sum(graph, first)->value);
+  const std::vector<float> a = to_host_f32(first->value), c = to_host_f32(second->value);
+  EXPECT_TRUE(std::isnan(a[0]));
+  for (float v : c) EXPECT_TRUE(std::isfinite(v));
+}
+
+// ---- the guard: policy, test hook, restore, the ring -----------------------------------------
+
+TEST(NonfiniteGuard, PolicyIsStopOrSkip) {
+  EXPECT_EQ(parse_on_nonfinite("stop"), OnNonfinite::Stop);
+  EXPECT_EQ(parse_on_nonfinite("skip"), OnNonfinite::Skip);
+  try {
+    parse_on_nonfinite("Skip");
+    ADD_FAILURE() << "no error";
+  } catch (const UsageError& e) {
+    EXPECT_EQ(std::string(e.what()), "--on-nonfinite: expected stop|skip, found 'Skip'");
+  }
+  EXPECT_FALSE(NonfiniteGuard("stop", Device::CPU).skipping());
+  NonfiniteGuard skip("skip", Device::CPU);
+  EXPECT_TRUE(skip.skipping());
+  EXPECT_NE(skip.skip_flag(), nullptr);
+}
+
+// $TESSERA_INJECT_NONFINITE: STEP:TENSOR items, comma-separated; STEP a number >= 0 ending at
+// the colon. Each armed item poisons its step; anything else is refused whole.
+TEST(NonfiniteGuard, TestHookTakesStepColonTensorItems) {
+  auto armed = [](const char* value) {
+    ::setenv("TESSERA_INJECT_NONFINITE", value, 1);
+    auto guard = std::make_unique<NonfiniteGuard>("skip", Device::CPU);
+    std::string error;
+    try {
+      guard->arm_test_hook();
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    ::unsetenv("TESSERA_INJECT_NONFINITE");
+    return std::make_pair(std::move(guard), error);
+  };
+  const OwnedTensor loss(Device::CPU, Shape{1});
+  fill_zero(loss.t);
+  auto [guard, error] = armed("2:loss,4:loss");
+  ASSERT_EQ(error, "");
+  for (int64_t step = 0; step < 6; ++step) {
+    fill_zero(loss.t);  // the hook's NaN stays in the tensor it poisoned
+    guard->monitor().check_step(step, loss.t);
+  }
+  EXPECT_EQ(guard->monitor().bad_steps(), (std::vector<int64_t>{2, 4}));
+  for (const char* bad : {"x:loss", "-1:loss", "3loss", "3 :loss", "2:loss,7"}) {
+    const std::string e = armed(bad).second;
+    const std::string item = std::string(bad) == "2:loss,7" ? "7" : bad;
+    EXPECT_EQ(e, "$TESSERA_INJECT_NONFINITE: expected STEP:TENSOR, found '" + item + "'") << bad;
+  }
+}
+
+// A resumed run takes the count and the steps skipped before from the checkpoint (steps
+// sorted), adds its own, and writes both back; a count that is not a whole number >= 0 is
+// refused, naming the file and the key.
+TEST(NonfiniteGuard, RestoreAndSaveTheSkippedSteps) {
+  const std::string dir = ::testing::TempDir() + "tessera_nonfinite_restore_" + std::to_string(::getpid());
+  fs::create_directories(dir);
+  const std::string path = dir + "/c.safetensors";
+  auto checkpoint = [&](const std::map<std::string, std::string>& metadata) {
+    SafetensorsWriter w;
+    w.add_i64("n", {1}, {0});
+    for (const auto& kv : metadata) w.add_metadata(kv.first, kv.second);
+    w.write(path);
+    return SafetensorsFile::read(path);
+  };
+  auto saved = [&](NonfiniteGuard& guard) {
+    SafetensorsWriter w;
+    w.add_i64("n", {1}, {0});
+    guard.before_save(w, "NOTE");
+    w.write(path);
+    return SafetensorsFile::read(path).metadata();
+  };
+  const OwnedTensor loss(Device::CPU, Shape{1}), nan_loss(Device::CPU, Shape{1});
+  fill_zero(loss.t);
+  fill_value(nan_loss.t, kNaN);
+
+  NonfiniteGuard guard("skip", Device::CPU);
+  guard.restore(checkpoint({{NonfiniteGuard::kSkippedKey, "2"}, {NonfiniteGuard::kSkippedStepsKey, "7,3"}}));
+  EXPECT_EQ(guard.read("NOTE"), 2);
+  EXPECT_EQ(guard.monitor().bad_steps(), (std::vector<int64_t>{3, 7}));
+  guard.monitor().check_step(9, nan_loss.t);
+  guard.monitor().check_step(10, loss.t);
+  EXPECT_EQ(guard.read("NOTE"), 3);
+  std::map<std::string, std::string> m = saved(guard);
+  EXPECT_EQ(m[NonfiniteGuard::kSkippedKey], "3");
+  EXPECT_EQ(m[NonfiniteGuard::kSkippedStepsKey], "3,7,9");
+
+  // Nothing skipped, before or now: a count of 0 and no list. Stop mode records neither.
+  NonfiniteGuard fresh("skip", Device::CPU);
+  fresh.restore(checkpoint({}));
+  EXPECT_EQ(fresh.read("NOTE"), 0);
+  m = saved(fresh);
+  EXPECT_EQ(m[NonfiniteGuard::kSkippedKey], "0");
+  EXPECT_EQ(m.count(NonfiniteGuard::kSkippedStepsKey), 0u);
+  NonfiniteGuard stop("stop", Device::CPU);
+  m = saved(stop);
+  EXPECT_EQ(m.count(NonfiniteGuard::kSkippedKey), 0u);
+  EXPECT_EQ(m.count(NonfiniteGuard::kSkippedStepsKey), 0u);
+
+  for (const char* key : {NonfiniteGuard::kSkippedKey, NonfiniteGuard::kSkippedStepsKey})
+    for (const char* bad : {"-1", "x", "", "4x"}) {
+      NonfiniteGuard g("skip", Device::CPU);
+      std::string e;
+      try {
+        g.restore(checkpoint({{key, bad}}));
+      } catch (const Error& err) {
+        e = err.what();
+      }
+      const bool list_of_none = std::string(bad).empty() && key == std::string(NonfiniteGuard::kSkippedStepsKey);
+      if (list_of_none) {
+        EXPECT_EQ(e, "") << key;  // an empty list has no item to refuse
+      } else {
+        EXPECT_EQ(e, path + ": metadata " + key + ": expected a count, found '" + bad + "'") << key << " " << bad;
+      }
+    }
+  fs::remove_all(dir);
+}
+
+// More skipped steps between two reads of the list than the record's ring holds: the run says
+// so once (the teacher's ages count the unlisted ones as updates), not at every line.
+TEST(NonfiniteGuard, WarnsOnceWhenSkippedStepsOutrunTheRing) {
+  NonfiniteGuard guard("skip", Device::CPU);
+  const OwnedTensor nan_loss(Device::CPU, Shape{1});
+  fill_value(nan_loss.t, kNaN);
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(guard.read("NOTE"), 0);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  for (int64_t step = 0; step < kernels::kNonfiniteRing + 2; ++step) guard.monitor().check_step(step, nan_loss.t);
+  EXPECT_EQ(guard.monitor().bad_steps().size(), static_cast<size_t>(kernels::kNonfiniteRing));
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(guard.read("NOTE"), kernels::kNonfiniteRing + 2);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(),
+            "warning: more than 256 steps were skipped between two metrics lines; the teacher's ages count 2 of "
+            "them as updates (lower --log-every)\n");
+  ::testing::internal::CaptureStderr();
+  guard.read("NOTE");
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  // Another 258 between two reads: the lost steps add up.
+  for (int64_t step = 0; step < kernels::kNonfiniteRing + 2; ++step) guard.monitor().check_step(step, nan_loss.t);
+  EXPECT_EQ(guard.monitor().bad_steps().size(), static_cast<size_t>(2 * kernels::kNonfiniteRing));
+  EXPECT_EQ(guard.monitor().bad_steps_lost(), 4);
 }
 
 TEST(NonfiniteCheckpoint, WriterFindsTheFirstNonfiniteTensor) {

@@ -6,8 +6,10 @@
 //   programs  build/byol running in DIR: a second byol with --out DIR or --resume DIR exits 1
 //             naming DIR and the holder's pid; after kill -9 of the first, --resume DIR takes
 //             the stale lock over, says so, finishes and leaves no lock behind
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -81,6 +83,73 @@ TEST(RunLock, LockOfAKilledProcessIsTakenOver) {
   EXPECT_EQ(file_text(d + "/run.lock"), this_process() + "\n");
   lock.release();
   fs::remove_all(d);
+}
+
+// A stale file is read up to its last line break or NUL padding, and rewritten whole: a holder
+// text longer than this process's leaves no tail behind.
+TEST(RunLock, StaleTextIsTrimmedAndReplacedWhole) {
+  const std::string d = fresh_dir("long");
+  const std::string gone = "pid 4000000 on host " + std::string(100, 'h');  // longer than any host name
+  {
+    std::ofstream f(d + "/run.lock", std::ios::binary);
+    f << gone << '\n' << '\0' << '\0';
+  }
+  std::string stale;
+  RunLock lock = RunLock::acquire(d, &stale);
+  EXPECT_EQ(stale, gone);
+  EXPECT_EQ(file_text(d + "/run.lock"), this_process() + "\n");
+  lock.release();
+  fs::remove_all(d);
+}
+
+// Locked but still empty: a holder between its flock and its write. The refusal says so.
+TEST(RunLock, EmptyLockedFileIsAProcessStartingUp) {
+  const std::string d = fresh_dir("empty");
+  const int fd = ::open((d + "/run.lock").c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+  try {
+    RunLock::acquire(d);
+    ADD_FAILURE() << "a locked file was taken";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("'" + d + "' is in use by another run (a process starting up, " + d + "/run.lock)"),
+              std::string::npos)
+        << m;
+  }
+  ::close(fd);
+  fs::remove_all(d);
+}
+
+// A released lock stays released: releasing it again (or destroying it) must not remove the
+// file of whoever holds the directory now. Moves hand the lock over; assigning over a lock
+// releases the one it held.
+TEST(RunLock, ReleaseOnceAndMovesHandTheLockOver) {
+  const std::string d = fresh_dir("moves"), d2 = fresh_dir("moves2");
+  RunLock a = RunLock::acquire(d);
+  a.release();
+  RunLock b = RunLock::acquire(d);
+  a.release();
+  EXPECT_TRUE(fs::exists(d + "/run.lock"));
+  EXPECT_THROW(RunLock::acquire(d), Error);
+
+  RunLock c = std::move(b);
+  EXPECT_FALSE(b.held());
+  EXPECT_TRUE(c.held());
+  { RunLock gone = std::move(b); }  // an empty lock's destructor releases nothing
+  EXPECT_TRUE(fs::exists(d + "/run.lock"));
+
+  RunLock e = RunLock::acquire(d2);
+  e = std::move(c);
+  EXPECT_FALSE(c.held());
+  EXPECT_FALSE(fs::exists(d2 + "/run.lock")) << "the lock e held was not released";
+  EXPECT_NO_THROW(RunLock::acquire(d2));
+  EXPECT_TRUE(e.held());
+  EXPECT_THROW(RunLock::acquire(d), Error);
+  e.release();
+  EXPECT_FALSE(fs::exists(d + "/run.lock"));
+  fs::remove_all(d);
+  fs::remove_all(d2);
 }
 
 // build/byol in a process of its own, not waited for: its pid.

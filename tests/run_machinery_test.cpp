@@ -1,16 +1,26 @@
 // The run machinery the training programs share (apps/run/options.h, run.h): flags,
-// config files, run directories, the metrics log, --mosaic-steps.
+// config files, run directories, the metrics log, --mosaic-steps, and the life of a run
+// (apps/run/training_run.h): exit codes, new runs, saves, resumes and what they refuse.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
+#include <limits>
+#include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
 #include "apps/run/teacher_log.h"
+#include "apps/run/training_run.h"
+#include "engine/autograd.h"
 #include "engine/check.h"
+#include "engine/checkpoint.h"
+#include "engine/ops.h"
+#include "engine/workspace.h"
 
 namespace tessera {
 namespace {
@@ -425,6 +435,298 @@ TEST(StopRequest, FlagSetAndCleared) {
   EXPECT_TRUE(stop_requested());
   clear_stop_request();
   EXPECT_FALSE(stop_requested());
+}
+
+// ---- the life of a run (apps/run/training_run.h) --------------------------------------------
+
+// The message of what `f` throws (of type E), or "" when it returns.
+template <class E = std::exception, class F>
+std::string thrown(F f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool has(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
+
+// One invocation of a program with the test flags and the shared run flags.
+struct Invocation {
+  Cfg cfg;
+  RunOptions run;
+  Options options = make_options(cfg);
+  explicit Invocation(const std::vector<std::string>& args) {
+    add_run_options(options, run);
+    parse(options, args);
+  }
+};
+
+TEST(RunProgram, ExitCodesAndTheProgramsName) {
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(run_program("prog", [] { return 7; }), 7);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(run_program("prog", []() -> int { throw UsageError("--lr: bad"); }), 2);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "prog: --lr: bad\n");
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(run_program("prog", []() -> int { throw Error("disk full"); }), 1);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "prog: disk full\n");
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(run_program("prog", []() -> int { throw std::runtime_error("other"); }), 1);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "prog: other\n");
+}
+
+// A new run touches nothing before begin(); save() adds the run's metadata and refuses a
+// non-finite tensor, keeping the checkpoint it had; the note names the last checkpoint's step
+// (step 0 included).
+TEST(TrainingRun, NewRunWritesAtBeginAndSavesWithItsMetadata) {
+  const std::string dir = temp_dir("training_new");
+  Invocation inv({"--out", dir, "--lr", "0.125"});
+  TrainingRun run("prog", inv.options, inv.run);
+  EXPECT_FALSE(run.resuming());
+  EXPECT_EQ(run.start_step(), 0);
+  EXPECT_FALSE(path_exists(dir));
+  EXPECT_TRUE(has(thrown([&] { run.checkpoint(); }), "not resuming: there is no checkpoint"));
+  const std::string ckpt = dir + "/last.safetensors";
+  EXPECT_EQ(run.last_checkpoint_note(), "no checkpoint was written before it (" + ckpt + " does not exist)");
+
+  const nlohmann::json config = inv.options.to_json();
+  run.begin(config);
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir + "/config.json")), config);
+  EXPECT_TRUE(path_exists(dir + "/metrics.jsonl"));
+  EXPECT_TRUE(path_exists(dir + "/run.lock"));
+
+  const float good[2] = {1.0f, 2.0f};
+  SafetensorsWriter w;
+  w.add_f32("w", {2}, good);
+  run.save(w, 0);
+  const SafetensorsFile f = SafetensorsFile::read(ckpt);
+  EXPECT_EQ(f.metadata(TrainingRun::kProgramKey), "prog");
+  EXPECT_EQ(nlohmann::json::parse(f.metadata(TrainingRun::kConfigKey)), config);
+  EXPECT_EQ(f.metadata(TrainingRun::kStepKey), "0");
+  EXPECT_EQ(run.last_checkpoint_note(), "the last checkpoint, " + ckpt + ", holds step 0");
+  SafetensorsWriter w5;
+  w5.add_f32("w", {2}, good);
+  run.save(w5, 5);
+  EXPECT_EQ(SafetensorsFile::read(ckpt).metadata(TrainingRun::kStepKey), "5");
+  EXPECT_EQ(run.last_checkpoint_note(), "the last checkpoint, " + ckpt + ", holds step 5");
+
+  const std::string saved = read_file(ckpt);
+  const float bad[2] = {1.0f, std::numeric_limits<float>::quiet_NaN()};
+  SafetensorsWriter b;
+  b.add_f32("w", {2}, good);
+  b.add_f32("v", {2}, bad);
+  const std::string e = thrown([&] { run.save(b, 6); });
+  EXPECT_TRUE(has(e, ckpt + ": not saving step 6: v (element 1 = "));
+  EXPECT_TRUE(has(e, "is not finite; the last checkpoint, " + ckpt + ", holds step 5")) << e;
+  EXPECT_EQ(read_file(ckpt), saved);
+  std::filesystem::remove_all(dir);
+}
+
+// A run saved at step 3 (its log already past it, as after a kill), then resumed: the saved
+// configuration comes back beneath the command line, flags that would change the computation
+// must match it, per-invocation flags are not taken from it, and the log drops the events past
+// the checkpoint.
+TEST(TrainingRun, ResumeKeepsTheSavedConfiguration) {
+  const std::string dir = temp_dir("training_resume"), ckpt = dir + "/last.safetensors";
+  {
+    Invocation inv({"--out", dir, "--lr", "0.125", "--batch-size", "64", "--log-every", "5", "--nonfinite-check",
+                    "ops"});
+    TrainingRun run("prog", inv.options, inv.run);
+    run.begin(inv.options.to_json());
+    for (int step : {2, 3}) run.metrics().write("train", {{"step", step}});
+    SafetensorsWriter w;
+    w.add_i64("n", {1}, {3});
+    run.save(w, 3);
+    run.metrics().write("train", {{"step", 4}});
+  }
+  {
+    Invocation inv({"--resume", dir});
+    TrainingRun run("prog", inv.options, inv.run);
+    EXPECT_TRUE(run.resuming());
+    EXPECT_EQ(run.start_step(), 3);
+    EXPECT_EQ(run.checkpoint().metadata(TrainingRun::kStepKey), "3");
+    EXPECT_EQ(run.last_checkpoint_note(), "the last checkpoint, " + ckpt + ", holds step 3");
+    EXPECT_DOUBLE_EQ(inv.cfg.lr, 0.125);
+    EXPECT_EQ(inv.cfg.batch, 64);
+    EXPECT_EQ(inv.run.log_every, 5);
+    EXPECT_EQ(inv.run.nonfinite_check, "grads");  // per invocation: not from the checkpoint
+    EXPECT_EQ(inv.run.out, dir);
+    // A second process (here: a second run in this one) is refused while this one holds it.
+    Invocation again({"--resume", dir});
+    EXPECT_TRUE(has(thrown([&] { TrainingRun("prog", again.options, again.run); }), "is in use by another run"));
+    run.begin(inv.options.to_json());
+    std::vector<int64_t> steps;
+    std::ifstream in(dir + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);) steps.push_back(nlohmann::json::parse(line)["step"].get<int64_t>());
+    EXPECT_EQ(steps, (std::vector<int64_t>{2, 3}));
+  }
+  auto refusal = [&](const std::vector<std::string>& args) {
+    Invocation inv(args);
+    return thrown<UsageError>([&] { TrainingRun("prog", inv.options, inv.run); });
+  };
+  EXPECT_EQ(refusal({"--resume", dir, "--lr", "0.125", "--batch-size", "64"}), "");  // given, but the same
+  const std::string lr = refusal({"--resume", dir, "--lr", "0.25"});
+  EXPECT_TRUE(has(lr, "--lr 0.25 differs from the run being resumed (0.125 in " + ckpt + ")")) << lr;
+  const std::string smoothing = refusal({"--resume", dir, "--smoothing", "tma"});
+  EXPECT_TRUE(has(smoothing, "--smoothing \"tma\" differs")) << smoothing;
+  EXPECT_EQ(refusal({"--resume", dir, "--out", dir}), "");
+  const std::string out = refusal({"--resume", dir, "--out", dir + "_other"});
+  EXPECT_TRUE(has(out, "a resumed run continues in its own directory (" + dir + ")")) << out;
+  {
+    // Flags that do not change the computation may change, and the command line wins.
+    Invocation inv({"--resume", dir, "--log-every", "7", "--save-every", "2"});
+    TrainingRun run("prog", inv.options, inv.run);
+    EXPECT_EQ(inv.run.log_every, 7);
+    EXPECT_EQ(inv.run.save_every, 2);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// Checkpoints that are not a resumable run of this program, each refused with what is wrong.
+TEST(TrainingRun, ResumeRefusesCheckpointsOfNoRunOrAnotherProgram) {
+  const std::string dir = temp_dir("training_refuse"), ckpt = dir + "/last.safetensors";
+  Cfg defaults;
+  Options o = make_options(defaults);
+  RunOptions r;
+  add_run_options(o, r);
+  parse(o, {});
+  const std::string config = o.to_json().dump();
+  std::filesystem::create_directories(dir);
+  auto resume_with = [&](const std::map<std::string, std::string>& metadata) {
+    SafetensorsWriter w;
+    w.add_i64("n", {1}, {0});
+    for (const auto& kv : metadata) w.add_metadata(kv.first, kv.second);
+    w.write(ckpt);
+    Invocation inv({"--resume", dir});
+    return thrown([&] { TrainingRun("prog", inv.options, inv.run); });
+  };
+  const std::string none = ckpt + ": not a training checkpoint (no run.program / run.config / run.step metadata)";
+  EXPECT_EQ(resume_with({}), none);
+  EXPECT_EQ(resume_with({{"run.program", "prog"}, {"run.config", config}}), none);
+  EXPECT_EQ(resume_with({{"run.program", "prog"}, {"run.step", "1"}}), none);
+  EXPECT_EQ(resume_with({{"run.config", config}, {"run.step", "1"}}), none);
+  EXPECT_EQ(resume_with({{"run.program", "prog"}, {"run.config", config}, {"run.step", "1"}}), "");
+  EXPECT_EQ(resume_with({{"run.program", "other"}, {"run.config", config}, {"run.step", "1"}}),
+            ckpt + ": a other checkpoint, not prog");
+  EXPECT_EQ(resume_with({{"run.program", "prog"}, {"run.config", "[1, 2]"}, {"run.step", "1"}}),
+            ckpt + ": the saved configuration is not a JSON object");
+  EXPECT_EQ(resume_with({{"run.program", "prog"}, {"run.config", "{\"lr\": "}, {"run.step", "1"}}),
+            ckpt + ": the saved configuration is not a JSON object");
+  EXPECT_EQ(resume_with({{"run.program", "prog"}, {"run.config", config}, {"run.step", "three"}}),
+            ckpt + ": step 'three' is not an integer");
+  // A saved value outside its flag's range is checked like one from the command line.
+  nlohmann::json zero = o.to_json();
+  zero["batch-size"] = 0;
+  EXPECT_EQ(resume_with({{"run.program", "prog"}, {"run.config", zero.dump()}, {"run.step", "1"}}),
+            "--batch-size (" + ckpt + "): expected a value >= 1, found 0");
+  std::filesystem::remove_all(dir);
+}
+
+// begin() checks the directory again under the lock: a run that another process started
+// there after this one's checks is not overwritten. --debug turns on source locations.
+TEST(TrainingRun, BeginRefusesARunStartedMeanwhile) {
+  const std::string dir = temp_dir("training_meanwhile");
+  const bool shown = check_locations_shown();
+  show_check_locations(false);
+  Invocation inv({"--out", dir, "--debug"});
+  TrainingRun run("prog", inv.options, inv.run);
+  EXPECT_TRUE(check_locations_shown());
+  show_check_locations(shown);
+  std::filesystem::create_directories(dir);
+  write_file_atomic(dir + "/config.json", "{\"theirs\": 1}\n");
+  EXPECT_TRUE(has(thrown([&] { run.begin(inv.options.to_json()); }), "already holds a run"));
+  EXPECT_EQ(read_file(dir + "/config.json"), "{\"theirs\": 1}\n");
+  std::filesystem::remove_all(dir);
+}
+
+// An --out that exists already is locked by the constructor, before any data is loaded.
+TEST(TrainingRun, AnExistingOutIsLockedAtOnce) {
+  const std::string dir = temp_dir("training_locked");
+  std::filesystem::create_directories(dir);
+  Invocation first({"--out", dir}), second({"--out", dir});
+  TrainingRun run("prog", first.options, first.run);
+  EXPECT_TRUE(path_exists(dir + "/run.lock"));
+  EXPECT_TRUE(has(thrown([&] { TrainingRun("prog", second.options, second.run); }), "is in use by another run"));
+  std::filesystem::remove_all(dir);
+}
+
+// save() reads the attached guard before anything else: in stop mode a non-finite step since
+// the last read ends the run there, naming the checkpoint that stays; in skip mode the count
+// and the steps go into the checkpoint. --nonfinite-check ops makes attach() check every op.
+TEST(TrainingRun, SaveReadsTheAttachedGuardFirst) {
+  const std::string dir = temp_dir("training_guard"), ckpt = dir + "/last.safetensors";
+  OwnedTensor nan_loss(Device::CPU, Shape{1});
+  fill_value(nan_loss, std::numeric_limits<float>::quiet_NaN());
+  const float good[1] = {1.0f};
+  {
+    NonfiniteGuard guard("stop", Device::CPU);
+    Invocation inv({"--out", dir, "--nonfinite-check", "ops"});
+    TrainingRun run("prog", inv.options, inv.run);
+    run.attach(guard);
+    EXPECT_TRUE(guard.monitor().checking_ops());
+    run.begin(inv.options.to_json());
+    SafetensorsWriter w1;
+    w1.add_f32("w", {1}, good);
+    run.save(w1, 1);
+    guard.monitor().check_step(2, nan_loss);
+    SafetensorsWriter w3;
+    w3.add_f32("w", {1}, good);
+    const std::string e = thrown([&] { run.save(w3, 3); });
+    EXPECT_TRUE(has(e, "step 2: the loss is not finite")) << e;
+    EXPECT_TRUE(has(e, "the last checkpoint, " + ckpt + ", holds step 1")) << e;
+    EXPECT_EQ(SafetensorsFile::read(ckpt).metadata(TrainingRun::kStepKey), "1");
+  }
+  std::filesystem::remove_all(dir);
+  {
+    NonfiniteGuard guard("skip", Device::CPU);
+    Invocation inv({"--out", dir});
+    TrainingRun run("prog", inv.options, inv.run);
+    run.attach(guard);
+    EXPECT_FALSE(guard.monitor().checking_ops());
+    run.begin(inv.options.to_json());
+    guard.monitor().check_step(2, nan_loss);
+    SafetensorsWriter w;
+    w.add_f32("w", {1}, good);
+    run.save(w, 3);
+    const SafetensorsFile f = SafetensorsFile::read(ckpt);
+    EXPECT_EQ(f.metadata(NonfiniteGuard::kSkippedKey), "1");
+    EXPECT_EQ(f.metadata(NonfiniteGuard::kSkippedStepsKey), "2");
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// With --nonfinite-check ops the monitor numbers the steps of a resumed run from its start
+// step: a NaN put into the relu of step 3 (the first step after the checkpoint) is found there.
+TEST(TrainingRun, OpChecksNumberTheStepsFromTheResumedStep) {
+  const std::string dir = temp_dir("training_ops");
+  {
+    Invocation inv({"--out", dir});
+    TrainingRun run("prog", inv.options, inv.run);
+    run.begin(inv.options.to_json());
+    SafetensorsWriter w;
+    w.add_i64("n", {1}, {3});
+    run.save(w, 3);
+  }
+  NonfiniteGuard guard("stop", Device::CPU);
+  guard.monitor().poison_at(3, "forward:relu");
+  Invocation inv({"--resume", dir, "--nonfinite-check", "ops"});
+  TrainingRun run("prog", inv.options, inv.run);
+  ASSERT_EQ(run.start_step(), 3);
+  run.attach(guard);
+  OwnedTensor x(Device::CPU, Shape{4}), dx(Device::CPU, Shape{4});
+  fill_value(x, 1.0f);
+  fill_zero(dx);
+  Workspace ws(Device::CPU);
+  Graph g(ws);
+  Var* loss = ops::sum(g, ops::relu(g, g.param(x.t, dx.t, "x")));  // ops are checked when they record
+  guard.monitor().check_step(3, loss->value);
+  const std::string e = thrown([&] { guard.read("NOTE"); });
+  EXPECT_TRUE(has(e, "step 3: the loss is not finite")) << e;
+  EXPECT_TRUE(has(e, "the first op that went non-finite: relu")) << e;
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
