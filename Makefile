@@ -470,7 +470,8 @@ sanitize-test: deps
 # build-asan-ci/; the benchmarks are not built.
 CI_ASAN_TESTS := main op_case app_flags_test check_messages_test checkpoint_test data_readers_test \
                  data_loader_test run_machinery_test run_lock_test fault_injection_test nonfinite_test \
-                 ops_basic_test ops_loss_test ops_norm_test autograd_test optimizer_test memory_test
+                 nonfinite_programs_test ops_basic_test ops_loss_test ops_norm_test autograd_test optimizer_test \
+                 memory_test
 CI_ASAN_DIRS := kernels/cpu kernels/onednn engine models data apps/run apps/byol apps/fixmatch apps/moco
 CI_ASAN_PROGRAMS := byol fixmatch moco init embed augment-grid
 ci-sanitize-test: deps

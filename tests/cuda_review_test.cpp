@@ -51,6 +51,7 @@
 #include "kernels/reduce.h"
 #include "kernels/teacher_update.h"
 #include "tests/op_case.h"
+#include "tests/thrown.h"
 #if TESSERA_CUDA
 #include "kernels/cuda/runtime.h"
 #endif
@@ -150,14 +151,6 @@ class DispatchReport : public ::testing::Test {
 std::string illegal_address() { return "CUDA error 'an illegal memory access was encountered'"; }
 std::string healthy() { return ""; }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no Error thrown)";
-}
 
 // With the sync check on, a fault the device reports after the kernel is raised at that
 // kernel, named with its layer and its size arguments.
@@ -169,7 +162,7 @@ TEST_F(DispatchReport, SyncCheckNamesTheKernelTheLayerAndTheSizes) {
   set_sync_probe(&illegal_address);
   float x = 0;
   int ran = 0;
-  const std::string msg = error_of([&] {
+  const std::string msg = thrown([&] {
     profile::LayerScope layer("layer1.0.conv1.weight");
     cuda_call("max_pool2d_forward", [&] { ++ran; }, static_cast<const float*>(&x), static_cast<float*>(nullptr),
               int64_t{128}, int64_t{32}, int64_t{16}, 3.5f);
@@ -199,7 +192,7 @@ TEST_F(DispatchReport, WithoutTheSyncCheckTheDeviceIsNotQueried) {
 TEST_F(DispatchReport, KernelFailureNamesTheOpTheLayerAndTheShape) {
   kernels::Conv2dShape s;
   s.n = 8, s.c = 3, s.h = 32, s.w = 32, s.o = 16, s.kh = 3, s.kw = 3, s.stride = 1, s.pad = 1, s.ho = 32, s.wo = 32;
-  const std::string msg = error_of([&] {
+  const std::string msg = thrown([&] {
     profile::LayerScope layer("layer2.0.conv1.weight");
     cuda_call(
         "conv2d_workspace_size", [] { throw std::runtime_error("cuDNN error 'no deterministic algorithm'"); }, s);
@@ -450,7 +443,7 @@ TEST(AugmentBoundsCuda, OutOfRangeIndexTrapsAndIsReportedByTheKernel) {
     copy_from_host(epochs.t, b.epochs.data(), 16);
     const auto* idx = static_cast<const int64_t*>(keys.t.ptr);
     const auto* ep = static_cast<const int64_t*>(epochs.t.ptr);
-    const std::string msg = error_of([&] {
+    const std::string msg = thrown([&] {
       TS_DISPATCH(Device::CUDA, augment, images.t.u8(), int64_t{3}, idx, ep, int64_t{2}, b.spec, out.t.f32(),
                   scratch.t.f32());
     });

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "apps/run/evaluation.h"
@@ -20,9 +21,20 @@
 #include "engine/workspace.h"
 #include "kernels/common/philox.h"
 #include "models/model.h"
+#include "tests/thrown.h"
 
 namespace tessera {
 namespace {
+
+// A set of rows `x` ((n, dim) row-major, n = the number of labels) with labels `y`.
+FeatureSet features(int64_t dim, std::vector<float> x, std::vector<int32_t> y) {
+  FeatureSet f;
+  f.n = static_cast<int64_t>(y.size());
+  f.dim = dim;
+  f.x = std::move(x);
+  f.y = std::move(y);
+  return f;
+}
 
 // n points per class around class centres on the axes, with Gaussian-ish noise of `spread`.
 FeatureSet clusters(int classes, int64_t per_class, int64_t dim, float spread, uint64_t seed, bool shuffle_labels) {
@@ -48,16 +60,8 @@ TEST(Knn, WeightedVoteFollowsSimilarity) {
   // Query (1, 0). Bank: one class-1 point at angle ~0 and two class-0 points at ~60 degrees.
   // With k = 3 and T = 0.1 the close point's weight e^10 beats 2 e^5; with T = 10 the two
   // far points outvote it.
-  FeatureSet bank;
-  bank.n = 3;
-  bank.dim = 2;
-  bank.x = {1.0f, 0.01f, 0.5f, 0.866f, 0.5f, -0.866f};
-  bank.y = {1, 0, 0};
-  FeatureSet query;
-  query.n = 1;
-  query.dim = 2;
-  query.x = {3.0f, 0.0f};  // the length does not matter: rows are normalised
-  query.y = {1};
+  FeatureSet bank = features(2, {1.0f, 0.01f, 0.5f, 0.866f, 0.5f, -0.866f}, {1, 0, 0});
+  FeatureSet query = features(2, {3.0f, 0.0f}, {1});  // the length does not matter: rows are normalised
   EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{3, 0.1f}), 100.0);
   EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{3, 10.0f}), 0.0);
   EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{1, 10.0f}), 100.0);  // only the nearest votes
@@ -83,50 +87,36 @@ TEST(Knn, RejectsBadInput) {
   EXPECT_THROW(knn_top1(a, a, 3), Error);  // label out of range
 }
 
-// The message of the check that `f` trips, or "" when it returns.
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool mentions(const std::string& message, const std::string& needle) {
-  return message.find(needle) != std::string::npos;
-}
 
 TEST(Knn, RejectsMalformedSetsAndOptionsAtTheirBounds) {
   const FeatureSet good = clusters(3, 4, 4, 0.1f, 1, false);
   auto knn = [&](const FeatureSet& train, const FeatureSet& test, KnnOptions opt = {}) {
-    return error_of([&] { knn_top1(train, test, 3, opt); });
+    return thrown([&] { knn_top1(train, test, 3, opt); });
   };
   EXPECT_EQ(knn(good, good), "");
   FeatureSet empty = good;
   empty.n = 0;
   empty.x.clear();
   empty.y.clear();
-  EXPECT_TRUE(mentions(knn(good, empty), "kNN test features: empty feature set")) << knn(good, empty);
+  EXPECT_TRUE(has(knn(good, empty), "kNN test features: empty feature set")) << knn(good, empty);
   FeatureSet extra_values = good;  // one value more than n x dim
   extra_values.x.push_back(0.0f);
-  EXPECT_TRUE(mentions(knn(extra_values, good), "values for 12 x 4 features")) << knn(extra_values, good);
+  EXPECT_TRUE(has(knn(extra_values, good), "values for 12 x 4 features")) << knn(extra_values, good);
   FeatureSet extra_label = good;
   extra_label.y.push_back(0);
-  EXPECT_TRUE(mentions(knn(good, extra_label), "13 labels for 12 rows")) << knn(good, extra_label);
+  EXPECT_TRUE(has(knn(good, extra_label), "13 labels for 12 rows")) << knn(good, extra_label);
   // Labels live in [0, num_classes): both ends just outside.
   FeatureSet label = good;
   label.y[5] = 3;
-  EXPECT_TRUE(mentions(knn(label, good), "label 3 outside [0, 3)")) << knn(label, good);
+  EXPECT_TRUE(has(knn(label, good), "label 3 outside [0, 3)")) << knn(label, good);
   label.y[5] = -1;
-  EXPECT_TRUE(mentions(knn(good, label), "label -1 outside [0, 3)")) << knn(good, label);
+  EXPECT_TRUE(has(knn(good, label), "label -1 outside [0, 3)")) << knn(good, label);
   // Neither dims order gets through.
   const FeatureSet wider = clusters(3, 4, 5, 0.1f, 1, false);
-  EXPECT_TRUE(mentions(knn(wider, good), "5 dims, test 4")) << knn(wider, good);
-  EXPECT_TRUE(mentions(knn(good, wider), "4 dims, test 5")) << knn(good, wider);
-  EXPECT_TRUE(mentions(knn(good, good, KnnOptions{0, 0.1f}), "kNN: k 0")) << knn(good, good, KnnOptions{0, 0.1f});
-  EXPECT_TRUE(mentions(knn(good, good, KnnOptions{1, 0.0f}), "temperature 0")) << knn(good, good, KnnOptions{1, 0.0f});
+  EXPECT_TRUE(has(knn(wider, good), "5 dims, test 4")) << knn(wider, good);
+  EXPECT_TRUE(has(knn(good, wider), "4 dims, test 5")) << knn(good, wider);
+  EXPECT_TRUE(has(knn(good, good, KnnOptions{0, 0.1f}), "kNN: k 0")) << knn(good, good, KnnOptions{0, 0.1f});
+  EXPECT_TRUE(has(knn(good, good, KnnOptions{1, 0.0f}), "temperature 0")) << knn(good, good, KnnOptions{1, 0.0f});
 }
 
 TEST(Knn, OnlyDirectionsCount) {
@@ -134,16 +124,8 @@ TEST(Knn, OnlyDirectionsCount) {
   // if rows were not L2-normalised: the two class-0 points 10 times longer (unnormalised
   // similarity 5 each against 1) and a query of length 100 (which at T = 10 would give the
   // close point e^10 against 2 e^5).
-  FeatureSet bank;
-  bank.n = 3;
-  bank.dim = 2;
-  bank.x = {1.0f, 0.01f, 5.0f, 8.66f, 5.0f, -8.66f};
-  bank.y = {1, 0, 0};
-  FeatureSet query;
-  query.n = 1;
-  query.dim = 2;
-  query.x = {100.0f, 0.0f};
-  query.y = {1};
+  FeatureSet bank = features(2, {1.0f, 0.01f, 5.0f, 8.66f, 5.0f, -8.66f}, {1, 0, 0});
+  FeatureSet query = features(2, {100.0f, 0.0f}, {1});
   EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{3, 0.1f}), 100.0);
   EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{3, 10.0f}), 0.0);
   EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{1, 10.0f}), 100.0);
@@ -151,16 +133,8 @@ TEST(Knn, OnlyDirectionsCount) {
 
 TEST(Knn, TiesGoToTheLowerBankIndex) {
   // Rows 0 and 1 are the same direction with different labels: an exact tie for the nearest.
-  FeatureSet bank;
-  bank.n = 3;
-  bank.dim = 2;
-  bank.x = {2.0f, 0.0f, 1.0f, 0.0f, 0.0f, 1.0f};
-  bank.y = {1, 0, 0};
-  FeatureSet query;
-  query.n = 1;
-  query.dim = 2;
-  query.x = {1.0f, 0.0f};
-  query.y = {1};
+  FeatureSet bank = features(2, {2.0f, 0.0f, 1.0f, 0.0f, 0.0f, 1.0f}, {1, 0, 0});
+  FeatureSet query = features(2, {1.0f, 0.0f}, {1});
   EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{1, 0.1f}), 100.0);
   bank.y = {0, 1, 0};
   query.y = {0};
@@ -170,16 +144,8 @@ TEST(Knn, TiesGoToTheLowerBankIndex) {
 TEST(Knn, AZeroRowHasSimilarityZero) {
   // A zero feature row is not normalised to NaN: it sits at similarity 0 to everything, here
   // nearer to the query than the opposite point.
-  FeatureSet bank;
-  bank.n = 2;
-  bank.dim = 2;
-  bank.x = {-1.0f, 0.0f, 0.0f, 0.0f};
-  bank.y = {0, 1};
-  FeatureSet query;
-  query.n = 1;
-  query.dim = 2;
-  query.x = {1.0f, 0.0f};
-  query.y = {1};
+  FeatureSet bank = features(2, {-1.0f, 0.0f, 0.0f, 0.0f}, {0, 1});
+  FeatureSet query = features(2, {1.0f, 0.0f}, {1});
   EXPECT_EQ(knn_top1(bank, query, 2, KnnOptions{1, 0.1f}), 100.0);
   // A zero query ties with every bank row, so the lowest index votes alone.
   query.x = {0.0f, 0.0f};
@@ -191,11 +157,7 @@ TEST(Knn, EveryTestRowOfEveryBlockCounts) {
   // 600 queries (blocks of 256, 256 and 88), each a copy of one of two bank directions; the
   // label of every third is wrong on purpose, so the accuracy is exactly 400 / 600 only if
   // each row is scored once against its own label.
-  FeatureSet bank;
-  bank.n = 2;
-  bank.dim = 2;
-  bank.x = {1.0f, 0.0f, 0.0f, 1.0f};
-  bank.y = {0, 1};
+  FeatureSet bank = features(2, {1.0f, 0.0f, 0.0f, 1.0f}, {0, 1});
   FeatureSet test;
   test.n = 600;
   test.dim = 2;
@@ -313,24 +275,24 @@ TEST(LinearProbe, NoSignalStaysNearChance) {
 TEST(LinearProbe, RejectsBadInput) {
   const FeatureSet good = clusters(3, 4, 4, 0.1f, 1, false);
   auto probe = [&](const FeatureSet& train, const FeatureSet& test, LinearProbeOptions opt) {
-    return error_of([&] { linear_probe(train, test, 3, opt); });
+    return thrown([&] { linear_probe(train, test, 3, opt); });
   };
   LinearProbeOptions opt;
   opt.epochs = 1;
   opt.batch_size = 4;
   EXPECT_EQ(probe(good, good, opt), "");
   const FeatureSet wider = clusters(3, 4, 5, 0.1f, 1, false);
-  EXPECT_TRUE(mentions(probe(wider, good, opt), "5 dims, test 4")) << probe(wider, good, opt);
-  EXPECT_TRUE(mentions(probe(good, wider, opt), "4 dims, test 5")) << probe(good, wider, opt);
+  EXPECT_TRUE(has(probe(wider, good, opt), "5 dims, test 4")) << probe(wider, good, opt);
+  EXPECT_TRUE(has(probe(good, wider, opt), "4 dims, test 5")) << probe(good, wider, opt);
   FeatureSet label = good;
   label.y[0] = 3;
-  EXPECT_TRUE(mentions(probe(good, label, opt), "linear probe test features: label 3")) << probe(good, label, opt);
+  EXPECT_TRUE(has(probe(good, label, opt), "linear probe test features: label 3")) << probe(good, label, opt);
   LinearProbeOptions no_epochs = opt;
   no_epochs.epochs = 0;
-  EXPECT_TRUE(mentions(probe(good, good, no_epochs), "epochs 0")) << probe(good, good, no_epochs);
+  EXPECT_TRUE(has(probe(good, good, no_epochs), "epochs 0")) << probe(good, good, no_epochs);
   LinearProbeOptions no_batch = opt;
   no_batch.batch_size = 0;
-  EXPECT_TRUE(mentions(probe(good, good, no_batch), "batch 0")) << probe(good, good, no_batch);
+  EXPECT_TRUE(has(probe(good, good, no_batch), "batch 0")) << probe(good, good, no_batch);
 }
 
 TEST(LinearProbe, EachSplitIsScoredOnItsOwnLabelsAfterTheSameStandardisation) {
@@ -471,7 +433,7 @@ TEST(Features, ExtractedBatchByBatchInEvalModeAndInOrder) {
 
   data::Dataset unlabeled = d;
   unlabeled.labels.clear();
-  EXPECT_TRUE(mentions(error_of([&] { extract_features(*m, unlabeled, 3, ws); }), "squares: evaluation needs labels"));
+  EXPECT_TRUE(has(thrown([&] { extract_features(*m, unlabeled, 3, ws); }), "squares: evaluation needs labels"));
 }
 
 // A backbone with no parameters whose features are its input, flattened: what
@@ -493,8 +455,8 @@ TEST(Features, AreTheNormalisedPixelsForAnIdentityBackbone) {
     ASSERT_NEAR(f.x[i], (d.images[i] / 255.0 - 0.3) / 0.25, 1e-5) << "pixel " << i;
   // A backbone whose output disagrees with its feature_dim is an Error, not an overrun.
   FlattenBackbone liar(32);
-  const std::string e = error_of([&] { extract_features(liar, d, 2, ws); });
-  EXPECT_TRUE(mentions(e, "features of squares: expected 2 x 32, found (2, 64)")) << e;
+  const std::string e = thrown([&] { extract_features(liar, d, 2, ws); });
+  EXPECT_TRUE(has(e, "features of squares: expected 2 x 32, found (2, 64)")) << e;
 }
 
 // The workspace is reset for every batch: its peak is one batch's, whatever the number of

@@ -431,10 +431,11 @@ TEST(Workspace, RecomputedBatchNormReluIsNotHeldForTheStep) {
 
 // ---- parameter table and arena -------------------------------------------------------
 
-ParamTable small_net() {
+// `bn_weight`: the name of the BatchNorm weight (a table of the same sizes under other names).
+ParamTable small_net(const std::string& bn_weight = "bn1.weight") {
   ParamTable t;
   t.add("conv1.weight", Shape{8, 3, 3, 3}, ParamKind::ConvWeight);
-  t.add("bn1.weight", Shape{8}, ParamKind::BnWeight);
+  t.add(bn_weight, Shape{8}, ParamKind::BnWeight);
   t.add("bn1.bias", Shape{8}, ParamKind::BnBias);
   t.add("fc.weight", Shape{10, 8}, ParamKind::LinearWeight);
   t.add("fc.bias", Shape{10}, ParamKind::Bias);
@@ -569,12 +570,7 @@ TEST(Arena, CopyFromCopiesEverythingAndNeedsTheSameLayout) {
   Arena wrong(other, Device::CPU);
   EXPECT_THROW(wrong.copy_from(src), Error);
   // Same size, different names: still refused, although one memcpy would fit.
-  ParamTable renamed;
-  renamed.add("conv1.weight", Shape{8, 3, 3, 3}, ParamKind::ConvWeight);
-  renamed.add("bn1.gamma", Shape{8}, ParamKind::BnWeight);
-  renamed.add("bn1.bias", Shape{8}, ParamKind::BnBias);
-  renamed.add("fc.weight", Shape{10, 8}, ParamKind::LinearWeight);
-  renamed.add("fc.bias", Shape{10}, ParamKind::Bias);
+  const ParamTable renamed = small_net("bn1.gamma");
   ASSERT_EQ(renamed.arena_numel(), t.arena_numel());
   Arena other_names(renamed, Device::CPU);
   EXPECT_THROW(other_names.copy_from(src), Error);

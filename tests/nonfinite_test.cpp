@@ -8,10 +8,9 @@
 //   monitor    names the loss or the gradient slot, by the arena's slot table
 //   skip       an optimizer, a teacher update and the MoCo enqueue given a set flag leave
 //              every weight and state element bit for bit as it was; a cleared flag does not
-//   programs   byol, moco and fixmatch with a NaN injected (TESSERA_INJECT_NONFINITE):
-//              stop exits 1 naming the step and the tensor, the last checkpoint is the one
-//              before that step and holds only finite values; skip finishes, counts the
-//              skipped steps in metrics.jsonl and the checkpoint, and every weight is finite
+//   ops        --nonfinite-check ops names the first op, in execution order, that went non-finite
+//   guard      the programs' policy, test hook, restore and ring (apps/run/nonfinite.h)
+// The programs themselves with a NaN injected: tests/nonfinite_programs_test.cpp.
 #include <gtest/gtest.h>
 
 #include <cfloat>
@@ -39,6 +38,7 @@
 #include "kernels/nonfinite.h"
 #include "tests/op_case.h"
 #include "tests/program_runs.h"
+#include "tests/thrown.h"
 
 namespace tessera {
 namespace {
@@ -448,20 +448,20 @@ struct MlpStep {
     for (int64_t i = 0; i < 20; ++i) x.t.f32()[i] = 0.05f * static_cast<float>(i % 7) - 0.1f;
     for (int32_t i = 0; i < 4; ++i) labels.t.i32()[i] = i % 3;
   }
+  // Slot i of the arenas as a parameter of `graph`, under its table name.
+  Var* param(Graph& graph, size_t i) { return graph.param(w.slot(i), g.slot(i), t[i].name.c_str()); }
   // Forward and backward of step `step`, then the monitor's check.
   void run(NonfiniteMonitor& m, int64_t step) {
     fill_zero(g.all());
     Workspace ws(Device::CPU);
     Graph graph(ws);
     Var* in = graph.input(x.t, "x");
-    Var* h = ops::linear(graph, in, graph.param(w.slot(0), g.slot(0), "fc1.weight"),
-                         graph.param(w.slot(1), g.slot(1), "fc1.bias"));
+    Var* h = ops::linear(graph, in, param(graph, 0), param(graph, 1));
     {
       profile::LayerScope layer("block1.act");
       h = ops::relu(graph, h);
     }
-    Var* logits = ops::linear(graph, h, graph.param(w.slot(2), g.slot(2), "fc2.weight"),
-                              graph.param(w.slot(3), g.slot(3), "fc2.bias"));
+    Var* logits = ops::linear(graph, h, param(graph, 2), param(graph, 3));
     Var* loss = ops::cross_entropy(graph, logits, labels.t);
     graph.backward(loss);
     m.check_step(step, loss->value);
@@ -469,12 +469,7 @@ struct MlpStep {
 };
 
 std::string stop_message(NonfiniteGuard& guard) {
-  try {
-    guard.read("NOTE");
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
+  return thrown<Error>([&] { guard.read("NOTE"); });
 }
 
 // A NaN put into the relu's output (forward) reaches the loss and every gradient; one put into
@@ -569,8 +564,7 @@ TEST(NonfiniteOps, UnnamedOpsArePlacedAfterTheLastNamedOne) {
   guard.monitor().poison_at(0, "forward:sum");
   Workspace ws(Device::CPU);
   Graph graph(ws);
-  Var* h = ops::linear(graph, graph.input(mlp.x.t, "x"), graph.param(mlp.w.slot(0), mlp.g.slot(0), "fc1.weight"),
-                       graph.param(mlp.w.slot(1), mlp.g.slot(1), "fc1.bias"));
+  Var* h = ops::linear(graph, graph.input(mlp.x.t, "x"), mlp.param(graph, 0), mlp.param(graph, 1));
   Var* loss = ops::sum(graph, ops::relu(graph, h));
   guard.monitor().check_step(0, loss->value);
   const std::string m = stop_message(guard);
@@ -587,8 +581,8 @@ TEST(NonfiniteOps, TheHookPoisonsOnlyTheFirstOpOfItsName) {
   Workspace ws(Device::CPU);
   Graph graph(ws);
   Var* x = graph.input(mlp.x.t, "x");
-  Var* w = graph.param(mlp.w.slot(0), mlp.g.slot(0), "fc1.weight");
-  Var* b = graph.param(mlp.w.slot(1), mlp.g.slot(1), "fc1.bias");
+  Var* w = mlp.param(graph, 0);
+  Var* b = mlp.param(graph, 1);
   Var* first = ops::linear(graph, x, w, b);
   Var* second = ops::linear(graph, x, w, b);
   guard.monitor().check_step(0, ops::sum(graph, first)->value);
@@ -757,158 +751,6 @@ TEST(NonfiniteCheckpoint, WriterSkipsIntegerTensors) {
   const std::vector<float> bad = {kInf};
   w.add_f32("w", {1}, bad.data());
   EXPECT_EQ(w.first_nonfinite(), "w (element 0 = inf)");
-}
-
-// ---- the programs -----------------------------------------------------------------------
-
-struct Fixture {
-  std::string root, data;
-  Fixture() {
-    root = ::testing::TempDir() + "tessera_nonfinite_" + std::to_string(::getpid());
-    fs::remove_all(root);
-    fs::create_directories(root + "/data");
-    data = root + "/data";
-    program_runs::write_synthetic_idx(data, "train", 64, 1);
-    program_runs::write_synthetic_idx(data, "t10k", 40, 2);
-  }
-  ~Fixture() { fs::remove_all(root); }
-};
-
-const Fixture& fixture() {
-  static Fixture f;
-  return f;
-}
-
-std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-// Tiny runs of 8 steps (as tests/byol_test.cpp, tests/moco_test.cpp, tests/fixmatch_test.cpp),
-// a checkpoint every 3 steps.
-std::vector<std::string> tiny(const std::string& program, const std::string& out) {
-  const std::string data = "mnist:" + fixture().data;
-  if (program == "byol")
-    return {"--data", data, "--out", out, "--device", "cpu", "--width", "4", "--proj-hidden", "16", "--proj-dim", "8",
-            "--pred-hidden", "16", "--batch-size", "16", "--epochs", "2", "--optimizer", "sgd", "--lr", "0.05",
-            "--warmup-epochs", "1", "--save-every", "3", "--eval-batch", "32", "--probe-epochs", "1"};
-  if (program == "moco")
-    return {"--data", data, "--out", out, "--device", "cpu", "--width", "4", "--head-hidden", "16", "--head-dim", "8",
-            "--batch-size", "16", "--queue", "32", "--bn-splits", "4", "--epochs", "2", "--lr", "0.8",
-            "--save-every", "3", "--eval-batch", "32", "--probe-epochs", "1"};
-  return {"--data", data, "--out", out, "--device", "cpu", "--arch", "wrn-10-1", "--labels", "20", "--batch-size",
-          "4", "--mu", "2", "--steps", "8", "--threshold", "0.1", "--eval-every", "0", "--eval-batch", "25",
-          "--save-every", "3"};
-}
-
-void expect_all_finite(const std::string& checkpoint) {
-  const SafetensorsFile f = SafetensorsFile::read(checkpoint);
-  int checked = 0;
-  for (const auto& [name, e] : f.tensors()) {
-    if (e.dtype != StDType::F32) continue;
-    for (float v : f.f32(name)) ASSERT_TRUE(std::isfinite(v)) << checkpoint << ": " << name;
-    ++checked;
-  }
-  EXPECT_GT(checked, 0);
-}
-
-struct ProgramCase {
-  const char* program;
-  const char* tensor;  // a gradient the hook poisons (its checkpoint name, with the part's prefix)
-};
-
-class NonfinitePrograms : public ::testing::TestWithParam<ProgramCase> {};
-
-// Stop, read at a checkpoint: a NaN in a gradient at step 4 (0-based) with no log line
-// until the end; the checkpoint of step 6 would be the first to hold it, and is refused.
-TEST_P(NonfinitePrograms, StopExitsNamingStepAndTensorKeepingTheLastGoodCheckpoint) {
-  const ProgramCase pc = GetParam();
-  const std::string out = fixture().root + "/" + pc.program + "-stop";
-  const program_runs::Result r =
-      program_runs::run(pc.program, with(tiny(pc.program, out), {"--log-every", "100"}),
-                        {std::string("TESSERA_INJECT_NONFINITE=4:") + pc.tensor});
-  ASSERT_EQ(r.status, 1) << r.output;
-  EXPECT_NE(r.output.find(std::string("step 4: the gradient of '") + pc.tensor + "' is not finite"), std::string::npos)
-      << r.output;
-  EXPECT_NE(r.output.find("holds step 3"), std::string::npos) << r.output;
-  const SafetensorsFile f = SafetensorsFile::read(out + "/last.safetensors");
-  EXPECT_EQ(f.metadata("run.step"), "3");
-  expect_all_finite(out + "/last.safetensors");
-  EXPECT_FALSE(fs::exists(out + "/run.lock"));  // released on the way out
-}
-
-// Skip: NaNs at steps 2 (a gradient) and 5 (the loss) are dropped; the run finishes with
-// finite weights (SGD momentum would have spread a NaN that reached the weights into every
-// later checkpoint, which the save refuses), and metrics and checkpoint count two skips.
-TEST_P(NonfinitePrograms, SkipDropsTheStepsAndCountsThem) {
-  const ProgramCase pc = GetParam();
-  const std::string out = fixture().root + "/" + pc.program + "-skip";
-  const program_runs::Result r =
-      program_runs::run(pc.program, with(tiny(pc.program, out), {"--on-nonfinite", "skip", "--log-every", "1"}),
-                        {std::string("TESSERA_INJECT_NONFINITE=2:") + pc.tensor + ",5:loss"});
-  ASSERT_EQ(r.status, 0) << r.output;
-  expect_all_finite(out + "/last.safetensors");
-  EXPECT_EQ(SafetensorsFile::read(out + "/last.safetensors").metadata(NonfiniteGuard::kSkippedKey), "2");
-  std::vector<int64_t> counts;
-  for (const nlohmann::json& e : program_runs::events(out))
-    if (e["event"] == "train") counts.push_back(e.at("nonfinite_skipped").get<int64_t>());
-  ASSERT_EQ(counts.size(), 8u);
-  EXPECT_EQ(counts, (std::vector<int64_t>{0, 0, 1, 1, 1, 2, 2, 2}));
-}
-
-// The count of skipped steps is part of the run: stopped after step 4 with one skip and
-// resumed in a fresh process, the run counts the second skip as its second.
-TEST_P(NonfinitePrograms, SkippedStepsAreCountedAcrossAResume) {
-  const ProgramCase pc = GetParam();
-  const std::string out = fixture().root + "/" + pc.program + "-skip-resume";
-  const program_runs::Result first = program_runs::run(
-      pc.program, with(tiny(pc.program, out), {"--on-nonfinite", "skip", "--log-every", "1", "--stop-after", "4"}),
-      {std::string("TESSERA_INJECT_NONFINITE=2:") + pc.tensor});
-  ASSERT_EQ(first.status, 0) << first.output;
-  EXPECT_EQ(SafetensorsFile::read(out + "/last.safetensors").metadata(NonfiniteGuard::kSkippedKey), "1");
-  const program_runs::Result resumed =
-      program_runs::run(pc.program, {"--resume", out}, {"TESSERA_INJECT_NONFINITE=5:loss"});
-  ASSERT_EQ(resumed.status, 0) << resumed.output;
-  EXPECT_EQ(SafetensorsFile::read(out + "/last.safetensors").metadata(NonfiniteGuard::kSkippedKey), "2");
-  int64_t last = -1;
-  for (const nlohmann::json& e : program_runs::events(out))
-    if (e["event"] == "train") last = e.at("nonfinite_skipped").get<int64_t>();
-  EXPECT_EQ(last, 2);
-}
-
-INSTANTIATE_TEST_SUITE_P(Programs, NonfinitePrograms,
-                         ::testing::Values(ProgramCase{"byol", "backbone.conv1.weight"},
-                                           ProgramCase{"moco", "head.0.weight"},
-                                           ProgramCase{"fixmatch", "conv1.weight"}),
-                         [](const ::testing::TestParamInfo<ProgramCase>& i) { return std::string(i.param.program); });
-
-// A learning rate that overflows: no hook, the arithmetic itself. The run stops at the first
-// non-finite step and never saves one.
-TEST(NonfiniteByol, HugeLearningRateStopsWithoutSavingNonfiniteWeights) {
-  const std::string out = fixture().root + "/byol-huge-lr";
-  const program_runs::Result r =
-      program_runs::run("byol", with(tiny("byol", out), {"--lr", "1e30", "--log-every", "1", "--save-every", "1"}));
-  ASSERT_EQ(r.status, 1) << r.output;
-  EXPECT_NE(r.output.find("is not finite"), std::string::npos) << r.output;
-  if (fs::exists(out + "/last.safetensors")) expect_all_finite(out + "/last.safetensors");
-}
-
-// --nonfinite-check ops in a program: a NaN put into the output of step 4's first relu. The
-// message names that op and its layer; the flag may be given to a resumed run.
-TEST(NonfiniteByol, OpsCheckNamesTheFirstOpThatWentNonfinite) {
-  const std::string out = fixture().root + "/byol-ops";
-  const program_runs::Result r = program_runs::run(
-      "byol", with(tiny("byol", out), {"--nonfinite-check", "ops", "--log-every", "1"}),
-      {"TESSERA_INJECT_NONFINITE=4:forward:relu"});
-  ASSERT_EQ(r.status, 1) << r.output;
-  EXPECT_NE(r.output.find("step 4: "), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("the first op that went non-finite: relu after '"), std::string::npos) << r.output;
-  const program_runs::Result resumed = program_runs::run(
-      "byol", {"--resume", out, "--nonfinite-check", "ops"}, {"TESSERA_INJECT_NONFINITE=5:backward:conv2d"});
-  ASSERT_EQ(resumed.status, 1) << resumed.output;
-  EXPECT_NE(resumed.output.find("step 5: "), std::string::npos) << resumed.output;
-  EXPECT_NE(resumed.output.find("the first op that went non-finite: the backward of conv2d in '"), std::string::npos)
-      << resumed.output;
 }
 
 }  // namespace

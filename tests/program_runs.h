@@ -47,6 +47,18 @@ struct Result {
   std::string output;  // stdout and stderr together
 };
 
+// Runs a shell command: its exit code and its stdout and stderr together.
+inline Result run_command(const std::string& command) {
+  Result r;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, n);
+  const int status = ::pclose(p);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
 // Runs PROGRAM (built next to this test binary, as tests/app_flags_test.cpp does) with `args`,
 // in a fresh process that inherits this one's environment (OMP_NUM_THREADS included, so
 // CPU results are comparable bit for bit with other runs of the built program).
@@ -65,13 +77,7 @@ inline Result run(const std::string& program, const std::vector<std::string>& ar
   for (const std::string& e : env) command += "'" + e + "' ";
   command += "'" + binary.string() + "'";
   for (const std::string& a : args) command += " '" + a + "'";  // test paths hold no quotes
-  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, n);
-  const int status = ::pclose(p);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return run_command(command);
 }
 
 inline std::vector<nlohmann::json> events(const std::string& dir) {

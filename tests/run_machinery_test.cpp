@@ -21,6 +21,7 @@
 #include "engine/checkpoint.h"
 #include "engine/ops.h"
 #include "engine/workspace.h"
+#include "tests/thrown.h"
 
 namespace tessera {
 namespace {
@@ -439,18 +440,6 @@ TEST(StopRequest, FlagSetAndCleared) {
 
 // ---- the life of a run (apps/run/training_run.h) --------------------------------------------
 
-// The message of what `f` throws (of type E), or "" when it returns.
-template <class E = std::exception, class F>
-std::string thrown(F f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool has(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
 
 // One invocation of a program with the test flags and the shared run flags.
 struct Invocation {
