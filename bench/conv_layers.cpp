@@ -2,11 +2,13 @@
 // against bench/torch_conv_layers.py: the reference (kernels/cpu/conv.cpp, im2col + OpenBLAS)
 // or the fast tier (kernels/onednn/conv.cpp, oneDNN) with the activation layout it is asked
 // for. Standalone (not part of the build); compile and run with the commands in bench/RESULTS.md.
-//   conv_layers [--width 64] [--size 32] [--in-channels 3] [--batch 64]
+//   conv_layers [--width 64] [--size 32] [--in-channels 3] [--batch 64] [--net resnet18|wrn-D-k]
 //               [--kernels reference|fast] [--layout blocked|plain|nhwc] [--split 1]
 // --split 1 times the data and the filter gradient as two calls (two more columns).
 // The defaults are ResNet-18 at CIFAR size; `--width 16 --size 28 --in-channels 1 --batch 256`
-// are the shapes of the Fashion-MNIST demo (batch 128, two views per image).
+// are the shapes of the Fashion-MNIST demo (batch 128, two views per image). `--net wrn-10-2
+// --size 28 --in-channels 1 --batch 224` are FixMatch's on Fashion-MNIST (32 labeled + 192
+// unlabeled views); a WRN's widths come from k (--width is ResNet-18's).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -23,9 +25,9 @@
 namespace {
 
 struct Layer {
-  const char* name;
-  int count;  // how many convs of this shape one resnet18 forward runs
-  int64_t c, o, h, k, stride;
+  std::string name;
+  int count;  // how many convs of this shape one forward of the net runs
+  int64_t c, o, h, k, stride;  // h: the input's side
 };
 
 // Process CPU time (all threads), not wall time: on cores shared with other jobs it counts
@@ -48,6 +50,7 @@ int main(int argc, char** argv) {
   kernels::cpu::restart_with_better_blas_core(argv);  // before any BLAS call: see the header
   int64_t width = 64, size = 32, in_channels = 3, batch = 64;
   bool fast = false, split = false;
+  std::string net = "resnet18";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     const int64_t value = std::atoll(argv[i + 1]);
@@ -59,6 +62,7 @@ int main(int argc, char** argv) {
     else if (flag == "--layout" && text == "nhwc") kernels::onednn::set_layout(kernels::onednn::Layout::Nhwc);
 #endif
     else if (flag == "--split") split = value != 0;
+    else if (flag == "--net" && (text == "resnet18" || text.rfind("wrn-", 0) == 0)) net = text;
     else if (flag == "--width") width = value;
     else if (flag == "--size") size = value;
     else if (flag == "--in-channels") in_channels = value;
@@ -66,7 +70,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "conv_layers: bad flag %s %s (expected --width, --size, --in-channels, --batch, "
-                   "--kernels reference|fast, --layout blocked|plain|nhwc)\n",
+                   "--net resnet18|wrn-D-k, --kernels reference|fast, --layout blocked|plain|nhwc)\n",
                    argv[i], argv[i + 1]);
       return 2;
     }
@@ -77,15 +81,35 @@ int main(int argc, char** argv) {
     for (int i = 1; i < stage; ++i) h = (h + 1) / 2;
     return h;
   };
-  const int64_t w1 = width, w2 = 2 * width, w3 = 4 * width, w4 = 8 * width;
-  const Layer layers[] = {
-      {"conv1", 1, in_channels, w1, side(1), 3, 1},   {"layer1 3x3", 4, w1, w1, side(1), 3, 1},
-      {"layer2.0 3x3 s2", 1, w1, w2, side(1), 3, 2}, {"layer2 ds 1x1 s2", 1, w1, w2, side(1), 1, 2},
-      {"layer2 3x3", 3, w2, w2, side(2), 3, 1},      {"layer3.0 3x3 s2", 1, w2, w3, side(2), 3, 2},
-      {"layer3 ds 1x1 s2", 1, w2, w3, side(2), 1, 2}, {"layer3 3x3", 3, w3, w3, side(3), 3, 1},
-      {"layer4.0 3x3 s2", 1, w3, w4, side(3), 3, 2}, {"layer4 ds 1x1 s2", 1, w3, w4, side(3), 1, 2},
-      {"layer4 3x3", 3, w4, w4, side(4), 3, 1},
-  };
+  std::vector<Layer> layers;
+  if (net == "resnet18") {
+    const int64_t w1 = width, w2 = 2 * width, w3 = 4 * width, w4 = 8 * width;
+    layers = {
+        {"conv1", 1, in_channels, w1, side(1), 3, 1},   {"layer1 3x3", 4, w1, w1, side(1), 3, 1},
+        {"layer2.0 3x3 s2", 1, w1, w2, side(1), 3, 2}, {"layer2 ds 1x1 s2", 1, w1, w2, side(1), 1, 2},
+        {"layer2 3x3", 3, w2, w2, side(2), 3, 1},      {"layer3.0 3x3 s2", 1, w2, w3, side(2), 3, 2},
+        {"layer3 ds 1x1 s2", 1, w2, w3, side(2), 1, 2}, {"layer3 3x3", 3, w3, w3, side(3), 3, 1},
+        {"layer4.0 3x3 s2", 1, w3, w4, side(3), 3, 2}, {"layer4 ds 1x1 s2", 1, w3, w4, side(3), 1, 2},
+        {"layer4 3x3", 3, w4, w4, side(4), 3, 1},
+    };
+  } else {  // models/wide_resnet.cpp: a 16-channel stem, then 3 groups of (D - 4) / 6 blocks, 16k, 32k, 64k wide
+    int depth = 0, k = 0;
+    if (std::sscanf(net.c_str(), "wrn-%d-%d", &depth, &k) != 2 || depth < 10 || (depth - 4) % 6 != 0 || k < 1) {
+      std::fprintf(stderr, "conv_layers: --net %s: expected wrn-D-k with D = 6n + 4 >= 10, k >= 1\n", net.c_str());
+      return 2;
+    }
+    const int blocks = (depth - 4) / 6;
+    layers.push_back({"conv1", 1, in_channels, 16, side(1), 3, 1});
+    int64_t in = 16;
+    for (int g = 1; g <= 3; ++g) {
+      const int64_t out = (16 * k) << (g - 1), stride = g == 1 ? 1 : 2, h = side(g > 1 ? g - 1 : 1);
+      const std::string b = "block" + std::to_string(g);
+      layers.push_back({b + ".0.conv1 3x3" + (stride == 2 ? " s2" : ""), 1, in, out, h, 3, stride});
+      layers.push_back({b + ".0.shortcut 1x1" + (stride == 2 ? " s2" : ""), 1, in, out, h, 1, stride});
+      layers.push_back({b + " 3x3", 2 * blocks - 1, out, out, side(g), 3, 1});  // conv2 of block 0, both of the rest
+      in = out;
+    }
+  }
   double total_f = 0, total_b = 0;
 #if TESSERA_ONEDNN
   const std::string tier = fast ? kernels::onednn::runtime_description() : "reference (im2col + OpenBLAS)";
@@ -115,8 +139,9 @@ int main(int argc, char** argv) {
 #endif
     kernels::cpu::conv2d_backward(args...);
   };
-  std::printf("%s; width %lld, %lldx%lld, %lld input channels, batch %lld\n", tier.c_str(),
-              static_cast<long long>(width), static_cast<long long>(size), static_cast<long long>(size),
+  std::printf("%s; %s%s, %lldx%lld, %lld input channels, batch %lld\n", tier.c_str(), net.c_str(),
+              net == "resnet18" ? (" width " + std::to_string(width)).c_str() : "", static_cast<long long>(size),
+              static_cast<long long>(size),
               static_cast<long long>(in_channels), static_cast<long long>(batch));
   std::printf("%-22s %5s %10s %10s%s\n", "layer", "count", "fwd ms", "bwd ms", split ? "    data ms weights ms" : "");
   for (const Layer& l : layers) {
@@ -133,8 +158,8 @@ int main(int argc, char** argv) {
     const size_t bytes = std::max(fwd_bytes, bwd_bytes);
     std::vector<float> ws(bytes / sizeof(float) + 1);
     std::vector<double> tf, tb, td, tw;
+    const bool first = &l == &layers.front();  // conv1: no data gradient
     for (int r = 0; r < 8; ++r) {
-      const bool first = l.c == in_channels;  // conv1: no data gradient
       if (split) {
         const double t0 = now_ms();
         if (!first) backward(s, x.data(), w.data(), y.data(), dx.data(), nullptr, nullptr, true, ws.data(), bytes);
@@ -146,7 +171,7 @@ int main(int argc, char** argv) {
       const double t0 = now_ms();
       forward(s, x.data(), w.data(), nullptr, y.data(), ws.data(), bytes);
       const double t1 = now_ms();
-      backward(s, x.data(), w.data(), y.data(), l.c == in_channels ? nullptr : dx.data(), dw.data(), nullptr, true,
+      backward(s, x.data(), w.data(), y.data(), first ? nullptr : dx.data(), dw.data(), nullptr, true,
                ws.data(), bytes);
       const double t2 = now_ms();
       if (r == 0) continue;  // warm-up
@@ -156,14 +181,14 @@ int main(int argc, char** argv) {
     const double f = best_ms(tf), b = best_ms(tb);
     total_f += f * l.count;
     total_b += b * l.count;
-    std::printf("%-22s %5d %10.2f %10.2f", l.name, l.count, f, b);
+    std::printf("%-22s %5d %10.2f %10.2f", l.name.c_str(), l.count, f, b);
     if (split) std::printf(" %10.2f %10.2f", best_ms(td), best_ms(tw));
     std::printf("\n");
 #if TESSERA_ONEDNN
     if (fast) std::printf("    %s\n", kernels::onednn::conv2d_implementations(s).c_str());
 #endif
   }
-  std::printf("sum over one resnet18 step: forward %.1f ms, backward %.1f ms, total %.1f ms\n", total_f, total_b,
+  std::printf("sum over one %s step: forward %.1f ms, backward %.1f ms, total %.1f ms\n", net.c_str(), total_f, total_b,
               total_f + total_b);
   std::printf("{\"conv_forward_ms\": %.1f, \"conv_backward_ms\": %.1f}\n", total_f, total_b);
 }

@@ -505,7 +505,8 @@ TEST(ConvFast, EveryLayoutAddsAndWritesGradients) {
 }
 
 // The measured table (kernels/onednn/conv.cpp, conv2d_on_onednn and conv2d_wants_winograd):
-// everything on oneDNN but the data gradient of a 1x1 convolution with an output of 8x8 or more;
+// everything on oneDNN but the data gradient of a 1x1 convolution with an output of 8x8 or more,
+// and its other two passes too when it has 32 input channels or fewer;
 // Winograd ("W") for 3x3 stride-1 convolutions of 16+ input channels with an output of at least
 // 8x8, or at least 4x4 with 64+ input channels.
 TEST(ConvFast, MeasuredRoutingTable) {
@@ -531,6 +532,10 @@ TEST(ConvFast, MeasuredRoutingTable) {
     EXPECT_EQ(route(shape(256, 8, 512, 3, 2)), "DDD");    // layer4.0, stride 2
     EXPECT_EQ(route(shape(64, 32, 128, 1, 2)), "DrD");    // downsample 1x1, 16x16 output
     EXPECT_EQ(route(shape(256, 8, 512, 1, 2)), "DDD");    // downsample 1x1, 4x4 output
+    EXPECT_EQ(route(shape(16, 28, 32, 1, 1)), "rrr");     // WRN block1 shortcut: 16 channels, 28x28
+    EXPECT_EQ(route(shape(32, 28, 64, 1, 2)), "rrr");     // WRN block2 shortcut: 32 channels, 14x14
+    EXPECT_EQ(route(shape(64, 14, 128, 1, 2)), "DDD");    // WRN block3 shortcut: 64 channels, 7x7
+    EXPECT_EQ(route(shape(32, 8, 64, 1, 2)), "DDD");      // 32 channels, 4x4 output (the demo's)
     EXPECT_EQ(route(shape(3, 224, 64, 7, 2)), "DDD");     // ImageNet stem 7x7
     EXPECT_EQ(route(shape(16, 28, 32, 3, 1)), "WWW");     // WRN block1 on Fashion-MNIST, 28x28
     EXPECT_EQ(route(shape(128, 7, 128, 3, 1)), "WWW");    // WRN block3, 7x7 output, 128 channels
@@ -553,19 +558,27 @@ TEST(ConvFast, MeasuredRoutingTable) {
   EXPECT_EQ(route(shape(64, 2, 128, 3, 2)), "DDD");
 }
 
-// The measured routes mix the tiers inside one backward (a 1x1 convolution's data gradient on the
-// reference with its filter gradient on oneDNN): each gradient alone, together, with the bias,
-// into non-zero buffers, and one scratch sized for both.
+// The measured routes mix the tiers inside one backward (the data gradient of a 1x1 convolution of
+// more than 32 channels on the reference with its filter gradient on oneDNN): each gradient alone,
+// together, with the bias, into non-zero buffers, and one scratch sized for both.
 TEST(ConvFast, MeasuredRoutingMixesTheTiersCorrectly) {
   kernels::Conv2dShape large;  // 3x3, 8x8 output: both gradients on oneDNN
   large.n = 4, large.c = 32, large.h = large.w = 8, large.o = 48, large.kh = large.kw = 3, large.stride = 1;
   large.pad = 1, large.ho = large.wo = 8;
-  kernels::Conv2dShape pointwise = large;  // 1x1, 8x8 output: data on the reference, weights on oneDNN
-  pointwise.kh = pointwise.kw = 1, pointwise.pad = 0;
+  kernels::Conv2dShape pointwise = large;  // 1x1, 40 channels, 8x8 output: data on the reference, weights on oneDNN
+  pointwise.c = 40, pointwise.kh = pointwise.kw = 1, pointwise.pad = 0;
   kernels::Conv2dShape small_pointwise = pointwise;  // 1x1, 4x4 output: both on oneDNN
   small_pointwise.h = small_pointwise.w = small_pointwise.ho = small_pointwise.wo = 4;
+  kernels::Conv2dShape narrow_pointwise = pointwise;  // 1x1, 32 channels, 8x8 output: every pass on the reference
+  narrow_pointwise.c = 32;
+  {
+    RoutingScope measured(kernels::onednn::ConvRouting::Measured);
+    using kernels::onednn::ConvPart, kernels::onednn::conv2d_on_onednn;
+    ASSERT_TRUE(!conv2d_on_onednn(pointwise, ConvPart::Data) && conv2d_on_onednn(pointwise, ConvPart::Weights))
+        << "the table no longer mixes the tiers in this shape's backward: pick one it does";
+  }
   uint64_t seed = 11000;
-  for (const kernels::Conv2dShape& s : {large, pointwise, small_pointwise})
+  for (const kernels::Conv2dShape& s : {large, pointwise, small_pointwise, narrow_pointwise})
     for (int mask = 1; mask < 16; ++mask) {
       Want want;
       want.dx = mask & 1, want.dw = mask & 2, want.db = mask & 4, want.dx_overwrite = mask & 8;

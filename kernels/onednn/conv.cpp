@@ -486,14 +486,27 @@ std::atomic<int> g_routing{-1};  // ConvRouting, or -1 before the first read
 // "CPU speed against PyTorch, 2026-12-03", convolution routing):
 //
 //   pass     kernel        output      runs on     why (reference ms / oneDNN ms, one layer)
-//   forward  any           any         oneDNN      3x3: 0.2-0.9x the reference (demo layer1 1.18 /
-//                                                  0.24); 1x1: a tie on CIFAR (3.2-6.5 / 3.1-5.8),
-//                                                  0.5x on the demo (0.10-0.13 / 0.05-0.07)
+//   forward  3x3, 7x7      any         oneDNN      0.2-0.9x the reference (demo layer1 1.18 / 0.24)
+//   forward  1x1, C <= 32  >= 8x8      reference   WRN-10-2 on Fashion-MNIST (*): block1 shortcut
+//                                                  (16 -> 32, 28x28) 2.15 / 5.37, block2 (32 -> 64,
+//                                                  14x14) 4.20 / 6.08
+//   forward  other 1x1     any         oneDNN      a tie on CIFAR (3.2-6.5 / 3.1-5.8), 0.5x on the
+//                                                  demo (0.10-0.13 / 0.05-0.07), WRN block3 (64
+//                                                  channels) 3.58 / 2.76 (*)
 //   data     3x3, 7x7      any         oneDNN      0.1-1.0x (demo layer2 1.18 / 0.26)
 //   data     1x1           >= 8x8      reference   CIFAR layer2 ds 4.3 / 7.8, layer3 ds 3.5 / 4.4
 //   data     1x1           < 8x8       oneDNN      CIFAR layer4 ds 3.3 / 3.0, demo 0.12-0.19 / 0.05-0.06
-//   weights  any           any         oneDNN      CIFAR: 0.85-1.0x (layer4 4x4 55 / 51); demo
+//   weights  1x1, C <= 32  >= 8x8      reference   WRN block1 shortcut 2.69 / 5.37, block2 5.42 /
+//                                                  6.26 (*)
+//   weights  other         any         oneDNN      CIFAR: 0.85-1.0x (layer4 4x4 55 / 51); demo
 //                                                  0.23-0.3x (layer1 1.25 / 0.30, layer4 1.75 / 0.51)
+//
+// (*) measured on the 2-core Xeon (avx512_core_bf16 too), best of 3 runs, `conv_layers --net
+// wrn-10-2 --size 28 --in-channels 1 --batch 224` (bench/RESULTS.md, "The routing table on the
+// Xeon"). A 1x1 convolution over few input channels does little arithmetic per pixel (2 C O
+// flops) against the blocked layout's reorders of x and y at the layer boundary (C + O floats
+// read and written per pixel): with C <= 32 the reorders dominate and the reference's GEMM on
+// NCHW, which needs none, wins; from 64 channels on oneDNN does (CIFAR, WRN block3).
 //
 // An earlier table, measured on CIFAR shapes alone on a slower machine, kept the filter gradient
 // of maps under 8x8 on the reference (there the reference's chunked GEMM won on 512-channel 4x4
@@ -530,11 +543,11 @@ const char* conv_routing_name(ConvRouting r) {
 
 bool conv2d_on_onednn(const Conv2dShape& s, ConvPart part) {
   if (conv_routing() != ConvRouting::Measured) return true;
-  const bool pointwise = s.kh == 1 && s.kw == 1;
+  const bool pointwise = s.kh == 1 && s.kw == 1, large_map = s.ho * s.wo >= 64;
   switch (part) {
-    case ConvPart::Forward: return true;
-    case ConvPart::Data: return !(pointwise && s.ho * s.wo >= 64);
-    case ConvPart::Weights: return true;
+    case ConvPart::Forward:
+    case ConvPart::Weights: return !(pointwise && large_map && s.c <= 32);
+    case ConvPart::Data: return !(pointwise && large_map);
   }
   return true;
 }
