@@ -117,6 +117,17 @@ Tensor Graph::grad_to_write(Var* v, bool* accumulate) {
   return v->grad;
 }
 
+bool Graph::take_over_grad(Var* x, Var* y) {
+  if (!running_ || x->grad.defined() || x->released || !y->owns_grad || y->keep || y->released) return false;
+  if (!(x->value.shape == y->grad.shape)) return false;
+  if (std::find(running_->made.begin(), running_->made.end(), y) == running_->made.end()) return false;
+  x->grad = y->grad;
+  x->owns_grad = true;
+  y->grad = Tensor();
+  y->owns_grad = false;
+  return true;
+}
+
 void Graph::release(Var* v) {
   if (v->keep || v->released) return;
   if (v->owns_grad) ws_.release(v->grad);
@@ -148,7 +159,9 @@ void Graph::run_tape() {
   for (auto it = tape_.rbegin(); it != tape_.rend(); ++it) {
     {
       profile::LayerScope layer(it->layer);
+      running_ = &*it;
       it->backward();
+      running_ = nullptr;
     }
     if (t_observer) {
       std::vector<Tensor> grads;

@@ -66,9 +66,11 @@ Var* add_into(Graph& g, const Tensor& a_value, Var* a, Var* b, Var* y) {
   TS_DISPATCH(g.device(), add_forward, a_value.f32(), b->value.f32(), y->value.f32(), n);
   if (y->requires_grad) {
     g.record("add", a->name, [&g, a, b, y, n] {
-      // a and b may be the same Var (x + x): the second contribution adds to the first.
-      if (a->requires_grad) pass_down(g, g.grad(y).f32(), a, n, 1.0f);
-      if (b->requires_grad) pass_down(g, g.grad(y).f32(), b, n, 1.0f);
+      // b first, then a takes over dy's buffer where it can rather than a copy of it. a and b may
+      // be the same Var (x + x): then a's gradient exists by then and the second contribution adds.
+      const float* dy = g.grad(y).f32();
+      if (b->requires_grad) pass_down(g, dy, b, n, 1.0f);
+      if (a->requires_grad && !g.take_over_grad(a, y)) pass_down(g, dy, a, n, 1.0f);
     });
   }
   return y;

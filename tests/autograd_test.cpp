@@ -147,6 +147,54 @@ TEST(Autograd, FirstGradientContributionIsWrittenLaterOnesAdd) {
   EXPECT_EQ(ws.spills(), 0) << "the graph outgrew the poisoned block: the test would not test";
 }
 
+// add's backward passes dy to both inputs unchanged: b gets it written or added, a takes over
+// dy's buffer itself where it has no gradient yet and nothing reads y's afterwards
+// (Graph::take_over_grad), one pass over the tensor fewer. A probe node between add and its
+// consumer sees y's gradient buffer before the add's backward runs, and may not take it.
+TEST(Autograd, AddHandsItsOutputGradientBufferToItsFirstInput) {
+  OwnedTensor x(Device::CPU, Shape{2, 8}), dx(Device::CPU, Shape{2, 8});
+  from_host(x.t, random_values(16, 12));
+  for (bool keep_y : {false, true}) {
+    SCOPED_TRACE(keep_y ? "y kept" : "y released");
+    fill_zero(dx.t);
+    Workspace ws(Device::CPU);
+    ws.poison();
+    Graph g(ws);
+    Var* xv = g.param(x.t, dx.t, "x");
+    Var* a = ops::scale(g, xv, 2.0f);
+    Var* b = ops::scale(g, xv, 3.0f);
+    Var* y = ops::add(g, a, b);
+    EXPECT_FALSE(g.take_over_grad(a, y)) << "outside backward";
+    const void* dy = nullptr;
+    bool probe_took = true;
+    g.record("probe", "probe", [&] {
+      dy = y->grad.ptr;
+      probe_took = g.take_over_grad(a, y);  // y is not released after this node, but after add's
+    });
+    g.keep(a), g.keep(b);
+    if (keep_y) g.keep(y);
+    g.backward(ops::sum(g, ops::scale(g, y, 5.0f)));
+    ASSERT_NE(dy, nullptr);
+    EXPECT_FALSE(probe_took);
+    EXPECT_EQ(a->grad.ptr == dy, !keep_y) << "a takes y's buffer unless y is kept";
+    EXPECT_NE(b->grad.ptr, dy);
+    for (float v : to_host_f32(a->grad)) EXPECT_EQ(v, 5.0f);
+    for (float v : to_host_f32(b->grad)) EXPECT_EQ(v, 5.0f);
+    if (keep_y) {
+      for (float v : to_host_f32(y->grad)) EXPECT_EQ(v, 5.0f);
+    }
+    for (float v : to_host_f32(dx.t)) EXPECT_EQ(v, 25.0f);  // 2 * 5 + 3 * 5
+  }
+  // x + x: a's gradient exists when its turn comes (b's contribution), so it adds.
+  fill_zero(dx.t);
+  Workspace ws(Device::CPU);
+  ws.poison();
+  Graph g(ws);
+  Var* a = ops::scale(g, g.param(x.t, dx.t, "x"), 2.0f);
+  g.backward(ops::sum(g, ops::add(g, a, a)));
+  for (float v : to_host_f32(dx.t)) EXPECT_EQ(v, 4.0f);
+}
+
 TEST(Autograd, NoGradScopeRecordsNothing) {
   Mlp m;
   Workspace ws(Device::CPU);
