@@ -196,6 +196,7 @@ void Graph::backward(Var* out, const Tensor& seed) {
 
 void Graph::clear() {
   add_batch_counts();
+  running_ = nullptr;  // set still if a backward threw
   tape_.clear();
   vars_.clear();
   made_since_record_.clear();
