@@ -50,8 +50,8 @@ Layout layout();
 void set_layout(Layout l);
 
 // Per-pass routing. The fast tier's convolution runs each pass on whichever implementation
-// measured faster for that kind of shape on the 2-core AVX-512 machine (bench/RESULTS.md,
-// "per-pass routing"): oneDNN or the reference (im2col + OpenBLAS), and on oneDNN with its direct
+// measured faster for that kind of shape on the 2-core AVX-512 machines (bench/RESULTS.md,
+// "per-pass routing" on the EPYC, "The routing table on the Xeon"): oneDNN or the reference (im2col + OpenBLAS), and on oneDNN with its direct
 // algorithm or, for 3x3 stride-1 convolutions on large enough maps, Winograd's F(4x4, 3x3)
 // (1.9-2.6x faster on the CIFAR ResNet's layers; a larger rounding error, bounded in
 // tests/conv_fast_test.cpp). The table and the reason for each entry are in conv2d_on_onednn and
