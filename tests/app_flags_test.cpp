@@ -3,41 +3,31 @@
 // as the built programs, which sit next to this test binary. A usage error exits 2 with one
 // line naming the flag, a runtime error exits 1, and neither leaves a file behind.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "engine/check.h"
+#include "tests/program_runs.h"
 
 namespace tessera {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int status = -1;  // exit code, or -1 when the program did not exit normally
-  std::string output;  // stdout and stderr together
-};
+using program_runs::Result;
 
 // Runs build/PROGRAM ARGS (the build directory of this test binary), capturing its output.
 Result run(const std::string& program, const std::string& args) {
   const fs::path binary = fs::read_symlink("/proc/self/exe").parent_path() / program;
-  Result r;
   if (!fs::exists(binary)) {
+    Result r;
     r.output = cat(binary.string(), " not found: build the programs with the tests (make)");
     return r;
   }
-  FILE* p = ::popen(cat("'", binary.string(), "' ", args, " 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, n);
-  const int status = ::pclose(p);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return program_runs::run_command(cat("'", binary.string(), "' ", args));
 }
 
 // The one line a usage or runtime error prints, "PROGRAM: message".

@@ -109,10 +109,7 @@ int byol(std::vector<std::string> args) {
   return run_program("byol", [&] { return byol_main(static_cast<int>(argv.size()), argv.data()); });
 }
 
-std::vector<std::string> with(std::vector<std::string> base, std::vector<std::string> more) {
-  base.insert(base.end(), more.begin(), more.end());
-  return base;
-}
+using program_runs::with;
 
 std::vector<nlohmann::json> metrics(const std::string& dir) {
   std::vector<nlohmann::json> out;

@@ -76,19 +76,12 @@ void write_noise_idx(const std::string& dir, const std::string& prefix, int n, u
   for (int i = 0; i < n; ++i) fl.put(char(i % 10));
 }
 
-struct Data {
-  std::string root;
-  Data() {
-    root = ::testing::TempDir() + "tessera_distributed_" + std::to_string(::getpid());
-    fs::remove_all(root);
-    fs::create_directories(root + "/data");
+struct Data : program_runs::SyntheticData {
+  Data() : SyntheticData("distributed", 64, 1, 40, 2) {
     fs::create_directories(root + "/noise");
-    program_runs::write_synthetic_idx(root + "/data", "train", 64, 1);
-    program_runs::write_synthetic_idx(root + "/data", "t10k", 40, 2);
     write_noise_idx(root + "/noise", "train", 64, 1);
     write_noise_idx(root + "/noise", "t10k", 40, 2);
   }
-  ~Data() { fs::remove_all(root); }
   std::string out(const std::string& name) const {
     fs::remove_all(root + "/" + name);
     return root + "/" + name;

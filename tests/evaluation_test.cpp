@@ -26,6 +26,14 @@
 namespace tessera {
 namespace {
 
+LinearProbeOptions probe_options(int epochs, int batch_size, float lr) {
+  LinearProbeOptions opt;
+  opt.epochs = epochs;
+  opt.batch_size = batch_size;
+  opt.lr = lr;
+  return opt;
+}
+
 // A set of rows `x` ((n, dim) row-major, n = the number of labels) with labels `y`.
 FeatureSet features(int64_t dim, std::vector<float> x, std::vector<int32_t> y) {
   FeatureSet f;
@@ -177,10 +185,7 @@ TEST(Knn, EveryTestRowOfEveryBlockCounts) {
 TEST(LinearProbe, SeparableClustersAreLearnedDeterministically) {
   const FeatureSet train = clusters(4, 300, 16, 0.4f, 3, false);
   const FeatureSet test = clusters(4, 100, 16, 0.4f, 4, false);
-  LinearProbeOptions opt;
-  opt.epochs = 10;
-  opt.batch_size = 64;
-  opt.lr = 1e-2f;
+  LinearProbeOptions opt = probe_options(10, 64, 1e-2f);
   const LinearProbeResult r = linear_probe(train, test, 4, opt);
   EXPECT_GT(r.test_top1, 95.0);
   EXPECT_GT(r.train_top1, 95.0);
@@ -248,10 +253,7 @@ double reference_probe_loss(const FeatureSet& f, int classes, const LinearProbeO
 // mean over its own rows) and labels that are not separable, so the loss still moves.
 TEST(LinearProbe, FollowsTheWrittenOutReference) {
   const FeatureSet train = clusters(3, 50, 5, 1.0f, 5, false);  // n = 150: batches of 32, last 22
-  LinearProbeOptions opt;
-  opt.epochs = 4;
-  opt.batch_size = 32;
-  opt.lr = 2e-2f;
+  LinearProbeOptions opt = probe_options(4, 32, 2e-2f);
   opt.weight_decay = 1e-2f;
   opt.seed = 9;
   const double expected = reference_probe_loss(train, 3, opt);
@@ -302,10 +304,7 @@ TEST(LinearProbe, EachSplitIsScoredOnItsOwnLabelsAfterTheSameStandardisation) {
   FeatureSet test = clusters(4, 50, 8, 0.3f, 4, false);
   for (float& v : train.x) v = 200.0f + 50.0f * v;
   for (float& v : test.x) v = 200.0f + 50.0f * v;
-  LinearProbeOptions opt;
-  opt.epochs = 5;
-  opt.batch_size = 64;
-  opt.lr = 1e-2f;
+  LinearProbeOptions opt = probe_options(5, 64, 1e-2f);
   const LinearProbeResult same = linear_probe(train, train, 4, opt);
   EXPECT_GT(same.train_top1, 95.0);
   EXPECT_EQ(same.test_top1, same.train_top1);  // the same rows, scored the same way
@@ -333,10 +332,7 @@ TEST(LinearProbe, TheBiasTakesPartInTheScore) {
     f.x.push_back(2.0f + static_cast<float>(i) / 40.0f);
     f.y.push_back(1);
   }
-  LinearProbeOptions opt;
-  opt.epochs = 30;
-  opt.batch_size = 32;
-  opt.lr = 5e-2f;
+  LinearProbeOptions opt = probe_options(30, 32, 5e-2f);
   const LinearProbeResult r = linear_probe(f, f, 2, opt);
   EXPECT_EQ(r.train_top1, 100.0);
   EXPECT_EQ(r.test_top1, 100.0);

@@ -20,18 +20,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Fixture {
-  std::string root, data, shim;
-  Fixture() {
-    root = ::testing::TempDir() + "tessera_faults_" + std::to_string(::getpid());
-    fs::remove_all(root);
-    fs::create_directories(root + "/data");
-    data = root + "/data";
-    program_runs::write_synthetic_idx(data, "train", 64, 1);
-    program_runs::write_synthetic_idx(data, "t10k", 40, 2);
-    shim = (fs::read_symlink("/proc/self/exe").parent_path() / "libtessera_fault.so").string();
-  }
-  ~Fixture() { fs::remove_all(root); }
+struct Fixture : program_runs::SyntheticData {
+  std::string shim = (fs::read_symlink("/proc/self/exe").parent_path() / "libtessera_fault.so").string();
+  Fixture() : SyntheticData("faults", 64, 1, 40, 2) {}
 };
 
 const Fixture& fixture() {
@@ -48,10 +39,7 @@ std::vector<std::string> tiny(const std::string& out) {
           "--momentum", "0.9"};
 }
 
-std::vector<std::string> with(std::vector<std::string> base, const std::vector<std::string>& more) {
-  base.insert(base.end(), more.begin(), more.end());
-  return base;
-}
+using program_runs::with;
 
 program_runs::Result run(const std::string& program, const std::vector<std::string>& args,
                          const std::string& fault = "") {

@@ -89,10 +89,7 @@ std::vector<std::string> tiny(const std::string& out) {
           "--momentum", "0.9", "--log-every", "1", "--save-every", "3", "--eval-batch", "32", "--probe-epochs", "3"};
 }
 
-std::vector<std::string> with(std::vector<std::string> base, std::vector<std::string> more) {
-  base.insert(base.end(), more.begin(), more.end());
-  return base;
-}
+using program_runs::with;
 
 int moco(std::vector<std::string> args) {
   std::vector<const char*> argv{"moco"};

@@ -23,28 +23,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Fixture {
-  std::string root, data;
-  Fixture() {
-    root = ::testing::TempDir() + "tessera_nonfinite_" + std::to_string(::getpid());
-    fs::remove_all(root);
-    fs::create_directories(root + "/data");
-    data = root + "/data";
-    program_runs::write_synthetic_idx(data, "train", 64, 1);
-    program_runs::write_synthetic_idx(data, "t10k", 40, 2);
-  }
-  ~Fixture() { fs::remove_all(root); }
-};
-
-const Fixture& fixture() {
-  static Fixture f;
+const program_runs::SyntheticData& fixture() {
+  static const program_runs::SyntheticData f("nonfinite", 64, 1, 40, 2);
   return f;
 }
 
-std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
+using program_runs::with;
 
 // Tiny runs of 8 steps (as tests/byol_test.cpp, tests/moco_test.cpp, tests/fixmatch_test.cpp),
 // a checkpoint every 3 steps.

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -40,6 +41,28 @@ inline void write_synthetic_idx(const std::string& dir, const std::string& prefi
   put_be32(fl, 0x00000801);
   put_be32(fl, static_cast<uint32_t>(n));
   for (int64_t i = 0; i < n; ++i) fl.put(static_cast<char>(i % 10));
+}
+
+// A temporary folder `root` whose `data` subfolder holds a synthetic split (train-* with
+// `train_n` images, t10k-* with `test_n`), made on construction and removed with the object.
+struct SyntheticData {
+  std::string root, data;
+  SyntheticData(const std::string& name, int64_t train_n, uint64_t train_seed, int64_t test_n, uint64_t test_seed)
+      : root(::testing::TempDir() + "tessera_" + name + "_" + std::to_string(::getpid())), data(root + "/data") {
+    std::filesystem::remove_all(root);
+    std::filesystem::create_directories(data);
+    write_synthetic_idx(data, "train", train_n, train_seed);
+    write_synthetic_idx(data, "t10k", test_n, test_seed);
+  }
+  ~SyntheticData() { std::filesystem::remove_all(root); }
+  SyntheticData(const SyntheticData&) = delete;
+  SyntheticData& operator=(const SyntheticData&) = delete;
+};
+
+// A program's common flags followed by one test's.
+inline std::vector<std::string> with(std::vector<std::string> base, const std::vector<std::string>& more) {
+  base.insert(base.end(), more.begin(), more.end());
+  return base;
 }
 
 struct Result {

@@ -88,21 +88,8 @@ constexpr int64_t kSteps = 20;  // N: every run stops after N of its N + 1 steps
 
 // ---- the data --------------------------------------------------------------------------------
 
-struct Fixture {
-  std::string root, data;
-  Fixture() {
-    root = ::testing::TempDir() + "tessera_twins_" + std::to_string(::getpid());
-    fs::remove_all(root);
-    data = root + "/data";
-    fs::create_directories(data);
-    program_runs::write_synthetic_idx(data, "train", 200, 11);
-    program_runs::write_synthetic_idx(data, "t10k", 50, 12);
-  }
-  ~Fixture() { fs::remove_all(root); }
-};
-
-const Fixture& fixture() {
-  static Fixture f;
+const program_runs::SyntheticData& fixture() {
+  static const program_runs::SyntheticData f("twins", 200, 11, 50, 12);
   return f;
 }
 
@@ -138,10 +125,7 @@ struct Program {
   bool updated_fraction_logged;
 };
 
-std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
+using program_runs::with;
 
 const Program& byol_program() {
   static const Program p = [] {
