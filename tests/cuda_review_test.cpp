@@ -135,6 +135,17 @@ TEST(ConvAlgoPicker, FallbackTakesTheNextUsableCandidateThatFitsTheScratch) {
   EXPECT_NE(why.find("none after those tried"), std::string::npos) << why;
 }
 
+// Only a refusal of the algorithm moves a pass to the next candidate. A fault an earlier kernel
+// left shows at cuDNN's launch as EXECUTION_FAILED_CUDART / _CUDA_DRIVER; a broken install as
+// NOT_SUPPORTED's driver / runtime / architecture / sub-library kinds. Falling back on those
+// would try every candidate, fail alike, and blame the convolution.
+TEST(ConvAlgoPicker, OnlyARefusalOfTheAlgorithmFallsBack) {
+  for (int refusal : {3000, 3002, 3003, 3004, 3010, 3011, 3012, 5000})
+    EXPECT_TRUE(kernels::cudnn_status_is_refusal(refusal)) << refusal;
+  for (int fault : {0, 2000, 2002, 3005, 3006, 3007, 3008, 3009, 4000, 4001, 5001, 5002, 5003, 5004})
+    EXPECT_FALSE(kernels::cudnn_status_is_refusal(fault)) << fault;
+}
+
 // ---- failure reports of the CUDA dispatch ---------------------------------------------------
 
 // Restores the CUDA options and the sync probe a test changed.

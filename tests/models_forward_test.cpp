@@ -9,10 +9,12 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/workspace.h"
 #include "kernels/common/philox.h"
 #include "models/model.h"
+#include "tests/op_case.h"
 
 namespace tessera {
 namespace {
@@ -118,6 +120,36 @@ TEST_P(ModelTrainStep, EvalModeDoesNotDependOnTheBatch) {
   const std::vector<float> a = eval_out(four), b = eval_out(two);
   ASSERT_EQ(b.size() * 2, a.size());
   for (size_t i = 0; i < b.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5f * std::max(1.0f, std::fabs(a[i]))) << arch << " " << i;
+}
+
+// An empty batch is refused by the engine with the same message on both backends: the first
+// layer that needs rows (the linear head) names the shapes. On CUDA the convolutions and
+// BatchNorms before it must not stop it with a cuDNN error first (cuDNN refuses a zero
+// dimension in a descriptor), so their launchers return on N = 0 as the CPU's loops do.
+std::string empty_batch_error(const std::string& arch, Device device) {
+  auto m = make_model(small(arch, arch == std::string("resnet50") ? "imagenet" : "cifar"), device);
+  m->init(23);
+  Workspace ws(device);
+  Graph g(ws);
+  NoGradScope no_grad(g);
+  try {
+    m->forward(g, g.input(ws.alloc(input_shape(*m, 0))), /*train=*/false);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST_P(ModelTrainStep, AnEmptyBatchIsRefusedByTheLinearHead) {
+  const std::string what = empty_batch_error(GetParam(), Device::CPU);
+  EXPECT_EQ(what.rfind("linear: x (0, ", 0), 0u) << what;
+  EXPECT_NE(what.find("need sizes in [1, 2^31)"), std::string::npos) << what;
+}
+
+TEST_P(ModelTrainStep, AnEmptyBatchIsRefusedOnCudaAsOnTheCpu) {
+  std::string why;
+  if (!testing::cuda_testable(&why)) GTEST_SKIP() << why;
+  EXPECT_EQ(empty_batch_error(GetParam(), Device::CUDA), empty_batch_error(GetParam(), Device::CPU));
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ModelTrainStep, ::testing::Values("resnet18", "resnet50", "wrn-10-1", "mlp"),

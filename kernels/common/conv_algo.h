@@ -15,7 +15,9 @@
 //   - A candidate the heuristics called a success can still refuse to run (cuDNN's
 //     NOT_SUPPORTED or EXECUTION_FAILED at the call, as PyTorch's try-all loop also expects):
 //     the caller then takes the next usable one whose workspace fits the scratch it was given,
-//     and says so on stderr.
+//     and says so on stderr. Only a refusal moves it (cudnn_status_is_refusal): a fault of
+//     the CUDA runtime or driver, or a broken installation, is an error at once, since every
+//     other candidate would fail alike and the plan would change for nothing.
 #pragma once
 
 #include <cstddef>
@@ -39,6 +41,20 @@ struct AlgoRequest {
   bool deterministic = true;    // only deterministic algorithms
   size_t max_memory = size_t{1} << 30;
 };
+
+// A cuDNN status (cudnnStatus_t's value; conv.cu checks these numbers against cuDNN's enum)
+// that refuses this algorithm for this shape, so another candidate may run: NOT_SUPPORTED
+// (3000) and its SHAPE, DATA_TYPE, LAYOUT, SHARED_MEMORY_INSUFFICIENT, PADDING and
+// BAD_LAUNCH_PARAM kinds (3002-3004, 3010-3012), and the plain EXECUTION_FAILED (5000).
+// Not: the installation's kinds of NOT_SUPPORTED (3005-3009: driver, runtime, architecture,
+// prerequisite, sub-library), nor EXECUTION_FAILED_CUDA_DRIVER / _CUBLAS / _CUDART / _CURAND
+// (5001-5004), which is how a fault left by an earlier kernel shows at cuDNN's launch.
+inline bool cudnn_status_is_refusal(int status) {
+  switch (status) {
+    case 3000: case 3002: case 3003: case 3004: case 3010: case 3011: case 3012: case 5000: return true;
+    default: return false;
+  }
+}
 
 inline bool algo_math_allowed(AlgoMath m, bool tf32) {
   switch (m) {

@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kThreads)
                                   float* __restrict__ partials, int64_t n, int64_t c, int hw, int64_t per, int row_shift,
                                   float eps, bool add_dx) {
   const int64_t ch = blockIdx.x, seg = blockIdx.y;
-  const float mean = running_mean[ch], invstd = rsqrtf(running_var[ch] + eps), k = gamma[ch] * invstd;
+  const float mean = running_mean[ch], invstd = 1.0f / sqrtf(running_var[ch] + eps), k = gamma[ch] * invstd;
   const int row_threads = 1 << row_shift;
   const int pos0 = threadIdx.x & (row_threads - 1);
   const int64_t images_per_pass = kThreads >> row_shift;
@@ -155,6 +155,7 @@ void batch_norm_forward_train(const float* x, const float* gamma, const float* b
 
 void batch_norm_forward_eval(const float* x, const float* gamma, const float* beta, const float* running_mean,
                              const float* running_var, float* y, int64_t n, int64_t c, int64_t hw, float eps) {
+  if (n * c * hw == 0) return;  // an empty batch: cuDNN refuses a zero dimension
   const BnDescriptors& d = descriptors(n, c, hw);
   const float one = 1.0f, zero = 0.0f;
   CUDNN_CHECK(cudnnBatchNormalizationForwardInference(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, d.x, x,

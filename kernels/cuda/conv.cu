@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <string>
 
@@ -206,9 +207,21 @@ void check_workspace(size_t needed, size_t given) {
     throw_status("cuDNN", "workspace smaller than conv2d_workspace_size said", "conv2d", __FILE__, __LINE__);
 }
 
+// cudnn_status_is_refusal's numbers are cuDNN's.
+static_assert(CUDNN_STATUS_NOT_SUPPORTED == 3000 && CUDNN_STATUS_NOT_SUPPORTED_SHAPE == 3002 &&
+                  CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE == 3003 && CUDNN_STATUS_NOT_SUPPORTED_LAYOUT == 3004 &&
+                  CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDA_DRIVER == 3005 &&
+                  CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE == 3009 &&
+                  CUDNN_STATUS_NOT_SUPPORTED_SHARED_MEMORY_INSUFFICIENT == 3010 &&
+                  CUDNN_STATUS_NOT_SUPPORTED_PADDING == 3011 && CUDNN_STATUS_NOT_SUPPORTED_BAD_LAUNCH_PARAM == 3012 &&
+                  CUDNN_STATUS_EXECUTION_FAILED == 5000 && CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER == 5001 &&
+                  CUDNN_STATUS_EXECUTION_FAILED_CUDART == 5003,
+              "cuDNN's status numbers moved: update kernels/common/conv_algo.h's cudnn_status_is_refusal");
+
+// A refusal of this algorithm, and no CUDA error pending (a sticky fault from an earlier
+// kernel can surface as any status; then no candidate would run).
 bool may_fall_back(cudnnStatus_t status) {
-  const int category = static_cast<int>(status) / 1000 * 1000;  // CUDNN_STATUS_CATEGORY
-  return category == CUDNN_STATUS_NOT_SUPPORTED || category == CUDNN_STATUS_EXECUTION_FAILED;
+  return cudnn_status_is_refusal(static_cast<int>(status)) && cudaPeekAtLastError() == cudaSuccess;
 }
 
 // Runs `call` (the pass with the plan's current choice). A refusal to run moves the pass to
@@ -221,6 +234,7 @@ void run_pass(const ConvPlan& c, PassPlan<Perf>& p, const Conv2dShape& s, const 
   cudnnStatus_t status = call();
   if (status == CUDNN_STATUS_SUCCESS) return;
   std::string refused;  // "algorithm 1 (CUDNN_STATUS_NOT_SUPPORTED), ..."
+  const int chosen = p.at;
   while (may_fall_back(status)) {
     refused += (refused.empty() ? "" : ", ") + std::string("algorithm ") +
                std::to_string(static_cast<int>(p.list[p.at].algo)) + " (" + cudnnGetErrorString(status) + ")";
@@ -233,13 +247,20 @@ void run_pass(const ConvPlan& c, PassPlan<Perf>& p, const Conv2dShape& s, const 
     status = call();
     if (status == CUDNN_STATUS_SUCCESS) return;
   }
+  // The plan keeps the choice it had: the error ends the run, but a caller that catches it
+  // must not find the layer moved to a candidate that never ran.
+  if (p.at != chosen) choose(c, p, s, chosen, std::numeric_limits<size_t>::max(), nullptr);
   const std::string what = refused.empty() ? std::string(expr) : std::string(expr) + " after refusals: " + refused;
   throw_cudnn(status, what.c_str(), __FILE__, __LINE__);
 }
 
 }  // namespace
 
+// An empty batch (N = 0) returns before any descriptor: cuDNN refuses a zero dimension, and
+// there is nothing to compute (dw and db gain nothing, dx has no elements).
 void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
+  *bytes = 0;
+  if (s.n == 0) return;
   ConvPlan& p = plan_for(s);
   if (pass == ConvPass::Forward) {
     *bytes = p.forward.bytes;
@@ -251,6 +272,7 @@ void conv2d_workspace_size(const Conv2dShape& s, ConvPass pass, size_t* bytes) {
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, void* workspace,
                     size_t workspace_bytes) {
+  if (s.n == 0) return;
   ConvPlan& p = plan_for(s);
   const float one = 1.0f, zero = 0.0f;
   run_pass(p, p.forward, s, "forward", workspace_bytes, "cudnnConvolutionForward", [&] {
@@ -262,6 +284,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 
 void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
                      float* db, bool accumulate_dx, void* workspace, size_t workspace_bytes) {
+  if (s.n == 0) return;
   ConvPlan& p = plan_for(s);
   choose_backward(p, s);
   const float one = 1.0f, zero = 0.0f;

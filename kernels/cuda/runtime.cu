@@ -62,6 +62,11 @@ void throw_cudnn(cudnnStatus_t status, const char* expr, const char* file, int l
   cudnnGetLastErrorString(detail, sizeof detail);
   std::string what = cudnnGetErrorString(status);
   if (detail[0] != '\0') what += std::string(" (") + detail + ")";
+  // A fault left by earlier work shows at cuDNN's next call; say so rather than blame cuDNN.
+  const cudaError_t pending = cudaPeekAtLastError();
+  if (pending != cudaSuccess)
+    what += std::string("; CUDA error pending from earlier work: ") + cudaGetErrorString(pending) +
+            " (TESSERA_SYNC_CHECK=1 names the kernel that left it)";
   throw_status("cuDNN", what.c_str(), expr, file, line);
 }
 
