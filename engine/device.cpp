@@ -130,12 +130,20 @@ void init_cuda() {
                     " GPUs: expected at most one rank per GPU"));
   const int gpu = count == 1 ? 0 : local;
   CUDA_CHECK(cudaSetDevice(gpu));
-  CUDA_CHECK(cudaStreamCreateWithFlags(&rt.stream, cudaStreamNonBlocking));
-  CUBLAS_CHECK(cublasCreate(&rt.cublas));
-  CUBLAS_CHECK(cublasSetStream(rt.cublas, rt.stream));
-  CUDNN_CHECK(cudnnCreate(&rt.cudnn));
-  CUDNN_CHECK(cudnnSetStream(rt.cudnn, rt.stream));
-  CUDA_CHECK(cudaDeviceGetAttribute(&rt.sm_count, cudaDevAttrMultiProcessorCount, gpu));
+  // Made into locals and published together: rt.stream set means the runtime is whole, so a
+  // failure half-way (out of memory, a GPU in exclusive mode) fails again the same way at the
+  // next call instead of handing out null cuBLAS / cuDNN handles.
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  cudnnHandle_t cudnn = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CUBLAS_CHECK(cublasCreate(&cublas));
+  CUBLAS_CHECK(cublasSetStream(cublas, stream));
+  CUDNN_CHECK(cudnnCreate(&cudnn));
+  CUDNN_CHECK(cudnnSetStream(cudnn, stream));
+  rt.cublas = cublas;
+  rt.cudnn = cudnn;
+  rt.stream = stream;
   apply_cuda_options();
 #else
   no_cuda("init_cuda");

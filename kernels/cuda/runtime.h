@@ -16,7 +16,6 @@ struct Runtime {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   cudnnHandle_t cudnn = nullptr;
-  int sm_count = 0;
   // How convolutions may compute, set by the engine (engine/device.h, CudaOptions) before
   // the first convolution: cuDNN plans are cached per shape and per these two settings.
   bool conv_tf32 = true;      // TF32 tensor cores allowed (PyTorch's default for convolutions)
