@@ -103,6 +103,20 @@ TEST(Distributed, RunHelpersInOneProcess) {
   clear_stop_request();
 }
 
+// --device auto on a job where one machine's GPU is unusable: the ranks that chose the CPU say
+// why, the others that some did; ranks that agree pass.
+TEST(Distributed, RanksOnDifferentDevicesAreNamed) {
+  EXPECT_EQ(device_disagreement(0, 4, Device::CPU, "no driver"), "");
+  EXPECT_EQ(device_disagreement(4, 4, Device::CUDA, ""), "");
+  EXPECT_EQ(device_disagreement(1, 1, Device::CUDA, ""), "");
+  EXPECT_EQ(device_disagreement(3, 4, Device::CPU, "CUDA driver version is insufficient"),
+            "--device auto chose the CPU on this rank (CUDA driver version is insufficient) but CUDA on 3 of the 4 "
+            "ranks: every rank must use the same device (give --device cuda or --device cpu)");
+  EXPECT_EQ(device_disagreement(3, 4, Device::CUDA, ""),
+            "--device auto chose CUDA on this rank but the CPU on 1 of the 4 ranks (their message says why): every "
+            "rank must use the same device (give --device cuda or --device cpu)");
+}
+
 // The NCCL path, one rank per GPU: skipped with the reason on machines without two GPUs (the
 // prepared GPU run, make gpu-session, runs the whole suite and so this test where it finds them).
 TEST(Distributed, NcclOnTwoGpus) {
@@ -288,6 +302,8 @@ TEST(DistributedRanks, RunHelpers) {
   ASSERT_EQ(c.size(), 2);
   const int r = c.rank();
   EXPECT_NO_THROW(check_global_batch(c, "--batch-size", 16));
+  std::string note;
+  EXPECT_EQ(select_rank_device(c, "cpu", &note), Device::CPU);  // both ranks take part in the device check
   try {
     check_global_batch(c, "--batch-size", 15);
     ADD_FAILURE() << "15 was split over 2 ranks";

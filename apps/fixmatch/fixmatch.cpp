@@ -95,8 +95,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   check_global_batch(ranks, "--batch-size", c.batch_size);
 
   std::string device_note;
-  const Device device = select_device(c.run.device, &device_note);
-  if (device == Device::CUDA) ranks.attach_cuda();
+  const Device device = select_rank_device(ranks, c.run.device, &device_note);
   std::fprintf(stderr, "%s\n", device_note.c_str());
   const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
   if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());

@@ -117,8 +117,7 @@ int moco_main(int argc, const char* const* argv) {
                      "shuffle BN across ranks (--bn-splits), as MoCo does; SyncBN is not offered");
 
   std::string device_note;
-  const Device device = select_device(c.run.device, &device_note);
-  if (device == Device::CUDA) ranks.attach_cuda();
+  const Device device = select_rank_device(ranks, c.run.device, &device_note);
   std::fprintf(stderr, "%s\n", device_note.c_str());
   const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
   if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());

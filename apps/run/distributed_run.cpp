@@ -35,6 +35,29 @@ dist::Communicator& start_processes(const char* program, const DistributedOption
   return c;
 }
 
+Device select_rank_device(dist::Communicator& c, const std::string& flag, std::string* note) {
+  const Device device = select_device(flag, note);
+  if (c.size() > 1) {
+    double cuda_ranks = device == Device::CUDA ? 1 : 0;
+    c.all_reduce_sum(&cuda_ranks, 1, Device::CPU, "the device check");
+    const std::string problem = device_disagreement(static_cast<int>(cuda_ranks), c.size(), device,
+                                                    device == Device::CPU ? cuda_unavailable_reason() : "");
+    if (!problem.empty()) c.abort(problem, 1);  // every rank ends the job, each with its own side
+  }
+  if (device == Device::CUDA) c.attach_cuda();
+  return device;
+}
+
+std::string device_disagreement(int cuda_ranks, int ranks, Device mine, const std::string& why_not_cuda) {
+  if (cuda_ranks == 0 || cuda_ranks == ranks) return "";
+  const std::string rule = "every rank must use the same device (give --device cuda or --device cpu)";
+  if (mine == Device::CPU)
+    return cat("--device auto chose the CPU on this rank (", why_not_cuda.empty() ? "no usable GPU" : why_not_cuda,
+               ") but CUDA on ", cuda_ranks, " of the ", ranks, " ranks: ", rule);
+  return cat("--device auto chose CUDA on this rank but the CPU on ", ranks - cuda_ranks, " of the ", ranks,
+             " ranks (their message says why): ", rule);
+}
+
 void check_global_batch(const dist::Communicator& c, const char* flag, int64_t batch) {
   if (batch % c.size() != 0)
     throw UsageError(cat(flag, " ", batch, " is the global batch and must split evenly over the ", c.size(),

@@ -39,6 +39,15 @@ bool distributed_changeable_on_resume(const std::string& flag);
 // line ("processes: ...") and silences the other ranks' output.
 dist::Communicator& start_processes(const char* program, const DistributedOptions& d);
 
+// The device of every rank: select_device (engine/device.h) on each, then one check that they
+// all chose alike, then the NCCL communicator when it is CUDA. `--device auto` on a machine of
+// the job whose GPU is unusable would otherwise pick the CPU there while the others wait for
+// it in NCCL's set-up: the job ends instead, that rank saying why. `note`: the device line.
+Device select_rank_device(dist::Communicator& c, const std::string& flag, std::string* note);
+// That check's message, "" when the ranks agree: `cuda_ranks` of `ranks` chose CUDA; this rank
+// chose `mine`, for the reason `why_not_cuda` when it is the CPU.
+std::string device_disagreement(int cuda_ranks, int ranks, Device mine, const std::string& why_not_cuda);
+
 // A UsageError unless `batch` (the global batch of `flag`) splits evenly over the ranks.
 void check_global_batch(const dist::Communicator& c, const char* flag, int64_t batch);
 

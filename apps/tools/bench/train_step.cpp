@@ -30,6 +30,7 @@
 #include <sys/resource.h>
 #include <vector>
 
+#include "apps/run/distributed_run.h"
 #include "apps/tools/bench/bench.h"
 #include "engine/check.h"
 #include "engine/cpu_kernels.h"
@@ -115,8 +116,7 @@ int bench_train_step(int argc, char** argv) {
   batch /= ranks.size();  // this rank's shard
 
   std::string note;
-  const Device device = select_device(device_flag, &note);
-  if (device == Device::CUDA) ranks.attach_cuda();
+  const Device device = select_rank_device(ranks, device_flag, &note);
   std::printf("%s\n", note.c_str());
   const std::string kernels_note = select_cpu_kernels(cpu_kernels_flag);  // UsageError on a bad value
   if (device == Device::CPU) std::printf("%s\n", kernels_note.c_str());
