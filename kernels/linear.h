@@ -4,7 +4,7 @@
 //   backward_weight  dw += dy^T x:  2 N IN OUT FLOPs (one GEMM, beta = 1).
 //   backward_bias    db += column sums of dy: N OUT FLOPs, 4 N OUT bytes read.
 // The GEMMs go to OpenBLAS (cblas_sgemm) on the CPU, oneDNN's sgemm for the two gradients on
-// the CPU's fast tier, and cuBLAS (cublasSgemm, FP32 math) on CUDA; the bias kernels are
+// the CPU's fast tier, and cuBLAS (cublasSgemm; FP32 math unless --math tf32) on CUDA; the bias kernels are
 // hand-written. Gradients accumulate (+=, GEMM beta = 1) because a
 // weight can be used twice in one step (the two BYOL views through one projector).
 // Tests: tests/ops_basic_test.cpp (gradient checks of every input, N = 1, large IN; CUDA vs

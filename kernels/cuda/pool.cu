@@ -119,7 +119,8 @@ PoolGeometry geometry(int64_t h, int64_t w, int64_t ho, int64_t wo, int64_t kern
   if (h <= 0 || w <= 0 || kernel <= 0 || stride <= 0 || pad < 0 || h * w > kMaxIndex32 || ho * wo > kMaxIndex32 ||
       h + reach > kMaxIndex32 || w + reach > kMaxIndex32)
     throw_status("CUDA",
-                 ("expected a pooling plane within 32-bit indices (h * w < 2^31), found h " + std::to_string(h) +
+                 ("expected kernel and stride > 0, pad >= 0 and a plane within 32-bit indices (h * w, ho * wo and h or w "
+                  "plus the window's reach under 2^31), found h " + std::to_string(h) +
                   " w " + std::to_string(w) + " kernel " + std::to_string(kernel) + " stride " +
                   std::to_string(stride) + " pad " + std::to_string(pad))
                      .c_str(),
