@@ -117,7 +117,12 @@ void Buffer::release() {
     std::free(ptr_);
   } else {
 #if TESSERA_CUDA
-    cudaFree(ptr_);  // no check: destructors must not throw
+    // cudaFree waits for all work queued on the device, so a buffer freed while earlier kernels
+    // still read it (a workspace spill, a scratch region being regrown) is safe; a
+    // stream-ordered allocator (cudaFreeAsync) would have to be given the engine stream here.
+    // No check (destructors must not throw), but a non-sticky error is cleared so that the
+    // next kernel's launch check does not report it as its own.
+    if (cudaFree(ptr_) != cudaSuccess) (void)cudaGetLastError();
 #endif
   }
   ptr_ = nullptr;
