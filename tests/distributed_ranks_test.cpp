@@ -4,6 +4,7 @@
 // halves, the abort and deadline children and the CUDA SyncBN kernels are here too.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -454,60 +455,67 @@ TEST(SyncBatchNormKernels, CudaMatchesCpu) {
   std::string reason;
   if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "CUDA comparison not run: " << reason;
 #if TESSERA_CUDA
-  const int64_t n = 5, c = 3, hw = 7, total = n * c * hw;
-  std::vector<float> x(total), dy(total), gamma(c), vecs(c);
-  for (int64_t i = 0; i < total; ++i) {
-    x[i] = 1.5f + std::sin(0.37f * float(i));
-    dy[i] = std::cos(0.11f * float(i * i % 17));
-  }
-  for (int64_t k = 0; k < c; ++k) gamma[k] = 0.5f + float(k);
-  struct Result {
-    std::vector<float> mean, var, invstd, rm, rv, dx, dgamma, dbeta;
-    std::vector<double> sums, bsums;
-  };
-  auto run_on = [&](Device d) {
-    auto up = [&](const std::vector<float>& v) {
-      OwnedTensor t(d, Shape{static_cast<int64_t>(v.size())});
-      copy_from_host(t.t, v.data(), v.size() * 4);
-      return t;
+  // Small planes, several to a block (7); a plane wider than a block and more elements per
+  // channel than threads (300); one element per plane with many channels (1).
+  for (const std::array<int64_t, 3>& shape : {std::array<int64_t, 3>{5, 3, 7}, {3, 4, 300}, {2, 70, 1}}) {
+    const int64_t n = shape[0], c = shape[1], hw = shape[2];
+    SCOPED_TRACE(::testing::Message() << "n " << n << " c " << c << " hw " << hw);
+    const int64_t total = n * c * hw;
+    std::vector<float> x(total), dy(total), gamma(c), vecs(c);
+    for (int64_t i = 0; i < total; ++i) {
+      x[i] = 1.5f + std::sin(0.37f * float(i));
+      dy[i] = std::cos(0.11f * float(i * i % 17));
+    }
+    for (int64_t k = 0; k < c; ++k) gamma[k] = 0.5f + float(k);
+    struct Result {
+      std::vector<float> mean, var, invstd, rm, rv, dx, dgamma, dbeta;
+      std::vector<double> sums, bsums;
     };
-    OwnedTensor xt = up(x), dyt = up(dy), gt = up(gamma), mean = up(vecs), var = up(vecs), invstd = up(vecs),
-                rm = up(std::vector<float>(c, 0.2f)), rv = up(std::vector<float>(c, 0.9f)),
-                dx = up(std::vector<float>(total, 0.25f)), dgamma = up(std::vector<float>(c, 1.0f)),
-                dbeta = up(vecs), sums(d, Shape{4 * c}), local(d, Shape{4 * c}), global(d, Shape{4 * c});
-    auto dbl = [](OwnedTensor& t) { return reinterpret_cast<double*>(t.t.f32()); };
-    TS_DISPATCH(d, batch_norm_sums, xt.t.f32(), rm.t.f32(), dbl(sums), n, c, hw);
-    TS_DISPATCH(d, batch_norm_sync_stats, dbl(sums), double(n * hw), mean.t.f32(), var.t.f32(), invstd.t.f32(),
-                rm.t.f32(), rv.t.f32(), c, 0.1f, 1e-5f);
-    TS_DISPATCH(d, batch_norm_backward_sums, xt.t.f32(), dyt.t.f32(), mean.t.f32(), invstd.t.f32(), dbl(local),
-                dbl(global), n, c, hw);
-    // dx accumulates (its 0.25 stays added), dgamma accumulates, dbeta is overwritten.
-    TS_DISPATCH(d, batch_norm_backward_apply, xt.t.f32(), dyt.t.f32(), gt.t.f32(), mean.t.f32(), invstd.t.f32(),
-                dbl(local), dbl(global), double(n * hw), dx.t.f32(), dgamma.t.f32(), dbeta.t.f32(), n, c, hw,
-                uint32_t{kernels::kBnAccumulateDx | kernels::kBnAccumulateDgamma});
-    Result r{to_host_f32(mean.t), to_host_f32(var.t), to_host_f32(invstd.t), to_host_f32(rm.t), to_host_f32(rv.t),
-             to_host_f32(dx.t), to_host_f32(dgamma.t), to_host_f32(dbeta.t), {}, {}};
-    r.sums.resize(2 * c);
-    r.bsums.resize(2 * c);
-    copy_to_host(r.sums.data(), sums.t, 2 * c * 8);
-    copy_to_host(r.bsums.data(), global.t, 2 * c * 8);
-    return r;
-  };
-  const Result cpu = run_on(Device::CPU), gpu = run_on(Device::CUDA);
-  auto near = [](const auto& a, const auto& b, const char* what) {
-    ASSERT_EQ(a.size(), b.size()) << what;
-    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * (1 + std::abs(double(b[i])))) << what << " " << i;
-  };
-  near(gpu.sums, cpu.sums, "sums");
-  near(gpu.bsums, cpu.bsums, "backward sums");
-  near(gpu.mean, cpu.mean, "mean");
-  near(gpu.var, cpu.var, "var");
-  near(gpu.invstd, cpu.invstd, "invstd");
-  near(gpu.rm, cpu.rm, "running_mean");
-  near(gpu.rv, cpu.rv, "running_var");
-  near(gpu.dx, cpu.dx, "dx");
-  near(gpu.dgamma, cpu.dgamma, "dgamma");
-  near(gpu.dbeta, cpu.dbeta, "dbeta");
+    auto run_on = [&](Device d) {
+      auto up = [&](const std::vector<float>& v) {
+        OwnedTensor t(d, Shape{static_cast<int64_t>(v.size())});
+        copy_from_host(t.t, v.data(), v.size() * 4);
+        return t;
+      };
+      OwnedTensor xt = up(x), dyt = up(dy), gt = up(gamma), mean = up(vecs), var = up(vecs), invstd = up(vecs),
+                  rm = up(std::vector<float>(c, 0.2f)), rv = up(std::vector<float>(c, 0.9f)),
+                  dx = up(std::vector<float>(total, 0.25f)), dgamma = up(std::vector<float>(c, 1.0f)),
+                  dbeta = up(vecs), sums(d, Shape{4 * c}), local(d, Shape{4 * c}), global(d, Shape{4 * c});
+      auto dbl = [](OwnedTensor& t) { return reinterpret_cast<double*>(t.t.f32()); };
+      TS_DISPATCH(d, batch_norm_sums, xt.t.f32(), rm.t.f32(), dbl(sums), n, c, hw);
+      TS_DISPATCH(d, batch_norm_sync_stats, dbl(sums), double(n * hw), mean.t.f32(), var.t.f32(), invstd.t.f32(),
+                  rm.t.f32(), rv.t.f32(), c, 0.1f, 1e-5f);
+      TS_DISPATCH(d, batch_norm_backward_sums, xt.t.f32(), dyt.t.f32(), mean.t.f32(), invstd.t.f32(), dbl(local),
+                  dbl(global), n, c, hw);
+      // dx accumulates (its 0.25 stays added), dgamma accumulates, dbeta is overwritten.
+      TS_DISPATCH(d, batch_norm_backward_apply, xt.t.f32(), dyt.t.f32(), gt.t.f32(), mean.t.f32(), invstd.t.f32(),
+                  dbl(local), dbl(global), double(n * hw), dx.t.f32(), dgamma.t.f32(), dbeta.t.f32(), n, c, hw,
+                  uint32_t{kernels::kBnAccumulateDx | kernels::kBnAccumulateDgamma});
+      Result r{to_host_f32(mean.t), to_host_f32(var.t), to_host_f32(invstd.t), to_host_f32(rm.t), to_host_f32(rv.t),
+               to_host_f32(dx.t), to_host_f32(dgamma.t), to_host_f32(dbeta.t), {}, {}};
+      r.sums.resize(2 * c);
+      r.bsums.resize(2 * c);
+      copy_to_host(r.sums.data(), sums.t, 2 * c * 8);
+      copy_to_host(r.bsums.data(), global.t, 2 * c * 8);
+      return r;
+    };
+    const Result cpu = run_on(Device::CPU), gpu = run_on(Device::CUDA);
+    auto near = [](const auto& a, const auto& b, const char* what) {
+      ASSERT_EQ(a.size(), b.size()) << what;
+      for (size_t i = 0; i < a.size(); ++i)
+        EXPECT_NEAR(a[i], b[i], 1e-5 * (1 + std::abs(double(b[i])))) << what << " " << i;
+    };
+    near(gpu.sums, cpu.sums, "sums");
+    near(gpu.bsums, cpu.bsums, "backward sums");
+    near(gpu.mean, cpu.mean, "mean");
+    near(gpu.var, cpu.var, "var");
+    near(gpu.invstd, cpu.invstd, "invstd");
+    near(gpu.rm, cpu.rm, "running_mean");
+    near(gpu.rv, cpu.rv, "running_var");
+    near(gpu.dx, cpu.dx, "dx");
+    near(gpu.dgamma, cpu.dgamma, "dgamma");
+    near(gpu.dbeta, cpu.dbeta, "dbeta");
+  }
 #endif
 }
 }  // namespace
