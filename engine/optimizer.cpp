@@ -99,7 +99,7 @@ void Optimizer::step(Arena& params, const Arena& grads, float lr) {
       float* partials = static_cast<float*>(lars_partials_.data());
       float* trust = partials + 2 * n;
       const int64_t num_slots = slots_.size();
-      const kernels::LarsParams lars{lr, c.momentum, c.eta, c.lars_eps, c.nesterov ? 1 : 0, skip_};
+      const kernels::LarsParams lars{lr, c.momentum, c.eta, c.lars_eps, c.nesterov ? 1 : 0, skip_, c.lars_clip_lr ? 1 : 0};
       TS_DISPATCH_COST(device_, lars_norms, cost(8, 4), slots, chunks, n, params.data(), grads.data(), partials);
       TS_DISPATCH_COST(device_, lars_trust_ratios, (kernels::Cost{8.0 * double(n + num_slots), 2.0 * double(n)}), slots,
                        num_slots, partials, trust, lars);

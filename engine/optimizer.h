@@ -36,6 +36,7 @@ struct OptimizerConfig {
   bool exclude_bias_and_norm = true;
   float eta = 0.02f;                 // LARS trust coefficient (solo-learn's BYOL CIFAR value)
   float lars_eps = 1e-8f;
+  bool lars_clip_lr = false;         // LARS: trust = min(trust / lr, 1) (solo-learn's clip_lr)
   float beta1 = 0.9f, beta2 = 0.999f, adam_eps = 1e-8f;  // AdamW
 };
 

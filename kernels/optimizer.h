@@ -35,6 +35,7 @@ struct LarsParams {
   float lr, momentum, eta, eps;
   int32_t nesterov;
   const int32_t* skip = nullptr;  // as SgdParams::skip (lars_step; the norms and ratios are only read by it)
+  int32_t clip_lr = 0;            // trust = min(trust / lr, 1) (kernels/common/optimizer_rules.h)
 };
 struct AdamWParams {
   float lr, beta1, beta2, eps;

@@ -244,12 +244,18 @@ TEST(TorchOracle, SgdAdamWAndSoloLearnLars) {
   OptimizerConfig sgd = config_for(OptimizerKind::Sgd);
   sgd.nesterov = true;
   OptimizerConfig adamw = config_for(OptimizerKind::AdamW);
+  // solo-learn's clip_lr at lr 0.1, where the weight's trust ratio (about 0.5) is clipped.
+  const std::vector<float> kSoloLarsClip = {0.106219284f, -0.18377386f, 0.294988185f, -0.394982576f,
+                                            0.483757049f, -0.606191278f, 0.0370700024f, 0.0702400059f};
   OptimizerConfig lars = config_for(OptimizerKind::Lars);
   lars.weight_decay = 1e-4f;
+  OptimizerConfig lars_clip = lars;
+  lars_clip.lars_clip_lr = true;
   const std::pair<const char*, std::pair<std::vector<float>, std::vector<float>>> cases[] = {
       {"sgd", {kTorchSgd, run_tiny(sgd, 0.1f)}},
       {"adamw", {kTorchAdamW, run_tiny(adamw, 0.01f)}},
-      {"lars", {kSoloLars, run_tiny(lars, 0.5f)}}};
+      {"lars", {kSoloLars, run_tiny(lars, 0.5f)}},
+      {"lars clip_lr", {kSoloLarsClip, run_tiny(lars_clip, 0.1f)}}};
   for (const auto& [name, pair] : cases)
     for (size_t i = 0; i < pair.first.size(); ++i)
       EXPECT_NEAR(pair.second[i], pair.first[i], kTol * (1.0f + std::fabs(pair.first[i])))
@@ -394,9 +400,12 @@ TEST(Optimizer, OutOfRangeSettingsAreRefusedAndLrZeroIsAStep) {
 TEST(OptimizerCuda, MatchesCpu) {
   std::string reason;
   if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "CUDA vs CPU optimizers not run: " << reason;
-  for (OptimizerKind kind : {OptimizerKind::Sgd, OptimizerKind::Lars, OptimizerKind::AdamW}) {
+  for (int variant = 0; variant < 4; ++variant) {
+    const OptimizerKind kind = variant == 0 ? OptimizerKind::Sgd : variant == 3 ? OptimizerKind::AdamW : OptimizerKind::Lars;
     OptimizerConfig c = config_for(kind);
     c.nesterov = kind != OptimizerKind::AdamW;
+    c.lars_clip_lr = variant == 2;
+    SCOPED_TRACE(c.lars_clip_lr ? "lars clip_lr" : optimizer_name(kind));
     Net cpu, gpu(Device::CUDA);
     Optimizer ocpu(cpu.t, Device::CPU, c), ogpu(gpu.t, Device::CUDA, c);
     for (int k = 0; k < 3; ++k) {

@@ -26,6 +26,8 @@ void add_options(Options& o, Config& c) {
   o.add("weight-decay", &c.weight_decay, "weight decay").min(0);
   o.add("sgd-momentum", &c.sgd_momentum, "momentum of sgd and lars").min(0).max(1, false);
   o.add("lars-eta", &c.lars_eta, "LARS trust coefficient").min(0, false);
+  o.flag("lars-clip-lr", &c.lars_clip_lr,
+         "LARS: an adapted tensor moves at min(trust ratio, lr), not trust ratio x lr (solo-learn's clip_lr)");
   o.add("batch-size", &c.batch_size, "images per step (each gives two views)").min(2);
   o.add("epochs", &c.epochs, "epochs (whole batches per epoch; the rest is skipped)").min(1);
   o.add("steps", &c.steps, "length of the run in steps, overriding --epochs (0: epochs x batches per epoch)").min(0);

@@ -32,6 +32,7 @@ struct Config {
   double weight_decay = 1e-5;
   double sgd_momentum = 0.9;
   double lars_eta = 0.02;
+  bool lars_clip_lr = false;
   int64_t batch_size = 256;
   int64_t epochs = 200;
   int64_t steps = 0;

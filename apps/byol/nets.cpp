@@ -38,6 +38,7 @@ OptimizerConfig optimizer_config(const Config& c) {
   o.weight_decay = static_cast<float>(c.weight_decay);
   o.momentum = static_cast<float>(c.sgd_momentum);
   o.eta = static_cast<float>(c.lars_eta);
+  o.lars_clip_lr = c.lars_clip_lr;
   o.exclude_bias_and_norm = true;
   return o;
 }

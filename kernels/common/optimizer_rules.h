@@ -37,15 +37,19 @@ TS_HD void sgd_element(float& w, float& buf, float g, float weight_decay, float 
 // LARS as in solo-learn (the BYOL recipe): for an adapted tensor with non-zero norms,
 //   trust = eta * |w| / (|g| + wd * |w| + eps),  d = (g + wd * w) * trust
 // otherwise d = g (excluded tensors get neither decay nor adaptation); then SGD momentum.
+// With clip_lr (solo-learn's clip_lr, on in its CIFAR recipe) trust becomes min(trust / lr, 1),
+// so an adapted tensor moves at min(trust, lr) times its direction, never faster than the
+// schedule's lr; lr 0 (a warm-up's first step) gives trust 1, a zero step either way.
 // Returns the trust ratio and sets the weight decay that applies.
-TS_HD float lars_trust(float w_norm, float g_norm, float weight_decay, float eta, float eps, bool adapt,
-                       float* applied_weight_decay) {
+TS_HD float lars_trust(float w_norm, float g_norm, float weight_decay, float eta, float eps, bool adapt, bool clip_lr,
+                       float lr, float* applied_weight_decay) {
   if (!adapt || w_norm == 0.0f || g_norm == 0.0f) {
     *applied_weight_decay = 0.0f;
     return 1.0f;
   }
   *applied_weight_decay = weight_decay;
-  return eta * w_norm / (fmaf(weight_decay, w_norm, g_norm) + eps);
+  const float trust = eta * w_norm / (fmaf(weight_decay, w_norm, g_norm) + eps);
+  return clip_lr ? fminf(trust / lr, 1.0f) : trust;
 }
 
 // LARS's norms are summed in one fixed order that both backends follow, so the CPU and CUDA

@@ -36,7 +36,8 @@ void lars_trust_ratios(const OptimizerSlot* slots, int64_t num_slots, const floa
     float ww = 0.0f, gg = 0.0f;
     lars_slot_sums(partials, s.first_chunk, s.num_chunks, &ww, &gg);  // the CUDA kernel's order
     float wd = 0.0f;
-    trust[2 * k] = lars_trust(sqrtf(ww), sqrtf(gg), s.weight_decay, p.eta, p.eps, s.adapt != 0, &wd);
+    trust[2 * k] = lars_trust(sqrtf(ww), sqrtf(gg), s.weight_decay, p.eta, p.eps, s.adapt != 0, p.clip_lr != 0, p.lr,
+                              &wd);
     trust[2 * k + 1] = wd;
   }
 }

@@ -89,7 +89,8 @@ __global__ void __launch_bounds__(kLarsLanes)
   }
   if (t == 0) {
     float wd = 0.0f;
-    trust[2 * blockIdx.x] = lars_trust(sqrtf(a[0]), sqrtf(b[0]), s.weight_decay, p.eta, p.eps, s.adapt != 0, &wd);
+    trust[2 * blockIdx.x] = lars_trust(sqrtf(a[0]), sqrtf(b[0]), s.weight_decay, p.eta, p.eps, s.adapt != 0,
+                                          p.clip_lr != 0, p.lr, &wd);
     trust[2 * blockIdx.x + 1] = wd;
   }
 }

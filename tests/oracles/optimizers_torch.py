@@ -1,6 +1,6 @@
 # Oracle numbers for tests/optimizer_test.cpp (TorchOracle.*): torch.optim.SGD (Nesterov,
 # weight decay on the weight only), torch.optim.AdamW, and solo-learn's LARS written out with
-# torch ops, three steps on a (2, 3) weight and a (2) bias. Run once with python3-torch 1.13
+# torch ops (with and without its clip_lr), three steps on a (2, 3) weight and a (2) bias. Run once with python3-torch 1.13
 # (/usr/bin/python3 tests/oracles/optimizers_torch.py); the printed lines are pasted into the test.
 import torch
 def init():
@@ -25,8 +25,9 @@ fmt("kTorchSgd", run(lambda w,b: torch.optim.SGD([{"params":[w],"weight_decay":5
 fmt("kTorchAdamW", run(lambda w,b: torch.optim.AdamW([{"params":[w],"weight_decay":0.05},{"params":[b],"weight_decay":0.0}], lr=0.01)))
 # solo-learn's LARS, written out with torch ops
 class LARS(torch.optim.Optimizer):
-    def __init__(self, params, lr, momentum, weight_decay, eta, eps=1e-8):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps))
+    def __init__(self, params, lr, momentum, weight_decay, eta, eps=1e-8, clip_lr=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps,
+                                      clip_lr=clip_lr))
     @torch.no_grad()
     def step(self):
         for g in self.param_groups:
@@ -37,6 +38,8 @@ class LARS(torch.optim.Optimizer):
                     if p_norm != 0 and g_norm != 0:
                         lars_lr = p_norm / (g_norm + p_norm * g["weight_decay"] + g["eps"])
                         lars_lr *= g["eta"]
+                        if g["clip_lr"]:
+                            lars_lr = min(lars_lr / g["lr"], 1)
                         d_p = d_p.add(p, alpha=g["weight_decay"])
                         d_p *= lars_lr
                 st = self.state[p]
@@ -46,3 +49,5 @@ class LARS(torch.optim.Optimizer):
                     buf = st["momentum_buffer"]; buf.mul_(g["momentum"]).add_(d_p)
                 p.add_(buf, alpha=-g["lr"])
 fmt("kSoloLars", run(lambda w,b: LARS([w,b], lr=0.5, momentum=0.9, weight_decay=1e-4, eta=0.02)))
+# clip_lr (solo-learn's CIFAR recipe): the trust ratio here is above lr 0.1, so the clip acts
+fmt("kSoloLarsClip", run(lambda w,b: LARS([w,b], lr=0.1, momentum=0.9, weight_decay=1e-4, eta=0.02, clip_lr=True)))
