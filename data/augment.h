@@ -4,8 +4,10 @@
 //                    solarize probabilities: BYOL's asymmetric recipe), random resized crop
 //                    to `out_size`, flip, colour jitter, grayscale, blur, solarize;
 //   fixmatch-weak    flip + translation up to 12.5% (reflect padding, random crop);
-//   fixmatch-strong  weak + RandAugment (2 of 14 ops, random magnitude, each with p 0.5) +
-//                    Cutout (grey square up to half the side);
+//   fixmatch-strong  weak + RandAugment (2 of 14 ops, random magnitude, each with p 0.5;
+//                    rotate, shear and translate move whole pixels as PIL's NEAREST does in
+//                    FixMatch's TF code and PyTorch port) + Cutout (grey square, side drawn up
+//                    to half the image's, the paper's range; the port always cuts 16 px);
 //   normalize        evaluation: (x / 255 - mean) / std only.
 // Each call augments one view of a batch: uint8 images in, normalised float out, on one
 // device (CPU: OpenMP across images; CUDA: one launch). The parameters of image i come from

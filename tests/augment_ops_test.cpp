@@ -3,6 +3,7 @@
 // directly with a one-worker team, as the CPU backend runs them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -272,6 +273,46 @@ TEST(AugmentOps, AffineIdentityAndHalfTurn) {
   // Translate by a whole image: everything uncovered reads grey.
   kernels::apply_affine(t, img.data(), tmp.data(), 1, 2, 2, 1, 0, 0, 1, 2.0f, 0);
   for (float v : img) EXPECT_EQ(v, 0.5f);
+}
+
+// RandAugment's geometric ops as FixMatch's TF code and its PyTorch port do them with PIL:
+// nearest sampling (pixels move, never blend), whole-pixel translations (int(v * side)), and
+// shears about the top-left corner.
+TEST(AugmentOps, RandAugmentGeometryMovesWholePixelsLikePil) {
+  AugmentSpec s;
+  s.channels = 1;
+  s.out_h = 4;
+  s.out_w = 8;
+  std::vector<float> src(32), img, tmp(32);
+  for (int i = 0; i < 32; ++i) src[i] = level(i + 1);
+  OneWorker t;
+  AugmentShared sh;
+  // TranslateX at level 0.5: 0.5 * 0.3 * 8 = 1.2 pixels -> 1; each row moves one column.
+  img = src;
+  kernels::apply_randaugment(t, s, kernels::kRaTranslateX, 0.5f, img.data(), tmp.data(), sh);
+  for (int y = 0; y < 4; ++y) {
+    EXPECT_EQ(img[y * 8], 0.5f) << y;  // uncovered: grey
+    for (int x = 1; x < 8; ++x) EXPECT_EQ(img[y * 8 + x], src[y * 8 + x - 1]) << y << "," << x;
+  }
+  // ShearX at level 1 (k 0.3) about the top-left corner: row y reads x + 0.3 (y + 0.5),
+  // rounded: rows 0 and 1 stay, rows 2 and 3 (0.75, 1.05) move by one column.
+  img = src;
+  kernels::apply_randaugment(t, s, kernels::kRaShearX, 1.0f, img.data(), tmp.data(), sh);
+  for (int x = 0; x < 8; ++x) {
+    EXPECT_EQ(img[x], src[x]) << x;
+    EXPECT_EQ(img[8 + x], src[8 + x]) << x;
+    for (int y = 2; y < 4; ++y) EXPECT_EQ(img[y * 8 + x], x < 7 ? src[y * 8 + x + 1] : 0.5f) << y << "," << x;
+  }
+  // Rotate: every output value is a source value or the grey fill, never a blend.
+  img = src;
+  kernels::apply_randaugment(t, s, kernels::kRaRotate, 0.37f, img.data(), tmp.data(), sh);
+  int moved = 0;
+  for (int i = 0; i < 32; ++i) {
+    const bool from_source = std::find(src.begin(), src.end(), img[i]) != src.end();
+    EXPECT_TRUE(from_source || img[i] == 0.5f) << i << ": " << img[i];
+    moved += img[i] != src[i];
+  }
+  EXPECT_GT(moved, 0);
 }
 
 TEST(AugmentOps, OwnTranscendentalsMatchTheLibrary) {

@@ -231,20 +231,13 @@ TS_AUGMENT_FN float sample_region_u8(const uint8_t* plane, int stride, int y0, i
   return ((1.0f - ly) * top + ly * bottom) / 255.0f;
 }
 
-// Bilinear sample of a float plane (h, w) at continuous pixel coordinates; neighbours outside
-// the plane read `fill` (affine RandAugment ops fill the uncovered area with grey).
-TS_AUGMENT_FN float sample_fill(const float* plane, int h, int w, float sy, float sx, float fill) {
-  const float fy = floorf(sy), fx = floorf(sx);
-  const int iy = static_cast<int>(fy), ix = static_cast<int>(fx);
-  const float ly = sy - fy, lx = sx - fx;
-  float v[4];
-  for (int k = 0; k < 4; ++k) {
-    const int y = iy + (k >> 1), x = ix + (k & 1);
-    v[k] = (y >= 0 && y < h && x >= 0 && x < w) ? plane[y * w + x] : fill;
-  }
-  const float top = (1.0f - lx) * v[0] + lx * v[1];
-  const float bottom = (1.0f - lx) * v[2] + lx * v[3];
-  return (1.0f - ly) * top + ly * bottom;
+// Nearest sample of a float plane (h, w) at continuous pixel coordinates (pixel centres at
+// integers): the pixel whose square holds the point, as PIL's NEAREST, which the FixMatch
+// references' affine RandAugment ops use; outside the plane reads `fill` (grey here).
+TS_AUGMENT_FN float sample_nearest_fill(const float* plane, int h, int w, float sy, float sx, float fill) {
+  const float fy = floorf(sy + 0.5f), fx = floorf(sx + 0.5f);
+  if (!(fy >= 0.0f && fy < static_cast<float>(h) && fx >= 0.0f && fx < static_cast<float>(w))) return fill;
+  return plane[static_cast<int>(fy) * w + static_cast<int>(fx)];
 }
 
 // Normalised Gaussian taps w[0..2r] for offsets -r..r (torchvision normalises the kernel).

@@ -210,8 +210,9 @@ TS_AUGMENT_FN void adjust_sharpness(Team& t, float* img, float* tmp, int C, int 
 }
 
 // Inverse affine map about the image centre: output pixel (y, x) samples the source at
-// (a x' + b y' + cx - 0.5 + tx, d x' + e y' + cy - 0.5 + ty), x' = x + 0.5 - cx etc.
-// Uncovered area reads grey 0.5.
+// (a x' + b y' + cx - 0.5 + tx, d x' + e y' + cy - 0.5 + ty), x' = x + 0.5 - cx etc., taking
+// the nearest pixel (PIL's NEAREST, as in FixMatch's TF code and its PyTorch port: moved
+// pixels keep their values, no blur). Uncovered area reads grey 0.5 (the references: black).
 template <class Team>
 TS_AUGMENT_FN void apply_affine(Team& t, float* img, float* tmp, int C, int H, int W, float a, float b, float d,
                         float e, float tx, float ty) {
@@ -224,7 +225,7 @@ TS_AUGMENT_FN void apply_affine(Team& t, float* img, float* tmp, int C, int H, i
     const float u = static_cast<float>(x) + 0.5f - cx, v = static_cast<float>(y) + 0.5f - cy;
     const float sx = a * u + b * v + cx - 0.5f + tx;
     const float sy = d * u + e * v + cy - 0.5f + ty;
-    img[r * W + x] = sample_fill(tmp + c * n, H, W, sy, sx, 0.5f);
+    img[r * W + x] = sample_nearest_fill(tmp + c * n, H, W, sy, sx, 0.5f);
   });
   t.sync();
 }
@@ -252,13 +253,26 @@ TS_AUGMENT_FN void apply_randaugment(Team& t, const AugmentSpec& s, int op, floa
       apply_affine(t, img, tmp, C, H, W, cs, sn, -sn, cs, 0.0f, 0.0f);
       break;
     }
-    case kRaShearX: apply_affine(t, img, tmp, C, H, W, 1.0f, level * s.ra_max_shear, 0.0f, 1.0f, 0.0f, 0.0f); break;
-    case kRaShearY: apply_affine(t, img, tmp, C, H, W, 1.0f, 0.0f, level * s.ra_max_shear, 1.0f, 0.0f, 0.0f); break;
+    // Shears about the top-left corner (PIL's AFFINE (1, k, 0, 0, 1, 0) in the references): the
+    // centred map plus the shift k * cy that moves its fixed point to the corner.
+    case kRaShearX: {
+      const float k = level * s.ra_max_shear;
+      apply_affine(t, img, tmp, C, H, W, 1.0f, k, 0.0f, 1.0f, k * 0.5f * static_cast<float>(H), 0.0f);
+      break;
+    }
+    case kRaShearY: {
+      const float k = level * s.ra_max_shear;
+      apply_affine(t, img, tmp, C, H, W, 1.0f, 0.0f, k, 1.0f, 0.0f, k * 0.5f * static_cast<float>(W));
+      break;
+    }
+    // Whole pixels, truncated towards zero (the references' int(v * side)).
     case kRaTranslateX:
-      apply_affine(t, img, tmp, C, H, W, 1.0f, 0.0f, 0.0f, 1.0f, -level * s.ra_max_translate * static_cast<float>(W), 0.0f);
+      apply_affine(t, img, tmp, C, H, W, 1.0f, 0.0f, 0.0f, 1.0f, -truncf(level * s.ra_max_translate * static_cast<float>(W)),
+                   0.0f);
       break;
     case kRaTranslateY:
-      apply_affine(t, img, tmp, C, H, W, 1.0f, 0.0f, 0.0f, 1.0f, 0.0f, -level * s.ra_max_translate * static_cast<float>(H));
+      apply_affine(t, img, tmp, C, H, W, 1.0f, 0.0f, 0.0f, 1.0f, 0.0f,
+                   -truncf(level * s.ra_max_translate * static_cast<float>(H)));
       break;
     default: break;  // kRaIdentity
   }
