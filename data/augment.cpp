@@ -60,6 +60,7 @@ AugmentPipeline::AugmentPipeline(Recipe recipe, int channels, int height, int wi
     s.std[c] = std[static_cast<size_t>(c)];
   }
   s.scale_lo = options.crop_scale_lo;
+  s.crop_bicubic = options.crop_bicubic ? 1 : 0;
   s.log_ratio_lo = std::log(3.0f / 4.0f);
   s.log_ratio_hi = std::log(4.0f / 3.0f);
   s.jitter_prob = options.jitter_prob;

@@ -39,6 +39,7 @@ struct AugmentOptions {
   float solarize_prob[2] = {0.0f, 0.2f};  // BYOL views 0, 1
   int blur_radius = -1;                   // -1: about 10% of the side (kernel 23 at 224, 3 at 32)
   float crop_scale_lo = 0.08f;            // random resized crop: smallest area fraction
+  bool crop_bicubic = false;              // random resized crop: PIL's bicubic, not bilinear
   float jitter_prob = 0.8f;
   float gray_prob = 0.2f;
   float translate = 0.125f;               // FixMatch translation, fraction of the side

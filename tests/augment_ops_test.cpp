@@ -275,6 +275,42 @@ TEST(AugmentOps, AffineIdentityAndHalfTurn) {
   for (float v : img) EXPECT_EQ(v, 0.5f);
 }
 
+// BYOL's crop resized bicubically as PIL does it (tests/oracles/bicubic_pil.py: PIL 9.4 in float
+// mode, the crop cut out first as torchvision's resized_crop does): enlarged (filter support 2,
+// taps past the crop's edge dropped and the rest renormalised) and shrunk (support widened by
+// the scale: antialiasing). PIL's float path and this one round differently: 1e-5.
+TEST(AugmentOps, BicubicCropMatchesPil) {
+  const std::vector<float> kEnlarged = {
+      0.01175497f,  0.471828685f, 1.00161211f,  1.04920798f,  0.678779572f, 0.332560311f, 0.304261211f, 0.53911067f,
+      0.824897856f, 0.900367946f, 0.515267944f, 0.149223687f, 0.722187835f, 0.615224921f, 0.530029058f, 0.644480746f,
+      0.305651676f, -0.0284829719f, 0.592903167f, 0.46962765f, 0.362816096f, 0.460059731f, 0.51686892f, 0.54014372f,
+      0.459035776f, 0.364157493f, 0.285568148f, 0.366904405f, 0.681260472f, 0.938331634f};
+  const std::vector<float> kShrunk = {0.306047058f, 0.495350108f, 0.709552002f, 0.387667847f,
+                                      0.691527004f, 0.500668694f, 0.50010729f,  0.496622392f,
+                                      0.715455837f, 0.461151542f, 0.480848185f, 0.791302789f};
+  std::vector<uint8_t> src(6 * 7);
+  for (int i = 0; i < 42; ++i) src[size_t(i)] = static_cast<uint8_t>((37 * i * i + 11 * i + 5) % 256);
+  const auto resized = [&](int y0, int x0, int h, int w, int out_h, int out_w) {
+    AugmentSpec s;
+    s.recipe = kernels::kRecipeByol;
+    s.channels = 1;
+    s.in_h = 6;
+    s.in_w = 7;
+    s.out_h = out_h;
+    s.out_w = out_w;
+    s.crop_bicubic = 1;
+    AugmentParams p = no_params();
+    p.crop_y = y0, p.crop_x = x0, p.crop_h = h, p.crop_w = w;
+    std::vector<float> img(size_t(out_h * out_w));
+    OneWorker t;
+    kernels::load_view(t, s, p, src.data(), img.data());
+    return img;
+  };
+  const std::vector<float> enlarged = resized(1, 2, 3, 4, 5, 6), shrunk = resized(0, 0, 6, 7, 3, 4);
+  for (size_t i = 0; i < kEnlarged.size(); ++i) EXPECT_NEAR(enlarged[i], kEnlarged[i], 1e-5f) << "enlarged " << i;
+  for (size_t i = 0; i < kShrunk.size(); ++i) EXPECT_NEAR(shrunk[i], kShrunk[i], 1e-5f) << "shrunk " << i;
+}
+
 // RandAugment's geometric ops as FixMatch's TF code and its PyTorch port do them with PIL:
 // nearest sampling (pixels move, never blend), whole-pixel translations (int(v * side)), and
 // shears about the top-left corner.

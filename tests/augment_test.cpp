@@ -387,6 +387,7 @@ TEST(AugmentCuda, MatchesTheCpuExactly) {
         const std::vector<uint8_t> images = synthetic_images(2 * n, C, S, S, 17);
         AugmentOptions o;
         o.out_size = S == 28 ? 24 : 0;
+        o.crop_bicubic = S == 28;  // bilinear crops at 32, bicubic ones (enlarged and shrunk) at 28 -> 24
         o.blur_radius = 2;  // exercise more taps than the default 1
         AugmentPipeline p(r, C, S, S, mean_of(C), std_of(C), o);
         std::vector<int64_t> indices = iota(n, n / 2);

@@ -101,6 +101,7 @@ int byol_main(int argc, const char* const* argv) {
   data::AugmentOptions aug;
   aug.out_size = c.crop_size;
   aug.crop_scale_lo = c.crop_scale_min;
+  aug.crop_bicubic = c.crop_interpolation == "bicubic";
   aug.blur_prob[0] = c.blur_prob_1;
   aug.blur_prob[1] = c.blur_prob_2;
   aug.solarize_prob[0] = c.solarize_prob_1;

@@ -8,6 +8,9 @@ void add_options(Options& o, Config& c) {
   o.section("Data");
   o.add("data", &c.data, "dataset KIND[:PATH]: fashion-mnist, mnist, cifar10, cifar100, stl10, folder");
   o.add("crop-size", &c.crop_size, "side of the random resized crops (0: the images' side)").min(0);
+  o.choice("crop-interpolation", &c.crop_interpolation, {"bilinear", "bicubic"},
+           "how a crop is resized: bilinear (torchvision's default) or bicubic (PIL's, antialiased when shrinking: "
+           "BYOL's and solo-learn's)");
   o.add("crop-scale-min", &c.crop_scale_min, "smallest crop area as a fraction of the image").min(0, false).max(1);
   o.add("blur-prob-1", &c.blur_prob_1, "Gaussian blur probability of view 1").min(0).max(1);
   o.add("blur-prob-2", &c.blur_prob_2, "Gaussian blur probability of view 2").min(0).max(1);

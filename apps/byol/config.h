@@ -18,6 +18,7 @@ struct Config {
   // data
   std::string data = "fashion-mnist";
   int crop_size = 0;
+  std::string crop_interpolation = "bilinear";
   float crop_scale_min = 0.08f;
   float blur_prob_1 = 1.0f, blur_prob_2 = 0.1f;
   float solarize_prob_1 = 0.0f, solarize_prob_2 = 0.2f;

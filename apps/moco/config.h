@@ -18,6 +18,7 @@ struct Config {
   // data: MoCo v2's augmentation is BYOL's views with blur p 0.5 on both and no solarize
   std::string data = "fashion-mnist";
   int crop_size = 0;
+  std::string crop_interpolation = "bilinear";
   float crop_scale_min = 0.2f;
   float blur_prob = 0.5f;
   // model

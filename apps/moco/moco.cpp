@@ -158,6 +158,7 @@ int moco_main(int argc, const char* const* argv) {
   data::AugmentOptions aug;
   aug.out_size = c.crop_size;
   aug.crop_scale_lo = c.crop_scale_min;
+  aug.crop_bicubic = c.crop_interpolation == "bicubic";
   // MoCo v2: BYOL's crop, flip, colour jitter and grey, blur with p 0.5 on both views, no
   // solarize. The recipe is checked here, so a bad one fails before anything is written; the
   // transform, which on CUDA holds a device copy of the images, is made only if the run trains.

@@ -67,6 +67,7 @@ struct AugmentSpec {
   // BYOL (probabilities are this view's).
   float scale_lo = 0.08f, scale_hi = 1.0f;                    // crop area / image area
   float log_ratio_lo = -0.28768207f, log_ratio_hi = 0.28768207f;  // log(3/4), log(4/3)
+  int32_t crop_bicubic = 0;  // resize the crop bicubically (PIL's, as BYOL and solo-learn), not bilinearly
   float flip_prob = 0.5f;
   float jitter_prob = 0.8f, brightness = 0.4f, contrast = 0.4f, saturation = 0.2f, hue = 0.1f;
   float gray_prob = 0.2f;
@@ -229,6 +230,52 @@ TS_AUGMENT_FN float sample_region_u8(const uint8_t* plane, int stride, int y0, i
   const float top = (1.0f - lx) * static_cast<float>(p[0]) + lx * static_cast<float>(p[dx]);
   const float bottom = (1.0f - lx) * static_cast<float>(p[dy]) + lx * static_cast<float>(p[dy + dx]);
   return ((1.0f - ly) * top + ly * bottom) / 255.0f;
+}
+
+// PIL's bicubic filter (a = -0.5) at distance x.
+TS_AUGMENT_FN float bicubic_weight(float x) {
+  const float a = -0.5f;
+  x = fabsf(x);
+  if (x < 1.0f) return ((a + 2.0f) * x - (a + 3.0f)) * x * x + 1.0f;
+  if (x < 2.0f) return (((x - 5.0f) * x + 8.0f) * x - 4.0f) * a;
+  return 0.0f;
+}
+
+// The taps of output pixel centre `centre` (region coordinates, pixel i spans [i, i + 1)) of a
+// side of `size` resampled by `scale` = size / output side, as PIL's precompute_coeffs: the
+// support widens by the scale when shrinking (antialiasing), taps outside the region are
+// dropped and the rest renormalised. First tap and end in *lo, *hi; 1 / support scale in *ss.
+TS_AUGMENT_FN void bicubic_taps(float centre, float scale, int size, int* lo, int* hi, float* ss) {
+  const float filter_scale = scale > 1.0f ? scale : 1.0f;
+  const float support = 2.0f * filter_scale;
+  *ss = 1.0f / filter_scale;
+  const int a = static_cast<int>(centre - support + 0.5f), b = static_cast<int>(centre + support + 0.5f);
+  *lo = a > 0 ? a : 0;
+  *hi = b < size ? b : size;
+}
+
+// Bicubic sample of a uint8 plane region [y0, y0 + h) x [x0, x0 + w) for the output pixel whose
+// centre maps to (cy, cx) in region coordinates, scales as bicubic_taps. PIL's resize of the
+// crop in float (its 8-bit path also rounds between the two passes, which this does not);
+// values may overshoot [0, 1] slightly, as bicubic does. Returns the value / 255.
+TS_AUGMENT_FN float sample_region_u8_bicubic(const uint8_t* plane, int stride, int y0, int x0, int h, int w, float cy,
+                                             float cx, float scale_y, float scale_x) {
+  int ylo, yhi, xlo, xhi;
+  float ssy, ssx;
+  bicubic_taps(cy, scale_y, h, &ylo, &yhi, &ssy);
+  bicubic_taps(cx, scale_x, w, &xlo, &xhi, &ssx);
+  float wx_total = 0.0f;
+  for (int x = xlo; x < xhi; ++x) wx_total += bicubic_weight((static_cast<float>(x) - cx + 0.5f) * ssx);
+  float acc = 0.0f, wy_total = 0.0f;
+  for (int y = ylo; y < yhi; ++y) {
+    const float wy = bicubic_weight((static_cast<float>(y) - cy + 0.5f) * ssy);
+    const uint8_t* row = plane + (y0 + y) * stride + x0;
+    float r = 0.0f;
+    for (int x = xlo; x < xhi; ++x) r += bicubic_weight((static_cast<float>(x) - cx + 0.5f) * ssx) * static_cast<float>(row[x]);
+    acc += wy * (r / wx_total);
+    wy_total += wy;
+  }
+  return acc / wy_total / 255.0f;
 }
 
 // Nearest sample of a float plane (h, w) at continuous pixel coordinates (pixel centres at

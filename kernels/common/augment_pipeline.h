@@ -40,15 +40,17 @@ TS_AUGMENT_FN void load_view(Team& t, const AugmentSpec& s, const AugmentParams&
                      float* img) {
   const int C = s.channels, H = s.out_h, W = s.out_w, n = H * W, in_n = s.in_h * s.in_w;
   if (s.recipe == kRecipeByol) {
-    // Random resized crop (bilinear, half-pixel centres) then horizontal flip.
+    // Random resized crop (bilinear or PIL's bicubic, half-pixel centres) then horizontal flip.
     const float scale_y = static_cast<float>(p.crop_h) / static_cast<float>(H);
     const float scale_x = static_cast<float>(p.crop_w) / static_cast<float>(W);
     t.grid(C * H, W, [&](int r, int x) {
       const int c = r / H, y = r - c * H;
       const int xs = p.flip ? W - 1 - x : x;
-      const float sy = (static_cast<float>(y) + 0.5f) * scale_y - 0.5f;
-      const float sx = (static_cast<float>(xs) + 0.5f) * scale_x - 0.5f;
-      img[r * W + x] = sample_region_u8(src + c * in_n, s.in_w, p.crop_y, p.crop_x, p.crop_h, p.crop_w, sy, sx);
+      const float cy = (static_cast<float>(y) + 0.5f) * scale_y, cx = (static_cast<float>(xs) + 0.5f) * scale_x;
+      img[r * W + x] = s.crop_bicubic ? sample_region_u8_bicubic(src + c * in_n, s.in_w, p.crop_y, p.crop_x, p.crop_h,
+                                                                  p.crop_w, cy, cx, scale_y, scale_x)
+                                      : sample_region_u8(src + c * in_n, s.in_w, p.crop_y, p.crop_x, p.crop_h,
+                                                         p.crop_w, cy - 0.5f, cx - 0.5f);
     });
   } else if (s.recipe == kRecipeFixmatchWeak || s.recipe == kRecipeFixmatchStrong) {
     // Flip, then a crop at (shift_y, shift_x) of the image reflect-padded by `pad`.
