@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <stdexcept>
 #include <string>
 
 #include "kernels/common/conv_algo.h"
@@ -249,7 +250,12 @@ void run_pass(const ConvPlan& c, PassPlan<Perf>& p, const Conv2dShape& s, const 
   }
   // The plan keeps the choice it had: the error ends the run, but a caller that catches it
   // must not find the layer moved to a candidate that never ran.
-  if (p.at != chosen) choose(c, p, s, chosen, std::numeric_limits<size_t>::max(), nullptr);
+  if (p.at != chosen) {
+    try {
+      choose(c, p, s, chosen, std::numeric_limits<size_t>::max(), nullptr);
+    } catch (const std::exception&) {  // the error below is the one to report
+    }
+  }
   const std::string what = refused.empty() ? std::string(expr) : std::string(expr) + " after refusals: " + refused;
   throw_cudnn(status, what.c_str(), __FILE__, __LINE__);
 }
