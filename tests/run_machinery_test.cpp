@@ -240,9 +240,25 @@ TEST(Options, CommandLineShapes) {
   EXPECT_NE(far.find("unknown flag --bogus; see --help"), std::string::npos) << far;
 }
 
+// --resume takes a run directory or its last.safetensors, never another file: resuming rewrites
+// the directory's checkpoint and cuts its metrics back, which would destroy a kept copy and the
+// run's later history. A config path that is a directory is refused too.
+TEST(RunDirectory, ResumeRefusesACheckpointThatIsNotTheRunsOwn) {
+  const std::string dir = temp_dir("resume_other_file");
+  RunDirectory::for_new_run(dir).create();
+  std::ofstream(dir + "/step5.safetensors") << "x";
+  EXPECT_TRUE(has(thrown([&] { RunDirectory::for_resume(dir + "/step5.safetensors"); }),
+                  "expected a run directory or its last.safetensors, found another file"));
+  std::filesystem::create_directory(dir + "/last.safetensors");
+  EXPECT_TRUE(has(thrown([&] { RunDirectory::for_resume(dir); }), "is not a file"));
+  Cfg c;
+  Options o = make_options(c);
+  EXPECT_TRUE(has(thrown([&] { parse(o, {"--config", dir}); }), "expected a file, found a directory"));
+}
+
 // Config files: Windows line endings are read, a bad value names the file and line, a file
 // cannot include another, a later line overrides an earlier one, and values from a file are
-// not "given" (a saved configuration may still replace them).
+// not "given", yet a saved configuration does not replace them.
 TEST(Options, ConfigFileDetails) {
   const std::string dir = temp_dir("config_details");
   RunDirectory::for_new_run(dir).create();
@@ -254,8 +270,11 @@ TEST(Options, ConfigFileDetails) {
   EXPECT_DOUBLE_EQ(c.lr, 0.25);
   EXPECT_EQ(c.smoothing, "tma");
   EXPECT_FALSE(o.given("lr"));
-  o.apply_json({{"lr", 0.125}}, "checkpoint");
-  EXPECT_DOUBLE_EQ(c.lr, 0.125);
+  // A saved configuration goes beneath the file as beneath the command line (a resume refuses
+  // a file value that differs from the saved one before it gets here; tests/byol_test.cpp).
+  o.apply_json({{"lr", 0.125}, {"smoothing", "sts"}}, "checkpoint");
+  EXPECT_DOUBLE_EQ(c.lr, 0.25);
+  EXPECT_EQ(c.smoothing, "tma");
   // A saved configuration carries the values the file gave, not the file: a run restored
   // from it did not read a config file.
   const nlohmann::json saved = o.to_json();
@@ -263,7 +282,7 @@ TEST(Options, ConfigFileDetails) {
   Options restored = make_options(d);
   ASSERT_TRUE(parse(restored, {}));
   restored.apply_json(saved, "checkpoint");
-  EXPECT_DOUBLE_EQ(d.lr, 0.125);
+  EXPECT_DOUBLE_EQ(d.lr, 0.25);
   EXPECT_EQ(restored.source("config"), "default");
   EXPECT_EQ(restored.to_json()["config"], "");
 

@@ -7,7 +7,7 @@ namespace tessera::byol {
 void add_options(Options& o, Config& c) {
   o.section("Data");
   o.add("data", &c.data, "dataset KIND[:PATH]: fashion-mnist, mnist, cifar10, cifar100, stl10, folder");
-  o.add("crop-size", &c.crop_size, "side of the random resized crops (0: the images' side)").min(0);
+  o.add("crop-size", &c.crop_size, "side of the random resized crops (0: the images' side)").min(0).max(1024);
   o.choice("crop-interpolation", &c.crop_interpolation, {"bilinear", "bicubic"},
            "how a crop is resized: bilinear (torchvision's default) or bicubic (PIL's, antialiased when shrinking: "
            "BYOL's and solo-learn's)");

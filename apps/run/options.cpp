@@ -1,5 +1,7 @@
 #include "apps/run/options.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -209,6 +211,9 @@ void Options::set(Option& o, const std::string& value, const std::string& where,
 }
 
 void Options::read_config_file(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw UsageError(cat("--config: expected a file, found a directory: '", path, "'"));
   std::ifstream in(path);
   if (!in) throw UsageError(cat("--config: cannot read '", path, "'"));
   std::string line;
@@ -278,7 +283,7 @@ void Options::apply_json(const nlohmann::json& values, const std::string& origin
     if (it.key() == "config") continue;
     Option* o = find(it.key());
     if (!o) throw UsageError(cat(origin, ": unknown flag '", it.key(), "'"));
-    if (given(o->name)) continue;
+    if (o->source != "default") continue;  // the command line or a config file set it
     const nlohmann::json& v = it.value();
     set(*o, v.is_string() ? v.get<std::string>() : v.dump(), origin, false);
   }

@@ -71,12 +71,13 @@ class Options {
 
   // Parses argv. Returns false when --help was printed (the program exits 0).
   bool parse(int argc, const char* const* argv);
-  // Applies `flag = value` pairs (a saved configuration) beneath the command line: values the
-  // command line set explicitly keep their value. `origin` names where they came from.
+  // Applies `flag = value` pairs (a saved configuration) beneath the command line and the
+  // config file: values either set keep their value. `origin` names where they came from.
   void apply_json(const nlohmann::json& values, const std::string& origin);
 
   bool given(const std::string& name) const;  // set by the command line (not file/default)
-  std::string source(const std::string& name) const;
+  bool set_by_user(const std::string& name) const { return source(name) != "default"; }  // command line or file
+  std::string source(const std::string& name) const;  // "default", "FILE:LINE" or "command line"
   nlohmann::json to_json() const;             // every option with its resolved value
   std::string help_text() const;
   // Re-runs the required, range and custom checks (parse() does this; call again after

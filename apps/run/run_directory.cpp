@@ -28,7 +28,7 @@ void add_run_options(Options& o, RunOptions& r) {
   o.add("resume", &r.resume, "continue the run in DIR (or from DIR/last.safetensors) exactly where it stopped");
   o.add("save-every", &r.save_every, "steps between checkpoints (one is always written at the end)").min(1);
   o.add("log-every", &r.log_every, "steps between metrics lines and progress updates").min(1);
-  o.add("threads", &r.threads, "CPU threads (0: all cores)").min(0);
+  o.add("threads", &r.threads, "CPU threads (0: all cores)").min(0).max(1024);
   o.flag("debug", &r.debug, "put the source location (file:line) in front of internal check messages");
   o.choice("on-nonfinite", &r.on_nonfinite, {"stop", "skip"},
            "a step whose loss or a gradient is NaN / inf: stop (exit 1 naming the step and tensor, keeping the "
@@ -162,9 +162,12 @@ RunDirectory RunDirectory::for_new_run(const std::string& dir) {
   RunDirectory r;
   r.dir_ = dir;
   r.checkpoint_ = r.path(kCheckpoint);
-  if (path_exists(r.path(kConfig)) || path_exists(r.checkpoint_))
+  if (path_exists(r.checkpoint_))
     throw Error(cat("'", dir, "' already holds a run; resume it with --resume ", dir,
                     " or choose another --out"));
+  if (path_exists(r.path(kConfig)))  // started, failed or killed before its first checkpoint
+    throw Error(cat("'", dir, "' already holds a run, one that saved no checkpoint (", kConfig,
+                    " without ", kCheckpoint, "): nothing to resume; delete the directory or choose another --out"));
   struct stat st;
   if (::stat(dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
     throw Error(cat("--out '", dir, "' exists and is not a directory"));
@@ -183,10 +186,20 @@ RunDirectory RunDirectory::for_resume(const std::string& dir_or_file) {
     if (!path_exists(r.checkpoint_))
       throw Error(cat("--resume: '", dir_or_file, "' holds no ", kCheckpoint));
   } else {
-    r.checkpoint_ = dir_or_file;
+    // Only the run's own checkpoint: a resumed run rewrites its directory's checkpoint and
+    // cuts its metrics back to the checkpoint's step, so resuming an older copy (step5.safetensors)
+    // would overwrite that copy and erase the later history of the run around it.
     const size_t slash = dir_or_file.find_last_of('/');
+    const std::string name = slash == std::string::npos ? dir_or_file : dir_or_file.substr(slash + 1);
+    if (name != kCheckpoint)
+      throw UsageError(cat("--resume ", dir_or_file, ": expected a run directory or its ", kCheckpoint,
+                           ", found another file (resuming writes the run's directory; to continue from this "
+                           "checkpoint, copy the run directory and put the file there as ", kCheckpoint, ")"));
+    r.checkpoint_ = dir_or_file;
     r.dir_ = slash == std::string::npos ? "." : dir_or_file.substr(0, slash);
   }
+  if (::stat(r.checkpoint_.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+    throw Error(cat("--resume: '", r.checkpoint_, "' is not a file"));
   return r;
 }
 

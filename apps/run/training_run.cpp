@@ -63,16 +63,19 @@ TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run)
   }
   saved_step_ = start_step_;
 
-  // The command line may not change what the run computes.
+  // The command line and a config file may not change what the run computes. Of what they may
+  // change, the thread count and the CPU tier change how sums are rounded: said.
   const nlohmann::json now = options.to_json();
   for (auto it = saved.begin(); it != saved.end(); ++it) {
     const std::string& flag = it.key();
-    if (!options.given(flag) || changeable_on_resume(flag) || distributed_changeable_on_resume(flag) ||
-        !now.contains(flag))
-      continue;
-    if (now[flag] != it.value())
-      throw UsageError(cat("--", flag, " ", now[flag].dump(), " differs from the run being resumed (",
-                           it.value().dump(), " in ", f.path(), "); a resumed run keeps its configuration"));
+    if (!options.set_by_user(flag) || !now.contains(flag) || now[flag] == it.value()) continue;
+    const std::string source = options.source(flag) == "command line" ? "" : cat(" (", options.source(flag), ")");
+    if (flag == "threads" || flag == "cpu-kernels")
+      std::fprintf(stderr, "%s: --%s %s%s differs from the run's %s: it continues, but not bit-identically\n",
+                   program_.c_str(), flag.c_str(), now[flag].dump().c_str(), source.c_str(), it.value().dump().c_str());
+    if (changeable_on_resume(flag) || distributed_changeable_on_resume(flag)) continue;
+    throw UsageError(cat("--", flag, " ", now[flag].dump(), source, " differs from the run being resumed (",
+                         it.value().dump(), " in ", f.path(), "); a resumed run keeps its configuration"));
   }
   nlohmann::json restored = nlohmann::json::object();
   for (auto it = saved.begin(); it != saved.end(); ++it)
