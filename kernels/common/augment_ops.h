@@ -272,10 +272,10 @@ TS_AUGMENT_FN float sample_region_u8_bicubic(const uint8_t* plane, int stride, i
     const uint8_t* row = plane + (y0 + y) * stride + x0;
     float r = 0.0f;
     for (int x = xlo; x < xhi; ++x) r += bicubic_weight((static_cast<float>(x) - cx + 0.5f) * ssx) * static_cast<float>(row[x]);
-    acc += wy * (r / wx_total);
+    acc += wy * r;
     wy_total += wy;
   }
-  return acc / wy_total / 255.0f;
+  return acc / (wy_total * wx_total) / 255.0f;  // the two axes' weights renormalised at once
 }
 
 // Nearest sample of a float plane (h, w) at continuous pixel coordinates (pixel centres at
