@@ -160,7 +160,8 @@ TEST(Faults, AMetricsLineCutByAFullDiskIsRemoved) {
   program_runs::expect_same_run(whole_run(), dir);
 }
 
-// config.json is rewritten when a run resumes; failing that leaves the old one and the checkpoint.
+// config.json is rewritten when a resumed run first saves, before its checkpoint; failing that
+// leaves the old one and the checkpoint.
 TEST(Faults, AFailedConfigWriteKeepsTheRunDirectory) {
   const std::string dir = run_to_step_3("config");
   const std::string config = bytes_of(dir + "/config.json"), ckpt = bytes_of(dir + "/last.safetensors");

@@ -2,8 +2,10 @@
 // config files, run directories, the metrics log, --mosaic-steps, and the life of a run
 // (apps/run/training_run.h): exit codes, new runs, saves, resumes and what they refuse.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -393,8 +395,8 @@ TEST(MetricsLog, ResumeDropsEventsPastTheCheckpoint) {
 
 // A run that ended is resumed for more steps (its checkpoint is the last step): the "final"
 // event goes, though its step is not past the checkpoint's, so the log has one final event. A
-// line cut by a kill ends what is trusted: the lines after it go too, valid or not.
-TEST(MetricsLog, ResumeDropsTheFinalEventAndEverythingAfterACutLine) {
+// line that is not JSON (a hand edit, a damaged disk) goes alone: the valid lines after it stay.
+TEST(MetricsLog, ResumeDropsTheFinalEventAndLinesThatAreNotJson) {
   const std::string dir = temp_dir("metrics_cut");
   RunDirectory::for_new_run(dir).create();
   const std::string path = dir + "/metrics.jsonl";
@@ -415,12 +417,13 @@ TEST(MetricsLog, ResumeDropsTheFinalEventAndEverythingAfterACutLine) {
   { MetricsLog log(path, 40); }
   EXPECT_EQ(steps_in(), (std::vector<std::string>{"train 10", "train 20", "train 30", "train 40"}));
 
-  std::ofstream(path, std::ios::app) << "{\"event\": \"train\", \"st\n{\"event\": \"train\", \"step\": 45}\n";
+  std::ofstream(path, std::ios::app) << "{\"event\": \"train\", \"st\n{\"event\": \"train\", \"step\": 45}\n"
+                                     << "[1, 2]\n{\"event\": \"train\", \"step\": 55}\n";
   { MetricsLog log(path, 50); }
-  EXPECT_EQ(steps_in(), (std::vector<std::string>{"train 10", "train 20", "train 30", "train 40"}));
+  EXPECT_EQ(steps_in(), (std::vector<std::string>{"train 10", "train 20", "train 30", "train 40", "train 45"}));
   // A checkpoint at step 0 keeps nothing after it; -1 (a new run's log) keeps the file as is.
   { MetricsLog log(path, -1); }
-  EXPECT_EQ(steps_in().size(), 4u);
+  EXPECT_EQ(steps_in().size(), 5u);
   { MetricsLog log(path, 0); }
   EXPECT_TRUE(steps_in().empty());
 }
@@ -455,6 +458,49 @@ TEST(StopRequest, FlagSetAndCleared) {
   EXPECT_TRUE(stop_requested());
   clear_stop_request();
   EXPECT_FALSE(stop_requested());
+}
+
+// The final evaluation's stop: the first signal ends the process at once with 128 + its number,
+// after the caller's message; a stop that came before the call is returned as that status.
+TEST(StopRequest, DuringWorkThatSavesNothingTheFirstSignalEndsTheProcess) {
+  const std::string dir = temp_dir("stop_exit"), lock = dir + "/run.lock";
+  std::filesystem::create_directories(dir);
+  auto in_child = [&lock](int sig_before, int sig_after, std::string* said) {
+    int out[2];
+    if (::pipe(out) != 0) return -1;
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::dup2(out[1], STDERR_FILENO);
+      install_stop_handler();
+      clear_stop_request();
+      if (sig_before) ::raise(sig_before);
+      const int status = stop_signals_exit("prog: stopped during the evaluation\n", lock);
+      if (status != 0) ::_exit(status);
+      if (sig_after) ::raise(sig_after);
+      ::_exit(0);  // no signal: the work finishes
+    }
+    ::close(out[1]);
+    char buf[256];
+    for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) said->append(buf, static_cast<size_t>(n));
+    ::close(out[0]);
+    int wstatus = 0;
+    ::waitpid(pid, &wstatus, 0);
+    return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
+  };
+  write_file_atomic(lock, "pid");
+  std::string said;
+  EXPECT_EQ(in_child(0, SIGTERM, &said), 128 + SIGTERM);
+  EXPECT_TRUE(has(said, "prog: stopped during the evaluation\n")) << said;
+  EXPECT_FALSE(path_exists(lock));  // removed on the way out
+  said.clear();
+  EXPECT_EQ(in_child(0, SIGINT, &said), 128 + SIGINT);
+  said.clear();
+  EXPECT_EQ(in_child(SIGTERM, 0, &said), 128 + SIGTERM);  // the stop came during training
+  EXPECT_TRUE(has(said, "prog: stopped during the evaluation\n")) << said;
+  said.clear();
+  EXPECT_EQ(in_child(0, 0, &said), 0);
+  EXPECT_FALSE(has(said, "stopped")) << said;
+  std::filesystem::remove_all(dir);
 }
 
 // ---- the life of a run (apps/run/training_run.h) --------------------------------------------
@@ -585,10 +631,19 @@ TEST(TrainingRun, ResumeKeepsTheSavedConfiguration) {
   EXPECT_TRUE(has(out, "a resumed run continues in its own directory (" + dir + ")")) << out;
   {
     // Flags that do not change the computation may change, and the command line wins.
+    // config.json takes them at the first save, not before: a resume that fails before saving
+    // leaves the run's description as it was.
     Invocation inv({"--resume", dir, "--log-every", "7", "--save-every", "2"});
     TrainingRun run("prog", inv.options, inv.run);
     EXPECT_EQ(inv.run.log_every, 7);
     EXPECT_EQ(inv.run.save_every, 2);
+    auto logged_every = [&] { return nlohmann::json::parse(read_file(dir + "/config.json"))["log-every"]; };
+    run.begin(inv.options.to_json());
+    EXPECT_EQ(logged_every(), 5);
+    SafetensorsWriter w;
+    w.add_i64("n", {1}, {4});
+    run.save(w, 4);
+    EXPECT_EQ(logged_every(), 7);
   }
   std::filesystem::remove_all(dir);
 }

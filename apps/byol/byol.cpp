@@ -240,6 +240,7 @@ int byol_main(int argc, const char* const* argv) {
 
   // ---- final evaluation ------------------------------------------------------------------------
   if (!ranks.root()) return 0;  // rank 0 evaluates; the others' part is done
+  if (const int status = run.final_evaluation_begins()) return status;  // a stop ends it at once
   // The random-init baseline starts where the student did.
   FinalScores final = final_scores("byol", *nets.t_backbone, "teacher", *nets.backbone, "student", c.eval_baseline,
                                    part_seed(static_cast<uint64_t>(c.run.seed), kBackbone), eval.train, eval.test,

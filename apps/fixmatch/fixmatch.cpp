@@ -326,6 +326,7 @@ int fixmatch_main(int argc, const char* const* argv) {
 
   // ---- final evaluation ----------------------------------------------------------------------
   if (!ranks.root()) return 0;  // rank 0 evaluates; the others' part is done
+  if (const int status = run.final_evaluation_begins()) return status;  // a stop ends it at once
   Workspace eval_ws(device);
   const auto [t, s] = evaluate(eval_ws);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -293,6 +293,7 @@ int moco_main(int argc, const char* const* argv) {
 
   // ---- final evaluation ------------------------------------------------------------------------
   if (!ranks.root()) return 0;  // rank 0 evaluates; the others' part is done
+  if (const int status = run.final_evaluation_begins()) return status;  // a stop ends it at once
   // The random-init baseline starts where the query encoder did.
   FinalScores final = final_scores("moco", *nets.k_backbone, "key encoder", *nets.backbone, "query encoder",
                                    c.eval_baseline, part_seed(static_cast<uint64_t>(c.run.seed), kBackbone),

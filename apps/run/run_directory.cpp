@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -227,10 +228,19 @@ MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : pat
   if (keep_through_step >= 0 && path_exists(path)) {
     std::istringstream lines(read_file(path));
     std::string line, kept;
+    int64_t number = 0;
     while (std::getline(lines, line)) {
+      ++number;
       if (line.empty()) continue;
       nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_discarded()) break;  // a line cut by a kill: nothing after it is trusted
+      // Every line is one write(2), cut back when it fails, so a line that is not JSON came from
+      // outside (an editor, a damaged disk). Only that line goes: the valid lines after it are
+      // still the run's history.
+      if (j.is_discarded() || !j.is_object()) {
+        std::fprintf(stderr, "warning: %s line %lld is not a JSON object; it is dropped, the other lines are kept\n",
+                     path.c_str(), static_cast<long long>(number));
+        continue;
+      }
       if (j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() > keep_through_step) break;
       if (j.value("event", "") == "final") break;
       kept += line + "\n";
@@ -348,8 +358,20 @@ void Progress::finish() {
 
 namespace {
 std::atomic<int> g_signals{0};
+std::atomic<int> g_last_signal{SIGINT};
+// stop_signals_exit: the handler writes this and ends the process (only async-signal-safe calls).
+std::atomic<bool> g_exit_at_once{false};
+char g_exit_message[1024];
+size_t g_exit_message_size = 0;
+char g_exit_unlink[4096];  // a file to remove first ("": none)
 
 extern "C" void on_stop_signal(int sig) {
+  g_last_signal.store(sig);
+  if (g_exit_at_once.load()) {
+    if (g_exit_unlink[0]) ::unlink(g_exit_unlink);
+    (void)!::write(STDERR_FILENO, g_exit_message, g_exit_message_size);
+    ::_exit(128 + sig);
+  }
   if (g_signals.fetch_add(1) >= 1) {  // the second one: the user means it
     std::signal(sig, SIG_DFL);
     std::raise(sig);
@@ -373,6 +395,20 @@ bool stop_requested() { return g_signals.load() > 0; }
 
 void request_stop() { g_signals.fetch_add(1); }
 
-void clear_stop_request() { g_signals.store(0); }
+void clear_stop_request() {
+  g_exit_at_once.store(false);
+  g_signals.store(0);
+}
+
+int stop_signals_exit(const std::string& message, const std::string& remove_first) {
+  g_exit_message_size = std::min(message.size(), sizeof g_exit_message);
+  std::memcpy(g_exit_message, message.data(), g_exit_message_size);
+  TS_CHECK(remove_first.size() < sizeof g_exit_unlink, "path too long: ", remove_first);
+  std::memcpy(g_exit_unlink, remove_first.c_str(), remove_first.size() + 1);
+  g_exit_at_once.store(true);  // before the check: a signal now is either seen below or exits
+  if (!stop_requested()) return 0;
+  std::fwrite(g_exit_message, 1, g_exit_message_size, stderr);
+  return 128 + g_last_signal.load();
+}
 
 }  // namespace tessera

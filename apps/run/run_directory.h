@@ -100,7 +100,8 @@ class MetricsLog {
  public:
   MetricsLog() = default;
   // Opens DIR/metrics.jsonl for appending. When `keep_through_step` >= 0 the existing lines
-  // with a larger "step" are dropped first (resume).
+  // with a larger "step", the "final" event and lines that are not JSON objects are dropped
+  // first (resume), with a warning for each line that is not JSON.
   MetricsLog(const std::string& path, int64_t keep_through_step);
   ~MetricsLog();
   MetricsLog(const MetricsLog&) = delete;
@@ -156,5 +157,12 @@ void install_stop_handler();
 bool stop_requested();
 void request_stop();        // what the handler does; tests call it to simulate Ctrl-C
 void clear_stop_request();  // tests: back to running
+// For work that saves nothing, where a stop has nothing to wait for (the final evaluation): from
+// here on the first SIGINT / SIGTERM removes `remove_first` (when not empty: the run's lock file,
+// whose flock the kernel drops at exit), writes `message` (up to 1 KiB) to stderr and ends the
+// process with status 128 + the signal's number. When a stop was requested before the call,
+// writes `message` and returns that status for the caller to return (it removes nothing: the
+// caller unwinds); 0 otherwise.
+int stop_signals_exit(const std::string& message, const std::string& remove_first = "");
 
 }  // namespace tessera

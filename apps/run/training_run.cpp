@@ -118,7 +118,10 @@ void TrainingRun::begin(const nlohmann::json& config) {
     // Another process may have started a run here between our check and our lock.
     if (!resuming()) RunDirectory::for_new_run(dir_.dir());
   }
-  dir_.write_config(config_);
+  if (!resuming()) {
+    dir_.write_config(config_);
+    config_written_ = true;
+  }
   metrics_ = MetricsLog(dir_.path(RunDirectory::kMetrics), resuming() ? start_step_ : -1);
   install_stop_handler();
 }
@@ -136,8 +139,18 @@ void TrainingRun::save(SafetensorsWriter& w, int64_t step) {
   w.add_metadata(kProgramKey, program_);
   w.add_metadata(kConfigKey, config_.dump());
   w.add_metadata(kStepKey, std::to_string(step));
+  if (!config_written_) {  // a resumed run's first save; before the checkpoint, which it describes
+    dir_.write_config(config_);
+    config_written_ = true;
+  }
   w.write(dir_.checkpoint());
   saved_step_ = step;
+}
+
+int TrainingRun::final_evaluation_begins() {
+  return stop_signals_exit(cat(program_, ": stopped during the final evaluation; ", last_checkpoint_note(),
+                               "; evaluate it with --resume ", dir_.dir(), "\n"),
+                           lock_.held() ? dir_.path(RunLock::kFile) : std::string());
 }
 
 void TrainingRun::attach(NonfiniteGuard& guard) {

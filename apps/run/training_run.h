@@ -52,6 +52,7 @@ class TrainingRun {
 
   // Creates the directory, writes config.json and opens metrics.jsonl (on resume, events past
   // the checkpoint's step are dropped). Installs the Ctrl-C handler.
+  // On resume config.json is rewritten at the first save, so a resume that fails leaves it as it was.
   void begin(const nlohmann::json& config);
   MetricsLog& metrics() { return metrics_; }
 
@@ -64,6 +65,10 @@ class TrainingRun {
   // The guard save() reads; it must outlive the run's saves. With --nonfinite-check ops its
   // monitor checks every op from here on (NonfiniteMonitor::check_ops).
   void attach(NonfiniteGuard& guard);
+  // Call before the final evaluation, which writes nothing until its "final" line: from here on
+  // Ctrl-C / SIGTERM ends the process at once (status 128 + the signal) saying that the saved run
+  // is evaluated by resuming it. Returns 0, or that status when a stop came before this call.
+  int final_evaluation_begins();
   // Where the last good state is, for messages: "the last checkpoint, DIR/last.safetensors,
   // holds step N" or that there is none yet.
   std::string last_checkpoint_note() const;
@@ -79,6 +84,7 @@ class TrainingRun {
   RunLock lock_;  // DIR/run.lock for the life of the run (apps/run/run_lock.h)
   void take_lock(const std::string& dir);
   nlohmann::json config_;
+  bool config_written_ = false;  // config.json holds config_
   MetricsLog metrics_;
 };
 
