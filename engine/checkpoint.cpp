@@ -382,10 +382,19 @@ void load_arenas(const SafetensorsFile& f, const std::vector<const Arena*>& aren
       const StDType want = stored_dtype(s.kind);
       // num_batches_tracked: PyTorch writes a 0-dim tensor; our slot is (1).
       const std::vector<int64_t> want_shape = want == StDType::I64 ? std::vector<int64_t>{} : s.shape.vec();
-      if (e.dtype != want)
+      if (e.dtype != want) {
         problems.push_back(cat("'", name, "' is ", st_dtype_name(e.dtype), ", expected ", st_dtype_name(want)));
-      else if (e.shape != want_shape)
+      } else if (e.shape != want_shape) {
         problems.push_back(cat("'", name, "' has shape ", shape_str(e.shape), ", expected ", shape_str(want_shape)));
+      } else if (want == StDType::F32) {
+        // The writer refuses non-finite values (SafetensorsWriter::first_nonfinite), so one here
+        // was put there after the file was written: refused now, not blamed on training later.
+        const std::vector<float> v = f.f32(name);
+        const auto bad = std::find_if(v.begin(), v.end(), [](float x) { return kernels::is_nonfinite(x); });
+        if (bad != v.end())
+          problems.push_back(cat("'", name, "' element ", bad - v.begin(), " is ", *bad,
+                                 " (a checkpoint holds finite values only: the file was changed or damaged)"));
+      }
     }
   }
   if (!allow_unexpected) {
@@ -398,7 +407,8 @@ void load_arenas(const SafetensorsFile& f, const std::vector<const Arena*>& aren
     const size_t shown = std::min<size_t>(problems.size(), 8);
     for (size_t i = 0; i < shown; ++i) all += (i ? "; " : "") + problems[i];
     if (problems.size() > shown) all += cat("; and ", problems.size() - shown, " more");
-    throw Error(cat("checkpoint '", f.path(), "' does not match the model (", problems.size(), " problems): ", all));
+    throw Error(cat("checkpoint '", f.path(), "' does not match the model (", problems.size(),
+                    problems.size() == 1 ? " problem" : " problems", "): ", all));
   }
 
   for (const Arena* a : arenas) {

@@ -114,9 +114,9 @@ std::string shape_str(const std::vector<int64_t>& shape);  // "[64, 3, 7, 7]"
 void add_arena(SafetensorsWriter& w, const Arena& arena, const std::string& prefix = "");
 
 // Loads every slot of every arena from prefix + slot name. All problems are collected first
-// (missing tensors, wrong dtype or shape, and - unless allow_unexpected - tensors under the
-// prefix that belong to no table) and reported together in one Error; nothing is written to
-// any arena unless everything matches.
+// (missing tensors, wrong dtype or shape, NaN or infinity, and - unless allow_unexpected -
+// tensors under the prefix that belong to no table) and reported together in one Error;
+// nothing is written to any arena unless everything matches.
 void load_arenas(const SafetensorsFile& f, const std::vector<const Arena*>& arenas,
                  const std::string& prefix = "", bool allow_unexpected = false);
 

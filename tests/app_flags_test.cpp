@@ -86,6 +86,8 @@ TEST(AppFlags, BadValueIsAUsageErrorAndWritesNothing) {
   expect_error(run("embed", "--checkpoint c --batch-size 0 --out " + out), 2, "embed", "--batch-size: expected a value >= 1");
   expect_error(run("embed", "--checkpoint c --split val --out " + out), 2, "embed", "--split: expected one of train, test");
   expect_error(run("augment-grid", "--channels 4 --out " + out), 2, "augment-grid", "--channels: expected a value in [1, 3]");
+  expect_error(run("augment-grid", "--channels 2 --data synthetic --out " + out), 2, "augment-grid",
+               "--channels: expected 1 (grey) or 3 (RGB), found 2");
   expect_error(run("augment-grid", "--n abc --out " + out), 2, "augment-grid", "--n: expected an integer");
   expect_error(run("augment-grid", "--out"), 2, "augment-grid", "--out: missing value");
   EXPECT_FALSE(fs::exists(out));
@@ -96,6 +98,28 @@ TEST(AppFlags, RuntimeErrorExitsOne) {
   expect_error(run("embed", "--device cpu --checkpoint /nonexistent/c.safetensors --out " + out), 1, "embed",
                "/nonexistent/c.safetensors");
   EXPECT_FALSE(fs::exists(out));
+}
+
+// init and embed replace an ordinary file but not their input or a file of a training run.
+TEST(AppFlags, InitAndEmbedDoNotReplaceARunsFilesOrTheirInput) {
+  const std::string dir = temp_path("run_dir");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string ckpt = dir + "/last.safetensors", mlp = "--arch mlp --mlp-sizes 4,8,2 --out ";
+  ASSERT_EQ(run("init", mlp + ckpt).status, 0);  // no config.json yet: not a run directory
+  std::ofstream(dir + "/config.json") << "{}\n";
+  auto bytes = [&ckpt] {
+    std::ifstream in(ckpt, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string before = bytes();
+  expect_error(run("init", mlp + ckpt), 2, "init", "--out " + ckpt + ": that is a file of the training run in " + dir);
+  expect_error(run("embed", "--device cpu --checkpoint " + ckpt + " --out " + ckpt), 2, "embed",
+               "--out " + ckpt + ": that is the input file");
+  EXPECT_EQ(bytes(), before);
+  ASSERT_EQ(run("init", mlp + dir + "/other.safetensors").status, 0);  // the user's own files may go there
+  ASSERT_EQ(run("init", mlp + dir + "/other.safetensors").status, 0);  // and be replaced
+  fs::remove_all(dir);
 }
 
 // --config supplies a required flag; the command line still wins over it.

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 
 #include "engine/autograd.h"
 #include "engine/check.h"
@@ -17,6 +18,7 @@
 #include "engine/workspace.h"
 #include "kernels/common/philox.h"
 #include "models/model.h"
+#include "tests/thrown.h"
 
 namespace tessera {
 namespace {
@@ -394,6 +396,27 @@ TEST_F(CheckpointTest, LoadListsMissingWrongShapeAndUnexpectedTensors) {
   TinyModel same(4);
   load_arenas(f, {&same.p}, "", /*allow_unexpected=*/true);
   EXPECT_THROW(load_arenas(f, {&same.p}, "", false), Error);
+}
+
+// A NaN or infinity in a checkpoint (edited or damaged after it was written: the programs never
+// save one) is refused at load, naming the tensor and element, before anything is written.
+TEST_F(CheckpointTest, LoadRefusesNonFiniteValues) {
+  TinyModel a(4);
+  fill_value(a.p.slot("conv.weight"), std::numeric_limits<float>::quiet_NaN());
+  fill_value(a.b.slot("bn.running_var"), std::numeric_limits<float>::infinity());
+  SafetensorsWriter w;
+  add_arena(w, a.p);
+  add_arena(w, a.b);
+  w.write(path("nan.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("nan.safetensors"));
+  TinyModel b(4);
+  fill_value(b.p.slot("bn.weight"), 5.0f);
+  const std::string e = thrown([&] { load_arenas(f, {&b.p, &b.b}); });
+  EXPECT_HAS(e, "(2 problems)");
+  EXPECT_HAS(e, "'conv.weight' element 0 is nan");
+  EXPECT_HAS(e, "'bn.running_var' element 0 is inf");
+  EXPECT_HAS(e, "the file was changed or damaged");
+  EXPECT_EQ(to_host_f32(b.p.slot("bn.weight")), std::vector<float>(4, 5.0f));
 }
 
 // The writer refuses what would make an unreadable or ambiguous file: an empty name, the

@@ -11,10 +11,12 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
 
+#include "apps/run/run_lock.h"
 #include "engine/check.h"
 #include "engine/cpu_kernels.h"
 #include "engine/profile.h"
@@ -216,6 +218,24 @@ void RunDirectory::create() const {
       throw Error(cat("cannot create '", partial, "': ", std::strerror(errno)));
     partial += "/";
   }
+}
+
+void refuse_to_replace(const std::string& flag, const std::string& path, const std::vector<std::string>& inputs) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return;
+  for (const std::string& input : inputs)
+    if (fs::equivalent(path, input, ec))
+      throw UsageError(cat("--", flag, " ", path, ": that is the input file (", input, "); write to another file"));
+  const fs::path p(path);
+  const std::string name = p.filename().string();
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  const bool run_file = name == RunDirectory::kCheckpoint || name == "backbone.safetensors" ||
+                        name == RunDirectory::kConfig || name == RunDirectory::kMetrics || name == RunLock::kFile ||
+                        (name.rfind("mosaic-", 0) == 0 && p.extension() == ".json");
+  if (run_file && fs::exists(dir / RunDirectory::kConfig, ec))
+    throw UsageError(cat("--", flag, " ", path, ": that is a file of the training run in ", dir.string(),
+                         "; write to another file"));
 }
 
 void RunDirectory::write_config(const nlohmann::json& config) const {

@@ -94,6 +94,7 @@ int augment_grid_main(int argc, char** argv) {
   o.add("channels", &f.channels, "image channels (synthetic, folder)").min(1).max(3);
   o.add("out-size", &f.out_size, "byol crop size; 0: the image size").min(0).max(512);
   if (!o.parse(argc, argv)) return 0;
+  if (f.channels == 2) throw UsageError("--channels: expected 1 (grey) or 3 (RGB), found 2");
   const data::Recipe recipe = data::parse_recipe(f.recipe);
   std::string note;
   const Device dev = select_device(f.device, &note);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "apps/run/options.h"
+#include "apps/run/run_directory.h"
 #include "apps/run/training_run.h"
 #include "data/dataset.h"
 #include "engine/autograd.h"
@@ -103,6 +104,7 @@ int embed_main(int argc, char** argv) {
   o.add("batch-size", &batch, "images per forward pass").min(1);
   if (!o.parse(argc, argv)) return 0;
   if (data != "synthetic") data::parse_data_spec(data);  // a bad spec is a usage error, before any work
+  refuse_to_replace("out", out, {checkpoint});
   std::string note;
   const Device device = select_device(device_flag, &note);
   std::fprintf(stderr, "embed: %s\n", note.c_str());

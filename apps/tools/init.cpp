@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "apps/run/options.h"
+#include "apps/run/run_directory.h"
 #include "apps/run/training_run.h"
 #include "engine/check.h"
 #include "engine/checkpoint.h"
@@ -60,6 +61,7 @@ int init_main(int argc, char** argv) {
     throw UsageError(problem);
   }
 
+  refuse_to_replace("out", out);
   std::unique_ptr<Model> model = make_model(spec, Device::CPU, /*initialise=*/false);
   model->init(static_cast<uint64_t>(seed));
   SafetensorsWriter w;
