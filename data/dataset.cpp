@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -76,6 +77,24 @@ DataSpec parse_data_spec(const std::string& spec) {
     throw UsageError(cat("--data: expected ", s.kind, ":PATH (only fashion-mnist has a default path), found '",
                          spec, "'"));
   return s;
+}
+
+std::string fingerprint(const Dataset& d) {
+  // crc32 takes a 32-bit length: feed it in chunks.
+  auto update = [](uLong crc, const uint8_t* p, size_t n) {
+    for (size_t done = 0; done < n;) {
+      const uInt chunk = static_cast<uInt>(std::min<size_t>(n - done, size_t{1} << 30));
+      crc = crc32(crc, p + done, chunk);
+      done += chunk;
+    }
+    return crc;
+  };
+  uLong crc = crc32(0L, Z_NULL, 0);
+  crc = update(crc, d.images.data(), d.images.size());
+  crc = update(crc, reinterpret_cast<const uint8_t*>(d.labels.data()), d.labels.size() * sizeof(int32_t));
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08lx", static_cast<unsigned long>(crc));
+  return cat("crc32 ", hex, ", ", d.size, " x ", d.channels, "x", d.height, "x", d.width);
 }
 
 void channel_stats(const Dataset& d, std::vector<float>* mean, std::vector<float>* std) {

@@ -62,6 +62,11 @@ extern const char* const kFashionMnistDir;  // /usr/share/datasets/fashion-mnist
 
 Dataset load_dataset(const DataSpec& spec, Split split, const DataOptions& options = {});
 
+// What identifies a split's contents, wherever its files are: "crc32 89abcdef, 60000 x 1x28x28"
+// (zlib's CRC-32 of the images, then the labels). A resumed run compares it with its
+// checkpoint's, so it may follow data that moved and refuses data that changed.
+std::string fingerprint(const Dataset& d);
+
 // Per-channel mean and std of a dataset's pixels (in pixel / 255), over every image.
 void channel_stats(const Dataset& d, std::vector<float>* mean, std::vector<float>* std);
 

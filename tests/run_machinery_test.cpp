@@ -18,6 +18,8 @@
 #include "apps/run/run_directory.h"
 #include "apps/run/teacher_log.h"
 #include "apps/run/training_run.h"
+#include "data/dataset.h"
+#include "data/synthetic_images.h"
 #include "engine/autograd.h"
 #include "engine/check.h"
 #include "engine/checkpoint.h"
@@ -35,6 +37,7 @@ struct Cfg {
   std::string smoothing = "sts";
   bool eval_only = false;
   std::string name = "x";
+  std::string data = "synthetic";
 };
 
 Options make_options(Cfg& c) {
@@ -44,6 +47,7 @@ Options make_options(Cfg& c) {
   o.add("preserve-prob", &c.p, "keep probability").min(0).max(1);
   o.choice("smoothing", &c.smoothing, {"none", "tma", "se", "sts"}, "teacher smoothing");
   o.flag("eval-only", &c.eval_only, "evaluate only");
+  o.add("data", &c.data, "the data set");
   o.add("name", &c.name, "a name");
   return o;
 }
@@ -644,6 +648,40 @@ TEST(TrainingRun, ResumeKeepsTheSavedConfiguration) {
     w.add_i64("n", {1}, {4});
     run.save(w, 4);
     EXPECT_EQ(logged_every(), 7);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// The checkpoint holds the fingerprints of the data it trained on: a resume may name the same
+// images in a new place (--data differs), and is refused when the images differ, moved or not.
+TEST(TrainingRun, ResumeFollowsDataThatMovedAndRefusesDataThatChanged) {
+  const std::string dir = temp_dir("training_data");
+  const data::Dataset images = data::synthetic_dataset(8, 1, 6, 6, 1), other = data::synthetic_dataset(8, 1, 6, 6, 2);
+  {
+    Invocation inv({"--out", dir, "--data", "mnist:/old/place"});
+    TrainingRun run("prog", inv.options, inv.run);
+    run.check_data({&images});
+    run.begin(inv.options.to_json());
+    SafetensorsWriter w;
+    w.add_i64("n", {1}, {3});
+    run.save(w, 3);
+  }
+  EXPECT_EQ(SafetensorsFile::read(dir + "/last.safetensors").metadata(TrainingRun::kDataKey),
+            "synthetic: " + data::fingerprint(images));
+  EXPECT_NE(data::fingerprint(images), data::fingerprint(other));
+  {
+    Invocation inv({"--resume", dir, "--data", "mnist:/new/place"});
+    TrainingRun run("prog", inv.options, inv.run);
+    EXPECT_EQ(inv.cfg.data, "mnist:/new/place");
+    run.check_data({&images});
+    const std::string e = thrown([&] { run.check_data({&other}); });
+    EXPECT_TRUE(has(e, "the data is not what the run trained on")) << e;
+    EXPECT_TRUE(has(e, "(the run's --data was \"mnist:/old/place\")")) << e;
+  }
+  {
+    Invocation inv({"--resume", dir});
+    TrainingRun run("prog", inv.options, inv.run);
+    EXPECT_TRUE(has(thrown([&] { run.check_data({&other}); }), "the data is not what the run trained on"));
   }
   std::filesystem::remove_all(dir);
 }

@@ -104,6 +104,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   const data::DataSpec spec = data::parse_data_spec(c.data);
   const data::Dataset train = data::load_dataset(spec, data::Split::Train);
   const data::Dataset test = data::load_dataset(spec, data::Split::Test);
+  run.check_data({&train, &test});  // on resume: the same images, wherever they are now
   if (!train.labeled()) throw UsageError(cat("--data ", c.data, ": the train split has no labels"));
   if (c.labels > train.size)
     throw UsageError(cat("--labels ", c.labels, " is larger than the training set (", train.size, " images in ",

@@ -74,6 +74,11 @@ TrainingRun::TrainingRun(std::string program, Options& options, RunOptions& run)
       std::fprintf(stderr, "%s: --%s %s%s differs from the run's %s: it continues, but not bit-identically\n",
                    program_.c_str(), flag.c_str(), now[flag].dump().c_str(), source.c_str(), it.value().dump().c_str());
     if (changeable_on_resume(flag) || distributed_changeable_on_resume(flag)) continue;
+    // Moved data may follow the run: check_data() compares what it holds with the checkpoint's.
+    if (flag == "data" && f.metadata().count(kDataKey)) {
+      data_moved_from_ = it.value().dump();
+      continue;
+    }
     throw UsageError(cat("--", flag, " ", now[flag].dump(), source, " differs from the run being resumed (",
                          it.value().dump(), " in ", f.path(), "); a resumed run keeps its configuration"));
   }
@@ -139,12 +144,27 @@ void TrainingRun::save(SafetensorsWriter& w, int64_t step) {
   w.add_metadata(kProgramKey, program_);
   w.add_metadata(kConfigKey, config_.dump());
   w.add_metadata(kStepKey, std::to_string(step));
+  if (!data_.empty()) w.add_metadata(kDataKey, data_);
   if (!config_written_) {  // a resumed run's first save; before the checkpoint, which it describes
     dir_.write_config(config_);
     config_written_ = true;
   }
   w.write(dir_.checkpoint());
   saved_step_ = step;
+}
+
+void TrainingRun::check_data(const std::vector<const data::Dataset*>& splits) {
+  data_.clear();
+  for (const data::Dataset* d : splits) data_ += cat(data_.empty() ? "" : "; ", d->name, ": ", data::fingerprint(*d));
+  if (!resuming() || !checkpoint_->metadata().count(kDataKey)) return;
+  const std::string& saved = checkpoint_->metadata(kDataKey);
+  if (saved != data_)
+    throw Error(cat("the data is not what the run trained on: ", checkpoint_->path(), " holds \"", saved,
+                    "\", found \"", data_, "\"",
+                    data_moved_from_.empty() ? "" : cat(" (the run's --data was ", data_moved_from_, ")")));
+  if (!data_moved_from_.empty())
+    std::fprintf(stderr, "%s: the data moved (the run's --data was %s); its contents are the same\n", program_.c_str(),
+                 data_moved_from_.c_str());
 }
 
 int TrainingRun::final_evaluation_begins() {

@@ -23,11 +23,13 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "apps/run/nonfinite.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
 #include "apps/run/run_lock.h"
+#include "data/dataset.h"
 #include "engine/checkpoint.h"
 
 namespace tessera {
@@ -42,6 +44,7 @@ class TrainingRun {
   static constexpr const char* kProgramKey = "run.program";
   static constexpr const char* kConfigKey = "run.config";
   static constexpr const char* kStepKey = "run.step";
+  static constexpr const char* kDataKey = "run.data";  // data::fingerprint of each split
 
   TrainingRun(std::string program, Options& options, RunOptions& run);
 
@@ -50,6 +53,10 @@ class TrainingRun {
   int64_t start_step() const { return start_step_; }
   const RunDirectory& dir() const { return dir_; }
 
+  // The splits the run reads, once loaded: their fingerprints go into every checkpoint. On
+  // resume they must match the checkpoint's (an Error naming both otherwise), and only then
+  // may --data differ from the saved one (the files moved).
+  void check_data(const std::vector<const data::Dataset*>& splits);
   // Creates the directory, writes config.json and opens metrics.jsonl (on resume, events past
   // the checkpoint's step are dropped). Installs the Ctrl-C handler.
   // On resume config.json is rewritten at the first save, so a resume that fails leaves it as it was.
@@ -85,6 +92,8 @@ class TrainingRun {
   void take_lock(const std::string& dir);
   nlohmann::json config_;
   bool config_written_ = false;  // config.json holds config_
+  std::string data_;             // check_data's fingerprints, for kDataKey
+  std::string data_moved_from_;  // the saved --data when this invocation gives another
   MetricsLog metrics_;
 };
 
