@@ -399,6 +399,22 @@ TEST(Byol, ResumeInAFreshProcessIsBitIdentical) {
   EXPECT_EQ(metrics(parts).back()["event"], "final");
 }
 
+// --stop-after off the logging cadence writes no extra line: the stopped and resumed run logs
+// the steps the uninterrupted one does.
+TEST(Byol, AStopOffTheLoggingCadenceLogsTheUninterruptedSteps) {
+  const std::string whole = fixture().root + "/cadence_whole", parts = fixture().root + "/cadence_parts";
+  auto logged = [](const std::string& dir) {
+    std::vector<std::string> out;
+    for (const auto& j : metrics(dir)) out.push_back(j["event"].get<std::string>() + " " + std::to_string(j.value("step", -1)));
+    return out;
+  };
+  ASSERT_EQ(byol(with(tiny(whole), {"--log-every", "2", "--stop-after", "4"})), 0);
+  ASSERT_EQ(byol(with(tiny(parts), {"--log-every", "2", "--stop-after", "3"})), 0);
+  ASSERT_EQ(byol({"--resume", parts, "--stop-after", "4"}), 0);
+  EXPECT_EQ(logged(parts), logged(whole));
+  EXPECT_EQ(logged(whole), (std::vector<std::string>{"teacher 2", "train 2", "teacher 4", "train 4"}));
+}
+
 TEST(Byol, CtrlCSavesACheckpointAndExitsCleanly) {
   const std::string out = fixture().root + "/interrupted";
   // A watcher sends SIGINT to this process once two steps are logged (two "train" events: each

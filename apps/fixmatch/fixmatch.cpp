@@ -271,7 +271,7 @@ int fixmatch_main(int argc, const char* const* argv) {
       // The mosaic: fragment ages at every logging step, the whole mosaic at --mosaic-steps.
       // Before the train line, which stays the last line of a step.
       const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
-      if (step % c.run.log_every == 0 || step == stop_at || mosaic_step) {
+      if (step % c.run.log_every == 0 || step == c.steps || mosaic_step) {
         const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
         nlohmann::json tev = teacher_event_fields(ages);
         tev["step"] = step;
@@ -279,7 +279,8 @@ int fixmatch_main(int argc, const char* const* argv) {
         if (mosaic_step && ranks.root())
           write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
       }
-      if (step % c.run.log_every == 0 || step == stop_at) {
+      // Not at a --stop-after step: a stopped and resumed run logs the steps an uninterrupted one does.
+      if (step % c.run.log_every == 0 || step == c.steps) {
         read_back();
         double ips = 0, wait = 0;
         timer.take(&ips, &wait);

@@ -248,7 +248,8 @@ int moco_main(int argc, const char* const* argv) {
       timer.step_end(c.batch_size);
       ++step;
 
-      if (step % c.run.log_every == 0 || step == stop_at) {
+      // Not at a --stop-after step: a stopped and resumed run logs the steps an uninterrupted one does.
+      if (step % c.run.log_every == 0 || step == total_steps) {
         const int64_t skipped = nonfinite.read(run.last_checkpoint_note());  // stop: ends the run here
         float loss_value = 0, accuracy = 0;  // the loss is NaN when this step was skipped (written as null)
         copy_to_host(&loss_value, result.loss->value, sizeof loss_value);
