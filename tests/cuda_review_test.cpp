@@ -146,6 +146,17 @@ TEST(ConvAlgoPicker, OnlyARefusalOfTheAlgorithmFallsBack) {
     EXPECT_FALSE(kernels::cudnn_status_is_refusal(fault)) << fault;
 }
 
+// A tensor cuDNN cannot describe is the engine's error, naming the tensor, before cuDNN's
+// BAD_PARAM: at 2^31 elements, not at 2^31 - 1; four factors whose product overflows int64 too.
+TEST(ConvAlgoPicker, TensorsOverCudnnsElementLimitAreNamed) {
+  EXPECT_EQ(kernels::cudnn_tensor_problem("x", 1, 1, 1, 2147483647), "");
+  EXPECT_EQ(kernels::cudnn_tensor_problem("x", 256, 3, 224, 224), "");
+  EXPECT_EQ(kernels::cudnn_tensor_problem("conv2d input", 2048, 64, 128, 128),
+            "conv2d input: (2048, 64, 128, 128) is 2147483648 elements; cuDNN takes at most 2^31 - 1 per tensor: "
+            "lower the batch size (or the image size)");
+  EXPECT_NE(kernels::cudnn_tensor_problem("x", int64_t{1} << 40, int64_t{1} << 40, 1 << 20, 1 << 20), "");
+}
+
 // ---- failure reports of the CUDA dispatch ---------------------------------------------------
 
 // Restores the CUDA options and the sync probe a test changed.

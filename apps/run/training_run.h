@@ -57,9 +57,9 @@ class TrainingRun {
   // resume they must match the checkpoint's (an Error naming both otherwise), and only then
   // may --data differ from the saved one (the files moved).
   void check_data(const std::vector<const data::Dataset*>& splits);
-  // Creates the directory, writes config.json and opens metrics.jsonl (on resume, events past
-  // the checkpoint's step are dropped). Installs the Ctrl-C handler.
-  // On resume config.json is rewritten at the first save, so a resume that fails leaves it as it was.
+  // Creates the directory, writes config.json (on resume: at the first save, so a resume that
+  // fails leaves it as it was) and opens metrics.jsonl (on resume, events past the checkpoint's
+  // step are dropped). Installs the Ctrl-C handler.
   void begin(const nlohmann::json& config);
   MetricsLog& metrics() { return metrics_; }
 

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace kernels {
@@ -54,6 +55,18 @@ inline bool cudnn_status_is_refusal(int status) {
     case 3000: case 3002: case 3003: case 3004: case 3010: case 3011: case 3012: case 5000: return true;
     default: return false;
   }
+}
+
+// cuDNN's tensors hold at most 2^31 - 1 elements (its descriptors count in int); a larger one
+// is refused as BAD_PARAM, naming no layer. Empty when a (n, c, h, w) tensor fits; else the
+// engine's message: `what`, the shape and its size, and what to lower.
+inline std::string cudnn_tensor_problem(const char* what, int64_t n, int64_t c, int64_t h, int64_t w) {
+  const double elements = static_cast<double>(n) * static_cast<double>(c) * static_cast<double>(h) *
+                          static_cast<double>(w);  // exact enough near 2^31; no int64 overflow
+  if (elements <= 2147483647.0) return {};
+  return std::string(what) + ": (" + std::to_string(n) + ", " + std::to_string(c) + ", " + std::to_string(h) + ", " +
+         std::to_string(w) + ") is " + std::to_string(static_cast<long long>(elements)) +
+         " elements; cuDNN takes at most 2^31 - 1 per tensor: lower the batch size (or the image size)";
 }
 
 inline bool algo_math_allowed(AlgoMath m, bool tf32) {

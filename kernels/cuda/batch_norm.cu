@@ -16,8 +16,10 @@
 // and reads and writes dx (16 bytes an element, 5 FLOPs), plus 8 C x segments bytes of partials.
 #include <array>
 #include <map>
+#include <string>
 
 #include "kernels/batch_norm.h"
+#include "kernels/common/conv_algo.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/runtime.h"
 
@@ -35,9 +37,8 @@ const BnDescriptors& descriptors(int64_t n, int64_t c, int64_t hw) {
   const std::array<int64_t, 3> key{n, c, hw};
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  const int64_t limit = (int64_t{1} << 31) - 1;
-  if (n > limit || c > limit || hw > limit)
-    throw_status("cuDNN", "batch_norm dimension does not fit cuDNN's int", "batch_norm", __FILE__, __LINE__);
+  if (const std::string problem = kernels::cudnn_tensor_problem("batch_norm input", n, c, hw, 1); !problem.empty())
+    throw_status("cuDNN", problem.c_str(), "batch_norm", __FILE__, __LINE__);
   BnDescriptors d;
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&d.x));
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&d.channel));

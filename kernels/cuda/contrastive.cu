@@ -1,8 +1,8 @@
 // CUDA twin of kernels/contrastive.h. The (n, K) block of negative logits and the queue's
 // share of dq are GEMMs (cuBLAS, the handle's math mode, on the engine stream); the positive
 // logit, the row softmax and the positive key's share of dq are one warp per row (blocks of
-// 32 x kWarpRows, grid-stride over rows); the enqueue is a grid-stride copy into the ring and
-// a one-thread launch that advances its device-side position.
+// 32 x kWarpRows, grid-stride over rows); the enqueue copies key rows into the ring (rows on
+// the grid, O(n d) bytes) and a one-thread launch advances its device-side position.
 #include <cmath>
 
 #include "kernels/common/softmax.h"
@@ -61,13 +61,16 @@ __global__ void infonce_grad_rows_kernel(const float* k, const float* logits, co
   }
 }
 
-__global__ void queue_enqueue_kernel(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d,
+// Key row i goes to ring row (at + i) % K. Rows are planes on the grid (plane_launch): one
+// modulo per row, 32-bit column indices, no division per element.
+__global__ void queue_enqueue_kernel(float* queue, const float* keys, int64_t kq, int64_t n, int d,
                                      const int32_t* ptr, const int32_t* skip) {
   if (skip && *skip) return;
-  const int64_t total = n * d, at = *ptr;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t i = e / d, c = e % d;
-    queue[((at + i) % kq) * d + c] = keys[e];
+  const int64_t at = *ptr;
+  for (int64_t i = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; i < n; i += int64_t(gridDim.y) * blockDim.y) {
+    float* dst = queue + ((at + i) % kq) * d;
+    const float* src = keys + i * d;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < d; c += gridDim.x * blockDim.x) dst[c] = src[c];
   }
 }
 
@@ -112,7 +115,8 @@ void infonce_backward(const float* k, const float* queue, const float* logits, c
 void queue_enqueue(float* queue, const float* keys, int64_t kq, int64_t n, int64_t d, int32_t* ptr,
                    const int32_t* skip) {
   if (n == 0) return;
-  queue_enqueue_kernel<<<grid_for(n * d), 256, 0, runtime().stream>>>(queue, keys, kq, n, d, ptr, skip);
+  const PlaneLaunch l = plane_launch(n, d, "queue_enqueue");  // d is then under 2^31
+  queue_enqueue_kernel<<<l.grid, l.block, 0, runtime().stream>>>(queue, keys, kq, n, static_cast<int>(d), ptr, skip);
   KERNEL_LAUNCH_CHECK();
   queue_advance_kernel<<<1, 1, 0, runtime().stream>>>(ptr, kq, n, skip);
   KERNEL_LAUNCH_CHECK();

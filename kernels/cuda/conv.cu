@@ -156,6 +156,9 @@ void choose_first(const ConvPlan& c, PassPlan<Perf>& p, const Conv2dShape& s, co
 }
 
 ConvPlan make_plan(const Conv2dShape& s) {
+  for (const std::string& problem : {cudnn_tensor_problem("conv2d input", s.n, s.c, s.h, s.w),
+                                     cudnn_tensor_problem("conv2d output", s.n, s.o, s.ho, s.wo)})
+    if (!problem.empty()) throw_status("cuDNN", problem.c_str(), "conv2d", __FILE__, __LINE__);
   ConvPlan p;
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&p.x));
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&p.y));
