@@ -79,6 +79,17 @@ DataSpec parse_data_spec(const std::string& spec) {
   return s;
 }
 
+void match_training_split(const Dataset& train, Dataset* other) {
+  if (other->channels != train.channels || other->height != train.height || other->width != train.width)
+    throw Error(cat(other->name, ": expected ", train.channels, "x", train.height, "x", train.width, " images like ",
+                    train.name, ", found ", other->channels, "x", other->height, "x", other->width));
+  if (other->num_classes != train.num_classes)
+    throw Error(cat(other->name, ": expected ", train.num_classes, " classes like ", train.name, ", found ",
+                    other->num_classes));
+  other->mean = train.mean;
+  other->std = train.std;
+}
+
 std::string fingerprint(const Dataset& d) {
   // crc32 takes a 32-bit length: feed it in chunks.
   auto update = [](uLong crc, const uint8_t* p, size_t n) {
@@ -121,10 +132,14 @@ void channel_stats(const Dataset& d, std::vector<float>* mean, std::vector<float
   }
 }
 
+std::string data_root(const DataSpec& spec) {
+  return spec.path.empty() && spec.kind == "fashion-mnist" ? kFashionMnistDir : spec.path;
+}
+
 Dataset load_dataset(const DataSpec& spec, Split split, const DataOptions& options) {
   Dataset d;
   if (spec.kind == "fashion-mnist" || spec.kind == "mnist") {
-    d = read_idx(spec.path.empty() ? kFashionMnistDir : spec.path, split, spec.kind);
+    d = read_idx(data_root(spec), split, spec.kind);
   } else if (spec.kind == "cifar10") {
     d = read_cifar(spec.path, split, 10);
   } else if (spec.kind == "cifar100") {

@@ -52,6 +52,8 @@ struct DataSpec {
   std::string path;  // empty: the kind's default (only fashion-mnist has one)
 };
 DataSpec parse_data_spec(const std::string& spec);
+// The folder a spec reads: its path, or the kind's default (only fashion-mnist has one).
+std::string data_root(const DataSpec& spec);
 
 struct DataOptions {
   int image_size = 32;  // folder: images are resized (shorter side) and centre-cropped to this
@@ -61,6 +63,13 @@ struct DataOptions {
 extern const char* const kFashionMnistDir;  // /usr/share/datasets/fashion-mnist
 
 Dataset load_dataset(const DataSpec& spec, Split split, const DataOptions& options = {});
+
+// A split read beside the training split (test, unlabeled): its images must have the training
+// split's shape and classes (an Error naming both splits otherwise), and it takes the training
+// split's normalisation, as torchvision's fixed transforms do: a kind without published
+// constants (folder) computes its mean / std per split, and a test split normalised with its
+// own statistics would shift every feature the evaluation sees.
+void match_training_split(const Dataset& train, Dataset* other);
 
 // What identifies a split's contents, wherever its files are: "crc32 89abcdef, 60000 x 1x28x28"
 // (zlib's CRC-32 of the images, then the labels). A resumed run compares it with its

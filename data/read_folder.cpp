@@ -6,9 +6,10 @@
 //                                           the unlabeled split, for self-supervised runs
 //
 // Classes are numbered in sorted sub-folder order. Each image is centre-cropped to a square
-// and resized to DataOptions::image_size with stb_image_resize's triangle filter (bilinear
-// when enlarging, area-weighted when shrinking, so small outputs do not alias), giving
-// torchvision's Resize(S) + CenterCrop(S) framing. Files with other extensions are ignored.
+// and resized to DataOptions::image_size with stb_image_resize's Catmull-Rom filter (PIL's
+// bicubic; its support widens when shrinking, so small outputs do not alias), giving
+// torchvision's Resize(S) + CenterCrop(S) framing. Files with other extensions, and hidden
+// files and folders (names starting with '.'), are ignored.
 #include <stb/stb_image.h>
 #include <stb/stb_image_resize.h>
 
@@ -37,10 +38,17 @@ bool is_image_file(const fs::path& p) {
 
 std::vector<std::string> sorted_entries(const std::string& dir, bool directories) {
   std::vector<std::string> out;
-  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
-    if (directories ? e.is_directory() : (e.is_regular_file() && is_image_file(e.path())))
-      out.push_back(e.path().filename().string());
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    // Hidden entries (.git, .ipynb_checkpoints, macOS's ._x.png) are neither classes nor images.
+    if (name.empty() || name[0] == '.') continue;
+    std::error_code kind;  // a symlink loop, say; a dangling link is simply not a file
+    const bool wanted = directories ? it->is_directory(kind) : (it->is_regular_file(kind) && is_image_file(it->path()));
+    if (kind) bad_file(it->path().string(), "a readable file or folder", kind.message());
+    if (wanted) out.push_back(name);
   }
+  if (ec) bad_file(dir, "a readable folder", ec.message());
   std::sort(out.begin(), out.end());
   return out;
 }

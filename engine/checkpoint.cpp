@@ -1,6 +1,7 @@
 #include "engine/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -202,6 +203,11 @@ void SafetensorsWriter::write(const std::string& path) const {
 int64_t SafetensorsFile::Entry::numel() const { return numel_of(shape); }
 
 SafetensorsFile SafetensorsFile::read(const std::string& path) {
+  // A folder or a FIFO opens, and then fails (or blocks) at the first read: named here.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw Error(cat("checkpoint '", path, "': expected a safetensors file, found ",
+                    S_ISDIR(st.st_mode) ? "a folder" : "something that is not a regular file"));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(cat("cannot open checkpoint '", path, "': ", errno_text()));
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

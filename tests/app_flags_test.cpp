@@ -119,7 +119,27 @@ TEST(AppFlags, InitAndEmbedDoNotReplaceARunsFilesOrTheirInput) {
   EXPECT_EQ(bytes(), before);
   ASSERT_EQ(run("init", mlp + dir + "/other.safetensors").status, 0);  // the user's own files may go there
   ASSERT_EQ(run("init", mlp + dir + "/other.safetensors").status, 0);  // and be replaced
+  // Nor a file of the data set read (embed, augment-grid): any file under its folder.
+  const std::string data = dir + "/data";
+  fs::create_directories(data + "/nested");
+  std::ofstream(data + "/nested/train-images-idx3-ubyte") << "images";
+  const std::string into_data = " --data mnist:" + data + " --out " + data + "/nested/train-images-idx3-ubyte";
+  expect_error(run("embed", "--device cpu --checkpoint " + ckpt + into_data), 2, "embed",
+               "that is a file of the input " + data);
+  expect_error(run("augment-grid", into_data), 2, "augment-grid", "that is a file of the input " + data);
   fs::remove_all(dir);
+}
+
+// Tool flags whose bad values used to surface as a crash or a misplaced message.
+TEST(AppFlags, ToolEdgeCasesAreNamed) {
+  const std::string out = temp_path("grid.png");
+  expect_error(run("augment-grid", "--data synthetic --out-size 1 --out " + out), 2, "augment-grid",
+               "--out-size: expected 0 (the image size) or a side of at least 2, found 1");
+  const std::string folder = temp_path("not_a_checkpoint");
+  fs::create_directories(folder);
+  expect_error(run("embed", "--device cpu --checkpoint " + folder + " --out " + out), 1, "embed",
+               "checkpoint '" + folder + "': expected a safetensors file, found a folder");
+  fs::remove_all(folder);
 }
 
 // --config supplies a required flag; the command line still wins over it.

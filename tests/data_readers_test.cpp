@@ -534,6 +534,39 @@ TEST(FolderReader, ClassesCropResizeAndSplits) {
                {"nothing", "no such folder"});
 }
 
+// Hidden folders and files (.git, .ipynb_checkpoints) are no class and no image; a symlink loop
+// is a one-line error naming it. A test split takes the training split's normalisation (a
+// folder's is computed per split) and must match its image shape.
+TEST(FolderReader, HiddenEntriesLoopsAndTheTrainingSplitsNormalisation) {
+  TempDir dir;
+  std::vector<uint8_t> dark(4 * 4 * 3, 40), white(4 * 4 * 3, 255);
+  fs::create_directories(dir / "train/a");
+  fs::create_directories(dir / "train/.git");
+  fs::create_directories(dir / "test/a");
+  ASSERT_TRUE(stbi_write_png((dir / "train/a/x.png").c_str(), 4, 4, 3, dark.data(), 12));
+  ASSERT_TRUE(stbi_write_png((dir / "train/a/._x.png").c_str(), 4, 4, 3, white.data(), 12));
+  ASSERT_TRUE(stbi_write_png((dir / "train/.git/y.png").c_str(), 4, 4, 3, white.data(), 12));
+  ASSERT_TRUE(stbi_write_png((dir / "test/a/z.png").c_str(), 4, 4, 3, white.data(), 12));
+  DataOptions opt;
+  opt.image_size = 4;
+  const Dataset train = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, opt);
+  EXPECT_EQ(train.size, 1);
+  EXPECT_EQ(train.class_names, std::vector<std::string>{"a"});
+  Dataset test = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Test, opt);
+  EXPECT_NE(test.mean, train.mean);  // its own statistics, as read
+  match_training_split(train, &test);
+  EXPECT_EQ(test.mean, train.mean);
+  EXPECT_EQ(test.std, train.std);
+  opt.image_size = 5;
+  Dataset bigger = load_dataset(parse_data_spec("folder:" + dir.path()), Split::Test, opt);
+  expect_error([&] { match_training_split(train, &bigger); },
+               {"folder/test: expected 3x4x4 images like folder/train, found 3x5x5"});
+
+  fs::create_directory_symlink(dir / "train/loop", dir / "train/loop");
+  expect_error([&] { load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, opt); },
+               {"train/loop", "expected a readable file or folder"});
+}
+
 // Shrinking to 32 from every side between 33 and 130 (the fuzzer found a 43x43 PNG aborting
 // inside stb_image_resize's triangle filter), and a flat image stays flat.
 TEST(ImageFolder, ResizesEverySideWithoutAborting) {

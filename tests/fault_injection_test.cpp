@@ -178,8 +178,8 @@ TEST(Faults, AFailedConfigWriteKeepsTheRunDirectory) {
   program_runs::expect_same_run(whole_run(), dir);
 }
 
-// build/init and build/embed replace their output file whole or not at all.
-TEST(Faults, InitAndEmbedKeepTheirOldOutputWhenAWriteFails) {
+// build/init, build/embed and build/augment-grid replace their output file whole or not at all.
+TEST(Faults, ToolsKeepTheirOldOutputWhenAWriteFails) {
   const std::string init_out = fixture().root + "/model.safetensors";
   const std::vector<std::string> init_args = {"--arch", "resnet18", "--width", "4", "--in-channels", "1",
                                               "--out", init_out};
@@ -205,6 +205,21 @@ TEST(Faults, InitAndEmbedKeepTheirOldOutputWhenAWriteFails) {
     EXPECT_EQ(r.status, 1) << fault << "\n" << r.output;
     EXPECT_NE(r.output.find("features.safetensors"), std::string::npos) << r.output;
     EXPECT_EQ(bytes_of(embed_out), features) << fault;
+  }
+
+  // augment-grid encodes the PNG in memory and writes it the same way.
+  const std::string grid_out = fixture().root + "/grid.png";
+  const std::vector<std::string> grid_args = {"--data", "mnist:" + fixture().data, "--out", grid_out, "--n", "2",
+                                              "--device", "cpu"};
+  const program_runs::Result grid = run("augment-grid", grid_args);
+  ASSERT_EQ(grid.status, 0) << grid.output;
+  const std::string png = bytes_of(grid_out);
+  for (const char* fault : {"write:partial:1:grid.png", "fsync:EIO:1:grid.png", "rename:ENOSPC:1:grid.png"}) {
+    const program_runs::Result r = run("augment-grid", with(grid_args, {"--seed", "3"}), fault);
+    EXPECT_EQ(r.status, 1) << fault << "\n" << r.output;
+    EXPECT_NE(r.output.find("grid.png"), std::string::npos) << r.output;
+    EXPECT_EQ(bytes_of(grid_out), png) << fault;
+    EXPECT_TRUE(leftovers(fixture().root).empty()) << fault << ": " << leftovers(fixture().root).front();
   }
 }
 

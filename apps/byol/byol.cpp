@@ -88,6 +88,7 @@ int byol_main(int argc, const char* const* argv) {
   const data::DataSpec spec = data::parse_data_spec(c.data);
   const data::Dataset train = data::load_dataset(spec, data::Split::Train);
   data::Dataset test = data::load_dataset(spec, data::Split::Test);
+  data::match_training_split(train, &test);
   run.check_data({&train, &test});  // on resume: the same images, wherever they are now
   if (c.batch_size > train.size)
     throw UsageError(cat("--batch-size ", c.batch_size, " is larger than the training set (", train.size, " images in ",

@@ -103,7 +103,8 @@ int fixmatch_main(int argc, const char* const* argv) {
   // Data and every check that needs it, before anything is written.
   const data::DataSpec spec = data::parse_data_spec(c.data);
   const data::Dataset train = data::load_dataset(spec, data::Split::Train);
-  const data::Dataset test = data::load_dataset(spec, data::Split::Test);
+  data::Dataset test = data::load_dataset(spec, data::Split::Test);
+  data::match_training_split(train, &test);
   run.check_data({&train, &test});  // on resume: the same images, wherever they are now
   if (!train.labeled()) throw UsageError(cat("--data ", c.data, ": the train split has no labels"));
   if (c.labels > train.size)

@@ -224,9 +224,17 @@ void refuse_to_replace(const std::string& flag, const std::string& path, const s
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(path, ec)) return;
-  for (const std::string& input : inputs)
+  for (const std::string& input : inputs) {
     if (fs::equivalent(path, input, ec))
       throw UsageError(cat("--", flag, " ", path, ": that is the input file (", input, "); write to another file"));
+    // An input folder (a data set): none of the files under it.
+    const fs::path folder = fs::canonical(input, ec), target = fs::canonical(path, ec);
+    if (!ec && fs::is_directory(folder, ec)) {
+      const auto mismatch = std::mismatch(folder.begin(), folder.end(), target.begin(), target.end());
+      if (mismatch.first == folder.end())
+        throw UsageError(cat("--", flag, " ", path, ": that is a file of the input ", input, "; write to another file"));
+    }
+  }
   const fs::path p(path);
   const std::string name = p.filename().string();
   const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");

@@ -75,10 +75,10 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 std::string read_file(const std::string& path);
 bool path_exists(const std::string& path);
 
-// Tools that write one file (init, embed): a UsageError when `--flag path` would replace one of
-// `inputs` or a file of a training run (last.safetensors, backbone.safetensors, config.json,
-// metrics.jsonl, run.lock, mosaic-*.json in a directory holding config.json). Other files are
-// replaced, as torch.save does.
+// Tools that write one file (init, embed, augment-grid): a UsageError when `--flag path` would
+// replace one of `inputs` (a file, or any file under a folder such as a data set's) or a file of
+// a training run (last.safetensors, backbone.safetensors, config.json, metrics.jsonl, run.lock,
+// mosaic-*.json in a directory holding config.json). Other files are replaced, as torch.save does.
 void refuse_to_replace(const std::string& flag, const std::string& path, const std::vector<std::string>& inputs = {});
 
 class RunDirectory {

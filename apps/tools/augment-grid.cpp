@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "apps/run/options.h"
+#include "apps/run/run_directory.h"
 #include "apps/run/training_run.h"
 #include "data/augment.h"
 #include "data/dataset.h"
@@ -95,6 +96,9 @@ int augment_grid_main(int argc, char** argv) {
   o.add("out-size", &f.out_size, "byol crop size; 0: the image size").min(0).max(512);
   if (!o.parse(argc, argv)) return 0;
   if (f.channels == 2) throw UsageError("--channels: expected 1 (grey) or 3 (RGB), found 2");
+  if (f.out_size == 1) throw UsageError("--out-size: expected 0 (the image size) or a side of at least 2, found 1");
+  const bool synthetic = f.data == "synthetic" || f.data.rfind("synthetic:", 0) == 0;
+  refuse_to_replace("out", f.out, {synthetic ? "" : data::data_root(data::parse_data_spec(f.data))});
   const data::Recipe recipe = data::parse_recipe(f.recipe);
   std::string note;
   const Device dev = select_device(f.device, &note);
@@ -154,8 +158,13 @@ int augment_grid_main(int argc, char** argv) {
                   gap + cell + split_gap + col * (cell + gap) + (cell - OW * scale) / 2, scale);
     }
   }
-  if (!stbi_write_png(f.out.c_str(), canvas.width, canvas.height, 3, canvas.rgb.data(), canvas.width * 3))
-    throw Error(cat(f.out, ": could not write the PNG"));
+  // Encoded in memory, then written whole (temporary file, fsync, rename): a full disk leaves
+  // the old PNG, not half a new one.
+  std::string png;
+  auto append = [](void* to, void* bytes, int size) { static_cast<std::string*>(to)->append(static_cast<char*>(bytes), size); };
+  if (!stbi_write_png_to_func(append, &png, canvas.width, canvas.height, 3, canvas.rgb.data(), canvas.width * 3))
+    throw Error(cat(f.out, ": stb_image_write could not encode the PNG"));
+  write_file_atomic(f.out, png);
   std::printf("%s: %d images of %s (%dx%dx%d) through %s, %d views each, %dx upscaled: %dx%d pixels\n", f.out.c_str(),
               n, d.name.c_str(), C, H, W, data::recipe_name(recipe), f.columns, scale, canvas.width, canvas.height);
   return 0;

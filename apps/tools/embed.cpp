@@ -73,7 +73,10 @@ Images synthetic(bool train, int channels) {
 Images from_reader(const std::string& spec, bool train, int channels) {
   data::DataOptions opt;
   opt.channels = channels;  // folder images are converted; fixed-format datasets are checked below
-  data::Dataset d = data::load_dataset(data::parse_data_spec(spec), train ? data::Split::Train : data::Split::Test, opt);
+  const data::DataSpec s = data::parse_data_spec(spec);
+  data::Dataset d = data::load_dataset(s, train ? data::Split::Train : data::Split::Test, opt);
+  // The test split is normalised as training normalised it (its statistics, for a folder).
+  if (!train) data::match_training_split(data::load_dataset(s, data::Split::Train, opt), &d);
   if (d.channels != channels)
     throw Error(cat("the checkpoint's model takes ", channels, " input channels; ", d.name, " has ", d.channels));
   Images out;
@@ -104,7 +107,7 @@ int embed_main(int argc, char** argv) {
   o.add("batch-size", &batch, "images per forward pass").min(1);
   if (!o.parse(argc, argv)) return 0;
   if (data != "synthetic") data::parse_data_spec(data);  // a bad spec is a usage error, before any work
-  refuse_to_replace("out", out, {checkpoint});
+  refuse_to_replace("out", out, {checkpoint, data == "synthetic" ? "" : data::data_root(data::parse_data_spec(data))});
   std::string note;
   const Device device = select_device(device_flag, &note);
   std::fprintf(stderr, "embed: %s\n", note.c_str());
@@ -125,6 +128,7 @@ int embed_main(int argc, char** argv) {
   Workspace ws(device);
   Graph g(ws);
   const int64_t per_image = int64_t{d.c} * d.h * d.w, plane = int64_t{d.h} * d.w;
+  batch = std::min(batch, std::max<int64_t>(n, 1));  // no buffer larger than the images
   std::vector<float> host(static_cast<size_t>(batch * per_image));
   for (int64_t begin = 0; begin < n; begin += batch) {
     const int64_t b = std::min(batch, n - begin);
