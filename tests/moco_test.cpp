@@ -105,6 +105,13 @@ std::vector<nlohmann::json> metrics(const std::string& dir) {
   return out;
 }
 
+std::vector<nlohmann::json> train_lines(const std::string& dir) {
+  std::vector<nlohmann::json> out;
+  for (const nlohmann::json& e : metrics(dir))
+    if (e["event"] == "train") out.push_back(e);
+  return out;
+}
+
 // A test-set score: a whole number of the fixture's 40 test images, in percent.
 bool is_score_of_40(double percent) {
   const double images = percent * 40.0 / 100.0;
@@ -113,7 +120,7 @@ bool is_score_of_40(double percent) {
 
 TEST(Moco, SmokeRunWritesARunWithItsQueueAndRoundTripsItsCheckpoint) {
   const std::string out = fixture().root + "/smoke";
-  ASSERT_EQ(moco(with(tiny(out), {"--eval-baseline"})), 0);
+  ASSERT_EQ(moco(with(tiny(out), {"--eval-baseline", "--mosaic-steps", "2"})), 0);
   const std::vector<nlohmann::json> m = metrics(out);
   int train_events = 0;
   for (const nlohmann::json& e : m) {
@@ -131,7 +138,17 @@ TEST(Moco, SmokeRunWritesARunWithItsQueueAndRoundTripsItsCheckpoint) {
   // Step 0 sees a queue of random unit vectors and the positive key of a view of the same
   // image: the loss starts below log(K + 1) = 3.50 (uniform logits) only if the positive is
   // the logit at index 0 and gets a larger share than a random key.
-  EXPECT_LT(m[0]["loss"].get<double>(), std::log(kQueue + 1.0)) << m[0].dump();
+  const nlohmann::json first = train_lines(out).at(0);
+  EXPECT_LT(first["loss"].get<double>(), std::log(kQueue + 1.0)) << first.dump();
+  // The key encoder's mosaic: a "teacher" event (fragment ages) before each train line.
+  ASSERT_EQ(m[0]["event"], "teacher");
+  EXPECT_EQ(m[0]["step"], 1);
+  EXPECT_GT(m[0]["fragments"].get<int64_t>(), 0) << m[0].dump();
+  std::ifstream mosaic_file(out + "/mosaic-2.json");
+  ASSERT_TRUE(mosaic_file) << "--mosaic-steps 2 wrote no mosaic-2.json";
+  const nlohmann::json mosaic = nlohmann::json::parse(mosaic_file);
+  EXPECT_EQ(mosaic["step"], 2);
+  EXPECT_FALSE(mosaic["slots"].empty());
   const nlohmann::json final_event = m.back();
   ASSERT_EQ(final_event["event"], "final");
   for (const char* k : {"linear_top1_teacher", "knn_top1_teacher", "linear_top1_student", "knn_top1_student",
@@ -321,7 +338,7 @@ TEST(Moco, CudaRunMatchesTheCpu) {
   const std::string cpu = fixture().root + "/twin_cpu", gpu = fixture().root + "/twin_cuda";
   ASSERT_EQ(moco(with(tiny(cpu), {"--stop-after", "4", "--math", "fp32"})), 0);
   ASSERT_EQ(moco(with(tiny(gpu), {"--stop-after", "4", "--math", "fp32", "--device", "cuda"})), 0);
-  const std::vector<nlohmann::json> a = metrics(cpu), b = metrics(gpu);
+  const std::vector<nlohmann::json> a = train_lines(cpu), b = train_lines(gpu);
   ASSERT_EQ(a.size(), 4u);
   ASSERT_EQ(b.size(), 4u);
   for (size_t i = 0; i < a.size(); ++i) {

@@ -1,5 +1,7 @@
 #include "apps/moco/config.h"
 
+#include "apps/run/teacher_log.h"
+
 namespace tessera::moco {
 
 void add_options(Options& o, Config& c) {
@@ -41,6 +43,8 @@ void add_options(Options& o, Config& c) {
   o.add("momentum", &c.momentum, "m_0 of the key encoder update (tma, sts)").min(0).max(1);
   o.choice("momentum-schedule", &c.momentum_schedule, {"constant", "cosine"}, "constant (MoCo) or cosine: m_k rises from m_0 to 1");
   o.choice("bn-buffers", &c.bn_buffers, {"own", "copy", "ema"}, "key encoder BN statistics: its own, copied, or smoothed");
+  o.add("mosaic-steps", &c.mosaic_steps, "write every key encoder fragment's age to DIR/mosaic-<step>.json at these step counts (1,800,1600)")
+      .check([&c] { return mosaic_steps_problem(c.mosaic_steps); });
   o.section("Evaluation");
   o.add("knn-every", &c.knn_every, "kNN monitor of key and query encoders every N epochs (0: at the end only)").min(0);
   o.flag("eval-baseline", &c.eval_baseline, "also evaluate a randomly initialised backbone of the same shape");

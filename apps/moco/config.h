@@ -47,6 +47,7 @@ struct Config {
   float momentum = 0.999f;
   std::string momentum_schedule = "constant";
   std::string bn_buffers = "own";
+  std::string mosaic_steps;  // step counts that write DIR/mosaic-<step>.json
   // evaluation
   int64_t knn_every = 0;
   bool eval_baseline = false;

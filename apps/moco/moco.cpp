@@ -27,6 +27,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -42,6 +43,7 @@
 #include "apps/run/nonfinite.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
+#include "apps/run/teacher_log.h"
 #include "apps/run/training_run.h"
 #include "data/augment.h"
 #include "data/dataset.h"
@@ -126,6 +128,7 @@ int moco_main(int argc, const char* const* argv) {
   const data::DataSpec spec = data::parse_data_spec(c.data);
   const data::Dataset train = data::load_dataset(spec, data::Split::Train);
   data::Dataset test = data::load_dataset(spec, data::Split::Test);
+  data::match_training_split(train, &test);
   run.check_data({&train, &test});  // on resume: the same images, wherever they are now
   if (c.batch_size > train.size)
     throw UsageError(cat("--batch-size ", c.batch_size, " is larger than the training set (", train.size, " images in ",
@@ -235,6 +238,8 @@ int moco_main(int argc, const char* const* argv) {
     // --profile-steps A:B: per-kernel times of steps A..B-1 (docs/PROFILING.md); NVTX phases always.
     profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device,
                                ranks.root() ? run.dir().dir() : std::string());  // rank 0 writes profile.json
+    const std::vector<TeacherPart> teacher_parts{{"", nets.smooth_backbone.get()}, {"head.", nets.smooth_head.get()}};
+    const std::vector<int64_t> mosaic_steps = parse_mosaic_steps(c.mosaic_steps);
     while (step < stop_at && !stop_requested_on_any_rank(ranks)) {
       profiler.begin_step(step);
       profile::PhaseSequence phases;
@@ -248,6 +253,17 @@ int moco_main(int argc, const char* const* argv) {
       timer.step_end(c.batch_size);
       ++step;
 
+      // The mosaic of the key encoder: fragment ages at every logging step, the whole mosaic at
+      // --mosaic-steps. Before the train line, which stays the last line of a step.
+      const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
+      if (step % c.run.log_every == 0 || step == total_steps || mosaic_step) {
+        const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
+        nlohmann::json ev = teacher_event_fields(ages);
+        ev["step"] = step;
+        run.metrics().write("teacher", ev);
+        if (mosaic_step && ranks.root())
+          write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
+      }
       // Not at a --stop-after step: a stopped and resumed run logs the steps an uninterrupted one does.
       if (step % c.run.log_every == 0 || step == total_steps) {
         const int64_t skipped = nonfinite.read(run.last_checkpoint_note());  // stop: ends the run here
