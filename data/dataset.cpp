@@ -185,7 +185,18 @@ std::string join_path(const std::string& dir, const std::string& name) {
   return dir + "/" + name;
 }
 
+std::string not_a_regular_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    return errno == ENOENT ? "no such file" : cat("no readable file (", std::strerror(errno), ")");
+  if (S_ISDIR(st.st_mode)) return "a folder";
+  // A FIFO would block the open until something writes to it.
+  if (!S_ISREG(st.st_mode)) return "not a regular file (a FIFO, socket or device)";
+  return {};
+}
+
 std::vector<uint8_t> read_file(const std::string& path, const std::string& what) {
+  if (const std::string problem = not_a_regular_file(path); !problem.empty()) bad_file(path, what, problem);
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) bad_file(path, what, cat("no readable file (", std::strerror(errno), ")"));
   std::vector<uint8_t> bytes;
@@ -199,7 +210,7 @@ std::vector<uint8_t> read_file(const std::string& path, const std::string& what)
 }
 
 std::vector<uint8_t> read_maybe_gzip(const std::string& path, const std::string& what) {
-  if (!file_exists(path)) bad_file(path, what, "no such file");
+  if (const std::string problem = not_a_regular_file(path); !problem.empty()) bad_file(path, what, problem);
   gzFile f = gzopen(path.c_str(), "rb");
   if (!f) bad_file(path, what, cat("no readable file (", std::strerror(errno), ")"));
   gzbuffer(f, 1 << 17);

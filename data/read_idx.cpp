@@ -4,6 +4,8 @@
 // 1-D uint8 labels, then one uint32 per dimension) followed by the bytes row-major.
 //   train-images-idx3-ubyte[.gz]  (60000, 28, 28)    t10k-images-idx3-ubyte[.gz]  (10000, 28, 28)
 //   train-labels-idx1-ubyte[.gz]  (60000)            t10k-labels-idx1-ubyte[.gz]  (10000)
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <cstring>
 
@@ -27,11 +29,13 @@ std::string hex(uint32_t v) {
   return s;
 }
 
-// The gzip file when there is one, else the raw one; the .gz name when neither exists.
+// The gzip file when there is one, else the raw one when anything has that name (a folder or
+// a dangling link is then named in the error); the .gz name when neither exists.
 std::string pick(const std::string& dir, const std::string& base) {
   const std::string gz = join_path(dir, base + ".gz");
   const std::string raw = join_path(dir, base);
-  return file_exists(gz) || !file_exists(raw) ? gz : raw;
+  struct stat st {};
+  return file_exists(gz) || ::lstat(raw.c_str(), &st) != 0 ? gz : raw;
 }
 
 // Reads one IDX file and checks its magic, dimension count and length. Returns the bytes

@@ -25,6 +25,7 @@ constexpr int64_t kImageBytes = kChannels * kPlane;
 // Streams the images file into d->images, transposing each plane; the 2.8 GB unlabeled file
 // is never held twice.
 void read_images(const std::string& path, const std::string& what, Dataset* d) {
+  if (const std::string problem = not_a_regular_file(path); !problem.empty()) bad_file(path, what, problem);
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) bad_file(path, what, "no such file");
   const int64_t bytes = st.st_size;

@@ -14,6 +14,9 @@ namespace tessera::data {
 [[noreturn]] void bad_file(const std::string& path, const std::string& expected, const std::string& found);
 
 bool file_exists(const std::string& path);
+// "" when `path` is a regular file (through symlinks); else what it is instead, for messages:
+// "no such file", "a folder", "not a regular file (...)", "no readable file (<errno text>)".
+std::string not_a_regular_file(const std::string& path);
 bool dir_exists(const std::string& path);
 std::string join_path(const std::string& dir, const std::string& name);
 

@@ -133,6 +133,7 @@ TEST(AppFlags, InitAndEmbedDoNotReplaceARunsFilesOrTheirInput) {
 // Tool flags whose bad values used to surface as a crash or a misplaced message.
 TEST(AppFlags, ToolEdgeCasesAreNamed) {
   const std::string out = temp_path("grid.png");
+  expect_error(run("init", "--out ''"), 2, "init", "--out: expected a file name, found ''");
   expect_error(run("augment-grid", "--data synthetic --out-size 1 --out " + out), 2, "augment-grid",
                "--out-size: expected 0 (the image size) or a side of at least 2, found 1");
   const std::string folder = temp_path("not_a_checkpoint");

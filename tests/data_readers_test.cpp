@@ -6,6 +6,7 @@
 // folder crops and unlabeled sources, and the normalisation constants (published for named
 // datasets, measured for folders).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <stb/stb_image_write.h>
 #include <zlib.h>
 
@@ -132,6 +133,27 @@ TEST(IdxReader, LoadsGzipAndRaw) {
   EXPECT_EQ(b.size, 3);
   EXPECT_EQ(b.image(1)[11], 16 + 11);
   EXPECT_EQ(b.class_names[9], "ankle-boot");
+}
+
+// A folder, a dangling link or a FIFO where a data file should be: named as what it is (the
+// raw file, not a .gz the user never had), and a FIFO is not opened (that would block).
+TEST(IdxReader, AFileThatIsNotARegularFileIsNamedAsWhatItIs) {
+  TempDir dir;
+  write_mnist(dir / "d", "train", 5, false);
+  fs::remove(dir / "d/train-images-idx3-ubyte");
+  fs::create_directories(dir / "d/train-images-idx3-ubyte");
+  expect_error([&] { load_dataset(parse_data_spec("mnist:" + (dir / "d")), Split::Train); },
+               {"d/train-images-idx3-ubyte: expected", "found a folder"});
+  fs::remove(dir / "d/train-images-idx3-ubyte");
+  fs::create_symlink(dir / "d/gone", dir / "d/train-images-idx3-ubyte");
+  expect_error([&] { load_dataset(parse_data_spec("mnist:" + (dir / "d")), Split::Train); },
+               {"d/train-images-idx3-ubyte: expected", "found no such file"});
+  const std::string stl = dir / "stl";
+  fs::create_directories(stl);
+  write_bytes(stl + "/train_X.bin", std::vector<uint8_t>(27648, 0));
+  ASSERT_EQ(::mkfifo((stl + "/train_y.bin").c_str(), 0600), 0);
+  expect_error([&] { load_dataset(parse_data_spec("stl10:" + stl), Split::Train); },
+               {"train_y.bin", "not a regular file"});
 }
 
 TEST(IdxReader, BadInputErrors) {
@@ -307,7 +329,7 @@ TEST(CifarReader, Cifar10BatchesAndErrors) {
   write_bytes(root + "/data_batch_3.bin", cifar_records({{4}, {10}}, 0));
   expect_error(load, {"data_batch_3.bin", "labels 0..9", "label 10 in record 1"});
   fs::remove(root + "/data_batch_3.bin");
-  expect_error(load, {"data_batch_3.bin", "cifar10 train batch", "no readable file"});
+  expect_error(load, {"data_batch_3.bin", "cifar10 train batch", "found no such file"});
 }
 
 TEST(CifarReader, Cifar100UsesFineLabels) {

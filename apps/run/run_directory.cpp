@@ -222,6 +222,7 @@ void RunDirectory::create() const {
 
 void refuse_to_replace(const std::string& flag, const std::string& path, const std::vector<std::string>& inputs) {
   namespace fs = std::filesystem;
+  if (path.empty()) throw UsageError(cat("--", flag, ": expected a file name, found ''"));
   std::error_code ec;
   if (!fs::exists(path, ec)) return;
   for (const std::string& input : inputs) {

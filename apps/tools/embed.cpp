@@ -98,7 +98,8 @@ int embed_main(int argc, char** argv) {
             "Writes a backbone's pooled features (and labels, and logits when the model has a\n"
             "classifier) for one split of a dataset; eval mode, inputs only normalised.");
   o.add("checkpoint", &checkpoint, "a checkpoint written by init, byol or fixmatch").required();
-  o.add("prefix", &prefix, "name prefix of the model inside the checkpoint, e.g. teacher.");
+  o.add("prefix", &prefix, "name prefix of the model inside the checkpoint: none for the teacher (key encoder); "
+                           "student.backbone. (byol), student. (fixmatch), query.backbone. (moco)");
   o.add("data", &data, "fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | cifar100:DIR | stl10:DIR | folder:DIR | synthetic");
   o.choice("split", &split, {"train", "test"}, "the split to embed");
   o.add("out", &out, "the safetensors file to write").required();
