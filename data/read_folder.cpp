@@ -26,8 +26,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// 8192 x 8192: larger images are rejected before decoding (a training image is resized to
-// --image-size anyway).
+// 8192 x 8192: larger images are rejected before decoding (every image is resized to
+// DataOptions::image_size, 32 in the programs, anyway).
 constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
 
 bool is_image_file(const fs::path& p) {

@@ -8,7 +8,7 @@
 // the backward, again from x and the saved statistics (ops::detail::batch_norm_forward_again),
 // then runs the convolution's, the ReLU's and BatchNorm's backward kernels on it. Cost: one
 // memory-bound pass over z in the backward (read x, write z, 8 bytes an element, plus the
-// in-place ReLU); saved: z for the whole step (ARCHITECTURE-NOTES.md, "Step memory").
+// in-place ReLU); saved: z for the whole step (docs/ARCHITECTURE-NOTES.md, "Step memory").
 //
 // The kernels, tiers, scratch and running-statistics update are the unfused ops' own (the
 // same ops::detail functions), so on the CPU values and gradients are bit for bit those of
