@@ -128,6 +128,7 @@ Dataset read_folder(const std::string& path, Split split, const DataOptions& opt
     for (const std::string& sub : sorted_entries(root, true))
       for (const std::string& f : sorted_entries(join_path(root, sub), false))
         files.push_back({join_path(join_path(root, sub), f), -1});
+    if (files.empty()) bad_file(root, "images for the unlabeled split (in it or its sub-folders)", "none");
   } else {
     const std::string root = split == Split::Train ? train_root : join_path(path, "test");
     if (!dir_exists(root))

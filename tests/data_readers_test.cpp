@@ -584,6 +584,10 @@ TEST(FolderReader, HiddenEntriesLoopsAndTheTrainingSplitsNormalisation) {
   expect_error([&] { match_training_split(train, &bigger); },
                {"folder/test: expected 3x4x4 images like folder/train, found 3x5x5"});
 
+  fs::create_directories(dir / "train/unlabeled");  // empty: named, not the folder above it
+  expect_error([&] { load_dataset(parse_data_spec("folder:" + (dir / "train")), Split::Unlabeled, opt); },
+               {"train/unlabeled: expected images for the unlabeled split", "found none"});
+
   fs::create_directory_symlink(dir / "train/loop", dir / "train/loop");
   expect_error([&] { load_dataset(parse_data_spec("folder:" + dir.path()), Split::Train, opt); },
                {"train/loop", "expected a readable file or folder"});
