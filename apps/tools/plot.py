@@ -21,39 +21,88 @@ are a curve each. Written into --out (default: RUN/plots for one argument, else 
                  tensor, one tile per fragment (a tensor, or an output channel), coloured by
                  its age; one panel per curve (its first run)
 
-Needs matplotlib (Debian: python3-matplotlib); without it, says so and exits 77. Bad input:
-one line saying what was expected and what was found, exit 2.
+Damaged input is drawn around, as the programs read it: a line of metrics.jsonl that is not a
+JSON object, or a mosaic-<step>.json that is not a mosaic, is skipped with a warning naming it;
+an event without the fields a figure needs is left out of it. Files named mosaic-*.json
+otherwise (mosaic-old.json) are not the programs' and are not read.
+
+Needs matplotlib (Debian: python3-matplotlib) to draw; without it, says so and exits 77 (--help
+works without it). Bad usage: one line saying what was expected and what was found, exit 2; a
+file that cannot be read or written: one line, exit 1. A PNG is replaced only once its new
+version is whole.
 """
 import argparse
 import glob
 import json
 import math
 import os
+import re
 import sys
 
-try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import colors
-except ImportError:
-    print("plot: needs matplotlib (Debian: apt-get install python3-matplotlib), found none", file=sys.stderr)
-    sys.exit(77)
-
+# matplotlib's, imported by main() once the arguments are good, so --help and bad usage need
+# no matplotlib.
+plt = colors = None
 
 DPI = 90  # --dpi
+DPI_RANGE = (10, 600)  # below: unreadable; above: images of hundreds of megapixels
+MOSAIC_FILE = re.compile(r"mosaic-(\d+)\.json")  # as the programs name them (--mosaic-steps)
+
+
+class RunError(Exception):
+    """A file that cannot be read: exit 1."""
+
+
+def import_matplotlib():
+    global plt, colors
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as pyplot
+        from matplotlib import colors as mcolors
+    except ImportError:
+        return False
+    plt, colors = pyplot, mcolors
+    return True
+
+
+def warn(text):
+    print(f"plot: warning: {text}", file=sys.stderr, flush=True)
+
+
+def numeric(value):
+    """Whether `value` is a number: true and false are not; NaN is (a gap in a curve)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number(value):
+    """`value` when it is a finite number, else None."""
+    return value if numeric(value) and math.isfinite(value) else None
+
 
 # ---- runs and groups --------------------------------------------------------------------------
 
 def read_events(run_dir):
+    """The run's metrics events. A line that is not a JSON object (cut short, damaged on disk,
+    edited) is skipped with a warning, as the programs skip it: the lines after it are still
+    the run's history."""
+    path = os.path.join(run_dir, "metrics.jsonl")
     events = []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a kill
+    try:
+        with open(path, "rb") as f:
+            for line_number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    e = json.loads(line.decode("utf-8"))
+                except ValueError:  # not JSON, or not UTF-8
+                    e = None
+                if isinstance(e, dict):
+                    events.append(e)
+                else:
+                    warn(f"{path} line {line_number} is not a JSON object; it is skipped, the other lines are kept")
+    except OSError as e:
+        raise RunError(f"{path}: cannot read it ({e.strerror})")
     return events
 
 
@@ -84,7 +133,7 @@ class Group:
         out = []
         for _, events in self.runs:
             pts = [(e["step"], e[key]) for e in events
-                   if e.get("event") == event and key in e and isinstance(e[key], (int, float))]
+                   if e.get("event") == event and number(e.get("step")) is not None and numeric(e.get(key))]
             if pts:
                 out.append(([s for s, _ in pts], [v for _, v in pts]))
         return out
@@ -139,6 +188,19 @@ def palette(n):
 
 # ---- figures ------------------------------------------------------------------------------------
 
+def save(fig, path):
+    """Writes the figure to `path` through a temporary file: a failed write (a full disk) leaves
+    the PNG that was there whole."""
+    tmp = path + ".tmp"
+    try:
+        fig.savefig(tmp, dpi=DPI, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def training_figure(groups, out):
     fixmatch = any(g.series("train", "sup_loss") for g in groups)
     panels = [("sup_loss", "supervised loss"), ("unsup_loss", "unsupervised loss")] if fixmatch else [("loss", "loss")]
@@ -163,8 +225,7 @@ def training_figure(groups, out):
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
+    save(fig, out)
 
 
 def accuracy_figure(groups, out):
@@ -198,29 +259,39 @@ def accuracy_figure(groups, out):
     if any_drawn:
         ax.legend(fontsize=6, ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
+    save(fig, out)
 
 
 def bin_label(b):
     return "0" if b == 0 else (str(2 ** (b - 1)) if b == 1 else f"{2 ** (b - 1)}-{2 ** b - 1}")
 
 
+def age_fractions(group):
+    """Per logged step, the fraction of fragments in each age bin, one list per run: from the
+    teacher events that have a step, a fragment count > 0 and a histogram of counts."""
+    per_step = {}
+    for _, events in group.runs:
+        for e in events:
+            if e.get("event") != "teacher" or number(e.get("step")) is None:
+                continue
+            total, hist = number(e.get("fragments")), e.get("age_hist")
+            if not (total and total > 0 and isinstance(hist, list) and hist
+                    and all(number(c) is not None for c in hist)):
+                continue
+            per_step.setdefault(e["step"], []).append([c / total for c in hist])
+    return per_step
+
+
 def ages_figure(groups, out):
-    with_ages = [g for g in groups if g.series("teacher", "age_mean")]
+    with_ages = [(g, age_fractions(g)) for g in groups if g.series("teacher", "age_mean")]
+    with_ages = [(g, per_step) for g, per_step in with_ages if per_step]
     if not with_ages:
         return False
     n = len(with_ages)
     fig, axes = plt.subplots(1, n + 1, figsize=(3.6 * (n + 1), 3.6), squeeze=False, layout="constrained")
     cs = palette(len(groups))
-    for ax, g in zip(axes[0], with_ages):
+    for ax, (g, per_step) in zip(axes[0], with_ages):
         # Fraction of fragments per age bin at each logged step, averaged over the group's runs.
-        per_step = {}
-        for _, events in g.runs:
-            for e in events:
-                if e.get("event") == "teacher" and e.get("fragments"):
-                    total = float(e["fragments"])
-                    per_step.setdefault(e["step"], []).append([c / total for c in e["age_hist"]])
         steps = sorted(per_step)
         bins = max(len(h) for hs in per_step.values() for h in hs)
         grid = [[0.0] * len(steps) for _ in range(bins)]
@@ -244,8 +315,7 @@ def ages_figure(groups, out):
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
+    save(fig, out)
     return True
 
 
@@ -266,18 +336,62 @@ def mosaic_panel(ax, mosaic, norm, cmap, names=True):
     return f"{mosaic['mode']} p={mosaic['preserve_prob']:g}, {mosaic['granularity']}: a tile per {unit}"
 
 
+def mosaic_problem(m):
+    """Why the parsed JSON `m` is not a mosaic the panels can draw ("" when it is)."""
+    if not isinstance(m, dict):
+        return f"a JSON {type(m).__name__}"
+    for key in ("mode", "granularity"):
+        if not isinstance(m.get(key), str):
+            return f"{key} {m.get(key)!r}"
+    if number(m.get("preserve_prob")) is None:
+        return f"preserve_prob {m.get('preserve_prob')!r}"
+    slots = m.get("slots")
+    if not (isinstance(slots, list) and slots):
+        return f"slots {slots!r}" if not isinstance(slots, list) else "no slots"
+    for i, slot in enumerate(slots):
+        if not (isinstance(slot, dict) and isinstance(slot.get("name"), str)):
+            return f"slot {i} without a name"
+        ages = slot.get("age")
+        if not (isinstance(ages, list) and ages and all(number(a) is not None and a >= 0 for a in ages)):
+            return f"slot {slot['name']}: age {ages!r}"
+    return ""
+
+
+def read_mosaic(path):
+    """The mosaic in `path`, or None (with a warning) when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            m = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise RunError(f"{path}: cannot read it ({e.strerror})")
+    except ValueError as e:  # cut short, or not UTF-8
+        warn(f"{path}: expected a mosaic in JSON, found an error ({e}); it is skipped")
+        return None
+    problem = mosaic_problem(m)
+    if problem:
+        warn(f"{path}: expected a mosaic (mode, granularity, preserve_prob and slots, each with a name "
+             f"and ages >= 0), found {problem}; it is skipped")
+        return None
+    return m
+
+
 def mosaic_figures(groups, out_dir, only_step):
-    """One figure per step found: a panel per group (its first run holding that step)."""
+    """One figure per step found: a panel per group (its first run holding a good mosaic of
+    that step)."""
     by_step = {}
     for g in groups:
         for run, _ in g.runs:
             for path in sorted(glob.glob(os.path.join(run, "mosaic-*.json"))):
-                step = int(os.path.basename(path)[len("mosaic-"):-len(".json")])
-                if only_step is None or step == only_step:
-                    by_step.setdefault(step, {}).setdefault(g.label, path)
+                found = MOSAIC_FILE.fullmatch(os.path.basename(path))
+                if not found:
+                    continue  # mosaic-old.json and the like: not a program's
+                step = int(found.group(1))
+                if (only_step is None or step == only_step) and g.label not in by_step.get(step, {}):
+                    m = read_mosaic(path)
+                    if m is not None:
+                        by_step.setdefault(step, {})[g.label] = m
     written = []
-    for step, panels in sorted(by_step.items()):
-        mosaics = {label: json.load(open(path)) for label, path in panels.items()}
+    for step, mosaics in sorted(by_step.items()):
         top = max(max(a for s in m["slots"] for a in s["age"]) for m in mosaics.values())
         norm = colors.LogNorm(vmin=1, vmax=max(2, top + 1))
         cmap = plt.get_cmap("viridis")
@@ -298,8 +412,7 @@ def mosaic_figures(groups, out_dir, only_step):
         bar.ax.minorticks_off()
         fig.suptitle(f"the teacher's mosaic after step {step}", fontsize=10)
         path = os.path.join(out_dir, f"mosaic-{step}.png")
-        fig.savefig(path, dpi=DPI)
-        plt.close(fig)
+        save(fig, path)
         written.append(path)
     return written
 
@@ -311,22 +424,40 @@ def main(argv):
     ap.add_argument("runs", nargs="+", help="run directories or folders of them")
     ap.add_argument("--out", help="folder for the PNGs (default: RUN/plots for one argument, else plots)")
     ap.add_argument("--mosaic-step", type=int, help="draw only this step's mosaic (default: every one found)")
-    ap.add_argument("--dpi", type=int, default=DPI, help=f"resolution of the PNGs (default {DPI})")
+    ap.add_argument("--dpi", type=int, default=DPI,
+                    help=f"resolution of the PNGs, {DPI_RANGE[0]} to {DPI_RANGE[1]} (default {DPI})")
     args = ap.parse_args(argv)
-    DPI = args.dpi
+    out = args.out or (os.path.join(args.runs[0], "plots") if len(args.runs) == 1 else "plots")
     try:
-        groups = group_runs(find_runs(args.runs))
-    except (ValueError, OSError) as e:
+        if not DPI_RANGE[0] <= args.dpi <= DPI_RANGE[1]:
+            raise ValueError(f"--dpi: expected an integer in [{DPI_RANGE[0]}, {DPI_RANGE[1]}], found {args.dpi}")
+        if args.mosaic_step is not None and args.mosaic_step < 0:
+            raise ValueError(f"--mosaic-step: expected a step >= 0, found {args.mosaic_step}")
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"--out: expected a folder for the PNGs, found the file {out}")
+        run_dirs = find_runs(args.runs)
+    except ValueError as e:
         print(f"plot: {e}", file=sys.stderr)
         return 2
-    out = args.out or (os.path.join(args.runs[0], "plots") if len(args.runs) == 1 else "plots")
-    os.makedirs(out, exist_ok=True)
-    written = [os.path.join(out, "training.png"), os.path.join(out, "accuracy.png")]
-    training_figure(groups, written[0])
-    accuracy_figure(groups, written[1])
-    if ages_figure(groups, os.path.join(out, "ages.png")):
-        written.append(os.path.join(out, "ages.png"))
-    written += mosaic_figures(groups, out, args.mosaic_step)
+    DPI = args.dpi
+    if not import_matplotlib():
+        print("plot: needs matplotlib (Debian: apt-get install python3-matplotlib), found none", file=sys.stderr)
+        return 77  # what the tests take for "cannot run here"
+    try:
+        groups = group_runs(run_dirs)
+        os.makedirs(out, exist_ok=True)
+        written = [os.path.join(out, "training.png"), os.path.join(out, "accuracy.png")]
+        training_figure(groups, written[0])
+        accuracy_figure(groups, written[1])
+        if ages_figure(groups, os.path.join(out, "ages.png")):
+            written.append(os.path.join(out, "ages.png"))
+        written += mosaic_figures(groups, out, args.mosaic_step)
+    except RunError as e:
+        print(f"plot: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the folder or a PNG cannot be written
+        print(f"plot: {e.filename}: {e.strerror}" if e.filename else f"plot: {e.strerror}", file=sys.stderr)
+        return 1
     runs = sum(len(g.runs) for g in groups)
     print(f"plot: {runs} runs in {len(groups)} curves -> {', '.join(written)}")
     return 0

@@ -13,6 +13,14 @@ skips runs whose metrics.jsonl holds their "final" event, resumes those with a c
 (--resume, bit-identical on the CPU) and starts the rest afresh, so a sweep can be stopped
 (Ctrl-C, kill) and continued, on this machine or another holding a copy of OUT/<sweep>.
 
+A directory holds one sweep. Each start keeps its sweep file as OUT/<sweep>/sweep.toml; a later
+start (with the same file, an extended one, or that copy) must run the runs already there as
+they were started: a file whose program, config or flags of a cell already there differ from
+the copy's, or a --set that differs from the flags a run was started with (its config.json), is
+refused naming the first difference, and nothing there changes. Seeds and cells may be added. A line of a metrics.jsonl that is not a JSON object
+(damaged on disk, edited) is skipped with a warning, as the programs do: the lines after it
+still count, so a run whose "final" event is there is finished.
+
 Ctrl-C or SIGTERM: each running program gets one SIGINT, saves its checkpoint and exits; the
 runner waits for them and exits 130. A second Ctrl-C makes the programs abort at once. A lock
 on each run directory (held by the program too, so it outlives a killed runner) keeps two
@@ -21,9 +29,9 @@ runners from training the same run.
 The table (OUT/<sweep>/summary.md, also printed): per cell the mean +- sample std and n of
 every score of the final event (teacher, student, the random-init baseline), then every run.
 
-Exit status: 0 when every run has finished, 1 when a run failed or another runner held one, 2
-on bad usage (one line saying what was expected and what was found), 130 when interrupted, 77
-without Python 3.11's tomllib.
+Exit status: 0 when every run has finished, 1 when a run failed or another runner held one or
+a file could not be read or written, 2 on bad usage (one line saying what was expected and what
+was found), 130 when interrupted, 77 without Python 3.11's tomllib.
 """
 import argparse
 import fcntl
@@ -31,6 +39,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -47,6 +56,15 @@ PROGRAMS = ("byol", "fixmatch", "moco")
 TOP_KEYS = {"name", "program", "config", "seeds", "threads", "parallel", "flags", "grid", "cells"}
 # Flags the runner sets itself for every run.
 RESERVED = {"seed", "out", "resume", "threads", "config", "stop-after"}
+# What a flag's name may look like (the programs' flags: batch-size, eval-baseline, ...).
+FLAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Files of the sweep's own directory, so no cell may take their names.
+SWEEP_FILES = {"sweep.toml", "summary.md", "plots"}
+# Flags whose value in a run's config.json need not be what the runner started it with: the
+# ones a resume does not restore (apps/run/run_directory.cpp, per_invocation()) and --threads,
+# which --threads here may change from one start to the next.
+NOT_IN_CONFIG = {"config", "out", "resume", "stop-after", "eval-only", "profile-steps", "debug",
+                 "nonfinite-check", "threads"}
 
 # Scores of the final event, in table order, with their column titles; other numeric fields
 # of the event follow under their own names.
@@ -64,7 +82,11 @@ NOT_SCORES = {"step", "epoch", "wall_s"}
 
 
 class UsageError(Exception):
-    pass
+    """Bad usage or a bad sweep file: exit 2."""
+
+
+class RunError(Exception):
+    """A file the runner needs could not be read or written: exit 1."""
 
 
 # ---- the sweep file ---------------------------------------------------------------------------
@@ -88,43 +110,91 @@ def flag_args(flags):
     return args
 
 
-def load_sweep(path, overrides):
-    """The sweep file as a dict with its cells expanded: name -> flags."""
+def dir_name_problem(name):
+    """Why `name` cannot be one directory inside the sweep's ("" when it can)."""
+    if not isinstance(name, str):
+        return "expected a string"
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        return "expected a plain directory name (not empty, '.' or '..', no '/')"
+    if len(name.encode()) > 255:
+        return "expected a directory name of at most 255 bytes"
+    return ""
+
+
+def int_problem(value, least):
+    """Why `value` is not an integer >= least ("" when it is). TOML's true is a Python int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        return f"expected an integer >= {least}"
+    return ""
+
+
+def read_toml(path):
     try:
         with open(path, "rb") as f:
-            spec = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as e:
         raise UsageError(f"{path}: cannot read it ({e.strerror})")
+    except UnicodeDecodeError as e:  # tomllib reads UTF-8 only
+        raise UsageError(f"{path}: expected UTF-8 text, found the byte 0x{e.object[e.start]:02x} at offset {e.start}")
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: expected TOML, found an error: {e}")
+
+
+def load_sweep(path, overrides, check_config=True):
+    """The sweep file as a dict with its cells expanded: name -> flags. check_config: the config
+    file must exist (not for the stored copy of a sweep, only compared with the file given)."""
+    spec = read_toml(path)
     unknown = set(spec) - TOP_KEYS
     if unknown:
         raise UsageError(f"{path}: expected keys {', '.join(sorted(TOP_KEYS))}, found {', '.join(sorted(unknown))}")
     program = spec.get("program")
     if program not in PROGRAMS:
         raise UsageError(f"{path}: program: expected one of {', '.join(PROGRAMS)}, found {program!r}")
+    named = "name" in spec
+    sweep_name = spec["name"] if named else os.path.splitext(os.path.basename(path))[0]
+    problem = dir_name_problem(sweep_name)
+    if problem:
+        where = "name" if named else "name (the file's, without .toml)"
+        raise UsageError(f"{path}: {where}: {problem}, found {sweep_name!r}")
     config = spec.get("config", "")
-    if config and not os.path.isfile(config):
+    if not isinstance(config, str):
+        raise UsageError(f"{path}: config: expected the path of a config file, found {config!r}")
+    if check_config and config and not os.path.isfile(config):
         raise UsageError(f"{path}: config: expected a file, found no '{config}'")
     seeds = spec.get("seeds", [0])
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
+    if not (isinstance(seeds, list) and seeds and not any(int_problem(s, 0) for s in seeds)):
         raise UsageError(f"{path}: seeds: expected a list of integers >= 0, found {seeds!r}")
+    # A seed twice would be one run directory counted as two runs of the cell.
+    twice = [s for i, s in enumerate(seeds) if s in seeds[:i]]
+    if twice:
+        raise UsageError(f"{path}: seeds: expected distinct integers, found {twice[0]} twice")
     for key in ("threads", "parallel"):
         v = spec.get(key, 1)
-        if not (isinstance(v, int) and v >= 1):
-            raise UsageError(f"{path}: {key}: expected an integer >= 1, found {v!r}")
-    flags = dict(spec.get("flags", {}))
-    flags.update(overrides)
+        if int_problem(v, 1):
+            raise UsageError(f"{path}: {key}: {int_problem(v, 1)}, found {v!r}")
+    # Each table is checked before it is read as one.
+    flags = spec.get("flags", {})
     grid = spec.get("grid", {})
     hand = spec.get("cells", {})
-    for table, name in ((flags, "flags"), (grid, "grid"), (hand, "cells")):
+    for table, key in ((flags, "flags"), (grid, "grid"), (hand, "cells")):
         if not isinstance(table, dict):
-            raise UsageError(f"{path}: [{name}]: expected a table, found {table!r}")
+            raise UsageError(f"{path}: [{key}]: expected a table, found {table!r}")
+    flags = dict(flags)
+    flags.update(overrides)
     cells = {}
     if grid:
         for key, values in grid.items():
             if not (isinstance(values, list) and values):
                 raise UsageError(f"{path}: grid.{key}: expected a non-empty list of values, found {values!r}")
+            texts = []
+            for v in values:
+                if isinstance(v, (list, dict)):
+                    raise UsageError(f"{path}: grid.{key}: expected numbers, strings or booleans, found {v!r}")
+                text = flag_text(v)
+                # Two equal values would be one cell (one directory) run twice over.
+                if text in texts:
+                    raise UsageError(f"{path}: grid.{key}: expected distinct values, found {v!r} twice")
+                texts.append(text)
         keys = list(grid)
         for combo in itertools.product(*(grid[k] for k in keys)):
             name = ",".join(f"{k}={flag_text(v)}" for k, v in zip(keys, combo))
@@ -138,12 +208,18 @@ def load_sweep(path, overrides):
     if not cells:
         cells["base"] = {}
     for name, cell_flags in cells.items():
-        if "/" in name or name in (".", "..") or not name:
-            raise UsageError(f"{path}: cell name: expected a directory name, found {name!r}")
+        problem = dir_name_problem(name)
+        if problem:
+            raise UsageError(f"{path}: cell name: {problem}, found {name!r}")
+        if name in SWEEP_FILES:
+            raise UsageError(f"{path}: cell name: expected a name other than {', '.join(sorted(SWEEP_FILES))} "
+                             f"(the sweep's own files), found {name!r}")
         clash = RESERVED & (set(cell_flags) | set(flags))
         if clash:
             raise UsageError(f"{path}: cell {name}: the runner sets --{', --'.join(sorted(clash))} itself")
         for key, v in list(cell_flags.items()) + list(flags.items()):
+            if not FLAG_NAME.fullmatch(key):
+                raise UsageError(f"{path}: cell {name}: expected a flag name (letters, digits, '-'), found {key!r}")
             if isinstance(v, dict):
                 raise UsageError(f"{path}: cell {name}: flag {key}: expected a value, found a table "
                                  "(a cell name with a dot needs quotes: [cells.\"sts-p0.5\"])")
@@ -152,7 +228,8 @@ def load_sweep(path, overrides):
             except UsageError as e:
                 raise UsageError(f"{path}: cell {name}: flag {key}: {e}")
     return {
-        "name": spec.get("name") or os.path.splitext(os.path.basename(path))[0],
+        "name": sweep_name,
+        "named": named,  # False: the file's name; see stored_copy_name()
         "program": program,
         "config": config,
         "seeds": seeds,
@@ -163,20 +240,108 @@ def load_sweep(path, overrides):
     }
 
 
+def cell_flags(sweep, cell):
+    """The flags a cell's runs get, as their command-line text: the sweep's, then the cell's
+    (the programs take a flag's last value)."""
+    merged = dict(sweep["flags"])
+    merged.update(sweep["cells"][cell])
+    return {key: flag_text(v) for key, v in merged.items()}
+
+
+def first_difference(old, new):
+    """The first thing that makes sweep `new` run a run of sweep `old` with another command ("" when
+    nothing does): the program, the config file, or the flags of a cell both have. Seeds and cells
+    may be added (new runs: a sweep grows across sessions) or left out (their runs stay on disk);
+    threads and runs at once change how, not what."""
+    for key in ("program", "config"):
+        if old[key] != new[key]:
+            return f"{key}: {old[key]!r} there, {new[key]!r} here"
+    for cell in new["cells"]:
+        if cell not in old["cells"]:
+            continue
+        a, b = cell_flags(old, cell), cell_flags(new, cell)
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                there = f"--{key}={a[key]}" if key in a else "no --" + key
+                here = f"--{key}={b[key]}" if key in b else "no --" + key
+                return f"cell {cell}: {there} there, {here} here"
+    return ""
+
+
+def parse_bool(text):
+    """The programs' reading of a boolean flag (apps/run/options.cpp); None when it is none."""
+    return {"true": True, "1": True, "yes": True, "on": True,
+            "false": False, "0": False, "no": False, "off": False}.get(text)
+
+
+def same_value(text, saved):
+    """Whether the flag text `text` gives the value config.json saved. Only a sure difference
+    counts: text that is no number or boolean where one was saved is left to the program, and a
+    float flag may have gone through a float32 (0.123456789 is saved as 0.12345679)."""
+    if isinstance(saved, bool):
+        b = parse_bool(text)
+        return b is None or b == saved
+    if isinstance(saved, (int, float)):
+        try:
+            v = float(text)
+        except ValueError:
+            return True
+        return math.isclose(v, saved, rel_tol=1e-6, abs_tol=1e-30) or (math.isnan(v) and math.isnan(saved))
+    if isinstance(saved, str):
+        return text == saved
+    return True
+
+
+def started_otherwise(sweep, cell, seed, run_dir):
+    """The first flag this sweep passes to the run in `run_dir` whose value differs from what
+    the run was started with (its config.json), as "--flag=SAVED there, --flag=NEW here"; ""
+    when none does or the run has no readable config.json."""
+    try:
+        with open(os.path.join(run_dir, "config.json"), "rb") as f:
+            saved = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return ""  # none yet, or damaged: the checkpoint holds the configuration a resume uses
+    if not isinstance(saved, dict):
+        return ""
+    wanted = cell_flags(sweep, cell)
+    wanted["seed"] = str(seed)
+    for key, text in wanted.items():
+        if key in saved and key not in NOT_IN_CONFIG and not same_value(text, saved[key]):
+            was = saved[key] if isinstance(saved[key], str) else json.dumps(saved[key])
+            return f"--{key}={was} there, --{key}={text} here"
+    return ""
+
+
 # ---- one run --------------------------------------------------------------------------------
 
+warned = set()  # (file, line number, line): each damaged line is said once
+
+
 def read_events(run_dir):
-    """The run's metrics events; a line cut short by a kill ends the list."""
+    """The run's metrics events. A line that is not a JSON object (cut short, damaged on disk,
+    edited) is skipped with a warning, as the programs skip it: the valid lines after it are
+    still the run's history, its "final" event among them."""
+    path = os.path.join(run_dir, "metrics.jsonl")
     events = []
     try:
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            for line in f:
+        with open(path, "rb") as f:
+            for line_number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
+                    e = json.loads(line.decode("utf-8"))
+                except ValueError:  # not JSON, or not UTF-8
+                    e = None
+                if isinstance(e, dict):
+                    events.append(e)
+                elif (path, line_number, line) not in warned:
+                    warned.add((path, line_number, line))
+                    print(f"sweep: warning: {path} line {line_number} is not a JSON object; it is skipped, "
+                          "the other lines are kept", file=sys.stderr, flush=True)
     except FileNotFoundError:
         pass
+    except OSError as e:
+        raise RunError(f"{path}: cannot read it ({e.strerror})")
     return events
 
 
@@ -187,8 +352,14 @@ def final_event(run_dir):
     return None
 
 
+def number(event, key):
+    """event[key] when it is a number (true and false are not), else None."""
+    v = event.get(key)
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def last_step(run_dir):
-    steps = [e["step"] for e in read_events(run_dir) if e.get("event") == "train" and "step" in e]
+    steps = [e["step"] for e in read_events(run_dir) if e.get("event") == "train" and number(e, "step") is not None]
     return steps[-1] if steps else 0
 
 
@@ -372,8 +543,8 @@ def summary(sweep, root, sweep_path):
             if e is not None:
                 finals[cell].append((seed, e))
     known = COLUMNS[sweep["program"]]
-    present = {k for runs in finals.values() for _, e in runs for k, v in e.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # A score is a number; a field that is something else in one run (a damaged event) is "-".
+    present = {k for runs in finals.values() for _, e in runs for k in e if number(e, k) is not None}
     columns = [(k, title) for k, title in known if k in present]
     columns += [(k, k) for k in sorted(present - NOT_SCORES - {k for k, _ in known})]
     total = len(sweep["cells"]) * len(sweep["seeds"])
@@ -388,8 +559,8 @@ def summary(sweep, root, sweep_path):
     lines.append("|" + "|".join(["---"] + ["--:"] * (len(head) - 1)) + "|")
     for cell, runs in finals.items():
         row = [cell, str(len(runs))]
-        row += [cell_text([e[k] for _, e in runs if k in e]) for k, _ in columns]
-        row.append(cell_text([e["wall_s"] / 60 for _, e in runs if "wall_s" in e], 1))
+        row += [cell_text([number(e, k) for _, e in runs if number(e, k) is not None]) for k, _ in columns]
+        row.append(cell_text([number(e, "wall_s") / 60 for _, e in runs if number(e, "wall_s") is not None], 1))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Every run:", ""]
     head = ["cell", "seed"] + [title for _, title in columns] + ["wall (min)"]
@@ -397,8 +568,8 @@ def summary(sweep, root, sweep_path):
     lines.append("|" + "|".join(["---"] * 2 + ["--:"] * (len(head) - 2)) + "|")
     for cell, runs in finals.items():
         for seed, e in runs:
-            row = [cell, str(seed)] + [f"{e[k]:.2f}" if k in e else "-" for k, _ in columns]
-            row.append(f"{e['wall_s'] / 60:.1f}" if "wall_s" in e else "-")
+            row = [cell, str(seed)] + [f"{e[k]:.2f}" if number(e, k) is not None else "-" for k, _ in columns]
+            row.append(f"{e['wall_s'] / 60:.1f}" if number(e, "wall_s") is not None else "-")
             lines.append("| " + " | ".join(row) + " |")
     missing = [f"{cell}/seed-{s}" for cell in sweep["cells"] for s in sweep["seeds"]
                if s not in [seed for seed, _ in finals[cell]]]
@@ -419,6 +590,52 @@ def parse_set(items):
     return out
 
 
+def stored_copy_name(path, out):
+    """NAME when `path` is OUT/NAME/sweep.toml, the copy a sweep keeps of its file, else None:
+    started again from that copy, a sweep without a name = is NAME's, not a new one named
+    "sweep"."""
+    if os.path.basename(path) != "sweep.toml":
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return os.path.basename(folder) if os.path.samefile(os.path.dirname(folder), out) else None
+    except OSError:  # no OUT yet
+        return None
+
+
+def check_same_sweep(sweep, path, root, overrides):
+    """Refuses (UsageError) a sweep whose runs would not be the ones `root` holds: its stored
+    sweep.toml (read with the same --set) asks for other commands, or a run there was started
+    with other flags (its config.json). Either way the runs there would be skipped, resumed or
+    tabulated as if they were this sweep's."""
+    stored = os.path.join(root, "sweep.toml")
+    if os.path.isfile(stored) and not os.path.samefile(stored, path):
+        try:
+            old = load_sweep(stored, overrides, check_config=False)
+        except UsageError as e:
+            raise UsageError(f"{e} (the copy of the sweep that ran in {root})")
+        diff = first_difference(old, sweep)
+        if diff:
+            raise UsageError(f"{path}: expected the sweep {root} holds ({stored}), found another: {diff}; "
+                             "give this one another --out or name")
+    for seed in sweep["seeds"]:
+        for cell in sweep["cells"]:
+            run_dir = os.path.join(root, cell, f"seed-{seed}")
+            diff = started_otherwise(sweep, cell, seed, run_dir)
+            if diff:
+                raise UsageError(f"{path}: expected the flags {run_dir} was started with (its config.json), "
+                                 f"found others: {diff}; give this sweep another --out or name")
+
+
+def write_atomic(path, data):
+    """Writes `data` (bytes) to `path` through a temporary file, so a failed write (a full
+    disk, a kill) leaves the old file whole."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -434,7 +651,8 @@ def main(argv):
     ap.add_argument("--dry-run", action="store_true", help="print each run's command, run nothing")
     args = ap.parse_args(argv)
     try:
-        sweep = load_sweep(args.sweep, parse_set(args.set))
+        overrides = parse_set(args.set)
+        sweep = load_sweep(args.sweep, overrides)
         for key in ("threads", "parallel"):
             v = getattr(args, key)
             if v is not None:
@@ -444,10 +662,28 @@ def main(argv):
         binary = os.path.join(args.build, sweep["program"])
         if not args.summary and not os.access(binary, os.X_OK):
             raise UsageError(f"--build: expected the program {binary}, found none (make {binary})")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise UsageError(f"--out: expected a folder, found the file {args.out}")
+        if not sweep["named"]:
+            sweep["name"] = stored_copy_name(args.sweep, args.out) or sweep["name"]
+        root = os.path.join(args.out, sweep["name"])
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise UsageError(f"--out: expected {root} to be the sweep's folder, found a file")
+        check_same_sweep(sweep, args.sweep, root, overrides)
     except UsageError as e:
         print(f"sweep: {e}", file=sys.stderr)
         return 2
-    root = os.path.join(args.out, sweep["name"])
+    try:
+        return run_and_tabulate(args, sweep, root, binary)
+    except RunError as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a directory or file of OUT that cannot be made or written
+        print(f"sweep: {e.filename}: {e.strerror}" if e.filename else f"sweep: {e.strerror}", file=sys.stderr)
+        return 1
+
+
+def run_and_tabulate(args, sweep, root, binary):
     if args.dry_run:
         for seed in sweep["seeds"]:
             for cell in sweep["cells"]:
@@ -458,12 +694,16 @@ def main(argv):
     status = 0
     if not args.summary:
         os.makedirs(root, exist_ok=True)
-        shutil.copyfile(args.sweep, os.path.join(root, "sweep.toml"))  # what the runs were asked for
+        # What the runs were asked for (check_same_sweep found it agrees with the runs there); a
+        # later start is compared with it.
+        stored = os.path.join(root, "sweep.toml")
+        if not os.path.exists(stored) or not os.path.samefile(stored, args.sweep):
+            with open(args.sweep, "rb") as f:
+                write_atomic(stored, f.read())
         status = run_sweep(sweep, root, binary, sweep["parallel"])
     table = summary(sweep, root, args.sweep)
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "summary.md"), "w") as f:
-        f.write(table)
+    write_atomic(os.path.join(root, "summary.md"), table.encode())
     print(table, end="")
     if args.plot and status != 130:
         plot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot.py")
