@@ -17,9 +17,10 @@ A directory holds one sweep. Each start keeps its sweep file as OUT/<sweep>/swee
 start (with the same file, an extended one, or that copy) must run the runs already there as
 they were started: a file whose program, config or flags of a cell already there differ from
 the copy's, or a --set that differs from the flags a run was started with (its config.json), is
-refused naming the first difference, and nothing there changes. Seeds and cells may be added. A line of a metrics.jsonl that is not a JSON object
-(damaged on disk, edited) is skipped with a warning, as the programs do: the lines after it
-still count, so a run whose "final" event is there is finished.
+refused naming the first difference, and nothing there changes. Seeds and cells may be added.
+A line of a metrics.jsonl that is not a JSON object (damaged on disk, edited) is skipped with a
+warning, as the programs do: the lines after it still count, so a run whose "final" event is
+there is finished.
 
 Ctrl-C or SIGTERM: each running program gets one SIGINT, saves its checkpoint and exits; the
 runner waits for them and exits 130. A second Ctrl-C makes the programs abort at once. A lock
