@@ -161,7 +161,9 @@ int augment_grid_main(int argc, char** argv) {
   // Encoded in memory, then written whole (temporary file, fsync, rename): a full disk leaves
   // the old PNG, not half a new one.
   std::string png;
-  auto append = [](void* to, void* bytes, int size) { static_cast<std::string*>(to)->append(static_cast<char*>(bytes), size); };
+  auto append = [](void* to, void* bytes, int size) {
+    static_cast<std::string*>(to)->append(static_cast<char*>(bytes), static_cast<size_t>(size));
+  };
   if (!stbi_write_png_to_func(append, &png, canvas.width, canvas.height, 3, canvas.rgb.data(), canvas.width * 3))
     throw Error(cat(f.out, ": stb_image_write could not encode the PNG"));
   write_file_atomic(f.out, png);
