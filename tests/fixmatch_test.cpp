@@ -125,6 +125,30 @@ TEST(FixMatch, SmokeRunWritesTheRunDirectory) {
   EXPECT_EQ(f.metadata("run.step"), "6");
 }
 
+// --eval-only (as byol's and moco's): a stopped run's checkpoint evaluated without training
+// gives the scores its --eval-every evaluation gave at that step; the checkpoint is untouched.
+// Without --resume it is a usage error.
+TEST(FixMatch, EvalOnlyScoresTheCheckpointWithoutTraining) {
+  const std::string out = temp_dir("eval_only");
+  ASSERT_EQ(fixmatch({"--out", out, "--stop-after", "3"}), 0);
+  auto bytes = [&out] {
+    std::ifstream in(out + "/last.safetensors", std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string checkpoint = bytes();
+  const std::vector<nlohmann::json> eval = events(out, "eval");
+  ASSERT_EQ(eval.size(), 1u);
+  ASSERT_EQ(fixmatch({"--resume", out, "--eval-only"}), 0);
+  const std::vector<nlohmann::json> final_ev = events(out, "final");
+  ASSERT_EQ(final_ev.size(), 1u);
+  EXPECT_EQ(final_ev[0]["step"], 3);
+  EXPECT_EQ(final_ev[0]["test_top1_teacher"], eval[0]["test_top1_teacher"]);
+  EXPECT_EQ(final_ev[0]["test_top1_student"], eval[0]["test_top1_student"]);
+  EXPECT_EQ(events(out, "train").size(), 3u);  // no step taken
+  EXPECT_EQ(bytes(), checkpoint);
+  EXPECT_EQ(fixmatch({"--out", temp_dir("eval_only_new"), "--eval-only"}), 2);
+}
+
 // A test-set evaluation between steps (--eval-every) runs in the training step's workspace
 // (apps/fixmatch/fixmatch.cpp) and must change nothing the training reads: eval-mode BatchNorm
 // leaves the running statistics, and nothing of a step outlives the next step's reset. So the run

@@ -34,6 +34,7 @@ void add_options(Options& o, Config& c) {
   o.section("Evaluation");
   o.add("eval-every", &c.eval_every, "steps between test-set evaluations of teacher and student (0: at the end only)").min(0);
   o.add("eval-batch", &c.eval_batch, "images per evaluation batch").min(1);
+  o.flag("eval-only", &c.eval_only, "evaluate the run given by --resume, do not train");
   o.add("stop-after", &c.stop_after, "stop (with a checkpoint) after this step, to continue with --resume (0: never)").min(0);
   add_run_options(o, c.run);
   add_distributed_options(o, c.dist);

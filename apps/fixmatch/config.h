@@ -41,6 +41,7 @@ struct Config {
   // evaluation and invocation
   int64_t eval_every = 1000;
   int64_t eval_batch = 500;
+  bool eval_only = false;
   int64_t stop_after = 0;
 };
 

@@ -89,6 +89,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   add_options(options, c);
   if (!options.parse(argc, argv)) return 0;
   TrainingRun run("fixmatch", options, c.run);  // on --resume: the saved configuration, checked
+  if (c.eval_only && !run.resuming()) throw UsageError("--eval-only evaluates a run: give it --resume DIR");
   if (c.run.threads > 0) omp_set_num_threads(c.run.threads);
   const uint64_t seed = static_cast<uint64_t>(c.run.seed);
   dist::Communicator& ranks = start_processes("fixmatch", c.dist);  // the first line; rank 0 alone prints on
@@ -175,7 +176,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   };
 
   // ---- training ----------------------------------------------------------------------------
-  if (step < c.steps) {
+  if (!c.eval_only && step < c.steps) {
     data::AugmentTransform weak(data::Recipe::FixmatchWeak, train, device);
     data::AugmentTransform strong(data::Recipe::FixmatchStrong, weak);  // one device copy of the images
     std::unique_ptr<data::Loader> loader;
