@@ -132,6 +132,18 @@ void channel_stats(const Dataset& d, std::vector<float>* mean, std::vector<float
   }
 }
 
+DataOptions data_options(const DataSpec& spec, int image_size) {
+  DataOptions o;
+  if (image_size == 0) return o;
+  if (spec.kind != "folder")
+    throw UsageError(cat("--image-size ", image_size, ": applies to folder data; ", spec.kind,
+                         " images have their own size"));
+  if (image_size < 8 || image_size > 1024)
+    throw UsageError(cat("--image-size: expected 0 (32) or a side from 8 to 1024, found ", image_size));
+  o.image_size = image_size;
+  return o;
+}
+
 std::string data_root(const DataSpec& spec) {
   return spec.path.empty() && spec.kind == "fashion-mnist" ? kFashionMnistDir : spec.path;
 }

@@ -62,6 +62,10 @@ struct DataOptions {
 
 extern const char* const kFashionMnistDir;  // /usr/share/datasets/fashion-mnist
 
+// The programs' --image-size: the side folder images are resized and centre-cropped to (0: the
+// default 32). The other kinds have their own size, so a size given for them is a UsageError.
+DataOptions data_options(const DataSpec& spec, int image_size);
+
 Dataset load_dataset(const DataSpec& spec, Split split, const DataOptions& options = {});
 
 // A split read beside the training split (test, unlabeled): its images must have the training

@@ -593,6 +593,23 @@ TEST(FolderReader, HiddenEntriesLoopsAndTheTrainingSplitsNormalisation) {
                {"train/loop", "expected a readable file or folder"});
 }
 
+// --image-size: folder data only (other kinds have their own size), 0 or 8..1024.
+TEST(FolderReader, ImageSizeIsForFoldersOnly) {
+  EXPECT_EQ(data_options(parse_data_spec("folder:/x"), 0).image_size, 32);
+  EXPECT_EQ(data_options(parse_data_spec("folder:/x"), 96).image_size, 96);
+  EXPECT_EQ(data_options(parse_data_spec("cifar10:/x"), 0).image_size, 32);
+  auto usage = [](const std::string& spec, int size) {
+    try {
+      data_options(parse_data_spec(spec), size);
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(usage("cifar10:/x", 64), "--image-size 64: applies to folder data; cifar10 images have their own size");
+  EXPECT_EQ(usage("folder:/x", 4), "--image-size: expected 0 (32) or a side from 8 to 1024, found 4");
+}
+
 // Shrinking to 32 from every side between 33 and 130 (the fuzzer found a 43x43 PNG aborting
 // inside stb_image_resize's triangle filter), and a flat image stays flat.
 TEST(ImageFolder, ResizesEverySideWithoutAborting) {

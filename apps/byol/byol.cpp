@@ -86,8 +86,9 @@ int byol_main(int argc, const char* const* argv) {
 
   // Data, and the checks that need it, before anything is written.
   const data::DataSpec spec = data::parse_data_spec(c.data);
-  const data::Dataset train = data::load_dataset(spec, data::Split::Train);
-  data::Dataset test = data::load_dataset(spec, data::Split::Test);
+  const data::DataOptions data_options = data::data_options(spec, c.image_size);
+  const data::Dataset train = data::load_dataset(spec, data::Split::Train, data_options);
+  data::Dataset test = data::load_dataset(spec, data::Split::Test, data_options);
   data::match_training_split(train, &test);
   run.check_data({&train, &test});  // on resume: the same images, wherever they are now
   if (c.batch_size > train.size)

@@ -17,6 +17,7 @@ struct Config {
   DistributedOptions dist;  // --sync-bn, --collective-timeout, --check-replicas
   // data
   std::string data = "fashion-mnist";
+  int image_size = 0;  // folder data: the side images are resized to (0: 32)
   int crop_size = 0;
   std::string crop_interpolation = "bilinear";
   float crop_scale_min = 0.08f;

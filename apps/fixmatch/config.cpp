@@ -7,6 +7,8 @@ namespace tessera::fixmatch {
 void add_options(Options& o, Config& c) {
   o.section("Data");
   o.add("data", &c.data, "dataset KIND[:PATH] (fashion-mnist, mnist, cifar10, cifar100, stl10, folder)");
+  o.add("image-size", &c.image_size, "folder data: the side images are resized and centre-cropped to (0: 32)")
+      .min(0).max(1024);
   o.add("labels", &c.labels, "labeled images, the same number per class, chosen by --seed").min(1);
   o.section("Model");
   o.add("arch", &c.arch, "wrn-<depth>-<k> (depth 6n+4: wrn-10-2, wrn-28-2, wrn-28-8), resnet18, resnet34, resnet50");

@@ -16,6 +16,7 @@ struct Config {
   RunOptions run;
   DistributedOptions dist;  // --sync-bn, --collective-timeout, --check-replicas
   std::string data = "fashion-mnist";
+  int image_size = 0;  // folder data: the side images are resized to (0: 32)
   int64_t labels = 40;
   // model
   std::string arch = "wrn-28-2";

@@ -7,6 +7,8 @@ namespace tessera::moco {
 void add_options(Options& o, Config& c) {
   o.section("Data");
   o.add("data", &c.data, "dataset KIND[:PATH]: fashion-mnist, mnist, cifar10, cifar100, stl10, folder");
+  o.add("image-size", &c.image_size, "folder data: the side images are resized and centre-cropped to (0: 32)")
+      .min(0).max(1024);
   o.add("crop-size", &c.crop_size, "side of the random resized crops (0: the images' side)").min(0).max(1024);
   o.choice("crop-interpolation", &c.crop_interpolation, {"bilinear", "bicubic"},
            "how a crop is resized: bilinear (torchvision's default) or bicubic (PIL's, antialiased when shrinking: "

@@ -17,6 +17,7 @@ struct Config {
   DistributedOptions dist;  // --collective-timeout, --check-replicas (--sync-bn is refused: see moco.cpp)
   // data: MoCo v2's augmentation is BYOL's views with blur p 0.5 on both and no solarize
   std::string data = "fashion-mnist";
+  int image_size = 0;  // folder data: the side images are resized to (0: 32)
   int crop_size = 0;
   std::string crop_interpolation = "bilinear";
   float crop_scale_min = 0.2f;

@@ -70,10 +70,10 @@ Images synthetic(bool train, int channels) {
 }
 
 // A split of a real dataset, checked against what the model takes.
-Images from_reader(const std::string& spec, bool train, int channels) {
-  data::DataOptions opt;
-  opt.channels = channels;  // folder images are converted; fixed-format datasets are checked below
+Images from_reader(const std::string& spec, bool train, int channels, int image_size) {
   const data::DataSpec s = data::parse_data_spec(spec);
+  data::DataOptions opt = data::data_options(s, image_size);
+  opt.channels = channels;  // folder images are converted; fixed-format datasets are checked below
   data::Dataset d = data::load_dataset(s, train ? data::Split::Train : data::Split::Test, opt);
   // The test split is normalised as training normalised it (its statistics, for a folder).
   if (!train) data::match_training_split(data::load_dataset(s, data::Split::Train, opt), &d);
@@ -94,6 +94,7 @@ Images from_reader(const std::string& spec, bool train, int channels) {
 int embed_main(int argc, char** argv) {
   std::string checkpoint, prefix, data = "fashion-mnist", split = "test", out, device_flag = "auto";
   int64_t limit = 0, batch = 256;
+  int image_size = 0;
   Options o("embed",
             "Writes a backbone's pooled features (and labels, and logits when the model has a\n"
             "classifier) for one split of a dataset; eval mode, inputs only normalised.");
@@ -103,11 +104,15 @@ int embed_main(int argc, char** argv) {
   o.add("data", &data, "fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | cifar100:DIR | stl10:DIR | folder:DIR | synthetic");
   o.choice("split", &split, {"train", "test"}, "the split to embed");
   o.add("out", &out, "the safetensors file to write").required();
+  o.add("image-size", &image_size, "folder data: the side images are resized and centre-cropped to (0: 32)")
+      .min(0)
+      .max(1024);
   o.add("limit", &limit, "embed at most N images; 0 for all").min(0);
   o.choice("device", &device_flag, {"auto", "cpu", "cuda"}, "where to run: a GPU when present (auto), or the one named");
   o.add("batch-size", &batch, "images per forward pass").min(1);
   if (!o.parse(argc, argv)) return 0;
-  if (data != "synthetic") data::parse_data_spec(data);  // a bad spec is a usage error, before any work
+  // A bad spec or --image-size is a usage error, before any work.
+  if (data != "synthetic") data::data_options(data::parse_data_spec(data), image_size);
   refuse_to_replace("out", out, {checkpoint, data == "synthetic" ? "" : data::data_root(data::parse_data_spec(data))});
   std::string note;
   const Device device = select_device(device_flag, &note);
@@ -121,7 +126,7 @@ int embed_main(int argc, char** argv) {
   if (spec.arch == "mlp") throw Error(cat("checkpoint '", ckpt.path(), "' holds an mlp head, not a backbone to embed images with"));
 
   Images d = data == "synthetic" ? synthetic(split == "train", spec.in_channels)
-                                 : from_reader(data, split == "train", spec.in_channels);
+                                 : from_reader(data, split == "train", spec.in_channels, image_size);
   const int64_t n = limit > 0 ? std::min(limit, d.n) : d.n;
   const int64_t dim = model->feature_dim(), classes = spec.num_classes;
   std::vector<float> features(static_cast<size_t>(n * dim)), logits(static_cast<size_t>(n * classes));
