@@ -339,7 +339,14 @@ void Profiler::end_step(int64_t step) {
 }
 
 void Profiler::finish() {
-  if (!open_) return;
+  if (!open_) {
+    // A window the run never reached (it ended, stopped or resumed past it): said, not silent.
+    if (window_.enabled() && !report_ && print_)
+      std::fprintf(stderr, "profile: --profile-steps %lld:%lld: no step of the window ran; nothing was timed\n",
+                   static_cast<long long>(window_.first), static_cast<long long>(window_.last));
+    window_ = StepWindow{};  // said once (the destructor calls this again)
+    return;
+  }
   if (!g_recorder->steps.empty() && g_recorder->steps.back().stop < 0) {
     g_recorder->steps.pop_back();  // a step that never ended is not a measurement
     detail::g_hooks.fetch_and(~detail::kTiming);
@@ -425,7 +432,10 @@ void Profiler::close_window() {
 #endif
   report_ = std::move(rep);
 
-  if (print_) std::fputs(report_->table().c_str(), stdout);
+  if (print_) {
+    std::fputs(report_->table().c_str(), stdout);
+    std::fflush(stdout);  // whole, before the next stderr line (a stop message) can cut into it
+  }
   if (!run_dir_.empty()) {
     const std::string path = run_dir_ + "/profile.json";
     std::ofstream out(path);

@@ -130,6 +130,21 @@ TEST(AppFlags, InitAndEmbedDoNotReplaceARunsFilesOrTheirInput) {
   fs::remove_all(dir);
 }
 
+// bench's hand-parsed flags: whole numbers in range, the flag named, exit 2; --help exits 0.
+TEST(AppFlags, BenchFlagsAreCheckedLikeTheProgramsFlags) {
+  expect_error(run("bench", "teacher-update --preserve-prob abc"), 2, "bench teacher-update",
+               "--preserve-prob: expected a number in [0, 1], found 'abc'");
+  expect_error(run("bench", "teacher-update --iters 0"), 2, "bench teacher-update",
+               "--iters: expected an integer in [1, 1000000], found '0'");
+  expect_error(run("bench", "teacher-update --mode foo"), 2, "bench teacher-update",
+               "--mode: expected none|tma|se|sts|copy, found 'foo'");
+  for (const char* bad : {"--batch 3x", "--steps 2.5", "--width 0x10"})
+    expect_error(run("bench", cat("train-step ", bad)), 2, "bench train-step", "expected an integer in [");
+  expect_error(run("bench", "train-step extra"), 2, "bench train-step", "unexpected argument 'extra'");
+  expect_error(run("bench", "augment --channels 2"), 2, "bench augment", "--channels: expected 1 or 3, found 2");
+  EXPECT_EQ(run("bench", "--help").status, 0);
+}
+
 // Tool flags whose bad values used to surface as a crash or a misplaced message.
 TEST(AppFlags, ToolEdgeCasesAreNamed) {
   const std::string out = temp_path("grid.png");

@@ -36,14 +36,6 @@ const char* kUsage =
     "                     [--device auto|cpu|cuda (cpu)] [--batch B (256)] [--size S (32)]\n"
     "                     [--channels 1|3 (3)] [--seconds T (2)] [--seed N (0)]\n";
 
-int to_int(const std::string& flag, const std::string& v, int lo, int hi) {
-  char* end = nullptr;
-  const long x = std::strtol(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || x < lo || x > hi)
-    throw UsageError(cat(flag, ": expected an integer in [", lo, ", ", hi, "], found '", v, "'"));
-  return static_cast<int>(x);
-}
-
 Flags parse(int argc, char** argv) {
   Flags f;
   for (int i = 1; i < argc; ++i) {
@@ -52,15 +44,19 @@ Flags parse(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       std::exit(0);
     }
+    if (a.rfind("--", 0) != 0) throw UsageError(cat("unexpected argument '", a, "' (flags are --name value; see --help)"));
     if (i + 1 >= argc) throw UsageError(cat(a, ": expected a value (see --help)"));
     const std::string v = argv[++i];
     if (a == "--recipe") f.recipe = v;
     else if (a == "--device") f.device = v;
-    else if (a == "--batch") f.batch = to_int(a, v, 1, 1 << 16);
-    else if (a == "--size") f.size = to_int(a, v, 8, 1024);
-    else if (a == "--channels") f.channels = to_int(a, v, 1, 3);
-    else if (a == "--seconds") f.seconds = to_int(a, v, 1, 600);
-    else if (a == "--seed") f.seed = static_cast<uint64_t>(to_int(a, v, 0, 1 << 30));
+    else if (a == "--batch") f.batch = bench_int(a, v, 1, 1 << 16);
+    else if (a == "--size") f.size = bench_int(a, v, 8, 1024);
+    else if (a == "--channels") {
+      f.channels = bench_int(a, v, 1, 3);
+      if (f.channels == 2) throw UsageError("--channels: expected 1 or 3, found 2");
+    }
+    else if (a == "--seconds") f.seconds = bench_int(a, v, 1, 600);
+    else if (a == "--seed") f.seed = static_cast<uint64_t>(bench_int(a, v, 0, 1 << 30));
     else throw UsageError(cat("unknown flag '", a, "' (see --help)"));
   }
   return f;

@@ -72,6 +72,7 @@ int bench_teacher_update(int argc, char** argv) {
           "  [--device auto|cpu|cuda (cpu)] [--preserve-prob P (0.7)] [--iters N (20 cpu, 200 cuda)]\n");
       return 0;
     }
+    if (a.rfind("--", 0) != 0) throw UsageError(cat("unexpected argument '", a, "' (flags are --name value; see --help)"));
     if (i + 1 >= argc) throw UsageError(cat(a, ": expected a value"));
     const std::string v = argv[++i];
     if (a == "--arch") arch = v;
@@ -79,8 +80,8 @@ int bench_teacher_update(int argc, char** argv) {
     else if (a == "--mode") mode = v;
     else if (a == "--granularity") granularity = v;
     else if (a == "--device") device_flag = v;
-    else if (a == "--preserve-prob") preserve_prob = std::stof(v);
-    else if (a == "--iters") iters = std::stoi(v);
+    else if (a == "--preserve-prob") preserve_prob = bench_float(a, v, 0.0f, 1.0f);
+    else if (a == "--iters") iters = bench_int(a, v, 1, 1000000);
     else throw UsageError(cat("unknown flag '", a, "' (see --help)"));
   }
   if (arch.rfind("resnet", 0) != 0) throw UsageError(cat("--arch: expected resnet18|resnet34|resnet50, found '", arch, "'"));
@@ -90,7 +91,11 @@ int bench_teacher_update(int argc, char** argv) {
   backbone.stem = stem;
   if (!backbone.problem().empty()) throw UsageError(cat("--arch: ", backbone.problem()));
   TeacherConfig config;
-  config.mode = parse_smoothing_mode(mode);
+  try {  // their messages name the programs' flags (--smoothing, --granularity)
+    config.mode = parse_smoothing_mode(mode);
+  } catch (const std::exception&) {
+    throw UsageError(cat("--mode: expected none|tma|se|sts|copy, found '", mode, "'"));
+  }
   config.granularity = parse_granularity(granularity);
   config.preserve_prob = preserve_prob;
   std::string note;

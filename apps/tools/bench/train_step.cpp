@@ -71,18 +71,20 @@ int bench_train_step(int argc, char** argv) {
           cpu_kernels_flag.c_str());
       return 0;
     }
+    if (a.rfind("--", 0) != 0) throw UsageError(cat("unexpected argument '", a, "' (flags are --name value; see --help)"));
     if (i + 1 >= argc) throw UsageError(cat(a, ": expected a value"));
     const std::string v = argv[++i];
-    try {
+    {
+      const int kMax = 1 << 30;  // a bound the sizes below multiply under without overflowing int64
       if (a == "--arch") spec.arch = v;
       else if (a == "--stem") spec.stem = v;
-      else if (a == "--width") spec.width = std::stoi(v);
-      else if (a == "--in-channels") spec.in_channels = std::stoi(v);
-      else if (a == "--num-classes") spec.num_classes = std::stoi(v);
-      else if (a == "--size") size = std::stoi(v);
-      else if (a == "--batch") batch = std::stoi(v);
-      else if (a == "--steps") steps = std::stoi(v);
-      else if (a == "--warmup") warmup = std::stoi(v);
+      else if (a == "--width") spec.width = bench_int(a, v, 1, 1 << 16);
+      else if (a == "--in-channels") spec.in_channels = bench_int(a, v, 1, 3);
+      else if (a == "--num-classes") spec.num_classes = bench_int(a, v, 1, 1 << 20);
+      else if (a == "--size") size = bench_int(a, v, 1, 1 << 14);
+      else if (a == "--batch") batch = bench_int(a, v, 1, 1 << 20);
+      else if (a == "--steps") steps = bench_int(a, v, 1, kMax);
+      else if (a == "--warmup") warmup = bench_int(a, v, 0, kMax);
       else if (a == "--device") device_flag = v;
       else if (a == "--profile-steps") profile_window = profile::StepWindow::parse(v);
       else if (a == "--cpu-kernels") cpu_kernels_flag = v;
@@ -94,8 +96,6 @@ int bench_train_step(int argc, char** argv) {
 #endif
       }
       else throw UsageError(cat("unknown flag '", a, "' (see --help)"));
-    } catch (const std::logic_error&) {  // std::stoi: not a number / out of range
-      throw UsageError(cat(a, ": expected an integer, found '", v, "'"));
     }
   }
   if (size < 1 || batch < 1 || steps < 1 || warmup < 0)
