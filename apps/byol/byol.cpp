@@ -192,16 +192,8 @@ int byol_main(int argc, const char* const* argv) {
       ++step;
 
       // The mosaic: fragment ages at every logging step, the whole mosaic at --mosaic-steps.
-      // Before the train line, which stays the last line of a step.
-      const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
-      if (step % c.run.log_every == 0 || step == total_steps || mosaic_step) {
-        const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
-        nlohmann::json ev = teacher_event_fields(ages);
-        ev["step"] = step;
-        run.metrics().write("teacher", ev);
-        if (mosaic_step && ranks.root())
-          write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
-      }
+      log_teacher(teacher_parts, mosaic_steps, step, step % c.run.log_every == 0 || step == total_steps, run.metrics(),
+                  run.dir(), ranks.root());
       // Not at a --stop-after step: a stopped and resumed run logs the steps an uninterrupted one does.
       if (step % c.run.log_every == 0 || step == total_steps) {
         const int64_t skipped = nonfinite.read(run.last_checkpoint_note());  // stop: ends the run here

@@ -272,16 +272,8 @@ int fixmatch_main(int argc, const char* const* argv) {
 
       ++win.steps;
       // The mosaic: fragment ages at every logging step, the whole mosaic at --mosaic-steps.
-      // Before the train line, which stays the last line of a step.
-      const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
-      if (step % c.run.log_every == 0 || step == c.steps || mosaic_step) {
-        const std::vector<SlotAges> ages = teacher_ages(teacher_parts, step - 1);
-        nlohmann::json tev = teacher_event_fields(ages);
-        tev["step"] = step;
-        run.metrics().write("teacher", tev);
-        if (mosaic_step && ranks.root())
-          write_file_atomic(run.dir().path(cat("mosaic-", step, ".json")), mosaic_json(teacher_parts, ages, step).dump());
-      }
+      log_teacher(teacher_parts, mosaic_steps, step, step % c.run.log_every == 0 || step == c.steps, run.metrics(),
+                  run.dir(), ranks.root());
       // Not at a --stop-after step: a stopped and resumed run logs the steps an uninterrupted one does.
       if (step % c.run.log_every == 0 || step == c.steps) {
         read_back();

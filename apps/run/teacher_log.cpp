@@ -1,5 +1,6 @@
 #include "apps/run/teacher_log.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -76,6 +77,18 @@ std::string mosaic_steps_problem(const std::string& text) {
   } catch (const UsageError&) {
     return "a comma-separated list of step counts >= 1, like 100,800,1600";
   }
+}
+
+void log_teacher(const std::vector<TeacherPart>& parts, const std::vector<int64_t>& mosaic_steps, int64_t step,
+                 bool log_step, MetricsLog& metrics, const RunDirectory& dir, bool write_files) {
+  const bool mosaic_step = std::find(mosaic_steps.begin(), mosaic_steps.end(), step) != mosaic_steps.end();
+  if (!log_step && !mosaic_step) return;
+  const std::vector<SlotAges> ages = teacher_ages(parts, step - 1);
+  nlohmann::json ev = teacher_event_fields(ages);
+  ev["step"] = step;
+  metrics.write("teacher", ev);
+  if (mosaic_step && write_files)
+    write_file_atomic(dir.path(cat("mosaic-", step, ".json")), mosaic_json(parts, ages, step).dump());
 }
 
 std::vector<int64_t> parse_mosaic_steps(const std::string& text) {

@@ -1,4 +1,4 @@
-// The teacher's mosaic in a run's logs, shared by byol and fixmatch (docs/EXPERIMENTS.md):
+// The teacher's mosaic in a run's logs, shared by byol, fixmatch and moco (docs/EXPERIMENTS.md):
 //
 //   "teacher" metrics event, at every logging step: the age of every fragment (steps since its
 //       last update, engine/teacher.h) summarised - mean, parameter-weighted mean, quantiles,
@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/run/run_directory.h"
 #include "engine/teacher.h"
 
 namespace tessera {
@@ -37,6 +38,12 @@ nlohmann::json teacher_event_fields(const std::vector<SlotAges>& ages);
 // stays small). `steps_done` is the step count the metrics use (step + 1).
 nlohmann::json mosaic_json(const std::vector<TeacherPart>& parts, const std::vector<SlotAges>& ages,
                            int64_t steps_done);
+
+// A training loop's call after each step, `step` steps done: at a logging step (`log_step`) or
+// one of `mosaic_steps`, the "teacher" event; at the latter also DIR/mosaic-<step>.json when
+// `write_files` (rank 0). Before the train line, which stays the last line of a step.
+void log_teacher(const std::vector<TeacherPart>& parts, const std::vector<int64_t>& mosaic_steps, int64_t step,
+                 bool log_step, MetricsLog& metrics, const RunDirectory& dir, bool write_files);
 
 // --mosaic-steps "100,800,1600": step counts, ascending or not; empty gives none. Returns ""
 // when `text` is fine, else what was expected (for Options::check).

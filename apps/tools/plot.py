@@ -39,6 +39,8 @@ import os
 import re
 import sys
 
+import metrics_events
+
 # matplotlib's, imported by main() once the arguments are good, so --help and bad usage need
 # no matplotlib.
 plt = colors = None
@@ -83,27 +85,12 @@ def number(value):
 # ---- runs and groups --------------------------------------------------------------------------
 
 def read_events(run_dir):
-    """The run's metrics events. A line that is not a JSON object (cut short, damaged on disk,
-    edited) is skipped with a warning, as the programs skip it: the lines after it are still
-    the run's history."""
+    """The run's metrics events (metrics_events.read_events: damaged lines skipped with a warning)."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    events = []
     try:
-        with open(path, "rb") as f:
-            for line_number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    e = json.loads(line.decode("utf-8"))
-                except ValueError:  # not JSON, or not UTF-8
-                    e = None
-                if isinstance(e, dict):
-                    events.append(e)
-                else:
-                    warn(f"{path} line {line_number} is not a JSON object; it is skipped, the other lines are kept")
+        return metrics_events.read_events(path, warn)
     except OSError as e:
         raise RunError(f"{path}: cannot read it ({e.strerror})")
-    return events
 
 
 def find_runs(paths):

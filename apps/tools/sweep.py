@@ -47,6 +47,8 @@ import subprocess
 import sys
 import time
 
+import metrics_events
+
 try:
     import tomllib  # Python >= 3.11 (Debian 12)
 except ImportError:
@@ -315,35 +317,25 @@ def started_otherwise(sweep, cell, seed, run_dir):
 
 # ---- one run --------------------------------------------------------------------------------
 
-warned = set()  # (file, line number, line): each damaged line is said once
+warned = set()  # each damaged line is said once, however often a run's events are read
+
+
+def warn_once(text):
+    if text not in warned:
+        warned.add(text)
+        print(f"sweep: warning: {text}", file=sys.stderr, flush=True)
 
 
 def read_events(run_dir):
-    """The run's metrics events. A line that is not a JSON object (cut short, damaged on disk,
-    edited) is skipped with a warning, as the programs skip it: the valid lines after it are
-    still the run's history, its "final" event among them."""
+    """The run's metrics events (metrics_events.read_events: damaged lines skipped with a
+    warning, so a run whose "final" event is there is finished); none before the run starts."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    events = []
     try:
-        with open(path, "rb") as f:
-            for line_number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    e = json.loads(line.decode("utf-8"))
-                except ValueError:  # not JSON, or not UTF-8
-                    e = None
-                if isinstance(e, dict):
-                    events.append(e)
-                elif (path, line_number, line) not in warned:
-                    warned.add((path, line_number, line))
-                    print(f"sweep: warning: {path} line {line_number} is not a JSON object; it is skipped, "
-                          "the other lines are kept", file=sys.stderr, flush=True)
+        return metrics_events.read_events(path, warn_once)
     except FileNotFoundError:
-        pass
+        return []
     except OSError as e:
         raise RunError(f"{path}: cannot read it ({e.strerror})")
-    return events
 
 
 def final_event(run_dir):
