@@ -80,12 +80,16 @@ struct Fixture {
   std::string root, data;
   Fixture() {
     root = ::testing::TempDir() + "tessera_byol_" + std::to_string(::getpid());
-    std::system(("rm -rf '" + root + "' && mkdir -p '" + root + "/data'").c_str());
+    std::filesystem::remove_all(root);
+    std::filesystem::create_directories(root + "/data");
     data = root + "/data";
     write_idx_split(data, "train", 64, 1);
     write_idx_split(data, "t10k", 40, 2);
   }
-  ~Fixture() { std::system(("rm -rf '" + root + "'").c_str()); }
+  ~Fixture() {
+    std::error_code ignored;  // a destructor must not throw: what is left is in the temp dir
+    std::filesystem::remove_all(root, ignored);
+  }
 };
 
 const Fixture& fixture() {

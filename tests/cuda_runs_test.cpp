@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -33,7 +34,8 @@ namespace {
 
 std::string temp_dir(const std::string& name) {
   const std::string d = ::testing::TempDir() + "tessera_cuda_runs_" + name + "_" + std::to_string(::getpid());
-  std::system(("rm -rf '" + d + "' && mkdir -p '" + d + "'").c_str());
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
   return d;
 }
 
@@ -104,7 +106,7 @@ TEST(CudaRuns, ByolTrainsOnCudaAndItsCheckpointLoads) {
   expect_loads_on_cuda(f, "student.backbone.");  // the student's
   // And the program itself resumes it on the GPU and evaluates.
   EXPECT_EQ(run("byol", byol_main, {"--resume", out, "--eval-only", "--device", "cuda"}), 0);
-  std::system(("rm -rf '" + root + "'").c_str());
+  std::filesystem::remove_all(root);
 }
 
 TEST(CudaRuns, FixMatchTrainsOnCudaAndItsCheckpointLoads) {
@@ -134,7 +136,7 @@ TEST(CudaRuns, FixMatchTrainsOnCudaAndItsCheckpointLoads) {
   EXPECT_EQ(f.metadata("run.step"), "6");
   expect_loads_on_cuda(f, "");          // the teacher
   expect_loads_on_cuda(f, "student.");  // the student
-  std::system(("rm -rf '" + root + "'").c_str());
+  std::filesystem::remove_all(root);
 }
 
 }  // namespace

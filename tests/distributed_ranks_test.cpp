@@ -512,7 +512,18 @@ TEST(SyncBatchNormKernels, CudaMatchesCpu) {
     near(gpu.invstd, cpu.invstd, "invstd");
     near(gpu.rm, cpu.rm, "running_mean");
     near(gpu.rv, cpu.rv, "running_var");
-    near(gpu.dx, cpu.dx, "dx");
+    // dx = k (dy - mean_dy - xhat mean_dy_xhat) cancels where a channel's few values lie close
+    // together (2 per channel in the last shape: 1 - xhat^2 is eps / (var + eps)), so its
+    // rounding is relative to the terms before the cancellation, not to the result (seen on an
+    // H200: 1.4e-5 on a dx of 0.30 whose terms were ~1e3, 2026-12-04).
+    for (int64_t i = 0; i < total; ++i) {
+      const int64_t ch = i / hw % c;
+      const double is = cpu.invstd[ch], count = double(n * hw);
+      const double terms = std::abs(gamma[ch] * is) *
+                           (std::abs(dy[i]) + std::abs(cpu.bsums[ch] / count) +
+                            (std::abs(x[i]) + std::abs(cpu.mean[ch])) * is * std::abs(cpu.bsums[c + ch] / count));
+      EXPECT_NEAR(gpu.dx[i], cpu.dx[i], 1e-5 * (1 + std::abs(double(cpu.dx[i])) + terms)) << "dx " << i;
+    }
     near(gpu.dgamma, cpu.dgamma, "dgamma");
     near(gpu.dbeta, cpu.dbeta, "dbeta");
   }

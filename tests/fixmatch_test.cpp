@@ -45,7 +45,7 @@ namespace {
 
 std::string temp_dir(const std::string& name) {
   std::string d = ::testing::TempDir() + "tessera_fixmatch_" + name + "_" + std::to_string(::getpid());
-  std::system(("rm -rf '" + d + "'").c_str());
+  std::filesystem::remove_all(d);
   return d;
 }
 
@@ -53,7 +53,7 @@ std::string temp_dir(const std::string& name) {
 const std::string& data_dir() {
   static const std::string dir = [] {
     const std::string d = temp_dir("data");
-    std::system(("mkdir -p '" + d + "'").c_str());
+    std::filesystem::create_directories(d);
     program_runs::write_synthetic_idx(d, "train", 200, 1);
     program_runs::write_synthetic_idx(d, "t10k", 50, 2);
     return d;

@@ -701,8 +701,10 @@ def census(res):
     if not calls:
         return
     on = {dev: sorted(k for dv, k in calls if dv == dev) for dev in ("cuda", "cpu")}
-    # The CPU's fast tier (*_onednn) has no CUDA twin by design: its reference is the CPU's own.
-    never = sorted(k for k in set(on["cpu"]) - set(on["cuda"]) if not k.endswith("_onednn"))
+    # The CPU's fast tier (*_onednn) has no CUDA twin by design: its reference is the CPU's own;
+    # test_* are the profiler tests' stand-ins (a sleep timed as a CPU kernel), not kernels.
+    never = sorted(k for k in set(on["cpu"]) - set(on["cuda"])
+                   if not k.endswith("_onednn") and not k.startswith("test_"))
     res.data["census"] = {"cuda": on["cuda"], "cpu": on["cpu"], "never_on_cuda": never,
                           "calls": {f"{dv} {k}": n for (dv, k), n in sorted(calls.items())}}
     res.data["census_line"] = (f"kernel census: {len(on['cuda'])} kernels ran on CUDA, {len(on['cpu'])} on the CPU; "

@@ -202,13 +202,14 @@ TEST_F(GpuCheck, RehearsalExpectsGpuSkipsAndIsNeverAPass) {
 
 // The kernel census: gpu-check hands the test binary TESSERA_KERNEL_CENSUS=DIR and sums the
 // files it writes there; a kernel the CPU ran and CUDA did not is named (the CPU fast tier's
-// *_onednn kernels aside, which have no CUDA twin).
+// *_onednn kernels aside, which have no CUDA twin, and the profiler tests' test_* stand-ins).
 TEST_F(GpuCheck, KernelCensusNamesTheKernelsNeverRunOnCuda) {
   const std::string stub = stub_tests("stub suite", suite_xml(false),
                                       "printf 'cpu\\tconv2d_forward\\t4\\ncuda\\tconv2d_forward\\t4\\ncpu\\tsum_forward\\t2\\n"
-                                      "cpu\\tconv2d_forward_onednn\\t3\\n' > \"$TESSERA_KERNEL_CENSUS/kernels-$$.tsv\"");
+                                      "cpu\\tconv2d_forward_onednn\\t3\\ncpu\\ttest_sleep_kernel\\t2\\n' > "
+                                      "\"$TESSERA_KERNEL_CENSUS/kernels-$$.tsv\"");
   const CheckRun r = check("--rehearse --phases suite --shards 1 --tests-bin " + stub);
-  EXPECT_NE(r.output.find("kernel census: 1 kernels ran on CUDA, 3 on the CPU; never on CUDA (the CPU's *_onednn "
+  EXPECT_NE(r.output.find("kernel census: 1 kernels ran on CUDA, 4 on the CPU; never on CUDA (the CPU's *_onednn "
                           "tier aside): sum_forward"),
             std::string::npos)
       << r.output;

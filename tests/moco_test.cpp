@@ -330,21 +330,33 @@ TEST(MocoShuffle, KeyShuffleIsAPermutationAndUnshuffleItsInverse) {
   EXPECT_THROW(moco::inverse_permutation(repeated), Error);
 }
 
-// --device cuda against --device cpu: the same 4 steps, losses and InfoNCE accuracies close
-// (cuDNN and cuBLAS round differently, so not bit-equal).
-TEST(Moco, CudaRunMatchesTheCpu) {
+// --device cuda against --device cpu (cuDNN and cuBLAS round differently, so not bit-equal).
+// This tiny recipe is chaotic (BN over sub-batches of 4 images, 4 channels wide, lr 0.8): the
+// same CPU tier on 4 and on 16 threads agreed to 1e-4 at step 3 and parted by 0.4% at step 4
+// (an H200's host, 2026-12-04, docs/gpu-log.md). So the GPU is held to one step's rounding:
+// the first two steps from the seed, then step 4 again from the CPU's step-3 checkpoint. The CPU
+// side runs the reference kernels on one thread, whose sums do not depend on the machine.
+TEST(Moco, CudaStepsMatchTheCpu) {
   std::string reason;
   if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "moco on CUDA not run: " << reason;
-  const std::string cpu = fixture().root + "/twin_cpu", gpu = fixture().root + "/twin_cuda";
-  ASSERT_EQ(moco(with(tiny(cpu), {"--stop-after", "4", "--math", "fp32"})), 0);
-  ASSERT_EQ(moco(with(tiny(gpu), {"--stop-after", "4", "--math", "fp32", "--device", "cuda"})), 0);
-  const std::vector<nlohmann::json> a = train_lines(cpu), b = train_lines(gpu);
+  const std::string cpu = fixture().root + "/twin_cpu", gpu = fixture().root + "/twin_cuda",
+                    from3 = fixture().root + "/twin_cuda_from_3";
+  ASSERT_EQ(moco(with(tiny(cpu), {"--stop-after", "3", "--math", "fp32", "--cpu-kernels", "reference", "--threads", "1"})),
+            0);
+  std::filesystem::copy(cpu, from3, std::filesystem::copy_options::recursive);
+  ASSERT_EQ(moco({"--resume", cpu, "--stop-after", "4", "--cpu-kernels", "reference", "--threads", "1"}), 0);
+  ASSERT_EQ(moco({"--resume", from3, "--stop-after", "4", "--device", "cuda"}), 0);
+  ASSERT_EQ(moco(with(tiny(gpu), {"--stop-after", "2", "--math", "fp32", "--device", "cuda"})), 0);
+  const std::vector<nlohmann::json> a = train_lines(cpu), b = train_lines(gpu), c = train_lines(from3);
   ASSERT_EQ(a.size(), 4u);
-  ASSERT_EQ(b.size(), 4u);
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double la = a[i]["loss"].get<double>(), lb = b[i]["loss"].get<double>();
-    EXPECT_NEAR(lb, la, 1e-3 * std::max(1.0, std::fabs(la))) << "step " << i + 1;
-  }
+  ASSERT_EQ(b.size(), 2u);
+  ASSERT_EQ(c.size(), 4u);  // the copy's three CPU lines and its CUDA step
+  auto expect_close = [](const nlohmann::json& want, const nlohmann::json& got, const std::string& what) {
+    const double lw = want["loss"].get<double>(), lg = got["loss"].get<double>();
+    EXPECT_NEAR(lg, lw, 1e-4 * std::max(1.0, std::fabs(lw))) << what;
+  };
+  for (size_t i = 0; i < b.size(); ++i) expect_close(a[i], b[i], "step " + std::to_string(i + 1) + " from the seed");
+  expect_close(a[3], c[3], "step 4 from the CPU's step-3 checkpoint");
   EXPECT_EQ(a[0]["infonce_top1"], b[0]["infonce_top1"]);
 }
 

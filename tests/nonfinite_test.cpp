@@ -29,6 +29,7 @@
 #include "engine/arena.h"
 #include "engine/check.h"
 #include "engine/checkpoint.h"
+#include "engine/dispatch.h"
 #include "engine/nonfinite.h"
 #include "engine/ops.h"
 #include "engine/optimizer.h"
@@ -118,6 +119,31 @@ TEST(NonfiniteKernel, IgnoresArenaGaps) {
   EXPECT_EQ(m.read().first_step, -1);
 }
 
+// nonfinite_check_op (--nonfinite-check ops) on `d`: four op outputs checked out of order,
+// numbers 1 and 3 holding `bad`, number 0 a large finite value; the record's step_op.
+int32_t first_bad_op(Device d, float bad) {
+  const OwnedTensor record(d, Shape{static_cast<int64_t>((sizeof(kernels::NonfiniteRecord) + 3) / 4)});
+  const kernels::NonfiniteRecord init = kernels::nonfinite_record_init();
+  copy_from_host(record.t, &init, sizeof init);
+  auto* rec = reinterpret_cast<kernels::NonfiniteRecord*>(record.t.f32());
+  for (const int32_t seq : {3, 0, 2, 1}) {
+    std::vector<float> v(1000, 1.0f);
+    if (seq == 0) v[999] = FLT_MAX;
+    if (seq == 1 || seq == 3) v[static_cast<size_t>(300 * seq)] = bad;
+    const OwnedTensor t(d, Shape{1000});
+    copy_from_host(t.t, v.data(), v.size() * sizeof(float));
+    TS_DISPATCH(d, nonfinite_check_op, t.t.f32(), t.t.numel(), seq, rec);
+  }
+  kernels::NonfiniteRecord out{};
+  copy_to_host(&out, record.t, sizeof out);
+  return out.step_op;
+}
+
+// The lowest sequence number of a bad op output wins, whatever the order of the checks.
+TEST(NonfiniteCheck, OpsLowestBadSequenceNumberWins) {
+  for (float bad : {kNaN, kInf, -kInf}) EXPECT_EQ(first_bad_op(Device::CPU, bad), 1) << bad;
+}
+
 TEST(NonfiniteCuda, MatchesCpu) {
   std::string reason;
   if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "CUDA vs CPU non-finite check not run: " << reason;
@@ -149,6 +175,8 @@ TEST(NonfiniteCuda, MatchesCpu) {
       for (int32_t b = 0; b < want.bad_steps; ++b) EXPECT_EQ(got.bad_step_ring[b], want.bad_step_ring[b]) << b;
     }
   }
+  // nonfinite_check_op, which no program run in the suite reaches on a GPU.
+  for (float bad : {kNaN, kInf, -kInf}) EXPECT_EQ(first_bad_op(Device::CUDA, bad), 1) << bad;
 }
 
 // ---- the monitor ------------------------------------------------------------------------

@@ -85,10 +85,10 @@ TS_OP_CASES(contrastive_cases) {
 
 namespace {
 
-const OpCase& find_case(const std::string& name) {
+const OpCase& find_case(const char* name) {
   for (const OpCase& c : op_cases())
     if (c.name == name) return c;
-  throw Error("no op case " + name);
+  throw Error(std::string("no op case ") + name);
 }
 
 struct Reference {

@@ -223,7 +223,7 @@ TEST(Profile, KnownSleepsLandInTheirBuckets) {
     {
       PhaseScope phase("optimizer");
       LayerScope layer("head");
-      profile::KernelScope kernel("sleep_kernel", Device::CPU);
+      profile::KernelScope kernel("test_sleep_kernel", Device::CPU);
       sleep_ms(kKernel);
     }
     prof.end_step(k);
@@ -237,7 +237,7 @@ TEST(Profile, KnownSleepsLandInTheirBuckets) {
   ASSERT_EQ(r.rows.size(), 1u) << "only the kernel is a row; the other sleeps are outside kernels\n" << table;
   const auto& row = r.rows[0];
   EXPECT_EQ(row.phase, "optimizer") << table;
-  EXPECT_EQ(row.kernel, "sleep_kernel") << table;
+  EXPECT_EQ(row.kernel, "test_sleep_kernel") << table;
   EXPECT_EQ(row.layer, "head") << table;
   EXPECT_EQ(row.calls, 2) << table;
   EXPECT_GE(row.total_ms, 2 * kKernel) << table;

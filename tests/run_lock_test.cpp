@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -161,8 +162,7 @@ pid_t start(const std::vector<std::string>& args) {
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
     const std::string log = args[3] + ".log";  // --out DIR (args[3]): its output beside it
-    freopen(log.c_str(), "w", stdout);
-    freopen(log.c_str(), "a", stderr);
+    if (!std::freopen(log.c_str(), "w", stdout) || !std::freopen(log.c_str(), "a", stderr)) ::_exit(126);
     ::execv(binary.c_str(), argv.data());
     ::_exit(127);
   }

@@ -85,7 +85,7 @@ std::string one_option_error(T* target, const std::string& value) {
 
 std::string temp_dir(const std::string& name) {
   std::string d = ::testing::TempDir() + "tessera_run_" + name + "_" + std::to_string(::getpid());
-  std::system(("rm -rf '" + d + "'").c_str());
+  std::filesystem::remove_all(d);
   return d;
 }
 

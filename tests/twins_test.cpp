@@ -156,8 +156,13 @@ const Program& byol_program() {
     // loss 2.3e-6, final teacher 8e-7, student 5.7e-6, BN statistics 2.4e-6, optimizer 1.4e-4.
     // Kinks: one step in ~80 perturbed ones while this test was written (a BN weight moved by
     // one ulp: optimizer state 0.18, student 7e-3 after the step); the optimizer bound of the
-    // 20-step run is loose for the same reason.
-    b.tol = {1e-4, 1e-3, 3e-3, 1, 5e-2, 0.5, true, 1e-4, 3e-4, 0.5};
+    // 20-step run is loose for the same reason. On an H200's host (its newer g++, SkylakeX
+    // against Prescott, 2026-12-04, docs/gpu-log.md) the one-step drifts were as here, but the
+    // 20-step run parted from step 13 on: loss 1.1e-4 at step 18, final student 3.4e-4, BN
+    // statistics 9.2e-5, optimizer state 8.3e-2 (the GPU against the CPU there: 1.5e-6, 4.2e-6,
+    // 2.3e-6, 1.6e-4). The run bounds are 10x that: the whole run is an end-to-end check of
+    // the forward, the teacher and the statistics; the steps above hold the gradients tight.
+    b.tol = {1e-4, 1e-3, 3e-3, 1, 5e-2, 0.5, true, 2e-3, 5e-3, 1.0};
     b.updated_fraction_logged = true;
     return b;
   }();
@@ -180,7 +185,7 @@ const Program& fixmatch_program() {
     // The 20-step run at the recipe's lr 0.03 is chaotic: a difference of one ulp grew 10x per
     // step from step 13 on (1e-6 -> 1e-3 in the loss by step 20) between two OpenBLAS kernels
     // in the -O1 sanitizer build, so its drift measured luck, not the backends. At lr 1e-3 it
-    // stays near the one-step drift, as BYOL's run at lr 1e-4 does.
+    // stays near the one-step drift (on the H200's host too), as BYOL's at lr 1e-4 does here.
     f.run_recipe = with(f.step_recipe, {"--lr", "1e-3"});
     f.parts = {{"teacher", "", "student.", "smoothing."}};
     f.teacher_moves_first = false;
