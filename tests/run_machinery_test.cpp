@@ -263,13 +263,13 @@ TEST(RunDirectory, ResumeRefusesACheckpointThatIsNotTheRunsOwn) {
 }
 
 // Config files: Windows line endings are read, a bad value names the file and line, a file
-// cannot include another, a later line overrides an earlier one, and values from a file are
-// not "given", yet a saved configuration does not replace them.
+// cannot include another nor set a flag twice (even one the command line gives), and values
+// from a file are not "given", yet a saved configuration does not replace them.
 TEST(Options, ConfigFileDetails) {
   const std::string dir = temp_dir("config_details");
   RunDirectory::for_new_run(dir).create();
   const std::string file = dir + "/a.conf";
-  std::ofstream(file) << "lr = 0.5\r\nsmoothing = tma\r\nlr = 0.25\r\n";
+  std::ofstream(file) << "lr = 0.25\r\nsmoothing = tma\r\n";
   Cfg c;
   Options o = make_options(c);
   ASSERT_TRUE(parse(o, {"--config", file}));
@@ -298,6 +298,12 @@ TEST(Options, ConfigFileDetails) {
   std::ofstream(file) << "config = " << file << "\n";
   EXPECT_NE(usage_error({"--config", file}).find(file + ":1: a config file cannot include another"),
             std::string::npos);
+  std::ofstream(file) << "lr = 0.5\nsmoothing = tma\n--lr = 0.25\n";
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--config", file}, std::vector<std::string>{"--config", file, "--lr", "0.1"}})
+    EXPECT_NE(usage_error(args).find(file + ":3: 'lr' is set again (first at " + file + ":1); a config file sets each "
+                                            "flag once"),
+              std::string::npos);
 }
 
 // --help shows each option's default as it was declared, even after the command line

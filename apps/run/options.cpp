@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <sstream>
 
 #include "engine/check.h"
@@ -217,6 +218,7 @@ void Options::read_config_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw UsageError(cat("--config: cannot read '", path, "'"));
   std::string line;
+  std::map<std::string, std::string> set_at;  // flag -> the line that set it
   for (int number = 1; std::getline(in, line); ++number) {
     const std::string where = cat(path, ":", number);
     const size_t hash = line.find('#');
@@ -232,6 +234,10 @@ void Options::read_config_file(const std::string& path) {
     Option* o = find(name);
     if (!o) throw UsageError(cat(where, ": unknown flag '", name, "'"));
     if (o->name == "config") throw UsageError(cat(where, ": a config file cannot include another"));
+    // Two lines for one flag is a slip (an edit that meant to replace one): neither is taken.
+    if (const auto [at, first] = set_at.emplace(o->name, where); !first)
+      throw UsageError(cat(where, ": '", o->name, "' is set again (first at ", at->second,
+                           "); a config file sets each flag once"));
     if (given(name)) continue;  // the command line wins
     set(*o, value, where, false);
   }
