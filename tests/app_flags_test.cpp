@@ -3,11 +3,13 @@
 // as the built programs, which sit next to this test binary. A usage error exits 2 with one
 // line naming the flag, a runtime error exits 1, and neither leaves a file behind.
 #include <gtest/gtest.h>
+#include <stb/stb_image_write.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "engine/check.h"
 #include "tests/program_runs.h"
@@ -159,6 +161,25 @@ TEST(AppFlags, ToolEdgeCasesAreNamed) {
   expect_error(run("embed", "--device cpu --checkpoint " + folder + " --out " + out), 1, "embed",
                "checkpoint '" + folder + "': expected a safetensors file, found a folder");
   fs::remove_all(folder);
+}
+
+// A folder data set with one class sub-folder: every training program evaluates by classifying,
+// which one class would pass at 100%, so each refuses it before it writes anything.
+TEST(AppFlags, OneClassFolderIsRefusedByEveryTrainingProgram) {
+  const std::string data = temp_path("one_class");
+  const std::vector<unsigned char> grey(8 * 8 * 3, 128);
+  for (const char* split : {"train", "test"}) {
+    fs::create_directories(cat(data, "/", split, "/cat"));
+    for (int i = 0; i < 4; ++i)
+      ASSERT_TRUE(stbi_write_png(cat(data, "/", split, "/cat/", i, ".png").c_str(), 8, 8, 3, grey.data(), 8 * 3));
+  }
+  const std::string out = temp_path("one_class_run");
+  for (const char* program : {"byol", "fixmatch", "moco"}) {
+    expect_error(run(program, cat("--device cpu --data folder:", data, " --out ", out)), 2, program,
+                 cat("--data folder:", data, ": expected at least 2 classes in folder/train, found 1 ('cat')"));
+    EXPECT_FALSE(fs::exists(out)) << program;
+  }
+  fs::remove_all(data);
 }
 
 // --config supplies a required flag; the command line still wins over it.

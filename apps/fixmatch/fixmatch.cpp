@@ -27,6 +27,7 @@
 #include "apps/fixmatch/config.h"
 #include "apps/fixmatch/nets.h"
 #include "apps/fixmatch/step.h"
+#include "apps/run/features.h"
 #include "apps/run/nonfinite.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
@@ -109,6 +110,7 @@ int fixmatch_main(int argc, const char* const* argv) {
   data::match_training_split(train, &test);
   run.check_data({&train, &test});  // on resume: the same images, wherever they are now
   if (!train.labeled()) throw UsageError(cat("--data ", c.data, ": the train split has no labels"));
+  require_two_classes(train, c.data);
   if (c.labels > train.size)
     throw UsageError(cat("--labels ", c.labels, " is larger than the training set (", train.size, " images in ",
                          train.name, ")"));

@@ -130,6 +130,7 @@ int moco_main(int argc, const char* const* argv) {
   const data::Dataset train = data::load_dataset(spec, data::Split::Train, data_options);
   data::Dataset test = data::load_dataset(spec, data::Split::Test, data_options);
   data::match_training_split(train, &test);
+  require_two_classes(train, c.data);
   run.check_data({&train, &test});  // on resume: the same images, wherever they are now
   if (c.batch_size > train.size)
     throw UsageError(cat("--batch-size ", c.batch_size, " is larger than the training set (", train.size, " images in ",

@@ -11,6 +11,13 @@
 
 namespace tessera {
 
+void require_two_classes(const data::Dataset& train, const std::string& data_flag) {
+  if (!train.labeled() || train.num_classes >= 2) return;
+  const std::string name = train.class_names.empty() ? "" : cat(" ('", train.class_names.front(), "')");
+  throw UsageError(cat("--data ", data_flag, ": expected at least 2 classes in ", train.name, ", found ",
+                       train.num_classes, name, ": the evaluation classifies (put each class in a sub-folder of its own)"));
+}
+
 data::Dataset first_images(const data::Dataset& d, int64_t limit) {
   data::Dataset out;
   out.name = d.name;

@@ -14,6 +14,11 @@
 
 namespace tessera {
 
+// The evaluations classify (kNN, the linear probe, FixMatch's test accuracy): a labeled train
+// split of one class (a folder with one class sub-folder) would score 100% by construction. A
+// UsageError naming `data_flag` and the class; an unlabeled split passes.
+void require_two_classes(const data::Dataset& train, const std::string& data_flag);
+
 // The first `limit` images of `d` (all when limit <= 0 or larger than d).
 data::Dataset first_images(const data::Dataset& d, int64_t limit);
 
