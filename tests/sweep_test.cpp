@@ -15,7 +15,8 @@
 //   bad input           a bad sweep file is one line and exit 2
 //   another sweep       a sweep directory holds one sweep: another file of the same name, an
 //                       edited file or a --set that differs from a run's config.json is
-//                       refused naming the difference, the stored copy unchanged
+//                       refused naming the difference, the stored copy unchanged; --data alone
+//                       may name where the data set is now
 //   plot                plot.py draws the finished sweep into PNG files, and draws around
 //                       damaged files (skipped, with the reason, where python3-matplotlib is
 //                       missing); its help and usage errors need no matplotlib
@@ -413,6 +414,22 @@ TEST(Sweep, RefusesTheDirectoryOfAnotherSweep) {
   EXPECT_EQ(rc_grown, 0) << plan;
   EXPECT_TRUE(contains(plan, "smoothing=se/seed-0 [done]")) << plan;
   EXPECT_TRUE(contains(plan, "--out " + out + "/tiny/smoothing=tma/seed-2")) << plan;
+  // --data may name where the data set is now: a run started on another path is not refused
+  // for it and is resumed with it (the program then compares the images with the fingerprint
+  // its checkpoint holds: tests/byol_test.cpp).
+  const std::string resumable = out + "/tiny/smoothing=sts/seed-0";
+  fs::create_directories(resumable);
+  write_file(resumable + "/config.json", R"({"data": "mnist:/old", "seed": 0, "smoothing": "sts", "steps": 4})");
+  write_file(resumable + "/last.safetensors", "");
+  const int rc_moved = wait_exit(spawn("apps/tools/sweep.py",
+                                       {dir + "/a/tiny.toml", "--out", out, "--dry-run", "--build", dir + "/build",
+                                        "--set", "data=mnist:/new"},
+                                       log));
+  const std::string moved = slurp(log);
+  EXPECT_EQ(rc_moved, 0) << moved;
+  EXPECT_TRUE(contains(moved, "smoothing=sts/seed-0 [resume]: " + dir + "/build/byol --resume " + resumable +
+                                  " --data mnist:/new --threads"))
+      << moved;
   fs::remove_all(dir);
 }
 

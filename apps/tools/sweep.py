@@ -18,6 +18,9 @@ start (with the same file, an extended one, or that copy) must run the runs alre
 they were started: a file whose program, config or flags of a cell already there differ from
 the copy's, or a --set that differs from the flags a run was started with (its config.json), is
 refused naming the first difference, and nothing there changes. Seeds and cells may be added.
+--data is the exception: a data set moved (another machine, another disk) may be named anew, and
+a resumed run is given it; the program refuses it unless it holds the images the run started
+on (their fingerprint is in the checkpoint).
 A line of a metrics.jsonl that is not a JSON object (damaged on disk, edited) is skipped with a
 warning, as the programs do: the lines after it still count, so a run whose "final" event is
 there is finished.
@@ -63,6 +66,9 @@ RESERVED = {"seed", "out", "resume", "threads", "config", "stop-after"}
 FLAG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Files of the sweep's own directory, so no cell may take their names.
 SWEEP_FILES = {"sweep.toml", "summary.md", "plots"}
+# The one flag a run may be resumed with another value of: where the data set is now (the
+# program checks the images are the ones the run started on).
+MOVABLE = "data"
 # Flags whose value in a run's config.json need not be what the runner started it with: the
 # ones a resume does not restore (apps/run/run_directory.cpp, per_invocation()) and --threads,
 # which --threads here may change from one start to the next.
@@ -264,7 +270,7 @@ def first_difference(old, new):
             continue
         a, b = cell_flags(old, cell), cell_flags(new, cell)
         for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
+            if key != MOVABLE and a.get(key) != b.get(key):
                 there = f"--{key}={a[key]}" if key in a else "no --" + key
                 here = f"--{key}={b[key]}" if key in b else "no --" + key
                 return f"cell {cell}: {there} there, {here} here"
@@ -309,7 +315,7 @@ def started_otherwise(sweep, cell, seed, run_dir):
     wanted = cell_flags(sweep, cell)
     wanted["seed"] = str(seed)
     for key, text in wanted.items():
-        if key in saved and key not in NOT_IN_CONFIG and not same_value(text, saved[key]):
+        if key in saved and key not in NOT_IN_CONFIG and key != MOVABLE and not same_value(text, saved[key]):
             was = saved[key] if isinstance(saved[key], str) else json.dumps(saved[key])
             return f"--{key}={was} there, --{key}={text} here"
     return ""
@@ -375,7 +381,8 @@ class Run:
     def command(self, resume):
         threads = ["--threads", str(self.sweep["threads"])]
         if resume:
-            return [self.binary, "--resume", self.dir] + threads
+            data = cell_flags(self.sweep, self.cell).get(MOVABLE)
+            return [self.binary, "--resume", self.dir] + (["--data", data] if data else []) + threads
         cmd = [self.binary]
         if self.sweep["config"]:
             cmd += ["--config", self.sweep["config"]]
