@@ -1,6 +1,8 @@
 #include "apps/run/run_directory.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "apps/run/run_lock.h"
@@ -394,6 +397,19 @@ char g_exit_message[1024];
 size_t g_exit_message_size = 0;
 char g_exit_unlink[4096];  // a file to remove first ("": none)
 
+std::atomic<bool> g_handling{false};  // install_stop_handler was called: a stop, not an end
+
+// The process ends by `sig` as if nothing handled it (its status says so to the shell).
+void die_by(int sig) {
+  std::signal(sig, SIG_DFL);
+  sigset_t one;
+  sigemptyset(&one);
+  sigaddset(&one, sig);
+  std::raise(sig);  // pending while blocked: delivered by the unblock below
+  ::pthread_sigmask(SIG_UNBLOCK, &one, nullptr);
+}
+
+// What a SIGINT / SIGTERM does, on the watcher thread or in the handler; async-signal-safe.
 extern "C" void on_stop_signal(int sig) {
   g_last_signal.store(sig);
   if (g_exit_at_once.load()) {
@@ -401,17 +417,41 @@ extern "C" void on_stop_signal(int sig) {
     (void)!::write(STDERR_FILENO, g_exit_message, g_exit_message_size);
     ::_exit(128 + sig);
   }
-  if (g_signals.fetch_add(1) >= 1) {  // the second one: the user means it
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
+  if (!g_handling.load() || g_signals.fetch_add(1) >= 1) {  // before the run, or the second: the user means it
+    die_by(sig);
     return;
   }
   const char msg[] = "\nstopping after this step: saving a checkpoint (Ctrl-C again to abort)\n";
   (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
 }
+
+sigset_t stop_signal_set() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
 }  // namespace
 
+void take_stop_signals() {
+  static pid_t watching = 0;  // the process whose watcher runs (a forked child has none)
+  const sigset_t set = stop_signal_set();
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  if (watching == ::getpid()) return;
+  watching = ::getpid();
+  std::thread([set] {
+    for (;;) {
+      int sig = 0;
+      if (::sigwait(&set, &sig) == 0) on_stop_signal(sig);
+    }
+  }).detach();
+}
+
 void install_stop_handler() {
+  g_handling.store(true);
+  // For threads that do not block the signals (made before take_stop_signals, or in a process
+  // that never called it, as the tests that run a program's main in their own process).
   struct sigaction sa;
   std::memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_stop_signal;
