@@ -1,5 +1,5 @@
 // The CUDA backend's host-side rules, tested on every machine (issue 13's review of the CUDA
-// code, which has never run here): the cuDNN algorithm picker (kernels/common/conv_algo.h),
+// code, written before a GPU ran it): the cuDNN algorithm picker (kernels/common/conv_algo.h),
 // the failure reports of the CUDA dispatch and its sync check (engine/dispatch.h), and the
 // flags that set them (--math, --allow-nondeterministic, --sync-check); the index and
 // reduction rules of the review's speed fixes (FastDivmod, the teacher's ChunkRows, LARS's
