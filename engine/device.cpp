@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "engine/check.h"
 #include "engine/distributed.h"
@@ -115,6 +117,39 @@ SyncProbe set_sync_probe(SyncProbe probe) { return g_sync_probe.exchange(probe ?
 
 std::string run_sync_probe() { return g_sync_probe.load()(); }
 
+std::pair<int, int> first_shared_gpu(const std::vector<std::string>& uuids) {
+  for (size_t b = 1; b < uuids.size(); ++b)
+    for (size_t a = 0; a < b; ++a)
+      if (uuids[a] == uuids[b]) return {static_cast<int>(a), static_cast<int>(b)};
+  return {-1, -1};
+}
+
+#if TESSERA_CUDA
+namespace {
+// Every rank's GPU UUID, gathered over MPI (16 bytes carried as 4 floats: copied, never
+// computed on); the same verdict on every rank, so each throws the same Error.
+void check_one_rank_per_gpu(int gpu) {
+  dist::Communicator& world = dist::world();
+  if (world.size() == 1) return;
+  cudaDeviceProp prop;
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, gpu));
+  static_assert(sizeof prop.uuid == 4 * sizeof(float), "a CUDA UUID is 16 bytes");
+  float mine[4];
+  std::memcpy(mine, &prop.uuid, sizeof mine);
+  std::vector<float> all(static_cast<size_t>(4 * world.size()));
+  world.all_gather(mine, all.data(), 4, Device::CPU, "the ranks' GPU ids");
+  std::vector<std::string> uuids;
+  for (int r = 0; r < world.size(); ++r)
+    uuids.emplace_back(reinterpret_cast<const char*>(all.data() + 4 * r), 16);
+  const auto [a, b] = first_shared_gpu(uuids);
+  if (a >= 0)
+    throw Error(cat("ranks ", a, " and ", b, " both run on one GPU (", prop.name,
+                    "): expected one rank per GPU; start at most as many ranks per machine as it has GPUs, "
+                    "or give each rank its own CUDA_VISIBLE_DEVICES"));
+}
+}  // namespace
+#endif
+
 void init_cuda() {
 #if TESSERA_CUDA
   auto& rt = kernels::cuda::runtime();
@@ -130,6 +165,7 @@ void init_cuda() {
                     " GPUs: expected at most one rank per GPU"));
   const int gpu = count == 1 ? 0 : local;
   CUDA_CHECK(cudaSetDevice(gpu));
+  check_one_rank_per_gpu(gpu);
   // Made into locals and published together: rt.stream set means the runtime is whole, so a
   // failure half-way (out of memory, a GPU in exclusive mode) fails again the same way at the
   // next call instead of handing out null cuBLAS / cuDNN handles.

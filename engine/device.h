@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <string>
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "engine/tensor.h"
 
 namespace tessera {
@@ -20,8 +24,14 @@ std::string cuda_unavailable_reason();  // why cuda_device_count() is 0, "" othe
 // `note` receives the one line to print ("device: cpu (no CUDA device: ...)").
 Device select_device(const std::string& flag, std::string* note);
 
-// Makes the CUDA stream and library handles (idempotent). select_device() calls it.
+// Makes the CUDA stream and library handles (idempotent). select_device() calls it. With more
+// than one rank, each rank's GPU (its UUID) is gathered from all ranks first: two ranks on one
+// GPU (more ranks than GPUs on a machine, or a CUDA_VISIBLE_DEVICES that names one GPU twice)
+// is an Error naming both, before NCCL meets it.
 void init_cuda();
+// The first two ranks whose GPU ids (uuids[r]: rank r's) are equal, as {a, b} with a < b;
+// {-1, -1} when every id differs.
+std::pair<int, int> first_shared_gpu(const std::vector<std::string>& uuids);
 std::string device_description(Device d);  // "cpu (2 threads)" or "NVIDIA H100 (sm_90, 80 GiB)"
 
 // Waits for the work queued on the engine's stream (not the loader's copy stream; no-op on the

@@ -22,6 +22,7 @@
 #include "apps/run/run_directory.h"
 #include "engine/check.h"
 #include "engine/checkpoint.h"
+#include "engine/device.h"
 #include "engine/distributed.h"
 #include "tests/mpi_runs.h"
 #include "tests/program_runs.h"
@@ -305,6 +306,17 @@ TEST(Distributed, BatchThatDoesNotSplitIsAUsageError) {
             std::string::npos)
       << r.output;
   EXPECT_FALSE(fs::exists(data().root + "/odd/config.json"));
+}
+
+// Two ranks on one GPU (init_cuda gathers every rank's GPU UUID): the first pair is named, in
+// rank order, wherever it sits; distinct GPUs, or one rank, pass.
+TEST(Distributed, TwoRanksOnOneGpuAreFound) {
+  const std::string a(16, 'a'), b(16, 'b'), c(16, 'c');
+  EXPECT_EQ(first_shared_gpu({a}), std::make_pair(-1, -1));
+  EXPECT_EQ(first_shared_gpu({a, b, c}), std::make_pair(-1, -1));
+  EXPECT_EQ(first_shared_gpu({a, a}), std::make_pair(0, 1));
+  EXPECT_EQ(first_shared_gpu({a, b, c, b}), std::make_pair(1, 3));
+  EXPECT_EQ(first_shared_gpu({a, b, b, a}), std::make_pair(1, 2));
 }
 
 // ---- moco: shuffle BN across ranks --------------------------------------------------------
