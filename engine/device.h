@@ -7,8 +7,6 @@
 
 #include <cstdint>
 #include <string>
-
-#include <string>
 #include <utility>
 #include <vector>
 
