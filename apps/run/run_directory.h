@@ -163,10 +163,9 @@ class Progress {
 // signals are blocked in its thread and so in every thread it makes after, and one thread of
 // their own takes them (sigwait). No handler then ever runs on a thread that computes: the
 // kernel writes a handler's frame below the interrupted stack pointer, and oneDNN 2.6's JIT
-// sgemm points that register into the heap while it runs (oneDNN issue 4845, fixed upstream in
-// 2026 by PR 4855),
-// so a Ctrl-C there corrupted the heap (seen here: 3 aborts in 60 stops in the first step,
-// docs/RELIABILITY.md). Until install_stop_handler() the first signal ends the process as if
+// sgemm points that register into the heap while it runs (oneDNN issue 4845, fixed upstream by
+// PR 4855), so a Ctrl-C there corrupted the heap (seen here: 3 aborts in 60 stops in the first
+// step, docs/RELIABILITY.md). Until install_stop_handler() the first signal ends the process as if
 // nothing handled it; after, SIGINT / SIGTERM -> stop_requested() becomes true and the second
 // signal ends the process. install_stop_handler() also installs the handler itself for threads
 // that do not block the signals (a test running a program's main in its own process).
