@@ -21,7 +21,12 @@ bound is 4x PyTorch float32's distance, but never more than GRAD_CAP (5%): an al
 badly scaled gradient never passes, however loose PyTorch's own float32 is. The line also
 counts ReLU / LeakyReLU inputs whose sign differs between PyTorch float32 and float64 (a unit
 within rounding of zero): such a flip is what makes a case ill-conditioned, and the cases in
-tests/torchvision_test.cpp are chosen to have none. Prints one line per pair; exit 0 when
+tests/torchvision_test.cpp are chosen to have none in PyTorch. Tessera's float32 rounds
+otherwise (another summation order; the BLAS kernel of another CPU), so where its gradients are
+off, the ReLU inputs nearest zero are put on the other branch in float64, one or two at a time:
+the case passes at grad_tol when that gives every one of tessera's gradients (an AVX-512 Xeon
+flipped one unit of resnet50 cifar's layer4.2, which moved one bias by 14%; a wrong factor or a
+missing term is explained by no flip). Prints one line per pair; exit 0 when
 all agree, 1 otherwise, 77 (and a line saying why) when torch or torchvision cannot be
 imported. Reads safetensors with json + struct (no safetensors package needed).
 """
@@ -140,6 +145,85 @@ def build(spec):
     return m
 
 
+# When a gradient is off: the ReLU inputs nearest zero (in units of float32's rounding) tried on
+# the other branch, one or two at a time (at most 1 + 12 + 66 float64 steps).
+MAX_NEAR_ZERO = 12
+MAX_FLIPPED = 2
+
+
+def compare_grads(io, grads64, torch32, grad_tol):
+    """Per parameter, tessera against float64: (worst relative, its name, PyTorch float32's
+    relative there, all within bounds). The bound is grad_tol or, where PyTorch float32 is
+    itself further from float64, 4x that distance, at most GRAD_CAP."""
+    worst, worst_name, worst_torch, ok = 0.0, "", 0.0, True
+    for name, g in grads64.items():
+        ours = io["grad." + name].double()
+        if g is None:  # the port's discarded bn1: tessera's gradient must be zero
+            rel, rel_torch = ours.abs().max().item(), 0.0
+        else:
+            scale = max(g.abs().max().item(), 1e-30)
+            rel = (ours - g).abs().max().item() / scale
+            rel_torch = (torch32[name] - g).abs().max().item() / scale if torch32 is not None else 0.0
+        # Where PyTorch float32 is itself further than GRAD_CAP from float64 (a flipped ReLU
+        # in a tiny batch: resnet50 cifar at 16x16, batch 2, under the -O1 sanitizer build),
+        # the case cannot judge that tensor beyond the conditioning; the other cases, with no
+        # flips, still catch a wrong factor or a missing term.
+        cap = 4 * rel_torch if rel_torch > GRAD_CAP else min(4 * rel_torch, GRAD_CAP)
+        ok = ok and rel <= max(grad_tol, cap)
+        if rel > worst:
+            worst, worst_name, worst_torch = rel, name, rel_torch
+    return worst, worst_name, worst_torch, ok
+
+
+def near_zero_units(inputs32, inputs64):
+    """(call, flat index) of every ReLU input whose float64 value lies within 4x float32's
+    rounding of zero, that rounding measured per call as max |PyTorch float32 - float64|;
+    nearest first."""
+    near = []
+    for call, (a, b) in enumerate(zip(inputs32, inputs64)):
+        rounding = max((a.double() - b).abs().max().item(), 1e-300)
+        flat = b.flatten()
+        for i in torch.nonzero(flat.abs() <= 4 * rounding).flatten().tolist():
+            near.append((flat[i].abs().item() / rounding, call, i))
+    return [(call, i) for _, call, i in sorted(near)]
+
+
+def explain_by_flips(model, acts, io, near, grad_tol):
+    """The first set of one or two of the nearest units that, put on the other branch in
+    float64, brings every gradient of tessera's within grad_tol of float64 (no float32
+    allowance), or None."""
+    import itertools
+    for size in range(1, MAX_FLIPPED + 1):
+        for subset in itertools.combinations(near[:MAX_NEAR_ZERO], size):
+            by_call = {}
+            for call, i in subset:
+                by_call.setdefault(call, []).append(i)
+            counter = [0]
+
+            def other_branch(m, x, y):
+                call = counter[0]
+                counter[0] += 1
+                if call not in by_call:
+                    return None
+                idx = torch.tensor(by_call[call])
+                flat_x, flat_y = x[0].flatten(), y.flatten().clone()
+                slope = m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0
+                on = flat_x[idx] > 0  # float64's branch; take the other one
+                flat_y[idx] = torch.where(on, slope * flat_x[idx], flat_x[idx])
+                return flat_y.reshape(y.shape)
+
+            hooks = [m.register_forward_hook(other_branch) for m in acts]
+            model.zero_grad(set_to_none=True)
+            out = model(io["input"].double())
+            (out * io["r"].double()).sum().backward()
+            for h in hooks:
+                h.remove()
+            grads = {name: p.grad for name, p in model.named_parameters()}
+            if compare_grads(io, grads, None, grad_tol)[3]:
+                return subset
+    return None
+
+
 def check(model_path, io_path, tol, grad_tol):
     state, meta = read_safetensors(model_path)
     io, _ = read_safetensors(io_path)
@@ -167,10 +251,13 @@ def check(model_path, io_path, tol, grad_tol):
         # more than 4x as far from it as PyTorch float32 is (the problem's own conditioning) and
         # within GRAD_CAP. The sign flips are counted to say when a case is such a problem.
         model.train()
-        signs = {"float32": [], "float64": []}
+        acts = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+        for m in acts:
+            m.inplace = False  # the pre-hooks below must see each input before it is clamped
+        calls = {"float32": [], "float64": []}  # the ReLU inputs, call by call
         precision = ["float32"]
-        hooks = [mod.register_forward_hook(lambda _m, x, _y: signs[precision[0]].append(x[0].detach() > 0))
-                 for mod in model.modules() if isinstance(mod, (nn.ReLU, nn.LeakyReLU))]
+        hooks = [m.register_forward_pre_hook(lambda _m, x: calls[precision[0]].append(x[0].detach().clone()))
+                 for m in acts]
         out32 = model(io["input"])
         (out32 * io["r"]).sum().backward()
         torch32 = {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
@@ -180,30 +267,30 @@ def check(model_path, io_path, tol, grad_tol):
         out = model(io["input"].double())
         for h in hooks:
             h.remove()
-        flips = sum(int((a != b).sum()) for a, b in zip(signs["float32"], signs["float64"]))
+        flips = sum(int(((a > 0) != (b > 0)).sum()) for a, b in zip(calls["float32"], calls["float64"]))
         train_rel = (out.detach() - io["train_output"].double()).abs().max().item() / max(out.abs().max().item(), 1e-30)
         (out * io["r"].double()).sum().backward()
-        worst, worst_name, worst_torch, grads_ok = 0.0, "", 0.0, True
-        for name, p in model.named_parameters():
-            ours = io["grad." + name].double()
-            if p.grad is None:  # the port's discarded bn1: tessera's gradient must be zero
-                rel, rel_torch = ours.abs().max().item(), 0.0
+        grads64 = {name: p.grad.clone() if p.grad is not None else None for name, p in model.named_parameters()}
+        worst, worst_name, worst_torch, grads_ok = compare_grads(io, grads64, torch32, grad_tol)
+        note = ""
+        if not grads_ok:
+            # A ReLU input within float32 rounding of zero may take the other branch in tessera's
+            # float32 than in PyTorch's (another summation order, another BLAS kernel) and move
+            # a gradient by percents. Such a case still passes, at grad_tol, when float64 with
+            # some of those units on the other branch gives tessera's gradients.
+            near = near_zero_units(calls["float32"], calls["float64"])
+            flipped = explain_by_flips(model, acts, io, near, grad_tol) if near else None
+            if flipped is not None:
+                grads_ok = True
+                note = (f"; passes at tol {grad_tol:g} with {len(flipped)} of the {len(near)} ReLU inputs within "
+                        f"float32 rounding of zero on the other branch")
             else:
-                scale = max(p.grad.abs().max().item(), 1e-30)
-                rel = (ours - p.grad).abs().max().item() / scale
-                rel_torch = (torch32[name] - p.grad).abs().max().item() / scale
-            # Where PyTorch float32 is itself further than GRAD_CAP from float64 (a flipped ReLU
-            # in a tiny batch: resnet50 cifar at 16x16, batch 2, under the -O1 sanitizer build),
-            # the case cannot judge that tensor beyond the conditioning; the other cases, with no
-            # flips, still catch a wrong factor or a missing term.
-            cap = 4 * rel_torch if rel_torch > GRAD_CAP else min(4 * rel_torch, GRAD_CAP)
-            grads_ok = grads_ok and rel <= max(grad_tol, cap)
-            if rel > worst:
-                worst, worst_name, worst_torch = rel, name, rel_torch
+                note = (f"; ReLU inputs within float32 rounding of zero: {len(near)}, none of the nearest "
+                        f"{min(len(near), MAX_NEAR_ZERO)} on the other branch (one or two at a time) explains it")
         ok = ok and train_rel <= grad_tol and grads_ok
         line += (f"; train vs torch float64: output relative={train_rel:.3e}, worst gradient relative="
                  f"{worst:.3e} ({worst_name}; torch float32 there: {worst_torch:.3e}) (tol {grad_tol:g}, "
-                 f"at most {GRAD_CAP:g}); activation sign flips float32 vs float64: {flips}")
+                 f"at most {GRAD_CAP:g}); activation sign flips float32 vs float64: {flips}{note}")
     print(("OK " if ok else "FAIL ") + line)
     return ok
 
