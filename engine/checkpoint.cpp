@@ -315,6 +315,13 @@ const std::string& SafetensorsFile::metadata(const std::string& key) const {
   return it->second;
 }
 
+std::map<std::string, std::string> SafetensorsFile::metadata_under(const std::string& prefix) const {
+  std::map<std::string, std::string> out;
+  for (const auto& kv : metadata_)
+    if (kv.first.rfind(prefix, 0) == 0) out[kv.first.substr(prefix.size())] = kv.second;
+  return out;
+}
+
 const SafetensorsFile::Entry& SafetensorsFile::checked(const std::string& name, StDType dtype,
                                                        const std::vector<int64_t>* shape) const {
   const Entry& e = entry(name);

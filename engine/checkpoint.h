@@ -85,6 +85,8 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   // The metadata value for `key`; Error when absent.
   const std::string& metadata(const std::string& key) const;
+  // The metadata keys that begin with `prefix`, the prefix cut off (one part's state of several).
+  std::map<std::string, std::string> metadata_under(const std::string& prefix) const;
 
   // Typed reads. Each checks the dtype and, when `shape` is given, the shape, and says
   // which tensor did not match and how.

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "engine/check.h"
+#include "engine/checkpoint.h"
 #include "engine/dispatch.h"
 #include "kernels/optimizer.h"
 
@@ -152,6 +153,16 @@ void Optimizer::restore_state_strings(const std::map<std::string, std::string>& 
   if (v.empty() || *end != '\0' || errno != 0 || steps < 0)
     throw Error(cat("optimizer state: key 'optim.steps' expected a count, found '", v, "'"));
   set_steps(steps);
+}
+
+void add_optimizer_state(SafetensorsWriter& w, Optimizer& opt, const std::string& prefix) {
+  for (const auto& [name, arena] : opt.state_arenas()) add_arena(w, *arena, prefix + name + ".");
+  for (const auto& kv : opt.state_strings()) w.add_metadata(prefix + kv.first, kv.second);
+}
+
+void load_optimizer_state(const SafetensorsFile& f, Optimizer& opt, const std::string& prefix) {
+  for (const auto& [name, arena] : opt.state_arenas()) load_arenas(f, {arena}, prefix + name + ".");
+  opt.restore_state_strings(f.metadata_under(prefix));
 }
 
 }  // namespace tessera

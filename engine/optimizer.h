@@ -78,4 +78,11 @@ class Optimizer {
   Buffer lars_partials_;                       // (chunks, 2) partials then (slots, 2) trust, allocated once
 };
 
+class SafetensorsWriter;
+class SafetensorsFile;
+// One optimizer of several in a checkpoint (byol, moco): its state arenas under
+// prefix + arena name + "." + slot name, its strings as metadata under prefix + key.
+void add_optimizer_state(SafetensorsWriter& w, Optimizer& opt, const std::string& prefix);
+void load_optimizer_state(const SafetensorsFile& f, Optimizer& opt, const std::string& prefix);
+
 }  // namespace tessera

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 
 #include "engine/autograd.h"
 #include "engine/check.h"
@@ -169,6 +170,21 @@ TEST_F(CheckpointTest, MissingMetadataKeyIsNamed) {
   } catch (const Error& e) {
     EXPECT_HAS(e.what(), "checkpoint '" + path("m.safetensors") + "': no metadata key 'step'");
   }
+}
+
+// One part's metadata of several (byol's optimizers and teachers): the keys under a prefix,
+// cut off; a key that only shares the prefix's first letters is not taken.
+TEST_F(CheckpointTest, MetadataUnderAPrefix) {
+  SafetensorsWriter w;
+  w.add_metadata("optim.backbone.steps", "7");
+  w.add_metadata("optim.backbone2.steps", "8");
+  w.add_metadata("backbone.step", "9");
+  w.write(path("m.safetensors"));
+  const SafetensorsFile f = SafetensorsFile::read(path("m.safetensors"));
+  const std::map<std::string, std::string> want{{"steps", "7"}};
+  EXPECT_EQ(f.metadata_under("optim.backbone."), want);
+  EXPECT_TRUE(f.metadata_under("nothing.").empty());
+  EXPECT_EQ(f.metadata_under("").size(), 3u);
 }
 
 TEST_F(CheckpointTest, CorruptedHeadersAreErrors) {

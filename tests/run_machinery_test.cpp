@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -690,6 +691,46 @@ TEST(TrainingRun, ResumeFollowsDataThatMovedAndRefusesDataThatChanged) {
     EXPECT_TRUE(has(thrown([&] { run.check_data({&other}); }), "the data is not what the run trained on"));
   }
   std::filesystem::remove_all(dir);
+}
+
+// The end of a run as every program writes it: the stop line names the step and how to go on;
+// the final event gets the wall time and goes to metrics.jsonl, its line to stdout.
+TEST(TrainingRun, StopLineAndFinalEvent) {
+  const std::string dir = temp_dir("training_end");
+  Invocation inv({"--out", dir});
+  TrainingRun run("prog", inv.options, inv.run);
+  run.begin(inv.options.to_json());
+  testing::internal::CaptureStderr();
+  run.report_stop(3, 10);
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "prog: stopped at step 3 of 10; checkpoint " + dir +
+                                                        "/last.safetensors; continue with --resume " + dir + "\n");
+  testing::internal::CaptureStdout();
+  run.write_final({{"step", 10}, {"top1", 50.5}}, "prog: top-1 50.50%", std::chrono::steady_clock::now());
+  const std::string line = testing::internal::GetCapturedStdout();
+  EXPECT_TRUE(has(line, "prog: top-1 50.50%; wall 0m0")) << line;
+  const std::string log = read_file(dir + "/metrics.jsonl");
+  const nlohmann::json final = nlohmann::json::parse(log.substr(log.rfind('{')));
+  EXPECT_EQ(final.value("step", -1), 10);
+  EXPECT_EQ(final.value("top1", 0.0), 50.5);
+  EXPECT_TRUE(final.contains("wall_s")) << final.dump();
+  std::filesystem::remove_all(dir);
+}
+
+// An epoch-based run's length: whole batches per epoch, --steps over epochs, the warm-up in
+// whole steps, and the two UsageErrors.
+TEST(EpochSchedule, StepsFromEpochsAndItsErrors) {
+  const data::Dataset images = data::synthetic_dataset(8, 1, 6, 6, 1);
+  EpochSchedule s = epoch_schedule(images, 3, 0, 2, 0.5);
+  EXPECT_EQ(s.steps_per_epoch, 2);  // 8 / 3: the last 2 images of an epoch are skipped
+  EXPECT_EQ(s.total_steps, 4);
+  EXPECT_EQ(s.warmup_steps, 1);
+  s = epoch_schedule(images, 3, 5, 2, 0.0);
+  EXPECT_EQ(s.total_steps, 5);
+  EXPECT_EQ(s.warmup_steps, 0);
+  EXPECT_TRUE(has(thrown([&] { epoch_schedule(images, 9, 0, 2, 0.0); }),
+                  "--batch-size 9 is larger than the training set (8 images in synthetic)"));
+  EXPECT_TRUE(has(thrown([&] { epoch_schedule(images, 3, 0, 2, 2.0); }),
+                  "--warmup-epochs 2 is 4 steps, not shorter than the run (4 steps)"));
 }
 
 // Checkpoints that are not a resumable run of this program, each refused with what is wrong.

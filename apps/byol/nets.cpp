@@ -86,39 +86,15 @@ Nets build_nets(const Config& c, int in_channels, Device device, int64_t total_s
   return n;
 }
 
-namespace {
-
-// An optimizer's state arenas under prefix + arena name + "." + slot name, its counters as
-// metadata under the same prefix.
-void save_optimizer(SafetensorsWriter& w, Optimizer& opt, const std::string& prefix) {
-  for (const auto& [name, arena] : opt.state_arenas()) add_arena(w, *arena, prefix + name + ".");
-  for (const auto& kv : opt.state_strings()) w.add_metadata(prefix + kv.first, kv.second);
-}
-
-// Metadata keys under `prefix`, with the prefix cut off.
-std::map<std::string, std::string> metadata_under(const SafetensorsFile& f, const std::string& prefix) {
-  std::map<std::string, std::string> out;
-  for (const auto& kv : f.metadata())
-    if (kv.first.rfind(prefix, 0) == 0) out[kv.first.substr(prefix.size())] = kv.second;
-  return out;
-}
-
-void load_optimizer(const SafetensorsFile& f, Optimizer& opt, const std::string& prefix) {
-  for (const auto& [name, arena] : opt.state_arenas()) load_arenas(f, {arena}, prefix + name + ".");
-  opt.restore_state_strings(metadata_under(f, prefix));
-}
-
-}  // namespace
-
 void add_state(SafetensorsWriter& w, const Nets& n, const data::LoaderPosition& loader) {
   add_model(w, *n.t_backbone, "");
   add_model(w, *n.t_projector, "teacher.projector.");
   add_model(w, *n.backbone, "student.backbone.");
   add_model(w, *n.projector, "student.projector.");
   add_model(w, *n.predictor, "student.predictor.");
-  save_optimizer(w, *n.opt_backbone, "optim.backbone.");
-  save_optimizer(w, *n.opt_projector, "optim.projector.");
-  save_optimizer(w, *n.opt_predictor, "optim.predictor.");
+  add_optimizer_state(w, *n.opt_backbone, "optim.backbone.");
+  add_optimizer_state(w, *n.opt_projector, "optim.projector.");
+  add_optimizer_state(w, *n.opt_predictor, "optim.predictor.");
   const std::vector<int64_t> packed = loader.pack();
   w.add_i64("run.loader", {static_cast<int64_t>(packed.size())}, packed);
   for (const auto& kv : n.smooth_backbone->state().to_strings()) w.add_metadata("backbone." + kv.first, kv.second);
@@ -131,11 +107,11 @@ data::LoaderPosition load_state(const SafetensorsFile& f, Nets& n) {
   load_model(f, *n.backbone, "student.backbone.");
   load_model(f, *n.projector, "student.projector.");
   load_model(f, *n.predictor, "student.predictor.");
-  load_optimizer(f, *n.opt_backbone, "optim.backbone.");
-  load_optimizer(f, *n.opt_projector, "optim.projector.");
-  load_optimizer(f, *n.opt_predictor, "optim.predictor.");
-  n.smooth_backbone->restore(TeacherState::from_strings(metadata_under(f, "backbone.")));
-  n.smooth_projector->restore(TeacherState::from_strings(metadata_under(f, "projector.")));
+  load_optimizer_state(f, *n.opt_backbone, "optim.backbone.");
+  load_optimizer_state(f, *n.opt_projector, "optim.projector.");
+  load_optimizer_state(f, *n.opt_predictor, "optim.predictor.");
+  n.smooth_backbone->restore(TeacherState::from_strings(f.metadata_under("backbone.")));
+  n.smooth_projector->restore(TeacherState::from_strings(f.metadata_under("projector.")));
   return data::LoaderPosition::unpack(f.i64("run.loader"));
 }
 

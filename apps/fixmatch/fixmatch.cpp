@@ -96,19 +96,11 @@ int fixmatch_main(int argc, const char* const* argv) {
   dist::Communicator& ranks = start_processes("fixmatch", c.dist);  // the first line; rank 0 alone prints on
   check_global_batch(ranks, "--batch-size", c.batch_size);
 
-  std::string device_note;
-  const Device device = select_rank_device(ranks, c.run.device, &device_note);
-  std::fprintf(stderr, "%s\n", device_note.c_str());
-  const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
-  if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());
+  const Device device = open_rank_device(ranks, c.run);  // --device; on the CPU, --cpu-kernels
 
   // Data and every check that needs it, before anything is written.
-  const data::DataSpec spec = data::parse_data_spec(c.data);
-  const data::DataOptions data_options = data::data_options(spec, c.image_size);
-  const data::Dataset train = data::load_dataset(spec, data::Split::Train, data_options);
-  data::Dataset test = data::load_dataset(spec, data::Split::Test, data_options);
-  data::match_training_split(train, &test);
-  run.check_data({&train, &test});  // on resume: the same images, wherever they are now
+  const TrainTest splits = load_train_test(run, c.data, c.image_size);
+  const data::Dataset &train = splits.train, &test = splits.test;
   if (!train.labeled()) throw UsageError(cat("--data ", c.data, ": the train split has no labels"));
   require_two_classes(train, c.data);
   if (c.labels > train.size)
@@ -316,9 +308,7 @@ int fixmatch_main(int argc, const char* const* argv) {
     read_back();
     save(step, loader->position());
     if (step < c.steps) {
-      std::fprintf(stderr, "fixmatch: stopped at step %ld of %ld; checkpoint %s; continue with --resume %s\n",
-                   static_cast<long>(step), static_cast<long>(c.steps), run.dir().checkpoint().c_str(),
-                   run.dir().dir().c_str());
+      run.report_stop(step, c.steps);
       return 0;
     }
   }
@@ -328,12 +318,10 @@ int fixmatch_main(int argc, const char* const* argv) {
   if (const int status = run.final_evaluation_begins()) return status;  // a stop ends it at once
   Workspace eval_ws(device);
   const auto [t, s] = evaluate(eval_ws);
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  run.metrics().write("final", {{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}, {"wall_s", wall}});
-  std::printf("fixmatch: test top-1 teacher %s%%, student %s%% (%ld labels, lambda-u %g); wall %dm%02ds\n",
-              fixed2(t).c_str(), fixed2(s).c_str(), static_cast<long>(c.labels), c.lambda_u, static_cast<int>(wall) / 60,
-              static_cast<int>(wall) % 60);
-  std::fflush(stdout);
+  run.write_final({{"step", step}, {"test_top1_teacher", t}, {"test_top1_student", s}},
+                  cat("fixmatch: test top-1 teacher ", fixed2(t), "%, student ", fixed2(s), "% (", c.labels,
+                      " labels, lambda-u ", c.lambda_u, ")"),
+                  started);
   return 0;
 }
 

@@ -62,16 +62,6 @@ namespace tessera {
 namespace moco {
 namespace {
 
-struct Evaluator {
-  const Config& c;
-  data::Dataset train, test;
-  LinearProbeOptions probe;
-
-  BackboneScores run(Model& m, bool linear, Workspace& ws) {
-    return evaluate_backbone(m, train, test, c.eval_batch, linear, probe, ws);
-  }
-};
-
 // The key encoder's BatchNorm scheme in a few words, for the startup line and config.json.
 std::string key_bn_scheme(int64_t splits, int64_t batch, int ranks) {
   if (ranks == 1) return cat("split BN into ", splits, " sub-batches of ", batch / splits, " images");
@@ -118,29 +108,14 @@ int moco_main(int argc, const char* const* argv) {
     throw UsageError("--sync-bn: moco normalises each rank's queries with the rank's own statistics and its keys with "
                      "shuffle BN across ranks (--bn-splits), as MoCo does; SyncBN is not offered");
 
-  std::string device_note;
-  const Device device = select_rank_device(ranks, c.run.device, &device_note);
-  std::fprintf(stderr, "%s\n", device_note.c_str());
-  const std::string kernels_note = apply_cpu_kernels(c.run);  // the CPU tier: --cpu-kernels
-  if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());
+  const Device device = open_rank_device(ranks, c.run);  // --device; on the CPU, --cpu-kernels
 
   // Data, and the checks that need it, before anything is written.
-  const data::DataSpec spec = data::parse_data_spec(c.data);
-  const data::DataOptions data_options = data::data_options(spec, c.image_size);
-  const data::Dataset train = data::load_dataset(spec, data::Split::Train, data_options);
-  data::Dataset test = data::load_dataset(spec, data::Split::Test, data_options);
-  data::match_training_split(train, &test);
+  TrainTest splits = load_train_test(run, c.data, c.image_size);
+  const data::Dataset& train = splits.train;
   require_two_classes(train, c.data);
-  run.check_data({&train, &test});  // on resume: the same images, wherever they are now
-  if (c.batch_size > train.size)
-    throw UsageError(cat("--batch-size ", c.batch_size, " is larger than the training set (", train.size, " images in ",
-                         train.name, ")"));
-  const int64_t steps_per_epoch = train.size / c.batch_size;
-  const int64_t total_steps = c.steps > 0 ? c.steps : steps_per_epoch * c.epochs;
-  const int64_t warmup_steps = static_cast<int64_t>(std::llround(c.warmup_epochs * static_cast<double>(steps_per_epoch)));
-  if (warmup_steps >= total_steps)
-    throw UsageError(cat("--warmup-epochs ", c.warmup_epochs, " is ", warmup_steps, " steps, not shorter than the run (",
-                         total_steps, " steps)"));
+  const EpochSchedule schedule = epoch_schedule(train, c.batch_size, c.steps, c.epochs, c.warmup_epochs);
+  const int64_t steps_per_epoch = schedule.steps_per_epoch, total_steps = schedule.total_steps;
   // MoCo's ring fills whole batches (its enqueue asserts K % batch == 0; with several ranks
   // every rank enqueues the whole global batch, so that the queues stay identical), and a BN
   // sub-batch of one image has no variance to normalise by.
@@ -208,7 +183,7 @@ int moco_main(int argc, const char* const* argv) {
                static_cast<long>(train.size), static_cast<long>(total_steps), static_cast<long>(c.batch_size),
                static_cast<double>(total_steps) / static_cast<double>(steps_per_epoch), run.dir().dir().c_str());
 
-  Evaluator eval{c, first_images(train, c.eval_train_limit), std::move(test), {}};
+  BackboneEvaluation eval{first_images(train, c.eval_train_limit), std::move(splits.test), c.eval_batch, {}};
   eval.probe.epochs = c.probe_epochs;
   eval.probe.seed = static_cast<uint64_t>(c.run.seed);
 
@@ -249,7 +224,7 @@ int moco_main(int argc, const char* const* argv) {
       timer.data_begin();
       const data::Batch& batch = loader->next();
       timer.data_end();
-      const float lr = warmup_cosine_lr(peak, step, warmup_steps, total_steps);
+      const float lr = warmup_cosine_lr(peak, step, schedule.warmup_steps, total_steps);
       const StepResult result = train_step(nets, g, batch, step, lr, c.temperature, c.bn_splits, phases);
       profiler.end_step(step);
       timer.step_end(c.batch_size);
@@ -285,7 +260,7 @@ int moco_main(int argc, const char* const* argv) {
       const bool epoch_end = step % steps_per_epoch == 0;
       if (epoch_end && ranks.root() && c.knn_every > 0 && (step / steps_per_epoch) % c.knn_every == 0 &&
           step < total_steps) {
-        const double kt = eval.run(*nets.k_backbone, false, ws).knn_top1, ks = eval.run(*nets.backbone, false, ws).knn_top1;
+        const double kt = eval.knn_top1(*nets.k_backbone, ws), ks = eval.knn_top1(*nets.backbone, ws);
         run.metrics().write("knn", {{"step", step}, {"epoch", step / steps_per_epoch}, {"knn_top1_teacher", kt},
                                     {"knn_top1_student", ks}});
         progress.print(cat("epoch ", step / steps_per_epoch, ": kNN top-1 key encoder ", kt, "%, query encoder ", ks, "%"));
@@ -296,9 +271,7 @@ int moco_main(int argc, const char* const* argv) {
     profiler.finish();  // a run stopped inside its window still prints what it measured
     save(step, loader->position());
     if (step < total_steps) {
-      std::fprintf(stderr, "moco: stopped at step %ld of %ld; checkpoint %s; continue with --resume %s\n",
-                   static_cast<long>(step), static_cast<long>(total_steps), run.dir().checkpoint().c_str(),
-                   run.dir().dir().c_str());
+      run.report_stop(step, total_steps);
       return 0;
     }
   }
@@ -309,14 +282,10 @@ int moco_main(int argc, const char* const* argv) {
   // The random-init baseline starts where the query encoder did.
   FinalScores final = final_scores("moco", *nets.k_backbone, "key encoder", *nets.backbone, "query encoder",
                                    c.eval_baseline, part_seed(static_cast<uint64_t>(c.run.seed), kBackbone),
-                                   eval.train, eval.test, c.eval_batch, eval.probe);
+                                   eval.train, eval.test, eval.batch, eval.probe);
   final.event["step"] = step;
   final.event["epoch"] = step / steps_per_epoch;
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  final.event["wall_s"] = wall;
-  run.metrics().write("final", final.event);
-  std::printf("%s; wall %dm%02ds\n", final.line.c_str(), static_cast<int>(wall) / 60, static_cast<int>(wall) % 60);
-  std::fflush(stdout);
+  run.write_final(final.event, final.line, started);
   return 0;
 }
 

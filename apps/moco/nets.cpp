@@ -131,34 +131,13 @@ NamedArenas replica_arenas(Nets& n) { return arenas(n, /*buffers=*/false); }
 NamedArenas state_arenas(Nets& n) { return arenas(n, /*buffers=*/true); }
 NamedTensors replica_tensors(Nets& n) { return {{"queue", n.queue.keys->t}, {"queue pointer", n.queue.ptr->t}}; }
 
-namespace {
-
-void save_optimizer(SafetensorsWriter& w, Optimizer& opt, const std::string& prefix) {
-  for (const auto& [name, arena] : opt.state_arenas()) add_arena(w, *arena, prefix + name + ".");
-  for (const auto& kv : opt.state_strings()) w.add_metadata(prefix + kv.first, kv.second);
-}
-
-std::map<std::string, std::string> metadata_under(const SafetensorsFile& f, const std::string& prefix) {
-  std::map<std::string, std::string> out;
-  for (const auto& kv : f.metadata())
-    if (kv.first.rfind(prefix, 0) == 0) out[kv.first.substr(prefix.size())] = kv.second;
-  return out;
-}
-
-void load_optimizer(const SafetensorsFile& f, Optimizer& opt, const std::string& prefix) {
-  for (const auto& [name, arena] : opt.state_arenas()) load_arenas(f, {arena}, prefix + name + ".");
-  opt.restore_state_strings(metadata_under(f, prefix));
-}
-
-}  // namespace
-
 void add_state(SafetensorsWriter& w, const Nets& n, const data::LoaderPosition& loader) {
   add_model(w, *n.k_backbone, "");
   add_model(w, *n.k_head, "key.head.");
   add_model(w, *n.backbone, "query.backbone.");
   add_model(w, *n.head, "query.head.");
-  save_optimizer(w, *n.opt_backbone, "optim.backbone.");
-  save_optimizer(w, *n.opt_head, "optim.head.");
+  add_optimizer_state(w, *n.opt_backbone, "optim.backbone.");
+  add_optimizer_state(w, *n.opt_head, "optim.head.");
   w.add_f32("moco.queue", n.queue.keys->t);
   w.add_i64("moco.queue_ptr", {1}, {n.queue.read_ptr()});
   const std::vector<int64_t> packed = loader.pack();
@@ -172,16 +151,16 @@ data::LoaderPosition load_state(const SafetensorsFile& f, Nets& n) {
   load_model(f, *n.k_head, "key.head.");
   load_model(f, *n.backbone, "query.backbone.");
   load_model(f, *n.head, "query.head.");
-  load_optimizer(f, *n.opt_backbone, "optim.backbone.");
-  load_optimizer(f, *n.opt_head, "optim.head.");
+  load_optimizer_state(f, *n.opt_backbone, "optim.backbone.");
+  load_optimizer_state(f, *n.opt_head, "optim.head.");
   const Shape& qs = n.queue.keys->t.shape;
   const std::vector<int64_t> want{qs[0], qs[1]}, one{1};
   from_host(n.queue.keys->t, f.f32("moco.queue", &want));
   const int64_t ptr = f.i64("moco.queue_ptr", &one)[0];
   TS_CHECK(ptr >= 0 && ptr < qs[0], f.path(), ": moco.queue_ptr ", ptr, " is outside the queue of ", qs[0], " keys");
   from_host(n.queue.ptr->t, std::vector<int32_t>{static_cast<int32_t>(ptr)});
-  n.smooth_backbone->restore(TeacherState::from_strings(metadata_under(f, "backbone.")));
-  n.smooth_head->restore(TeacherState::from_strings(metadata_under(f, "head.")));
+  n.smooth_backbone->restore(TeacherState::from_strings(f.metadata_under("backbone.")));
+  n.smooth_head->restore(TeacherState::from_strings(f.metadata_under("head.")));
   return data::LoaderPosition::unpack(f.i64("run.loader"));
 }
 

@@ -48,6 +48,15 @@ Device select_rank_device(dist::Communicator& c, const std::string& flag, std::s
   return device;
 }
 
+Device open_rank_device(dist::Communicator& c, const RunOptions& r) {
+  std::string note;
+  const Device device = select_rank_device(c, r.device, &note);
+  std::fprintf(stderr, "%s\n", note.c_str());
+  const std::string kernels_note = apply_cpu_kernels(r);
+  if (device == Device::CPU) std::fprintf(stderr, "%s\n", kernels_note.c_str());
+  return device;
+}
+
 std::string device_disagreement(int cuda_ranks, int ranks, Device mine, const std::string& why_not_cuda) {
   if (cuda_ranks == 0 || cuda_ranks == ranks) return "";
   const std::string rule = "every rank must use the same device (give --device cuda or --device cpu)";

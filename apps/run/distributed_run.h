@@ -25,6 +25,7 @@ namespace tessera {
 class Arena;
 class Model;
 class Optimizer;
+struct RunOptions;
 
 struct DistributedOptions {
   bool sync_bn = false;             // batch statistics over the global batch
@@ -44,6 +45,9 @@ dist::Communicator& start_processes(const char* program, const DistributedOption
 // the job whose GPU is unusable would otherwise pick the CPU there while the others wait for
 // it in NCCL's set-up: the job ends instead, that rank saying why. `note`: the device line.
 Device select_rank_device(dist::Communicator& c, const std::string& flag, std::string* note);
+// What every program does first with its device: select_rank_device with --device, its line on
+// stderr, and the CPU tier of --cpu-kernels applied (its line printed when the device is the CPU).
+Device open_rank_device(dist::Communicator& c, const RunOptions& r);
 // That check's message, "" when the ranks agree: `cuda_ranks` of `ranks` chose CUDA; this rank
 // chose `mine`, for the reason `why_not_cuda` when it is the CPU.
 std::string device_disagreement(int cuda_ranks, int ranks, Device mine, const std::string& why_not_cuda);

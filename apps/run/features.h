@@ -35,6 +35,19 @@ struct BackboneScores {
 BackboneScores evaluate_backbone(Model& backbone, const data::Dataset& train, const data::Dataset& test,
                                  int64_t batch, bool linear, const LinearProbeOptions& probe, Workspace& ws);
 
+// What a self-supervised run (byol, moco) evaluates its backbones on: the kNN bank and the
+// probe's train split (the first --eval-train-limit training images), the reported test split,
+// images per forward and the probe's options.
+struct BackboneEvaluation {
+  data::Dataset train, test;
+  int64_t batch = 256;
+  LinearProbeOptions probe;
+  // The kNN monitor between epochs (no probe), in the step's workspace.
+  double knn_top1(Model& backbone, Workspace& ws) const {
+    return evaluate_backbone(backbone, train, test, batch, /*linear=*/false, probe, ws).knn_top1;
+  }
+};
+
 // The final evaluation of a self-supervised run (byol, moco): kNN and linear probe of the
 // teacher and the student and, when `baseline`, of a backbone of the student's spec freshly
 // initialised with `baseline_seed` (the student's starting point). `event` holds the scores

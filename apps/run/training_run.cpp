@@ -1,5 +1,6 @@
 #include "apps/run/training_run.h"
 
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -173,9 +174,47 @@ int TrainingRun::final_evaluation_begins() {
                            lock_.held() ? dir_.path(RunLock::kFile) : std::string());
 }
 
+void TrainingRun::report_stop(int64_t step, int64_t total_steps) const {
+  std::fprintf(stderr, "%s: stopped at step %ld of %ld; checkpoint %s; continue with --resume %s\n", program_.c_str(),
+               static_cast<long>(step), static_cast<long>(total_steps), dir_.checkpoint().c_str(), dir_.dir().c_str());
+}
+
+void TrainingRun::write_final(nlohmann::json event, const std::string& line,
+                              std::chrono::steady_clock::time_point started) {
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  event["wall_s"] = wall;
+  metrics_.write("final", event);
+  std::printf("%s; wall %dm%02ds\n", line.c_str(), static_cast<int>(wall) / 60, static_cast<int>(wall) % 60);
+  std::fflush(stdout);
+}
+
 void TrainingRun::attach(NonfiniteGuard& guard) {
   guard_ = &guard;
   if (check_ops_) guard.monitor().check_ops(start_step_);
+}
+
+TrainTest load_train_test(TrainingRun& run, const std::string& data_flag, int64_t image_size) {
+  const data::DataSpec spec = data::parse_data_spec(data_flag);
+  const data::DataOptions options = data::data_options(spec, image_size);
+  TrainTest d{data::load_dataset(spec, data::Split::Train, options), data::load_dataset(spec, data::Split::Test, options)};
+  data::match_training_split(d.train, &d.test);
+  run.check_data({&d.train, &d.test});  // on resume: the same images, wherever they are now
+  return d;
+}
+
+EpochSchedule epoch_schedule(const data::Dataset& train, int64_t batch_size, int64_t steps, int64_t epochs,
+                             double warmup_epochs) {
+  if (batch_size > train.size)
+    throw UsageError(cat("--batch-size ", batch_size, " is larger than the training set (", train.size, " images in ",
+                         train.name, ")"));
+  EpochSchedule s;
+  s.steps_per_epoch = train.size / batch_size;
+  s.total_steps = steps > 0 ? steps : s.steps_per_epoch * epochs;
+  s.warmup_steps = static_cast<int64_t>(std::llround(warmup_epochs * static_cast<double>(s.steps_per_epoch)));
+  if (s.warmup_steps >= s.total_steps)
+    throw UsageError(cat("--warmup-epochs ", warmup_epochs, " is ", s.warmup_steps,
+                         " steps, not shorter than the run (", s.total_steps, " steps)"));
+  return s;
 }
 
 }  // namespace tessera

@@ -1,4 +1,4 @@
-// The life of one training run, shared by byol and fixmatch:
+// The life of one training run, shared by byol, fixmatch and moco:
 //
 //   int main(argc, argv) { return run_program("byol", [&] { return byol_main(argc, argv); }); }
 //
@@ -19,6 +19,8 @@
 // (device, logging, checkpoint interval, evaluation) may change.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -79,6 +81,12 @@ class TrainingRun {
   // Where the last good state is, for messages: "the last checkpoint, DIR/last.safetensors,
   // holds step N" or that there is none yet.
   std::string last_checkpoint_note() const;
+  // After the save of a run stopped before its end (Ctrl-C, --stop-after): the line on stderr
+  // that says where it stopped and how to continue.
+  void report_stop(int64_t step, int64_t total_steps) const;
+  // The end of the final evaluation: `event` with wall_s (seconds since `started`) becomes the
+  // "final" metrics line, and "<line>; wall XmYYs" goes to stdout.
+  void write_final(nlohmann::json event, const std::string& line, std::chrono::steady_clock::time_point started);
 
  private:
   std::string program_;
@@ -96,5 +104,22 @@ class TrainingRun {
   std::string data_moved_from_;  // the saved --data when this invocation gives another
   MetricsLog metrics_;
 };
+
+// The train and test splits of --data as every program loads them: the test split matched to
+// the train split (data::match_training_split), both checked against a resumed checkpoint's
+// fingerprints (TrainingRun::check_data) before anything is written.
+struct TrainTest {
+  data::Dataset train, test;
+};
+TrainTest load_train_test(TrainingRun& run, const std::string& data_flag, int64_t image_size);
+
+// The length of an epoch-based run (byol, moco): whole batches per epoch (the rest of an epoch
+// is skipped), --steps overriding epochs x that, the warm-up rounded to whole steps.
+// UsageErrors: a batch larger than the training set, a warm-up not shorter than the run.
+struct EpochSchedule {
+  int64_t steps_per_epoch = 0, total_steps = 0, warmup_steps = 0;
+};
+EpochSchedule epoch_schedule(const data::Dataset& train, int64_t batch_size, int64_t steps, int64_t epochs,
+                             double warmup_epochs);
 
 }  // namespace tessera
