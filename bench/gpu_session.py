@@ -2,6 +2,7 @@
 """gpu-session: the one prepared GPU run (issue 13, section 4; docs/gpu-log.md).
 
     python3 bench/gpu_session.py --out DIR [--budget 540] [--phases ...] [--no-build]
+    python3 bench/gpu_session.py --self-test        (the ncu CSV parser on made-up output)
     make gpu-session OUT=DIR [GPU_SESSION_ARGS='--phases check,bench']   (where make exists)
 
 Phases, in this order (the most decisive first, so a run cut short has learned the most):
@@ -13,6 +14,12 @@ Phases, in this order (the most decisive first, so a run cut short has learned t
             batch 64 (each with the per-kernel table of two warm-up steps in its log),
             teacher-update ResNet-50 + BYOL projector for tma/sts x tensor/channel/element (with
             the device-to-device copy ratio), augment (byol, fixmatch-strong)
+  ncu       only when --phases names it: Nsight Compute over the ResNet-18 train step (one
+            warm-up step, one step), profiling only that step's batch-norm kernels (cuDNN's and
+            kernels/cuda/batch_norm.cu's) with the sections SpeedOfLight, MemoryWorkloadAnalysis,
+            LaunchStats and Occupancy, --clock-control none; summary.md gets a table per kernel
+            and launch shape. No ncu: NOT POSSIBLE, with the places searched; ncu refused by the
+            runtime (gVisor: LibraryNotLoaded): UNAVAILABLE with its message. Neither fails the run.
   torch     bench/torch_gpu_train_step.py, the same two train steps in PyTorch: eager fp32,
             tf32, channels_last + bf16 autocast for both, then torch.compile with what is left
   programs  byol and fixmatch, 300 steps each with --device cuda, on Fashion-MNIST where it is
@@ -20,24 +27,30 @@ Phases, in this order (the most decisive first, so a run cut short has learned t
             Fashion-MNIST out: 31 MB)
   memcheck  tests/gpu_check.py --phases memcheck: CUDA tests under compute-sanitizer
 
-Each phase has a time box (its share of --budget; time a phase leaves unused goes to the next).
-A command stopped at its box makes its phase INCOMPLETE, not FAIL; memcheck's box ending it does
-not count against the exit code (compute-sanitizer slows kernels 10-100x: it covers what fits).
+Each phase has a time box (its share of --budget among the phases run; time a phase leaves
+unused goes to the next). A command stopped at its box makes its phase INCOMPLETE, not FAIL;
+memcheck's box ending it does not count against the exit code (compute-sanitizer slows kernels
+10-100x: it covers what fits).
 Everything goes under --out as it happens, in at most four files (the device tool brings back
 eight at most): console.log (all that is printed), summary.md (the table and the gpu-log row),
 summary.json, logs.tar.gz (every phase's logs, re-packed after each phase). Work files live in
 build/gpu-session.
 
 Without a GPU (nvidia-smi lists none) the session rehearses: every phase that can run here runs
-on the CPU at rehearsal sizes (stated in the table), phases that cannot are listed with why, and
-the summary says REHEARSAL; no gpu-log row is offered; the budget is 1800 s unless given.
+on the CPU at rehearsal sizes (stated in the table), phases that cannot (ncu) are listed with
+why, and the summary says REHEARSAL; no gpu-log row is offered; the budget is 1800 s unless given.
 Exit code: 1 when a phase failed, else 4 when one ran out of time, else 3 without a GPU, else 0.
 """
 import argparse
+import csv
+import glob
+import io
 import json
 import os
 import random
+import re
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -45,10 +58,17 @@ import tarfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHASES = ["build", "check", "bench", "torch", "programs", "memcheck"]
-# Shares of a 540 s budget (the GPU estimates are in docs/gpu-log.md). The build decides
-# everything after it, so it has the largest box.
-NOMINAL = {"build": 180, "check": 160, "bench": 55, "torch": 60, "programs": 50, "memcheck": 35}
+PHASES = ["build", "check", "bench", "ncu", "torch", "programs", "memcheck"]
+# Phases that --phases must name: ncu adds an estimated 30-80 s (docs/gpu-log.md), more than
+# the default run should grow by for a diagnosis it needs once.
+NOT_DEFAULT = {"ncu"}
+# Phases that only mean something on a GPU: without one they are listed with why, not run.
+GPU_ONLY = {"ncu": "no GPU here (nvidia-smi lists none): ncu reads a GPU's hardware counters"}
+# Shares of the budget in seconds of the default 540 s run (the GPU estimates are in
+# docs/gpu-log.md). Session.box scales the shares of the phases a run has to its budget, so a
+# phase left out gives its share to the others. The build decides everything after it, so it
+# has the largest box.
+NOMINAL = {"build": 180, "check": 160, "bench": 55, "ncu": 90, "torch": 60, "programs": 50, "memcheck": 35}
 
 
 class Session:
@@ -68,6 +88,7 @@ class Session:
         self.phases = {}
         self.facts = {}
         self.gpu = False
+        self.order = [p for p in PHASES if p not in NOT_DEFAULT]  # main() sets the run's own
 
     def log(self, msg=""):
         print(msg, flush=True)
@@ -77,7 +98,7 @@ class Session:
         return self.end - time.monotonic()
 
     def box(self, phase):
-        scale = self.args.budget / sum(NOMINAL.values())
+        scale = self.args.budget / sum(NOMINAL[p] for p in self.order)
         return max(0.0, min(NOMINAL[phase] * scale + self.saved, self.left()))
 
     def run(self, cmd, log_name, seconds, env=None):
@@ -130,7 +151,7 @@ class Session:
             f.write(self.markdown())
         os.replace(os.path.join(self.out, "summary.md.tmp"), os.path.join(self.out, "summary.md"))
         with tarfile.open(os.path.join(self.out, "logs.tar.gz.tmp"), "w:gz") as t:
-            t.add(self.work, arcname="gpu-session", filter=lambda ti: None if ti.name.endswith((".bin", "-ubyte", ".safetensors")) else ti)
+            t.add(self.work, arcname="gpu-session", filter=tar_filter)
         os.replace(os.path.join(self.out, "logs.tar.gz.tmp"), os.path.join(self.out, "logs.tar.gz"))
 
     def markdown(self):
@@ -140,6 +161,8 @@ class Session:
         lines += [f"| {n} | {p['status']} | {p['seconds']} | {p['detail']} |" for n, p in self.phases.items()]
         lines += ["", "| figure | tessera | PyTorch | tessera / PyTorch | check |", "|---|---|---|---|---|"]
         lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
+        if self.facts.get("ncu_table"):
+            lines += [""] + self.facts["ncu_table"]
         row = self.gpu_log_row()
         if row:
             lines += ["", "docs/gpu-log.md row:", "", row]
@@ -156,6 +179,19 @@ class Session:
         notes = "; ".join(f"{r[0]}: {r[1]}" + (f" vs torch {r[2]}, ratio {r[3]}" if r[3] else "")
                           for r in self.rows if r[4].startswith(("ran", "PASS")) and r[1])
         return f"| {time.strftime('%Y-%m-%d', time.gmtime())} | {v.get('commit', '?')} | {device} | {result} | {notes} |"
+
+
+# A report ncu exported travels in the tarball only while it is small: each file the device
+# tool brings back is 16 MiB at most, and the CSV in the tarball holds the same figures.
+NCU_REPORT_MAX_BYTES = 8 << 20
+
+
+def tar_filter(ti):
+    if ti.name.endswith((".bin", "-ubyte", ".safetensors")):
+        return None
+    if ti.name.endswith(".ncu-rep") and ti.size > NCU_REPORT_MAX_BYTES:
+        return None
+    return ti
 
 
 # ---- phases ------------------------------------------------------------------------------------
@@ -245,6 +281,13 @@ def train_step_args(arch, stem, size, batch, classes, gpu):
     return dict(arch=arch, stem=stem, size=size, batch=batch, classes=classes, steps=steps, warmup=warmup)
 
 
+def train_step_cmd(arch, stem, classes, a, device):
+    """The engine's train-step command (phase_bench's, and the one ncu profiles)."""
+    return ["build/bench", "train-step", "--arch", arch, "--stem", stem, "--size", str(a["size"]), "--batch",
+            str(a["batch"]), "--num-classes", str(classes), "--steps", str(a["steps"]), "--warmup",
+            str(a["warmup"]), "--device", device]
+
+
 def phase_bench(s):
     t0 = time.monotonic()
     deadline = t0 + s.box("bench")
@@ -253,9 +296,7 @@ def phase_bench(s):
     s.facts["bench"] = {}
     for label, arch, stem, size, batch, classes in TRAIN_STEPS:
         a = train_step_args(arch, stem, size, batch, classes, s.gpu)
-        cmd = ["build/bench", "train-step", "--arch", arch, "--stem", stem, "--size", str(a["size"]), "--batch",
-               str(a["batch"]), "--num-classes", str(classes), "--steps", str(a["steps"]), "--warmup",
-               str(a["warmup"]), "--device", device]
+        cmd = train_step_cmd(arch, stem, classes, a, device)
         if a["warmup"] >= 2:  # the engine's per-kernel table of warm-up steps (not the timed ones) into the log
             cmd += ["--profile-steps", f"1:{a['warmup']}"]
         rc, text, to = s.run(cmd, f"bench-{arch}.log", deadline - time.monotonic())
@@ -298,6 +339,320 @@ def phase_bench(s):
     s.phase_done("bench", "FAIL" if not ok else "INCOMPLETE" if boxed else "PASS", time.monotonic() - t0,
                  f"on {device}" + ("" if s.gpu else " at rehearsal sizes (see the rows)"))
     return ok
+
+
+# ---- ncu: the batch-norm kernels of one training step under Nsight Compute ----------------------
+#
+# The first GPU run found cuDNN's batch-norm backward at 860-890 GB/s and 15-16% of a ResNet-18
+# step, cause unmeasured (docs/gpu-log.md). This phase profiles the batch-norm kernels of one
+# warm ResNet-18 CIFAR b256 step: the bench command of phase_bench with one warm-up step and one
+# step, every other kernel left to run unprofiled.
+
+# cuDNN's spatial batch norm (bn_fw_tr_1C11_kernel_NCHW, bn_fw_inf_..., bn_bw_1C11_kernel_new,
+# bn_bw_1C11_singleread...; "batchnorm" for other engines) and our own kernels in
+# kernels/cuda/batch_norm.cu (count_batches_kernel, backward_eval_partials/sum_kernel). ncu
+# matches the regex anywhere in the function name (its default --kernel-name-base function).
+NCU_KERNEL_REGEX = "bn_|[Bb]atch_?[Nn]orm|count_batches|backward_eval_"
+NCU_SECTIONS = ["SpeedOfLight", "MemoryWorkloadAnalysis", "LaunchStats", "Occupancy"]
+# Where ncu may be besides PATH; newest version first within each pattern.
+NCU_PLACES = ["$CUDA_HOME/bin/ncu", "/usr/local/cuda/bin/ncu", "/usr/local/cuda-*/bin/ncu",
+              "/opt/nvidia/nsight-compute/*/ncu", "/usr/local/cuda*/nsight-compute-*/ncu"]
+# What ncu says where the runtime keeps the counters from it (gVisor: LibraryNotLoaded) or the
+# user may not read them: unavailable here, not a failure of the code.
+NCU_UNAVAILABLE = ("LibraryNotLoaded", "Failed to initialize the profiler", "ERR_NVGPUCTRPERM",
+                   "permission to access NVIDIA GPU Performance Counters", "not supported on this device",
+                   "Device not supported")
+
+
+# (BatchNorm layers, those whose output the backward makes again), from models/resnet.cpp:
+# ResNet-18 has the stem's bn1, 8 basic blocks of 2 and 3 downsample BNs (layers 2-4) = 20, and
+# each block's bn1 feeds only conv2 (ops::batch_norm_relu_conv2d) = 8; ResNet-50 has 1 + 16 x 3
+# + 4 = 53, and bn1 and bn2 of each bottleneck = 32.
+BN_LAYERS = {"resnet18": (20, 8), "resnet50": (53, 32)}
+
+
+def bn_launches_per_step(arch):
+    """Batch-norm kernel launches the regex matches in a train step after the first: a forward
+    (cuDNN's training call) and a backward per layer; two cuDNN inference calls per layer made
+    again (ops::detail::batch_norm_forward_again); one count_batches_kernel for every layer's
+    num_batches_tracked, which Graph::clear launches at the start of the next step (so the first
+    step has none). This assumes one kernel per cuDNN call; one_step checks it."""
+    layers, again = BN_LAYERS[arch]
+    return 2 * layers + 2 * again + 1
+
+
+def version_key(path):
+    return [int(x) for x in re.findall(r"\d+", path)]
+
+
+def find_ncu():
+    """(path or None, the places searched, in words)."""
+    found = shutil.which("ncu")
+    if found:
+        return found, "PATH"
+    for pattern in NCU_PLACES:
+        pattern = os.path.expandvars(pattern)
+        if "$" in pattern:  # CUDA_HOME not set
+            continue
+        for path in sorted(glob.glob(pattern), key=version_key, reverse=True):
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path, pattern
+    return None, "PATH, " + ", ".join(NCU_PLACES)
+
+
+def ncu_number(text):
+    """A metric value as ncu prints it: thousands separators ("1,234.5"), a decimal comma
+    ("9,25" under some locales; the phase runs ncu with LC_ALL=C), "n/a" (None)."""
+    t = (text or "").strip().replace("\u202f", "").replace(" ", "")
+    if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?([eE][-+]?\d+)?", t):
+        t = t.replace(",", "")
+    elif re.fullmatch(r"[-+]?\d+,\d+", t):
+        t = t.replace(",", ".")
+    try:
+        return float(t)
+    except ValueError:
+        return None
+
+
+def parse_ncu_csv(text):
+    """ncu's `--csv --page details` output: one row per metric of each profiled launch, after
+    any lines of its own (==PROF==, ==WARNING==) and of the program. The columns are found by
+    name in the header ("ID", "Kernel Name", "Block Size", "Grid Size", "Section Name", "Metric
+    Name", "Metric Unit", "Metric Value", and the rule columns of newer versions, which are
+    ignored). Returns the launches in order: {"id", "name", "block", "grid", "metrics":
+    [(section, name, unit, value text)]}."""
+    lines = text.splitlines()
+    start = None
+    for i, line in enumerate(lines):
+        if line.startswith('"') and '"Kernel Name"' in line and '"Metric Name"' in line and '"Metric Value"' in line:
+            start = i
+            break
+    if start is None:
+        return []
+    # The whole rest through the csv module: a rule's advice may hold a line break in its quotes.
+    rows = csv.reader(io.StringIO("\n".join(lines[start:])))
+    header = next(rows)
+    col = {name: i for i, name in enumerate(header)}
+    need = max(col["Kernel Name"], col["Metric Name"])
+
+    def field(r, name):
+        i = col.get(name)
+        return r[i] if i is not None and i < len(r) else ""
+
+    launches, by_id = [], {}
+    for r in rows:
+        # ncu's own lines after the table (==PROF==, ==WARNING==) are one field; a second header
+        # comes with a second table (another process, or a second report)
+        if len(r) <= need or r == header or ("ID" in col and not field(r, "ID").strip().isdigit()):
+            continue
+        metric = field(r, "Metric Name")
+        key = (field(r, "Process ID"), field(r, "ID"))
+        launch = by_id.get(key)
+        if launch is None:
+            launch = {"id": field(r, "ID"), "name": field(r, "Kernel Name"), "block": field(r, "Block Size"),
+                      "grid": field(r, "Grid Size"), "metrics": []}
+            by_id[key] = launch
+            launches.append(launch)
+        if metric:  # rule rows (advice text) have no metric
+            launch["metrics"].append((field(r, "Section Name"), metric, field(r, "Metric Unit"),
+                                      field(r, "Metric Value")))
+    return launches
+
+
+DURATION_US = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6,
+               "second": 1e6}
+PREFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+
+
+def metric(launch, names, section=None, unit_kind=None):
+    """The first of `names` the launch has (in `section` when given, else in any), as a number
+    in the unit kind asked: "us" for durations, "GB/s" for byte rates, "%" for percentages;
+    None when absent, unreadable or in another unit."""
+    for want in names:
+        for sec, name, unit, value in launch["metrics"]:
+            if name != want or (section and sec != section):
+                continue
+            x = ncu_number(value)
+            if x is None:
+                continue
+            if unit_kind == "us":
+                if unit not in DURATION_US:
+                    continue
+                x *= DURATION_US[unit]
+            elif unit_kind == "GB/s":
+                m = re.fullmatch(r"([KMGTP]?)byte/(s|second)", unit)
+                if not m:
+                    continue
+                x *= PREFIX[m.group(1)] / 1e9
+            elif unit_kind == "%" and unit not in ("%", "pct"):
+                continue
+            return x
+    return None
+
+
+def short_kernel_name(name):
+    """'void cudnn::bn_bw_1C11_kernel_new<float, 512, true>(float, ...)' -> 'bn_bw_1C11_kernel_new';
+    '(anonymous namespace)::count_batches_kernel(...)' -> 'count_batches_kernel'."""
+    out, depth = [], 0
+    for ch in name:
+        if ch in "<(":
+            depth += 1
+        elif ch in ">)":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            out.append(ch)
+    words = "".join(out).split()
+    return (words[-1] if words else name).split("::")[-1] or name
+
+
+def launch_figures(launch):
+    sol, mwa = "GPU Speed Of Light Throughput", "Memory Workload Analysis"
+    return {
+        "us": metric(launch, ["Duration"], sol, "us") or metric(launch, ["Duration", "gpu__time_duration.sum"],
+                                                                 None, "us"),
+        "dram_pct": metric(launch, ["DRAM Throughput", "dram__throughput.avg.pct_of_peak_sustained_elapsed"],
+                           None, "%"),
+        "gbps": metric(launch, ["Memory Throughput"], mwa, "GB/s")
+                or metric(launch, ["Memory Throughput", "dram__bytes.sum.per_second"], None, "GB/s"),
+        "occupancy": metric(launch, ["Achieved Occupancy", "sm__warps_active.avg.pct_of_peak_sustained_active"],
+                            None, "%"),
+        "registers": metric(launch, ["Registers Per Thread", "launch__registers_per_thread"]),
+        "waves": metric(launch, ["Waves Per SM", "launch__waves_per_multiprocessor"]),
+        "grid": launch["grid"] or fmt_num(metric(launch, ["Grid Size", "launch__grid_size"])),
+        "block": launch["block"] or fmt_num(metric(launch, ["Block Size", "launch__block_size"])),
+    }
+
+
+def fmt_num(x, digits=0):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def one_step(launches):
+    """The launches of the profiled step: count_batches_kernel opens every step after the first
+    (bn_launches_per_step), so launches before the first one are the warm-up step's tail (the
+    skip was short: cuDNN launched more kernels per call than counted). Returns (launches, note)."""
+    marks = [i for i, l in enumerate(launches) if short_kernel_name(l["name"]) == "count_batches_kernel"]
+    if not marks:
+        return launches, "no count_batches_kernel among them: the step boundary is unchecked"
+    if marks[0] == 0:
+        return launches, "the first is count_batches_kernel, as expected: the skip ended at the step boundary"
+    return launches[marks[0]:], (f"{marks[0]} launches before the first count_batches_kernel (the warm-up "
+                                 "step's tail: more than one kernel per cuDNN call) left out")
+
+
+def ncu_table(launches):
+    """Markdown lines: one row per kernel and launch shape, the largest total duration first."""
+    groups = {}
+    for l in launches:
+        f = launch_figures(l)
+        groups.setdefault((short_kernel_name(l["name"]), f["grid"], f["block"]), []).append(f)
+
+    def med(fs, k):
+        xs = [f[k] for f in fs if f[k] is not None]
+        return statistics.median(xs) if xs else None
+
+    rows = []
+    for (name, grid, block), fs in groups.items():
+        total = sum(f["us"] for f in fs if f["us"] is not None)
+        rows.append((total, name, grid, block, fs))
+    rows.sort(key=lambda r: -r[0])
+    lines = ["| kernel | grid | block | launches | median us | total us | DRAM % of peak | memory GB/s | "
+             "achieved occupancy % | registers/thread | waves/SM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for total, name, grid, block, fs in rows:
+        lines.append(f"| {name} | {grid} | {block} | {len(fs)} | {fmt_num(med(fs, 'us'), 1)} | {fmt_num(total, 1)} | "
+                     f"{fmt_num(med(fs, 'dram_pct'), 1)} | {fmt_num(med(fs, 'gbps'))} | "
+                     f"{fmt_num(med(fs, 'occupancy'), 1)} | {fmt_num(med(fs, 'registers'))} | "
+                     f"{fmt_num(med(fs, 'waves'), 2)} |")
+    return lines, rows
+
+
+def ncu_unavailable(text):
+    for line in text.splitlines():
+        if any(p in line for p in NCU_UNAVAILABLE):
+            return line.strip()
+    return None
+
+
+def phase_ncu(s):
+    t0 = time.monotonic()
+    deadline = t0 + s.box("ncu")
+    if not s.gpu:  # main() says so before the build check; kept here for a direct call
+        s.phase_done("ncu", "NOT POSSIBLE", 0, GPU_ONLY["ncu"])
+        return True
+    ncu, places = find_ncu()
+    if not ncu:
+        s.phase_done("ncu", "NOT POSSIBLE", time.monotonic() - t0, f"ncu not found (searched {places})")
+        return True
+    _, version, _ = s.run([ncu, "--version"], "ncu-version.log", min(30.0, deadline - time.monotonic()))
+    version = ([l for l in version.splitlines() if l.strip()] or ["?"])[-1].strip()
+    label, arch, stem, size, batch, classes = TRAIN_STEPS[0]
+    # One warm-up step and one step: the launch count can then only run out at the end of the
+    # program, so a generous count costs nothing when the skip is right.
+    a = dict(train_step_args(arch, stem, size, batch, classes, True), steps=1, warmup=1)
+    per_step = bn_launches_per_step(arch)
+    skip, count = per_step - 1, 2 * per_step  # the first step has no count_batches_kernel
+    csv_path = os.path.join(s.work, "ncu-bn.csv")
+    report = os.path.join(s.work, "ncu-bn.ncu-rep")
+    cmd = [ncu, "--clock-control", "none", "-k", "regex:" + NCU_KERNEL_REGEX, "--launch-skip", str(skip),
+           "--launch-count", str(count)]
+    for section in NCU_SECTIONS:
+        cmd += ["--section", section]
+    cmd += ["--csv", "--page", "details", "--print-units", "base", "--log-file", csv_path, "--export", report,
+            "--force-overwrite"] + train_step_cmd(arch, stem, classes, a, "cuda")
+    # TESSERA_KEEP_BLAS_CORE: no OpenBLAS restart (execv) under the profiler; LC_ALL=C: a decimal point.
+    rc, text, timed_out = s.run(cmd, "ncu-bn.log", deadline - time.monotonic() - 15,
+                                env={"TESSERA_KEEP_BLAS_CORE": "1", "LC_ALL": "C"})
+    try:
+        csv_text = open(csv_path, errors="replace").read()
+    except OSError:
+        csv_text = ""
+    launches = parse_ncu_csv(csv_text)
+    if not launches and os.path.exists(report) and deadline - time.monotonic() > 5:
+        # Some versions print nothing while exporting: the same page from the report.
+        _, imported, _ = s.run([ncu, "--import", report, "--csv", "--page", "details", "--print-units", "base"],
+                               "ncu-bn-import.csv", deadline - time.monotonic(), env={"LC_ALL": "C"})
+        launches = parse_ncu_csv(imported)
+    what = f"ncu {version}, {' '.join(train_step_cmd(arch, stem, classes, a, 'cuda'))}"
+    if not launches:
+        refused = ncu_unavailable(csv_text + "\n" + text)
+        if refused:
+            s.phase_done("ncu", "UNAVAILABLE", time.monotonic() - t0, f"unavailable here: {refused[:200]}")
+            return True
+        if timed_out:
+            s.phase_done("ncu", "INCOMPLETE", time.monotonic() - t0,
+                         f"stopped at its time box before ncu wrote results ({what})")
+            return True
+        errors = [l.strip() for l in (csv_text + "\n" + text).splitlines() if "==ERROR==" in l or "==WARNING==" in l]
+        s.phase_done("ncu", "FAIL", time.monotonic() - t0, f"exit code {rc}, no kernel results: "
+                     f"{(errors or ['see ncu-bn.log'])[0][:200]}")
+        return False
+    captured = len(launches)
+    launches, note = one_step(launches)
+    lines, groups = ncu_table(launches)
+    kept = os.path.exists(report) and os.path.getsize(report) <= NCU_REPORT_MAX_BYTES
+    head = (f"ncu: batch-norm kernels of one {label} step ({what}; -k regex:{NCU_KERNEL_REGEX}, --launch-skip "
+            f"{skip}, --launch-count {count}, sections {','.join(NCU_SECTIONS)}, --clock-control none). "
+            f"{captured} launches profiled{' (the count ran out: the step may be cut)' if captured >= count else ''}; "
+            f"{note}. Durations are under ncu's replay (caches flushed before each pass). CSV: ncu-bn.csv"
+            + ("; report: ncu-bn.ncu-rep" if kept else "") + " in logs.tar.gz.")
+    s.facts["ncu"] = {"version": version, "skip": skip, "count": count, "captured": captured,
+                      "in_table": len(launches), "note": note}
+    s.facts["ncu_table"] = [head, ""] + lines
+    for line in [head] + lines:
+        s.log("  " + line)
+    total, name, grid, block, fs = groups[0]  # the largest group's medians for the row
+
+    def med(k):
+        return statistics.median([f[k] for f in fs if f[k] is not None] or [float("nan")])
+
+    s.row(f"ncu {label}: BN kernels of one step", f"{len(launches)} launches, {sum(g[0] for g in groups):.0f} us "
+          f"in all; largest: {name} grid {grid} x {len(fs)}, {total:.0f} us, median {med('us'):.1f} us, "
+          f"{med('gbps'):.0f} GB/s, DRAM {med('dram_pct'):.0f}% of peak", "", "", "ran (summary.md: ncu table)")
+    # Results with the box run out: the table stands, the phase says it was cut.
+    s.phase_done("ncu", "INCOMPLETE" if timed_out else "PASS", time.monotonic() - t0,
+                 f"{len(launches)} launches in {len(groups)} groups" + (f"; ncu exit code {rc}" if rc else "")
+                 + ("" if captured == len(launches) else f"; {note}"))
+    return True
 
 
 def torch_python():
@@ -488,6 +843,103 @@ def phase_memcheck(s):
                  p.get("detail", "")[:160])
 
 
+def self_test():
+    """--self-test: the ncu parser and table on made-up output in ncu's --csv --page details
+    format (2025.x columns, with the rule columns), and on a shorter header of raw metric names."""
+    head = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
+            '"Device","CC","Section Name","Metric Name","Metric Unit","Metric Value","Rule Name","Rule Type",'
+            '"Rule Description","Estimated Speedup Type","Estimated Speedup"')
+    bw = "void cudnn::bn_bw_1C11_kernel_new<float, float, float2, 512, true, 1>(float, float, float, const float *)"
+    fw = "void cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float, 512, true, 1>(cudnnTensorStruct, const float *)"
+    count = "kernels::cuda::(anonymous namespace)::count_batches_kernel(kernels::BatchCounters)"
+
+    def row(i, kernel, grid, block, section, name, unit, value):
+        return (f'"{i}","4242","bench","127.0.0.1","{kernel}","1","7","{block}","{grid}","0","9.0","{section}",'
+                f'"{name}","{unit}","{value}",')
+
+    sol, mwa, ls, occ = "GPU Speed Of Light Throughput", "Memory Workload Analysis", "Launch Statistics", "Occupancy"
+    g64, g128, g1, b512, b64 = "(64, 1, 1)", "(128, 1, 1)", "(1, 1, 1)", "(512, 1, 1)", "(64, 1, 1)"
+    lines = ["==PROF== Connected to process 4242 (/work/main/build/bench)",
+             '==PROF== Profiling "bn_bw_1C11_kernel_new" - 0: 0%....50%....100% - 9 passes', head,
+             row(0, bw, g64, b512, sol, "Duration", "ns", "300,000"),  # the warm-up step's tail
+             row(1, count, g1, b64, sol, "Duration", "ns", "2,048"),
+             row(1, count, g1, b64, ls, "Registers Per Thread", "register/thread", "16")]
+    two = [(2, "98,304", "ns", "20.10", "889,123,456,789", "byte/s", "48.5"),
+           (3, "101.5", "us", "22.30", "871.2", "Gbyte/s", "49.5")]
+    for i, us, unit, dram, rate, rate_unit, occupancy in two:
+        lines += [row(i, bw, g64, b512, sol, "DRAM Frequency", "hz", "3,201,000,000"),
+                  row(i, bw, g64, b512, sol, "Memory Throughput", "%", "35.00"),  # a percentage: not GB/s
+                  row(i, bw, g64, b512, sol, "DRAM Throughput", "%", dram),
+                  row(i, bw, g64, b512, sol, "Duration", unit, us),
+                  row(i, bw, g64, b512, "SpeedOfLight", "", "", "") + '"SOLBottleneck","OPT","Low throughput:\nsee '
+                  'the memory sections.","",""',
+                  row(i, bw, g64, b512, mwa, "Memory Throughput", rate_unit, rate),
+                  row(i, bw, g64, b512, mwa, "L2 Hit Rate", "%", "n/a"),
+                  row(i, bw, g64, b512, ls, "Registers Per Thread", "register/thread", "40"),
+                  row(i, bw, g64, b512, ls, "Waves Per SM", "", "0.12"),
+                  row(i, bw, g64, b512, occ, "Achieved Occupancy", "%", occupancy)]
+    lines += [row(4, fw, g64, b512, sol, "Duration", "usecond", "50.0"),  # no memory section at all
+              row(4, fw, g64, b512, occ, "Achieved Occupancy", "%", "60"),
+              row(5, fw, g128, b512, sol, "Duration", "usecond", "26.0"),
+              "==PROF== Disconnected from process 4242"]
+    failures, checks = [], 0
+
+    def check(ok, what):
+        nonlocal checks
+        checks += 1
+        if not ok:
+            failures.append(what)
+
+    launches = parse_ncu_csv("\n".join(lines))
+    check([l["id"] for l in launches] == ["0", "1", "2", "3", "4", "5"], f"launch ids {[l['id'] for l in launches]}")
+    check(all(m[1] for l in launches for m in l["metrics"]), "a rule row was read as a metric")
+    step, note = one_step(launches)
+    check(len(step) == 5 and "1 launches before" in note, f"one_step: {len(step)} kept, {note}")
+    lines_md, groups = ncu_table(step)
+    by = {(g[1], g[2]): g for g in groups}
+    check(groups[0][1] == "bn_bw_1C11_kernel_new", f"largest group {groups[0][1]}")
+    f = {k: statistics.median([x[k] for x in by[("bn_bw_1C11_kernel_new", g64)][4] if x[k] is not None])
+         for k in ("us", "dram_pct", "gbps", "occupancy", "registers", "waves")}
+    check(abs(f["us"] - 99.902) < 1e-6, f"median duration {f['us']}")
+    check(abs(f["gbps"] - 880.1617) < 1e-3, f"median GB/s {f['gbps']} (the % of the SOL section must not count)")
+    check(abs(f["dram_pct"] - 21.2) < 1e-9 and f["occupancy"] == 49.0 and f["registers"] == 40 and f["waves"] == 0.12,
+          f"figures {f}")
+    fw_row = next(l for l in lines_md if l.startswith(f"| bn_fw_tr_1C11_kernel_NCHW | {g64} "))
+    check(fw_row.split(" | ")[7] == "-", f"a missing metric is '-': {fw_row}")
+    check(("bn_fw_tr_1C11_kernel_NCHW", g128) in by and ("count_batches_kernel", g1) in by, f"groups {list(by)}")
+    # A shorter header (older versions, or --metrics): columns found by name, raw metric names.
+    short = ['"ID","Kernel Name","Metric Name","Metric Unit","Metric Value"',
+             f'"0","{bw}","gpu__time_duration.sum","nsecond","1,205"',
+             f'"0","{bw}","launch__grid_size","","64"', f'"0","{bw}","launch__block_size","","512"',
+             f'"0","{bw}","dram__bytes.sum.per_second","Tbyte/s","0.88"']
+    fig = launch_figures(parse_ncu_csv("\n".join(short))[0])
+    check(abs(fig["us"] - 1.205) < 1e-9 and abs(fig["gbps"] - 880) < 1e-6 and fig["grid"] == "64"
+          and fig["block"] == "512", f"short header: {fig}")
+    check(parse_ncu_csv("==PROF== nothing profiled\n") == [], "no header: no launches")
+    for text, want in [("1,234.5", 1234.5), ("9,25", 9.25), ("n/a", None), ("12", 12.0), ("1,205,000", 1205000.0),
+                       ("", None)]:
+        check(ncu_number(text) == want, f"ncu_number({text!r}) = {ncu_number(text)}, expected {want}")
+    for name, want in [(bw, "bn_bw_1C11_kernel_new"), (count, "count_batches_kernel"), ("bn_bw_1C11_singleread",
+                                                                                        "bn_bw_1C11_singleread")]:
+        check(short_kernel_name(name) == want, f"short_kernel_name({name!r}) = {short_kernel_name(name)}")
+    check(bn_launches_per_step("resnet18") == 57, f"resnet18 launches per step {bn_launches_per_step('resnet18')}")
+    check(ncu_unavailable("==PROF== x\n==ERROR== Failed to initialize the profiler: LibraryNotLoaded\n")
+          == "==ERROR== Failed to initialize the profiler: LibraryNotLoaded", "gVisor's refusal not recognised")
+    check(ncu_unavailable("==ERROR== The application returned an error code (1).") is None,
+          "the program's error read as a refusal")
+    versions = ["/opt/nvidia/nsight-compute/2024.3.2/ncu", "/opt/nvidia/nsight-compute/2025.3.1/ncu",
+                "/opt/nvidia/nsight-compute/2025.10.0/ncu"]
+    check(sorted(versions, key=version_key, reverse=True)[0].endswith("2025.10.0/ncu"), "newest ncu not first")
+    big = tarfile.TarInfo("gpu-session/ncu-bn.ncu-rep")
+    big.size = NCU_REPORT_MAX_BYTES + 1
+    check(tar_filter(big) is None, "a large report went into the tarball")
+    print("\n".join(lines_md))
+    for what in failures:
+        print(f"self-test FAILED: {what}")
+    print(f"gpu-session self-test: {checks - len(failures)} of {checks} checks passed")
+    return 1 if failures else 0
+
+
 def source_commit():
     """The commit of the tree: git's, or where .git did not travel, the one `make gpu-bundle`
     wrote into .gpu-bundle/COMMIT (with +changes when tracked files differed from it)."""
@@ -506,17 +958,23 @@ def source_commit():
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--out", required=True, help="results folder (what the device call brings back)")
+    p.add_argument("--out", help="results folder (what the device call brings back); required but with --self-test")
     p.add_argument("--work", default=os.path.join(ROOT, "build/gpu-session"), help="work files (build/gpu-session)")
     p.add_argument("--budget", type=float, default=0,
                    help="seconds for the whole session (540 with a GPU; 1800 rehearsing: two CPU cores run the suite in ~5 min)")
-    p.add_argument("--phases", default=",".join(p for p in PHASES if p != "build"),
-                   help="comma-separated subset of check,bench,torch,programs,memcheck (build always runs)")
+    p.add_argument("--phases", default=",".join(x for x in PHASES if x != "build" and x not in NOT_DEFAULT),
+                   help="comma-separated subset of check,bench,ncu,torch,programs,memcheck (build always runs; "
+                        "ncu only when named)")
     p.add_argument("--no-build", action="store_true", help="use build/ as it is (versions are still probed)")
     p.add_argument("--program-steps", type=int, default=0, help="byol / fixmatch steps (300 on a GPU, 20 rehearsing)")
     p.add_argument("--no-twins-stand-in", action="store_true",
                    help="rehearsing: leave the twins' GPU halves skipped (by default the CPU stands in for the GPU)")
+    p.add_argument("--self-test", action="store_true", help="check the ncu CSV parser on a made-up CSV and exit")
     args = p.parse_args()
+    if args.self_test:
+        return self_test()
+    if not args.out:
+        p.error("--out is required")
     wanted = [x for x in args.phases.split(",") if x]
     bad = [x for x in wanted if x not in PHASES]
     if bad:
@@ -534,10 +992,14 @@ def main():
           f"budget {args.budget:.0f} s; commit {s.facts['commit']}; results in {s.out}")
 
     order = ["build"] + [x for x in PHASES if x in wanted and x != "build"]
-    runners = {"build": phase_build, "check": phase_check, "bench": phase_bench, "torch": phase_torch,
-               "programs": phase_programs, "memcheck": phase_memcheck}
+    s.order = order
+    runners = {"build": phase_build, "check": phase_check, "bench": phase_bench, "ncu": phase_ncu,
+               "torch": phase_torch, "programs": phase_programs, "memcheck": phase_memcheck}
     built = True
     for name in order:
+        if name in GPU_ONLY and not s.gpu:
+            s.phase_done(name, "NOT POSSIBLE", 0, GPU_ONLY[name])
+            continue
         if s.left() < 5:
             s.phase_done(name, "INCOMPLETE", 0, "not started: the budget was spent")
             continue
