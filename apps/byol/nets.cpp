@@ -1,6 +1,5 @@
 #include "apps/byol/nets.h"
 
-#include <map>
 #include <string>
 #include <vector>
 

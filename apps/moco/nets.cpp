@@ -1,7 +1,6 @@
 #include "apps/moco/nets.h"
 
 #include <cmath>
-#include <map>
 #include <string>
 #include <vector>
 
