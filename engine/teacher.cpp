@@ -45,7 +45,7 @@ MomentumSchedule parse_momentum_schedule(const std::string& s) {
   return parse_choice<MomentumSchedule>(s, "--momentum-schedule", kScheduleNames);
 }
 BnBufferPolicy parse_bn_buffer_policy(const std::string& s) {
-  return parse_choice<BnBufferPolicy>(s, "--teacher-bn", kBnNames);
+  return parse_choice<BnBufferPolicy>(s, "--bn-buffers", kBnNames);
 }
 const char* smoothing_mode_name(SmoothingMode m) { return kModeNames[static_cast<int>(m)]; }
 const char* granularity_name(Granularity g) { return kGranularityNames[static_cast<int>(g)]; }

@@ -9,6 +9,7 @@
 #include "apps/run/distributed_run.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
+#include "apps/run/teacher_options.h"
 
 namespace tessera::byol {
 
@@ -40,14 +41,8 @@ struct Config {
   int64_t steps = 0;
   double warmup_epochs = 10;
   int64_t stop_after = 0;
-  // teacher
-  std::string smoothing = "sts";
-  float preserve_prob = 0.7f;
-  std::string granularity = "tensor";
-  float momentum = 0.99f;
-  std::string momentum_schedule = "cosine";
-  std::string bn_buffers = "own";
-  std::string mosaic_steps;  // step counts that write DIR/mosaic-<step>.json
+  // teacher: STS at p 0.7 (../shared/REFERENCE.md), BYOL's m_0 0.99 rising to 1 by a cosine
+  TeacherOptions teacher{0.7f, 0.99f, "cosine", "own"};
   // evaluation
   int64_t knn_every = 0;
   bool eval_baseline = false;

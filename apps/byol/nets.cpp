@@ -42,19 +42,6 @@ OptimizerConfig optimizer_config(const Config& c) {
   return o;
 }
 
-TeacherConfig teacher_config(const Config& c, int64_t total_steps, uint64_t seed) {
-  TeacherConfig t;
-  t.mode = parse_smoothing_mode(c.smoothing);
-  t.granularity = parse_granularity(c.granularity);
-  t.preserve_prob = c.preserve_prob;
-  t.momentum = c.momentum;
-  t.schedule = parse_momentum_schedule(c.momentum_schedule);
-  t.total_steps = total_steps;
-  t.bn_buffers = parse_bn_buffer_policy(c.bn_buffers);
-  t.seed = seed;
-  return t;
-}
-
 }  // namespace
 
 Nets build_nets(const Config& c, int in_channels, Device device, int64_t total_steps) {
@@ -70,10 +57,10 @@ Nets build_nets(const Config& c, int in_channels, Device device, int64_t total_s
   n.t_backbone = make_model(n.backbone->spec(), device);
   n.t_projector = make_model(n.projector->spec(), device);
   n.smooth_backbone = std::make_unique<TeacherSmoother>(n.backbone->param_table(), n.backbone->buffer_table(), device,
-                                                        teacher_config(c, total_steps, part_seed(seed, kTeacherBackbone)));
+                                                        c.teacher.config(total_steps, part_seed(seed, kTeacherBackbone)));
   n.smooth_projector = std::make_unique<TeacherSmoother>(
       n.projector->param_table(), n.projector->buffer_table(), device,
-      teacher_config(c, total_steps, part_seed(seed, kTeacherProjector)));
+      c.teacher.config(total_steps, part_seed(seed, kTeacherProjector)));
   n.smooth_backbone->initialise(n.backbone->params(), n.t_backbone->params(), n.backbone->buffers(),
                                 n.t_backbone->buffers());
   n.smooth_projector->initialise(n.projector->params(), n.t_projector->params(), n.projector->buffers(),

@@ -24,15 +24,15 @@ void add_options(Options& o, Config& c) {
   o.add("sgd-momentum", &c.sgd_momentum, "SGD Nesterov momentum").min(0).max(1, false);
   o.add("weight-decay", &c.weight_decay, "L2 weight decay (not on biases and BatchNorm)").min(0);
   o.section("Teacher");
-  o.choice("smoothing", &c.smoothing, {"none", "tma", "se", "sts"}, "teacher smoothing");
-  o.choice("granularity", &c.granularity, {"tensor", "channel", "element"}, "what one SE / STS draw keeps or updates");
-  o.add("preserve-prob", &c.preserve_prob, "SE / STS: probability a fragment keeps its teacher value").min(0).max(1, false);
-  o.add("momentum", &c.momentum, "TMA / STS momentum (constant)").min(0).max(1, false);
-  o.choice("bn-buffers", &c.bn_buffers, {"copy", "own", "ema"}, "teacher BatchNorm statistics: copied from the student, its own, or smoothed");
+  o.choice("smoothing", &c.teacher.smoothing, {"none", "tma", "se", "sts"}, "teacher smoothing");
+  o.choice("granularity", &c.teacher.granularity, {"tensor", "channel", "element"}, "what one SE / STS draw keeps or updates");
+  o.add("preserve-prob", &c.teacher.preserve_prob, "SE / STS: probability a fragment keeps its teacher value").min(0).max(1, false);
+  o.add("momentum", &c.teacher.momentum, "TMA / STS momentum (constant)").min(0).max(1, false);
+  o.choice("bn-buffers", &c.teacher.bn_buffers, {"copy", "own", "ema"}, "teacher BatchNorm statistics: copied from the student, its own, or smoothed");
   o.choice("pseudo-labels", &c.pseudo_labels, {"student", "teacher"},
            "who labels the weak views: the student (FixMatch) or the smoothed teacher (mean-teacher style)");
-  o.add("mosaic-steps", &c.mosaic_steps, "write every teacher fragment's age to DIR/mosaic-<step>.json at these step counts (1,650,2600)")
-      .check([&c] { return mosaic_steps_problem(c.mosaic_steps); });
+  o.add("mosaic-steps", &c.teacher.mosaic_steps, "write every teacher fragment's age to DIR/mosaic-<step>.json at these step counts (1,650,2600)")
+      .check([&c] { return mosaic_steps_problem(c.teacher.mosaic_steps); });
   o.section("Evaluation");
   o.add("eval-every", &c.eval_every, "steps between test-set evaluations of teacher and student (0: at the end only)").min(0);
   o.add("eval-batch", &c.eval_batch, "images per evaluation batch").min(1);

@@ -9,6 +9,7 @@
 #include "apps/run/distributed_run.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
+#include "apps/run/teacher_options.h"
 
 namespace tessera::fixmatch {
 
@@ -32,13 +33,8 @@ struct Config {
   double sgd_momentum = 0.9;
   double weight_decay = 5e-4;
   // teacher
-  std::string smoothing = "sts";
-  std::string granularity = "tensor";
-  float preserve_prob = 0.5f;
-  float momentum = 0.999f;
-  std::string bn_buffers = "copy";
+  TeacherOptions teacher{0.5f, 0.999f, "constant", "copy"};  // a constant momentum: no --momentum-schedule
   std::string pseudo_labels = "student";
-  std::string mosaic_steps;  // step counts that write DIR/mosaic-<step>.json
   // evaluation and invocation
   int64_t eval_every = 1000;
   int64_t eval_batch = 500;

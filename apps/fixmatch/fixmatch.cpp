@@ -247,7 +247,7 @@ int fixmatch_main(int argc, const char* const* argv) {
     profile::Profiler profiler(profile::StepWindow::parse(c.run.profile_steps), device,
                                ranks.root() ? run.dir().dir() : std::string());  // rank 0 writes profile.json
     const std::vector<TeacherPart> teacher_parts{{"", nets.smoother.get()}};
-    const std::vector<int64_t> mosaic_steps = parse_mosaic_steps(c.mosaic_steps);
+    const std::vector<int64_t> mosaic_steps = parse_mosaic_steps(c.teacher.mosaic_steps);
     while (step < stop_at && !stop_requested_on_any_rank(ranks)) {
       profiler.begin_step(step);
       profile::PhaseSequence phases;

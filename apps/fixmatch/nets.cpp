@@ -20,16 +20,8 @@ Nets build_nets(const Config& c, const ModelSpec& spec, Device device) {
   n.student->init(part_seed(seed, kStudent));
   n.teacher = make_model(spec, device, false);
 
-  TeacherConfig tc;
-  tc.mode = parse_smoothing_mode(c.smoothing);
-  tc.granularity = parse_granularity(c.granularity);
-  tc.preserve_prob = c.preserve_prob;
-  tc.momentum = c.momentum;
-  tc.schedule = MomentumSchedule::Constant;
-  tc.total_steps = c.steps;
-  tc.bn_buffers = parse_bn_buffer_policy(c.bn_buffers);
-  tc.seed = part_seed(seed, kTeacherMasks);
-  n.smoother = std::make_unique<TeacherSmoother>(n.student->param_table(), n.student->buffer_table(), device, tc);
+  n.smoother = std::make_unique<TeacherSmoother>(n.student->param_table(), n.student->buffer_table(), device,
+                                                 c.teacher.config(c.steps, part_seed(seed, kTeacherMasks)));
   n.smoother->initialise(n.student->params(), n.teacher->params(), n.student->buffers(), n.teacher->buffers());
 
   OptimizerConfig oc;

@@ -9,6 +9,7 @@
 #include "apps/run/distributed_run.h"
 #include "apps/run/options.h"
 #include "apps/run/run_directory.h"
+#include "apps/run/teacher_options.h"
 
 namespace tessera::moco {
 
@@ -42,13 +43,7 @@ struct Config {
   float temperature = 0.2f;
   int64_t bn_splits = 8;
   // key encoder (the teacher)
-  std::string smoothing = "sts";
-  float preserve_prob = 0.5f;  // the STS paper's p for MoCo (../shared/REFERENCE.md)
-  std::string granularity = "tensor";
-  float momentum = 0.999f;
-  std::string momentum_schedule = "constant";
-  std::string bn_buffers = "own";
-  std::string mosaic_steps;  // step counts that write DIR/mosaic-<step>.json
+  TeacherOptions teacher{0.5f, 0.999f, "constant", "own"};  // the STS paper's p for MoCo (../shared/REFERENCE.md)
   // evaluation
   int64_t knn_every = 0;
   bool eval_baseline = false;

@@ -45,19 +45,6 @@ OptimizerConfig optimizer_config(const Config& c) {
   return o;
 }
 
-TeacherConfig teacher_config(const Config& c, int64_t total_steps, uint64_t seed) {
-  TeacherConfig t;
-  t.mode = parse_smoothing_mode(c.smoothing);
-  t.granularity = parse_granularity(c.granularity);
-  t.preserve_prob = c.preserve_prob;
-  t.momentum = c.momentum;
-  t.schedule = parse_momentum_schedule(c.momentum_schedule);
-  t.total_steps = total_steps;
-  t.bn_buffers = parse_bn_buffer_policy(c.bn_buffers);
-  t.seed = seed;
-  return t;
-}
-
 // K rows of D standard normal draws (Box-Muller on Philox), each row L2-normalised: random
 // directions, as MoCo's randn queue normalised along the feature dimension.
 std::vector<float> random_unit_rows(int64_t k, int64_t d, uint64_t seed) {
@@ -90,9 +77,9 @@ Nets build_nets(const Config& c, int in_channels, Device device, int64_t total_s
   n.k_backbone = make_model(n.backbone->spec(), device);
   n.k_head = make_model(n.head->spec(), device);
   n.smooth_backbone = std::make_unique<TeacherSmoother>(n.backbone->param_table(), n.backbone->buffer_table(), device,
-                                                        teacher_config(c, total_steps, part_seed(seed, kKeyBackbone)));
+                                                        c.teacher.config(total_steps, part_seed(seed, kKeyBackbone)));
   n.smooth_head = std::make_unique<TeacherSmoother>(n.head->param_table(), n.head->buffer_table(), device,
-                                                    teacher_config(c, total_steps, part_seed(seed, kKeyHead)));
+                                                    c.teacher.config(total_steps, part_seed(seed, kKeyHead)));
   n.smooth_backbone->initialise(n.backbone->params(), n.k_backbone->params(), n.backbone->buffers(),
                                 n.k_backbone->buffers());
   n.smooth_head->initialise(n.head->params(), n.k_head->params(), n.head->buffers(), n.k_head->buffers());
