@@ -708,8 +708,8 @@ TEST(TrainingRun, StopLineAndFinalEvent) {
   run.write_final({{"step", 10}, {"top1", 50.5}}, "prog: top-1 50.50%", std::chrono::steady_clock::now());
   const std::string line = testing::internal::GetCapturedStdout();
   EXPECT_TRUE(has(line, "prog: top-1 50.50%; wall 0m0")) << line;
-  const std::string log = read_file(dir + "/metrics.jsonl");
-  const nlohmann::json final = nlohmann::json::parse(log.substr(log.rfind('{')));
+  const std::string log = read_file(dir + "/metrics.jsonl");  // the final event is its last line
+  const nlohmann::json final = nlohmann::json::parse(log.substr(log.rfind('\n', log.size() - 2) + 1));
   EXPECT_EQ(final.value("step", -1), 10);
   EXPECT_EQ(final.value("top1", 0.0), 50.5);
   EXPECT_TRUE(final.contains("wall_s")) << final.dump();
