@@ -273,4 +273,15 @@ TEST_F(GpuCheck, RunStoppedAtItsTimeBoxIsIncompleteAndLeavesItsSummary) {
   EXPECT_NE(phase_detail(r, "suite").find("while running Slow.Test"), std::string::npos) << r.output;
 }
 
+// bench/gpu_session.py's ncu phase can only run on a lent GPU; its CSV parser, table and
+// launch count are checked here on made-up ncu output (the script's --self-test).
+TEST(GpuSession, NcuParserSelfTest) {
+  ASSERT_TRUE(fs::exists("bench/gpu_session.py")) << "run the tests from the repository root";
+  int rc = -1;
+  const std::string out = shell_output("python3 bench/gpu_session.py --self-test 2>&1", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find(" checks passed"), std::string::npos) << out;
+  EXPECT_EQ(out.find("self-test FAILED"), std::string::npos) << out;
+}
+
 }  // namespace
