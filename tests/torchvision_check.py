@@ -30,6 +30,7 @@ missing term is explained by no flip). Prints one line per pair; exit 0 when
 all agree, 1 otherwise, 77 (and a line saying why) when torch or torchvision cannot be
 imported. Reads safetensors with json + struct (no safetensors package needed).
 """
+import itertools
 import json
 import struct
 import sys
@@ -192,7 +193,6 @@ def explain_by_flips(model, acts, io, near, grad_tol):
     """The first set of one or two of the nearest units that, put on the other branch in
     float64, brings every gradient of tessera's within grad_tol of float64 (no float32
     allowance), or None."""
-    import itertools
     for size in range(1, MAX_FLIPPED + 1):
         for subset in itertools.combinations(near[:MAX_NEAR_ZERO], size):
             by_call = {}

@@ -66,7 +66,6 @@ int byol_main(int argc, const char* const* argv) {
   // Data, and the checks that need it, before anything is written.
   TrainTest splits = load_train_test(run, c.data, c.image_size);
   const data::Dataset& train = splits.train;
-  require_two_classes(train, c.data);
   const EpochSchedule schedule = epoch_schedule(train, c.batch_size, c.steps, c.epochs, c.warmup_epochs);
   const int64_t steps_per_epoch = schedule.steps_per_epoch, total_steps = schedule.total_steps;
 

@@ -102,7 +102,6 @@ int fixmatch_main(int argc, const char* const* argv) {
   const TrainTest splits = load_train_test(run, c.data, c.image_size);
   const data::Dataset &train = splits.train, &test = splits.test;
   if (!train.labeled()) throw UsageError(cat("--data ", c.data, ": the train split has no labels"));
-  require_two_classes(train, c.data);
   if (c.labels > train.size)
     throw UsageError(cat("--labels ", c.labels, " is larger than the training set (", train.size, " images in ",
                          train.name, ")"));

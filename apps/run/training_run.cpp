@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "apps/run/distributed_run.h"
+#include "apps/run/features.h"
 #include "engine/check.h"
 #include "engine/distributed.h"
 
@@ -198,6 +199,7 @@ TrainTest load_train_test(TrainingRun& run, const std::string& data_flag, int64_
   const data::DataOptions options = data::data_options(spec, image_size);
   TrainTest d{data::load_dataset(spec, data::Split::Train, options), data::load_dataset(spec, data::Split::Test, options)};
   data::match_training_split(d.train, &d.test);
+  require_two_classes(d.train, data_flag);  // every program's evaluation classifies
   run.check_data({&d.train, &d.test});  // on resume: the same images, wherever they are now
   return d;
 }

@@ -106,8 +106,9 @@ class TrainingRun {
 };
 
 // The train and test splits of --data as every program loads them: the test split matched to
-// the train split (data::match_training_split), both checked against a resumed checkpoint's
-// fingerprints (TrainingRun::check_data) before anything is written.
+// the train split (data::match_training_split), a labeled train split of one class refused
+// (require_two_classes), both checked against a resumed checkpoint's fingerprints
+// (TrainingRun::check_data) before anything is written.
 struct TrainTest {
   data::Dataset train, test;
 };
