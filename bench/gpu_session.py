@@ -350,9 +350,10 @@ def phase_bench(s):
 
 # cuDNN's spatial batch norm (bn_fw_tr_1C11_kernel_NCHW, bn_fw_inf_..., bn_bw_1C11_kernel_new,
 # bn_bw_1C11_singleread...; "batchnorm" for other engines) and our own kernels in
-# kernels/cuda/batch_norm.cu (count_batches_kernel, backward_eval_partials/sum_kernel). ncu
-# matches the regex anywhere in the function name (its default --kernel-name-base function).
-NCU_KERNEL_REGEX = "bn_|[Bb]atch_?[Nn]orm|count_batches|backward_eval_"
+# kernels/cuda/batch_norm.cu (count_batches_kernel, backward_train_partials/dx_kernel,
+# backward_eval_partials/sum_kernel). ncu matches the regex anywhere in the function name (its
+# default --kernel-name-base function).
+NCU_KERNEL_REGEX = "bn_|[Bb]atch_?[Nn]orm|count_batches|backward_train_|backward_eval_"
 NCU_SECTIONS = ["SpeedOfLight", "MemoryWorkloadAnalysis", "LaunchStats", "Occupancy"]
 # Where ncu may be besides PATH; newest version first within each pattern.
 NCU_PLACES = ["$CUDA_HOME/bin/ncu", "/usr/local/cuda/bin/ncu", "/usr/local/cuda-*/bin/ncu",
@@ -373,12 +374,13 @@ BN_LAYERS = {"resnet18": (20, 8), "resnet50": (53, 32)}
 
 def bn_launches_per_step(arch):
     """Batch-norm kernel launches the regex matches in a train step after the first: a forward
-    (cuDNN's training call) and a backward per layer; two cuDNN inference calls per layer made
-    again (ops::detail::batch_norm_forward_again); one count_batches_kernel for every layer's
-    num_batches_tracked, which Graph::clear launches at the start of the next step (so the first
-    step has none). This assumes one kernel per cuDNN call; one_step checks it."""
+    (cuDNN's training call) and a backward (tessera's two kernels) per layer; two cuDNN
+    inference calls per layer made again (ops::detail::batch_norm_forward_again); one
+    count_batches_kernel for every layer's num_batches_tracked, which Graph::clear launches at
+    the start of the next step (so the first step has none). This assumes one kernel per cuDNN
+    call; one_step checks it."""
     layers, again = BN_LAYERS[arch]
-    return 2 * layers + 2 * again + 1
+    return 3 * layers + 2 * again + 1
 
 
 def version_key(path):
@@ -922,7 +924,7 @@ def self_test():
     for name, want in [(bw, "bn_bw_1C11_kernel_new"), (count, "count_batches_kernel"), ("bn_bw_1C11_singleread",
                                                                                         "bn_bw_1C11_singleread")]:
         check(short_kernel_name(name) == want, f"short_kernel_name({name!r}) = {short_kernel_name(name)}")
-    check(bn_launches_per_step("resnet18") == 57, f"resnet18 launches per step {bn_launches_per_step('resnet18')}")
+    check(bn_launches_per_step("resnet18") == 77, f"resnet18 launches per step {bn_launches_per_step('resnet18')}")
     check(ncu_unavailable("==PROF== x\n==ERROR== Failed to initialize the profiler: LibraryNotLoaded\n")
           == "==ERROR== Failed to initialize the profiler: LibraryNotLoaded", "gVisor's refusal not recognised")
     check(ncu_unavailable("==ERROR== The application returned an error code (1).") is None,

@@ -183,12 +183,15 @@ void batch_norm_backward(Graph& g, const BatchNormSaved& s, Var* x, Var* gamma, 
   outputs(g, x, gamma, beta, s.c, o);
   if (s.train && s.group) {
     sync_batch_norm_backward(g, s, x, gamma, dy, o);
-  } else if (s.train) {
+    return;
+  }
+  // The CUDA kernels' per-segment partial sums (a few KiB; unused on the CPU).
+  const int64_t scratch_floats = kernels::batch_norm_backward_scratch(s.n, s.c, s.hw);
+  float* scratch = static_cast<float*>(g.workspace().scratch(size_t(scratch_floats) * sizeof(float)));
+  if (s.train) {
     TS_DISPATCH(g.device(), batch_norm_backward_train, x->value.f32(), dy, gamma->value.f32(), s.mean, s.invstd,
-                o.dx, o.dgamma, o.dbeta, s.n, s.c, s.hw, s.eps, o.accumulate);
+                o.dx, o.dgamma, o.dbeta, s.n, s.c, s.hw, s.eps, o.accumulate, scratch);
   } else {
-    const int64_t scratch_floats = kernels::batch_norm_backward_eval_scratch(s.n, s.c, s.hw);
-    float* scratch = static_cast<float*>(g.workspace().scratch(size_t(scratch_floats) * sizeof(float)));
     TS_DISPATCH(g.device(), batch_norm_backward_eval, x->value.f32(), dy, gamma->value.f32(), s.running_mean.f32(),
                 s.running_var.f32(), o.dx, o.dgamma, o.dbeta, s.n, s.c, s.hw, s.eps, o.accumulate, scratch);
   }

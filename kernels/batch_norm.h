@@ -15,10 +15,10 @@
 // The train forward saves mean_c and invstd_c (C floats each, from the caller's workspace, each
 // its own aligned allocation as cuDNN expects of resultSaveMean / resultSaveInvVariance) for
 // the backward.
-// Backward outputs: an input that needs no gradient still gets a buffer (cuDNN writes all
+// Backward outputs: an input that needs no gradient still gets a buffer (the kernels write all
 // three), which is scratch: `accumulate` says which outputs add into what they hold (the
 // engine's gradients) and which are overwritten (scratch is never read, so it needs no
-// initialising and cuDNN runs with beta = 0 there).
+// initialising; cuDNN, where it runs, has beta = 0 there).
 // Tests: tests/ops_norm_test.cpp (gradient checks, running statistics; CUDA vs CPU),
 // tests/cuda_review_test.cpp (overwritten outputs, batch counts).
 #pragma once
@@ -47,17 +47,18 @@ struct BatchCounters {
   int32_t count;
 };
 
-// Floats of scratch batch_norm_backward_eval needs: (C, segments, 2) partial sums, where the
-// N images of a channel are cut into segments of about kBnEvalSegmentElements elements, each
-// reduced by its own CUDA block. A function of the shape only, so the sums are reproducible.
-constexpr int64_t kBnEvalSegmentElements = 16384;
-inline int64_t batch_norm_eval_images_per_segment(int64_t n, int64_t hw) {
-  int64_t images = hw > 0 ? (kBnEvalSegmentElements + hw - 1) / hw : n;
+// Floats of scratch the CUDA backwards (train and eval) need: (C, segments, 2) partial sums,
+// where the N images of a channel are cut into segments of about kBnSegmentElements elements,
+// each reduced by its own CUDA block. A function of the shape only, so the sums are
+// reproducible.
+constexpr int64_t kBnSegmentElements = 16384;
+inline int64_t batch_norm_images_per_segment(int64_t n, int64_t hw) {
+  int64_t images = hw > 0 ? (kBnSegmentElements + hw - 1) / hw : n;
   if (images < 1) images = 1;
   return images < n ? images : (n > 0 ? n : 1);
 }
-inline int64_t batch_norm_backward_eval_scratch(int64_t n, int64_t c, int64_t hw) {
-  const int64_t per = batch_norm_eval_images_per_segment(n, hw);
+inline int64_t batch_norm_backward_scratch(int64_t n, int64_t c, int64_t hw) {
+  const int64_t per = batch_norm_images_per_segment(n, hw);
   return 2 * c * ((n + per - 1) / per);
 }
 
@@ -73,13 +74,13 @@ inline int64_t batch_norm_backward_eval_scratch(int64_t n, int64_t c, int64_t hw
                                const float* running_mean, const float* running_var, float* y,    \
                                int64_t n, int64_t c, int64_t hw, float eps);                      \
   /* Gradients of the train forward into dx (N, C, HW), dgamma, dbeta (C), all three required; */ \
-  /* each added (+=) or written (=) as its BnAccumulate bit says. */                               \
+  /* each added (+=) or written (=) as its BnAccumulate bit says. scratch: */                     \
+  /* batch_norm_backward_scratch(n, c, hw) floats on the device (unused on the CPU). */          \
   void batch_norm_backward_train(const float* x, const float* dy, const float* gamma,             \
                                  const float* save_mean, const float* save_invstd, float* dx,     \
                                  float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t hw,   \
-                                 float eps, uint32_t accumulate);                                 \
-  /* Gradients of the eval forward (statistics are constants), likewise. scratch: */             \
-  /* batch_norm_backward_eval_scratch(n, c, hw) floats on the device (unused on the CPU). */     \
+                                 float eps, uint32_t accumulate, float* scratch);                 \
+  /* Gradients of the eval forward (statistics are constants), likewise. */                      \
   void batch_norm_backward_eval(const float* x, const float* dy, const float* gamma,              \
                                 const float* running_mean, const float* running_var, float* dx,  \
                                 float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t hw,   \
@@ -107,7 +108,7 @@ TS_KERNEL_COST(batch_norm_forward_eval, const float*, const float*, const float*
   return {8.0 * n * c * hw, 2.0 * n * c * hw};
 }
 TS_KERNEL_COST(batch_norm_backward_train, const float*, const float*, const float*, const float*, const float*,
-               float*, float*, float*, int64_t n, int64_t c, int64_t hw, float, uint32_t) {
+               float*, float*, float*, int64_t n, int64_t c, int64_t hw, float, uint32_t, float*) {
   return {20.0 * n * c * hw, 10.0 * n * c * hw};
 }
 TS_KERNEL_COST(batch_norm_backward_eval, const float*, const float*, const float*, const float*, const float*,

@@ -176,7 +176,7 @@ TEST(BatchNorm, CpuKernelsMatchThePlainSumsAtEveryThreadCount) {
       // dx, dgamma added into (they start at 1); the eval backward overwrites dx (it starts at 7)
       kernels::cpu::batch_norm_backward_train(x.data(), dy.data(), gamma.data(), o.mean.data(), o.invstd.data(),
                                               o.dx.data(), o.dgamma.data(), o.dbeta.data(), k.n, k.c, k.hw, 1e-5f,
-                                              kernels::kBnAccumulateDx | kernels::kBnAccumulateDgamma);
+                                              kernels::kBnAccumulateDx | kernels::kBnAccumulateDgamma, nullptr);
       kernels::cpu::batch_norm_forward_eval(x.data(), gamma.data(), beta.data(), o.rm.data(), o.rv.data(),
                                             o.y_eval.data(), k.n, k.c, k.hw, 1e-5f);
       std::vector<float> g2(nc), b2(nc);

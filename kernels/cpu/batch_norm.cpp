@@ -264,7 +264,8 @@ void backward(const float* x, const float* dy, const float* gamma, Stats stats, 
 
 void batch_norm_backward_train(const float* x, const float* dy, const float* gamma, const float* save_mean,
                                const float* save_invstd, float* dx, float* dgamma, float* dbeta, int64_t n,
-                               int64_t c, int64_t hw, float /*eps: save_invstd includes it*/, uint32_t accumulate) {
+                               int64_t c, int64_t hw, float /*eps: save_invstd includes it*/, uint32_t accumulate,
+                               float* /*scratch*/) {
   const auto stats = [&](int64_t ch) { return std::pair<float, float>(save_mean[ch], save_invstd[ch]); };
   backward(x, dy, gamma, stats, true, dx, dgamma, dbeta, n, c, hw, accumulate);
 }

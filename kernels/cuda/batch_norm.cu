@@ -1,19 +1,33 @@
 // CUDA twin of kernels/batch_norm.h.
-// Train forward / backward and the eval forward are cuDNN's spatial batch normalisation
+// Train forward and the eval forward are cuDNN's spatial batch normalisation
 // (CUDNN_BATCHNORM_SPATIAL: statistics over N, H, W per channel). cuDNN's conventions match
 // PyTorch's: exponentialAverageFactor is PyTorch's momentum (running = (1 - f) running + f
 // batch) and the running variance folds in the unbiased batch variance; resultSaveMean /
 // resultSaveInvVariance are the batch mean and 1 / sqrt(var + eps) the CPU twin saves too.
-// The backward accumulates into the engine's gradients (betaDataDiff / betaParamDiff = 1) and
-// overwrites scratch outputs (beta = 0), as the `accumulate` bits say: scratch is never read,
-// so it needs no initialising (uninitialised memory may hold NaN, and NaN * 0 is NaN).
-// cuDNN has no backward for the eval forward (statistics as constants), so that one is two
-// small kernels here: (channel, segment) blocks add gamma invstd dy into dx and reduce dy and
-// dy xhat into per-segment partials (scratch from the caller), then one thread per channel
-// sums its segments in order: deterministic, and C x segments blocks instead of C.
+//
+// Both backwards are tessera's, built on one launch shape: block (channel, segment) takes
+// `per` images of one channel (batch_norm_images_per_segment: about 16384 elements), so a
+// layer has C x segments blocks. cuDNN's train backward (cudnnBatchNormalizationBackward,
+// still here behind TESSERA_BN_BACKWARD=cudnn) runs one block per channel: on the H200, ncu
+// on ResNet-18 CIFAR b256 (docs/gpu-log.md, 2026-12-04) put its 64-channel layers at 64
+// blocks for 132 SMs (0.12 waves, 25% achieved occupancy, 17% of DRAM bandwidth), 385 us a
+// layer under replay, the largest batch-norm cost of the step.
+//   train: stage 1, each block leaves its sums of dy and dy (x - mean) in partials (C,
+//          segments, 2); stage 2, every block of the channel adds the channel's partials in
+//          the same fixed order (so every block agrees, and the result is deterministic), the
+//          segment-0 block writes dgamma and dbeta, and each block writes its images' dx =
+//          gamma invstd (dy - mean(dy) - xhat mean(dy xhat)). x and dy are read twice.
+//   eval:  cuDNN has no backward for the eval forward (statistics as constants): stage 1 adds
+//          gamma invstd dy into dx and leaves the partials, stage 2 one thread per channel
+//          sums its segments in order.
+// The backwards accumulate into the engine's gradients or overwrite scratch outputs, as the
+// `accumulate` bits say: scratch is never read, so it needs no initialising (uninitialised
+// memory may hold NaN, and NaN * 0 is NaN).
 // num_batches_tracked: batch_norm_count_batches, one launch for every layer of a step.
-// Cost: the cuDNN calls as kernels/batch_norm.h counts; the eval backward reads x and dy once
-// and reads and writes dx (16 bytes an element, 5 FLOPs), plus 8 C x segments bytes of partials.
+// Cost: the forwards as kernels/batch_norm.h counts; the train backward reads x and dy twice
+// and reads and writes dx (24 bytes an element with accumulation, 10 FLOPs), the eval backward
+// reads x and dy once and reads and writes dx (16 bytes, 5 FLOPs); both plus 8 C x segments
+// bytes of partials.
 #include <array>
 #include <map>
 #include <string>
@@ -22,6 +36,7 @@
 #include "kernels/common/conv_algo.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/runtime.h"
+#include "kernels/cuda/warp.cuh"
 
 namespace kernels::cuda {
 namespace {
@@ -87,39 +102,103 @@ __device__ void block_sum2(float& a, float& b) {
   b = sb[0];
 }
 
-// Eval backward, stage 1: block (channel, segment) takes `per` images of one channel, adds
-// gamma invstd dy into dx and leaves its sums of dy and dy xhat in partials (C, segments, 2).
-// The block's threads are laid out as images x positions with a power-of-two row of
-// `row_threads` >= HW (or 256) threads, so no index is divided: a thread walks its images'
-// planes with a pointer step, and a plane of HW elements costs 32-bit adds only.
+// The thread layout of the (channel, segment) blocks: images x positions, with a
+// power-of-two row of `row_threads` = 2^row_shift >= HW (or the whole block) threads, so no
+// index is divided: a thread walks its images' planes with a pointer step, and a plane of HW
+// elements costs 32-bit adds only. Calls f(plane offset, position) for each of the block's
+// elements.
+template <typename F>
+__device__ __forceinline__ void for_segment(int64_t n, int64_t c, int hw, int64_t per, int row_shift, F f) {
+  const int64_t ch = blockIdx.x, seg = blockIdx.y;
+  const int row_threads = 1 << row_shift;
+  const int pos0 = threadIdx.x & (row_threads - 1);
+  const int64_t images_per_pass = kThreads >> row_shift;
+  const int64_t begin = seg * per, end = begin + per < n ? begin + per : n;
+  for (int64_t img = begin + (threadIdx.x >> row_shift); img < end; img += images_per_pass) {
+    const int64_t plane = (img * c + ch) * hw;
+    for (int pos = pos0; pos < hw; pos += row_threads) f(plane, pos);
+  }
+}
+
+// Train backward, stage 1: block (channel, segment) leaves its sums of dy (x - mean) and dy in
+// partials (C, segments, 2).
+__global__ void __launch_bounds__(kThreads)
+    backward_train_partials_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                   const float* __restrict__ save_mean, float* __restrict__ partials, int64_t n,
+                                   int64_t c, int hw, int64_t per, int row_shift) {
+  const int64_t ch = blockIdx.x;
+  const float mean = save_mean[ch];
+  float sum_dy = 0.0f, sum_dy_xmu = 0.0f;
+  for_segment(n, c, hw, per, row_shift, [&](int64_t plane, int pos) {
+    const float g = dy[plane + pos];
+    sum_dy += g;
+    sum_dy_xmu += g * (x[plane + pos] - mean);
+  });
+  block_sum2(sum_dy, sum_dy_xmu);
+  if (threadIdx.x == 0) {
+    float* out = partials + 2 * (ch * gridDim.y + blockIdx.y);
+    out[0] = sum_dy_xmu;
+    out[1] = sum_dy;
+  }
+}
+
+// Train backward, stage 2: the same blocks. The first warp adds the channel's partials (lane
+// l takes segments l, l + 32, ..., then a butterfly: the same order in every block), then
+// dx = k (dy - mean_dy - (x - mean) q) with k = gamma invstd and q = invstd mean(dy xhat),
+// as the CPU twin computes it.
+__global__ void __launch_bounds__(kThreads)
+    backward_train_dx_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                             const float* __restrict__ gamma, const float* __restrict__ save_mean,
+                             const float* __restrict__ save_invstd, const float* __restrict__ partials,
+                             float* __restrict__ dx, float* __restrict__ dgamma, float* __restrict__ dbeta, int64_t n,
+                             int64_t c, int hw, int64_t per, int row_shift, float inv_count, bool add_dx,
+                             bool add_dgamma, bool add_dbeta) {
+  const int64_t ch = blockIdx.x, segments = gridDim.y;
+  __shared__ float totals[2];
+  if (threadIdx.x < 32) {
+    float s_xmu = 0.0f, s_dy = 0.0f;
+    for (int64_t s = threadIdx.x; s < segments; s += 32) {
+      s_xmu += partials[2 * (ch * segments + s)];
+      s_dy += partials[2 * (ch * segments + s) + 1];
+    }
+    s_xmu = warp_sum(s_xmu);
+    s_dy = warp_sum(s_dy);
+    if (threadIdx.x == 0) totals[0] = s_xmu, totals[1] = s_dy;
+  }
+  __syncthreads();
+  const float mean = save_mean[ch], invstd = save_invstd[ch];
+  const float sum_dy_xhat = totals[0] * invstd, sum_dy = totals[1];
+  if (blockIdx.y == 0 && threadIdx.x == 0) {
+    dgamma[ch] = add_dgamma ? dgamma[ch] + sum_dy_xhat : sum_dy_xhat;
+    dbeta[ch] = add_dbeta ? dbeta[ch] + sum_dy : sum_dy;
+  }
+  const float k = gamma[ch] * invstd, mean_dy = sum_dy * inv_count, q = invstd * (sum_dy_xhat * inv_count);
+  for_segment(n, c, hw, per, row_shift, [&](int64_t plane, int pos) {
+    const float v = k * (dy[plane + pos] - mean_dy - (x[plane + pos] - mean) * q);
+    dx[plane + pos] = add_dx ? dx[plane + pos] + v : v;
+  });
+}
+
+// Eval backward, stage 1: block (channel, segment) adds gamma invstd dy into dx and leaves its
+// sums of dy and dy xhat in partials (C, segments, 2).
 __global__ void __launch_bounds__(kThreads)
     backward_eval_partials_kernel(const float* __restrict__ x, const float* __restrict__ dy,
                                   const float* __restrict__ gamma, const float* __restrict__ running_mean,
                                   const float* __restrict__ running_var, float* __restrict__ dx,
                                   float* __restrict__ partials, int64_t n, int64_t c, int hw, int64_t per, int row_shift,
                                   float eps, bool add_dx) {
-  const int64_t ch = blockIdx.x, seg = blockIdx.y;
+  const int64_t ch = blockIdx.x;
   const float mean = running_mean[ch], invstd = 1.0f / sqrtf(running_var[ch] + eps), k = gamma[ch] * invstd;
-  const int row_threads = 1 << row_shift;
-  const int pos0 = threadIdx.x & (row_threads - 1);
-  const int64_t images_per_pass = kThreads >> row_shift;
-  const int64_t begin = seg * per, end = begin + per < n ? begin + per : n;
   float sum_dy = 0.0f, sum_dy_xhat = 0.0f;
-  for (int64_t img = begin + (threadIdx.x >> row_shift); img < end; img += images_per_pass) {
-    const int64_t plane = (img * c + ch) * hw;
-    const float* xp = x + plane;
-    const float* gp = dy + plane;
-    float* dp = dx + plane;
-    for (int pos = pos0; pos < hw; pos += row_threads) {
-      const float g = gp[pos];
-      sum_dy += g;
-      sum_dy_xhat += g * (xp[pos] - mean) * invstd;
-      dp[pos] = add_dx ? dp[pos] + k * g : k * g;
-    }
-  }
+  for_segment(n, c, hw, per, row_shift, [&](int64_t plane, int pos) {
+    const float g = dy[plane + pos];
+    sum_dy += g;
+    sum_dy_xhat += g * (x[plane + pos] - mean) * invstd;
+    dx[plane + pos] = add_dx ? dx[plane + pos] + k * g : k * g;
+  });
   block_sum2(sum_dy, sum_dy_xhat);
   if (threadIdx.x == 0) {
-    float* out = partials + 2 * (ch * gridDim.y + seg);
+    float* out = partials + 2 * (ch * gridDim.y + blockIdx.y);
     out[0] = sum_dy_xhat;
     out[1] = sum_dy;
   }
@@ -140,6 +219,42 @@ __global__ void backward_eval_sum_kernel(const float* __restrict__ partials, flo
     dgamma[ch] = add_dgamma ? dgamma[ch] + dg : dg;
     dbeta[ch] = add_dbeta ? dbeta[ch] + db : db;
   }
+}
+
+// The (channel, segment) launch of both backwards.
+struct SegmentLaunch {
+  dim3 grid;
+  int64_t per = 1;    // images a segment
+  int row_shift = 0;  // threads along an image row: the power of two >= HW, at most the block
+};
+
+SegmentLaunch segment_launch(int64_t n, int64_t c, int64_t hw, const char* kernel) {
+  SegmentLaunch l;
+  l.per = batch_norm_images_per_segment(n, hw);
+  const int64_t segments = (n + l.per - 1) / l.per;
+  if (c > 2147483647LL || segments > 65535 || hw > 2147483647LL)
+    throw_status("CUDA", "batch_norm shape exceeds the grid or 32-bit plane limits", kernel, __FILE__, __LINE__);
+  while ((1 << l.row_shift) < hw && (1 << l.row_shift) < kThreads) ++l.row_shift;
+  l.grid = dim3(static_cast<unsigned>(c), static_cast<unsigned>(segments > 0 ? segments : 1));
+  return l;
+}
+
+// cuDNN's train backward (TESSERA_BN_BACKWARD=cudnn), to compare against.
+void cudnn_backward_train(const float* x, const float* dy, const float* gamma, const float* save_mean,
+                          const float* save_invstd, float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c,
+                          int64_t hw, float eps, uint32_t accumulate) {
+  const BnDescriptors& d = descriptors(n, c, hw);
+  const float one = 1.0f, zero = 0.0f;
+  const bool add_dgamma = accumulate & kBnAccumulateDgamma, add_dbeta = accumulate & kBnAccumulateDbeta;
+  // cuDNN has one beta for both parameter gradients. When only one of them accumulates, the
+  // other (scratch) is zeroed first so that adding into it is writing it.
+  if (add_dgamma != add_dbeta)
+    CUDA_CHECK(cudaMemsetAsync(add_dgamma ? dbeta : dgamma, 0, size_t(c) * sizeof(float), runtime().stream));
+  const float* beta_data = (accumulate & kBnAccumulateDx) ? &one : &zero;
+  const float* beta_param = (add_dgamma || add_dbeta) ? &one : &zero;
+  CUDNN_CHECK(cudnnBatchNormalizationBackward(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, beta_data, &one,
+                                              beta_param, d.x, x, d.x, dy, d.x, dx, d.channel, gamma, dgamma, dbeta,
+                                              eps, save_mean, save_invstd));
 }
 
 }  // namespace
@@ -166,41 +281,39 @@ void batch_norm_forward_eval(const float* x, const float* gamma, const float* be
 
 void batch_norm_backward_train(const float* x, const float* dy, const float* gamma, const float* save_mean,
                                const float* save_invstd, float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c,
-                               int64_t hw, float eps, uint32_t accumulate) {
-  const BnDescriptors& d = descriptors(n, c, hw);
-  const float one = 1.0f, zero = 0.0f;
-  const bool add_dgamma = accumulate & kBnAccumulateDgamma, add_dbeta = accumulate & kBnAccumulateDbeta;
-  // cuDNN has one beta for both parameter gradients. When only one of them accumulates, the
-  // other (scratch) is zeroed first so that adding into it is writing it.
-  if (add_dgamma != add_dbeta)
-    CUDA_CHECK(cudaMemsetAsync(add_dgamma ? dbeta : dgamma, 0, size_t(c) * sizeof(float), runtime().stream));
-  const float* beta_data = (accumulate & kBnAccumulateDx) ? &one : &zero;
-  const float* beta_param = (add_dgamma || add_dbeta) ? &one : &zero;
-  CUDNN_CHECK(cudnnBatchNormalizationBackward(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, beta_data, &one,
-                                              beta_param, d.x, x, d.x, dy, d.x, dx, d.channel, gamma, dgamma, dbeta,
-                                              eps, save_mean, save_invstd));
+                               int64_t hw, float eps, uint32_t accumulate, float* scratch) {
+  if (c == 0) return;
+  if (n * hw < 1)
+    throw_status("CUDA", "batch_norm's train backward needs at least one value per channel",
+                 "batch_norm_backward_train", __FILE__, __LINE__);
+  if (runtime().bn_backward_cudnn) {
+    cudnn_backward_train(x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, n, c, hw, eps, accumulate);
+    return;
+  }
+  const SegmentLaunch l = segment_launch(n, c, hw, "batch_norm_backward_train");
+  backward_train_partials_kernel<<<l.grid, kThreads, 0, runtime().stream>>>(x, dy, save_mean, scratch, n, c,
+                                                                            static_cast<int>(hw), l.per, l.row_shift);
+  KERNEL_LAUNCH_CHECK();
+  backward_train_dx_kernel<<<l.grid, kThreads, 0, runtime().stream>>>(
+      x, dy, gamma, save_mean, save_invstd, scratch, dx, dgamma, dbeta, n, c, static_cast<int>(hw), l.per,
+      l.row_shift, static_cast<float>(1.0 / static_cast<double>(n * hw)), (accumulate & kBnAccumulateDx) != 0,
+      (accumulate & kBnAccumulateDgamma) != 0, (accumulate & kBnAccumulateDbeta) != 0);
+  KERNEL_LAUNCH_CHECK();
 }
 
 void batch_norm_backward_eval(const float* x, const float* dy, const float* gamma, const float* running_mean,
                               const float* running_var, float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c,
                               int64_t hw, float eps, uint32_t accumulate, float* scratch) {
   if (c == 0) return;
-  const int64_t per = batch_norm_eval_images_per_segment(n, hw);
-  const int64_t segments = (n + per - 1) / per;
-  if (c > 2147483647LL || segments > 65535 || hw > 2147483647LL)
-    throw_status("CUDA", "batch_norm shape exceeds the grid or 32-bit plane limits", "batch_norm_backward_eval",
-                 __FILE__, __LINE__);
-  int row_shift = 0;  // threads per image row: the power of two >= HW, at most the block
-  while ((1 << row_shift) < hw && (1 << row_shift) < kThreads) ++row_shift;
+  const SegmentLaunch l = segment_launch(n, c, hw, "batch_norm_backward_eval");
   if (n > 0) {
-    backward_eval_partials_kernel<<<dim3(static_cast<unsigned>(c), static_cast<unsigned>(segments)), kThreads, 0,
-                                    runtime().stream>>>(x, dy, gamma, running_mean, running_var, dx, scratch, n, c,
-                                                        static_cast<int>(hw), per, row_shift, eps,
-                                                        (accumulate & kBnAccumulateDx) != 0);
+    backward_eval_partials_kernel<<<l.grid, kThreads, 0, runtime().stream>>>(
+        x, dy, gamma, running_mean, running_var, dx, scratch, n, c, static_cast<int>(hw), l.per, l.row_shift, eps,
+        (accumulate & kBnAccumulateDx) != 0);
     KERNEL_LAUNCH_CHECK();
   }
   backward_eval_sum_kernel<<<grid_for(c), 256, 0, runtime().stream>>>(
-      scratch, dgamma, dbeta, c, n > 0 ? segments : 0, (accumulate & kBnAccumulateDgamma) != 0,
+      scratch, dgamma, dbeta, c, n > 0 ? l.grid.y : 0, (accumulate & kBnAccumulateDgamma) != 0,
       (accumulate & kBnAccumulateDbeta) != 0);
   KERNEL_LAUNCH_CHECK();
 }

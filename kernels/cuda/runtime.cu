@@ -1,4 +1,5 @@
 // Definitions for kernels/cuda/runtime.h and kernels/cuda/check.h.
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -8,7 +9,14 @@
 namespace kernels::cuda {
 
 Runtime& runtime() {
-  static Runtime r;
+  static Runtime r = [] {
+    Runtime made;
+    const std::string bn = std::getenv("TESSERA_BN_BACKWARD") ? std::getenv("TESSERA_BN_BACKWARD") : "";
+    if (bn != "" && bn != "tessera" && bn != "cudnn")
+      throw std::invalid_argument("TESSERA_BN_BACKWARD: expected tessera or cudnn, found '" + bn + "'");
+    made.bn_backward_cudnn = bn == "cudnn";
+    return made;
+  }();
   return r;
 }
 
