@@ -433,7 +433,7 @@ gpu-bundle:
 	    echo "gpu-bundle: $$((kib / 1024)) MiB is over the $(GPU_BUNDLE_MAX_MIB) MiB limit (the working tree that travels is 64 MiB in all): trim GPU_BUNDLE_PACKAGES" >&2; exit 1; fi; \
 	  commit=$$(git rev-parse --short HEAD 2>/dev/null || echo '?'); \
 	  if [ -n "$$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit="$$commit+changes"; fi; \
-	  echo "$$commit" > COMMIT; echo "gpu-bundle: commit $$commit (.gpu-bundle/COMMIT: the gpu-log row's, where .git does not travel)"
+	  echo "$$commit" > COMMIT; echo "gpu-bundle: commit $$commit (.gpu-bundle/COMMIT: the gpu-log row's where .git does not travel or its HEAD is not the tree)"
 
 # gpu-check: tests/gpu_check.py (phases probe, build, suite, twins, memcheck; exit 0 PASS,
 # 1 FAIL, 3 no GPU here, 4 incomplete). GPU_CHECK_ARGS='--rehearse' runs it without a GPU.

@@ -943,18 +943,30 @@ def self_test():
 
 
 def source_commit():
-    """The commit of the tree: git's, or where .git did not travel, the one `make gpu-bundle`
-    wrote into .gpu-bundle/COMMIT (with +changes when tracked files differed from it)."""
+    """The commit of the tree. Where git's HEAD and the tree agree, HEAD. The device tool's copy
+    of a working tree can carry a .git whose HEAD is an older commit with the newer files on
+    top (seen on the H200 on 2026-12-04: HEAD said 2bf9db3 under 7a4b5c6's files), so a tree
+    that differs from HEAD takes the commit `make gpu-bundle` wrote into .gpu-bundle/COMMIT
+    (with +changes when tracked files differed from it then); the same where .git did not
+    travel."""
+    head, dirty = None, False
     try:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10)
         if r.returncode == 0 and r.stdout.strip():
-            return r.stdout.strip()
+            head = r.stdout.strip()
+            st = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, cwd=ROOT, timeout=30)
+            dirty = st.returncode != 0 or bool(st.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
         pass
+    if head and not dirty:
+        return head
     try:
-        return open(os.path.join(ROOT, ".gpu-bundle", "COMMIT")).read().strip() + " (from .gpu-bundle/COMMIT)"
+        bundle = open(os.path.join(ROOT, ".gpu-bundle", "COMMIT")).read().strip()
+        return bundle + (f" (from .gpu-bundle/COMMIT; git's HEAD here, {head}, differs from the tree)" if head
+                         else " (from .gpu-bundle/COMMIT)")
     except OSError:
-        return "?"
+        return f"{head}+changes" if head else "?"
 
 
 def main():

@@ -48,18 +48,29 @@ struct BatchCounters {
 };
 
 // Floats of scratch the CUDA backwards (train and eval) need: (C, segments, 2) partial sums,
-// where the N images of a channel are cut into segments of about kBnSegmentElements elements,
-// each reduced by its own CUDA block. A function of the shape only, so the sums are
-// reproducible.
-constexpr int64_t kBnSegmentElements = 16384;
-inline int64_t batch_norm_images_per_segment(int64_t n, int64_t hw) {
-  int64_t images = hw > 0 ? (kBnSegmentElements + hw - 1) / hw : n;
-  if (images < 1) images = 1;
-  return images < n ? images : (n > 0 ? n : 1);
+// where the N images of a channel are cut into segments, each reduced by its own CUDA block of
+// 256 threads. A segment holds whole images and about M C / kBnTargetBlocks of the layer's
+// N C HW elements, kept between kBnMinSegmentElements and kBnMaxSegmentElements: about two
+// waves of blocks on an H200 (132 SMs x 8 blocks of 256 threads) where the layer is large
+// enough; with one 16384-element segment size for every shape, ncu measured the 64-channel
+// layers of ResNet-18 CIFAR b256 at 72% of DRAM bandwidth but the 256-channel ones (256 blocks)
+// at 20% (docs/gpu-log.md). A function of the shape only, so the sums are reproducible.
+constexpr int64_t kBnTargetBlocks = 2048, kBnMinSegmentElements = 1024, kBnMaxSegmentElements = 16384;
+inline int64_t batch_norm_images_per_segment(int64_t n, int64_t c, int64_t hw) {
+  if (n < 1 || hw < 1) return 1;
+  const int64_t segments_wanted = c > 0 ? (kBnTargetBlocks + c - 1) / c : 1;
+  int64_t elements = (n * hw + segments_wanted - 1) / segments_wanted;
+  elements = elements < kBnMinSegmentElements ? kBnMinSegmentElements : elements;
+  elements = elements > kBnMaxSegmentElements ? kBnMaxSegmentElements : elements;
+  const int64_t images = (elements + hw - 1) / hw;
+  return images < n ? images : n;
+}
+inline int64_t batch_norm_segments(int64_t n, int64_t c, int64_t hw) {
+  const int64_t per = batch_norm_images_per_segment(n, c, hw);
+  return (n + per - 1) / per;
 }
 inline int64_t batch_norm_backward_scratch(int64_t n, int64_t c, int64_t hw) {
-  const int64_t per = batch_norm_images_per_segment(n, hw);
-  return 2 * c * ((n + per - 1) / per);
+  return 2 * c * batch_norm_segments(n, c, hw);
 }
 
 }  // namespace kernels

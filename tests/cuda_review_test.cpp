@@ -385,6 +385,25 @@ TEST(BatchNormBackward, ScratchOutputsAreOverwrittenNotAddedInto) {
   }
 }
 
+// The CUDA backwards' launch shape is a function of the layer's shape only (so their sums
+// are reproducible): whole images, 1024 to 16384 elements a segment, about 2048 blocks.
+TEST(BatchNormBackward, SegmentsFillTheGpuWithinTheirBounds) {
+  struct Case {
+    int64_t n, c, hw, per, segments;
+  };
+  for (const Case& k : {Case{256, 64, 1024, 8, 32},   // ResNet-18 CIFAR b256, layer1: 2048 blocks
+                        Case{256, 256, 64, 32, 8},    // layer3: 2048 blocks (was 1 segment, 256 blocks)
+                        Case{256, 512, 16, 64, 4},    // layer4: 1024-element segments, 2048 blocks
+                        Case{64, 64, 12544, 2, 32},   // ResNet-50 224 px stem: capped at 16384 elements
+                        Case{256, 4096, 1, 256, 1},   // a projector's BatchNorm1d: one segment
+                        Case{50, 1, 64, 16, 4},       // the last segment short
+                        Case{0, 8, 16, 1, 0}}) {      // an empty batch: no segment
+    EXPECT_EQ(kernels::batch_norm_images_per_segment(k.n, k.c, k.hw), k.per) << k.n << "x" << k.c << "x" << k.hw;
+    EXPECT_EQ(kernels::batch_norm_segments(k.n, k.c, k.hw), k.segments) << k.n << "x" << k.c << "x" << k.hw;
+    EXPECT_EQ(kernels::batch_norm_backward_scratch(k.n, k.c, k.hw), 2 * k.c * k.segments);
+  }
+}
+
 // The same on the GPU, for tessera's backwards and for cuDNN's train backward (beta = 0 for
 // scratch, and a memset for the one parameter gradient of a mixed pair: cuDNN has one beta for
 // both). Equal to the CPU within float32 drift.
@@ -395,9 +414,11 @@ TEST(BatchNormBackward, CudaOverwritesScratchOutputsLikeTheCpu) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   bool& use_cudnn = kernels::cuda::runtime().bn_backward_cudnn;
   const bool saved = use_cudnn;
-  // The second shape cuts each channel into 3 segments (16 images each); the third into 38,
-  // more than the 32 lanes that add a channel's segments in the train backward.
-  for (const BnBackwardCase& k : {BnBackwardCase(3, 5, 7), BnBackwardCase(40, 3, 1024), BnBackwardCase(600, 2, 1024)})
+  // Segments (kernels/batch_norm.h): the first shape has one; the second 40 of one image,
+  // more than the 32 lanes that add a channel's segments in the train backward; the third 4 of
+  // 16 images, the last one short (2 images).
+  static_assert(kernels::kBnMinSegmentElements == 1024, "the shapes below assume it");
+  for (const BnBackwardCase& k : {BnBackwardCase(3, 5, 7), BnBackwardCase(40, 3, 1024), BnBackwardCase(50, 1, 64)})
   for (bool cudnn : {false, true})
   for (bool eval : {false, true})
     for (uint32_t acc : {0u, 7u, 3u, 5u}) {

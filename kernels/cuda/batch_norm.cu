@@ -6,12 +6,13 @@
 // resultSaveInvVariance are the batch mean and 1 / sqrt(var + eps) the CPU twin saves too.
 //
 // Both backwards are tessera's, built on one launch shape: block (channel, segment) takes
-// `per` images of one channel (batch_norm_images_per_segment: about 16384 elements), so a
-// layer has C x segments blocks. cuDNN's train backward (cudnnBatchNormalizationBackward,
-// still here behind TESSERA_BN_BACKWARD=cudnn) runs one block per channel: on the H200, ncu
-// on ResNet-18 CIFAR b256 (docs/gpu-log.md, 2026-12-04) put its 64-channel layers at 64
-// blocks for 132 SMs (0.12 waves, 25% achieved occupancy, 17% of DRAM bandwidth), 385 us a
-// layer under replay, the largest batch-norm cost of the step.
+// `per` images of one channel (batch_norm_images_per_segment: 1024 to 16384 elements, about
+// 2048 blocks a layer where it is large enough), so a layer has C x segments blocks. cuDNN's
+// train backward (cudnnBatchNormalizationBackward, still here behind
+// TESSERA_BN_BACKWARD=cudnn) runs one block per channel: on the H200, ncu on ResNet-18 CIFAR
+// b256 (docs/gpu-log.md, 2026-12-04) put its 64-channel layers at 64 blocks for 132 SMs (0.12
+// waves, 25% achieved occupancy, 17% of DRAM bandwidth), 385 us a layer under replay, the
+// largest batch-norm cost of the step.
 //   train: stage 1, each block leaves its sums of dy and dy (x - mean) in partials (C,
 //          segments, 2); stage 2, every block of the channel adds the channel's partials in
 //          the same fixed order (so every block agrees, and the result is deterministic), the
@@ -230,8 +231,8 @@ struct SegmentLaunch {
 
 SegmentLaunch segment_launch(int64_t n, int64_t c, int64_t hw, const char* kernel) {
   SegmentLaunch l;
-  l.per = batch_norm_images_per_segment(n, hw);
-  const int64_t segments = (n + l.per - 1) / l.per;
+  l.per = batch_norm_images_per_segment(n, c, hw);
+  const int64_t segments = batch_norm_segments(n, c, hw);
   if (c > 2147483647LL || segments > 65535 || hw > 2147483647LL)
     throw_status("CUDA", "batch_norm shape exceeds the grid or 32-bit plane limits", kernel, __FILE__, __LINE__);
   while ((1 << l.row_shift) < hw && (1 << l.row_shift) < kThreads) ++l.row_shift;
