@@ -274,7 +274,8 @@ TEST_F(GpuCheck, RunStoppedAtItsTimeBoxIsIncompleteAndLeavesItsSummary) {
 }
 
 // bench/gpu_session.py's ncu phase can only run on a lent GPU; its CSV parser, table and
-// launch count are checked here on made-up ncu output (the script's --self-test).
+// launch count are checked here on made-up ncu output, with the build's time box at a small
+// budget (the script's --self-test).
 TEST(GpuSession, NcuParserSelfTest) {
   ASSERT_TRUE(fs::exists("bench/gpu_session.py")) << "run the tests from the repository root";
   int rc = -1;
