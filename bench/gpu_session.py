@@ -358,9 +358,10 @@ def phase_bench(s):
 # cuDNN's spatial batch norm (bn_fw_tr_1C11_kernel_NCHW, bn_fw_inf_..., bn_bw_1C11_kernel_new,
 # bn_bw_1C11_singleread...; "batchnorm" for other engines) and our own kernels in
 # kernels/cuda/batch_norm.cu (count_batches_kernel, backward_train_partials/dx_kernel,
-# backward_eval_partials/sum_kernel). ncu matches the regex anywhere in the function name (its
-# default --kernel-name-base function).
-NCU_KERNEL_REGEX = "bn_|[Bb]atch_?[Nn]orm|count_batches|backward_train_|backward_eval_"
+# backward_eval_partials/sum_kernel, and with TESSERA_BN_FORWARD=tessera
+# forward_train_partials/apply_kernel and forward_eval_kernel). ncu matches the regex anywhere
+# in the function name (its default --kernel-name-base function).
+NCU_KERNEL_REGEX = "bn_|[Bb]atch_?[Nn]orm|count_batches|backward_train_|backward_eval_|forward_train_|forward_eval_kernel"
 NCU_SECTIONS = ["SpeedOfLight", "MemoryWorkloadAnalysis", "LaunchStats", "Occupancy"]
 # Where ncu may be besides PATH; newest version first within each pattern.
 NCU_PLACES = ["$CUDA_HOME/bin/ncu", "/usr/local/cuda/bin/ncu", "/usr/local/cuda-*/bin/ncu",

@@ -47,6 +47,12 @@ void outputs(Graph& g, Var* x, Var* gamma, Var* beta, int64_t c, Outputs& o) {
                  (beta->requires_grad ? kernels::kBnAccumulateDbeta : 0u);
 }
 
+// The CUDA kernels' per-segment partial sums (kernels/batch_norm.h; a few KiB, unused on the
+// CPU), from the workspace's scratch.
+float* partial_sums(Graph& g, int64_t n, int64_t c, int64_t hw) {
+  return static_cast<float*>(g.workspace().scratch(size_t(kernels::batch_norm_scratch(n, c, hw)) * sizeof(float)));
+}
+
 // SyncBN's train mode (kernels/sync_batch_norm.h): x (N, C, HW) is this rank's shard; the
 // statistics are those of the global batch, one all-reduce of 2C doubles each way.
 void sync_batch_norm_train(Graph& g, Var* x, Var* gamma, Var* beta, float* y, const BatchNormBuffers& buf,
@@ -138,7 +144,8 @@ BatchNormSaved batch_norm_forward(Graph& g, const char* layer, Var* x, Var* gamm
     s.mean = g.workspace().alloc(Shape{c}).f32();
     s.invstd = g.workspace().alloc(Shape{c}).f32();
     TS_DISPATCH(g.device(), batch_norm_forward_train, x->value.f32(), gamma->value.f32(), beta->value.f32(), y,
-                buf.running_mean.f32(), buf.running_var.f32(), s.mean, s.invstd, n, c, hw, opt.momentum, opt.eps);
+                buf.running_mean.f32(), buf.running_var.f32(), s.mean, s.invstd, n, c, hw, opt.momentum, opt.eps,
+                partial_sums(g, n, c, hw));
     g.count_batch(buf.num_batches);
   } else {
     s.running_mean = buf.running_mean, s.running_var = buf.running_var;
@@ -185,9 +192,7 @@ void batch_norm_backward(Graph& g, const BatchNormSaved& s, Var* x, Var* gamma, 
     sync_batch_norm_backward(g, s, x, gamma, dy, o);
     return;
   }
-  // The CUDA kernels' per-segment partial sums (a few KiB; unused on the CPU).
-  const int64_t scratch_floats = kernels::batch_norm_backward_scratch(s.n, s.c, s.hw);
-  float* scratch = static_cast<float*>(g.workspace().scratch(size_t(scratch_floats) * sizeof(float)));
+  float* scratch = partial_sums(g, s.n, s.c, s.hw);
   if (s.train) {
     TS_DISPATCH(g.device(), batch_norm_backward_train, x->value.f32(), dy, gamma->value.f32(), s.mean, s.invstd,
                 o.dx, o.dgamma, o.dbeta, s.n, s.c, s.hw, s.eps, o.accumulate, scratch);

@@ -47,9 +47,9 @@ struct BatchCounters {
   int32_t count;
 };
 
-// Floats of scratch the CUDA backwards (train and eval) need: (C, segments, 2) partial sums,
-// where the N images of a channel are cut into segments, each reduced by its own CUDA block of
-// 256 threads. A segment holds whole images and about M C / kBnTargetBlocks of the layer's
+// Floats of scratch the CUDA kernels need (tessera's train forward, both backwards): (C,
+// segments, 2) partial sums, where the N images of a channel are cut into segments, each
+// reduced by its own CUDA block of 256 threads. A segment holds whole images and about M C / kBnTargetBlocks of the layer's
 // N C HW elements, kept between kBnMinSegmentElements and kBnMaxSegmentElements: about two
 // waves of blocks on an H200 (132 SMs x 8 blocks of 256 threads) where the layer is large
 // enough; with one 16384-element segment size for every shape, ncu measured the 64-channel
@@ -69,7 +69,7 @@ inline int64_t batch_norm_segments(int64_t n, int64_t c, int64_t hw) {
   const int64_t per = batch_norm_images_per_segment(n, c, hw);
   return (n + per - 1) / per;
 }
-inline int64_t batch_norm_backward_scratch(int64_t n, int64_t c, int64_t hw) {
+inline int64_t batch_norm_scratch(int64_t n, int64_t c, int64_t hw) {
   return 2 * c * batch_norm_segments(n, c, hw);
 }
 
@@ -77,16 +77,16 @@ inline int64_t batch_norm_backward_scratch(int64_t n, int64_t c, int64_t hw) {
 
 #define TS_BATCH_NORM_KERNELS                                                                    \
   /* x, y (N, C, HW); gamma, beta, running_mean, running_var, save_mean, save_invstd (C) */      \
+  /* scratch: batch_norm_scratch(n, c, hw) floats on the device (unused on the CPU). */         \
   void batch_norm_forward_train(const float* x, const float* gamma, const float* beta, float* y,  \
                                 float* running_mean, float* running_var, float* save_mean,         \
                                 float* save_invstd, int64_t n, int64_t c, int64_t hw,             \
-                                float momentum, float eps);                                       \
+                                float momentum, float eps, float* scratch);                       \
   void batch_norm_forward_eval(const float* x, const float* gamma, const float* beta,             \
                                const float* running_mean, const float* running_var, float* y,    \
                                int64_t n, int64_t c, int64_t hw, float eps);                      \
   /* Gradients of the train forward into dx (N, C, HW), dgamma, dbeta (C), all three required; */ \
-  /* each added (+=) or written (=) as its BnAccumulate bit says. scratch: */                     \
-  /* batch_norm_backward_scratch(n, c, hw) floats on the device (unused on the CPU). */          \
+  /* each added (+=) or written (=) as its BnAccumulate bit says; scratch as above. */           \
   void batch_norm_backward_train(const float* x, const float* dy, const float* gamma,             \
                                  const float* save_mean, const float* save_invstd, float* dx,     \
                                  float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t hw,   \
@@ -111,7 +111,7 @@ TS_BATCH_NORM_KERNELS
 // channel, per-channel vectors ignored).
 namespace kernels {
 TS_KERNEL_COST(batch_norm_forward_train, const float*, const float*, const float*, float*, float*, float*, float*,
-               float*, int64_t n, int64_t c, int64_t hw, float, float) {
+               float*, int64_t n, int64_t c, int64_t hw, float, float, float*) {
   return {12.0 * n * c * hw, 10.0 * n * c * hw};
 }
 TS_KERNEL_COST(batch_norm_forward_eval, const float*, const float*, const float*, const float*, const float*,

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -351,7 +352,7 @@ struct BnBackwardCase {
     };
     OwnedTensor tx = up(x), tdy = up(dy), tg = up(gamma), tm = up(mean), ts = up(invstd), tv = up(var);
     OwnedTensor dx(d, Shape{n * c * hw}), dgamma(d, Shape{c}), dbeta(d, Shape{c});
-    OwnedTensor scratch(d, Shape{kernels::batch_norm_backward_scratch(n, c, hw)});
+    OwnedTensor scratch(d, Shape{kernels::batch_norm_scratch(n, c, hw)});
     fill_value(scratch.t, std::numeric_limits<float>::quiet_NaN());  // read before written: NaN
     fill_value(dx.t, init);
     fill_value(dgamma.t, init);
@@ -400,7 +401,7 @@ TEST(BatchNormBackward, SegmentsFillTheGpuWithinTheirBounds) {
                         Case{0, 8, 16, 1, 0}}) {      // an empty batch: no segment
     EXPECT_EQ(kernels::batch_norm_images_per_segment(k.n, k.c, k.hw), k.per) << k.n << "x" << k.c << "x" << k.hw;
     EXPECT_EQ(kernels::batch_norm_segments(k.n, k.c, k.hw), k.segments) << k.n << "x" << k.c << "x" << k.hw;
-    EXPECT_EQ(kernels::batch_norm_backward_scratch(k.n, k.c, k.hw), 2 * k.c * k.segments);
+    EXPECT_EQ(kernels::batch_norm_scratch(k.n, k.c, k.hw), 2 * k.c * k.segments);
   }
 }
 
@@ -440,6 +441,81 @@ TEST(BatchNormBackward, CudaOverwritesScratchOutputsLikeTheCpu) {
                            << first << "]: GPU " << gpu[o][first] << ", CPU " << cpu[o][first];
       }
     }
+  use_cudnn = saved;
+#endif
+}
+
+// The forwards on the GPU, cuDNN's and tessera's (TESSERA_BN_FORWARD), against the CPU: y, the
+// saved mean and inverse std and the running statistics of the train forward, and the eval
+// forward. Then the train output made again as batch_norm_forward_again (engine/ops_norm.cpp)
+// makes it, with two eval calls, must equal the train kernel's bit for bit: the fused
+// BatchNorm-ReLU-conv relies on it.
+TEST(BatchNormForward, CudaMatchesTheCpuAndRemakesTheTrainOutputExactly) {
+  std::string reason;
+  if (!testing::cuda_testable(&reason)) GTEST_SKIP() << "BatchNorm forward on CUDA not run: " << reason;
+#if TESSERA_CUDA
+  bool& use_cudnn = kernels::cuda::runtime().bn_forward_cudnn;
+  const bool saved = use_cudnn;
+  struct Case {
+    int64_t n, c, hw;
+  };
+  // One segment; 40 segments of one image; 4 of 16 images, the last short; 1x1 planes (BatchNorm1d).
+  for (const Case& k : {Case{3, 5, 7}, Case{40, 3, 1024}, Case{50, 1, 64}, Case{256, 6, 1}}) {
+    const size_t numel = static_cast<size_t>(k.n * k.c * k.hw), nc = static_cast<size_t>(k.c);
+    std::vector<float> x(numel), gamma(nc), beta(nc), rm(nc, 0.5f), rv(nc, 2.0f), mean(nc), invstd(nc), y(numel),
+        y_eval(numel);
+    for (size_t i = 0; i < numel; ++i) x[i] = 3.0f + std::sin(0.37f * static_cast<float>(i));  // |mean| > spread
+    for (size_t ch = 0; ch < nc; ++ch) gamma[ch] = 0.5f + 0.1f * ch, beta[ch] = -0.2f * ch;
+    kernels::cpu::batch_norm_forward_train(x.data(), gamma.data(), beta.data(), y.data(), rm.data(), rv.data(),
+                                           mean.data(), invstd.data(), k.n, k.c, k.hw, 0.1f, 1e-5f, nullptr);
+    kernels::cpu::batch_norm_forward_eval(x.data(), gamma.data(), beta.data(), rm.data(), rv.data(), y_eval.data(),
+                                          k.n, k.c, k.hw, 1e-5f);
+    auto up = [](const std::vector<float>& v) {
+      OwnedTensor t(Device::CUDA, Shape{static_cast<int64_t>(v.size())});
+      from_host(t.t, v);
+      return t;
+    };
+    auto near = [](const std::vector<float>& gpu, const std::vector<float>& cpu, const std::string& what) {
+      size_t bad = 0, first = 0;
+      for (size_t i = 0; i < cpu.size(); ++i)
+        if (!(std::fabs(gpu[i] - cpu[i]) <= 2e-4f * std::max(1.0f, std::fabs(cpu[i]))) && bad++ == 0) first = i;
+      EXPECT_EQ(bad, 0u) << what << ": first at [" << first << "]: GPU " << gpu[first] << ", CPU " << cpu[first];
+    };
+    for (bool cudnn : {true, false}) {
+      use_cudnn = cudnn;
+      const std::string where = std::string(cudnn ? "cuDNN" : "tessera") + " " + std::to_string(k.n) + "x" +
+                                std::to_string(k.c) + "x" + std::to_string(k.hw);
+      OwnedTensor tx = up(x), tg = up(gamma), tb = up(beta), trm = up(std::vector<float>(nc, 0.5f)),
+                  trv = up(std::vector<float>(nc, 2.0f)), tm(Device::CUDA, Shape{k.c}), ts(Device::CUDA, Shape{k.c}),
+                  ty(Device::CUDA, Shape{static_cast<int64_t>(numel)}),
+                  scratch(Device::CUDA, Shape{kernels::batch_norm_scratch(k.n, k.c, k.hw)});
+      TS_DISPATCH(Device::CUDA, batch_norm_forward_train, tx.t.f32(), tg.t.f32(), tb.t.f32(), ty.t.f32(), trm.t.f32(),
+                  trv.t.f32(), tm.t.f32(), ts.t.f32(), k.n, k.c, k.hw, 0.1f, 1e-5f, scratch.t.f32());
+      near(to_host_f32(ty.t), y, where + " train y");
+      near(to_host_f32(tm.t), mean, where + " saved mean");
+      near(to_host_f32(ts.t), invstd, where + " saved invstd");
+      near(to_host_f32(trm.t), rm, where + " running mean");
+      near(to_host_f32(trv.t), rv, where + " running var");
+      // The eval forward, with the CPU's running statistics.
+      OwnedTensor crm = up(rm), crv = up(rv), te(Device::CUDA, Shape{static_cast<int64_t>(numel)});
+      TS_DISPATCH(Device::CUDA, batch_norm_forward_eval, tx.t.f32(), tg.t.f32(), tb.t.f32(), crm.t.f32(), crv.t.f32(),
+                  te.t.f32(), k.n, k.c, k.hw, 1e-5f);
+      near(to_host_f32(te.t), y_eval, where + " eval y");
+      // batch_norm_forward_again's two calls: scale = gamma invstd, then x scale + beta - mean scale.
+      OwnedTensor ones = up(std::vector<float>(nc, 1.0f)), zeros = up(std::vector<float>(nc, 0.0f)),
+                  scale(Device::CUDA, Shape{k.c}), again(Device::CUDA, Shape{static_cast<int64_t>(numel)});
+      TS_DISPATCH(Device::CUDA, batch_norm_forward_eval, ts.t.f32(), tg.t.f32(), zeros.t.f32(), zeros.t.f32(),
+                  ones.t.f32(), scale.t.f32(), int64_t{1}, k.c, int64_t{1}, 0.0f);
+      TS_DISPATCH(Device::CUDA, batch_norm_forward_eval, tx.t.f32(), scale.t.f32(), tb.t.f32(), tm.t.f32(),
+                  ones.t.f32(), again.t.f32(), k.n, k.c, k.hw, 0.0f);
+      const std::vector<float> train_y = to_host_f32(ty.t), remade = to_host_f32(again.t);
+      size_t differ = 0, first = 0;
+      for (size_t i = 0; i < numel; ++i)
+        if (std::memcmp(&train_y[i], &remade[i], sizeof(float)) != 0 && differ++ == 0) first = i;
+      EXPECT_EQ(differ, 0u) << where << ": the remade train output differs at [" << first << "]: " << remade[first]
+                            << " against the train kernel's " << train_y[first];
+    }
+  }
   use_cudnn = saved;
 #endif
 }

@@ -172,7 +172,7 @@ TEST(BatchNorm, CpuKernelsMatchThePlainSumsAtEveryThreadCount) {
       omp_set_num_threads(threads);
       kernels::cpu::batch_norm_forward_train(x.data(), gamma.data(), beta.data(), o.y.data(), o.rm.data(),
                                              o.rv.data(), o.mean.data(), o.invstd.data(), k.n, k.c, k.hw, 0.1f,
-                                             1e-5f);
+                                             1e-5f, nullptr);
       // dx, dgamma added into (they start at 1); the eval backward overwrites dx (it starts at 7)
       kernels::cpu::batch_norm_backward_train(x.data(), dy.data(), gamma.data(), o.mean.data(), o.invstd.data(),
                                               o.dx.data(), o.dgamma.data(), o.dbeta.data(), k.n, k.c, k.hw, 1e-5f,

@@ -132,7 +132,8 @@ void scale_shift(const float* x, float* y, const float* scale, const float* shif
 
 void batch_norm_forward_train(const float* x, const float* gamma, const float* beta, float* y,
                               float* running_mean, float* running_var, float* save_mean, float* save_invstd,
-                              int64_t n, int64_t c, int64_t hw, float momentum, float eps) {
+                              int64_t n, int64_t c, int64_t hw, float momentum, float eps,
+                              float* /*scratch*/) {
   const double m = static_cast<double>(n * hw);
   const int64_t block = channel_block(c);
 #pragma omp parallel for schedule(static)

@@ -1,9 +1,13 @@
 // CUDA twin of kernels/batch_norm.h.
-// Train forward and the eval forward are cuDNN's spatial batch normalisation
-// (CUDNN_BATCHNORM_SPATIAL: statistics over N, H, W per channel). cuDNN's conventions match
-// PyTorch's: exponentialAverageFactor is PyTorch's momentum (running = (1 - f) running + f
-// batch) and the running variance folds in the unbiased batch variance; resultSaveMean /
+// The forwards are cuDNN's spatial batch normalisation (CUDNN_BATCHNORM_SPATIAL: statistics
+// over N, H, W per channel) unless TESSERA_BN_FORWARD=tessera picks the kernels below, written
+// after ncu's table and not yet measured on a GPU. cuDNN's conventions match PyTorch's:
+// exponentialAverageFactor is PyTorch's momentum (running = (1 - f) running + f batch) and the
+// running variance folds in the unbiased batch variance; resultSaveMean /
 // resultSaveInvVariance are the batch mean and 1 / sqrt(var + eps) the CPU twin saves too.
+// tessera's train forward: (channel, segment) blocks as below leave shifted sums, then every
+// block adds its channel's in a fixed order and writes its y (x read twice, y written: 12 bytes
+// an element); its eval forward is flat, one thread an element.
 //
 // Both backwards are tessera's, built on one launch shape: block (channel, segment) takes
 // `per` images of one channel (batch_norm_images_per_segment: 1024 to 16384 elements, about
@@ -36,6 +40,7 @@
 #include "kernels/batch_norm.h"
 #include "kernels/common/conv_algo.h"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/fast_divmod.h"
 #include "kernels/cuda/runtime.h"
 #include "kernels/cuda/warp.cuh"
 
@@ -180,6 +185,106 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
+// ---- tessera's forwards (TESSERA_BN_FORWARD=tessera; cuDNN's by default until an H200 has
+// measured them) ----
+
+// y = x scale + shift, scale = gamma invstd, shift = beta - mean scale, every rounding written
+// out (one multiply, two fused multiply-adds): the train forward and the eval kernel then round
+// alike, which batch_norm_forward_again (engine/ops_norm.cpp) relies on when it makes a train
+// output again with two eval calls (var 1 and eps 0 make the eval's invstd exactly 1).
+struct Affine {
+  float scale, shift;
+};
+__device__ __forceinline__ Affine bn_affine(float gamma, float beta, float mean, float invstd) {
+  const float scale = __fmul_rn(gamma, invstd);
+  return {scale, __fmaf_rn(-mean, scale, beta)};
+}
+
+__device__ __forceinline__ double warp_sum_double(double v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullWarp, v, offset);
+  return v;
+}
+
+// Train forward, stage 1: block (channel, segment) leaves its sums of x - k and (x - k)^2 in
+// partials (C, segments, 2), k the channel's first value (image 0, position 0): a shift inside
+// the data keeps the sum of squares from cancelling when |mean| is large against the spread.
+__global__ void __launch_bounds__(kThreads)
+    forward_train_partials_kernel(const float* __restrict__ x, float* __restrict__ partials, int64_t n, int64_t c,
+                                  int hw, int64_t per, int row_shift) {
+  const int64_t ch = blockIdx.x;
+  const float k = x[ch * hw];
+  float s1 = 0.0f, s2 = 0.0f;
+  for_segment(n, c, hw, per, row_shift, [&](int64_t plane, int pos) {
+    const float d = x[plane + pos] - k;
+    s1 += d;
+    s2 += d * d;
+  });
+  block_sum2(s1, s2);
+  if (threadIdx.x == 0) {
+    float* out = partials + 2 * (ch * gridDim.y + blockIdx.y);
+    out[0] = s1;
+    out[1] = s2;
+  }
+}
+
+// Train forward, stage 2: the same blocks. The first warp adds the channel's partials in
+// double (lane l takes segments l, l + 32, ..., then a butterfly: the same order in every
+// block); lane 0 makes the mean and the biased variance, and the segment-0 block saves them and
+// updates the running statistics as the CPU twin does; then every block writes its y.
+__global__ void __launch_bounds__(kThreads)
+    forward_train_apply_kernel(const float* __restrict__ x, const float* __restrict__ gamma,
+                               const float* __restrict__ beta, const float* __restrict__ partials,
+                               float* __restrict__ y, float* __restrict__ running_mean,
+                               float* __restrict__ running_var, float* __restrict__ save_mean,
+                               float* __restrict__ save_invstd, int64_t n, int64_t c, int hw, int64_t per,
+                               int row_shift, double count, float momentum, float eps) {
+  const int64_t ch = blockIdx.x, segments = gridDim.y;
+  __shared__ float stats[2];  // mean, invstd
+  if (threadIdx.x < 32) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t s = threadIdx.x; s < segments; s += 32) {
+      s1 += partials[2 * (ch * segments + s)];
+      s2 += partials[2 * (ch * segments + s) + 1];
+    }
+    s1 = warp_sum_double(s1);
+    s2 = warp_sum_double(s2);
+    if (threadIdx.x == 0) {
+      const double d = s1 / count, mean = static_cast<double>(x[ch * hw]) + d;
+      const double var = fmax(0.0, s2 / count - d * d);
+      stats[0] = static_cast<float>(mean);
+      stats[1] = static_cast<float>(1.0 / sqrt(var + eps));
+      if (blockIdx.y == 0) {
+        save_mean[ch] = stats[0];
+        save_invstd[ch] = stats[1];
+        const double unbiased = count > 1 ? var * count / (count - 1) : var;
+        running_mean[ch] = static_cast<float>((1.0 - momentum) * running_mean[ch] + momentum * mean);
+        running_var[ch] = static_cast<float>((1.0 - momentum) * running_var[ch] + momentum * unbiased);
+      }
+    }
+  }
+  __syncthreads();
+  const Affine a = bn_affine(gamma[ch], beta[ch], stats[0], stats[1]);
+  for_segment(n, c, hw, per, row_shift,
+              [&](int64_t plane, int pos) { y[plane + pos] = __fmaf_rn(x[plane + pos], a.scale, a.shift); });
+}
+
+// Eval forward: element i of N C HW (under 2^31) is of channel (i / HW) % C, found with two
+// FastDivmods; its constants come from four reads the cache serves. Flat, so planes of 16
+// values (ResNet layer4) keep every lane busy: cuDNN's inference kernel gave each such plane a
+// block of 64 threads and reached 103 GB/s there (docs/gpu-log.md).
+__global__ void forward_eval_kernel(const float* __restrict__ x, const float* __restrict__ gamma,
+                                    const float* __restrict__ beta, const float* __restrict__ mean,
+                                    const float* __restrict__ var, float* __restrict__ y, uint32_t total,
+                                    FastDivmod by_hw, FastDivmod by_c, float eps) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    uint32_t ch;
+    by_c.divmod(by_hw.div(i), &ch);
+    const float invstd = __fdiv_rn(1.0f, __fsqrt_rn(var[ch] + eps));
+    const Affine a = bn_affine(gamma[ch], beta[ch], mean[ch], invstd);
+    y[i] = __fmaf_rn(x[i], a.scale, a.shift);
+  }
+}
+
 // Eval backward, stage 1: block (channel, segment) adds gamma invstd dy into dx and leaves its
 // sums of dy and dy xhat in partials (C, segments, 2).
 __global__ void __launch_bounds__(kThreads)
@@ -262,22 +367,50 @@ void cudnn_backward_train(const float* x, const float* dy, const float* gamma, c
 
 void batch_norm_forward_train(const float* x, const float* gamma, const float* beta, float* y, float* running_mean,
                               float* running_var, float* save_mean, float* save_invstd, int64_t n, int64_t c,
-                              int64_t hw, float momentum, float eps) {
-  const BnDescriptors& d = descriptors(n, c, hw);
-  const float one = 1.0f, zero = 0.0f;
-  CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, d.x, x,
-                                                     d.x, y, d.channel, gamma, beta, momentum, running_mean,
-                                                     running_var, eps, save_mean, save_invstd));
+                              int64_t hw, float momentum, float eps, float* scratch) {
+  if (runtime().bn_forward_cudnn) {
+    const BnDescriptors& d = descriptors(n, c, hw);
+    const float one = 1.0f, zero = 0.0f;
+    CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, d.x,
+                                                       x, d.x, y, d.channel, gamma, beta, momentum, running_mean,
+                                                       running_var, eps, save_mean, save_invstd));
+    return;
+  }
+  if (c == 0) return;
+  if (n * hw < 1)
+    throw_status("CUDA", "batch_norm's train forward needs at least one value per channel",
+                 "batch_norm_forward_train", __FILE__, __LINE__);
+  const SegmentLaunch l = segment_launch(n, c, hw, "batch_norm_forward_train");
+  forward_train_partials_kernel<<<l.grid, kThreads, 0, runtime().stream>>>(x, scratch, n, c, static_cast<int>(hw),
+                                                                           l.per, l.row_shift);
+  KERNEL_LAUNCH_CHECK();
+  forward_train_apply_kernel<<<l.grid, kThreads, 0, runtime().stream>>>(
+      x, gamma, beta, scratch, y, running_mean, running_var, save_mean, save_invstd, n, c, static_cast<int>(hw),
+      l.per, l.row_shift, static_cast<double>(n * hw), momentum, eps);
+  KERNEL_LAUNCH_CHECK();
 }
 
 void batch_norm_forward_eval(const float* x, const float* gamma, const float* beta, const float* running_mean,
                              const float* running_var, float* y, int64_t n, int64_t c, int64_t hw, float eps) {
   if (n * c * hw == 0) return;  // an empty batch: cuDNN refuses a zero dimension
-  const BnDescriptors& d = descriptors(n, c, hw);
-  const float one = 1.0f, zero = 0.0f;
-  CUDNN_CHECK(cudnnBatchNormalizationForwardInference(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, d.x, x,
-                                                      d.x, y, d.channel, gamma, beta, running_mean, running_var,
-                                                      eps));
+  if (runtime().bn_forward_cudnn) {
+    const BnDescriptors& d = descriptors(n, c, hw);
+    const float one = 1.0f, zero = 0.0f;
+    CUDNN_CHECK(cudnnBatchNormalizationForwardInference(runtime().cudnn, CUDNN_BATCHNORM_SPATIAL, &one, &zero, d.x,
+                                                        x, d.x, y, d.channel, gamma, beta, running_mean, running_var,
+                                                        eps));
+    return;
+  }
+  const int64_t total = n * c * hw;
+  const unsigned blocks = grid_for(total);
+  // The grid-stride loop's last `i += gridDim.x * blockDim.x` must not pass 2^32.
+  if (total > kMaxIndex32 || c > kMaxIndex32 || hw > kMaxIndex32)
+    throw_status("CUDA", ("expected at most 2^31 - 1 values, found " + std::to_string(total)).c_str(),
+                 "batch_norm_forward_eval", __FILE__, __LINE__);
+  forward_eval_kernel<<<blocks, 256, 0, runtime().stream>>>(x, gamma, beta, running_mean, running_var, y,
+                                                            static_cast<uint32_t>(total), FastDivmod(hw),
+                                                            FastDivmod(c), eps);
+  KERNEL_LAUNCH_CHECK();
 }
 
 void batch_norm_backward_train(const float* x, const float* dy, const float* gamma, const float* save_mean,

@@ -11,10 +11,15 @@ namespace kernels::cuda {
 Runtime& runtime() {
   static Runtime r = [] {
     Runtime made;
-    const std::string bn = std::getenv("TESSERA_BN_BACKWARD") ? std::getenv("TESSERA_BN_BACKWARD") : "";
-    if (bn != "" && bn != "tessera" && bn != "cudnn")
-      throw std::invalid_argument("TESSERA_BN_BACKWARD: expected tessera or cudnn, found '" + bn + "'");
-    made.bn_backward_cudnn = bn == "cudnn";
+    // "" keeps the default; anything but tessera or cudnn is an error naming the variable.
+    const auto uses_cudnn = [](const char* name, bool otherwise) {
+      const std::string v = std::getenv(name) ? std::getenv(name) : "";
+      if (v != "" && v != "tessera" && v != "cudnn")
+        throw std::invalid_argument(std::string(name) + ": expected tessera or cudnn, found '" + v + "'");
+      return v == "" ? otherwise : v == "cudnn";
+    };
+    made.bn_backward_cudnn = uses_cudnn("TESSERA_BN_BACKWARD", made.bn_backward_cudnn);
+    made.bn_forward_cudnn = uses_cudnn("TESSERA_BN_FORWARD", made.bn_forward_cudnn);
     return made;
   }();
   return r;

@@ -20,10 +20,11 @@ struct Runtime {
   // the first convolution: cuDNN plans are cached per shape and per these two settings.
   bool conv_tf32 = true;      // TF32 tensor cores allowed (PyTorch's default for convolutions)
   bool deterministic = true;  // deterministic cuDNN algorithms only (kernels/common/conv_algo.h)
-  // Train-mode batch-norm backward: tessera's kernels (false), or cuDNN's
-  // cudnnBatchNormalizationBackward (true; TESSERA_BN_BACKWARD=cudnn), kept to compare the two
-  // (kernels/cuda/batch_norm.cu says why tessera's are the default).
+  // Whose batch-norm kernels run (kernels/cuda/batch_norm.cu), kept switchable to compare:
+  // the train backward is tessera's unless TESSERA_BN_BACKWARD=cudnn (measured faster on the
+  // H200); both forwards are cuDNN's unless TESSERA_BN_FORWARD=tessera (not yet measured).
   bool bn_backward_cudnn = false;
+  bool bn_forward_cudnn = true;
 };
 
 Runtime& runtime();
