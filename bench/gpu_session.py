@@ -28,9 +28,9 @@ Phases, in this order (the most decisive first, so a run cut short has learned t
   memcheck  tests/gpu_check.py --phases memcheck: CUDA tests under compute-sanitizer
 
 Each phase has a time box (its share of --budget among the phases run, the build's at least
-60% of the budget up to its nominal 180 s; time a phase leaves unused goes to the next). A command stopped at its box makes its phase INCOMPLETE, not FAIL;
-memcheck's box ending it does not count against the exit code (compute-sanitizer slows kernels
-10-100x: it covers what fits).
+60% of the budget up to its nominal 180 s; time a phase leaves unused goes to the next). A
+command stopped at its box makes its phase INCOMPLETE, not FAIL; memcheck's box ending it does
+not count against the exit code (compute-sanitizer slows kernels 10-100x: it covers what fits).
 Everything goes under --out as it happens, in at most four files (the device tool brings back
 eight at most): console.log (all that is printed), summary.md (the table and the gpu-log row),
 summary.json, logs.tar.gz (every phase's logs, re-packed after each phase). Work files live in
@@ -938,7 +938,8 @@ def self_test():
                                  order=["build", "check", "bench", "ncu", "programs", "memcheck"])
     check(abs(Session.box(fake, "build") - 114.0) < 1e-6, f"build box at --budget 190: {Session.box(fake, 'build')}")
     fake.args.budget, fake.left = 540.0, lambda: 540.0
-    check(abs(Session.box(fake, "build") - 180.0) < 1e-6, f"build box at 540 (its nominal, over its 170 s share): {Session.box(fake, 'build')}")
+    check(abs(Session.box(fake, "build") - 180.0) < 1e-6,  # its nominal, over its 170 s share
+          f"build box at 540: {Session.box(fake, 'build')}")
     check(ncu_unavailable("==PROF== x\n==ERROR== Failed to initialize the profiler: LibraryNotLoaded\n")
           == "==ERROR== Failed to initialize the profiler: LibraryNotLoaded", "gVisor's refusal not recognised")
     check(ncu_unavailable("==ERROR== The application returned an error code (1).") is None,

@@ -49,10 +49,10 @@ struct BatchCounters {
 
 // Floats of scratch the CUDA kernels need (tessera's train forward, both backwards): (C,
 // segments, 2) partial sums, where the N images of a channel are cut into segments, each
-// reduced by its own CUDA block of 256 threads. A segment holds whole images and about M C / kBnTargetBlocks of the layer's
-// N C HW elements, kept between kBnMinSegmentElements and kBnMaxSegmentElements: about two
-// waves of blocks on an H200 (132 SMs x 8 blocks of 256 threads) where the layer is large
-// enough; with one 16384-element segment size for every shape, ncu measured the 64-channel
+// reduced by its own CUDA block of 256 threads. A segment holds whole images and about
+// N C HW / kBnTargetBlocks elements, kept between kBnMinSegmentElements and
+// kBnMaxSegmentElements: about two waves of blocks on an H200 (132 SMs x 8 blocks of 256
+// threads) where the layer is large enough; with one 16384-element segment size for every shape, ncu measured the 64-channel
 // layers of ResNet-18 CIFAR b256 at 72% of DRAM bandwidth but the 256-channel ones (256 blocks)
 // at 20% (docs/gpu-log.md). A function of the shape only, so the sums are reproducible.
 constexpr int64_t kBnTargetBlocks = 2048, kBnMinSegmentElements = 1024, kBnMaxSegmentElements = 16384;

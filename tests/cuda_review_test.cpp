@@ -386,9 +386,10 @@ TEST(BatchNormBackward, ScratchOutputsAreOverwrittenNotAddedInto) {
   }
 }
 
-// The CUDA backwards' launch shape is a function of the layer's shape only (so their sums
-// are reproducible): whole images, 1024 to 16384 elements a segment, about 2048 blocks.
-TEST(BatchNormBackward, SegmentsFillTheGpuWithinTheirBounds) {
+// The launch shape of the CUDA kernels with partial sums (tessera's train forward, both
+// backwards) is a function of the layer's shape only (so their sums are reproducible): whole
+// images, 1024 to 16384 elements a segment, about 2048 blocks.
+TEST(BatchNormSegments, FillTheGpuWithinTheirBounds) {
   struct Case {
     int64_t n, c, hw, per, segments;
   };

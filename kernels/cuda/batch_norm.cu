@@ -327,7 +327,7 @@ __global__ void backward_eval_sum_kernel(const float* __restrict__ partials, flo
   }
 }
 
-// The (channel, segment) launch of both backwards.
+// The (channel, segment) launch of the train forward and both backwards.
 struct SegmentLaunch {
   dim3 grid;
   int64_t per = 1;    // images a segment
