@@ -13,7 +13,9 @@ Phases, in this order (the most decisive first, so a run cut short has learned t
   bench     build/bench on the GPU: train-step ResNet-18 CIFAR batch 256 and ResNet-50 224 px
             batch 64 (each with the per-kernel table of two warm-up steps in its log),
             teacher-update ResNet-50 + BYOL projector for tma/sts x tensor/channel/element (with
-            the device-to-device copy ratio), augment (byol, fixmatch-strong)
+            the device-to-device copy ratio), augment (byol, fixmatch-strong); on a GPU also
+            both train steps with the other batch-norm kernels (BN_VARIANTS: cuDNN's backward,
+            tessera's forwards), each beside the default step as a ratio
   ncu       only when --phases names it: Nsight Compute over the ResNet-18 train step (one
             warm-up step, one step), profiling only that step's batch-norm kernels (cuDNN's and
             kernels/cuda/batch_norm.cu's) with the sections SpeedOfLight, MemoryWorkloadAnalysis,
@@ -295,6 +297,35 @@ def train_step_cmd(arch, stem, classes, a, device):
             str(a["warmup"]), "--device", device]
 
 
+# The batch-norm kernels kernels/cuda/batch_norm.cu can switch (kernels/cuda/runtime.h), each
+# run as a whole train step on the GPU beside the default one: the kernels' own A/B, minutes
+# apart on one machine (the 2026-12-04 runs did it by hand; docs/gpu-log.md).
+BN_VARIANTS = [("cuDNN's BN backward", "bn-backward-cudnn", {"TESSERA_BN_BACKWARD": "cudnn"}),
+               ("tessera's BN forwards", "bn-forward-tessera", {"TESSERA_BN_FORWARD": "tessera"})]
+
+
+def bench_bn_variants(s, deadline):
+    """Rows 'LABEL, VARIANT' with the variant's step time and its ratio to the default step's.
+    Returns (ok, boxed) as phase_bench counts them."""
+    ok, boxed = True, False
+    for label, arch, stem, size, batch, classes in TRAIN_STEPS:
+        default_ms, _ = fmt_engine(s, label)
+        a = train_step_args(arch, stem, size, batch, classes, True)
+        for what, tag, env in BN_VARIANTS:
+            cmd = train_step_cmd(arch, stem, classes, a, "cuda") + ["--profile-steps", f"1:{a['warmup']}"]
+            rc, text, to = s.run(cmd, f"bench-{arch}-{tag}.log", deadline - time.monotonic(), env=env)
+            j = last_json(text)
+            row = f"{label}, {what} ({' '.join(f'{k}={v}' for k, v in env.items())})"
+            if j and rc == 0:
+                ms = j["ms_per_step"]
+                ratio = f"{ms / default_ms:.3f} x the default step" if default_ms else "-"
+                s.row(row, f"{ms:.2f} ms ({j['images_per_s']:.0f} img/s)", "-", ratio, "ran")
+            else:
+                ok, boxed = ok and to, boxed or to
+                s.row(row, "not measured", "", "", f"exit code {rc}" + (" (time box)" if to else ""))
+    return ok, boxed
+
+
 def phase_bench(s):
     t0 = time.monotonic()
     deadline = t0 + s.box("bench")
@@ -315,6 +346,9 @@ def phase_bench(s):
         else:
             ok, boxed = ok and to, boxed or to
             s.row(label, "not measured", "", "", f"exit code {rc}" + (" (time box)" if to else ""))
+    if s.gpu:  # the variants choose CUDA kernels: nothing to compare on the CPU
+        v_ok, v_boxed = bench_bn_variants(s, deadline)
+        ok, boxed = ok and v_ok, boxed or v_boxed
     for mode, gran in [("tma", "tensor"), ("sts", "tensor"), ("sts", "channel"), ("sts", "element"),
                        ("tma", "channel"), ("tma", "element")]:
         cmd = ["build/bench", "teacher-update", "--arch", "resnet50", "--stem", "imagenet", "--mode", mode,
@@ -940,6 +974,17 @@ def self_test():
     fake.args.budget, fake.left = 540.0, lambda: 540.0
     check(abs(Session.box(fake, "build") - 180.0) < 1e-6,  # its nominal, over its 170 s share
           f"build box at 540: {Session.box(fake, 'build')}")
+    # The batch-norm variants: one row per train step and variant, the ratio to the default step.
+    rows, envs = [], []
+    default = {"ms_per_step": 16.0, "images_per_s": 1.0, "workspace_high_water_bytes": 2**20}
+    bench = types.SimpleNamespace(
+        facts={"bench": {label: {"result": default} for label, *_ in TRAIN_STEPS}},
+        row=lambda *r: rows.append(r),
+        run=lambda cmd, log, secs, env=None: envs.append(env) or (0, '{"ms_per_step": 12.0, "images_per_s": 2}', False))
+    check(bench_bn_variants(bench, time.monotonic() + 60) == (True, False), "variants not all measured")
+    check(len(rows) == len(TRAIN_STEPS) * len(BN_VARIANTS) and all(r[3] == "0.750 x the default step" for r in rows),
+          f"variant rows {rows}")
+    check(envs[:2] == [{"TESSERA_BN_BACKWARD": "cudnn"}, {"TESSERA_BN_FORWARD": "tessera"}], f"variant env {envs}")
     check(ncu_unavailable("==PROF== x\n==ERROR== Failed to initialize the profiler: LibraryNotLoaded\n")
           == "==ERROR== Failed to initialize the profiler: LibraryNotLoaded", "gVisor's refusal not recognised")
     check(ncu_unavailable("==ERROR== The application returned an error code (1).") is None,
