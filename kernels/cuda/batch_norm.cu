@@ -126,6 +126,36 @@ __device__ __forceinline__ void for_segment(int64_t n, int64_t c, int hw, int64_
   }
 }
 
+// Stage 1's end in every kernel with partial sums: the block's totals of (a, b) into
+// partials (C, segments, 2) at (channel, segment).
+__device__ __forceinline__ void store_partials(float a, float b, float* __restrict__ partials) {
+  block_sum2(a, b);
+  if (threadIdx.x == 0) {
+    float* out = partials + 2 * (static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y);
+    out[0] = a;
+    out[1] = b;
+  }
+}
+
+// Stage 2's start: the channel's totals over its segments, for the first warp to call. Lane l
+// adds segments l, l + 32, ... in T, then a butterfly: the same order in every block of the
+// channel, so all of them agree, and the result is deterministic.
+template <typename T>
+__device__ __forceinline__ void channel_totals(const float* __restrict__ partials, T* a, T* b) {
+  const int64_t segments = gridDim.y, base = 2 * static_cast<int64_t>(blockIdx.x) * segments;
+  T sa = 0, sb = 0;
+  for (int64_t s = threadIdx.x; s < segments; s += 32) {
+    sa += partials[base + 2 * s];
+    sb += partials[base + 2 * s + 1];
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    sa += __shfl_xor_sync(kFullWarp, sa, offset);
+    sb += __shfl_xor_sync(kFullWarp, sb, offset);
+  }
+  *a = sa;
+  *b = sb;
+}
+
 // Train backward, stage 1: block (channel, segment) leaves its sums of dy (x - mean) and dy in
 // partials (C, segments, 2).
 __global__ void __launch_bounds__(kThreads)
@@ -140,18 +170,12 @@ __global__ void __launch_bounds__(kThreads)
     sum_dy += g;
     sum_dy_xmu += g * (x[plane + pos] - mean);
   });
-  block_sum2(sum_dy, sum_dy_xmu);
-  if (threadIdx.x == 0) {
-    float* out = partials + 2 * (ch * gridDim.y + blockIdx.y);
-    out[0] = sum_dy_xmu;
-    out[1] = sum_dy;
-  }
+  store_partials(sum_dy_xmu, sum_dy, partials);
 }
 
-// Train backward, stage 2: the same blocks. The first warp adds the channel's partials (lane
-// l takes segments l, l + 32, ..., then a butterfly: the same order in every block), then
-// dx = k (dy - mean_dy - (x - mean) q) with k = gamma invstd and q = invstd mean(dy xhat),
-// as the CPU twin computes it.
+// Train backward, stage 2: the same blocks. The first warp adds the channel's partials
+// (channel_totals, in float), then dx = k (dy - mean_dy - (x - mean) q) with k = gamma invstd
+// and q = invstd mean(dy xhat), as the CPU twin computes it.
 __global__ void __launch_bounds__(kThreads)
     backward_train_dx_kernel(const float* __restrict__ x, const float* __restrict__ dy,
                              const float* __restrict__ gamma, const float* __restrict__ save_mean,
@@ -159,16 +183,11 @@ __global__ void __launch_bounds__(kThreads)
                              float* __restrict__ dx, float* __restrict__ dgamma, float* __restrict__ dbeta, int64_t n,
                              int64_t c, int hw, int64_t per, int row_shift, float inv_count, bool add_dx,
                              bool add_dgamma, bool add_dbeta) {
-  const int64_t ch = blockIdx.x, segments = gridDim.y;
+  const int64_t ch = blockIdx.x;
   __shared__ float totals[2];
   if (threadIdx.x < 32) {
-    float s_xmu = 0.0f, s_dy = 0.0f;
-    for (int64_t s = threadIdx.x; s < segments; s += 32) {
-      s_xmu += partials[2 * (ch * segments + s)];
-      s_dy += partials[2 * (ch * segments + s) + 1];
-    }
-    s_xmu = warp_sum(s_xmu);
-    s_dy = warp_sum(s_dy);
+    float s_xmu, s_dy;
+    channel_totals(partials, &s_xmu, &s_dy);
     if (threadIdx.x == 0) totals[0] = s_xmu, totals[1] = s_dy;
   }
   __syncthreads();
@@ -200,11 +219,6 @@ __device__ __forceinline__ Affine bn_affine(float gamma, float beta, float mean,
   return {scale, __fmaf_rn(-mean, scale, beta)};
 }
 
-__device__ __forceinline__ double warp_sum_double(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullWarp, v, offset);
-  return v;
-}
-
 // Train forward, stage 1: block (channel, segment) leaves its sums of x - k and (x - k)^2 in
 // partials (C, segments, 2), k the channel's first value (image 0, position 0): a shift inside
 // the data keeps the sum of squares from cancelling when |mean| is large against the spread.
@@ -219,18 +233,13 @@ __global__ void __launch_bounds__(kThreads)
     s1 += d;
     s2 += d * d;
   });
-  block_sum2(s1, s2);
-  if (threadIdx.x == 0) {
-    float* out = partials + 2 * (ch * gridDim.y + blockIdx.y);
-    out[0] = s1;
-    out[1] = s2;
-  }
+  store_partials(s1, s2, partials);
 }
 
-// Train forward, stage 2: the same blocks. The first warp adds the channel's partials in
-// double (lane l takes segments l, l + 32, ..., then a butterfly: the same order in every
-// block); lane 0 makes the mean and the biased variance, and the segment-0 block saves them and
-// updates the running statistics as the CPU twin does; then every block writes its y.
+// Train forward, stage 2: the same blocks. The first warp adds the channel's partials
+// (channel_totals, in double); lane 0 makes the mean and the biased variance, and the segment-0
+// block saves them and updates the running statistics as the CPU twin does; then every block
+// writes its y.
 __global__ void __launch_bounds__(kThreads)
     forward_train_apply_kernel(const float* __restrict__ x, const float* __restrict__ gamma,
                                const float* __restrict__ beta, const float* __restrict__ partials,
@@ -238,16 +247,11 @@ __global__ void __launch_bounds__(kThreads)
                                float* __restrict__ running_var, float* __restrict__ save_mean,
                                float* __restrict__ save_invstd, int64_t n, int64_t c, int hw, int64_t per,
                                int row_shift, double count, float momentum, float eps) {
-  const int64_t ch = blockIdx.x, segments = gridDim.y;
+  const int64_t ch = blockIdx.x;
   __shared__ float stats[2];  // mean, invstd
   if (threadIdx.x < 32) {
-    double s1 = 0.0, s2 = 0.0;
-    for (int64_t s = threadIdx.x; s < segments; s += 32) {
-      s1 += partials[2 * (ch * segments + s)];
-      s2 += partials[2 * (ch * segments + s) + 1];
-    }
-    s1 = warp_sum_double(s1);
-    s2 = warp_sum_double(s2);
+    double s1, s2;
+    channel_totals(partials, &s1, &s2);
     if (threadIdx.x == 0) {
       const double d = s1 / count, mean = static_cast<double>(x[ch * hw]) + d;
       const double var = fmax(0.0, s2 / count - d * d);
@@ -302,12 +306,7 @@ __global__ void __launch_bounds__(kThreads)
     sum_dy_xhat += g * (x[plane + pos] - mean) * invstd;
     dx[plane + pos] = add_dx ? dx[plane + pos] + k * g : k * g;
   });
-  block_sum2(sum_dy, sum_dy_xhat);
-  if (threadIdx.x == 0) {
-    float* out = partials + 2 * (ch * gridDim.y + blockIdx.y);
-    out[0] = sum_dy_xhat;
-    out[1] = sum_dy;
-  }
+  store_partials(sum_dy_xhat, sum_dy, partials);
 }
 
 // Eval backward, stage 2: one thread per channel sums its segments in order (deterministic).
