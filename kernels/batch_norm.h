@@ -20,7 +20,8 @@
 // engine's gradients) and which are overwritten (scratch is never read, so it needs no
 // initialising; cuDNN, where it runs, has beta = 0 there).
 // Tests: tests/ops_norm_test.cpp (gradient checks, running statistics; CUDA vs CPU),
-// tests/cuda_review_test.cpp (overwritten outputs, batch counts).
+// tests/batch_norm_kernels_test.cpp (overwritten outputs, batch counts, segments, both CUDA
+// implementations of each pass against the CPU).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,5 @@
 #include "apps/byol/config.h"
 
-#include "apps/run/teacher_log.h"
-
 namespace tessera::byol {
 
 void add_options(Options& o, Config& c) {
@@ -39,14 +37,7 @@ void add_options(Options& o, Config& c) {
   o.add("warmup-epochs", &c.warmup_epochs, "linear warm-up length in epochs").min(0);
   o.add("stop-after", &c.stop_after, "stop with a checkpoint at this step, as Ctrl-C would (0: run to the end)").min(0);
   o.section("Teacher");
-  o.choice("smoothing", &c.teacher.smoothing, {"none", "tma", "se", "sts"}, "teacher smoothing");
-  o.add("preserve-prob", &c.teacher.preserve_prob, "p: probability a fragment keeps its teacher value (se, sts)").min(0).max(1);
-  o.choice("granularity", &c.teacher.granularity, {"tensor", "channel", "element"}, "fragment: one draw per tensor, channel or element");
-  o.add("momentum", &c.teacher.momentum, "m_0 of the teacher update (tma, sts)").min(0).max(1);
-  o.choice("momentum-schedule", &c.teacher.momentum_schedule, {"cosine", "constant"}, "cosine: m_k rises from m_0 to 1");
-  o.choice("bn-buffers", &c.teacher.bn_buffers, {"own", "copy", "ema"}, "teacher BN statistics: its own, copied, or smoothed");
-  o.add("mosaic-steps", &c.teacher.mosaic_steps, "write every teacher fragment's age to DIR/mosaic-<step>.json at these step counts (1,800,1600)")
-      .check([&c] { return mosaic_steps_problem(c.teacher.mosaic_steps); });
+  add_teacher_options(o, c.teacher, "teacher", "", "cosine: m_k rises from m_0 to 1");
   o.section("Evaluation");
   o.add("knn-every", &c.knn_every, "kNN monitor of teacher and student every N epochs (0: at the end only)").min(0);
   o.flag("eval-baseline", &c.eval_baseline, "also evaluate a randomly initialised backbone of the same shape");

@@ -1,13 +1,15 @@
 // The teacher's flags, one struct for byol, moco and fixmatch: --smoothing, --preserve-prob,
 // --granularity, --momentum, --momentum-schedule, --bn-buffers, --mosaic-steps. Each program
-// gives its own defaults (its method's recipe) and registers the flags in its add_options with
-// its own words ("teacher", "key encoder"); the engine's TeacherConfig is made here, once.
+// gives its own defaults (its method's recipe); byol and moco register the seven flags with
+// add_teacher_options in their own words ("teacher", "key encoder"), fixmatch (no schedule
+// flag, its own order and bounds) in its add_options; the engine's TeacherConfig is made here.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <utility>
 
+#include "apps/run/options.h"
 #include "engine/teacher.h"
 
 namespace tessera {
@@ -28,5 +30,11 @@ struct TeacherOptions {
   // One smoothed part (a backbone, a head) of a run of `total_steps`, its draws from `seed`.
   TeacherConfig config(int64_t total_steps, uint64_t seed) const;
 };
+
+// The seven flags, their help naming the smoothed network `who` ("teacher", "key encoder").
+// --momentum-schedule lists the default first; `schedule_help` says what the two mean, and
+// `smoothing_note` follows the smoothing help (a method's own choice, or "").
+void add_teacher_options(Options& o, TeacherOptions& t, const std::string& who, const std::string& smoothing_note,
+                         const std::string& schedule_help);
 
 }  // namespace tessera
